@@ -1,0 +1,98 @@
+"""The Python API: the same operations as the CLI, returning plain dictionaries."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+from edgetune.data import load_dataset
+from edgetune.errors import InputError
+from edgetune.evaluate.metrics import accuracy, agreement, finite_or_none, sqnr_db
+from edgetune.evaluate.runtime import OnnxRunner
+from edgetune.inspect_artifact import inspect_path
+from edgetune.pipeline import CompressResult, compress
+from edgetune.progress import Progress, silent
+
+__all__ = ["CompressResult", "benchmark", "compress", "evaluate", "inspect_artifact"]
+
+
+def _runner(artifact: str | Path, threads: int | None) -> OnnxRunner:
+    path = Path(artifact)
+    if not path.is_file():
+        raise InputError(f"artifact {path} does not exist", "check the path")
+    if path.suffix == ".onnx":
+        return OnnxRunner(path, threads=threads)
+    if path.suffix == ".edgetune":
+        from edgetune.export.onnx.writer import write_onnx
+        from edgetune.ir.serialize import load_graph
+
+        graph = load_graph(path)
+        quantized = any(t.quant is not None for t in graph.tensors.values())
+        return OnnxRunner(write_onnx(graph, quantized=quantized), threads=threads)
+    raise InputError(f"cannot run {path.suffix or 'a file without suffix'} artifacts", "give an .onnx or .edgetune file")
+
+
+def evaluate(
+    artifact: str | Path,
+    data: str,
+    *,
+    reference: str | Path | None = None,
+    recipe: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Accuracy of ``artifact`` on ``data`` (with labels), and agreement and SQNR against ``reference``."""
+    runner = _runner(artifact, threads)
+    reference_runner = _runner(reference, threads) if reference is not None else None
+    dataset = load_dataset(data, "test", recipe)
+    runner.check_samples(dataset.x, dataset.source)
+    outputs = runner.run(dataset.x)
+    doc: dict[str, Any] = {"schema": "edgetune.eval", "version": 1, "artifact": str(artifact), "data": dataset.source, "samples": len(dataset)}
+    if dataset.y is not None:
+        doc["accuracy"] = accuracy(outputs, dataset.y)
+    if reference_runner is not None:
+        reference_runner.check_samples(dataset.x, dataset.source)
+        expected = reference_runner.run(dataset.x)
+        if expected.shape != outputs.shape:
+            raise InputError(f"the reference outputs {list(expected.shape)} but the artifact {list(outputs.shape)}", "compare artifacts of the same model")
+        block: dict[str, Any] = {
+            "artifact": str(reference),
+            "top1_agreement": agreement(outputs, expected),
+            "sqnr_db": finite_or_none(sqnr_db(expected, outputs)),
+            "max_abs_diff": float(abs(expected - outputs).max()),
+        }
+        if dataset.y is not None:
+            block["accuracy"] = accuracy(expected, dataset.y)
+        doc["reference"] = block
+    return doc
+
+
+def benchmark(
+    artifact: str | Path,
+    *,
+    target: str = "host",
+    threads: int | None = None,
+    runs: int = 100,
+    warmup: int = 10,
+    progress: Progress = silent,
+) -> dict[str, Any]:
+    """Latency percentiles and memory of ``artifact`` on this host."""
+    from edgetune.profile import bench_onnx
+    from edgetune.targets import load_target
+
+    profile = load_target(target)
+    path = Path(artifact)
+    if not path.is_file():
+        raise InputError(f"artifact {path} does not exist", "check the path")
+    if path.suffix != ".onnx":
+        raise InputError(f"bench runs .onnx artifacts, not {path.suffix or 'files without suffix'}", "pass model.onnx or model.fp32.onnx")
+    count = threads or profile.resolved_threads()
+    result = bench_onnx(path, count, runs=runs, warmup=warmup, progress=progress)
+    doc = {"schema": "edgetune.bench", "version": 1, "target": profile.name, "measured_on": f"this host ({platform.machine()})", **result.to_dict()}
+    if profile.name != "host":
+        doc["note"] = f"measured on this host with the {profile.name} profile's thread count, not on a {profile.name}"
+    return doc
+
+
+def inspect_artifact(artifact: str | Path) -> dict[str, Any]:
+    return inspect_path(Path(artifact))

@@ -1,0 +1,86 @@
+"""Run ``torch.export`` and lower its graph to the IR."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgetune.capture import lowerings  # noqa: F401  (registers the lowerings)
+from edgetune.capture.registry import LOWERINGS, LoweringContext
+from edgetune.errors import InputError, UnsupportedOpsError
+from edgetune.ir import Graph, Tensor
+from edgetune.ir.passes import simplify
+
+_IGNORED = {"output", "placeholder", "get_attr"}
+
+
+def export_program(model: nn.Module, sample_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
+    example = torch.zeros((1, *sample_shape), dtype=torch.float32)
+    model = model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.export(model, (example,), strict=False)
+    except Exception as exc:
+        raise InputError(
+            f"torch.export could not capture the model with input shape {list(example.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            "check --input-shape against the model, or make forward() exportable (see torch.export docs)",
+        ) from exc
+
+
+def capture(model: nn.Module | torch.export.ExportedProgram, sample_shape: tuple[int, ...] | None = None) -> Graph:
+    """Capture a module (or an already exported program) as an IR graph, simplified."""
+    if isinstance(model, torch.export.ExportedProgram):
+        program = model
+    else:
+        if sample_shape is None:
+            raise InputError("the model's input shape is unknown", "pass --input-shape, e.g. 1x3x224x224")
+        program = export_program(model, sample_shape)
+    graph = lower_program(program)
+    simplify(graph)
+    return graph
+
+
+def _constants(program: torch.export.ExportedProgram) -> dict[str, np.ndarray]:
+    signature = program.graph_signature
+    values: dict[str, np.ndarray] = {}
+    for spec in signature.input_specs:
+        if spec.target is None:
+            continue
+        source = program.state_dict.get(spec.target)
+        if source is None:
+            source = program.constants.get(spec.target)
+        if isinstance(source, torch.Tensor):
+            values[spec.arg.name] = source.detach().to(torch.float32).cpu().numpy().copy()
+    return values
+
+
+def lower_program(program: torch.export.ExportedProgram) -> Graph:
+    fx_graph = program.graph_module.graph
+    missing = sorted({str(n.target) for n in fx_graph.nodes if n.op == "call_function" and n.target not in LOWERINGS})
+    if missing:
+        raise UnsupportedOpsError(missing, "edgetune's capture")
+    constants = _constants(program)
+    user_inputs = [
+        spec.arg.name for spec in program.graph_signature.input_specs if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
+    ]
+    if len(user_inputs) != 1:
+        raise InputError(f"the model takes {len(user_inputs)} inputs", "edgetune handles models with exactly one input tensor")
+    graph = Graph(inputs=[], outputs=[], tensors={}, nodes=[])
+    ctx = LoweringContext(constants, graph)
+    for node in fx_graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            graph.inputs.append(node.name)
+            graph.tensors[node.name] = Tensor(node.name, ctx.shape(node))
+        elif node.op == "call_function":
+            LOWERINGS[node.target](ctx, node)
+        elif node.op == "output":
+            results = node.args[0]
+            results = results if isinstance(results, (list, tuple)) else [results]
+            graph.outputs = [ctx.name(r) for r in results]
+    if len(graph.outputs) != 1:
+        raise InputError(f"the model returns {len(graph.outputs)} tensors", "edgetune handles models with exactly one output tensor")
+    return graph

@@ -1,0 +1,292 @@
+"""ATen operator -> IR node lowerings, one small function per operator family."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch.fx
+
+from edgetune.capture.registry import LoweringContext, lowers
+from edgetune.errors import InputError
+
+aten = torch.ops.aten
+
+
+def _arg(node: torch.fx.Node, index: int, name: str, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    values = [int(v) for v in value]
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def _axis(dim: int, rank: int) -> int:
+    return dim % rank
+
+
+@lowers(aten.conv2d.default, aten.conv2d.padding)
+def conv2d(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    x, weight = node.args[0], node.args[1]
+    bias = _arg(node, 2, "bias", None)
+    stride = _pair(_arg(node, 3, "stride", 1))
+    padding = _arg(node, 4, "padding", 0)
+    dilation = _pair(_arg(node, 5, "dilation", 1))
+    groups = int(_arg(node, 6, "groups", 1))
+    kernel = ctx.shape(weight)[2:]  # type: ignore[arg-type]
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        elif stride == (1, 1):
+            total = [dilation[i] * (kernel[i] - 1) for i in range(2)]
+            pads = (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+            _emit_conv(ctx, node, x, weight, bias, stride, pads, dilation, groups)
+            return
+        else:
+            raise InputError("conv2d with padding='same' and a stride", "pad explicitly")
+    pad_h, pad_w = _pair(padding)
+    _emit_conv(ctx, node, x, weight, bias, stride, (pad_h, pad_w, pad_h, pad_w), dilation, groups)
+
+
+def _emit_conv(
+    ctx: LoweringContext,
+    node: torch.fx.Node,
+    x: Any,
+    weight: Any,
+    bias: Any,
+    stride: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> None:
+    inputs = [ctx.name(x), ctx.name(weight)]
+    if bias is not None:
+        inputs.append(ctx.name(bias))
+    # pads are (top, left, bottom, right), the order ONNX uses.
+    ctx.emit("conv2d", node, inputs, stride=list(stride), pads=list(pads), dilation=list(dilation), groups=groups)
+
+
+@lowers(aten.linear.default)
+def linear(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    bias = _arg(node, 2, "bias", None)
+    inputs = [ctx.name(node.args[0]), ctx.name(node.args[1])]
+    if bias is not None:
+        inputs.append(ctx.name(bias))
+    ctx.emit("linear", node, inputs)
+
+
+@lowers(aten.batch_norm.default)
+def batch_norm(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    x, weight, bias, mean, var = node.args[:5]
+    eps = float(_arg(node, 7, "eps", 1e-5))
+    _emit_batch_norm(ctx, node, x, weight, bias, mean, var, eps)
+
+
+@lowers(aten._native_batch_norm_legit_no_training.default)
+def native_batch_norm(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    x, weight, bias, mean, var = node.args[:5]
+    eps = float(_arg(node, 6, "eps", 1e-5))
+    _emit_batch_norm(ctx, node, x, weight, bias, mean, var, eps)
+
+
+def _emit_batch_norm(ctx: LoweringContext, node: torch.fx.Node, x: Any, weight: Any, bias: Any, mean: Any, var: Any, eps: float) -> None:
+    value = node.meta.get("val")
+    if isinstance(value, (tuple, list)):  # the native op returns (out, mean, invstd)
+        node.meta["val"] = value[0]
+    inputs = [ctx.name(x), ctx.name(mean), ctx.name(var)]
+    inputs.append(ctx.name(weight) if weight is not None else "")
+    inputs.append(ctx.name(bias) if bias is not None else "")
+    ctx.emit("batch_norm", node, inputs, eps=eps)
+
+
+@lowers(operator.getitem)
+def getitem(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    source, index = node.args
+    if index != 0 or not isinstance(source, torch.fx.Node) or "batch_norm" not in str(source.target):
+        raise InputError(f"unsupported multi-output node {source}", "simplify the model's forward()")
+    ctx.alias(node, source)
+
+
+@lowers(aten.relu.default, aten.relu_.default)
+def relu(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    ctx.emit("relu", node, [ctx.name(node.args[0])])
+
+
+@lowers(aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default, aten.clamp_.default)
+def clamp(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    default_low = -1.0 if "hardtanh" in str(node.target) else None
+    default_high = 1.0 if "hardtanh" in str(node.target) else None
+    low = _arg(node, 1, "min_val" if default_low is not None else "min", default_low)
+    high = _arg(node, 2, "max_val" if default_high is not None else "max", default_high)
+    x = ctx.name(node.args[0])
+    if low == 0 and high == 6:
+        ctx.emit("relu6", node, [x])
+    elif low == 0 and high is None:
+        ctx.emit("relu", node, [x])
+    else:
+        ctx.emit("clamp", node, [x], min=None if low is None else float(low), max=None if high is None else float(high))
+
+
+@lowers(aten.relu6.default)
+def relu6(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    ctx.emit("relu6", node, [ctx.name(node.args[0])])
+
+
+@lowers(aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor)
+def add_sub(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    if _arg(node, 2, "alpha", 1) != 1:
+        raise InputError(f"{node.target} with alpha other than 1", "write the scaling as a separate multiplication")
+    op = "add" if "add" in str(node.target) else "sub"
+    ctx.emit(op, node, [ctx.name(node.args[0]), ctx.name(node.args[1])])
+
+
+@lowers(aten.mul.Tensor, aten.mul_.Tensor)
+def mul(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    ctx.emit("mul", node, [ctx.name(node.args[0]), ctx.name(node.args[1])])
+
+
+@lowers(aten.div.Tensor)
+def div(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    divisor = node.args[1]
+    if not isinstance(divisor, (int, float)):
+        raise InputError("division by a tensor", "divide by a Python number, or multiply by a reciprocal")
+    ctx.emit("mul", node, [ctx.name(node.args[0]), ctx.name(1.0 / float(divisor))])
+
+
+@lowers(aten.adaptive_avg_pool2d.default)
+def adaptive_avg_pool2d(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    out_h, out_w = _pair(node.args[1])
+    _, _, in_h, in_w = ctx.shape(node.args[0])  # type: ignore[arg-type]
+    x = ctx.name(node.args[0])
+    if (out_h, out_w) == (1, 1):
+        ctx.emit("global_avgpool", node, [x])
+    elif in_h % out_h == 0 and in_w % out_w == 0:
+        kernel = [in_h // out_h, in_w // out_w]
+        ctx.emit("avgpool2d", node, [x], kernel=kernel, stride=kernel, pads=[0, 0, 0, 0])
+    else:
+        raise InputError(f"adaptive_avg_pool2d from {in_h}x{in_w} to {out_h}x{out_w}", "use output sizes that divide the input")
+
+
+@lowers(aten.avg_pool2d.default)
+def avg_pool2d(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    kernel = _pair(node.args[1])
+    stride = _pair(_arg(node, 2, "stride", []) or kernel)
+    pad = _pair(_arg(node, 3, "padding", 0))
+    if _arg(node, 4, "ceil_mode", False) or (pad != (0, 0) and not _arg(node, 5, "count_include_pad", True)):
+        raise InputError("avg_pool2d with ceil_mode or count_include_pad=False", "use the defaults")
+    _, _, in_h, in_w = ctx.shape(node.args[0])  # type: ignore[arg-type]
+    x = ctx.name(node.args[0])
+    if kernel == (in_h, in_w) and pad == (0, 0):
+        ctx.emit("global_avgpool", node, [x])
+    else:
+        ctx.emit("avgpool2d", node, [x], kernel=list(kernel), stride=list(stride), pads=[pad[0], pad[1], pad[0], pad[1]])
+
+
+@lowers(aten.max_pool2d.default)
+def max_pool2d(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    kernel = _pair(node.args[1])
+    stride = _pair(_arg(node, 2, "stride", []) or kernel)
+    pad = _pair(_arg(node, 3, "padding", 0))
+    if _pair(_arg(node, 4, "dilation", 1)) != (1, 1) or _arg(node, 5, "ceil_mode", False):
+        raise InputError("max_pool2d with dilation or ceil_mode", "use the defaults")
+    ctx.emit("maxpool2d", node, [ctx.name(node.args[0])], kernel=list(kernel), stride=list(stride), pads=[pad[0], pad[1], pad[0], pad[1]])
+
+
+@lowers(aten.mean.dim)
+def mean(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    rank = len(ctx.shape(node.args[0]))  # type: ignore[arg-type]
+    dims = sorted(_axis(int(d), rank) for d in node.args[1])  # type: ignore[union-attr]
+    keepdim = bool(_arg(node, 2, "keepdim", False))
+    x = ctx.name(node.args[0])
+    if rank == 4 and dims == [2, 3] and keepdim:
+        ctx.emit("global_avgpool", node, [x])
+    else:
+        ctx.emit("mean", node, [x], axes=dims, keepdim=keepdim)
+
+
+@lowers(
+    aten.flatten.using_ints,
+    aten.view.default,
+    aten.reshape.default,
+    aten._unsafe_view.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.unsqueeze.default,
+)
+def reshape(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    in_shape = ctx.shape(node.args[0])  # type: ignore[arg-type]
+    out_shape = ctx.shape(node)
+    if not in_shape or not out_shape or in_shape[0] != out_shape[0]:
+        raise InputError(f"{node.target} changes the batch axis ({list(in_shape)} -> {list(out_shape)})", "keep axis 0 as the batch axis")
+    if in_shape == out_shape:
+        ctx.alias(node, node.args[0])
+        return
+    ctx.emit("reshape", node, [ctx.name(node.args[0])], shape=list(out_shape[1:]))
+
+
+@lowers(aten.pad.default, aten.constant_pad_nd.default)
+def pad(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    widths = [int(p) for p in node.args[1]]  # type: ignore[union-attr]
+    mode = _arg(node, 2, "mode", "constant") if node.target == aten.pad.default else "constant"
+    value = _arg(node, 3 if node.target == aten.pad.default else 2, "value", 0.0) or 0.0
+    if mode != "constant":
+        raise InputError(f"pad mode {mode!r}", "use constant (zero) padding")
+    if any(w < 0 for w in widths):
+        raise InputError("negative padding (cropping)", "crop with slicing outside the model")
+    rank = len(ctx.shape(node.args[0]))  # type: ignore[arg-type]
+    # torch lists (before, after) pairs from the last axis backwards; IR keeps per-axis pairs.
+    pairs = [[0, 0] for _ in range(rank)]
+    for i in range(len(widths) // 2):
+        pairs[rank - 1 - i] = [widths[2 * i], widths[2 * i + 1]]
+    ctx.emit("pad", node, [ctx.name(node.args[0])], pads=pairs, value=float(value))
+
+
+@lowers(aten.cat.default)
+def cat(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    parts = list(node.args[0])  # type: ignore[arg-type]
+    rank = len(ctx.shape(node))
+    axis = _axis(int(_arg(node, 1, "dim", 0)), rank)
+    if axis == 0:
+        raise InputError("concatenation along the batch axis", "concatenate along channels or space")
+    ctx.emit("concat", node, [ctx.name(p) for p in parts], axis=axis)
+
+
+@lowers(aten.permute.default)
+def permute(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    rank = len(ctx.shape(node))
+    perm = [_axis(int(d), rank) for d in node.args[1]]  # type: ignore[union-attr]
+    if perm[0] != 0:
+        raise InputError("a permutation that moves the batch axis", "keep axis 0 as the batch axis")
+    ctx.emit("transpose", node, [ctx.name(node.args[0])], perm=perm)
+
+
+@lowers(aten.softmax.int, aten._softmax.default)
+def softmax(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    rank = len(ctx.shape(node))
+    axis = _axis(int(node.args[1]), rank)  # type: ignore[arg-type]
+    if axis != rank - 1:
+        raise InputError("softmax over an axis other than the last", "apply softmax over the last axis")
+    ctx.emit("softmax", node, [ctx.name(node.args[0])], axis=axis)
+
+
+def _unary(op: str):  # type: ignore[no-untyped-def]
+    def lower(ctx: LoweringContext, node: torch.fx.Node) -> None:
+        ctx.emit(op, node, [ctx.name(node.args[0])])
+
+    lower.__name__ = op
+    return lower
+
+
+lowers(aten.sigmoid.default, aten.sigmoid_.default)(_unary("sigmoid"))
+lowers(aten.tanh.default, aten.tanh_.default)(_unary("tanh"))
+lowers(aten.hardswish.default, aten.hardswish_.default)(_unary("hardswish"))
+
+
+@lowers(aten.dropout.default, aten.dropout_.default, aten.clone.default, aten.contiguous.default, aten.alias.default, aten.detach.default)
+def identity(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    ctx.alias(node, node.args[0])

@@ -1,0 +1,106 @@
+"""Load the MODEL argument: a Python callable, a ``torch.export`` .pt2 file, or an .onnx file."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgetune.callables import load_callable, looks_like_callable
+from edgetune.errors import InputError
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for capture: a module, an exported program or an ONNX file."""
+
+    kind: str  # "module", "program" or "onnx"
+    source: str
+    module: nn.Module | None = None
+    program: torch.export.ExportedProgram | None = None
+    onnx_path: Path | None = None
+
+    def declared_input_shape(self) -> tuple[int, ...] | None:
+        """The per-sample input shape the model itself tells, if any."""
+        if self.program is not None:
+            for node in self.program.graph_module.graph.nodes:
+                if node.op == "placeholder" and node.name in _user_inputs(self.program):
+                    return tuple(int(d) for d in node.meta["val"].shape[1:])
+        if self.module is not None:
+            shape = getattr(self.module, "input_shape", None)
+            if shape is not None:
+                return tuple(int(d) for d in shape)
+        return None
+
+
+def _user_inputs(program: torch.export.ExportedProgram) -> set[str]:
+    kind = torch.export.graph_signature.InputKind.USER_INPUT
+    return {spec.arg.name for spec in program.graph_signature.input_specs if spec.kind == kind}
+
+
+def load_model(spec: str, weights: str | None = None) -> LoadedModel:
+    path = Path(spec)
+    if path.suffix in (".pt2", ".onnx") or (path.exists() and not spec.endswith(".py")):
+        if not path.is_file():
+            raise InputError(f"model file {path} does not exist", "check the path")
+        if weights is not None:
+            raise InputError("--weights goes with a Python model callable", f"{path.suffix} files carry their weights")
+        if path.suffix == ".pt2":
+            return LoadedModel("program", spec, program=_load_pt2(path))
+        if path.suffix == ".onnx":
+            return LoadedModel("onnx", spec, onnx_path=path)
+        raise InputError(f"model file {path} is neither .pt2 nor .onnx", "give file.py:callable, module:callable, a .pt2 or an .onnx file")
+    if not looks_like_callable(spec):
+        raise InputError(f"model {spec!r} is not a file or a callable", "give file.py:callable, module:callable, a .pt2 or an .onnx file")
+    factory = load_callable(spec, "model")
+    try:
+        module = factory()
+    except Exception as exc:
+        raise InputError(f"calling {spec} failed: {type(exc).__name__}: {exc}", "make the callable build the model with no arguments") from exc
+    if not isinstance(module, nn.Module):
+        raise InputError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module", "return the model from the callable")
+    if weights is not None:
+        load_weights(module, Path(weights))
+    return LoadedModel("module", spec, module=module.eval())
+
+
+def _load_pt2(path: Path) -> torch.export.ExportedProgram:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(str(path))
+    except Exception as exc:
+        raise InputError(f"cannot load {path} as a torch.export program ({type(exc).__name__})", "save it with torch.export.save") from exc
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load a state dict from .safetensors, or from .pt/.pth without unpickling code."""
+    if not path.is_file():
+        raise InputError(f"weights file {path} does not exist", "check the path")
+    state: Any
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(
+            f"cannot read weights from {path} ({type(exc).__name__})",
+            "give a .safetensors file or a state dict saved with torch.save (plain tensors only)",
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(f"{path} holds a {type(state).__name__}, not a state dict", "save model.state_dict()")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        detail = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else ""
+        raise InputError(f"{path} does not fit the model: {first} {detail}".strip(), "check that the weights belong to this architecture") from None

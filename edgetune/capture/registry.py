@@ -1,0 +1,74 @@
+"""The lowering registry: one function per ATen operator overload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch.fx
+
+from edgetune.ir import Graph, Node, Tensor
+
+Lowering = Callable[["LoweringContext", torch.fx.Node], None]
+LOWERINGS: dict[Any, Lowering] = {}
+
+
+def lowers(*targets: Any) -> Callable[[Lowering], Lowering]:
+    def register(fn: Lowering) -> Lowering:
+        for target in targets:
+            if target in LOWERINGS:
+                raise ValueError(f"{target} already has a lowering ({LOWERINGS[target].__name__})")
+            LOWERINGS[target] = fn
+        return fn
+
+    return register
+
+
+@dataclass
+class LoweringContext:
+    """What a lowering needs: the constants, the IR built so far, and fx-node helpers."""
+
+    constants: dict[str, np.ndarray]
+    graph: Graph
+    aliases: dict[str, str] = field(default_factory=dict)
+    _counter: int = 0
+
+    def name(self, arg: Any) -> str:
+        """The IR tensor name of an fx argument (a node or a Python scalar constant)."""
+        if isinstance(arg, torch.fx.Node):
+            name = self.aliases.get(arg.name, arg.name)
+            if name in self.constants and name not in self.graph.tensors:
+                data = self.constants[name]
+                self.graph.tensors[name] = Tensor(name, tuple(data.shape), data)
+            return name
+        if isinstance(arg, (int, float)):
+            self._counter += 1
+            name = f"const_{self._counter}"
+            data = np.asarray(arg, dtype=np.float32)
+            self.graph.tensors[name] = Tensor(name, (), data)
+            return name
+        raise TypeError(f"unsupported argument {arg!r}")
+
+    def const(self, arg: Any) -> np.ndarray | None:
+        if isinstance(arg, torch.fx.Node):
+            return self.constants.get(self.aliases.get(arg.name, arg.name))
+        return None
+
+    @staticmethod
+    def shape(node: torch.fx.Node) -> tuple[int, ...]:
+        value = node.meta.get("val")
+        if value is None or not hasattr(value, "shape"):
+            raise TypeError(f"{node.name} carries no shape")
+        return tuple(int(d) for d in value.shape)
+
+    def emit(self, op: str, fx_node: torch.fx.Node, inputs: list[str], **attrs: Any) -> Node:
+        out = fx_node.name
+        self.graph.tensors[out] = Tensor(out, self.shape(fx_node))
+        node = Node(op, fx_node.name, inputs, [out], dict(attrs))
+        self.graph.nodes.append(node)
+        return node
+
+    def alias(self, fx_node: torch.fx.Node, source: Any) -> None:
+        """The fx node is the same tensor as ``source`` (identity ops such as dropout in eval)."""
+        self.aliases[fx_node.name] = self.name(source)

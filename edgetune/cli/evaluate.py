@@ -1,0 +1,37 @@
+"""``edgetune eval``: accuracy of an artifact, and agreement with a reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from edgetune.cli.output import common_options, emit, fmt, pct, table
+
+
+@click.command("eval")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, metavar="DATA", help="Evaluation data: bundled set, .npz, image folder or module:callable.")
+@click.option("--reference", metavar="ARTIFACT", help="A reference artifact (e.g. model.fp32.onnx) for agreement and SQNR.")
+@click.option("--recipe", metavar="NAME|FILE", help="Preprocessing recipe for an image folder.")
+@click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: all cores).")
+@common_options
+def command(artifact: str, data: str, reference: str | None, recipe: str | None, threads: int | None, as_json: bool, debug: bool) -> None:
+    """Evaluate ARTIFACT (.onnx or .edgetune) on DATA."""
+    from edgetune.api import evaluate
+
+    emit(evaluate(artifact, data, reference=reference, recipe=recipe, threads=threads), as_json, _human)
+
+
+def _human(doc: dict[str, Any]) -> str:
+    rows = [("artifact", doc["artifact"]), ("data", f"{doc['samples']} samples of {doc['data']}")]
+    if "accuracy" in doc:
+        rows.append(("accuracy", pct(doc["accuracy"])))
+    if "reference" in doc:
+        ref = doc["reference"]
+        rows.append(("reference", ref["artifact"]))
+        if "accuracy" in ref:
+            rows.append(("reference accuracy", pct(ref["accuracy"])))
+        rows.append(("top-1 agreement", pct(ref["top1_agreement"])))
+        rows.append(("output SQNR", fmt(ref["sqnr_db"], 2, " dB")))
+    return table(rows)

@@ -1,0 +1,80 @@
+"""Entry point and the one error boundary of the CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+import warnings
+
+import click
+
+from edgetune import __version__
+from edgetune.cli import bench, compress, evaluate, inspect, targets
+from edgetune.errors import EdgetuneError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgetune")
+def cli() -> None:
+    """Compress PyTorch models for edge devices: int8 quantization with calibration,
+    ONNX export, evaluation and on-device-class benchmarks."""
+
+
+for command in (compress.command, evaluate.command, bench.command, inspect.command, targets.group):
+    cli.add_command(command)
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.disable(logging.WARNING)
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stdout.flush()
+    print(" ".join(message.split()), file=sys.stderr, flush=True)
+    return code
+
+
+def run(argv: list[str]) -> int:
+    debug = "--debug" in argv
+    if not debug:
+        _quiet_libraries()
+    try:
+        cli.main(args=argv, prog_name="edgetune", standalone_mode=False)
+    except EdgetuneError as exc:
+        if debug:
+            traceback.print_exc()
+        return _fail(exc.one_line(), exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # click >= 8.2: a group called without a command shows its help
+        click.echo(exc.ctx.get_help() if exc.ctx else "", err=False)
+        return EXIT_USAGE
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "edgetune"
+        return _fail(f"error: {exc.format_message()}; see '{where} --help'", EXIT_USAGE)
+    except click.ClickException as exc:
+        return _fail(f"error: {exc.format_message()}; see 'edgetune --help'", EXIT_USAGE)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        return _fail("error: interrupted; nothing was written for the unfinished command", EXIT_INTERRUPTED)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except Exception as exc:  # the boundary: anything unexpected is a bug, reported in one line
+        if debug:
+            traceback.print_exc()
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return _fail(f"error: internal error {type(exc).__name__}: {text}; rerun with --debug and report it", 1)
+    return 0
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Shared CLI plumbing: common options, JSON or human output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def common_options(fn: F) -> F:
+    """``--json`` and ``--debug`` on every command (``--debug`` is read by the error boundary)."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout and nothing else.")(fn)
+    fn = click.option("--debug", is_flag=True, help="Show tracebacks and library warnings.")(fn)
+    return fn
+
+
+def emit(document: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        sys.stdout.write(human(document).rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:
+    all_rows = ([header] if header else []) + rows
+    widths = [max(len(str(row[i])) for row in all_rows) for i in range(len(all_rows[0]))]
+    lines = []
+    for index, row in enumerate(all_rows):
+        lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if header and index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"

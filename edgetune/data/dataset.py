@@ -1,0 +1,63 @@
+"""The in-memory data set every stage reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from edgetune.errors import InputError
+
+Role = Literal["calibration", "test", "train"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x: np.ndarray
+    y: np.ndarray | None
+    source: str
+    labels: tuple[str, ...] = ()
+    preprocess: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.x.ndim < 2 or len(self.x) == 0:
+            raise InputError(f"data set {self.source} is empty", "give at least one sample")
+        if self.x.dtype != np.float32:
+            object.__setattr__(self, "x", self.x.astype(np.float32))
+        if not np.isfinite(self.x).all():
+            bad = int((~np.isfinite(self.x)).reshape(len(self.x), -1).any(axis=1).sum())
+            raise InputError(
+                f"data set {self.source} holds NaN or infinite values in {bad} of {len(self.x)} samples",
+                "clean the data or fix its preprocessing",
+            )
+        if self.y is not None:
+            if len(self.y) != len(self.x):
+                raise InputError(
+                    f"data set {self.source} has {len(self.x)} samples but {len(self.y)} labels",
+                    "give one integer label per sample",
+                )
+            if not np.issubdtype(self.y.dtype, np.integer):
+                raise InputError(f"labels of {self.source} are {self.y.dtype}, not integers", "store class indices in y")
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def take(self, count: int) -> Dataset:
+        """The first ``count`` samples (sources are already shuffled where that matters)."""
+        if count >= len(self):
+            return self
+        y = None if self.y is None else self.y[:count]
+        return Dataset(self.x[:count], y, self.source, self.labels, self.preprocess)
+
+    def split(self, count: int) -> tuple[Dataset, Dataset]:
+        """The first ``count`` samples and the rest."""
+        y1 = None if self.y is None else self.y[:count]
+        y2 = None if self.y is None else self.y[count:]
+        first = Dataset(self.x[:count], y1, self.source, self.labels, self.preprocess)
+        rest = Dataset(self.x[count:], y2, self.source + f"[{count}:]", self.labels, self.preprocess)
+        return first, rest

@@ -1,0 +1,105 @@
+"""Data recipes: ``calibration/<name>.toml`` files that say where samples come from and
+how they are preprocessed."""
+
+from __future__ import annotations
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetune.errors import InputError
+from edgetune.resources import bundled_dir
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    resize: int | None = None
+    crop: int | None = None
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR", "L"):
+            raise InputError(f"channel_order {self.channel_order!r} is unknown", "use RGB, BGR or L")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise InputError(f"layout {self.layout!r} is unknown", "use NCHW or NHWC")
+        if any(s == 0 for s in self.std):
+            raise InputError("a std of 0 in the recipe", "give non-zero standard deviations")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "resize": self.resize,
+            "crop": self.crop,
+            "channel_order": self.channel_order,
+            "layout": self.layout,
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    source: str
+    description: str = ""
+    shape: tuple[int, ...] | None = None
+    labels: tuple[str, ...] = ()
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    split: dict[str, Any] = field(default_factory=dict)
+    crops: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def bundled_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(bundled_dir("calibration").glob("*.toml"))}
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    path = Path(name_or_path)
+    if not path.suffix == ".toml":
+        known = bundled_recipes()
+        if name_or_path not in known:
+            raise InputError(
+                f"no data recipe named {name_or_path!r}",
+                f"use one of {', '.join(known)} or a path to a .toml recipe",
+            )
+        path = known[name_or_path]
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"data recipe {path} does not exist", "check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"data recipe {path} is not valid TOML ({exc})", "fix the file") from None
+    pre = raw.get("preprocess", {})
+    try:
+        preprocess = Preprocess(
+            resize=pre.get("resize"),
+            crop=pre.get("crop"),
+            channel_order=pre.get("channel_order", "RGB"),
+            layout=pre.get("layout", "NCHW"),
+            scale=float(pre.get("scale", 1.0)),
+            mean=tuple(float(v) for v in pre.get("mean", [0.0])),
+            std=tuple(float(v) for v in pre.get("std", [1.0])),
+        )
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"data recipe {path} has a bad [preprocess] value ({exc})", "fix the file") from None
+    shape = raw.get("shape")
+    return Recipe(
+        name=str(raw.get("name", path.stem)),
+        source=str(raw.get("source", "folder")),
+        description=str(raw.get("description", "")),
+        shape=tuple(int(d) for d in shape) if shape else None,
+        labels=tuple(str(v) for v in raw.get("labels", [])),
+        preprocess=preprocess,
+        split=dict(raw.get("split", {})),
+        crops=dict(raw.get("crops", {})),
+        path=path,
+    )

@@ -1,0 +1,69 @@
+"""ONNX Runtime sessions for artifacts edgetune wrote or was given."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgetune.errors import InputError, RuntimeFailure
+
+
+def session_options(threads: int | None = None, spin: bool = True):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class OnnxRunner:
+    """One ORT session over an ONNX model given as bytes or a path."""
+
+    def __init__(self, model: bytes | Path, threads: int | None = None, spin: bool = True) -> None:
+        import onnxruntime as ort
+
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = ort.InferenceSession(source, session_options(threads, spin), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types, all deriving from Exception
+            where = "the model" if isinstance(model, bytes) else str(model)
+            raise InputError(f"ONNX Runtime cannot load {where}: {str(exc).splitlines()[0]}", "check that it is a valid ONNX model") from exc
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise InputError(f"the ONNX model has {len(inputs)} inputs", "edgetune evaluates single-input models")
+        self.input_name = inputs[0].name
+        self.input_shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
+
+    def check_samples(self, samples: np.ndarray, source: str) -> None:
+        expected = self.input_shape[1:]
+        got = list(samples.shape[1:])
+        if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
+            shown = "x".join("?" if e is None else str(e) for e in expected)
+            raise InputError(
+                f"samples of {source} have shape {'x'.join(map(str, got))} but the model takes {shown}",
+                "give data preprocessed to the model's input shape",
+            )
+
+    def run(self, samples: np.ndarray, batch: int = 32) -> np.ndarray:
+        outputs = []
+        try:
+            for start in range(0, len(samples), batch):
+                chunk = np.ascontiguousarray(samples[start : start + batch], dtype=np.float32)
+                outputs.append(self.session.run(None, {self.input_name: chunk})[0])
+        except Exception as exc:
+            raise RuntimeFailure(f"ONNX Runtime failed to run the model: {str(exc).splitlines()[0]}", "run with --debug for details") from exc
+        return np.concatenate(outputs)
+
+    def run_one(self, sample: np.ndarray) -> None:
+        self.session.run(None, {self.input_name: sample})
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

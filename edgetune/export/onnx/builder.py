@@ -1,0 +1,90 @@
+"""A small accumulator of ONNX nodes and initializers, with the QDQ plumbing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgetune.ir.graph import Graph, QParams
+from edgetune.quantize.params import quantize_array
+
+
+@dataclass
+class OnnxBuilder:
+    graph: Graph
+    quantized: bool
+    unsigned_activations: bool = False
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # IR tensor -> ONNX value to read
+    _taken: set[str] = field(default_factory=set)
+
+    def fresh(self, base: str) -> str:
+        name, index = base, 1
+        while name in self._taken:
+            index += 1
+            name = f"{base}_{index}"
+        self._taken.add(name)
+        return name
+
+    def node(self, op_type: str, inputs: list[str], outputs: list[str] | None = None, **attrs: Any) -> list[str]:
+        outputs = outputs or [self.fresh(op_type.lower())]
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.fresh(f"{op_type}_{outputs[0]}"), **attrs))
+        return outputs
+
+    def initializer(self, base: str, array: np.ndarray) -> str:
+        name = self.fresh(base)
+        self.initializers.append(numpy_helper.from_array(np.array(array, copy=True, order="C"), name))
+        return name
+
+    # -- reading IR tensors ---------------------------------------------------------------
+
+    def read(self, tensor: str) -> str:
+        """The ONNX value holding IR tensor ``tensor`` in float (dequantized when quantized)."""
+        if tensor in self.names:
+            return self.names[tensor]
+        ir_tensor = self.graph.tensors[tensor]
+        if ir_tensor.data is None:
+            raise KeyError(f"tensor {tensor} is read before it is written")
+        if self.quantized and ir_tensor.quant is not None:
+            levels = quantize_array(ir_tensor.data, ir_tensor.quant)
+            stored = self.initializer(f"{tensor}_quantized", levels)
+            self.names[tensor] = self._dequantize(stored, ir_tensor.quant, f"{tensor}_dq", constant=True)
+        else:
+            self.names[tensor] = self.initializer(tensor, ir_tensor.data.astype(np.float32))
+        return self.names[tensor]
+
+    def write(self, tensor: str, value: str) -> None:
+        """Publish ``value`` (float) as IR tensor ``tensor``: quantize-dequantize it when quantized."""
+        q = self.graph.tensors[tensor].quant
+        if self.quantized and q is not None:
+            scale, zero_point = self._qparams(q, tensor, constant=False)
+            levels = self.node("QuantizeLinear", [value, scale, zero_point], [self.fresh(f"{tensor}_q")])[0]
+            value = self.node("DequantizeLinear", [levels, scale, zero_point], [self.fresh(f"{tensor}_dq")])[0]
+        self.names[tensor] = value
+
+    def _qparams(self, q: QParams, base: str, constant: bool) -> tuple[str, str]:
+        zero_point = q.zero_point
+        if q.dtype == "int8" and self.unsigned_activations and not constant:
+            dtype: Any = np.uint8
+            zero_point = zero_point + 128  # same grid: the uint8 level is the int8 level + 128
+        else:
+            dtype = np.dtype(q.dtype)
+        if q.axis is None:
+            return (
+                self.initializer(f"{base}_scale", np.float32(q.scale[0])),
+                self.initializer(f"{base}_zero_point", np.asarray(zero_point[0], dtype=dtype)),
+            )
+        return (
+            self.initializer(f"{base}_scale", q.scale.astype(np.float32)),
+            self.initializer(f"{base}_zero_point", zero_point.astype(dtype)),
+        )
+
+    def _dequantize(self, stored: str, q: QParams, out: str, constant: bool) -> str:
+        scale, zero_point = self._qparams(q, stored.removesuffix("_quantized"), constant)
+        attrs = {"axis": q.axis} if q.axis is not None else {}
+        return self.node("DequantizeLinear", [stored, scale, zero_point], [self.fresh(out)], **attrs)[0]

@@ -1,0 +1,143 @@
+"""IR op -> ONNX nodes, one function per op family.
+
+Each function reads its inputs through ``b.read`` (float values, dequantized in the int8
+model) and returns the float ONNX value of its output, which the writer publishes
+(quantize-dequantize in the int8 model). A fused ReLU/ReLU6 is written as its own node
+in the float model only: in the int8 model the output's quantization range starts at 0
+(zero point -128) and ends at most at 6, so QuantizeLinear's saturation applies it exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from edgetune.export.onnx.builder import OnnxBuilder
+from edgetune.ir.graph import Node
+
+OnnxOp = Callable[[OnnxBuilder, Node], str]
+ONNX_OPS: dict[str, OnnxOp] = {}
+
+
+def onnx_op(*ops: str) -> Callable[[OnnxOp], OnnxOp]:
+    def register(fn: OnnxOp) -> OnnxOp:
+        for op in ops:
+            if op in ONNX_OPS:
+                raise ValueError(f"op {op} already has an ONNX writer")
+            ONNX_OPS[op] = fn
+        return fn
+
+    return register
+
+
+def _activation(b: OnnxBuilder, value: str, act: str) -> str:
+    if act == "none" or b.quantized:
+        return value
+    if act == "relu":
+        return b.node("Relu", [value])[0]
+    return _clip(b, value, 0.0, 6.0)
+
+
+def _clip(b: OnnxBuilder, value: str, low: float | None, high: float | None) -> str:
+    bounds = [b.initializer("clip_min", np.float32(low)) if low is not None else ""]
+    bounds.append(b.initializer("clip_max", np.float32(high)) if high is not None else "")
+    while bounds and not bounds[-1]:
+        bounds.pop()
+    return b.node("Clip", [value, *bounds])[0]
+
+
+@onnx_op("conv2d")
+def conv2d(b: OnnxBuilder, node: Node) -> str:
+    weight = b.graph.tensors[node.inputs[1]]
+    out = b.node(
+        "Conv",
+        [b.read(name) for name in node.inputs],
+        kernel_shape=list(weight.shape[2:]),
+        strides=node.attrs["stride"],
+        pads=node.attrs["pads"],
+        dilations=node.attrs["dilation"],
+        group=node.attrs["groups"],
+    )[0]
+    return _activation(b, out, node.act)
+
+
+@onnx_op("linear")
+def linear(b: OnnxBuilder, node: Node) -> str:
+    out = b.node("Gemm", [b.read(name) for name in node.inputs], transB=1)[0]
+    return _activation(b, out, node.act)
+
+
+@onnx_op("add", "sub", "mul")
+def elementwise(b: OnnxBuilder, node: Node) -> str:
+    op_type = {"add": "Add", "sub": "Sub", "mul": "Mul"}[node.op]
+    out = b.node(op_type, [b.read(name) for name in node.inputs])[0]
+    return _activation(b, out, node.act)
+
+
+@onnx_op("relu")
+def relu(b: OnnxBuilder, node: Node) -> str:
+    return b.node("Relu", [b.read(node.inputs[0])])[0]
+
+
+@onnx_op("relu6")
+def relu6(b: OnnxBuilder, node: Node) -> str:
+    return _clip(b, b.read(node.inputs[0]), 0.0, 6.0)
+
+
+@onnx_op("clamp")
+def clamp(b: OnnxBuilder, node: Node) -> str:
+    return _clip(b, b.read(node.inputs[0]), node.attrs.get("min"), node.attrs.get("max"))
+
+
+@onnx_op("sigmoid", "tanh", "hardswish")
+def unary(b: OnnxBuilder, node: Node) -> str:
+    op_type = {"sigmoid": "Sigmoid", "tanh": "Tanh", "hardswish": "HardSwish"}[node.op]
+    return b.node(op_type, [b.read(node.inputs[0])])[0]
+
+
+@onnx_op("softmax")
+def softmax(b: OnnxBuilder, node: Node) -> str:
+    return b.node("Softmax", [b.read(node.inputs[0])], axis=node.attrs["axis"])[0]
+
+
+@onnx_op("global_avgpool")
+def global_avgpool(b: OnnxBuilder, node: Node) -> str:
+    return b.node("GlobalAveragePool", [b.read(node.inputs[0])])[0]
+
+
+@onnx_op("avgpool2d", "maxpool2d")
+def pool2d(b: OnnxBuilder, node: Node) -> str:
+    attrs: dict[str, object] = {"kernel_shape": node.attrs["kernel"], "strides": node.attrs["stride"], "pads": node.attrs["pads"]}
+    if node.op == "avgpool2d":
+        attrs["count_include_pad"] = 1
+    return b.node("AveragePool" if node.op == "avgpool2d" else "MaxPool", [b.read(node.inputs[0])], **attrs)[0]
+
+
+@onnx_op("mean")
+def mean(b: OnnxBuilder, node: Node) -> str:
+    return b.node("ReduceMean", [b.read(node.inputs[0])], axes=node.attrs["axes"], keepdims=int(node.attrs["keepdim"]))[0]
+
+
+@onnx_op("reshape")
+def reshape(b: OnnxBuilder, node: Node) -> str:
+    shape = b.initializer("shape", np.asarray([0, *node.attrs["shape"]], dtype=np.int64))  # 0 keeps the batch axis
+    return b.node("Reshape", [b.read(node.inputs[0]), shape])[0]
+
+
+@onnx_op("transpose")
+def transpose(b: OnnxBuilder, node: Node) -> str:
+    return b.node("Transpose", [b.read(node.inputs[0])], perm=node.attrs["perm"])[0]
+
+
+@onnx_op("pad")
+def pad(b: OnnxBuilder, node: Node) -> str:
+    pairs = node.attrs["pads"]
+    widths = b.initializer("pads", np.asarray([p[0] for p in pairs] + [p[1] for p in pairs], dtype=np.int64))
+    value = b.initializer("pad_value", np.float32(node.attrs["value"]))
+    return b.node("Pad", [b.read(node.inputs[0]), widths, value], mode="constant")[0]
+
+
+@onnx_op("concat")
+def concat(b: OnnxBuilder, node: Node) -> str:
+    return b.node("Concat", [b.read(name) for name in node.inputs], axis=node.attrs["axis"])[0]

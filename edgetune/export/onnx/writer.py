@@ -1,0 +1,81 @@
+"""Write the IR as an ONNX model: float, or int8 QDQ with the graph's quantization parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+import edgetune
+from edgetune.errors import UnsupportedOpsError
+from edgetune.export.onnx.builder import OnnxBuilder
+from edgetune.export.onnx.ops import ONNX_OPS
+from edgetune.ir.graph import Graph
+
+OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+
+
+def build_onnx(
+    graph: Graph, quantized: bool, unsigned_activations: bool = False, expose: Sequence[str] = ()
+) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The ONNX model, and the ONNX value names of the IR tensors in ``expose``, which are
+    added as extra graph outputs (calibration reads activations that way)."""
+    missing = sorted({node.op for node in graph.nodes if node.op not in ONNX_OPS})
+    if missing:
+        raise UnsupportedOpsError(missing, "the ONNX writer")
+    b = OnnxBuilder(graph, quantized, unsigned_activations)
+    b._taken.update({INPUT_NAME, OUTPUT_NAME})
+    (graph_input,) = graph.inputs
+    b.write(graph_input, INPUT_NAME)
+    for node in graph.nodes:
+        b.write(node.outputs[0], ONNX_OPS[node.op](b, node))
+    (graph_output,) = graph.outputs
+    # Name the final value "output" by renaming whichever node produced it.
+    final = b.read(graph_output)
+    if final == INPUT_NAME:
+        b.node("Identity", [final], [OUTPUT_NAME])
+    else:
+        for proto in b.nodes:
+            proto.output[:] = [OUTPUT_NAME if o == final else o for o in proto.output]
+            proto.input[:] = [OUTPUT_NAME if i == final else i for i in proto.input]
+
+    in_shape = ["N", *graph.tensors[graph_input].shape[1:]]
+    outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", *graph.tensors[graph_output].shape[1:]])]
+    exposed = {name: OUTPUT_NAME if b.names[name] == final else b.names[name] for name in expose}
+    for name, value in exposed.items():
+        if value not in (INPUT_NAME, OUTPUT_NAME):
+            outputs.append(helper.make_tensor_value_info(value, TensorProto.FLOAT, None))
+    onnx_graph = helper.make_graph(
+        b.nodes,
+        "edgetune",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, in_shape)],
+        outputs,
+        initializer=b.initializers,
+    )
+    model = helper.make_model(
+        onnx_graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="edgetune",
+        producer_version=edgetune.__version__,
+    )
+    model.ir_version = 8  # readable by every onnxruntime release that supports opset 17
+    meta = {"edgetune.format": "int8-qdq" if quantized else "fp32"}
+    if quantized:
+        meta["edgetune.activations"] = "uint8" if unsigned_activations else "int8"
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model, exposed
+
+
+def write_onnx(graph: Graph, quantized: bool, unsigned_activations: bool = False) -> bytes:
+    """Serialized ONNX bytes (one file, weights inline)."""
+    model, _ = build_onnx(graph, quantized, unsigned_activations)
+    return bytes(model.SerializeToString())
+
+
+def to_numpy_input(x: np.ndarray) -> dict[str, np.ndarray]:
+    return {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}

@@ -1,0 +1,96 @@
+"""``edgetune inspect``: what an artifact holds: ops, parameters, MACs, size, quantization."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetune.errors import InputError
+
+
+def inspect_path(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"artifact {path} does not exist", "check the path")
+    if path.suffix == ".onnx":
+        info = inspect_onnx(path)
+    elif path.suffix == ".edgetune":
+        from edgetune.ir.serialize import load_graph
+        from edgetune.ir.stats import graph_summary
+
+        info = {"format": "edgetune graph", **graph_summary(load_graph(path))}
+    else:
+        raise InputError(f"cannot inspect {path.suffix or 'a file without suffix'}", "give an .onnx or .edgetune file")
+    return {"artifact": str(path), "bytes": path.stat().st_size, **info}
+
+
+def _shape(value_info: Any) -> list[int]:
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+
+
+def inspect_onnx(path: Path) -> dict[str, Any]:
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:
+        raise InputError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0]})", "re-export it") from None
+    graph = inferred.graph
+    shapes = {vi.name: _shape(vi) for vi in [*graph.value_info, *graph.input, *graph.output]}
+    inits = {t.name: t for t in graph.initializer}
+    for name, tensor in inits.items():
+        shapes[name] = list(tensor.dims)
+    producer = {out: node for node in graph.node for out in node.output}
+    ops = Counter(node.op_type for node in graph.node)
+    macs = 0
+    for node in graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) >= 2:
+            weight = node.input[1]
+            source = producer.get(weight)
+            if source is not None and source.op_type == "DequantizeLinear":
+                weight = source.input[0]
+            w_shape = shapes.get(weight)
+            out_shape = shapes.get(node.output[0])
+            if not w_shape or not out_shape:
+                continue
+            if node.op_type == "Conv":
+                macs += int(np.prod(out_shape[1:])) * int(np.prod(w_shape[1:]))
+            else:
+                macs += int(np.prod(out_shape[1:])) * (w_shape[1] if node.op_type == "Gemm" and _trans_b(node) else w_shape[0])
+    params = sum(int(np.prod(t.dims)) for t in inits.values() if len(t.dims) >= 1 and int(np.prod(t.dims)) > 1)
+    int_weights = sum(1 for t in inits.values() if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) > 1)
+    activation_types = sorted(
+        {
+            numpy_helper.to_array(inits[n.input[2]]).dtype.name
+            for n in graph.node
+            if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits
+        }
+    )
+    meta = {p.key: p.value for p in model.metadata_props}
+    return {
+        "format": "onnx",
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0),
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "ops": dict(sorted(ops.items())),
+        "nodes": len(graph.node),
+        "parameters": params,
+        "macs": macs,
+        "input_shape": _shape(graph.input[0]) if graph.input else [],
+        "output_shape": _shape(graph.output[0]) if graph.output else [],
+        "quantization": {
+            "qdq": ops.get("QuantizeLinear", 0) > 0,
+            "int8_weight_tensors": int_weights,
+            "activation_types": activation_types,
+        },
+        "metadata": meta,
+    }
+
+
+def _trans_b(node: Any) -> bool:
+    return any(a.name == "transB" and a.i == 1 for a in node.attribute)

@@ -1,0 +1,134 @@
+"""Graph, Node, Tensor and QParams."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class QParams:
+    """Affine quantization ``real = scale * (q - zero_point)``.
+
+    ``axis`` is None for per-tensor parameters, else the channel axis of the tensor.
+    ``dtype`` is the stored integer type: int8 for weights and activations, int32 for biases.
+    """
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    dtype: str = "int8"
+    axis: int | None = None
+
+    def __post_init__(self) -> None:
+        self.scale = np.atleast_1d(np.asarray(self.scale, dtype=np.float32))
+        self.zero_point = np.atleast_1d(np.asarray(self.zero_point, dtype=np.int64))
+        if self.scale.shape != self.zero_point.shape:
+            raise ValueError(f"scale {self.scale.shape} and zero point {self.zero_point.shape} differ in shape")
+        if self.axis is None and self.scale.size != 1:
+            raise ValueError("per-tensor parameters need exactly one scale")
+
+    @property
+    def qmin(self) -> int:
+        return int(np.iinfo(self.dtype).min)
+
+    @property
+    def qmax(self) -> int:
+        return int(np.iinfo(self.dtype).max)
+
+    def same_as(self, other: QParams | None) -> bool:
+        return (
+            other is not None
+            and self.dtype == other.dtype
+            and self.axis == other.axis
+            and np.array_equal(self.scale, other.scale)
+            and np.array_equal(self.zero_point, other.zero_point)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scale": [float(s) for s in self.scale],
+            "zero_point": [int(z) for z in self.zero_point],
+            "dtype": self.dtype,
+            "axis": self.axis,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> QParams:
+        return cls(np.asarray(raw["scale"], np.float32), np.asarray(raw["zero_point"]), raw["dtype"], raw["axis"])
+
+
+@dataclass
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+    data: np.ndarray | None = None  # set for constants
+    quant: QParams | None = None
+
+    @property
+    def is_const(self) -> bool:
+        return self.data is not None
+
+
+@dataclass
+class Node:
+    op: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def act(self) -> str:
+        """The fused activation: none, relu or relu6."""
+        return str(self.attrs.get("act", "none"))
+
+
+@dataclass
+class Graph:
+    inputs: list[str]
+    outputs: list[str]
+    tensors: dict[str, Tensor]
+    nodes: list[Node]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def consumers(self) -> dict[str, list[Node]]:
+        users: dict[str, list[Node]] = defaultdict(list)
+        for node in self.nodes:
+            for name in node.inputs:
+                users[name].append(node)
+        return users
+
+    def producers(self) -> dict[str, Node]:
+        return {out: node for node in self.nodes for out in node.outputs}
+
+    def const(self, name: str) -> np.ndarray:
+        data = self.tensors[name].data
+        if data is None:
+            raise KeyError(f"tensor {name} is not a constant")
+        return data
+
+    def activations(self) -> list[str]:
+        """Non-constant tensors in execution order: graph inputs, then node outputs."""
+        names = list(self.inputs)
+        for node in self.nodes:
+            names.extend(node.outputs)
+        return names
+
+    def remove_unused(self) -> None:
+        used = set(self.inputs) | set(self.outputs)
+        for node in self.nodes:
+            used.update(node.inputs)
+            used.update(node.outputs)
+        self.tensors = {name: t for name, t in self.tensors.items() if name in used}
+
+    def rename_input(self, old: str, new: str) -> None:
+        """Point every consumer of ``old`` (and the graph outputs) at ``new``."""
+        for node in self.nodes:
+            node.inputs = [new if name == old else name for name in node.inputs]
+        self.outputs = [new if name == old else name for name in self.outputs]
+
+    def parameter_count(self) -> int:
+        return int(sum(t.data.size for t in self.tensors.values() if t.data is not None))

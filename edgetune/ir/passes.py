@@ -1,0 +1,121 @@
+"""Graph simplification passes, run in the order of :data:`PASSES`.
+
+Each pass rewrites the graph in place and keeps its meaning in float arithmetic.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from edgetune.errors import InputError
+from edgetune.ir.graph import Graph, Node, Tensor
+
+FUSABLE_PRODUCERS = {"conv2d", "linear", "add", "sub", "mul"}
+FUSABLE_ACTIVATIONS = {"relu", "relu6"}
+
+
+def _single_consumer(graph: Graph, tensor: str) -> Node | None:
+    users = graph.consumers().get(tensor, [])
+    if len(users) != 1 or tensor in graph.outputs:
+        return None
+    return users[0]
+
+
+def _set_const(graph: Graph, name: str, data: np.ndarray) -> str:
+    graph.tensors[name] = Tensor(name, tuple(data.shape), data.astype(np.float32))
+    return name
+
+
+def _bn_affine(graph: Graph, bn: Node) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNorm as y = x * scale + shift per channel."""
+    _, mean_name, var_name, weight_name, bias_name = bn.inputs
+    mean, var = graph.const(mean_name), graph.const(var_name)
+    gamma = graph.const(weight_name) if weight_name else np.ones_like(mean)
+    beta = graph.const(bias_name) if bias_name else np.zeros_like(mean)
+    scale = gamma / np.sqrt(var + np.float32(bn.attrs["eps"]))
+    return scale.astype(np.float32), (beta - mean * scale).astype(np.float32)
+
+
+def fold_batchnorm(graph: Graph) -> None:
+    """Fold BatchNorm into the conv or linear that feeds it alone; others become depthwise 1x1 convs."""
+    producers = graph.producers()
+    for bn in [n for n in graph.nodes if n.op == "batch_norm"]:
+        scale, shift = _bn_affine(graph, bn)
+        source = producers.get(bn.inputs[0])
+        if source is not None and source.op in ("conv2d", "linear") and _single_consumer(graph, bn.inputs[0]) is bn:
+            weight = graph.const(source.inputs[1])
+            bias = graph.const(source.inputs[2]) if len(source.inputs) > 2 else np.zeros(weight.shape[0], np.float32)
+            shape = (-1,) + (1,) * (weight.ndim - 1)
+            source.inputs[1] = _set_const(graph, f"{source.name}.weight", weight * scale.reshape(shape))
+            bias_name = _set_const(graph, f"{source.name}.bias", bias * scale + shift)
+            source.inputs[2:] = [bias_name]
+            graph.rename_input(bn.outputs[0], source.outputs[0])
+            graph.nodes.remove(bn)
+            continue
+        rank = len(graph.tensors[bn.inputs[0]].shape)
+        if rank != 4:
+            raise InputError(f"BatchNorm {bn.name} on a rank-{rank} tensor not fed by a linear layer", "place BatchNorm right after a conv or linear layer")
+        channels = scale.size
+        bn.op = "conv2d"
+        bn.inputs = [
+            bn.inputs[0],
+            _set_const(graph, f"{bn.name}.weight", scale.reshape(channels, 1, 1, 1)),
+            _set_const(graph, f"{bn.name}.bias", shift),
+        ]
+        bn.attrs = {"stride": [1, 1], "pads": [0, 0, 0, 0], "dilation": [1, 1], "groups": channels}
+    graph.remove_unused()
+
+
+def fold_zero_pad(graph: Graph) -> None:
+    """Fold a spatial zero pad into the convolutions that read it (TF "SAME" ports pad explicitly)."""
+    consumers = graph.consumers()
+    for pad in [n for n in graph.nodes if n.op == "pad"]:
+        pairs = pad.attrs["pads"]
+        users = consumers.get(pad.outputs[0], [])
+        spatial_only = len(pairs) == 4 and pairs[0] == [0, 0] and pairs[1] == [0, 0]
+        if pad.attrs["value"] != 0.0 or not spatial_only or not users or pad.outputs[0] in graph.outputs:
+            continue
+        if any(u.op != "conv2d" or u.inputs[0] != pad.outputs[0] for u in users):
+            continue
+        for conv in users:
+            top, left, bottom, right = conv.attrs["pads"]
+            conv.attrs["pads"] = [top + pairs[2][0], left + pairs[3][0], bottom + pairs[2][1], right + pairs[3][1]]
+            conv.inputs[0] = pad.inputs[0]
+        graph.nodes.remove(pad)
+    graph.remove_unused()
+
+
+def fuse_activations(graph: Graph) -> None:
+    """Fold ReLU and ReLU6 into the conv, linear or elementwise op that feeds them alone."""
+    producers = graph.producers()
+    for act in [n for n in graph.nodes if n.op in FUSABLE_ACTIVATIONS]:
+        source = producers.get(act.inputs[0])
+        if source is None or source.op not in FUSABLE_PRODUCERS or source.act != "none":
+            continue
+        if _single_consumer(graph, act.inputs[0]) is not act:
+            continue
+        source.attrs["act"] = act.op
+        del graph.tensors[source.outputs[0]]
+        source.outputs = list(act.outputs)
+        graph.nodes.remove(act)
+        producers = graph.producers()
+
+
+def clamps_to_activations(graph: Graph) -> None:
+    """A clamp to [0, inf) or [0, 6] is a ReLU or ReLU6."""
+    for node in graph.nodes:
+        if node.op == "clamp" and node.attrs.get("min") == 0.0:
+            if node.attrs.get("max") is None:
+                node.op, node.attrs = "relu", {}
+            elif node.attrs.get("max") == 6.0:
+                node.op, node.attrs = "relu6", {}
+
+
+PASSES: list[Callable[[Graph], None]] = [fold_batchnorm, fold_zero_pad, clamps_to_activations, fuse_activations]
+
+
+def simplify(graph: Graph) -> None:
+    for run in PASSES:
+        run(graph)

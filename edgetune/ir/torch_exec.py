@@ -1,0 +1,215 @@
+"""Run an IR graph in PyTorch, in float or as a fake-quantized simulation of int8.
+
+The simulation applies the exact integer semantics at every quantized tensor
+(``torch.fake_quantize_*`` rounds half to even and saturates, as ONNX QuantizeLinear and
+TFLite do), so it predicts the int8 artifacts and can later be trained (QAT).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgetune.ir.graph import Graph, Node, QParams
+
+Kernel = Callable[[Node, list[torch.Tensor]], torch.Tensor]
+KERNELS: dict[str, Kernel] = {}
+Observer = Callable[[str, torch.Tensor], None]
+
+
+def kernel(op: str) -> Callable[[Kernel], Kernel]:
+    def register(fn: Kernel) -> Kernel:
+        if op in KERNELS:
+            raise ValueError(f"op {op} already has a torch kernel")
+        KERNELS[op] = fn
+        return fn
+
+    return register
+
+
+def apply_act(x: torch.Tensor, act: str) -> torch.Tensor:
+    if act == "relu":
+        return F.relu(x)
+    if act == "relu6":
+        return F.relu6(x)
+    return x
+
+
+@kernel("conv2d")
+def _conv2d(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    x, weight = args[0], args[1]
+    bias = args[2] if len(args) > 2 else None
+    top, left, bottom, right = node.attrs["pads"]
+    if top == bottom and left == right:
+        padding: tuple[int, int] = (top, left)
+    else:
+        x = F.pad(x, (left, right, top, bottom))
+        padding = (0, 0)
+    y = F.conv2d(x, weight, bias, tuple(node.attrs["stride"]), padding, tuple(node.attrs["dilation"]), node.attrs["groups"])
+    return apply_act(y, node.act)
+
+
+@kernel("linear")
+def _linear(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return apply_act(F.linear(args[0], args[1], args[2] if len(args) > 2 else None), node.act)
+
+
+@kernel("add")
+def _add(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return apply_act(args[0] + args[1], node.act)
+
+
+@kernel("sub")
+def _sub(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return apply_act(args[0] - args[1], node.act)
+
+
+@kernel("mul")
+def _mul(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return apply_act(args[0] * args[1], node.act)
+
+
+@kernel("relu")
+def _relu(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.relu(args[0])
+
+
+@kernel("relu6")
+def _relu6(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.relu6(args[0])
+
+
+@kernel("clamp")
+def _clamp(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return torch.clamp(args[0], node.attrs.get("min"), node.attrs.get("max"))
+
+
+@kernel("sigmoid")
+def _sigmoid(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return torch.sigmoid(args[0])
+
+
+@kernel("tanh")
+def _tanh(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return torch.tanh(args[0])
+
+
+@kernel("hardswish")
+def _hardswish(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.hardswish(args[0])
+
+
+@kernel("softmax")
+def _softmax(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return torch.softmax(args[0], node.attrs["axis"])
+
+
+@kernel("global_avgpool")
+def _global_avgpool(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return args[0].mean(dim=(2, 3), keepdim=True)
+
+
+@kernel("avgpool2d")
+def _avgpool2d(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    top, left, _, _ = node.attrs["pads"]
+    return F.avg_pool2d(args[0], node.attrs["kernel"], node.attrs["stride"], (top, left))
+
+
+@kernel("maxpool2d")
+def _maxpool2d(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    top, left, _, _ = node.attrs["pads"]
+    return F.max_pool2d(args[0], node.attrs["kernel"], node.attrs["stride"], (top, left))
+
+
+@kernel("mean")
+def _mean(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return args[0].mean(dim=tuple(node.attrs["axes"]), keepdim=node.attrs["keepdim"])
+
+
+@kernel("reshape")
+def _reshape(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return args[0].reshape(args[0].shape[0], *node.attrs["shape"])
+
+
+@kernel("transpose")
+def _transpose(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return args[0].permute(*node.attrs["perm"])
+
+
+@kernel("pad")
+def _pad(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    widths: list[int] = []
+    for before, after in reversed(node.attrs["pads"]):
+        widths += [before, after]
+    return F.pad(args[0], widths, value=node.attrs["value"])
+
+
+@kernel("concat")
+def _concat(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(args, dim=node.attrs["axis"])
+
+
+def fake_quant(x: torch.Tensor, q: QParams) -> torch.Tensor:
+    if q.axis is None:
+        return torch.fake_quantize_per_tensor_affine(x, float(q.scale[0]), int(q.zero_point[0]), q.qmin, q.qmax)
+    scale = torch.from_numpy(q.scale)
+    zero_point = torch.from_numpy(q.zero_point.astype(np.int32))
+    return torch.fake_quantize_per_channel_affine(x, scale, zero_point, q.axis, q.qmin, q.qmax)
+
+
+def quantize_bias(bias: torch.Tensor, q: QParams) -> torch.Tensor:
+    """Round a bias to its int32 grid (``scale = input scale x weight scale``, zero point 0)."""
+    scale = torch.from_numpy(q.scale).to(bias.dtype)
+    levels = torch.clamp(torch.round(bias / scale), q.qmin, q.qmax)
+    return levels * scale
+
+
+class GraphRunner(nn.Module):
+    """Executes a graph; ``quantized=True`` simulates the int8 model from the tensors' QParams."""
+
+    def __init__(self, graph: Graph, quantized: bool = False) -> None:
+        super().__init__()
+        self.graph = graph
+        self.quantized = quantized
+        missing = sorted({n.op for n in graph.nodes if n.op not in KERNELS})
+        if missing:
+            raise NotImplementedError(f"no torch kernel for {', '.join(missing)}")
+        self.constants: dict[str, torch.Tensor] = {}
+        for name, tensor in graph.tensors.items():
+            if tensor.data is None:
+                continue
+            value = torch.from_numpy(np.ascontiguousarray(tensor.data))
+            if quantized and tensor.quant is not None:
+                value = quantize_bias(value, tensor.quant) if tensor.quant.dtype == "int32" else fake_quant(value, tensor.quant)
+            self.constants[name] = value
+
+    def forward(self, x: torch.Tensor, observe: Observer | None = None) -> torch.Tensor:
+        values: dict[str, torch.Tensor] = {}
+        for name in self.graph.inputs:
+            values[name] = self._finish(name, x, observe)
+        for node in self.graph.nodes:
+            args = [values[name] if name in values else self.constants[name] for name in node.inputs if name]
+            out = KERNELS[node.op](node, args)
+            values[node.outputs[0]] = self._finish(node.outputs[0], out, observe)
+        return values[self.graph.outputs[0]]
+
+    def _finish(self, name: str, value: torch.Tensor, observe: Observer | None) -> torch.Tensor:
+        if self.quantized:
+            q = self.graph.tensors[name].quant
+            if q is not None:
+                value = fake_quant(value, q)
+        if observe is not None:
+            observe(name, value)
+        return value
+
+
+def run_batches(runner: GraphRunner, x: np.ndarray, batch: int = 64, observe: Observer | None = None) -> np.ndarray:
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            outputs.append(runner(torch.from_numpy(x[start : start + batch]), observe).numpy())
+    return np.concatenate(outputs)

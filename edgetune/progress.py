@@ -1,0 +1,45 @@
+"""Progress on stderr: a live line on a terminal, a line per stage in logs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+Progress = Callable[[int, int, str], None]
+
+
+class StderrProgress:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.label = ""
+        self.started = 0.0
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if not self.enabled:
+            return
+        if label != self.label:
+            self.label, self.started = label, time.perf_counter()
+            if not self.tty:
+                print(f"{label}: {total} steps", file=sys.stderr, flush=True)
+        if self.tty:
+            width = 24
+            filled = int(width * done / max(total, 1))
+            bar = "#" * filled + "." * (width - filled)
+            print(f"\r{label:<24} [{bar}] {done}/{total}", end="", file=sys.stderr, flush=True)
+        if done >= total:
+            elapsed = time.perf_counter() - self.started
+            if self.tty:
+                print(f" {elapsed:.1f}s", file=sys.stderr, flush=True)
+            else:
+                print(f"{label}: done in {elapsed:.1f}s", file=sys.stderr, flush=True)
+            self.label = ""
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)
+
+
+def silent(done: int, total: int, label: str) -> None:
+    """A progress callback that shows nothing."""

@@ -1,0 +1,91 @@
+"""Quantization parameters with the numerics of the TFLite int8 specification.
+
+- activations: int8, asymmetric, per tensor; the range always contains 0 exactly
+- weights: int8, symmetric (zero point 0) in [-127, 127], per output channel or per tensor
+- biases: int32, zero point 0, scale = input scale x weight scale
+
+(https://ai.google.dev/edge/litert/models/quantization_spec). ONNX QDQ artifacts use the
+same numbers; an unsigned-activation ONNX artifact adds 128 to the zero points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgetune.ir.graph import QParams
+
+INT8_MIN, INT8_MAX = -128, 127
+WEIGHT_MAX = 127
+INT32_MAX = 2**31 - 1
+# The smallest scale edgetune writes: an all-zero tensor still needs a positive scale.
+MIN_SCALE = np.float32(1e-9)
+
+
+def activation_params(low: float, high: float) -> QParams:
+    """Asymmetric int8 parameters whose grid covers [low, high] and holds 0 exactly."""
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    if high - low <= 0.0:
+        return QParams(np.float32(1.0), 0)
+    scale = np.float32((high - low) / (INT8_MAX - INT8_MIN))
+    scale = max(scale, MIN_SCALE)
+    zero_point = int(np.clip(np.round(INT8_MIN - low / float(scale)), INT8_MIN, INT8_MAX))
+    return QParams(scale, zero_point)
+
+
+def fixed_params(scale: float, zero_point: int) -> QParams:
+    return QParams(np.float32(scale), zero_point)
+
+
+def weight_params(weight: np.ndarray, per_channel: bool, axis: int = 0) -> QParams:
+    """Symmetric int8 weight parameters, per channel along ``axis`` or per tensor."""
+    if per_channel:
+        reduce = tuple(i for i in range(weight.ndim) if i != axis)
+        absmax = np.abs(weight).max(axis=reduce) if reduce else np.abs(weight)
+        scale = np.maximum(absmax / WEIGHT_MAX, MIN_SCALE).astype(np.float32)
+        return QParams(scale, np.zeros(scale.shape, np.int64), "int8", axis)
+    scale = np.float32(max(float(np.abs(weight).max()) / WEIGHT_MAX, float(MIN_SCALE)))
+    return QParams(scale, 0)
+
+
+def widen_for_bias(weight_q: QParams, bias: np.ndarray, input_scale: float) -> QParams:
+    """Raise weight scales where the bias would overflow int32 on the bias grid.
+
+    A channel whose weights are (nearly) zero gets a tiny scale, and ``bias / (input
+    scale x weight scale)`` would not fit in int32; a larger weight scale costs nothing there.
+    """
+    needed = np.abs(bias).astype(np.float64) / (input_scale * (INT32_MAX // 2))
+    scale = weight_q.scale.astype(np.float64)
+    if weight_q.axis is None:
+        scale = np.maximum(scale, needed.max(initial=0.0))
+    else:
+        scale = np.maximum(scale, needed)
+    if np.array_equal(scale.astype(np.float32), weight_q.scale):
+        return weight_q
+    return QParams(scale.astype(np.float32), weight_q.zero_point, weight_q.dtype, weight_q.axis)
+
+
+def bias_params(input_q: QParams, weight_q: QParams, channels: int) -> QParams:
+    scale = (np.float64(input_q.scale[0]) * weight_q.scale.astype(np.float64)).astype(np.float32)
+    if scale.size == 1:
+        scale = np.full(channels, scale[0], np.float32)
+    return QParams(scale, np.zeros(channels, np.int64), "int32", 0)
+
+
+def quantize_array(values: np.ndarray, q: QParams) -> np.ndarray:
+    """Real values to their integer levels (round half to even, saturate), as ONNX and TFLite do."""
+    scale, zero_point = q.scale, q.zero_point
+    if q.axis is not None:
+        shape = [1] * values.ndim
+        shape[q.axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    levels = np.round(values.astype(np.float64) / scale.astype(np.float64)) + zero_point
+    return np.clip(levels, q.qmin, q.qmax).astype(q.dtype)
+
+
+def dequantize_array(levels: np.ndarray, q: QParams) -> np.ndarray:
+    scale, zero_point = q.scale, q.zero_point
+    if q.axis is not None:
+        shape = [1] * levels.ndim
+        shape[q.axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    return ((levels.astype(np.int64) - zero_point) * scale).astype(np.float32)

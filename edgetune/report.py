@@ -1,0 +1,123 @@
+"""report.json: what was done, with which settings, and what it measured."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Any
+
+import numpy as np
+
+import edgetune
+from edgetune.data import Dataset
+from edgetune.evaluate.metrics import accuracy, agreement, finite_or_none, sqnr_db
+from edgetune.ir.graph import Graph
+from edgetune.ir.stats import graph_summary
+from edgetune.quantize import CalibrationRecord, QuantConfig
+from edgetune.targets import Target
+
+SCHEMA = "edgetune.report"
+VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {
+        "edgetune": edgetune.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "platform": f"{sys.platform}-{platform.machine()}",
+    }
+
+
+def evaluation_block(data: Dataset, fp32_out: np.ndarray, int8_out: np.ndarray, note: str, target: Target) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "data": data.source,
+        "samples": len(data),
+        "note": note,
+        "runtime": "onnxruntime",
+        "int8_vs_fp32": {
+            "top1_agreement": agreement(int8_out, fp32_out),
+            "sqnr_db": finite_or_none(sqnr_db(fp32_out, int8_out)),
+            "max_abs_diff": float(np.abs(fp32_out - int8_out).max()),
+        },
+    }
+    if data.y is not None:
+        fp32_acc, int8_acc = accuracy(fp32_out, data.y), accuracy(int8_out, data.y)
+        block["fp32_accuracy"] = fp32_acc
+        block["int8_accuracy"] = int8_acc
+        block["accuracy_drop_pp"] = round(100.0 * (fp32_acc - int8_acc), 4)
+    return block
+
+
+def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
+    """SQNR in dB of every activation of the int8 model against fp32, on a few samples.
+
+    Errors accumulate: a layer's figure includes everything quantized before it.
+    """
+    from edgetune.evaluate.runtime import OnnxRunner
+    from edgetune.export.onnx.writer import INPUT_NAME, build_onnx
+
+    names = [node.outputs[0] for node in graph.nodes]
+    fp32_model, fp32_names = build_onnx(graph, quantized=False, expose=names)
+    int8_model, int8_names = build_onnx(graph, quantized=True, expose=names)
+    outputs = {}
+    for key, model, exposed in (("fp32", fp32_model, fp32_names), ("int8", int8_model, int8_names)):
+        runner = OnnxRunner(model.SerializeToString(), spin=False)
+        fetch = sorted(set(exposed.values()) - {INPUT_NAME})
+        values = dict(zip(fetch, runner.session.run(fetch, {runner.input_name: samples})))
+        outputs[key] = {name: values[exposed[name]] for name in names}
+    layers = []
+    producers = graph.producers()
+    for name in names:
+        layers.append(
+            {
+                "tensor": name,
+                "op": producers[name].op,
+                "sqnr_db": finite_or_none(round(sqnr_db(outputs["fp32"][name], outputs["int8"][name]), 3)),
+            }
+        )
+    return layers
+
+
+def compress_report(
+    *,
+    source: str,
+    graph: Graph,
+    target: Target,
+    quant: QuantConfig,
+    calibration: dict[str, Any],
+    records: list[CalibrationRecord],
+    sizes: dict[str, int],
+    evaluation: dict[str, Any],
+    layers: list[dict[str, Any]],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    summary = graph_summary(graph)
+    return {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "command": "compress",
+        "model": {"source": source, **summary},
+        "target": {"name": target.name, "onnx_activations": "uint8" if target.unsigned_activations else "int8"},
+        "quantization": {
+            "config": quant.to_dict(),
+            "scheme": "int8: weights symmetric per-channel (zero point 0), activations asymmetric per-tensor, int32 bias"
+            if quant.per_channel
+            else "int8: weights symmetric per-tensor, activations asymmetric per-tensor, int32 bias",
+            "calibration": calibration,
+            "tensors": [r.to_dict() for r in records],
+        },
+        "sizes": {**sizes, "int8_to_fp32": round(sizes["int8_onnx_bytes"] / sizes["fp32_onnx_bytes"], 4)},
+        "evaluation": evaluation,
+        "layers": layers,
+        "timings_s": {**timings, "total": round(sum(timings.values()), 4)},
+        "versions": versions(),
+        "artifacts": {"int8_onnx": "model.onnx", "fp32_onnx": "model.fp32.onnx", "compressed": "model.edgetune", "report": "report.json"},
+    }

@@ -1,0 +1,129 @@
+"""Hardware target profiles: ``targets/<name>.toml`` files, read by a small loader.
+
+Adding a board is adding a file.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetune.errors import InputError
+from edgetune.resources import bundled_dir
+
+CLASSES = ("cpu", "mcu")
+ACTIVATIONS = ("int8", "uint8", "auto")
+
+
+@dataclass(frozen=True)
+class Peak:
+    int8_gmacs: float
+    fp32_gmacs: float
+    bandwidth_gbs: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    device_class: str
+    cores: int
+    threads: int
+    affinity: tuple[int, ...]
+    clock_ghz: float
+    isa: tuple[str, ...]
+    ram_mb: float
+    flash_mb: float
+    runtime: str
+    onnx_activations: str
+    channel_multiple: int
+    peak: Peak
+    budgets: dict[str, float] = field(default_factory=dict)
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        if self.device_class not in CLASSES:
+            raise InputError(f"target {self.name}: class {self.device_class!r} is unknown", f"use one of {', '.join(CLASSES)}")
+        if self.onnx_activations not in ACTIVATIONS:
+            raise InputError(f"target {self.name}: onnx_activations {self.onnx_activations!r}", f"use one of {', '.join(ACTIVATIONS)}")
+        if self.threads < 0 or self.channel_multiple < 1:
+            raise InputError(f"target {self.name}: threads or channel_multiple out of range", "fix the profile")
+
+    @property
+    def unsigned_activations(self) -> bool:
+        """uint8 activations in the ONNX artifact (ORT's fast x86 path), else int8."""
+        if self.onnx_activations == "auto":
+            return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+        return self.onnx_activations == "uint8"
+
+    def resolved_threads(self) -> int:
+        if self.threads:
+            return self.threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["class"] = data.pop("device_class")
+        data["affinity"] = list(self.affinity)
+        data["isa"] = list(self.isa)
+        return data
+
+
+def target_files() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(bundled_dir("targets").glob("*.toml"))}
+
+
+def load_target(name_or_path: str) -> Target:
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        files = target_files()
+        if name_or_path not in files:
+            raise InputError(f"unknown target {name_or_path!r}", f"use one of {', '.join(files)} (edgetune targets list)")
+        path = files[name_or_path]
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"target file {path} does not exist", "check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"target file {path} is not valid TOML ({exc})", "fix the file") from None
+    try:
+        peak = raw.get("peak", {})
+        return Target(
+            name=str(raw["name"]),
+            description=str(raw.get("description", "")),
+            device_class=str(raw["class"]),
+            cores=int(raw["cores"]),
+            threads=int(raw["threads"]),
+            affinity=tuple(int(c) for c in raw.get("affinity", [])),
+            clock_ghz=float(raw.get("clock_ghz", 0.0)),
+            isa=tuple(str(i) for i in raw.get("isa", [])),
+            ram_mb=float(raw.get("ram_mb", 0)),
+            flash_mb=float(raw.get("flash_mb", 0)),
+            runtime=str(raw["runtime"]),
+            onnx_activations=str(raw.get("onnx_activations", "int8")),
+            channel_multiple=int(raw.get("channel_multiple", 1)),
+            peak=Peak(
+                float(peak.get("int8_gmacs", 0.0)),
+                float(peak.get("fp32_gmacs", 0.0)),
+                float(peak.get("bandwidth_gbs", 0.0)),
+                str(peak.get("source", "")),
+            ),
+            budgets={str(k): float(v) for k, v in raw.get("budgets", {}).items()},
+            path=str(path),
+        )
+    except KeyError as exc:
+        raise InputError(f"target file {path} lacks the field {exc.args[0]}", "add it (see targets/host.toml)") from None
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"target file {path} has a bad value ({exc})", "fix the file") from None
+
+
+def all_targets() -> list[Target]:
+    return [load_target(str(path)) for path in target_files().values()]

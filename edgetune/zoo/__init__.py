@@ -1,0 +1,83 @@
+"""Reference models defined in edgetune itself (no torchvision or timm, nothing downloaded).
+
+Each entry is a callable usable as a MODEL argument, e.g. ``edgetune.zoo:digits_cnn``.
+Only the digits CNN is trained (its weights ship with the package); the others are
+untrained edge architectures for op coverage and speed, with BatchNorm statistics settled
+on seeded random inputs so that activations have realistic ranges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from edgetune.zoo.digits import DigitsCNN
+from edgetune.zoo.efficientnet_lite import EfficientNetLite
+from edgetune.zoo.layers import settle_batchnorm
+from edgetune.zoo.mlperf_tiny import DSCNN, ResNet8
+from edgetune.zoo.mobilenet_v2 import MobileNetV2
+
+
+def digits_cnn() -> nn.Module:
+    """The digits CNN with its shipped trained weights."""
+    from safetensors.torch import load_file
+
+    from edgetune.zoo.train import WEIGHTS
+
+    model = DigitsCNN()
+    model.load_state_dict(load_file(str(WEIGHTS)))
+    return model.eval()
+
+
+def efficientnet_lite0(image_size: int = 224) -> nn.Module:
+    model = EfficientNetLite(image_size=image_size)
+    settle_batchnorm(model, (3, image_size, image_size), seed=0)
+    return model
+
+
+def mobilenet_v2(image_size: int = 224, width: float = 1.0) -> nn.Module:
+    model = MobileNetV2(width=width)
+    settle_batchnorm(model, (3, image_size, image_size), seed=0)
+    return model
+
+
+def mobilenet_v2_digits() -> nn.Module:
+    """A narrow MobileNetV2 on 1-channel 8x8 inputs (architecture only; stride-2 layers shrink to 1x1)."""
+    model = MobileNetV2(num_classes=10, width=0.35, in_channels=1)
+    settle_batchnorm(model, (1, 8, 8), seed=0)
+    return model
+
+
+def resnet8() -> nn.Module:
+    model = ResNet8()
+    settle_batchnorm(model, ResNet8.input_shape, seed=0)
+    return model
+
+
+def ds_cnn() -> nn.Module:
+    model = DSCNN()
+    settle_batchnorm(model, DSCNN.input_shape, seed=0)
+    return model
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+    trained: bool
+    data: str | None  # a bundled data set the model takes, if any
+
+
+ZOO: dict[str, ZooEntry] = {
+    entry.name: entry
+    for entry in [
+        ZooEntry("digits_cnn", digits_cnn, (1, 8, 8), True, "digits"),
+        ZooEntry("efficientnet_lite0", efficientnet_lite0, (3, 224, 224), False, "sample-images"),
+        ZooEntry("mobilenet_v2", mobilenet_v2, (3, 224, 224), False, "sample-images"),
+        ZooEntry("resnet8", resnet8, (3, 32, 32), False, None),
+        ZooEntry("ds_cnn", ds_cnn, (1, 49, 10), False, None),
+    ]
+}
