@@ -47,14 +47,23 @@ def evaluate(
     dataset = load_dataset(data, "test", recipe)
     runner.check_samples(dataset.x, dataset.source)
     outputs = runner.run(dataset.x)
-    doc: dict[str, Any] = {"schema": "edgetune.eval", "version": 1, "artifact": str(artifact), "data": dataset.source, "samples": len(dataset)}
+    doc: dict[str, Any] = {
+        "schema": "edgetune.eval",
+        "version": 1,
+        "artifact": str(artifact),
+        "data": dataset.source,
+        "samples": len(dataset),
+    }
     if dataset.y is not None:
         doc["accuracy"] = accuracy(outputs, dataset.y)
     if reference_runner is not None:
         reference_runner.check_samples(dataset.x, dataset.source)
         expected = reference_runner.run(dataset.x)
         if expected.shape != outputs.shape:
-            raise InputError(f"the reference outputs {list(expected.shape)} but the artifact {list(outputs.shape)}", "compare artifacts of the same model")
+            raise InputError(
+                f"the reference outputs {list(expected.shape)} but the artifact {list(outputs.shape)}",
+                "compare artifacts of the same model",
+            )
         block: dict[str, Any] = {
             "artifact": str(reference),
             "top1_agreement": agreement(outputs, expected),
@@ -88,7 +97,13 @@ def benchmark(
         raise InputError(f"bench runs .onnx artifacts, not {path.suffix or 'files without suffix'}", "pass model.onnx or model.fp32.onnx")
     count = threads or profile.resolved_threads()
     result = bench_onnx(path, count, runs=runs, warmup=warmup, progress=progress)
-    doc = {"schema": "edgetune.bench", "version": 1, "target": profile.name, "measured_on": f"this host ({platform.machine()})", **result.to_dict()}
+    doc = {
+        "schema": "edgetune.bench",
+        "version": 1,
+        "target": profile.name,
+        "measured_on": f"this host ({platform.machine()})",
+        **result.to_dict(),
+    }
     if profile.name != "host":
         doc["note"] = f"measured on this host with the {profile.name} profile's thread count, not on a {profile.name}"
     return doc

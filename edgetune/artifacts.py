@@ -26,10 +26,10 @@ def write_files(out_dir: Path, files: dict[str, bytes]) -> dict[str, Path]:
     staged: list[tuple[str, Path]] = []
     try:
         for name, blob in files.items():
-            handle, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+            handle, temp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
             with os.fdopen(handle, "wb") as stream:
                 stream.write(blob)
-            staged.append((name, Path(temp)))
+            staged.append((name, Path(temp_name)))
         for name, temp in staged:
             os.replace(temp, out_dir / name)
     finally:

@@ -6,8 +6,9 @@ import importlib
 import importlib.util
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgetune.errors import InputError
 
@@ -49,7 +50,9 @@ def load_callable(spec: str, what: str) -> Callable[..., Any]:
         try:
             module = importlib.import_module(target)
         except Exception as exc:
-            raise InputError(f"cannot import module {target!r}: {type(exc).__name__}: {exc}", "check that it is installed and on PYTHONPATH") from exc
+            raise InputError(
+                f"cannot import module {target!r}: {type(exc).__name__}: {exc}", "check that it is installed and on PYTHONPATH"
+            ) from exc
     obj: Any = module
     for part in name.split("."):
         if not hasattr(obj, part):

@@ -26,7 +26,7 @@ from edgetune.quantize import QuantConfig, calibrate
 from edgetune.targets import Target, load_target
 
 HOLDOUT_MAX = 256  # held-out calibration samples used for the report when no --eval data is given
-LAYER_SQNR_SAMPLES = 8  # per-layer SQNR runs both models with every activation as an output
+LAYER_SQNR_SAMPLES = 4  # per-layer SQNR runs both models with every activation as an output
 
 
 @dataclass
@@ -162,14 +162,14 @@ def _evaluate(
     fp32_onnx: bytes,
     int8_onnx: bytes,
     eval_set: Dataset | None,
-    holdout: Dataset,
+    holdout: Dataset | None,
     calib_part: Dataset,
     target: Target,
     progress: Progress,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     note = "measured on the --eval data"
     data = eval_set
-    if data is None and len(holdout) > 0:
+    if data is None and holdout is not None:
         data = holdout.take(HOLDOUT_MAX)
         note = "no --eval data: agreement and SQNR against fp32 on held-out calibration samples (not used for calibration)"
     elif data is None:
@@ -183,5 +183,3 @@ def _evaluate(
     evaluation = reports.evaluation_block(data, fp32_out, int8_out, note, target)
     layers = reports.layer_sqnr(graph, data.x[:LAYER_SQNR_SAMPLES])
     return evaluation, layers
-
-

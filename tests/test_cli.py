@@ -38,7 +38,9 @@ def test_compress_digits_keeps_accuracy_in_int8(tmp_path: Path, capsys: pytest.C
 
 
 def test_compress_without_eval_data_reports_held_out_agreement(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    report = _json(capsys, ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "-o", str(tmp_path), "--quiet", "--calib-samples", "64"])
+    report = _json(
+        capsys, ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "-o", str(tmp_path), "--quiet", "--calib-samples", "64"]
+    )
     evaluation = report["evaluation"]
     assert evaluation["data"] == "digits:calibration[64:]" and evaluation["samples"] == 256  # at most HOLDOUT_MAX held-out samples
     assert "held-out" in evaluation["note"]
@@ -95,5 +97,7 @@ def test_human_output_and_json_purity_in_a_real_process(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     json.loads(done.stdout)
     assert "calibration" in done.stderr and "Warning" not in done.stderr
-    human = subprocess.run([sys.executable, "-m", "edgetune", "inspect", str(out / "model.onnx")], capture_output=True, text=True, timeout=120)
+    human = subprocess.run(
+        [sys.executable, "-m", "edgetune", "inspect", str(out / "model.onnx")], capture_output=True, text=True, timeout=120
+    )
     assert human.returncode == 0 and "QuantizeLinear" in human.stdout

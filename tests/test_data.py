@@ -59,7 +59,9 @@ def test_image_folder_with_classes(tmp_path: Path) -> None:
 
 def test_callable_yielding_batches(tmp_path: Path) -> None:
     source = tmp_path / "batches.py"
-    source.write_text("import numpy as np\ndef batches():\n    for i in range(3):\n        yield np.full((2, 4), i, np.float32), np.array([i, i])\n")
+    source.write_text(
+        "import numpy as np\ndef batches():\n    for i in range(3):\n        yield np.full((2, 4), i, np.float32), np.array([i, i])\n"
+    )
     data = load_dataset(f"{source}:batches", "calibration")
     assert data.x.shape == (6, 4) and data.y is not None and data.y.tolist() == [0, 0, 1, 1, 2, 2]
 

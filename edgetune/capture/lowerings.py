@@ -26,6 +26,14 @@ def _pair(value: Any) -> tuple[int, int]:
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
+def _int(value: Any) -> int:
+    return int(value)
+
+
+def _ints(values: Any) -> list[int]:
+    return [int(v) for v in values]
+
+
 def _axis(dim: int, rank: int) -> int:
     return dim % rank
 
@@ -200,7 +208,7 @@ def max_pool2d(ctx: LoweringContext, node: torch.fx.Node) -> None:
 @lowers(aten.mean.dim)
 def mean(ctx: LoweringContext, node: torch.fx.Node) -> None:
     rank = len(ctx.shape(node.args[0]))  # type: ignore[arg-type]
-    dims = sorted(_axis(int(d), rank) for d in node.args[1])  # type: ignore[union-attr]
+    dims = sorted(_axis(_int(d), rank) for d in _ints(node.args[1]))
     keepdim = bool(_arg(node, 2, "keepdim", False))
     x = ctx.name(node.args[0])
     if rank == 4 and dims == [2, 3] and keepdim:
@@ -231,7 +239,7 @@ def reshape(ctx: LoweringContext, node: torch.fx.Node) -> None:
 
 @lowers(aten.pad.default, aten.constant_pad_nd.default)
 def pad(ctx: LoweringContext, node: torch.fx.Node) -> None:
-    widths = [int(p) for p in node.args[1]]  # type: ignore[union-attr]
+    widths = _ints(node.args[1])
     mode = _arg(node, 2, "mode", "constant") if node.target == aten.pad.default else "constant"
     value = _arg(node, 3 if node.target == aten.pad.default else 2, "value", 0.0) or 0.0
     if mode != "constant":
@@ -250,7 +258,7 @@ def pad(ctx: LoweringContext, node: torch.fx.Node) -> None:
 def cat(ctx: LoweringContext, node: torch.fx.Node) -> None:
     parts = list(node.args[0])  # type: ignore[arg-type]
     rank = len(ctx.shape(node))
-    axis = _axis(int(_arg(node, 1, "dim", 0)), rank)
+    axis = _axis(_int(_arg(node, 1, "dim", 0)), rank)
     if axis == 0:
         raise InputError("concatenation along the batch axis", "concatenate along channels or space")
     ctx.emit("concat", node, [ctx.name(p) for p in parts], axis=axis)
@@ -259,7 +267,7 @@ def cat(ctx: LoweringContext, node: torch.fx.Node) -> None:
 @lowers(aten.permute.default)
 def permute(ctx: LoweringContext, node: torch.fx.Node) -> None:
     rank = len(ctx.shape(node))
-    perm = [_axis(int(d), rank) for d in node.args[1]]  # type: ignore[union-attr]
+    perm = [_axis(d, rank) for d in _ints(node.args[1])]
     if perm[0] != 0:
         raise InputError("a permutation that moves the batch axis", "keep axis 0 as the batch axis")
     ctx.emit("transpose", node, [ctx.name(node.args[0])], perm=perm)
@@ -268,7 +276,7 @@ def permute(ctx: LoweringContext, node: torch.fx.Node) -> None:
 @lowers(aten.softmax.int, aten._softmax.default)
 def softmax(ctx: LoweringContext, node: torch.fx.Node) -> None:
     rank = len(ctx.shape(node))
-    axis = _axis(int(node.args[1]), rank)  # type: ignore[arg-type]
+    axis = _axis(_int(node.args[1]), rank)
     if axis != rank - 1:
         raise InputError("softmax over an axis other than the last", "apply softmax over the last axis")
     ctx.emit("softmax", node, [ctx.name(node.args[0])], axis=axis)

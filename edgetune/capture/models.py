@@ -60,7 +60,9 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
     try:
         module = factory()
     except Exception as exc:
-        raise InputError(f"calling {spec} failed: {type(exc).__name__}: {exc}", "make the callable build the model with no arguments") from exc
+        raise InputError(
+            f"calling {spec} failed: {type(exc).__name__}: {exc}", "make the callable build the model with no arguments"
+        ) from exc
     if not isinstance(module, nn.Module):
         raise InputError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module", "return the model from the callable")
     if weights is not None:
@@ -103,4 +105,6 @@ def load_weights(module: nn.Module, path: Path) -> None:
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         detail = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else ""
-        raise InputError(f"{path} does not fit the model: {first} {detail}".strip(), "check that the weights belong to this architecture") from None
+        raise InputError(
+            f"{path} does not fit the model: {first} {detail}".strip(), "check that the weights belong to this architecture"
+        ) from None

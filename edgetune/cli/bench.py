@@ -29,8 +29,14 @@ def _human(doc: dict[str, Any]) -> str:
     rows = [
         ("artifact", f"{doc['artifact']} ({doc['artifact_bytes'] / 1024:.1f} KiB)"),
         ("measured on", f"{doc['measured_on']} with {doc['runtime']}, {doc['threads']} thread(s), target profile {doc['target']}"),
-        ("latency", f"p50 {doc['p50_ms']:.3f} ms, p90 {doc['p90_ms']:.3f} ms, p99 {doc['p99_ms']:.3f} ms (mean {doc['mean_ms']:.3f} +- {doc['std_ms']:.3f})"),
-        ("runs", f"{doc['runs']} timed after {doc['warmup']} warm-up; first inference {doc['first_inference_ms']:.2f} ms, load {doc['load_ms']:.1f} ms"),
+        (
+            "latency",
+            f"p50 {doc['p50_ms']:.3f} ms, p90 {doc['p90_ms']:.3f} ms, p99 {doc['p99_ms']:.3f} ms (mean {doc['mean_ms']:.3f} +- {doc['std_ms']:.3f})",
+        ),
+        (
+            "runs",
+            f"{doc['runs']} timed after {doc['warmup']} warm-up; first inference {doc['first_inference_ms']:.2f} ms, load {doc['load_ms']:.1f} ms",
+        ),
         ("memory", f"RSS +{doc['rss_delta_mb']:.1f} MiB for the session, process peak {doc['peak_rss_mb']:.1f} MiB"),
     ]
     if doc.get("note"):

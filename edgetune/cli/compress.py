@@ -13,14 +13,20 @@ from edgetune.progress import StderrProgress
 
 @click.command("compress")
 @click.argument("model")
-@click.option("--calib", "calib", required=True, metavar="DATA", help="Calibration data: bundled set (digits), .npz, image folder or module:callable.")
+@click.option(
+    "--calib", "calib", required=True, metavar="DATA", help="Calibration data: bundled set (digits), .npz, image folder or module:callable."
+)
 @click.option("--eval", "eval_data", metavar="DATA", help="Evaluation data (labels give accuracy); default: held-out calibration samples.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--target", default="host", show_default=True, help="Hardware target profile (edgetune targets list).")
-@click.option("--weights", metavar="FILE", help="State dict for a callable model: .safetensors, .pt or .pth (loaded without unpickling code).")
+@click.option(
+    "--weights", metavar="FILE", help="State dict for a callable model: .safetensors, .pt or .pth (loaded without unpickling code)."
+)
 @click.option("--input-shape", metavar="NxCxHxW", help="Model input shape, batch first, when the data cannot tell it.")
 @click.option("--recipe", metavar="NAME|FILE", help="Preprocessing recipe for an image folder (calibration/<name>.toml).")
-@click.option("--method", type=click.Choice(["mse", "percentile", "minmax"]), default="mse", show_default=True, help="Activation range method.")
+@click.option(
+    "--method", type=click.Choice(["mse", "percentile", "minmax"]), default="mse", show_default=True, help="Activation range method."
+)
 @click.option("--percentile", type=float, default=99.99, show_default=True, help="Percentile for --method percentile.")
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration samples to use.")
@@ -72,13 +78,26 @@ def _human(report: dict[str, Any]) -> str:
     rows = [
         ("model", f"{model['source']}  ({model['parameters']:,} parameters, {model['macs'] / 1e6:.1f} M MACs)"),
         ("target", f"{report['target']['name']}  (ONNX activations {report['target']['onnx_activations']})"),
-        ("calibration", f"{report['quantization']['calibration']['samples']} samples of {report['quantization']['calibration']['source']}, {report['quantization']['config']['method']}"),
-        ("size", f"fp32 {sizes['fp32_onnx_bytes'] / 1024:.1f} KiB -> int8 {sizes['int8_onnx_bytes'] / 1024:.1f} KiB ({sizes['int8_to_fp32']:.2f}x)"),
+        (
+            "calibration",
+            f"{report['quantization']['calibration']['samples']} samples of {report['quantization']['calibration']['source']}, {report['quantization']['config']['method']}",
+        ),
+        (
+            "size",
+            f"fp32 {sizes['fp32_onnx_bytes'] / 1024:.1f} KiB -> int8 {sizes['int8_onnx_bytes'] / 1024:.1f} KiB ({sizes['int8_to_fp32']:.2f}x)",
+        ),
         ("evaluated on", f"{ev['samples']} samples of {ev['data']}"),
     ]
     if "fp32_accuracy" in ev:
-        rows.append(("accuracy", f"fp32 {pct(ev['fp32_accuracy'])}, int8 {pct(ev['int8_accuracy'])} (drop {ev['accuracy_drop_pp']:.2f} pp)"))
-    rows.append(("int8 vs fp32", f"top-1 agreement {pct(ev['int8_vs_fp32']['top1_agreement'])}, SQNR {fmt(ev['int8_vs_fp32']['sqnr_db'], 1, ' dB')}"))
+        rows.append(
+            ("accuracy", f"fp32 {pct(ev['fp32_accuracy'])}, int8 {pct(ev['int8_accuracy'])} (drop {ev['accuracy_drop_pp']:.2f} pp)")
+        )
+    rows.append(
+        (
+            "int8 vs fp32",
+            f"top-1 agreement {pct(ev['int8_vs_fp32']['top1_agreement'])}, SQNR {fmt(ev['int8_vs_fp32']['sqnr_db'], 1, ' dB')}",
+        )
+    )
     timings = report["timings_s"]
     rows.append(("time", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())))
     worst = sorted((layer for layer in report["layers"] if layer["sqnr_db"] is not None), key=lambda layer: layer["sqnr_db"])[:3]

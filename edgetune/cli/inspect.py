@@ -31,7 +31,12 @@ def _human(doc: dict[str, Any]) -> str:
     ]
     if "quantization" in doc:
         q = doc["quantization"]
-        rows.append(("quantization", f"QDQ {q['qdq']}, int8 weight tensors {q['int8_weight_tensors']}, activation types {q['activation_types'] or '-'}"))
+        rows.append(
+            (
+                "quantization",
+                f"QDQ {q['qdq']}, int8 weight tensors {q['int8_weight_tensors']}, activation types {q['activation_types'] or '-'}",
+            )
+        )
     if "quantized_tensors" in doc:
         rows.append(("quantization", f"{doc['quantized_tensors']} quantized tensors, {doc['per_channel_tensors']} per channel"))
     return table(rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -27,8 +27,8 @@ def emit(document: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any
     sys.stdout.flush()
 
 
-def table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:
-    all_rows = ([header] if header else []) + rows
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) -> str:
+    all_rows: list[Sequence[Any]] = ([header] if header else []) + list(rows)
     widths = [max(len(str(row[i])) for row in all_rows) for i in range(len(all_rows[0]))]
     lines = []
     for index, row in enumerate(all_rows):

@@ -54,8 +54,10 @@ class Dataset:
         y = None if self.y is None else self.y[:count]
         return Dataset(self.x[:count], y, self.source, self.labels, self.preprocess)
 
-    def split(self, count: int) -> tuple[Dataset, Dataset]:
-        """The first ``count`` samples and the rest."""
+    def split(self, count: int) -> tuple[Dataset, Dataset | None]:
+        """The first ``count`` samples and the rest (None when nothing is left)."""
+        if count >= len(self):
+            return self, None
         y1 = None if self.y is None else self.y[:count]
         y2 = None if self.y is None else self.y[count:]
         first = Dataset(self.x[:count], y1, self.source, self.labels, self.preprocess)

@@ -47,7 +47,10 @@ def load_npz(path: Path) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
             if "x" not in archive.files:
-                raise InputError(f"{path} has no array named x (it has: {', '.join(archive.files) or 'nothing'})", "save the samples as x=..., labels as y=...")
+                raise InputError(
+                    f"{path} has no array named x (it has: {', '.join(archive.files) or 'nothing'})",
+                    "save the samples as x=..., labels as y=...",
+                )
             x = np.asarray(archive["x"])
             y = np.asarray(archive["y"]) if "y" in archive.files else None
     except InputError:

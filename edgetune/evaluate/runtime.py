@@ -34,7 +34,9 @@ class OnnxRunner:
             self.session = ort.InferenceSession(source, session_options(threads, spin), providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types, all deriving from Exception
             where = "the model" if isinstance(model, bytes) else str(model)
-            raise InputError(f"ONNX Runtime cannot load {where}: {str(exc).splitlines()[0]}", "check that it is a valid ONNX model") from exc
+            raise InputError(
+                f"ONNX Runtime cannot load {where}: {str(exc).splitlines()[0]}", "check that it is a valid ONNX model"
+            ) from exc
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise InputError(f"the ONNX model has {len(inputs)} inputs", "edgetune evaluates single-input models")
@@ -58,7 +60,9 @@ class OnnxRunner:
                 chunk = np.ascontiguousarray(samples[start : start + batch], dtype=np.float32)
                 outputs.append(self.session.run(None, {self.input_name: chunk})[0])
         except Exception as exc:
-            raise RuntimeFailure(f"ONNX Runtime failed to run the model: {str(exc).splitlines()[0]}", "run with --debug for details") from exc
+            raise RuntimeFailure(
+                f"ONNX Runtime failed to run the model: {str(exc).splitlines()[0]}", "run with --debug for details"
+            ) from exc
         return np.concatenate(outputs)
 
     def run_one(self, sample: np.ndarray) -> None:

@@ -38,6 +38,10 @@ class QParams:
     def qmax(self) -> int:
         return int(np.iinfo(self.dtype).max)
 
+    @classmethod
+    def per_tensor(cls, scale: float, zero_point: int, dtype: str = "int8") -> QParams:
+        return cls(np.asarray([scale], np.float32), np.asarray([zero_point], np.int64), dtype)
+
     def same_as(self, other: QParams | None) -> bool:
         return (
             other is not None

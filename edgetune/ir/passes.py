@@ -5,7 +5,7 @@ Each pass rewrites the graph in place and keeps its meaning in float arithmetic.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -56,7 +56,10 @@ def fold_batchnorm(graph: Graph) -> None:
             continue
         rank = len(graph.tensors[bn.inputs[0]].shape)
         if rank != 4:
-            raise InputError(f"BatchNorm {bn.name} on a rank-{rank} tensor not fed by a linear layer", "place BatchNorm right after a conv or linear layer")
+            raise InputError(
+                f"BatchNorm {bn.name} on a rank-{rank} tensor not fed by a linear layer",
+                "place BatchNorm right after a conv or linear layer",
+            )
         channels = scale.size
         bn.op = "conv2d"
         bn.inputs = [

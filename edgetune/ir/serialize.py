@@ -63,7 +63,9 @@ def graph_from_bytes(blob: bytes, source: str = "the file") -> Graph:
         arrays = load(blob)
         metadata = _metadata(blob)
     except Exception as exc:
-        raise InputError(f"{source} is not an edgetune compressed model ({type(exc).__name__})", "pass the model.edgetune file that compress wrote") from None
+        raise InputError(
+            f"{source} is not an edgetune compressed model ({type(exc).__name__})", "pass the model.edgetune file that compress wrote"
+        ) from None
     if metadata.get("format") != FORMAT:
         raise InputError(f"{source} is not an edgetune compressed model", "pass the model.edgetune file that compress wrote")
     if int(metadata.get("version", 0)) > VERSION:

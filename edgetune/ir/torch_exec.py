@@ -7,7 +7,7 @@ TFLite do), so it predicts the int8 artifacts and can later be trained (QAT).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -10,8 +10,8 @@ MSE-optimal ones, and ORT's implementation often returns the min/max range uncha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch

@@ -25,15 +25,14 @@ def activation_params(low: float, high: float) -> QParams:
     """Asymmetric int8 parameters whose grid covers [low, high] and holds 0 exactly."""
     low, high = min(float(low), 0.0), max(float(high), 0.0)
     if high - low <= 0.0:
-        return QParams(np.float32(1.0), 0)
-    scale = np.float32((high - low) / (INT8_MAX - INT8_MIN))
-    scale = max(scale, MIN_SCALE)
-    zero_point = int(np.clip(np.round(INT8_MIN - low / float(scale)), INT8_MIN, INT8_MAX))
-    return QParams(scale, zero_point)
+        return QParams.per_tensor(1.0, 0)
+    scale = float(max(np.float32((high - low) / (INT8_MAX - INT8_MIN)), MIN_SCALE))
+    zero_point = int(np.clip(np.round(INT8_MIN - low / scale), INT8_MIN, INT8_MAX))
+    return QParams.per_tensor(scale, zero_point)
 
 
 def fixed_params(scale: float, zero_point: int) -> QParams:
-    return QParams(np.float32(scale), zero_point)
+    return QParams.per_tensor(scale, zero_point)
 
 
 def weight_params(weight: np.ndarray, per_channel: bool, axis: int = 0) -> QParams:
@@ -43,8 +42,7 @@ def weight_params(weight: np.ndarray, per_channel: bool, axis: int = 0) -> QPara
         absmax = np.abs(weight).max(axis=reduce) if reduce else np.abs(weight)
         scale = np.maximum(absmax / WEIGHT_MAX, MIN_SCALE).astype(np.float32)
         return QParams(scale, np.zeros(scale.shape, np.int64), "int8", axis)
-    scale = np.float32(max(float(np.abs(weight).max()) / WEIGHT_MAX, float(MIN_SCALE)))
-    return QParams(scale, 0)
+    return QParams.per_tensor(max(float(np.abs(weight).max()) / WEIGHT_MAX, float(MIN_SCALE)), 0)
 
 
 def widen_for_bias(weight_q: QParams, bias: np.ndarray, input_scale: float) -> QParams:

@@ -8,8 +8,8 @@ on seeded random inputs so that activations have realistic ranges.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 

@@ -80,7 +80,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 @torch.no_grad()
-def settle_batchnorm(model: nn.Module, input_shape: tuple[int, ...], seed: int, batches: int = 4, batch_size: int = 4) -> None:
+def settle_batchnorm(model: nn.Module, input_shape: tuple[int, ...], seed: int, batches: int = 2, batch_size: int = 8) -> None:
     """Give an untrained model realistic BatchNorm statistics.
 
     A freshly initialised network has running mean 0 and variance 1 everywhere, so deep

@@ -36,7 +36,7 @@ class OnnxBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.fresh(f"{op_type}_{outputs[0]}"), **attrs))
         return outputs
 
-    def initializer(self, base: str, array: np.ndarray) -> str:
+    def initializer(self, base: str, array: np.ndarray | np.generic) -> str:
         name = self.fresh(base)
         self.initializers.append(numpy_helper.from_array(np.array(array, copy=True, order="C"), name))
         return name

@@ -9,7 +9,8 @@ in the float model only: in the int8 model the output's quantization range start
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -108,7 +109,7 @@ def global_avgpool(b: OnnxBuilder, node: Node) -> str:
 
 @onnx_op("avgpool2d", "maxpool2d")
 def pool2d(b: OnnxBuilder, node: Node) -> str:
-    attrs: dict[str, object] = {"kernel_shape": node.attrs["kernel"], "strides": node.attrs["stride"], "pads": node.attrs["pads"]}
+    attrs: dict[str, Any] = {"kernel_shape": node.attrs["kernel"], "strides": node.attrs["stride"], "pads": node.attrs["pads"]}
     if node.op == "avgpool2d":
         attrs["count_include_pad"] = 1
     return b.node("AveragePool" if node.op == "avgpool2d" else "MaxPool", [b.read(node.inputs[0])], **attrs)[0]

@@ -42,10 +42,11 @@ def build_onnx(
             proto.output[:] = [OUTPUT_NAME if o == final else o for o in proto.output]
             proto.input[:] = [OUTPUT_NAME if i == final else i for i in proto.input]
 
-    in_shape = ["N", *graph.tensors[graph_input].shape[1:]]
-    outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", *graph.tensors[graph_output].shape[1:]])]
+    in_shape: list[str | int] = ["N", *graph.tensors[graph_input].shape[1:]]
+    out_shape: list[str | int] = ["N", *graph.tensors[graph_output].shape[1:]]
+    outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, out_shape)]
     exposed = {name: OUTPUT_NAME if b.names[name] == final else b.names[name] for name in expose}
-    for name, value in exposed.items():
+    for value in exposed.values():
         if value not in (INPUT_NAME, OUTPUT_NAME):
             outputs.append(helper.make_tensor_value_info(value, TensorProto.FLOAT, None))
     onnx_graph = helper.make_graph(

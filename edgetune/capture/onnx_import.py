@@ -1,0 +1,348 @@
+"""Import an fp32 ONNX model into the IR (quantization only: no pruning or fine-tune).
+
+One function per ONNX op family, registered by op type. Nodes that only compute shapes
+(Shape, Gather, Unsqueeze on int64 values, ...) are dropped: ONNX shape inference gives
+the static shapes the IR needs, and a Reshape whose target is computed takes the inferred
+output shape. Unsupported ops are collected and reported together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetune.errors import InputError, UnsupportedOpsError
+from edgetune.ir.graph import Graph, Node, Tensor
+from edgetune.ir.passes import simplify
+
+Importer = Callable[["OnnxContext", Any], None]
+IMPORTERS: dict[str, Importer] = {}
+SHAPE_ONLY = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "ConstantOfShape", "Range", "Mul", "Add", "Div", "Sub"}
+
+
+def imports(*op_types: str) -> Callable[[Importer], Importer]:
+    def register(fn: Importer) -> Importer:
+        for op_type in op_types:
+            if op_type in IMPORTERS:
+                raise ValueError(f"ONNX op {op_type} already has an importer")
+            IMPORTERS[op_type] = fn
+        return fn
+
+    return register
+
+
+class OnnxContext:
+    def __init__(self, constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], graph: Graph) -> None:
+        self.constants = constants
+        self.shapes = shapes
+        self.graph = graph
+        self.aliases: dict[str, str] = {}
+
+    def name(self, value: str) -> str:
+        value = self.aliases.get(value, value)
+        if value in self.constants and value not in self.graph.tensors:
+            data = self.constants[value].astype(np.float32)
+            self.graph.tensors[value] = Tensor(value, tuple(data.shape), data)
+        return value
+
+    def const(self, value: str) -> np.ndarray | None:
+        return self.constants.get(self.aliases.get(value, value))
+
+    def add_const(self, base: str, data: np.ndarray) -> str:
+        name = base
+        while name in self.graph.tensors or name in self.constants:
+            name += "_"
+        self.constants[name] = data.astype(np.float32)
+        return self.name(name)
+
+    def emit(self, op: str, proto: Any, inputs: list[str], **attrs: Any) -> Node:
+        out = proto.output[0]
+        shape = self.shapes.get(out)
+        if shape is None:
+            raise InputError(f"ONNX shape inference found no shape for {out} ({proto.op_type})", "export the model with static shapes")
+        self.graph.tensors[out] = Tensor(out, shape)
+        node = Node(op, proto.name or out, inputs, [out], attrs)
+        self.graph.nodes.append(node)
+        return node
+
+    def alias(self, proto: Any, source: str) -> None:
+        self.aliases[proto.output[0]] = self.aliases.get(source, source)
+
+
+def _attrs(proto: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in proto.attribute}
+
+
+def _pads4(pads: list[int] | None) -> list[int]:
+    # ONNX: [top, left, bottom, right] for 2-D, the IR's order too.
+    return list(pads) if pads else [0, 0, 0, 0]
+
+
+@imports("Conv")
+def conv(ctx: OnnxContext, proto: Any) -> None:
+    a = _attrs(proto)
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise InputError(f"Conv {proto.name} uses auto_pad", "export with explicit pads")
+    if ctx.const(proto.input[1]) is None or len(ctx.shapes.get(proto.input[1], ())) != 4:
+        raise InputError(f"Conv {proto.name} has a non-constant or non-2-D weight", "export a 2-D convolution with constant weights")
+    inputs = [ctx.name(i) for i in proto.input if i]
+    ctx.emit(
+        "conv2d",
+        proto,
+        inputs,
+        stride=list(a.get("strides", [1, 1])),
+        pads=_pads4(a.get("pads")),
+        dilation=list(a.get("dilations", [1, 1])),
+        groups=int(a.get("group", 1)),
+    )
+
+
+@imports("Gemm")
+def gemm(ctx: OnnxContext, proto: Any) -> None:
+    a = _attrs(proto)
+    weight = ctx.const(proto.input[1])
+    if weight is None or a.get("transA", 0):
+        raise InputError(f"Gemm {proto.name} has a non-constant weight or transA", "export linear layers with constant weights")
+    weight = weight if a.get("transB", 0) else weight.T
+    weight = weight * float(a.get("alpha", 1.0))
+    inputs = [ctx.name(proto.input[0]), ctx.add_const(f"{proto.input[1]}_linear", weight)]
+    if len(proto.input) > 2 and proto.input[2]:
+        bias = ctx.const(proto.input[2])
+        if bias is None:
+            raise InputError(f"Gemm {proto.name} has a non-constant bias", "export with constant biases")
+        bias = np.broadcast_to(bias * float(a.get("beta", 1.0)), (weight.shape[0],))
+        inputs.append(ctx.add_const(f"{proto.input[2]}_linear", np.ascontiguousarray(bias)))
+    ctx.emit("linear", proto, inputs)
+
+
+@imports("MatMul")
+def matmul(ctx: OnnxContext, proto: Any) -> None:
+    weight = ctx.const(proto.input[1])
+    if weight is None or weight.ndim != 2:
+        raise InputError(f"MatMul {proto.name} multiplies two activations", "edgetune imports MatMul by a constant matrix only")
+    ctx.emit("linear", proto, [ctx.name(proto.input[0]), ctx.add_const(f"{proto.input[1]}_linear", weight.T.copy())])
+
+
+@imports("BatchNormalization")
+def batch_norm(ctx: OnnxContext, proto: Any) -> None:
+    x, scale, bias, mean, var = proto.input[:5]
+    ctx.emit(
+        "batch_norm",
+        proto,
+        [ctx.name(x), ctx.name(mean), ctx.name(var), ctx.name(scale), ctx.name(bias)],
+        eps=float(_attrs(proto).get("epsilon", 1e-5)),
+    )
+
+
+@imports("Relu")
+def relu(ctx: OnnxContext, proto: Any) -> None:
+    ctx.emit("relu", proto, [ctx.name(proto.input[0])])
+
+
+@imports("Clip")
+def clip(ctx: OnnxContext, proto: Any) -> None:
+    a = _attrs(proto)
+    low = ctx.const(proto.input[1]) if len(proto.input) > 1 and proto.input[1] else a.get("min")
+    high = ctx.const(proto.input[2]) if len(proto.input) > 2 and proto.input[2] else a.get("max")
+    low_value = None if low is None else float(np.asarray(low))
+    high_value = None if high is None else float(np.asarray(high))
+    op = "relu6" if (low_value, high_value) == (0.0, 6.0) else "clamp"
+    attrs = {} if op == "relu6" else {"min": low_value, "max": high_value}
+    ctx.emit(op, proto, [ctx.name(proto.input[0])], **attrs)
+
+
+@imports("Add", "Sub", "Mul", "Div")
+def binary(ctx: OnnxContext, proto: Any) -> None:
+    left, right = proto.input[0], proto.input[1]
+    if ctx.const(left) is not None and ctx.const(right) is not None:
+        return  # shape arithmetic: both sides constant
+    if proto.op_type == "Div":
+        divisor = ctx.const(right)
+        if divisor is None:
+            raise InputError(f"Div {proto.name} divides by an activation", "divide by constants only")
+        ctx.emit("mul", proto, [ctx.name(left), ctx.add_const(f"{right}_reciprocal", 1.0 / divisor)])
+        return
+    ctx.emit(proto.op_type.lower(), proto, [ctx.name(left), ctx.name(right)])
+
+
+@imports("GlobalAveragePool")
+def global_avgpool(ctx: OnnxContext, proto: Any) -> None:
+    ctx.emit("global_avgpool", proto, [ctx.name(proto.input[0])])
+
+
+@imports("AveragePool", "MaxPool")
+def pool(ctx: OnnxContext, proto: Any) -> None:
+    a = _attrs(proto)
+    if a.get("ceil_mode", 0) or (proto.op_type == "AveragePool" and a.get("pads") and not a.get("count_include_pad", 0)):
+        raise InputError(f"{proto.op_type} {proto.name} uses ceil_mode or excludes padding from the average", "export with the defaults")
+    kernel = list(a["kernel_shape"])
+    op = "avgpool2d" if proto.op_type == "AveragePool" else "maxpool2d"
+    ctx.emit(op, proto, [ctx.name(proto.input[0])], kernel=kernel, stride=list(a.get("strides", kernel)), pads=_pads4(a.get("pads")))
+
+
+@imports("ReduceMean")
+def reduce_mean(ctx: OnnxContext, proto: Any) -> None:
+    a = _attrs(proto)
+    axes = a.get("axes")
+    if axes is None and len(proto.input) > 1:
+        axes = ctx.const(proto.input[1])
+    rank = len(ctx.shapes[proto.input[0]])
+    dims = sorted(int(d) % rank for d in axes)  # type: ignore[union-attr]
+    keep = bool(a.get("keepdims", 1))
+    if rank == 4 and dims == [2, 3] and keep:
+        ctx.emit("global_avgpool", proto, [ctx.name(proto.input[0])])
+    else:
+        ctx.emit("mean", proto, [ctx.name(proto.input[0])], axes=dims, keepdim=keep)
+
+
+@imports("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+def reshape(ctx: OnnxContext, proto: Any) -> None:
+    out_shape = ctx.shapes[proto.output[0]]
+    in_shape = ctx.shapes[proto.input[0]]
+    if in_shape == out_shape:
+        ctx.alias(proto, proto.input[0])
+    else:
+        ctx.emit("reshape", proto, [ctx.name(proto.input[0])], shape=list(out_shape[1:]))
+
+
+@imports("Transpose")
+def transpose(ctx: OnnxContext, proto: Any) -> None:
+    perm = list(_attrs(proto)["perm"])
+    if perm[0] != 0:
+        raise InputError(f"Transpose {proto.name} moves the batch axis", "keep axis 0 as the batch axis")
+    ctx.emit("transpose", proto, [ctx.name(proto.input[0])], perm=perm)
+
+
+@imports("Pad")
+def pad(ctx: OnnxContext, proto: Any) -> None:
+    a = _attrs(proto)
+    mode = a.get("mode", b"constant")
+    if mode not in (b"constant", "constant"):
+        raise InputError(f"Pad {proto.name} uses mode {mode!r}", "use constant padding")
+    widths = ctx.const(proto.input[1]) if len(proto.input) > 1 else a.get("pads")
+    if widths is None:
+        raise InputError(f"Pad {proto.name} has computed pads", "export with constant pads")
+    value = ctx.const(proto.input[2]) if len(proto.input) > 2 and proto.input[2] else a.get("value", 0.0)
+    widths = [int(w) for w in np.asarray(widths)]
+    rank = len(widths) // 2
+    pairs = [[widths[i], widths[i + rank]] for i in range(rank)]
+    ctx.emit("pad", proto, [ctx.name(proto.input[0])], pads=pairs, value=float(np.asarray(value if value is not None else 0.0)))
+
+
+@imports("Concat")
+def concat(ctx: OnnxContext, proto: Any) -> None:
+    rank = len(ctx.shapes[proto.output[0]])
+    ctx.emit("concat", proto, [ctx.name(i) for i in proto.input], axis=int(_attrs(proto)["axis"]) % rank)
+
+
+@imports("Softmax")
+def softmax(ctx: OnnxContext, proto: Any) -> None:
+    rank = len(ctx.shapes[proto.output[0]])
+    axis = int(_attrs(proto).get("axis", -1)) % rank
+    if axis != rank - 1:
+        raise InputError(f"Softmax {proto.name} over axis {axis}", "apply softmax over the last axis")
+    ctx.emit("softmax", proto, [ctx.name(proto.input[0])], axis=axis)
+
+
+@imports("Sigmoid", "Tanh", "HardSwish")
+def unary(ctx: OnnxContext, proto: Any) -> None:
+    ctx.emit(proto.op_type.lower(), proto, [ctx.name(proto.input[0])])
+
+
+@imports("Identity", "Dropout")
+def identity(ctx: OnnxContext, proto: Any) -> None:
+    ctx.alias(proto, proto.input[0])
+
+
+def _load(path: Path) -> Any:
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+        # Infer with a batch of one and data propagation, so computed Reshape targets
+        # (Shape -> Gather -> Concat) resolve to static shapes.
+        for value in model.graph.input:
+            dims = value.type.tensor_type.shape.dim
+            if len(dims) > 0 and not dims[0].HasField("dim_value"):
+                dims[0].dim_value = 1
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        raise InputError(
+            f"{path} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})", "re-export it from its framework"
+        ) from None
+
+
+def import_onnx(path: Path) -> Graph:
+    from onnx import TensorProto, numpy_helper
+
+    model = _load(path)
+    onnx_graph = model.graph
+    if any(t.data_type not in (TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32) for t in onnx_graph.initializer):
+        raise InputError(f"{path} holds non-float weights (already quantized?)", "give edgetune the fp32 model")
+    constants = {t.name: numpy_helper.to_array(t) for t in onnx_graph.initializer}
+    for proto in onnx_graph.node:
+        if proto.op_type == "Constant":
+            constants[proto.output[0]] = numpy_helper.to_array(proto.attribute[0].t)
+    types: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for info in [*onnx_graph.value_info, *onnx_graph.input, *onnx_graph.output]:
+        tensor_type = info.type.tensor_type
+        types[info.name] = tensor_type.elem_type
+        if tensor_type.HasField("shape"):
+            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim)
+    for name, data in constants.items():
+        shapes[name] = tuple(data.shape)
+    inputs = [i for i in onnx_graph.input if i.name not in constants]
+    if len(inputs) != 1 or len(onnx_graph.output) != 1:
+        raise InputError(
+            f"{path} has {len(inputs)} inputs and {len(onnx_graph.output)} outputs", "edgetune handles one input and one output"
+        )
+
+    def computes_shapes(proto: Any) -> bool:
+        return proto.op_type in SHAPE_ONLY and all(types.get(o) in (TensorProto.INT64, TensorProto.INT32) for o in proto.output)
+
+    compute = [p for p in onnx_graph.node if p.op_type != "Constant" and not computes_shapes(p)]
+    missing = sorted({p.op_type for p in compute if p.op_type not in IMPORTERS})
+    if missing:
+        raise UnsupportedOpsError(missing, "edgetune's ONNX import")
+    graph = Graph(inputs=[inputs[0].name], outputs=[], tensors={}, nodes=[])
+    graph.tensors[inputs[0].name] = Tensor(inputs[0].name, shapes[inputs[0].name])
+    ctx = OnnxContext(constants, shapes, graph)
+    for proto in compute:
+        IMPORTERS[proto.op_type](ctx, proto)
+    graph.outputs = [ctx.name(onnx_graph.output[0].name)]
+    fold_constant_bias(graph)
+    simplify(graph)
+    return graph
+
+
+def fold_constant_bias(graph: Graph) -> None:
+    """MatMul + Add(constant) (and Conv + Add) as exported by some tools: fold the constant into the bias."""
+    producers = graph.producers()
+    consumers = graph.consumers()
+    for node in [n for n in graph.nodes if n.op == "add"]:
+        const_side = [i for i in node.inputs if graph.tensors[i].data is not None]
+        act_side = [i for i in node.inputs if graph.tensors[i].data is None]
+        if len(const_side) != 1 or len(act_side) != 1:
+            continue
+        source = producers.get(act_side[0])
+        if source is None or source.op not in ("linear", "conv2d") or len(consumers[act_side[0]]) != 1 or source.act != "none":
+            continue
+        channels = graph.tensors[source.inputs[1]].shape[0]
+        addend = graph.const(const_side[0])
+        if addend.size not in (1, channels):
+            continue
+        addend = np.broadcast_to(addend.reshape(-1), (channels,)).astype(np.float32)
+        bias = graph.const(source.inputs[2]) if len(source.inputs) > 2 else np.zeros(channels, np.float32)
+        name = f"{source.name}.bias_folded"
+        graph.tensors[name] = Tensor(name, (channels,), (bias + addend).astype(np.float32))
+        source.inputs[2:] = [name]
+        graph.rename_input(node.outputs[0], source.outputs[0])
+        graph.nodes.remove(node)
+    graph.remove_unused()

@@ -1,0 +1,131 @@
+"""MODEL inputs: callables with weights, torch.export .pt2 files and fp32 ONNX files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from edgetune import zoo
+from edgetune.capture.onnx_import import import_onnx
+from edgetune.cli.main import run
+from edgetune.ir.torch_exec import GraphRunner, run_batches
+
+
+def _compress(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:  # type: ignore[type-arg]
+    code = run(["compress", *argv, "--json", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def test_pt2_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    program = torch.export.export(zoo.digits_cnn(), (torch.zeros(1, 1, 8, 8),))
+    torch.export.save(program, str(tmp_path / "digits.pt2"))
+    report = _compress(capsys, [str(tmp_path / "digits.pt2"), "--calib", "digits", "--eval", "digits:test", "-o", str(tmp_path / "o")])
+    assert report["evaluation"]["accuracy_drop_pp"] <= 0.3 and report["evaluation"]["fp32_accuracy"] > 0.95
+
+
+def test_callable_file_with_safetensors_and_pt_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import save_file
+
+    (tmp_path / "net.py").write_text("from edgetune.zoo.digits import DigitsCNN\n\ndef build():\n    return DigitsCNN()\n")
+    state = zoo.digits_cnn().state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    torch.save(state, tmp_path / "w.pt")
+    accuracies = []
+    for weights in ("w.safetensors", "w.pt"):
+        argv = [f"{tmp_path / 'net.py'}:build", "--weights", str(tmp_path / weights), "--calib", "digits", "--eval", "digits:test"]
+        report = _compress(capsys, [*argv, "-o", str(tmp_path / f"out-{weights}")])
+        accuracies.append(report["evaluation"]["fp32_accuracy"])
+    assert accuracies[0] == accuracies[1] > 0.95
+
+
+def test_onnx_input_quantizes_like_the_torch_model(tmp_path: Path, capsys: pytest.CaptureFixture[str], digits_out: Path) -> None:
+    report = _compress(capsys, [str(digits_out / "model.fp32.onnx"), "--calib", "digits", "--eval", "digits:test", "-o", str(tmp_path)])
+    torch_report = json.loads((digits_out / "report.json").read_text())
+    assert report["evaluation"]["int8_accuracy"] == torch_report["evaluation"]["int8_accuracy"]
+    # Tensor names differ, the arithmetic does not: both int8 artifacts give the same outputs.
+    x = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    outputs = [ort.InferenceSession(str(d / "model.onnx")).run(None, {"input": x})[0] for d in (tmp_path, digits_out)]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def _foreign_model() -> onnx.ModelProto:
+    """An ONNX graph written the way other exporters write them: standalone BatchNorm, Clip,
+    Flatten, a computed Reshape target, MatMul + Add and a Gemm without transB."""
+    rng = np.random.default_rng(0)
+
+    def init(name: str, array: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(array), name)
+
+    inits = [
+        init("w", rng.normal(size=(4, 3, 3, 3)).astype(np.float32) * 0.3),
+        init("bn_scale", np.array([1.0, 0.5, 2.0, 1.5], np.float32)),
+        init("bn_bias", np.array([0.1, -0.2, 0.0, 0.3], np.float32)),
+        init("bn_mean", np.array([0.0, 0.1, -0.1, 0.2], np.float32)),
+        init("bn_var", np.array([1.0, 0.5, 2.0, 1.0], np.float32)),
+        init("lo", np.float32(0.0)),
+        init("hi", np.float32(6.0)),
+        init("mm", rng.normal(size=(16, 8)).astype(np.float32) * 0.3),
+        init("mm_bias", rng.normal(size=(8,)).astype(np.float32)),
+        init("gemm_w", rng.normal(size=(8, 5)).astype(np.float32) * 0.3),
+        init("gemm_b", rng.normal(size=(5,)).astype(np.float32)),
+        init("zero", np.array([0], np.int64)),
+        init("minus_one", np.array([-1], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("BatchNormalization", ["c", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["b"]),
+        helper.make_node("Clip", ["b", "lo", "hi"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Shape", ["p"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Concat", ["n", "minus_one"], ["target"], axis=0),
+        helper.make_node("Reshape", ["p", "target"], ["f"]),
+        helper.make_node("MatMul", ["f", "mm"], ["m"]),
+        helper.make_node("Add", ["m", "mm_bias"], ["a"]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Gemm", ["ar", "gemm_w", "gemm_b"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_foreign_onnx_graph_imports_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.onnx"
+    onnx.save(_foreign_model(), str(path))
+    graph = import_onnx(path)
+    ops = [node.op for node in graph.nodes]
+    assert ops == ["conv2d", "maxpool2d", "reshape", "linear", "linear"], ops
+    assert graph.nodes[0].act == "relu6" and graph.nodes[3].act == "relu"
+    x = np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(run_batches(GraphRunner(graph), x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unsupported_onnx_ops_are_listed_together(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    nodes = [helper.make_node("Erf", ["x"], ["e"]), helper.make_node("Einsum", ["e", "e"], ["y"], equation="ij,ij->ij")]
+    graph = helper.make_graph(
+        nodes,
+        "odd",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(tmp_path / "odd.onnx"))
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 4), np.float32))
+    assert run(["compress", str(tmp_path / "odd.onnx"), "--calib", str(tmp_path / "d.npz"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    line = capfd.readouterr().err.strip()
+    assert line.startswith("error: ") and "Einsum" in line and "Erf" in line and "\n" not in line
