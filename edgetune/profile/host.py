@@ -73,14 +73,14 @@ def bench_onnx(path: Path, threads: int, runs: int = 100, warmup: int = 10, prog
     for index in range(warmup):
         runner.run_one(sample)
         if progress is not None:
-            progress(index + 1, warmup + runs, "warm-up")
+            progress(index + 1, warmup + runs, "benchmark")
     times = np.empty(runs)
     for index in range(runs):
         start = time.perf_counter()
         runner.run_one(sample)
         times[index] = time.perf_counter() - start
         if progress is not None:
-            progress(warmup + index + 1, warmup + runs, "timing")
+            progress(warmup + index + 1, warmup + runs, "benchmark")
     times_ms = times * 1e3
     return BenchResult(
         artifact=str(path),
