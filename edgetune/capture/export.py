@@ -60,7 +60,7 @@ def _constants(program: torch.export.ExportedProgram) -> dict[str, np.ndarray]:
 
 def lower_program(program: torch.export.ExportedProgram) -> Graph:
     fx_graph = program.graph_module.graph
-    missing = sorted({str(n.target) for n in fx_graph.nodes if n.op == "call_function" and n.target not in LOWERINGS})
+    missing = LOWERINGS.missing(n.target for n in fx_graph.nodes if n.op == "call_function")
     if missing:
         raise UnsupportedOpsError(missing, "edgetune's capture")
     constants = _constants(program)

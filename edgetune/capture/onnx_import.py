@@ -17,21 +17,12 @@ import numpy as np
 from edgetune.errors import InputError, UnsupportedOpsError
 from edgetune.ir.graph import Graph, Node, Tensor
 from edgetune.ir.passes import simplify
+from edgetune.registry import Registry
 
 Importer = Callable[["OnnxContext", Any], None]
-IMPORTERS: dict[str, Importer] = {}
+IMPORTERS: Registry[Importer] = Registry("ONNX importer")
+imports = IMPORTERS.register
 SHAPE_ONLY = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "ConstantOfShape", "Range", "Mul", "Add", "Div", "Sub"}
-
-
-def imports(*op_types: str) -> Callable[[Importer], Importer]:
-    def register(fn: Importer) -> Importer:
-        for op_type in op_types:
-            if op_type in IMPORTERS:
-                raise ValueError(f"ONNX op {op_type} already has an importer")
-            IMPORTERS[op_type] = fn
-        return fn
-
-    return register
 
 
 class OnnxContext:
@@ -308,7 +299,7 @@ def import_onnx(path: Path) -> Graph:
         return proto.op_type in SHAPE_ONLY and all(types.get(o) in (TensorProto.INT64, TensorProto.INT32) for o in proto.output)
 
     compute = [p for p in onnx_graph.node if p.op_type != "Constant" and not computes_shapes(p)]
-    missing = sorted({p.op_type for p in compute if p.op_type not in IMPORTERS})
+    missing = IMPORTERS.missing(p.op_type for p in compute)
     if missing:
         raise UnsupportedOpsError(missing, "edgetune's ONNX import")
     graph = Graph(inputs=[inputs[0].name], outputs=[], tensors={}, nodes=[])

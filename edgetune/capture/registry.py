@@ -10,20 +10,11 @@ import numpy as np
 import torch.fx
 
 from edgetune.ir import Graph, Node, Tensor
+from edgetune.registry import Registry
 
 Lowering = Callable[["LoweringContext", torch.fx.Node], None]
-LOWERINGS: dict[Any, Lowering] = {}
-
-
-def lowers(*targets: Any) -> Callable[[Lowering], Lowering]:
-    def register(fn: Lowering) -> Lowering:
-        for target in targets:
-            if target in LOWERINGS:
-                raise ValueError(f"{target} already has a lowering ({LOWERINGS[target].__name__})")
-            LOWERINGS[target] = fn
-        return fn
-
-    return register
+LOWERINGS: Registry[Lowering] = Registry("ATen lowering")
+lowers = LOWERINGS.register
 
 
 @dataclass

@@ -3,16 +3,12 @@ how they are preprocessed."""
 
 from __future__ import annotations
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgetune.errors import InputError
-from edgetune.resources import bundled_dir
+from edgetune.resources import bundled_dir, read_toml, resolve_named
 
 
 @dataclass(frozen=True)
@@ -63,21 +59,8 @@ def bundled_recipes() -> dict[str, Path]:
 
 
 def load_recipe(name_or_path: str) -> Recipe:
-    path = Path(name_or_path)
-    if not path.suffix == ".toml":
-        known = bundled_recipes()
-        if name_or_path not in known:
-            raise InputError(
-                f"no data recipe named {name_or_path!r}",
-                f"use one of {', '.join(known)} or a path to a .toml recipe",
-            )
-        path = known[name_or_path]
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"data recipe {path} does not exist", "check the path") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"data recipe {path} is not valid TOML ({exc})", "fix the file") from None
+    path = resolve_named(name_or_path, bundled_recipes(), "data recipe")
+    raw = read_toml(path, "data recipe")
     pre = raw.get("preprocess", {})
     try:
         preprocess = Preprocess(

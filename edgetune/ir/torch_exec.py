@@ -15,20 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgetune.ir.graph import Graph, Node, QParams
+from edgetune.registry import Registry
 
 Kernel = Callable[[Node, list[torch.Tensor]], torch.Tensor]
-KERNELS: dict[str, Kernel] = {}
+KERNELS: Registry[Kernel] = Registry("torch kernel")
+kernel = KERNELS.register
 Observer = Callable[[str, torch.Tensor], None]
-
-
-def kernel(op: str) -> Callable[[Kernel], Kernel]:
-    def register(fn: Kernel) -> Kernel:
-        if op in KERNELS:
-            raise ValueError(f"op {op} already has a torch kernel")
-        KERNELS[op] = fn
-        return fn
-
-    return register
 
 
 def apply_act(x: torch.Tensor, act: str) -> torch.Tensor:
@@ -58,19 +50,12 @@ def _linear(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return apply_act(F.linear(args[0], args[1], args[2] if len(args) > 2 else None), node.act)
 
 
-@kernel("add")
-def _add(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
-    return apply_act(args[0] + args[1], node.act)
+_BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"add": torch.add, "sub": torch.sub, "mul": torch.mul}
 
 
-@kernel("sub")
-def _sub(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
-    return apply_act(args[0] - args[1], node.act)
-
-
-@kernel("mul")
-def _mul(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
-    return apply_act(args[0] * args[1], node.act)
+@kernel("add", "sub", "mul")
+def _binary(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return apply_act(_BINARY[node.op](args[0], args[1]), node.act)
 
 
 @kernel("relu")
@@ -175,7 +160,7 @@ class GraphRunner(nn.Module):
         super().__init__()
         self.graph = graph
         self.quantized = quantized
-        missing = sorted({n.op for n in graph.nodes if n.op not in KERNELS})
+        missing = KERNELS.missing(n.op for n in graph.nodes)
         if missing:
             raise NotImplementedError(f"no torch kernel for {', '.join(missing)}")
         self.constants: dict[str, torch.Tensor] = {}

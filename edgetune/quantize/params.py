@@ -69,21 +69,22 @@ def bias_params(input_q: QParams, weight_q: QParams, channels: int) -> QParams:
     return QParams(scale, np.zeros(channels, np.int64), "int32", 0)
 
 
+def _broadcast(q: QParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point shaped to broadcast along the channel axis of a rank-``ndim`` tensor."""
+    if q.axis is None:
+        return q.scale, q.zero_point
+    shape = [1] * ndim
+    shape[q.axis] = -1
+    return q.scale.reshape(shape), q.zero_point.reshape(shape)
+
+
 def quantize_array(values: np.ndarray, q: QParams) -> np.ndarray:
     """Real values to their integer levels (round half to even, saturate), as ONNX and TFLite do."""
-    scale, zero_point = q.scale, q.zero_point
-    if q.axis is not None:
-        shape = [1] * values.ndim
-        shape[q.axis] = -1
-        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    scale, zero_point = _broadcast(q, values.ndim)
     levels = np.round(values.astype(np.float64) / scale.astype(np.float64)) + zero_point
     return np.clip(levels, q.qmin, q.qmax).astype(q.dtype)
 
 
 def dequantize_array(levels: np.ndarray, q: QParams) -> np.ndarray:
-    scale, zero_point = q.scale, q.zero_point
-    if q.axis is not None:
-        shape = [1] * levels.ndim
-        shape[q.axis] = -1
-        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    scale, zero_point = _broadcast(q, levels.ndim)
     return ((levels.astype(np.int64) - zero_point) * scale).astype(np.float32)

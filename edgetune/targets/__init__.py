@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import os
 import platform
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgetune.errors import InputError
-from edgetune.resources import bundled_dir
+from edgetune.resources import bundled_dir, read_toml, resolve_named
 
 CLASSES = ("cpu", "mcu")
 ACTIVATIONS = ("int8", "uint8", "auto")
@@ -83,18 +78,8 @@ def target_files() -> dict[str, Path]:
 
 
 def load_target(name_or_path: str) -> Target:
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        files = target_files()
-        if name_or_path not in files:
-            raise InputError(f"unknown target {name_or_path!r}", f"use one of {', '.join(files)} (edgetune targets list)")
-        path = files[name_or_path]
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"target file {path} does not exist", "check the path") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"target file {path} is not valid TOML ({exc})", "fix the file") from None
+    path = resolve_named(name_or_path, target_files(), "target")
+    raw = read_toml(path, "target")
     try:
         peak = raw.get("peak", {})
         return Target(

@@ -16,20 +16,11 @@ import numpy as np
 
 from edgetune.export.onnx.builder import OnnxBuilder
 from edgetune.ir.graph import Node
+from edgetune.registry import Registry
 
 OnnxOp = Callable[[OnnxBuilder, Node], str]
-ONNX_OPS: dict[str, OnnxOp] = {}
-
-
-def onnx_op(*ops: str) -> Callable[[OnnxOp], OnnxOp]:
-    def register(fn: OnnxOp) -> OnnxOp:
-        for op in ops:
-            if op in ONNX_OPS:
-                raise ValueError(f"op {op} already has an ONNX writer")
-            ONNX_OPS[op] = fn
-        return fn
-
-    return register
+ONNX_OPS: Registry[OnnxOp] = Registry("ONNX writer")
+onnx_op = ONNX_OPS.register
 
 
 def _activation(b: OnnxBuilder, value: str, act: str) -> str:

@@ -23,7 +23,7 @@ def build_onnx(
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The ONNX model, and the ONNX value names of the IR tensors in ``expose``, which are
     added as extra graph outputs (calibration reads activations that way)."""
-    missing = sorted({node.op for node in graph.nodes if node.op not in ONNX_OPS})
+    missing = ONNX_OPS.missing(node.op for node in graph.nodes)
     if missing:
         raise UnsupportedOpsError(missing, "the ONNX writer")
     b = OnnxBuilder(graph, quantized, unsigned_activations)
