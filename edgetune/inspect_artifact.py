@@ -63,7 +63,13 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
                 macs += int(np.prod(out_shape[1:])) * int(np.prod(w_shape[1:]))
             else:
                 macs += int(np.prod(out_shape[1:])) * (w_shape[1] if node.op_type == "Gemm" and _trans_b(node) else w_shape[0])
-    params = sum(int(np.prod(t.dims)) for t in inits.values() if len(t.dims) >= 1 and int(np.prod(t.dims)) > 1)
+    # Parameters are weights and biases: not the scales and zero points of Q/DQ nodes, not shape constants.
+    qdq_params = {name for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for name in n.input[1:]}
+    params = sum(
+        int(np.prod(t.dims))
+        for name, t in inits.items()
+        if name not in qdq_params and t.data_type != onnx.TensorProto.INT64 and len(t.dims) >= 1
+    )
     int_weights = sum(1 for t in inits.values() if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) > 1)
     activation_types = sorted(
         {

@@ -78,7 +78,8 @@ def test_edgetune_file_reloads_and_evaluates(digits_out: Path, capsys: pytest.Ca
 def test_inspect_bench_and_targets(digits_out: Path, capsys: pytest.CaptureFixture[str]) -> None:
     info = _json(capsys, ["inspect", str(digits_out / "model.onnx")])
     assert info["quantization"]["qdq"] and info["quantization"]["activation_types"] == ["uint8"]
-    assert info["macs"] == json.loads((digits_out / "report.json").read_text())["model"]["macs"]
+    report = json.loads((digits_out / "report.json").read_text())
+    assert info["macs"] == report["model"]["macs"] and info["parameters"] == report["model"]["parameters"]
     bench = _json(capsys, ["bench", str(digits_out / "model.onnx"), "--runs", "20", "--warmup", "2", "--threads", "1", "--quiet"])
     assert bench["threads"] == 1 and bench["runs"] == 20
     assert 0 < bench["p50_ms"] <= bench["p90_ms"] <= bench["p99_ms"]

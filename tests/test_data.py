@@ -72,3 +72,21 @@ def test_sample_images_are_seeded_crops() -> None:
     test = load_dataset("sample-images", "test", limit=4)
     assert first.x.shape == (4, 3, 224, 224)
     assert np.array_equal(first.x, again.x) and not np.array_equal(first.x, test.x)
+
+
+def test_bundled_sets_read_the_same_files_as_sklearn() -> None:
+    from sklearn.datasets import load_digits, load_sample_images
+
+    from edgetune.data.sources import sklearn_data_file
+
+    digits = load_digits()
+    ours = np.concatenate([load_dataset("digits", role).x for role in ("test", "calibration", "train")])
+    labels = np.concatenate([load_dataset("digits", role).y for role in ("test", "calibration", "train")])  # type: ignore[misc]
+    order = np.random.default_rng(0).permutation(len(digits.images))
+    np.testing.assert_array_equal(ours, digits.images[order][:, None].astype(np.float32) / 16)
+    np.testing.assert_array_equal(labels, digits.target[order])
+    from PIL import Image
+
+    photos = sorted(sklearn_data_file("datasets/images").glob("*.jpg"))
+    for expected, path in zip(load_sample_images().images, photos):
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +115,23 @@ def load_bundled(recipe: Recipe, role: str) -> Dataset:
     raise InputError(f"recipe {recipe.name} describes {recipe.source!r} data, not a bundled set", "pass a folder with --recipe")
 
 
-def _digits(recipe: Recipe, role: str) -> Dataset:
-    from sklearn.datasets import load_digits
+def sklearn_data_file(relative: str) -> Path:
+    """A data file that ships inside scikit-learn, found without importing it (importing
+    sklearn.datasets costs about a second)."""
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / relative
+        if path.exists():
+            return path
+    raise InputError(f"scikit-learn's bundled file {relative} is missing", "install scikit-learn (pip install scikit-learn)")
 
-    bunch = load_digits()
-    x = bunch.images.astype(np.float32)[:, None, :, :]
-    y = bunch.target.astype(np.int64)
+
+def _digits(recipe: Recipe, role: str) -> Dataset:
+    # The same file and layout sklearn.datasets.load_digits reads: 64 pixels then the label per row.
+    table = np.loadtxt(sklearn_data_file("datasets/data/digits.csv.gz"), delimiter=",", dtype=np.float32)
+    x = table[:, :64].reshape(-1, 1, 8, 8)
+    y = table[:, 64].astype(np.int64)
     pre = recipe.preprocess
     x = (x * pre.scale - np.float32(pre.mean[0])) / np.float32(pre.std[0])
     order = np.random.default_rng(int(recipe.split["seed"])).permutation(len(x))
@@ -130,11 +142,16 @@ def _digits(recipe: Recipe, role: str) -> Dataset:
 
 
 def _sample_images(recipe: Recipe, role: str) -> Dataset:
-    from sklearn.datasets import load_sample_images
+    from PIL import Image
 
     if role == "train":
         role = "calibration"
-    photos = [np.asarray(p) for p in load_sample_images().images]
+    # The photos sklearn.datasets.load_sample_images returns, in its (sorted) order.
+    folder = sklearn_data_file("datasets/images")
+    photos = []
+    for path in sorted(folder.glob("*.jpg")):
+        with Image.open(path) as photo:
+            photos.append(np.asarray(photo.convert("RGB")))
     crops = images.random_resized_crops(
         photos,
         count=int(recipe.split[role]),
@@ -144,5 +161,7 @@ def _sample_images(recipe: Recipe, role: str) -> Dataset:
         aspect=tuple(recipe.crops.get("aspect", (0.75, 4 / 3))),  # type: ignore[arg-type]
         flip=bool(recipe.crops.get("flip", True)),
     )
-    x = np.stack([images.to_array(crop, recipe.preprocess) for crop in crops])
+    x = np.empty((len(crops), *images.to_array(crops[0], recipe.preprocess).shape), np.float32)
+    for index, crop in enumerate(crops):
+        x[index] = images.to_array(crop, recipe.preprocess)
     return Dataset(x, None, f"{recipe.name}:{role}", (), recipe.preprocess.as_dict())
