@@ -10,6 +10,7 @@ from edgetune.data import load_dataset
 from edgetune.errors import InputError
 from edgetune.evaluate.metrics import accuracy, agreement, finite_or_none, sqnr_db
 from edgetune.evaluate.runtime import OnnxRunner
+from edgetune.evaluate.tflite_runtime import TfliteRunner
 from edgetune.inspect_artifact import inspect_path
 from edgetune.pipeline import CompressResult, compress
 from edgetune.progress import Progress, silent
@@ -17,12 +18,14 @@ from edgetune.progress import Progress, silent
 __all__ = ["CompressResult", "benchmark", "compress", "evaluate", "inspect_artifact"]
 
 
-def _runner(artifact: str | Path, threads: int | None) -> OnnxRunner:
+def _runner(artifact: str | Path, threads: int | None) -> OnnxRunner | TfliteRunner:
     path = Path(artifact)
     if not path.is_file():
         raise InputError(f"artifact {path} does not exist", "check the path")
     if path.suffix == ".onnx":
         return OnnxRunner(path, threads=threads)
+    if path.suffix == ".tflite":
+        return TfliteRunner(path.read_bytes(), threads=threads)
     if path.suffix == ".edgetune":
         from edgetune.export.onnx.writer import write_onnx
         from edgetune.ir.serialize import load_graph
@@ -30,7 +33,7 @@ def _runner(artifact: str | Path, threads: int | None) -> OnnxRunner:
         graph = load_graph(path)
         quantized = any(t.quant is not None for t in graph.tensors.values())
         return OnnxRunner(write_onnx(graph, quantized=quantized), threads=threads)
-    raise InputError(f"cannot run {path.suffix or 'a file without suffix'} artifacts", "give an .onnx or .edgetune file")
+    raise InputError(f"cannot run {path.suffix or 'a file without suffix'} artifacts", "give an .onnx, .tflite or .edgetune file")
 
 
 def evaluate(
@@ -86,17 +89,19 @@ def benchmark(
     progress: Progress = silent,
 ) -> dict[str, Any]:
     """Latency percentiles and memory of ``artifact`` on this host."""
-    from edgetune.profile import bench_onnx
+    from edgetune.profile import bench_artifact
     from edgetune.targets import load_target
 
     profile = load_target(target)
     path = Path(artifact)
     if not path.is_file():
         raise InputError(f"artifact {path} does not exist", "check the path")
-    if path.suffix != ".onnx":
-        raise InputError(f"bench runs .onnx artifacts, not {path.suffix or 'files without suffix'}", "pass model.onnx or model.fp32.onnx")
+    if path.suffix not in (".onnx", ".tflite"):
+        raise InputError(
+            f"bench runs .onnx and .tflite artifacts, not {path.suffix or 'files without suffix'}", "pass model.onnx or model.tflite"
+        )
     count = threads or profile.resolved_threads()
-    result = bench_onnx(path, count, runs=runs, warmup=warmup, progress=progress)
+    result = bench_artifact(path, count, runs=runs, warmup=warmup, progress=progress)
     doc = {
         "schema": "edgetune.bench",
         "version": 1,

@@ -16,13 +16,15 @@ def inspect_path(path: Path) -> dict[str, Any]:
         raise InputError(f"artifact {path} does not exist", "check the path")
     if path.suffix == ".onnx":
         info = inspect_onnx(path)
+    elif path.suffix == ".tflite":
+        info = inspect_tflite(path)
     elif path.suffix == ".edgetune":
         from edgetune.ir.serialize import load_graph
         from edgetune.ir.stats import graph_summary
 
         info = {"format": "edgetune graph", **graph_summary(load_graph(path))}
     else:
-        raise InputError(f"cannot inspect {path.suffix or 'a file without suffix'}", "give an .onnx or .edgetune file")
+        raise InputError(f"cannot inspect {path.suffix or 'a file without suffix'}", "give an .onnx, .tflite or .edgetune file")
     return {"artifact": str(path), "bytes": path.stat().st_size, **info}
 
 
@@ -100,3 +102,72 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
 
 def _trans_b(node: Any) -> bool:
     return any(a.name == "transB" and a.i == 1 for a in node.attribute)
+
+
+_TFLITE_TYPES = {0: "float32", 2: "int32", 3: "uint8", 4: "int64", 9: "int8", 7: "int16"}
+
+
+def inspect_tflite(path: Path) -> dict[str, Any]:
+    import json
+
+    import tflite
+
+    from edgetune.evaluate.tflite_runtime import TfliteRunner
+
+    blob = path.read_bytes()
+    runner = TfliteRunner(blob)  # verifies the flatbuffer (model_content) before we walk it
+    model = tflite.Model.GetRootAsModel(blob, 0)
+    names = {value: name for name, value in vars(tflite.BuiltinOperator).items() if not name.startswith("_")}
+    graph = model.Subgraphs(0)
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    tensors = [graph.Tensors(i) for i in range(graph.TensorsLength())]
+    ops: Counter[str] = Counter()
+    versions: dict[str, int] = {}
+    macs = 0
+    weight_inputs: set[int] = set()
+    for index in range(graph.OperatorsLength()):
+        op = graph.Operators(index)
+        code = codes[op.OpcodeIndex()]
+        name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+        ops[name] += 1
+        versions[name] = code.Version()
+        inputs = [op.Inputs(i) for i in range(op.InputsLength())]
+        out_shape = list(tensors[op.Outputs(0)].ShapeAsNumpy())
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            weight_inputs.update(i for i in inputs[1:] if i >= 0)
+            weight = list(tensors[inputs[1]].ShapeAsNumpy())
+            if name == "CONV_2D":
+                macs += int(np.prod(out_shape[1:])) * int(np.prod(weight[1:]))
+            elif name == "DEPTHWISE_CONV_2D":
+                macs += int(np.prod(out_shape[1:])) * int(np.prod(weight[1:3]))
+            else:
+                macs += int(np.prod(out_shape[1:])) * int(weight[1])
+    params = sum(int(np.prod(tensors[i].ShapeAsNumpy())) for i in weight_inputs)
+    int8 = [t for t in tensors if t.Type() == tflite.TensorType.INT8]
+    per_channel = sum(1 for t in tensors if t.Quantization() is not None and t.Quantization().ScaleLength() > 1)
+    metadata = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        data = model.Buffers(entry.Buffer()).DataAsNumpy()
+        text = bytes(data).rstrip(b"\0").decode(errors="replace") if not isinstance(data, int) else ""
+        key = entry.Name().decode()
+        metadata[key] = json.loads(text) if key == "edgetune" else text
+    model_in, model_out = tensors[graph.Inputs(0)], tensors[graph.Outputs(0)]
+    return {
+        "format": "tflite",
+        "schema_version": model.Version(),
+        "runtime": runner.runtime,
+        "ops": dict(sorted(ops.items())),
+        "op_versions": dict(sorted(versions.items())),
+        "nodes": graph.OperatorsLength(),
+        "tensors": len(tensors),
+        "parameters": params,
+        "macs": macs,
+        "input_shape": [int(d) for d in model_in.ShapeAsNumpy()],
+        "output_shape": [int(d) for d in model_out.ShapeAsNumpy()],
+        "input_type": _TFLITE_TYPES.get(model_in.Type(), str(model_in.Type())),
+        "output_type": _TFLITE_TYPES.get(model_out.Type(), str(model_out.Type())),
+        "quantization": {"int8_tensors": len(int8), "per_channel_tensors": per_channel},
+        "delegation": runner.delegation(),
+        "metadata": metadata,
+    }

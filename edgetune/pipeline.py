@@ -18,6 +18,7 @@ from edgetune.capture.models import LoadedModel, load_model
 from edgetune.data import Dataset, load_dataset
 from edgetune.errors import InputError
 from edgetune.evaluate.runtime import OnnxRunner
+from edgetune.export.config import ExportConfig
 from edgetune.export.onnx.writer import write_onnx
 from edgetune.ir.graph import Graph
 from edgetune.ir.serialize import graph_to_bytes
@@ -94,14 +95,17 @@ def compress(
     weights: str | None = None,
     input_shape: str | tuple[int, ...] | None = None,
     recipe: str | None = None,
+    export: ExportConfig | None = None,
     progress: Progress = silent,
 ) -> CompressResult:
     """Quantize ``model`` to int8 with ``calib`` data and write the artifacts to ``out_dir``.
 
-    Writes ``model.onnx`` (int8 QDQ), ``model.fp32.onnx``, ``model.edgetune`` (the quantized
-    graph, which later commands reload) and ``report.json``.
+    Writes ``model.onnx`` (int8 QDQ) and ``model.fp32.onnx``, ``model.tflite`` (full-integer
+    int8), ``model.edgetune`` (the quantized graph, which later commands reload) and
+    ``report.json``.
     """
     quant = quant or QuantConfig()
+    export = export or ExportConfig()
     timer = _Timer()
     the_target = target if isinstance(target, Target) else load_target(target)
     loaded = model if isinstance(model, LoadedModel) else _load(model, weights)
@@ -119,16 +123,15 @@ def compress(
     graph = capture_model(loaded, shape)
     timer.lap("capture")
 
+    graph.meta["data"] = {"source": calib_set.source, "normalization": calib_set.preprocess, "labels": list(calib_set.labels)}
     calib_part, holdout = calib_set.split(min(quant.samples, len(calib_set)))
     records = calibrate(graph, calib_part.x, quant, progress)
     timer.lap("calibrate")
 
-    fp32_onnx = write_onnx(graph, quantized=False)
-    int8_onnx = write_onnx(graph, quantized=True, unsigned_activations=the_target.unsigned_activations)
-    compressed = graph_to_bytes(graph)
+    artifacts = export_artifacts(graph, the_target, export)
     timer.lap("export")
 
-    evaluation, layers = _evaluate(graph, fp32_onnx, int8_onnx, eval_set, holdout, calib_part, the_target, progress)
+    evaluation, layers = _evaluate(graph, artifacts, eval_set, holdout, calib_part, the_target, progress)
     timer.lap("evaluate")
 
     report = reports.compress_report(
@@ -138,17 +141,64 @@ def compress(
         quant=quant,
         calibration={"source": calib_set.source, "samples": len(calib_part), "method": quant.method},
         records=records,
-        sizes={"fp32_onnx_bytes": len(fp32_onnx), "int8_onnx_bytes": len(int8_onnx), "edgetune_bytes": len(compressed)},
+        export=export,
+        artifacts={name: len(blob) for name, blob in artifacts.items()},
+        written=sorted(_names_to_write(export)),
         evaluation=evaluation,
         layers=layers,
         timings=timer.stages,
     )
     out = Path(out_dir)
-    paths = write_files(
-        out,
-        {"model.onnx": int8_onnx, "model.fp32.onnx": fp32_onnx, "model.edgetune": compressed, "report.json": json_bytes(report)},
-    )
+    written = {name: blob for name, blob in artifacts.items() if name in _names_to_write(export)}
+    paths = write_files(out, {**written, "report.json": json_bytes(report)})
     return CompressResult(report, paths, graph)
+
+
+def export_compressed(
+    compressed: str | Path, out_dir: str | Path, *, target: str | Target = "host", export: ExportConfig | None = None
+) -> dict[str, Path]:
+    """Write artifacts from a saved ``model.edgetune`` (what ``compress`` wrote), without recalibrating."""
+    from edgetune.ir.serialize import load_graph
+
+    export = export or ExportConfig()
+    the_target = target if isinstance(target, Target) else load_target(target)
+    graph = load_graph(Path(compressed))
+    if not any(t.quant is not None for t in graph.tensors.values()):
+        raise InputError(f"{compressed} holds no quantization parameters", "pass the model.edgetune that edgetune compress wrote")
+    artifacts = export_artifacts(graph, the_target, export)
+    names = _names_to_write(export) - {"model.edgetune"}
+    return write_files(Path(out_dir), {name: blob for name, blob in artifacts.items() if name in names})
+
+
+def _names_to_write(export: ExportConfig) -> set[str]:
+    names = {"model.edgetune"}
+    if "onnx" in export.formats:
+        names |= {"model.onnx", "model.fp32.onnx"}
+    if "tflite" in export.formats:
+        names.add("model.tflite")
+        if export.float_tflite:
+            names.add("model.fp32.tflite")
+    return names
+
+
+def export_artifacts(graph: Graph, target: Target, export: ExportConfig) -> dict[str, bytes]:
+    """Every artifact from the one quantized graph. The ONNX pair is always built (the
+    evaluation runs it); TFLite files are built and smoke-run in a child process when asked for."""
+    artifacts = {
+        "model.onnx": write_onnx(graph, quantized=True, unsigned_activations=target.unsigned_activations),
+        "model.fp32.onnx": write_onnx(graph, quantized=False),
+        "model.edgetune": graph_to_bytes(graph),
+    }
+    if "tflite" in export.formats:
+        from edgetune.evaluate.tflite_runtime import smoke_run
+        from edgetune.export.tflite import write_tflite
+
+        info = dict(graph.meta.get("data", {}))
+        artifacts["model.tflite"] = write_tflite(graph, quantized=True, int8_io=export.int8_io(target.device_class), metadata=info)
+        smoke_run(artifacts["model.tflite"], "model.tflite")
+        if export.float_tflite:
+            artifacts["model.fp32.tflite"] = write_tflite(graph, quantized=False, metadata=info)
+    return artifacts
 
 
 def _load(model: str | nn.Module, weights: str | None) -> LoadedModel:
@@ -159,8 +209,7 @@ def _load(model: str | nn.Module, weights: str | None) -> LoadedModel:
 
 def _evaluate(
     graph: Graph,
-    fp32_onnx: bytes,
-    int8_onnx: bytes,
+    artifacts: dict[str, bytes],
     eval_set: Dataset | None,
     holdout: Dataset | None,
     calib_part: Dataset,
@@ -175,11 +224,20 @@ def _evaluate(
     elif data is None:
         data = calib_part
         note = "no --eval data and no held-out calibration samples: measured on the calibration samples themselves"
-    progress(0, 2, "evaluation")
-    fp32_out = OnnxRunner(fp32_onnx, spin=False).run(data.x)
-    progress(1, 2, "evaluation")
-    int8_out = OnnxRunner(int8_onnx, spin=False).run(data.x)
-    progress(2, 2, "evaluation")
+    steps = 3 if "model.tflite" in artifacts else 2
+    progress(0, steps, "evaluation")
+    fp32_out = OnnxRunner(artifacts["model.fp32.onnx"], spin=False).run(data.x)
+    progress(1, steps, "evaluation")
+    int8_out = OnnxRunner(artifacts["model.onnx"], spin=False).run(data.x)
+    progress(2, steps, "evaluation")
     evaluation = reports.evaluation_block(data, fp32_out, int8_out, note, target)
+    if "model.tflite" in artifacts:
+        from edgetune.evaluate.tflite_runtime import TfliteRunner
+
+        runner = TfliteRunner(artifacts["model.tflite"])
+        tflite_out = runner.run(data.x)
+        progress(3, steps, "evaluation")
+        scale = float(graph.tensors[graph.outputs[0]].quant.scale[0])  # type: ignore[union-attr]
+        evaluation["tflite"] = reports.tflite_block(data, fp32_out, int8_out, tflite_out, scale, runner)
     layers = reports.layer_sqnr(graph, data.x[:LAYER_SQNR_SAMPLES])
     return evaluation, layers

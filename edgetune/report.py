@@ -11,6 +11,7 @@ import numpy as np
 import edgetune
 from edgetune.data import Dataset
 from edgetune.evaluate.metrics import accuracy, agreement, finite_or_none, sqnr_db
+from edgetune.export.config import ExportConfig
 from edgetune.ir.graph import Graph
 from edgetune.ir.stats import graph_summary
 from edgetune.quantize import CalibrationRecord, QuantConfig
@@ -56,6 +57,23 @@ def evaluation_block(data: Dataset, fp32_out: np.ndarray, int8_out: np.ndarray, 
     return block
 
 
+def tflite_block(
+    data: Dataset, fp32_out: np.ndarray, onnx_out: np.ndarray, tflite_out: np.ndarray, out_scale: float, runner: Any
+) -> dict[str, Any]:
+    """The TFLite int8 artifact against fp32 and against the ONNX int8 artifact (same parameters)."""
+    block: dict[str, Any] = {
+        "runtime": runner.runtime,
+        "top1_agreement_with_fp32": agreement(tflite_out, fp32_out),
+        "sqnr_db": finite_or_none(sqnr_db(fp32_out, tflite_out)),
+        "top1_agreement_with_onnx_int8": agreement(tflite_out, onnx_out),
+        "max_lsb_vs_onnx_int8": round(float(np.abs(tflite_out - onnx_out).max()) / out_scale, 3),
+        "delegation": runner.delegation(),
+    }
+    if data.y is not None:
+        block["accuracy"] = accuracy(tflite_out, data.y)
+    return block
+
+
 def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
     """SQNR in dB of every activation of the int8 model against fp32, on a few samples.
 
@@ -94,7 +112,9 @@ def compress_report(
     quant: QuantConfig,
     calibration: dict[str, Any],
     records: list[CalibrationRecord],
-    sizes: dict[str, int],
+    export: ExportConfig,
+    artifacts: dict[str, int],
+    written: list[str],
     evaluation: dict[str, Any],
     layers: list[dict[str, Any]],
     timings: dict[str, float],
@@ -114,10 +134,14 @@ def compress_report(
             "calibration": calibration,
             "tensors": [r.to_dict() for r in records],
         },
-        "sizes": {**sizes, "int8_to_fp32": round(sizes["int8_onnx_bytes"] / sizes["fp32_onnx_bytes"], 4)},
+        "export": export.to_dict(),
+        "sizes": {
+            **{f"{name}_bytes": size for name, size in artifacts.items()},
+            "int8_to_fp32": round(artifacts["model.onnx"] / artifacts["model.fp32.onnx"], 4),
+        },
         "evaluation": evaluation,
         "layers": layers,
         "timings_s": {**timings, "total": round(sum(timings.values()), 4)},
         "versions": versions(),
-        "artifacts": {"int8_onnx": "model.onnx", "fp32_onnx": "model.fp32.onnx", "compressed": "model.edgetune", "report": "report.json"},
+        "artifacts": sorted([*written, "report.json"]),
     }

@@ -22,7 +22,8 @@ def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:  # type:
 def test_compress_digits_keeps_accuracy_in_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     report = _json(capsys, ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test", "-o", str(out), "--quiet"])
-    assert sorted(p.name for p in out.iterdir()) == ["model.edgetune", "model.fp32.onnx", "model.onnx", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.edgetune", "model.fp32.onnx", "model.onnx", "model.tflite", "report.json"]
+    assert report["artifacts"] == sorted(p.name for p in out.iterdir())
     assert json.loads((out / "report.json").read_text()) == report
     evaluation = report["evaluation"]
     assert evaluation["samples"] == 360 and evaluation["fp32_accuracy"] > 0.95
@@ -31,6 +32,10 @@ def test_compress_digits_keeps_accuracy_in_int8(tmp_path: Path, capsys: pytest.C
     assert report["quantization"]["calibration"]["samples"] == 128
     assert len(report["layers"]) == report["model"]["nodes"]
     assert {"minmax", "percentile", "mse"} <= set(report["quantization"]["tensors"][0]["ranges"])
+    tflite = evaluation["tflite"]
+    assert tflite["top1_agreement_with_onnx_int8"] >= 0.995, "TFLite and ONNX int8 agree on the digits test split"
+    assert abs(tflite["accuracy"] - evaluation["int8_accuracy"]) <= 0.003
+    assert tflite["delegation"]["not_delegated"] == []
     # The ORT run of the written file agrees with what the report says.
     doc = _json(capsys, ["eval", str(out / "model.onnx"), "--data", "digits:test", "--reference", str(out / "model.fp32.onnx")])
     assert doc["accuracy"] == evaluation["int8_accuracy"]
@@ -51,7 +56,7 @@ def test_artifacts_are_byte_identical_across_runs(tmp_path: Path, digits_out: Pa
     from edgetune.pipeline import compress
 
     compress("edgetune.zoo:digits_cnn", "digits", tmp_path, eval_data="digits:test")
-    for name in ("model.onnx", "model.fp32.onnx", "model.edgetune"):
+    for name in ("model.onnx", "model.fp32.onnx", "model.tflite", "model.edgetune"):
         assert (tmp_path / name).read_bytes() == (digits_out / name).read_bytes(), name
 
 
@@ -66,6 +71,7 @@ def test_per_tensor_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     report = _json(capsys, ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "-o", str(tmp_path), "--quiet", "--per-tensor"])
     assert report["model"]["per_channel_tensors"] == 0
     assert report["evaluation"]["int8_vs_fp32"]["top1_agreement"] > 0.9
+    assert report["evaluation"]["tflite"]["top1_agreement_with_onnx_int8"] >= 0.995
 
 
 def test_edgetune_file_reloads_and_evaluates(digits_out: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,3 +108,36 @@ def test_human_output_and_json_purity_in_a_real_process(tmp_path: Path) -> None:
         [sys.executable, "-m", "edgetune", "inspect", str(out / "model.onnx")], capture_output=True, text=True, timeout=120
     )
     assert human.returncode == 0 and "QuantizeLinear" in human.stdout
+
+
+def test_formats_and_mcu_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "compress",
+        "edgetune.zoo:digits_cnn",
+        "--calib",
+        "digits",
+        "-o",
+        str(tmp_path),
+        "--quiet",
+        "--target",
+        "stm32h7",
+        "--formats",
+        "tflite",
+    ]
+    report = _json(capsys, argv)
+    assert report["artifacts"] == ["model.edgetune", "model.tflite", "report.json"]
+    assert report["export"]["formats"] == ["tflite"] and report["target"]["onnx_activations"] == "int8"
+    info = _json(capsys, ["inspect", str(tmp_path / "model.tflite")])
+    assert info["input_type"] == "int8" and info["output_type"] == "int8", "MCU targets get int8 model input and output"
+    assert info["metadata"]["edgetune"]["io"] == "int8" and "normalization" in info["metadata"]["edgetune"]
+
+
+def test_export_rewrites_the_same_artifacts(digits_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = _json(capsys, ["export", str(digits_out / "model.edgetune"), "-o", str(tmp_path), "--float-tflite"])
+    assert sorted(doc["written"]) == ["model.fp32.onnx", "model.fp32.tflite", "model.onnx", "model.tflite"]
+    for name in ("model.onnx", "model.tflite"):
+        assert (tmp_path / name).read_bytes() == (digits_out / name).read_bytes(), name
+    float_eval = _json(
+        capsys, ["eval", str(tmp_path / "model.fp32.tflite"), "--data", "digits:test", "--reference", str(tmp_path / "model.fp32.onnx")]
+    )
+    assert float_eval["reference"]["top1_agreement"] == 1.0 and float_eval["reference"]["sqnr_db"] > 80

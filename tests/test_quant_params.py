@@ -61,7 +61,7 @@ def test_per_tensor_weights_share_one_scale() -> None:
 def test_bias_scale_is_input_scale_times_weight_scale() -> None:
     input_q = params.activation_params(-1.0, 1.0)
     weight_q = params.weight_params(np.array([[1.0], [0.5]], np.float32), per_channel=True)
-    bias_q = params.bias_params(input_q, weight_q, 2)
+    bias_q = params.bias_params(input_q, weight_q)
     assert bias_q.dtype == "int32" and bias_q.zero_point.tolist() == [0, 0]
     np.testing.assert_allclose(bias_q.scale, input_q.scale[0] * weight_q.scale, rtol=1e-6)
 
@@ -71,7 +71,7 @@ def test_zero_weight_channel_widens_so_the_bias_fits_int32() -> None:
     bias = np.array([50.0], np.float32)
     input_q = params.activation_params(-1.0, 1.0)
     weight_q = params.widen_for_bias(params.weight_params(weight, per_channel=True), bias, float(input_q.scale[0]))
-    bias_q = params.bias_params(input_q, weight_q, 1)
+    bias_q = params.bias_params(input_q, weight_q)
     levels = params.quantize_array(bias, bias_q)
     assert abs(int(levels[0])) < 2**31 - 1
     assert params.dequantize_array(levels, bias_q)[0] == pytest.approx(50.0, rel=1e-6)

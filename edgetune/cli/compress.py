@@ -30,6 +30,11 @@ from edgetune.progress import StderrProgress
 @click.option("--percentile", type=float, default=99.99, show_default=True, help="Percentile for --method percentile.")
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration samples to use.")
+@click.option("--formats", default="onnx,tflite", show_default=True, help="Artifacts to write: onnx, tflite or both.")
+@click.option(
+    "--tflite-io", type=click.Choice(["float", "int8"]), help="TFLite model input/output type (default: int8 for MCU targets, else float)."
+)
+@click.option("--float-tflite", is_flag=True, help="Also write model.fp32.tflite.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @common_options
 def command(
@@ -45,15 +50,19 @@ def command(
     percentile: float,
     per_tensor: bool,
     calib_samples: int,
+    formats: str,
+    tflite_io: str | None,
+    float_tflite: bool,
     quiet: bool,
     as_json: bool,
     debug: bool,
 ) -> None:
-    """Quantize MODEL to int8 and write OUT/model.onnx, OUT/model.fp32.onnx, OUT/model.edgetune and OUT/report.json.
+    """Quantize MODEL to int8 and write OUT/model.onnx, OUT/model.fp32.onnx, OUT/model.tflite, OUT/model.edgetune and OUT/report.json.
 
     MODEL is file.py:callable or package.module:callable returning a torch.nn.Module,
     a .pt2 file from torch.export.save, or an .onnx file.
     """
+    from edgetune.export.config import ExportConfig, parse_formats
     from edgetune.pipeline import compress
     from edgetune.quantize import QuantConfig
 
@@ -68,6 +77,7 @@ def command(
         weights=weights,
         input_shape=input_shape,
         recipe=recipe,
+        export=ExportConfig(parse_formats(formats), tflite_io, float_tflite),
         progress=StderrProgress(enabled=not quiet),
     )
     emit(result.report, as_json, _human)
@@ -84,7 +94,8 @@ def _human(report: dict[str, Any]) -> str:
         ),
         (
             "size",
-            f"fp32 {sizes['fp32_onnx_bytes'] / 1024:.1f} KiB -> int8 {sizes['int8_onnx_bytes'] / 1024:.1f} KiB ({sizes['int8_to_fp32']:.2f}x)",
+            f"ONNX fp32 {sizes['model.fp32.onnx_bytes'] / 1024:.1f} KiB -> int8 {sizes['model.onnx_bytes'] / 1024:.1f} KiB ({sizes['int8_to_fp32']:.2f}x)"
+            + (f", TFLite int8 {sizes['model.tflite_bytes'] / 1024:.1f} KiB" if "model.tflite_bytes" in sizes else ""),
         ),
         ("evaluated on", f"{ev['samples']} samples of {ev['data']}"),
     ]
@@ -94,14 +105,24 @@ def _human(report: dict[str, Any]) -> str:
         )
     rows.append(
         (
-            "int8 vs fp32",
+            "ONNX int8 vs fp32",
             f"top-1 agreement {pct(ev['int8_vs_fp32']['top1_agreement'])}, SQNR {fmt(ev['int8_vs_fp32']['sqnr_db'], 1, ' dB')}",
         )
     )
+    if "tflite" in ev:
+        tfl = ev["tflite"]
+        accuracy = f"accuracy {pct(tfl['accuracy'])}, " if "accuracy" in tfl else ""
+        rows.append(
+            (
+                "TFLite int8",
+                f"{accuracy}agreement with fp32 {pct(tfl['top1_agreement_with_fp32'])}, with ONNX int8 {pct(tfl['top1_agreement_with_onnx_int8'])}"
+                f" (max {tfl['max_lsb_vs_onnx_int8']:g} LSB apart), {tfl['runtime']}",
+            )
+        )
     timings = report["timings_s"]
     rows.append(("time", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())))
     worst = sorted((layer for layer in report["layers"] if layer["sqnr_db"] is not None), key=lambda layer: layer["sqnr_db"])[:3]
     if worst:
         rows.append(("lowest SQNR", ", ".join(f"{layer['tensor']} {layer['sqnr_db']:.1f} dB" for layer in worst)))
     note = f"\nnote: {ev['note']}" if "held-out" in ev["note"] or "calibration samples" in ev["note"] else ""
-    return table(rows) + note + "\nwrote " + ", ".join(report["artifacts"].values())
+    return table(rows) + note + "\nwrote " + ", ".join(report["artifacts"])

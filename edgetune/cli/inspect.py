@@ -29,7 +29,7 @@ def _human(doc: dict[str, Any]) -> str:
         ("nodes", str(doc["nodes"])),
         ("ops", ", ".join(f"{op} x{count}" for op, count in doc["ops"].items())),
     ]
-    if "quantization" in doc:
+    if doc["format"] == "onnx":
         q = doc["quantization"]
         rows.append(
             (
@@ -37,6 +37,15 @@ def _human(doc: dict[str, Any]) -> str:
                 f"QDQ {q['qdq']}, int8 weight tensors {q['int8_weight_tensors']}, activation types {q['activation_types'] or '-'}",
             )
         )
+    if doc["format"] == "tflite":
+        q, d = doc["quantization"], doc["delegation"]
+        rows.append(("input / output types", f"{doc['input_type']} / {doc['output_type']}"))
+        rows.append(("quantization", f"{q['int8_tensors']} int8 tensors, {q['per_channel_tensors']} per channel"))
+        not_delegated = ", ".join(d["not_delegated"]) or "none"
+        rows.append(
+            ("XNNPACK", f"{d['delegated']} of {d['ops']} ops delegated in {d['partitions']} partition(s); not delegated: {not_delegated}")
+        )
+        rows.append(("op versions", ", ".join(f"{op} v{v}" for op, v in doc["op_versions"].items())))
     if "quantized_tensors" in doc:
         rows.append(("quantization", f"{doc['quantized_tensors']} quantized tensors, {doc['per_channel_tensors']} per channel"))
     return table(rows)

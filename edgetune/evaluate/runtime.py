@@ -42,6 +42,12 @@ class OnnxRunner:
             raise InputError(f"the ONNX model has {len(inputs)} inputs", "edgetune evaluates single-input models")
         self.input_name = inputs[0].name
         self.input_shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
+        self.runtime = f"onnxruntime {ort.__version__}"
+
+    @property
+    def sample_shape(self) -> list[int]:
+        """The per-sample input shape (unknown dimensions as 1)."""
+        return [1 if d is None else d for d in self.input_shape[1:]]
 
     def check_samples(self, samples: np.ndarray, source: str) -> None:
         expected = self.input_shape[1:]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgetune.evaluate.runtime import OnnxRunner
+from edgetune.evaluate.tflite_runtime import TfliteRunner
 
 Progress = Callable[[int, int, str], None]
 
@@ -56,17 +57,19 @@ class BenchResult:
         return {key: (round(value, 4) if isinstance(value, float) else value) for key, value in asdict(self).items()}
 
 
-def bench_onnx(path: Path, threads: int, runs: int = 100, warmup: int = 10, progress: Progress | None = None) -> BenchResult:
-    """Time single-sample inference: ``warmup`` untimed runs, then ``runs`` timed ones."""
-    import onnxruntime as ort
+def load_runner(path: Path, threads: int) -> OnnxRunner | TfliteRunner:
+    if path.suffix == ".tflite":
+        return TfliteRunner(path.read_bytes(), threads=threads)
+    return OnnxRunner(path, threads=threads)
 
+
+def bench_artifact(path: Path, threads: int, runs: int = 100, warmup: int = 10, progress: Progress | None = None) -> BenchResult:
+    """Time single-sample inference of an .onnx or .tflite file: ``warmup`` untimed runs, then ``runs`` timed ones."""
     rss_before = current_rss_mb()
     start = time.perf_counter()
-    runner = OnnxRunner(path, threads=threads)
+    runner = load_runner(path, threads)
     load_ms = (time.perf_counter() - start) * 1e3
-    shape = [1 if d is None else d for d in runner.input_shape]
-    shape[0] = 1
-    sample = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    sample = np.random.default_rng(0).standard_normal([1, *runner.sample_shape]).astype(np.float32)
     start = time.perf_counter()
     runner.run_one(sample)
     first_ms = (time.perf_counter() - start) * 1e3
@@ -84,7 +87,7 @@ def bench_onnx(path: Path, threads: int, runs: int = 100, warmup: int = 10, prog
     times_ms = times * 1e3
     return BenchResult(
         artifact=str(path),
-        runtime=f"onnxruntime {ort.__version__}",
+        runtime=runner.runtime,
         threads=threads,
         runs=runs,
         warmup=warmup,

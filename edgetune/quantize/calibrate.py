@@ -14,8 +14,9 @@ from edgetune.quantize import params
 from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.observers import METHODS, TensorStats, percentile_range
 
-# Ops whose int8 output reuses the input's parameters (TFLite requires it; they move values, not scale them).
-SHARES_INPUT_PARAMS = {"reshape", "maxpool2d", "pad", "transpose"}
+# Ops whose int8 output reuses the input's parameters: TFLite's kernels for them move or
+# average values without rescaling, so different parameters would give wrong results.
+SHARES_INPUT_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose"}
 # Ops with fixed output parameters in the TFLite int8 specification.
 FIXED_OUTPUT_PARAMS = {"softmax": (1.0 / 256, -128), "sigmoid": (1.0 / 256, -128), "tanh": (1.0 / 128, 0)}
 WEIGHTED_OPS = {"conv2d", "linear"}
@@ -122,7 +123,7 @@ def _quantize_weights(graph: Graph, inputs: list[str], config: QuantConfig) -> N
     if len(inputs) > 2:
         bias = graph.const(inputs[2])
         weight_q = params.widen_for_bias(weight_q, bias, float(input_q.scale[0]))
-        graph.tensors[inputs[2]].quant = params.bias_params(input_q, weight_q, weight.shape[0])
+        graph.tensors[inputs[2]].quant = params.bias_params(input_q, weight_q)
     graph.tensors[weight_name].quant = weight_q
 
 

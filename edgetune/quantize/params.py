@@ -62,11 +62,12 @@ def widen_for_bias(weight_q: QParams, bias: np.ndarray, input_scale: float) -> Q
     return QParams(scale.astype(np.float32), weight_q.zero_point, weight_q.dtype, weight_q.axis)
 
 
-def bias_params(input_q: QParams, weight_q: QParams, channels: int) -> QParams:
+def bias_params(input_q: QParams, weight_q: QParams) -> QParams:
+    """int32 bias parameters, per channel or per tensor like the weights (TFLite requires the match)."""
     scale = (np.float64(input_q.scale[0]) * weight_q.scale.astype(np.float64)).astype(np.float32)
-    if scale.size == 1:
-        scale = np.full(channels, scale[0], np.float32)
-    return QParams(scale, np.zeros(channels, np.int64), "int32", 0)
+    if weight_q.axis is None:
+        return QParams.per_tensor(float(scale[0]), 0, "int32")
+    return QParams(scale, np.zeros(scale.size, np.int64), "int32", 0)
 
 
 def _broadcast(q: QParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:

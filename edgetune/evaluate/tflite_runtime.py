@@ -1,0 +1,197 @@
+"""TFLite interpreters for artifacts: LiteRT (ai-edge-litert) first, tflite-runtime as fallback.
+
+Models are always passed as bytes (``model_content=``): the Python interpreter runs the
+flatbuffer verifier on that path only, not with ``model_path=``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from edgetune.errors import InputError, RuntimeFailure
+
+
+def interpreter_class() -> tuple[Any, str]:
+    try:
+        from ai_edge_litert import __version__ as version
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, f"ai-edge-litert {version}"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import __version__ as version
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, f"tflite-runtime {version}"
+    except ImportError:
+        raise InputError("no TFLite interpreter is installed", "pip install ai-edge-litert (or tflite-runtime)") from None
+
+
+def reference_resolver() -> Any:
+    """The op resolver of TFLite's reference kernels (no XNNPACK, no optimized kernels)."""
+    try:
+        from ai_edge_litert.interpreter import OpResolverType
+    except ImportError:
+        from tflite_runtime.interpreter import OpResolverType
+    return OpResolverType.BUILTIN_REF
+
+
+@contextmanager
+def native_logs_silenced() -> Iterator[None]:
+    """Silence what the interpreter's C++ code prints on stderr ("Created TensorFlow Lite
+    XNNPACK delegate for CPU."), unless edgetune runs with --debug."""
+    if os.environ.get("EDGETUNE_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class TfliteRunner:
+    """A TFLite interpreter over model bytes that takes NCHW float samples like the ONNX runner."""
+
+    def __init__(self, model: bytes, threads: int | None = None, resolver: Any = None) -> None:
+        interpreter, self.runtime = interpreter_class()
+        kwargs: dict[str, Any] = {"model_content": model, "num_threads": threads}
+        if resolver is not None:
+            kwargs["experimental_op_resolver_type"] = resolver
+        try:
+            with native_logs_silenced():
+                self.interpreter = interpreter(**kwargs)
+                self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(
+                f"the TFLite interpreter rejects the model: {str(exc).splitlines()[0]}", "check that it is a valid .tflite file"
+            ) from exc
+        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise InputError(
+                f"the TFLite model has {len(inputs)} inputs and {len(outputs)} outputs", "edgetune runs single-input, single-output models"
+            )
+        self.input, self.output = inputs[0], outputs[0]
+        self.batch = int(self.input["shape"][0])
+
+    @property
+    def nhwc(self) -> bool:
+        return len(self.input["shape"]) == 4
+
+    @property
+    def sample_shape(self) -> list[int]:
+        """The per-sample input shape in the NCHW layout the data is in."""
+        shape = [int(d) for d in self.input["shape"][1:]]
+        return [shape[2], shape[0], shape[1]] if self.nhwc else shape
+
+    def check_samples(self, samples: np.ndarray, source: str) -> None:
+        expected = self.sample_shape
+        if list(samples.shape[1:]) != expected:
+            raise InputError(
+                f"samples of {source} have shape {'x'.join(map(str, samples.shape[1:]))} but the model takes {'x'.join(map(str, expected))} (NCHW)",
+                "give data preprocessed to the model's input shape",
+            )
+
+    def _feed(self, chunk: np.ndarray) -> np.ndarray:
+        if self.nhwc:
+            chunk = chunk.transpose(0, 2, 3, 1)
+        if self.input["dtype"] == np.int8:
+            scale, zero_point = self.input["quantization"]
+            chunk = np.clip(np.round(chunk / scale) + zero_point, -128, 127).astype(np.int8)
+        return np.ascontiguousarray(chunk, dtype=self.input["dtype"])
+
+    def _fetch(self) -> np.ndarray:
+        value = self.interpreter.get_tensor(self.output["index"])
+        if self.output["dtype"] == np.int8:
+            scale, zero_point = self.output["quantization"]
+            value = (value.astype(np.float32) - zero_point) * scale
+        if value.ndim == 4:
+            value = value.transpose(0, 3, 1, 2)
+        return np.array(value, dtype=np.float32)
+
+    def _resize(self, batch: int) -> None:
+        if batch != self.batch:
+            self.interpreter.resize_tensor_input(self.input["index"], [batch, *self.input["shape"][1:]])
+            self.interpreter.allocate_tensors()
+            self.input, self.output = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
+            self.batch = batch
+
+    def run(self, samples: np.ndarray, batch: int = 32) -> np.ndarray:
+        outputs = []
+        try:
+            for start in range(0, len(samples), batch):
+                chunk = samples[start : start + batch]
+                self._resize(len(chunk))
+                self.interpreter.set_tensor(self.input["index"], self._feed(chunk))
+                self.interpreter.invoke()
+                outputs.append(self._fetch())
+        except (ValueError, RuntimeError) as exc:
+            raise RuntimeFailure(f"the TFLite interpreter failed: {str(exc).splitlines()[0]}", "run with --debug for details") from exc
+        return np.concatenate(outputs)
+
+    def run_one(self, sample: np.ndarray) -> None:
+        self._resize(1)
+        self.interpreter.set_tensor(self.input["index"], self._feed(sample))
+        self.interpreter.invoke()
+
+    def delegation(self) -> dict[str, Any]:
+        """Which ops the default delegate (XNNPACK) took.
+
+        After allocate_tensors, each delegated partition is an extra DELEGATE node whose
+        outputs are the partition's outputs and whose inputs are its inputs; the original
+        nodes stay listed. An original node belongs to a partition when it is reached by
+        walking back from the partition's outputs without crossing its inputs.
+        """
+        ops = self.interpreter._get_ops_details()
+        original = [op for op in ops if op["op_name"] != "DELEGATE"]
+        producer = {int(t): op["index"] for op in original for t in op["outputs"]}
+        delegated: set[int] = set()
+        for partition in (op for op in ops if op["op_name"] == "DELEGATE"):
+            boundary = {int(t) for t in partition["inputs"]}
+            frontier = [int(t) for t in partition["outputs"]]
+            while frontier:
+                tensor = frontier.pop()
+                index = producer.get(tensor)
+                if tensor in boundary or index is None or index in delegated:
+                    continue
+                delegated.add(index)
+                frontier.extend(int(t) for t in ops[index]["inputs"])
+        kept = sorted(op["op_name"] for op in original if op["index"] not in delegated)
+        return {"ops": len(original), "delegated": len(delegated), "partitions": len(ops) - len(original), "not_delegated": kept}
+
+
+SMOKE = """
+import sys
+import numpy as np
+from edgetune.evaluate.tflite_runtime import TfliteRunner
+runner = TfliteRunner(sys.stdin.buffer.read())
+shape = list(runner.input["shape"])
+runner.interpreter.set_tensor(runner.input["index"], np.zeros(shape, runner.input["dtype"]))
+runner.interpreter.invoke()
+print("ok")
+"""
+
+
+def smoke_run(model: bytes, name: str, timeout: float = 120.0) -> None:
+    """Load and run the model once in a child process, so an interpreter crash is an error, not our death."""
+    try:
+        done = subprocess.run([sys.executable, "-c", SMOKE], input=model, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeFailure(f"the TFLite smoke run of {name} did not finish in {timeout:.0f} s", "report this as a bug") from None
+    if done.returncode != 0:
+        how = f"died of signal {-done.returncode}" if done.returncode < 0 else "failed"
+        detail = (done.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
+        raise RuntimeFailure(f"the TFLite interpreter {how} on {name}: {detail}", "report this as a bug with the model")

@@ -1,0 +1,40 @@
+"""Options of the export stage."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from edgetune.errors import InputError
+
+FORMATS = ("onnx", "tflite")
+TFLITE_IO = ("float", "int8")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Which artifacts to write. ``tflite_io`` None lets the target decide: int8 model input
+    and output for microcontrollers, float (through QUANTIZE/DEQUANTIZE) for CPUs."""
+
+    formats: tuple[str, ...] = FORMATS
+    tflite_io: str | None = None
+    float_tflite: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise InputError(
+                f"unknown export format(s) {', '.join(unknown) or '(none given)'}", f"use a comma-separated list of {', '.join(FORMATS)}"
+            )
+        if self.tflite_io is not None and self.tflite_io not in TFLITE_IO:
+            raise InputError(f"TFLite input/output type {self.tflite_io!r}", f"use one of {', '.join(TFLITE_IO)}")
+
+    def int8_io(self, device_class: str) -> bool:
+        return self.tflite_io == "int8" if self.tflite_io is not None else device_class == "mcu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": 1, **asdict(self), "formats": list(self.formats)}
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())

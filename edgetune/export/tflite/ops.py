@@ -1,0 +1,321 @@
+"""IR op -> TFLite operators, one function per op family.
+
+Each function reads its inputs with ``b.read`` (NHWC tensors), defines its output with
+``b.define`` and appends the operators. :func:`unsupported` names what a node needs that
+TFLite lacks, so that every problem is reported before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flatbuffers
+import numpy as np
+import tflite
+
+from edgetune.export.tflite import layout
+from edgetune.export.tflite.builder import ACTIVATIONS, TflBuilder, quant_spec
+from edgetune.ir.graph import Graph, Node
+from edgetune.quantize.params import quantize_array
+from edgetune.registry import Registry
+from edgetune.zoo.layers import same_padding
+
+TflOp = Callable[[TflBuilder, Node], None]
+TFLITE_OPS: Registry[TflOp] = Registry("TFLite writer")
+tfl_op = TFLITE_OPS.register
+Op = tflite.BuiltinOperator
+Options = tflite.BuiltinOptions
+
+
+def _is_depthwise(graph: Graph, node: Node) -> bool:
+    channels = graph.tensors[node.inputs[0]].shape[1]
+    return bool(node.attrs["groups"] == channels and channels > 1)
+
+
+def unsupported(graph: Graph, node: Node) -> str | None:
+    """Why ``node`` cannot be written to TFLite, or None."""
+    if node.op not in TFLITE_OPS:
+        return node.op
+    if node.op == "conv2d" and node.attrs["groups"] != 1 and not _is_depthwise(graph, node):
+        return "conv2d with groups other than 1 or the channel count"
+    if node.op == "softmax" and len(graph.tensors[node.inputs[0]].shape) != 2:
+        return "softmax on a tensor of rank other than 2"
+    if node.op == "pad" and node.attrs["value"] != 0.0:
+        return "pad with a non-zero value"
+    if node.op == "maxpool2d" and any(node.attrs["pads"]) and _same_or_none(graph, node, node.attrs["kernel"], [1, 1]) is None:
+        return "max_pool2d with padding other than TF SAME"
+    return None
+
+
+def _same_or_none(graph: Graph, node: Node, kernel: list[int], dilation: list[int]) -> int | None:
+    """tflite.Padding for the node's pads if SAME or VALID expresses them, else None."""
+    top, left, bottom, right = node.attrs["pads"]
+    if not (top or left or bottom or right):
+        return int(tflite.Padding.VALID)
+    _, _, height, width = graph.tensors[node.inputs[0]].shape
+    stride = node.attrs["stride"]
+    effective = [(kernel[i] - 1) * dilation[i] + 1 for i in range(2)]
+    if (top, bottom) == same_padding(height, effective[0], stride[0]) and (left, right) == same_padding(width, effective[1], stride[1]):
+        return int(tflite.Padding.SAME)
+    return None
+
+
+def _padded_input(b: TflBuilder, node: Node, kernel: list[int], dilation: list[int]) -> tuple[int, int]:
+    """The input tensor and padding mode; pads SAME cannot express become a PAD operator."""
+    mode = _same_or_none(b.graph, node, kernel, dilation)
+    if mode is not None:
+        return b.read(node.inputs[0]), mode
+    return _pad_explicitly(b, node)
+
+
+def _pad_explicitly(b: TflBuilder, node: Node) -> tuple[int, int]:
+    """A PAD operator (int8: pads with the zero point, i.e. real 0) before a VALID op."""
+    x = b.read(node.inputs[0])
+    top, left, bottom, right = node.attrs["pads"]
+    n, h, w, c = b.model.tensors[x].shape
+    padded = b.like(f"{node.name}_padded", [n, h + top + bottom, w + left + right, c], x)
+    widths = b.const(f"{node.name}_pads", np.asarray([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32), tflite.TensorType.INT32)
+    b.op(Op.PAD, [x, widths], [padded])
+    return padded, int(tflite.Padding.VALID)
+
+
+def _weights(b: TflBuilder, name: str, laid_out: Callable[[np.ndarray], np.ndarray], dimension: int) -> int:
+    tensor = b.graph.tensors[name]
+    assert tensor.data is not None
+    if b.quantized and tensor.quant is not None:
+        levels = laid_out(quantize_array(tensor.data, tensor.quant))
+        return b.const(name, levels, tflite.TensorType.INT8, quant_spec(tensor.quant, dimension))
+    return b.const(name, laid_out(tensor.data).astype(np.float32), tflite.TensorType.FLOAT32)
+
+
+def _bias(b: TflBuilder, node: Node) -> int:
+    if len(node.inputs) < 3:
+        return -1
+    tensor = b.graph.tensors[node.inputs[2]]
+    assert tensor.data is not None
+    if b.quantized and tensor.quant is not None:
+        return b.const(tensor.name, quantize_array(tensor.data, tensor.quant), tflite.TensorType.INT32, quant_spec(tensor.quant))
+    return b.const(tensor.name, tensor.data.astype(np.float32), tflite.TensorType.FLOAT32)
+
+
+@tfl_op("conv2d")
+def conv2d(b: TflBuilder, node: Node) -> None:
+    kernel = list(b.graph.tensors[node.inputs[1]].shape[2:])
+    stride, dilation, act = node.attrs["stride"], node.attrs["dilation"], ACTIVATIONS[node.act]
+    x, padding = _padded_input(b, node, kernel, dilation)
+    depthwise = _is_depthwise(b.graph, node)
+    if depthwise:
+        weight = _weights(b, node.inputs[1], layout.depthwise_weight, 3)
+    else:
+        weight = _weights(b, node.inputs[1], layout.conv_weight, 0)
+    inputs = [x, weight, _bias(b, node)]
+    out = b.define(node.outputs[0])
+    if depthwise:
+        multiplier = b.graph.tensors[node.inputs[1]].shape[0] // b.graph.tensors[node.inputs[0]].shape[1]
+
+        def depthwise_options(fb: flatbuffers.Builder) -> int:
+            tflite.DepthwiseConv2DOptionsStart(fb)
+            tflite.DepthwiseConv2DOptionsAddPadding(fb, padding)
+            tflite.DepthwiseConv2DOptionsAddStrideW(fb, stride[1])
+            tflite.DepthwiseConv2DOptionsAddStrideH(fb, stride[0])
+            tflite.DepthwiseConv2DOptionsAddDepthMultiplier(fb, multiplier)
+            tflite.DepthwiseConv2DOptionsAddFusedActivationFunction(fb, act)
+            tflite.DepthwiseConv2DOptionsAddDilationWFactor(fb, dilation[1])
+            tflite.DepthwiseConv2DOptionsAddDilationHFactor(fb, dilation[0])
+            return int(tflite.DepthwiseConv2DOptionsEnd(fb))
+
+        b.op(Op.DEPTHWISE_CONV_2D, inputs, [out], Options.DepthwiseConv2DOptions, depthwise_options)
+        return
+
+    def conv_options(fb: flatbuffers.Builder) -> int:
+        tflite.Conv2DOptionsStart(fb)
+        tflite.Conv2DOptionsAddPadding(fb, padding)
+        tflite.Conv2DOptionsAddStrideW(fb, stride[1])
+        tflite.Conv2DOptionsAddStrideH(fb, stride[0])
+        tflite.Conv2DOptionsAddFusedActivationFunction(fb, act)
+        tflite.Conv2DOptionsAddDilationWFactor(fb, dilation[1])
+        tflite.Conv2DOptionsAddDilationHFactor(fb, dilation[0])
+        return int(tflite.Conv2DOptionsEnd(fb))
+
+    b.op(Op.CONV_2D, inputs, [out], Options.Conv2DOptions, conv_options)
+
+
+@tfl_op("linear")
+def linear(b: TflBuilder, node: Node) -> None:
+    inputs = [b.read(node.inputs[0]), _weights(b, node.inputs[1], lambda w: w, 0), _bias(b, node)]
+    act = ACTIVATIONS[node.act]
+
+    def options(fb: flatbuffers.Builder) -> int:
+        tflite.FullyConnectedOptionsStart(fb)
+        tflite.FullyConnectedOptionsAddFusedActivationFunction(fb, act)
+        return int(tflite.FullyConnectedOptionsEnd(fb))
+
+    b.op(Op.FULLY_CONNECTED, inputs, [b.define(node.outputs[0])], Options.FullyConnectedOptions, options)
+
+
+_ELEMENTWISE = {
+    "add": (Op.ADD, Options.AddOptions, tflite.AddOptionsStart, tflite.AddOptionsAddFusedActivationFunction, tflite.AddOptionsEnd),
+    "sub": (Op.SUB, Options.SubOptions, tflite.SubOptionsStart, tflite.SubOptionsAddFusedActivationFunction, tflite.SubOptionsEnd),
+    "mul": (Op.MUL, Options.MulOptions, tflite.MulOptionsStart, tflite.MulOptionsAddFusedActivationFunction, tflite.MulOptionsEnd),
+}
+
+
+@tfl_op("add", "sub", "mul")
+def elementwise(b: TflBuilder, node: Node) -> None:
+    code, options_type, start, add_act, end = _ELEMENTWISE[node.op]
+    inputs = [b.read(name) for name in node.inputs]
+    out = b.define(node.outputs[0])
+    act = ACTIVATIONS[node.act]
+
+    def options(fb: flatbuffers.Builder) -> int:
+        start(fb)
+        add_act(fb, act)
+        return int(end(fb))
+
+    version = None
+    if node.op == "mul" and b.quantized:
+        # op_version.cc: int8 MUL whose input scales' product reaches the output scale is version 3.
+        scales = [b.model.tensors[i].quant.scale[0] for i in (*inputs, out)]  # type: ignore[union-attr]
+        version = 3 if scales[0] * scales[1] / scales[2] >= 1.0 else 2
+    b.op(code, inputs, [out], options_type, options, version)
+
+
+def _no_options(code: int) -> TflOp:
+    def write(b: TflBuilder, node: Node) -> None:
+        b.op(code, [b.read(node.inputs[0])], [b.define(node.outputs[0])])
+
+    return write
+
+
+tfl_op("relu")(_no_options(Op.RELU))
+tfl_op("relu6")(_no_options(Op.RELU6))
+tfl_op("sigmoid")(_no_options(Op.LOGISTIC))
+tfl_op("tanh")(_no_options(Op.TANH))
+tfl_op("hardswish")(_no_options(Op.HARD_SWISH))
+
+
+@tfl_op("softmax")
+def softmax(b: TflBuilder, node: Node) -> None:
+    def options(fb: flatbuffers.Builder) -> int:
+        tflite.SoftmaxOptionsStart(fb)
+        tflite.SoftmaxOptionsAddBeta(fb, 1.0)
+        return int(tflite.SoftmaxOptionsEnd(fb))
+
+    b.op(Op.SOFTMAX, [b.read(node.inputs[0])], [b.define(node.outputs[0])], Options.SoftmaxOptions, options)
+
+
+def _mean(b: TflBuilder, node: Node, axes: list[int], keep: bool) -> None:
+    axes_tensor = b.int32_const(f"{node.name}_axes", axes)
+
+    def options(fb: flatbuffers.Builder) -> int:
+        tflite.ReducerOptionsStart(fb)
+        tflite.ReducerOptionsAddKeepDims(fb, keep)
+        return int(tflite.ReducerOptionsEnd(fb))
+
+    b.op(Op.MEAN, [b.read(node.inputs[0]), axes_tensor], [b.define(node.outputs[0])], Options.ReducerOptions, options)
+
+
+@tfl_op("global_avgpool")
+def global_avgpool(b: TflBuilder, node: Node) -> None:
+    _mean(b, node, [1, 2], True)
+
+
+@tfl_op("mean")
+def mean(b: TflBuilder, node: Node) -> None:
+    rank = len(b.graph.tensors[node.inputs[0]].shape)
+    _mean(b, node, sorted(layout.nhwc_axis(a, rank) for a in node.attrs["axes"]), bool(node.attrs["keepdim"]))
+
+
+@tfl_op("avgpool2d", "maxpool2d")
+def pool2d(b: TflBuilder, node: Node) -> None:
+    kernel, stride = node.attrs["kernel"], node.attrs["stride"]
+    if node.op == "avgpool2d":
+        # TF's SAME average excludes the padding from the count; PyTorch's default includes
+        # it, which an explicit zero PAD reproduces.
+        x, padding = b.read(node.inputs[0]), int(tflite.Padding.VALID)
+        if any(node.attrs["pads"]):
+            x, padding = _pad_explicitly(b, node)
+    else:
+        x, padding = _padded_input(b, node, kernel, [1, 1])
+
+    def options(fb: flatbuffers.Builder) -> int:
+        tflite.Pool2DOptionsStart(fb)
+        tflite.Pool2DOptionsAddPadding(fb, padding)
+        tflite.Pool2DOptionsAddStrideW(fb, stride[1])
+        tflite.Pool2DOptionsAddStrideH(fb, stride[0])
+        tflite.Pool2DOptionsAddFilterWidth(fb, kernel[1])
+        tflite.Pool2DOptionsAddFilterHeight(fb, kernel[0])
+        return int(tflite.Pool2DOptionsEnd(fb))
+
+    code = Op.AVERAGE_POOL_2D if node.op == "avgpool2d" else Op.MAX_POOL_2D
+    b.op(code, [x], [b.define(node.outputs[0])], Options.Pool2DOptions, options)
+
+
+def _transpose(b: TflBuilder, x: int, perm: list[int], name: str) -> int:
+    shape = b.model.tensors[x].shape
+    out = b.like(name, [shape[p] for p in perm], x)
+    b.op(Op.TRANSPOSE, [x, b.int32_const(f"{name}_perm", perm)], [out])
+    return out
+
+
+def _reshape_op(b: TflBuilder, x: int, out_shape: list[int], out: int, name: str) -> None:
+    shape = [-1, *out_shape[1:]]  # the batch axis stays free, so the interpreter can resize it
+
+    def options(fb: flatbuffers.Builder) -> int:
+        tflite.ReshapeOptionsStartNewShapeVector(fb, len(shape))
+        for dim in reversed(shape):
+            fb.PrependInt32(dim)
+        new_shape = fb.EndVector()
+        tflite.ReshapeOptionsStart(fb)
+        tflite.ReshapeOptionsAddNewShape(fb, new_shape)
+        return int(tflite.ReshapeOptionsEnd(fb))
+
+    b.op(Op.RESHAPE, [x, b.int32_const(f"{name}_shape", shape)], [out], Options.ReshapeOptions, options)
+
+
+@tfl_op("reshape")
+def reshape(b: TflBuilder, node: Node) -> None:
+    """Reshape in the IR's NCHW order: transpose to NCHW first and back after, unless no byte moves."""
+    x = b.read(node.inputs[0])
+    in_shape = list(b.graph.tensors[node.inputs[0]].shape)
+    out_shape = list(b.graph.tensors[node.outputs[0]].shape)
+    if len(in_shape) == 4 and not layout.is_memory_noop(b.model.tensors[x].shape, list(layout.NHWC_TO_NCHW)):
+        x = _transpose(b, x, list(layout.NHWC_TO_NCHW), f"{node.name}_to_nchw")
+    out = b.define(node.outputs[0])
+    if len(out_shape) == 4 and not layout.is_memory_noop(out_shape, list(layout.NCHW_TO_NHWC)):
+        nchw = b.like(f"{node.name}_nchw", out_shape, out)
+        _reshape_op(b, x, out_shape, nchw, node.name)
+        b.op(Op.TRANSPOSE, [nchw, b.int32_const(f"{node.name}_perm", list(layout.NCHW_TO_NHWC))], [out])
+        return
+    _reshape_op(b, x, b.model.tensors[out].shape, out, node.name)
+
+
+@tfl_op("transpose")
+def transpose(b: TflBuilder, node: Node) -> None:
+    perm = list(node.attrs["perm"])
+    if len(perm) == 4:
+        perm = layout.compose_nchw_perm(perm)
+    x = b.read(node.inputs[0])
+    b.op(Op.TRANSPOSE, [x, b.int32_const(f"{node.name}_perm", perm)], [b.define(node.outputs[0])])
+
+
+@tfl_op("pad")
+def pad(b: TflBuilder, node: Node) -> None:
+    pairs = node.attrs["pads"]
+    if len(pairs) == 4:
+        pairs = [pairs[i] for i in layout.NCHW_TO_NHWC]
+    widths = b.const(f"{node.name}_pads", np.asarray(pairs, np.int32), tflite.TensorType.INT32)
+    b.op(Op.PAD, [b.read(node.inputs[0]), widths], [b.define(node.outputs[0])])
+
+
+@tfl_op("concat")
+def concat(b: TflBuilder, node: Node) -> None:
+    rank = len(b.graph.tensors[node.outputs[0]].shape)
+    axis = layout.nhwc_axis(node.attrs["axis"], rank)
+
+    def options(fb: flatbuffers.Builder) -> int:
+        tflite.ConcatenationOptionsStart(fb)
+        tflite.ConcatenationOptionsAddAxis(fb, axis)
+        return int(tflite.ConcatenationOptionsEnd(fb))
+
+    b.op(Op.CONCATENATION, [b.read(n) for n in node.inputs], [b.define(node.outputs[0])], Options.ConcatenationOptions, options)

@@ -1,0 +1,60 @@
+"""Checks of quantization parameters that TFLite's kernels rely on, run before writing.
+
+Interpreters abort the whole process (SIGABRT) on some violations, for example an int8
+ADD whose output has no quantization, so the writer refuses such a graph with one error
+that lists every problem.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgetune.errors import EdgetuneError
+from edgetune.ir.graph import Graph
+
+# TFLite's int8 kernels require these output parameters (scale, zero point).
+FIXED_OUTPUTS = {"softmax": (1.0 / 256, -128), "sigmoid": (1.0 / 256, -128), "tanh": (1.0 / 128, 0)}
+# Ops whose int8 input and output must share scale and zero point.
+# (AVERAGE_POOL_2D and MAX_POOL_2D do not rescale: different parameters give wrong values.)
+SAME_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", "concat"}
+
+
+def quantization_problems(graph: Graph) -> list[str]:
+    problems: list[str] = []
+    for name in graph.activations():
+        q = graph.tensors[name].quant
+        if q is None or q.dtype != "int8" or q.axis is not None:
+            problems.append(f"activation {name} lacks per-tensor int8 parameters")
+    for node in graph.nodes:
+        out_q = graph.tensors[node.outputs[0]].quant
+        if node.op in FIXED_OUTPUTS and out_q is not None:
+            scale, zero_point = FIXED_OUTPUTS[node.op]
+            if not (np.isclose(out_q.scale[0], scale) and int(out_q.zero_point[0]) == zero_point):
+                problems.append(f"{node.op} {node.name} output must have scale {scale:g} and zero point {zero_point}")
+        if node.op in SAME_PARAMS:
+            for name in node.inputs:
+                if graph.tensors[name].data is None and not (out_q is not None and out_q.same_as(graph.tensors[name].quant)):
+                    problems.append(f"{node.op} {node.name} needs its input {name} and output to share quantization parameters")
+        if node.op in ("conv2d", "linear"):
+            weight = graph.tensors[node.inputs[1]]
+            wq = weight.quant
+            if wq is None or wq.dtype != "int8" or np.any(wq.zero_point != 0):
+                problems.append(f"{node.op} {node.name} weights must be int8 with zero point 0")
+            elif wq.axis is not None and (wq.axis != 0 or wq.scale.size != weight.shape[0]):
+                problems.append(f"{node.op} {node.name} has {wq.scale.size} weight scales for {weight.shape[0]} output channels")
+            if len(node.inputs) > 2:
+                bq = graph.tensors[node.inputs[2]].quant
+                if bq is None or bq.dtype != "int32" or np.any(bq.zero_point != 0):
+                    problems.append(f"{node.op} {node.name} bias must be int32 with zero point 0")
+                elif wq is not None and bq.scale.size != wq.scale.size:
+                    problems.append(f"{node.op} {node.name} has {bq.scale.size} bias scales for {wq.scale.size} weight scales")
+    return problems
+
+
+def check_quantization(graph: Graph) -> None:
+    problems = quantization_problems(graph)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise EdgetuneError(
+            f"the quantized graph breaks TFLite's int8 rules: {shown}", "recalibrate with edgetune compress, or report this as a bug"
+        )

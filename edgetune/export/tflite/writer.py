@@ -1,0 +1,77 @@
+"""Write the IR as a TFLite flatbuffer: full-integer int8, or float."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import tflite
+
+import edgetune
+from edgetune.errors import UnsupportedOpsError
+from edgetune.export.tflite.builder import TflBuilder, quant_spec
+from edgetune.export.tflite.layout import nhwc_shape
+from edgetune.export.tflite.model import TflTensor
+from edgetune.export.tflite.ops import TFLITE_OPS, unsupported
+from edgetune.export.tflite.validate import check_quantization
+from edgetune.ir.graph import Graph
+
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+# The oldest runtime that has every op version the writer emits (CONV_2D v3 and
+# FULLY_CONNECTED v4 for int8 arrived in TensorFlow 1.14), padded as the converter pads it.
+MIN_RUNTIME_VERSION = b"1.14.0".ljust(16, b"\0")
+
+
+def write_tflite(graph: Graph, quantized: bool = True, int8_io: bool = False, metadata: dict[str, Any] | None = None) -> bytes:
+    """TFLite bytes for ``graph``.
+
+    ``quantized``: full-integer int8 from the graph's parameters (else float32).
+    ``int8_io``: int8 model input and output (MCU style) instead of float ones wrapped in
+    QUANTIZE/DEQUANTIZE (CPU style). Tensors are NHWC: the model's input is the NCHW input
+    transposed.
+    """
+    problems = [reason for node in graph.nodes if (reason := unsupported(graph, node))]
+    if problems:
+        raise UnsupportedOpsError(problems, "the TFLite writer")
+    if quantized:
+        check_quantization(graph)
+    b = TflBuilder(graph, quantized)
+    (graph_input,) = graph.inputs
+    (graph_output,) = graph.outputs
+    in_tensor = graph.tensors[graph_input]
+    wrap = quantized and not int8_io
+    if wrap:
+        model_input = b.model.add_tensor(TflTensor(INPUT_NAME, nhwc_shape(in_tensor.shape), tflite.TensorType.FLOAT32))
+        b.op(tflite.BuiltinOperator.QUANTIZE, [model_input], [b.define(graph_input)])
+    else:
+        model_input = b.define(graph_input)
+        b.model.tensors[model_input].name = INPUT_NAME
+    for node in graph.nodes:
+        TFLITE_OPS[node.op](b, node)
+    last = b.index[graph_output]
+    if wrap:
+        out_tensor = graph.tensors[graph_output]
+        model_output = b.model.add_tensor(TflTensor(OUTPUT_NAME, nhwc_shape(out_tensor.shape), tflite.TensorType.FLOAT32))
+        b.op(tflite.BuiltinOperator.DEQUANTIZE, [last], [model_output])
+    else:
+        model_output = last
+        if model_output == model_input:
+            raise UnsupportedOpsError(["a graph without operators"], "the TFLite writer")
+        b.model.tensors[model_output].name = OUTPUT_NAME
+    for index in (model_input, model_output):  # a dynamic batch axis, as converters mark it
+        tensor = b.model.tensors[index]
+        tensor.shape_signature = [-1, *tensor.shape[1:]]
+    b.model.inputs, b.model.outputs = [model_input], [model_output]
+    info: dict[str, Any] = {
+        "producer": f"edgetune {edgetune.__version__}",
+        "layout": "NHWC",
+        "quantization": "int8 full-integer (TFLite int8 spec), weights per-channel" if quantized else "float32",
+        "io": "int8" if quantized and int8_io else "float32",
+    }
+    if quantized and int8_io:
+        info["input_quantization"] = quant_spec(graph.tensors[graph_input].quant).__dict__  # type: ignore[arg-type]
+        info["output_quantization"] = quant_spec(graph.tensors[graph_output].quant).__dict__  # type: ignore[arg-type]
+    info.update(metadata or {})
+    b.model.metadata = {"min_runtime_version": MIN_RUNTIME_VERSION, "edgetune": json.dumps(info, sort_keys=True).encode()}
+    b.model.description = f"edgetune {edgetune.__version__}"
+    return b.model.serialize()
