@@ -7,6 +7,10 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 # unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# A second, small environment with the runtime a Raspberry Pi image has: tflite-runtime 2.14
+# was built against numpy 1.x, so it cannot share the main environment (numpy 2).
+PI_VENV  ?= .venv-tflite214
+PI_STAMP := $(PI_VENV)/.installed
 
 .PHONY: install test demo lint bench clean
 
@@ -18,10 +22,15 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(PIP) install -e ".[dev]"
 	touch $(STAMP)
 
+$(PI_STAMP):
+	$(PYTHON) -m venv $(PI_VENV)
+	$(PI_VENV)/bin/python -m pip --disable-pip-version-check -q install "numpy==1.26.4" "tflite-runtime==2.14.0"
+	touch $(PI_STAMP)
+
 install: $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+test: $(STAMP) $(PI_STAMP)
+	EDGETUNE_TFLITE214=$(CURDIR)/$(PI_VENV)/bin/python $(BIN)/python -m pytest -q
 
 demo: $(STAMP)
 	$(BIN)/edgetune compress edgetune.zoo:digits_cnn --calib digits --eval digits:test -o out/demo

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from edgetune.zoo.digits import DigitsCNN
@@ -31,35 +32,29 @@ def digits_cnn() -> nn.Module:
     return model.eval()
 
 
-def efficientnet_lite0(image_size: int = 224) -> nn.Module:
-    model = EfficientNetLite(image_size=image_size)
-    settle_batchnorm(model, (3, image_size, image_size), seed=0)
+def _untrained(build: Callable[[], nn.Module], input_shape: tuple[int, ...]) -> nn.Module:
+    """Build with seeded initial weights (without touching the global RNG) and settled BatchNorm."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build()
+    settle_batchnorm(model, input_shape, seed=0)
     return model
+
+
+def efficientnet_lite0(image_size: int = 224) -> nn.Module:
+    return _untrained(lambda: EfficientNetLite(image_size=image_size), (3, image_size, image_size))
 
 
 def mobilenet_v2(image_size: int = 224, width: float = 1.0) -> nn.Module:
-    model = MobileNetV2(width=width)
-    settle_batchnorm(model, (3, image_size, image_size), seed=0)
-    return model
-
-
-def mobilenet_v2_digits() -> nn.Module:
-    """A narrow MobileNetV2 on 1-channel 8x8 inputs (architecture only; stride-2 layers shrink to 1x1)."""
-    model = MobileNetV2(num_classes=10, width=0.35, in_channels=1)
-    settle_batchnorm(model, (1, 8, 8), seed=0)
-    return model
+    return _untrained(lambda: MobileNetV2(width=width), (3, image_size, image_size))
 
 
 def resnet8() -> nn.Module:
-    model = ResNet8()
-    settle_batchnorm(model, ResNet8.input_shape, seed=0)
-    return model
+    return _untrained(ResNet8, ResNet8.input_shape)
 
 
 def ds_cnn() -> nn.Module:
-    model = DSCNN()
-    settle_batchnorm(model, DSCNN.input_shape, seed=0)
-    return model
+    return _untrained(DSCNN, DSCNN.input_shape)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""The artifacts on tflite-runtime 2.14 with numpy 1.26, the runtime a Raspberry Pi image has.
+
+tflite-runtime 2.14 was built against numpy 1.x and fails under numpy 2, so it lives in its
+own small environment (made by `make test`: .venv-tflite214), named by EDGETUNE_TFLITE214.
+It does not delegate int8 to XNNPACK: these tests check results, not speed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetune import zoo
+from edgetune.capture import capture
+from edgetune.data import load_dataset
+from edgetune.evaluate.tflite_runtime import TfliteRunner
+from edgetune.export.tflite import write_tflite
+from edgetune.quantize import QuantConfig, calibrate
+
+PYTHON = os.environ.get("EDGETUNE_TFLITE214")
+RUNNER = Path(__file__).with_name("tflite214_run.py")
+
+if not PYTHON:
+    if os.environ.get("CI"):
+        raise RuntimeError("EDGETUNE_TFLITE214 is not set in CI: run the tests through `make test`")
+    pytest.skip("tflite-runtime 2.14 environment not set up (EDGETUNE_TFLITE214); `make test` creates it", allow_module_level=True)
+
+
+def _graphs() -> dict[str, tuple[object, np.ndarray]]:
+    graphs = {}
+    for name in ("digits_cnn", "resnet8", "ds_cnn"):
+        entry = zoo.ZOO[name]
+        graph = capture(entry.build(), entry.input_shape)
+        if name == "digits_cnn":
+            calib, x = load_dataset("digits", "calibration").x[:128], load_dataset("digits", "test").x[:64]
+        else:
+            rng = np.random.default_rng(0)
+            calib = rng.standard_normal((32, *entry.input_shape)).astype(np.float32)
+            x = rng.standard_normal((16, *entry.input_shape)).astype(np.float32)
+        calibrate(graph, calib, QuantConfig(samples=len(calib)))
+        graphs[name] = (graph, x)
+    return graphs
+
+
+def test_artifacts_run_the_same_on_tflite_runtime_214(tmp_path: Path) -> None:
+    for name, (graph, x) in _graphs().items():
+        variants = {
+            f"{name}.int8.tflite": write_tflite(graph),  # type: ignore[arg-type]
+            f"{name}.int8io.tflite": write_tflite(graph, int8_io=True),  # type: ignore[arg-type]
+            f"{name}.fp32.tflite": write_tflite(graph, quantized=False),  # type: ignore[arg-type]
+        }
+        for file_name, blob in variants.items():
+            (tmp_path / file_name).write_bytes(blob)
+        np.savez(tmp_path / f"{name}-x.npz", x=x.transpose(0, 2, 3, 1))
+        done = subprocess.run(
+            [
+                PYTHON,
+                str(RUNNER),
+                str(tmp_path / f"{name}-x.npz"),
+                str(tmp_path / f"{name}-out.npz"),
+                *(str(tmp_path / f) for f in variants),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        theirs = np.load(tmp_path / f"{name}-out.npz")
+        scale = float(graph.tensors[graph.outputs[0]].quant.scale[0])  # type: ignore[attr-defined]
+        for file_name, blob in variants.items():
+            ours = TfliteRunner(blob).run(x)
+            if "fp32" in file_name:
+                np.testing.assert_allclose(theirs[file_name], ours, rtol=1e-4, atol=1e-4)
+            else:
+                lsb = np.abs(theirs[file_name] - ours) / scale
+                assert lsb.max() <= 1.0 + 1e-3, f"{file_name}: {lsb.max():.1f} LSB between tflite-runtime 2.14 and LiteRT"
+                if name == "digits_cnn":  # real data: top-1 must agree (random inputs tie too often to ask)
+                    assert np.mean(ours.argmax(1) == theirs[file_name].argmax(1)) >= 0.99
