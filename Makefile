@@ -12,6 +12,12 @@ STAMP  := $(VENV)/.installed
 PI_VENV  ?= .venv-tflite214
 PI_STAMP := $(PI_VENV)/.installed
 
+# Peer tools for the benchmarks only, never edgetune's dependencies: onnx2tf with TensorFlow.
+PEERS       ?= .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+PEER_PKGS   := "tensorflow==2.21.0" "tf-keras==2.21.0" "onnx2tf==1.28.8" onnxsim onnx-graphsurgeon sng4onnx \
+               simple_onnx_processing_tools psutil ai-edge-litert onnx onnxruntime
+
 .PHONY: install test demo lint bench clean
 
 $(BIN)/python:
@@ -35,6 +41,7 @@ test: $(STAMP) $(PI_STAMP)
 demo: $(STAMP)
 	$(BIN)/edgetune compress edgetune.zoo:digits_cnn --calib digits --eval digits:test -o out/demo
 	$(BIN)/edgetune bench out/demo/model.onnx --runs 200
+	$(BIN)/edgetune bench out/demo/model.tflite --runs 200
 	$(BIN)/edgetune bench out/demo/model.fp32.onnx --runs 200
 
 lint: $(STAMP)
@@ -42,8 +49,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check edgetune tests bench
 	$(BIN)/mypy edgetune
 
-bench: $(STAMP)
+$(PEERS_STAMP):
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip --disable-pip-version-check -q install $(PEER_PKGS)
+	touch $(PEERS_STAMP)
+
+bench: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python bench/ptq.py
+	$(BIN)/python bench/tflite.py
 
 clean:
 	rm -rf out bench/results .pytest_cache .mypy_cache .ruff_cache

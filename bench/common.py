@@ -7,6 +7,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,44 +20,50 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def interleaved_latency(
-    models: dict[str, bytes | str], sample: np.ndarray, threads: int, rounds: int = 7, runs: int = 60, warmup: int = 15
+def interleaved(
+    runs_once: dict[str, Callable[[], Any]], rounds: int = 7, runs: int = 60, warmup: int = 15, idle_s: float = 0.2
 ) -> dict[str, dict[str, float]]:
-    """Median single-sample latency per model, rounds interleaved so that machine noise hits all alike.
+    """Median latency per contender, rounds interleaved so that machine noise hits all alike.
 
-    Each round warms every session up, then lets the previous session's threads go idle
-    (ORT's pool spins for a while after a run) before timing.
+    Each round warms every contender up, then lets the previous one's threads go idle
+    (ORT's pool spins for a while after a run) before timing it.
     """
-    import onnxruntime as ort
-
-    sessions = {}
-    for name, model in models.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        sessions[name] = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    medians: dict[str, list[float]] = {name: [] for name in models}
-    names = list(models)
+    medians: dict[str, list[float]] = {name: [] for name in runs_once}
+    names = list(runs_once)
     for round_index in range(rounds):
-        order = names[round_index % len(names) :] + names[: round_index % len(names)]
-        for name in order:
-            session = sessions[name]
-            feed = {session.get_inputs()[0].name: sample}
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = runs_once[name]
             for _ in range(warmup):
-                session.run(None, feed)
-            time.sleep(0.2)
-            session.run(None, feed)
+                run()
+            time.sleep(idle_s)
+            run()
             times = []
             for _ in range(runs):
                 start = time.perf_counter()
-                session.run(None, feed)
+                run()
                 times.append(time.perf_counter() - start)
             medians[name].append(float(np.median(times)) * 1e3)
     return {
         name: {"median_ms": float(np.median(values)), "spread_ms": float(np.max(values) - np.min(values)), "rounds": len(values)}
         for name, values in medians.items()
     }
+
+
+def interleaved_latency(models: dict[str, bytes | str], sample: np.ndarray, threads: int, rounds: int = 7) -> dict[str, dict[str, float]]:
+    """ONNX Runtime sessions of ``models`` timed with :func:`interleaved`."""
+    import onnxruntime as ort
+
+    runs_once = {}
+    for name, model in models.items():
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: sample}
+        runs_once[name] = partial(session.run, None, feed)
+    return interleaved(runs_once, rounds=rounds)
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:

@@ -89,6 +89,11 @@ def test_inspect_bench_and_targets(digits_out: Path, capsys: pytest.CaptureFixtu
     bench = _json(capsys, ["bench", str(digits_out / "model.onnx"), "--runs", "20", "--warmup", "2", "--threads", "1", "--quiet"])
     assert bench["threads"] == 1 and bench["runs"] == 20
     assert 0 < bench["p50_ms"] <= bench["p90_ms"] <= bench["p99_ms"]
+    tflite_bench = _json(capsys, ["bench", str(digits_out / "model.tflite"), "--runs", "20", "--warmup", "2", "--threads", "1", "--quiet"])
+    assert tflite_bench["runtime"].startswith(("ai-edge-litert", "tflite-runtime")) and tflite_bench["p50_ms"] > 0
+    tflite_info = _json(capsys, ["inspect", str(digits_out / "model.tflite")])
+    assert tflite_info["macs"] == report["model"]["macs"] and tflite_info["parameters"] == report["model"]["parameters"]
+    assert tflite_info["op_versions"]["CONV_2D"] == 3 and tflite_info["schema_version"] == 3
     targets = _json(capsys, ["targets", "list"])
     names = {t["name"] for t in targets["targets"]}
     assert names == {"host", "raspberry-pi-4", "raspberry-pi-5", "pixel-8", "jetson-orin-nano", "x86-vnni", "stm32h7", "esp32-s3"}

@@ -21,6 +21,7 @@ def _files(tmp: Path) -> dict[str, Path]:
     np.savez(tmp / "nox.npz", images=np.zeros((4, 1, 8, 8), np.float32))
     np.savez(tmp / "wrongshape.npz", x=np.zeros((4, 3, 8, 8), np.float32))
     (tmp / "corrupt.onnx").write_bytes(b"this is not protobuf")
+    (tmp / "corrupt.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\xff" * 64)
     (tmp / "corrupt.pt2").write_bytes(b"PK-not-a-zip")
     (tmp / "notmodule.py").write_text("def make():\n    return 42\n")
     (tmp / "broken.py").write_text("raise ImportError('no such thing')\n")
@@ -62,6 +63,20 @@ CASES = [
     ("eval-missing-artifact", lambda f: ["eval", "none.onnx", "--data", "digits"], 2, "does not exist"),
     ("bench-corrupt", lambda f: ["bench", str(f["corrupt.onnx"])], 2, "cannot load"),
     ("targets-unknown", lambda f: ["targets", "show", "toaster"], 2, "unknown target"),
+    ("inspect-corrupt-tflite", lambda f: ["inspect", str(f["corrupt.tflite"])], 2, "rejects the model"),
+    ("eval-corrupt-tflite", lambda f: ["eval", str(f["corrupt.tflite"]), "--data", "digits"], 2, "rejects the model"),
+    (
+        "export-not-compressed",
+        lambda f: ["export", str(f["corrupt.onnx"]), "-o", str(f["corrupt.onnx"].parent / "x")],
+        2,
+        "not an edgetune compressed model",
+    ),
+    (
+        "unknown-format",
+        lambda f: ["compress", MODEL, "--calib", "digits", "--formats", "onnx,coreml"],
+        2,
+        "unknown export format(s) coreml",
+    ),
 ]
 
 
