@@ -56,7 +56,7 @@ $(PEERS_STAMP):
 
 bench: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python bench/ptq.py
-	$(BIN)/python bench/tflite.py
+	$(BIN)/python bench/tflite_export.py
 
 clean:
 	rm -rf out bench/results .pytest_cache .mypy_cache .ruff_cache

@@ -4,7 +4,9 @@ onnx2tf runs in its own environment (.venv-peers: onnx2tf 1.28.8, TensorFlow 2.2
 `make bench`), never in edgetune's. Both convert the very fp32 ONNX file edgetune wrote,
 calibrated on the same samples; both artifacts run on LiteRT with XNNPACK.
 
-    python bench/tflite.py [--quick]
+    python bench/tflite_export.py [--quick]
+
+(Not bench/tflite.py: a script of that name would shadow the tflite package it imports.)
 
 Prints a table and writes bench/results/tflite.json.
 """
