@@ -1,6 +1,7 @@
 """The compression pipeline in one place: load -> capture -> quantize -> export -> evaluate.
 
-Pruning, fine-tuning and the TFLite writer join this list as their stages land.
+Export writes ONNX (fp32 and int8 QDQ) and TFLite (int8) from the one quantized graph.
+Pruning and fine-tuning join this list, between capture and export, as their stages land.
 """
 
 from __future__ import annotations
@@ -129,9 +130,10 @@ def compress(
     timer.lap("calibrate")
 
     artifacts = export_artifacts(graph, the_target, export)
+    names = _names_to_write(export)
     timer.lap("export")
 
-    evaluation, layers = _evaluate(graph, artifacts, eval_set, holdout, calib_part, the_target, progress)
+    evaluation, layers = _evaluate(graph, artifacts, eval_set, holdout, calib_part, progress)
     timer.lap("evaluate")
 
     report = reports.compress_report(
@@ -143,13 +145,13 @@ def compress(
         records=records,
         export=export,
         artifacts={name: len(blob) for name, blob in artifacts.items()},
-        written=sorted(_names_to_write(export)),
+        written=sorted(names),
         evaluation=evaluation,
         layers=layers,
         timings=timer.stages,
     )
     out = Path(out_dir)
-    written = {name: blob for name, blob in artifacts.items() if name in _names_to_write(export)}
+    written = {name: blob for name, blob in artifacts.items() if name in names}
     paths = write_files(out, {**written, "report.json": json_bytes(report)})
     return CompressResult(report, paths, graph)
 
@@ -213,7 +215,6 @@ def _evaluate(
     eval_set: Dataset | None,
     holdout: Dataset | None,
     calib_part: Dataset,
-    target: Target,
     progress: Progress,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     note = "measured on the --eval data"
@@ -230,7 +231,7 @@ def _evaluate(
     progress(1, steps, "evaluation")
     int8_out = OnnxRunner(artifacts["model.onnx"], spin=False).run(data.x)
     progress(2, steps, "evaluation")
-    evaluation = reports.evaluation_block(data, fp32_out, int8_out, note, target)
+    evaluation = reports.evaluation_block(data, fp32_out, int8_out, note)
     if "model.tflite" in artifacts:
         from edgetune.evaluate.tflite_runtime import TfliteRunner
 

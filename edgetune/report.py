@@ -33,11 +33,22 @@ def versions() -> dict[str, str]:
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
+        "tflite_interpreter": _tflite_interpreter(),
         "platform": f"{sys.platform}-{platform.machine()}",
     }
 
 
-def evaluation_block(data: Dataset, fp32_out: np.ndarray, int8_out: np.ndarray, note: str, target: Target) -> dict[str, Any]:
+def _tflite_interpreter() -> str:
+    from edgetune.errors import InputError
+    from edgetune.evaluate.tflite_runtime import interpreter_class
+
+    try:
+        return interpreter_class()[1]
+    except InputError:
+        return "none"
+
+
+def evaluation_block(data: Dataset, fp32_out: np.ndarray, int8_out: np.ndarray, note: str) -> dict[str, Any]:
     block: dict[str, Any] = {
         "data": data.source,
         "samples": len(data),
