@@ -18,7 +18,7 @@ from edgetune.artifacts import json_bytes, write_files
 from edgetune.capture.models import LoadedModel, load_model
 from edgetune.data import Dataset, load_dataset
 from edgetune.errors import InputError
-from edgetune.evaluate.runtime import OnnxRunner
+from edgetune.evaluate.runtime import OnnxRunner, default_threads
 from edgetune.export.config import ExportConfig
 from edgetune.export.onnx.writer import write_onnx
 from edgetune.ir.graph import Graph
@@ -130,10 +130,13 @@ def compress(
     timer.lap("calibrate")
 
     artifacts = export_artifacts(graph, the_target, export)
+    smoke = _start_smoke_runs(artifacts)
     names = _names_to_write(export)
     timer.lap("export")
 
     evaluation, layers = _evaluate(graph, artifacts, eval_set, holdout, calib_part, progress)
+    for run in smoke:
+        run.wait()
     timer.lap("evaluate")
 
     report = reports.compress_report(
@@ -168,6 +171,8 @@ def export_compressed(
     if not any(t.quant is not None for t in graph.tensors.values()):
         raise InputError(f"{compressed} holds no quantization parameters", "pass the model.edgetune that edgetune compress wrote")
     artifacts = export_artifacts(graph, the_target, export)
+    for run in _start_smoke_runs(artifacts):
+        run.wait()
     names = _names_to_write(export) - {"model.edgetune"}
     return write_files(Path(out_dir), {name: blob for name, blob in artifacts.items() if name in names})
 
@@ -183,21 +188,26 @@ def _names_to_write(export: ExportConfig) -> set[str]:
     return names
 
 
+def _start_smoke_runs(artifacts: dict[str, bytes]) -> list[Any]:
+    """Each TFLite file loaded and run once in a child process, alongside the evaluation."""
+    from edgetune.evaluate.tflite_runtime import SmokeRun
+
+    return [SmokeRun(blob, name) for name, blob in artifacts.items() if name.endswith(".tflite")]
+
+
 def export_artifacts(graph: Graph, target: Target, export: ExportConfig) -> dict[str, bytes]:
     """Every artifact from the one quantized graph. The ONNX pair is always built (the
-    evaluation runs it); TFLite files are built and smoke-run in a child process when asked for."""
+    evaluation runs it); TFLite files when asked for."""
     artifacts = {
         "model.onnx": write_onnx(graph, quantized=True, unsigned_activations=target.unsigned_activations),
         "model.fp32.onnx": write_onnx(graph, quantized=False),
         "model.edgetune": graph_to_bytes(graph),
     }
     if "tflite" in export.formats:
-        from edgetune.evaluate.tflite_runtime import smoke_run
         from edgetune.export.tflite import write_tflite
 
         info = dict(graph.meta.get("data", {}))
         artifacts["model.tflite"] = write_tflite(graph, quantized=True, int8_io=export.int8_io(target.device_class), metadata=info)
-        smoke_run(artifacts["model.tflite"], "model.tflite")
         if export.float_tflite:
             artifacts["model.fp32.tflite"] = write_tflite(graph, quantized=False, metadata=info)
     return artifacts
@@ -235,7 +245,7 @@ def _evaluate(
     if "model.tflite" in artifacts:
         from edgetune.evaluate.tflite_runtime import TfliteRunner
 
-        runner = TfliteRunner(artifacts["model.tflite"])
+        runner = TfliteRunner(artifacts["model.tflite"], threads=default_threads())
         tflite_out = runner.run(data.x)
         progress(3, steps, "evaluation")
         scale = float(graph.tensors[graph.outputs[0]].quant.scale[0])  # type: ignore[union-attr]

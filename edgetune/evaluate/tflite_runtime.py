@@ -185,13 +185,37 @@ print("ok")
 """
 
 
+class SmokeRun:
+    """Load and run a model once in a child process, so that an interpreter crash becomes an
+    error, not the death of edgetune. It runs while the caller goes on; :meth:`wait` checks it."""
+
+    def __init__(self, model: bytes, name: str, timeout: float = 120.0) -> None:
+        self.name, self.timeout = name, timeout
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SMOKE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert self.process.stdin is not None
+        self.process.stdin.write(model)
+        self.process.stdin.close()
+
+    def wait(self) -> None:
+        try:
+            self.process.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise RuntimeFailure(
+                f"the TFLite smoke run of {self.name} did not finish in {self.timeout:.0f} s", "report this as a bug"
+            ) from None
+        assert self.process.stderr is not None and self.process.stdout is not None
+        stderr = self.process.stderr.read().decode(errors="replace")
+        self.process.stdout.close()
+        self.process.stderr.close()
+        if self.process.returncode != 0:
+            code = self.process.returncode
+            how = f"died of signal {-code}" if code < 0 else "failed"
+            detail = (stderr.strip().splitlines() or [""])[-1]
+            raise RuntimeFailure(f"the TFLite interpreter {how} on {self.name}: {detail}", "report this as a bug with the model")
+
+
 def smoke_run(model: bytes, name: str, timeout: float = 120.0) -> None:
-    """Load and run the model once in a child process, so an interpreter crash is an error, not our death."""
-    try:
-        done = subprocess.run([sys.executable, "-c", SMOKE], input=model, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeFailure(f"the TFLite smoke run of {name} did not finish in {timeout:.0f} s", "report this as a bug") from None
-    if done.returncode != 0:
-        how = f"died of signal {-done.returncode}" if done.returncode < 0 else "failed"
-        detail = (done.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
-        raise RuntimeFailure(f"the TFLite interpreter {how} on {name}: {detail}", "report this as a bug with the model")
+    SmokeRun(model, name, timeout).wait()
