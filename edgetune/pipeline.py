@@ -1,7 +1,7 @@
-"""The compression pipeline in one place: load -> capture -> quantize -> export -> evaluate.
+"""The compression pipeline in one place: load -> capture -> prune -> quantize -> export -> evaluate.
 
 Export writes ONNX (fp32 and int8 QDQ) and TFLite (int8) from the one quantized graph.
-Pruning and fine-tuning join this list, between capture and export, as their stages land.
+Fine-tuning joins this list, between pruning and export, when its stage lands.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from edgetune.export.onnx.writer import write_onnx
 from edgetune.ir.graph import Graph
 from edgetune.ir.serialize import graph_to_bytes
 from edgetune.progress import Progress, silent
+from edgetune.prune import PruneConfig, prune_channels
 from edgetune.quantize import QuantConfig, calibrate
 from edgetune.targets import Target, load_target
 
@@ -97,6 +98,7 @@ def compress(
     input_shape: str | tuple[int, ...] | None = None,
     recipe: str | None = None,
     export: ExportConfig | None = None,
+    prune: PruneConfig | None = None,
     progress: Progress = silent,
 ) -> CompressResult:
     """Quantize ``model`` to int8 with ``calib`` data and write the artifacts to ``out_dir``.
@@ -123,6 +125,10 @@ def compress(
 
     graph = capture_model(loaded, shape)
     timer.lap("capture")
+
+    pruning = prune_channels(graph, prune) if prune is not None else None
+    if pruning is not None:
+        timer.lap("prune")
 
     graph.meta["data"] = {"source": calib_set.source, "normalization": calib_set.preprocess, "labels": list(calib_set.labels)}
     calib_part, holdout = calib_set.split(min(quant.samples, len(calib_set)))
@@ -152,6 +158,7 @@ def compress(
         evaluation=evaluation,
         layers=layers,
         timings=timer.stages,
+        pruning=pruning.to_dict() if pruning is not None else None,
     )
     out = Path(out_dir)
     written = {name: blob for name, blob in artifacts.items() if name in names}

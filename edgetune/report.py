@@ -129,9 +129,10 @@ def compress_report(
     evaluation: dict[str, Any],
     layers: list[dict[str, Any]],
     timings: dict[str, float],
+    pruning: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     summary = graph_summary(graph)
-    return {
+    document = {
         "schema": SCHEMA,
         "version": VERSION,
         "command": "compress",
@@ -156,3 +157,6 @@ def compress_report(
         "versions": versions(),
         "artifacts": sorted([*written, "report.json"]),
     }
+    if pruning is not None:
+        document["pruning"] = pruning
+    return document

@@ -30,6 +30,9 @@ from edgetune.progress import StderrProgress
 @click.option("--percentile", type=float, default=99.99, show_default=True, help="Percentile for --method percentile.")
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration samples to use.")
+@click.option(
+    "--prune", "prune", metavar="channel:RATIO[:l1|l2]", help="Remove that share of every prunable channel group first (e.g. channel:0.5)."
+)
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Artifacts to write: onnx, tflite or both.")
 @click.option(
     "--tflite-io", type=click.Choice(["float", "int8"]), help="TFLite model input/output type (default: int8 for MCU targets, else float)."
@@ -50,6 +53,7 @@ def command(
     percentile: float,
     per_tensor: bool,
     calib_samples: int,
+    prune: str | None,
     formats: str,
     tflite_io: str | None,
     float_tflite: bool,
@@ -64,16 +68,20 @@ def command(
     """
     from edgetune.export.config import ExportConfig, parse_formats
     from edgetune.pipeline import compress
+    from edgetune.prune import parse_prune
     from edgetune.quantize import QuantConfig
+    from edgetune.targets import load_target
 
     config = QuantConfig(method=method, per_channel=not per_tensor, samples=calib_samples, percentile=percentile)
+    profile = load_target(target)
     result = compress(
         model,
         calib,
         out_dir,
         eval_data=eval_data,
-        target=target,
+        target=profile,
         quant=config,
+        prune=parse_prune(prune, profile.channel_multiple) if prune else None,
         weights=weights,
         input_shape=input_shape,
         recipe=recipe,
@@ -117,6 +125,16 @@ def _human(report: dict[str, Any]) -> str:
                 "TFLite int8",
                 f"{accuracy}agreement with fp32 {pct(tfl['top1_agreement_with_fp32'])}, with ONNX int8 {pct(tfl['top1_agreement_with_onnx_int8'])}"
                 f" (max {tfl['max_lsb_vs_onnx_int8']:g} LSB apart), {tfl['runtime']}",
+            )
+        )
+    if "pruning" in report:
+        p = report["pruning"]
+        pruned = sum(1 for g in p["groups"] if g["after"] < g["before"])
+        rows.append(
+            (
+                "pruning",
+                f"{p['config']['criterion']} {p['config']['ratio']:g} of channels in {pruned} of {len(p['groups'])} groups:"
+                f" MACs {p['macs']['ratio']:.2f}x, parameters {p['parameters']['ratio']:.2f}x",
             )
         )
     timings = report["timings_s"]

@@ -1,0 +1,151 @@
+"""Channel dependency groups on the IR graph.
+
+Every activation's channel axis (axis 1) is a "channel space". Ops that keep channel c at
+index c (activations, pooling, depthwise convs, elementwise ops between activations, a
+flatten of a 1x1 map) join the spaces of their inputs and outputs; convs and linear layers
+start a new space at their output and can drop input channels. Spaces touched by anything
+else (graph input and output, concatenation, transposes, softmax, ...) are kept whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgetune.ir.graph import Graph, Node
+
+PASS_THROUGH = {"relu", "relu6", "clamp", "sigmoid", "tanh", "hardswish", "global_avgpool", "avgpool2d", "maxpool2d"}
+
+
+@dataclass
+class Group:
+    """Tensors that share channel indices, and the nodes whose weights follow them."""
+
+    tensors: list[str] = field(default_factory=list)
+    producers: list[Node] = field(default_factory=list)  # conv/linear whose output rows are the channels
+    depthwise: list[Node] = field(default_factory=list)  # depthwise convs inside the group
+    consumers: list[Node] = field(default_factory=list)  # conv/linear reading the channels as inputs
+    reshapes: list[Node] = field(default_factory=list)  # flattens of a 1x1 map: their target shape follows
+    blocked: bool = False
+
+    def channels(self, graph: Graph) -> int:
+        return int(graph.tensors[self.tensors[0]].shape[1])
+
+
+class _Spaces:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, name: str) -> str:
+        self.parent.setdefault(name, name)
+        while self.parent[name] != name:
+            self.parent[name] = self.parent[self.parent[name]]
+            name = self.parent[name]
+        return name
+
+    def union(self, *names: str) -> None:
+        roots = [self.find(n) for n in names]
+        for root in roots[1:]:
+            self.parent[root] = roots[0]
+
+
+def _is_depthwise(graph: Graph, node: Node) -> bool:
+    cin = graph.tensors[node.inputs[0]].shape[1]
+    cout = graph.tensors[node.outputs[0]].shape[1]
+    return bool(node.attrs["groups"] == cin == cout and cin > 1)
+
+
+def _is_flatten_of_1x1(graph: Graph, node: Node) -> bool:
+    in_shape, out_shape = graph.tensors[node.inputs[0]].shape, graph.tensors[node.outputs[0]].shape
+    return len(in_shape) >= 2 and len(out_shape) == 2 and int(np.prod(in_shape[2:])) == 1 and out_shape[1] == in_shape[1]
+
+
+@dataclass
+class _Links:
+    """What the walk over the graph found: joined spaces, kept-whole tensors, member roles."""
+
+    graph: Graph
+    spaces: _Spaces = field(default_factory=_Spaces)
+    blocked: set[str] = field(default_factory=set)
+    roles: list[tuple[str, str, Node]] = field(default_factory=list)  # (tensor, role, node)
+
+    def activation(self, name: str) -> bool:
+        tensor = self.graph.tensors.get(name)
+        return tensor is not None and tensor.data is None and len(tensor.shape) >= 2
+
+    def conv(self, node: Node) -> None:
+        out = node.outputs[0]
+        if node.attrs["groups"] == 1:
+            self.roles += [(out, "producer", node), (node.inputs[0], "consumer", node)]
+        elif _is_depthwise(self.graph, node):
+            self.spaces.union(node.inputs[0], out)
+            self.roles.append((out, "depthwise", node))
+        else:
+            self.blocked.update([node.inputs[0], out])
+
+    def linear(self, node: Node) -> None:
+        self.roles.append((node.outputs[0], "producer", node))
+        if len(self.graph.tensors[node.inputs[0]].shape) == 2:
+            self.roles.append((node.inputs[0], "consumer", node))
+        else:
+            self.blocked.add(node.inputs[0])
+
+    def elementwise(self, node: Node) -> None:
+        acts = [n for n in node.inputs if self.activation(n)]
+        constants = [self.graph.tensors[n].data for n in node.inputs if not self.activation(n)]
+        if any(c is not None and c.size > 1 for c in constants):  # a per-channel constant would need slicing too
+            self.blocked.update([*acts, node.outputs[0]])
+        else:
+            self.spaces.union(*acts, node.outputs[0])
+
+    def keeps_channels(self, node: Node) -> bool:
+        if node.op in PASS_THROUGH:
+            return True
+        if node.op == "mean":
+            return 1 not in node.attrs["axes"] and bool(node.attrs["keepdim"])
+        if node.op == "pad":
+            return bool(node.attrs["pads"][1] == [0, 0])
+        return False
+
+    def link(self, node: Node) -> None:
+        if node.op == "conv2d":
+            self.conv(node)
+        elif node.op == "linear":
+            self.linear(node)
+        elif node.op in ("add", "sub", "mul"):
+            self.elementwise(node)
+        elif self.keeps_channels(node):
+            self.spaces.union(node.inputs[0], node.outputs[0])
+        elif node.op == "reshape" and _is_flatten_of_1x1(self.graph, node):
+            self.spaces.union(node.inputs[0], node.outputs[0])
+            self.roles.append((node.outputs[0], "reshape", node))
+        else:
+            self.blocked.update([*(n for n in node.inputs if self.activation(n)), node.outputs[0]])
+
+
+def find_groups(graph: Graph) -> list[Group]:
+    """The channel groups of ``graph`` that some conv or linear layer produces; ``blocked``
+    groups must keep every channel."""
+    links = _Links(graph)
+    for name in graph.activations():
+        if links.activation(name):
+            links.spaces.find(name)
+    for node in graph.nodes:
+        links.link(node)
+    links.blocked.update(graph.inputs)
+    links.blocked.update(graph.outputs)
+
+    groups: dict[str, Group] = {}
+    for name in graph.activations():
+        if links.activation(name):
+            groups.setdefault(links.spaces.find(name), Group()).tensors.append(name)
+    for name in links.blocked:
+        if name in links.spaces.parent:
+            groups[links.spaces.find(name)].blocked = True
+    for tensor, role, node in links.roles:
+        group = groups[links.spaces.find(tensor)]
+        bucket = {"producer": group.producers, "consumer": group.consumers, "depthwise": group.depthwise, "reshape": group.reshapes}[role]
+        if node not in bucket:
+            bucket.append(node)
+    return [g for g in groups.values() if g.producers]

@@ -1,0 +1,150 @@
+"""Structured channel pruning: groups, ranking, physical removal, and pruned artifacts that run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgetune import zoo
+from edgetune.capture import capture
+from edgetune.cli.main import run
+from edgetune.errors import InputError
+from edgetune.ir.torch_exec import GraphRunner
+from edgetune.prune import PruneConfig, parse_prune, prune_channels
+from edgetune.prune.apply import kept_count
+from edgetune.prune.groups import find_groups
+
+ZOO = ["digits_cnn", "resnet8", "ds_cnn", "efficientnet_lite0", "mobilenet_v2"]
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_prunes_and_keeps_its_output_shape(name: str, ratio: float) -> None:
+    entry = zoo.ZOO[name]
+    graph = capture(entry.build(), entry.input_shape)
+    x = torch.randn(2, *entry.input_shape, generator=torch.Generator().manual_seed(0))
+    before = GraphRunner(graph)(x)
+    report = prune_channels(graph, PruneConfig(ratio, channel_multiple=4))
+    after = GraphRunner(graph)(x)
+    assert after.shape == before.shape
+    assert report.macs_after < report.macs_before and report.params_after < report.params_before
+    for node in graph.nodes:  # residual adds stay consistent: both operands keep the same channels
+        if node.op == "add":
+            shapes = {graph.tensors[name].shape for name in node.inputs}
+            assert len(shapes) == 1, f"{node.name}: {shapes}"
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zero_ratio_changes_nothing(name: str) -> None:
+    entry = zoo.ZOO[name]
+    graph = capture(entry.build(), entry.input_shape)
+    x = torch.randn(2, *entry.input_shape, generator=torch.Generator().manual_seed(1))
+    before = GraphRunner(graph)(x)
+    report = prune_channels(graph, PruneConfig(0.0))
+    assert torch.equal(GraphRunner(graph)(x), before) and report.macs_after == report.macs_before
+
+
+def test_residual_network_prunes_its_tied_channels_together() -> None:
+    graph = capture(zoo.efficientnet_lite0(), (3, 224, 224))
+    groups = find_groups(graph)
+    # Stages with residual adds: one group holds the block outputs tied by the adds.
+    tied = [g for g in groups if sum(1 for t in g.tensors if any(n.op == "add" and n.outputs[0] == t for n in graph.nodes)) >= 2]
+    assert tied and all(not g.blocked for g in tied)
+    assert all(len(g.producers) >= 2 for g in tied), "each add joins the outputs of two or more projection convs"
+    classifier = [g for g in groups if any(n.op == "linear" for n in g.producers)]
+    assert classifier and all(g.blocked for g in classifier), "the graph output keeps all its channels"
+
+
+class TwoConvs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(1, 2, 1, bias=False)
+        self.second = nn.Conv2d(2, 1, 1, bias=False)
+        with torch.no_grad():
+            # channel 0: one large weight (l1 3, l2 3); channel 1: four small ones (l1 4, l2 2)
+            self.first.weight.copy_(torch.tensor([[[[3.0]]], [[[1.0]]]]))
+            self.second.weight.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+
+class FourWide(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(4, 2, 1, bias=False)
+        self.second = nn.Conv2d(2, 1, 1, bias=False)
+        with torch.no_grad():
+            self.first.weight.copy_(torch.tensor([[3.0, 0, 0, 0], [1.0, 1.0, 1.0, 1.0]]).reshape(2, 4, 1, 1))
+            self.second.weight.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+
+@pytest.mark.parametrize(("criterion", "kept_row"), [("l1", [1.0, 1.0, 1.0, 1.0]), ("l2", [3.0, 0.0, 0.0, 0.0])])
+def test_criteria_rank_channels_by_their_norm(criterion: str, kept_row: list[float]) -> None:
+    graph = capture(FourWide(), (4, 2, 2))
+    prune_channels(graph, PruneConfig(0.5, criterion))
+    first = graph.nodes[0]
+    assert graph.const(first.inputs[1]).reshape(-1).tolist() == kept_row
+    assert graph.tensors[first.outputs[0]].shape[1] == 1
+    assert graph.const(graph.nodes[1].inputs[1]).shape == (1, 1, 1, 1), "the consumer lost the matching input channel"
+
+
+def test_kept_count_rounds_to_the_channel_multiple() -> None:
+    assert kept_count(32, 0.5, 8) == 16 and kept_count(24, 0.5, 8) == 16 and kept_count(20, 0.7, 8) == 8
+    assert kept_count(3, 0.9, 1) == 1 and kept_count(4, 0.5, 16) == 4
+
+
+@pytest.mark.parametrize("text", ["channel:1.0", "channel:-0.1", "channel:abc", "magnitude:0.5", "channel:0.5:taylor"])
+def test_bad_prune_specs(text: str) -> None:
+    with pytest.raises(InputError):
+        parse_prune(text)
+
+
+def test_pruned_digits_exports_and_runs_on_both_runtimes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "compress",
+        "edgetune.zoo:digits_cnn",
+        "--calib",
+        "digits",
+        "--eval",
+        "digits:test",
+        "-o",
+        str(tmp_path),
+        "--prune",
+        "channel:0.5:l1",
+    ]
+    assert run([*argv, "--quiet", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    pruning = report["pruning"]
+    assert pruning["config"]["criterion"] == "l1" and pruning["macs"]["ratio"] < 0.5
+    assert any(g["after"] < g["before"] for g in pruning["groups"])
+    assert report["model"]["macs"] == pruning["macs"]["after"]
+    assert report["evaluation"]["tflite"]["top1_agreement_with_onnx_int8"] >= 0.99
+    for name in ("model.onnx", "model.tflite"):
+        doc_code = run(["inspect", str(tmp_path / name), "--json"])
+        info = json.loads(capsys.readouterr().out)
+        assert doc_code == 0 and info["macs"] == pruning["macs"]["after"]
+
+
+def test_bad_ratio_on_the_command_line(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    code = run(["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "-o", str(tmp_path / "o"), "--prune", "channel:1.5", "--quiet"])
+    err = capfd.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: pruning ratio 1.5 is outside [0, 1)") and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_pruned_graph_matches_a_smaller_dense_model() -> None:
+    """Pruning removes channels: the result equals running the sliced weights as a dense model."""
+    graph = capture(TwoConvs(), (1, 3, 3))
+    prune_channels(graph, PruneConfig(0.5, "l2"))
+    x = torch.randn(1, 1, 3, 3)
+    expected = (x * 3.0).sum(dim=1, keepdim=True)  # only channel 0 (weight 3) remains, then summed by the 1x1 conv
+    np.testing.assert_allclose(GraphRunner(graph)(x).detach().numpy(), expected.numpy(), rtol=1e-6)
