@@ -18,6 +18,10 @@ PEERS_STAMP := $(PEERS)/.installed
 PEER_PKGS   := "tensorflow==2.21.0" "tf-keras==2.21.0" "onnx2tf==1.28.8" onnxsim onnx-graphsurgeon sng4onnx \
                simple_onnx_processing_tools psutil ai-edge-litert onnx onnxruntime
 
+# Torch-Pruning needs torch beside it: its own environment, with the same CPU torch wheel.
+TP_VENV  ?= .venv-tp
+TP_STAMP := $(TP_VENV)/.installed
+
 .PHONY: install test demo lint bench clean
 
 $(BIN)/python:
@@ -54,9 +58,15 @@ $(PEERS_STAMP):
 	$(PEERS)/bin/python -m pip --disable-pip-version-check -q install $(PEER_PKGS)
 	touch $(PEERS_STAMP)
 
-bench: $(STAMP) $(PEERS_STAMP)
+$(TP_STAMP):
+	$(PYTHON) -m venv $(TP_VENV)
+	$(TP_VENV)/bin/python -m pip --disable-pip-version-check -q install "$(TORCH)" "torch-pruning==1.6.1" safetensors numpy
+	touch $(TP_STAMP)
+
+bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP)
 	$(BIN)/python bench/ptq.py
 	$(BIN)/python bench/tflite_export.py
+	$(BIN)/python bench/prune.py
 
 clean:
 	rm -rf out bench/results .pytest_cache .mypy_cache .ruff_cache
