@@ -7,6 +7,7 @@ Fine-tuning joins this list, between pruning and export, when its stage lands.
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from edgetune.export.onnx.writer import write_onnx
 from edgetune.ir.graph import Graph
 from edgetune.ir.serialize import graph_to_bytes
 from edgetune.progress import Progress, silent
-from edgetune.prune import PruneConfig, prune_channels
+from edgetune.prune import PruneConfig
+from edgetune.prune import prune as prune_graph
 from edgetune.quantize import QuantConfig, calibrate
 from edgetune.targets import Target, load_target
 
@@ -126,7 +128,7 @@ def compress(
     graph = capture_model(loaded, shape)
     timer.lap("capture")
 
-    pruning = prune_channels(graph, prune) if prune is not None else None
+    pruning = prune_graph(graph, prune) if prune is not None else None
     if pruning is not None:
         timer.lap("prune")
 
@@ -158,7 +160,8 @@ def compress(
         evaluation=evaluation,
         layers=layers,
         timings=timer.stages,
-        pruning=pruning.to_dict() if pruning is not None else None,
+        pruning=pruning,
+        gzip_sizes={name: len(zlib.compress(artifacts[name], 6)) for name in ("model.onnx", "model.tflite") if name in artifacts},
     )
     out = Path(out_dir)
     written = {name: blob for name, blob in artifacts.items() if name in names}

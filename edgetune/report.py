@@ -130,6 +130,7 @@ def compress_report(
     layers: list[dict[str, Any]],
     timings: dict[str, float],
     pruning: dict[str, Any] | None = None,
+    gzip_sizes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     summary = graph_summary(graph)
     document = {
@@ -149,6 +150,7 @@ def compress_report(
         "export": export.to_dict(),
         "sizes": {
             **{f"{name}_bytes": size for name, size in artifacts.items()},
+            **{f"{name}_gzip_bytes": size for name, size in (gzip_sizes or {}).items()},
             "int8_to_fp32": round(artifacts["model.onnx"] / artifacts["model.fp32.onnx"], 4),
         },
         "evaluation": evaluation,

@@ -102,7 +102,7 @@ def test_kept_count_rounds_to_the_channel_multiple() -> None:
     assert kept_count(3, 0.9, 1) == 1 and kept_count(4, 0.5, 16) == 4
 
 
-@pytest.mark.parametrize("text", ["channel:1.0", "channel:-0.1", "channel:abc", "magnitude:0.5", "channel:0.5:taylor"])
+@pytest.mark.parametrize("text", ["channel:1.0", "channel:-0.1", "channel:abc", "magnitude:0.5:l1", "channel:0.5:taylor", "blocks:0.5"])
 def test_bad_prune_specs(text: str) -> None:
     with pytest.raises(InputError):
         parse_prune(text)
@@ -148,3 +148,81 @@ def test_pruned_graph_matches_a_smaller_dense_model() -> None:
     x = torch.randn(1, 1, 3, 3)
     expected = (x * 3.0).sum(dim=1, keepdim=True)  # only channel 0 (weight 3) remains, then summed by the 1x1 conv
     np.testing.assert_allclose(GraphRunner(graph)(x).detach().numpy(), expected.numpy(), rtol=1e-6)
+
+
+class Concatenating(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.a(x), self.b(x), torch.relu(self.c(x))], dim=1))
+
+
+def test_unsupported_patterns_fail_naming_the_layers_unless_skipped() -> None:
+    graph = capture(Concatenating(), (3, 6, 6))
+    with pytest.raises(InputError, match=r"cannot follow the channels of .*conv2d.* through concat") as info:
+        prune_channels(graph, PruneConfig(0.5))
+    assert "--prune-skip-unsupported" in info.value.hint
+    report = prune_channels(graph, PruneConfig(0.5, skip_unsupported=True))
+    kept = [g for g in report.groups if g.get("unsupported")]
+    assert len(kept) == 3 and all(g["after"] == g["before"] for g in kept)
+    x = torch.randn(2, 3, 6, 6)
+    assert GraphRunner(graph)(x).shape == (2, 4, 6, 6)
+
+
+def test_magnitude_pruning_zeroes_weights_that_stay_zero_in_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "compress",
+        "edgetune.zoo:digits_cnn",
+        "--calib",
+        "digits",
+        "-o",
+        str(tmp_path),
+        "--prune",
+        "magnitude:0.5",
+        "--quiet",
+        "--json",
+    ]
+    assert run(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    pruning = report["pruning"]
+    assert pruning["config"]["kind"] == "magnitude" and "no faster" in pruning["note"]
+    assert all(abs(layer["sparsity"] - 0.5) <= 0.02 for layer in pruning["layers"]), "uniform: every layer at the ratio"
+    import onnx
+    from onnx import numpy_helper
+
+    weights = [
+        numpy_helper.to_array(t)
+        for t in onnx.load(str(tmp_path / "model.onnx")).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1
+    ]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
+    assert zeros >= 0.5, "pruned weights quantize to exactly 0"
+    dense = tmp_path / "dense"
+    assert run(["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "-o", str(dense), "--quiet", "--json"]) == 0
+    dense_report = json.loads(capsys.readouterr().out)
+    assert report["sizes"]["model.tflite_gzip_bytes"] < dense_report["sizes"]["model.tflite_gzip_bytes"]
+
+
+def test_global_magnitude_allocation_varies_per_layer() -> None:
+    from edgetune.prune import prune
+
+    graph = capture(zoo.resnet8(), (3, 32, 32))
+    block = prune(graph, PruneConfig(0.6, kind="magnitude", allocation="global"))
+    assert abs(block["sparsity"] - 0.6) <= 0.01
+    sparsities = [layer["sparsity"] for layer in block["layers"]]
+    assert max(sparsities) - min(sparsities) > 0.1
+
+
+def test_global_channel_allocation_removes_the_share_overall() -> None:
+    graph = capture(zoo.efficientnet_lite0(), (3, 224, 224))
+    report = prune_channels(graph, PruneConfig(0.5, channel_multiple=8, allocation="global"))
+    pruned = [g for g in report.groups if not g["kept_whole"]]
+    before, after = sum(g["before"] for g in pruned), sum(g["after"] for g in pruned)
+    assert 0.4 <= 1 - after / before <= 0.55
+    assert len({round(g["after"] / g["before"], 2) for g in pruned}) > 2, "groups keep different shares"
+    assert all(g["after"] % 8 == 0 or g["after"] == g["before"] for g in pruned)
+    x = torch.randn(1, 3, 224, 224)
+    assert GraphRunner(graph)(x).shape == (1, 1000)

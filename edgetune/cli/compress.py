@@ -31,8 +31,19 @@ from edgetune.progress import StderrProgress
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration samples to use.")
 @click.option(
-    "--prune", "prune", metavar="channel:RATIO[:l1|l2]", help="Remove that share of every prunable channel group first (e.g. channel:0.5)."
+    "--prune",
+    "prune",
+    metavar="channel:RATIO[:l1|l2]|magnitude:RATIO",
+    help="Remove that share of channels (channel:0.5), or zero that share of weights (magnitude:0.8).",
 )
+@click.option(
+    "--prune-allocation",
+    type=click.Choice(["uniform", "global"]),
+    default="uniform",
+    show_default=True,
+    help="The same share per group or layer, or one threshold across them.",
+)
+@click.option("--prune-skip-unsupported", is_flag=True, help="Keep layers whose channels pruning cannot follow whole, instead of failing.")
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Artifacts to write: onnx, tflite or both.")
 @click.option(
     "--tflite-io", type=click.Choice(["float", "int8"]), help="TFLite model input/output type (default: int8 for MCU targets, else float)."
@@ -54,6 +65,8 @@ def command(
     per_tensor: bool,
     calib_samples: int,
     prune: str | None,
+    prune_allocation: str,
+    prune_skip_unsupported: bool,
     formats: str,
     tflite_io: str | None,
     float_tflite: bool,
@@ -81,7 +94,7 @@ def command(
         eval_data=eval_data,
         target=profile,
         quant=config,
-        prune=parse_prune(prune, profile.channel_multiple) if prune else None,
+        prune=parse_prune(prune, profile.channel_multiple, prune_skip_unsupported, prune_allocation) if prune else None,
         weights=weights,
         input_shape=input_shape,
         recipe=recipe,
@@ -127,8 +140,21 @@ def _human(report: dict[str, Any]) -> str:
                 f" (max {tfl['max_lsb_vs_onnx_int8']:g} LSB apart), {tfl['runtime']}",
             )
         )
-    if "pruning" in report:
+    if "pruning" in report and report["pruning"]["config"]["kind"] == "magnitude":
         p = report["pruning"]
+        gzip = sizes.get("model.tflite_gzip_bytes", sizes.get("model.onnx_gzip_bytes"))
+        rows.append(
+            (
+                "pruning",
+                f"magnitude {p['config']['ratio']:g} ({p['config']['allocation']}): {100 * p['sparsity']:.1f}% of weights zero; gzip {gzip / 1024:.1f} KiB",
+            )
+        )
+        rows.append(("note", p["note"]))
+    elif "pruning" in report:
+        p = report["pruning"]
+        skipped = [g for g in p["groups"] if g.get("unsupported")]
+        if skipped:
+            rows.append(("kept whole", "; ".join(f"{', '.join(g['layers'])} (through {', '.join(g['unsupported'])})" for g in skipped)))
         pruned = sum(1 for g in p["groups"] if g["after"] < g["before"])
         rows.append(
             (

@@ -2,10 +2,22 @@
 
 Channels that must go together (a conv's outputs and the depthwise conv and residual adds
 that share them) form groups, found on the captured graph; each group is ranked by
-weight magnitude and cut to the same share, rounded to the target's channel multiple.
+weight magnitude and cut, uniformly or by one global threshold, rounded to the target's
+channel multiple. Unstructured magnitude pruning zeroes single weights instead.
 """
 
+from typing import Any
+
+from edgetune.ir.graph import Graph
 from edgetune.prune.apply import prune_channels
 from edgetune.prune.config import PruneConfig, parse_prune
+from edgetune.prune.magnitude import prune_magnitude
 
-__all__ = ["PruneConfig", "parse_prune", "prune_channels"]
+__all__ = ["PruneConfig", "parse_prune", "prune", "prune_channels", "prune_magnitude"]
+
+
+def prune(graph: Graph, config: PruneConfig) -> dict[str, Any]:
+    """Prune ``graph`` in place as ``config`` says; the report block."""
+    if config.kind == "magnitude":
+        return prune_magnitude(graph, config)
+    return prune_channels(graph, config).to_dict()

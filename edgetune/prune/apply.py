@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetune.errors import InputError
 from edgetune.ir.graph import Graph, Node, Tensor
 from edgetune.ir.stats import node_macs
 from edgetune.prune.config import PruneConfig
@@ -41,6 +42,26 @@ def kept_count(channels: int, ratio: float, multiple: int) -> int:
     keep = channels * (1.0 - ratio)
     rounded = int(round(keep / multiple)) * multiple
     return int(min(channels, max(rounded, min(multiple, channels), 1)))
+
+
+def _global_threshold(scores: list[np.ndarray], ratio: float) -> float | None:
+    """One importance threshold across all groups (scores are normalised per layer, so comparable):
+    channels at or below it go."""
+    if not scores:
+        return None
+    everything = np.sort(np.concatenate(scores))
+    count = int(round(ratio * everything.size))
+    return float(everything[count - 1]) if count > 0 else None
+
+
+def _kept(importance: np.ndarray, config: PruneConfig, threshold: float | None) -> int:
+    channels = importance.size
+    if config.allocation == "global":
+        above = int((importance > threshold).sum()) if threshold is not None else channels
+        # round up to the multiple: global allocation never empties a group
+        multiple = config.channel_multiple
+        return int(min(channels, max(-(-above // multiple) * multiple, min(multiple, channels), 1)))
+    return kept_count(channels, config.ratio, config.channel_multiple)
 
 
 def _set(graph: Graph, name: str, data: np.ndarray) -> str:
@@ -78,17 +99,36 @@ def prune_group(graph: Graph, group: Group, keep: np.ndarray) -> None:
 
 
 def prune_channels(graph: Graph, config: PruneConfig) -> PruneReport:
-    """Remove ``config.ratio`` of the channels of every prunable group of ``graph``, in place."""
+    """Remove ``config.ratio`` of the channels of every prunable group of ``graph``, in place.
+
+    A group the grouping cannot follow (its channels reach a concatenation, a transpose, ...)
+    is an error naming the layers, unless ``config.skip_unsupported`` keeps it whole.
+    """
+    groups = find_groups(graph)
+    refused = [g for g in groups if g.unsupported]
+    if refused and not config.skip_unsupported and config.ratio > 0:
+        names = sorted({where for g in refused for where in g.unsupported})
+        layers = sorted({n.name for g in refused for n in g.producers})
+        raise InputError(
+            f"channel pruning cannot follow the channels of {', '.join(layers)} through {', '.join(names)}",
+            "pass --prune-skip-unsupported to keep those layers whole",
+        )
     macs_before, params_before = _macs(graph), graph.parameter_count()
+    free = [g for g in groups if not g.blocked]
+    scores = {id(g): group_importance(graph, g, config.criterion) for g in free}
+    threshold = _global_threshold([scores[id(g)] for g in free], config.ratio) if config.allocation == "global" else None
     rows = []
-    for group in find_groups(graph):
+    for group in groups:
         channels = group.channels(graph)
         layers = [node.name for node in [*group.producers, *group.depthwise]]
         if group.blocked:
-            rows.append({"layers": layers, "before": channels, "after": channels, "kept_whole": True})
+            row = {"layers": layers, "before": channels, "after": channels, "kept_whole": True}
+            if group.unsupported:
+                row["unsupported"] = group.unsupported
+            rows.append(row)
             continue
-        count = kept_count(channels, config.ratio, config.channel_multiple)
-        importance = group_importance(graph, group, config.criterion)
+        importance = scores[id(group)]
+        count = _kept(importance, config, threshold)
         # Highest importance first; ties broken by channel index so the result is deterministic.
         keep = np.sort(np.argsort(-importance, kind="stable")[:count])
         if count < channels:

@@ -7,36 +7,52 @@ from typing import Any
 
 from edgetune.errors import InputError
 
+KINDS = ("channel", "magnitude")
 CRITERIA = ("l2", "l1")
+ALLOCATIONS = ("uniform", "global")
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Structured channel pruning: remove ``ratio`` of the prunable channels of every group."""
+    """What to prune and how much.
+
+    ``channel``: remove ``ratio`` of the channels (structured; smaller dense artifacts).
+    ``magnitude``: zero ``ratio`` of the conv and linear weights (unstructured; only the
+    compressed artifact gets smaller). ``allocation``: the same share in every group or
+    layer (uniform), or one threshold across all of them (global).
+    """
 
     ratio: float
     criterion: str = "l2"
     channel_multiple: int = 1
+    skip_unsupported: bool = False
+    kind: str = "channel"
+    allocation: str = "uniform"
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise InputError(f"pruning kind {self.kind!r} is unknown", f"use one of {', '.join(KINDS)}")
         if not 0.0 <= self.ratio < 1.0:
-            raise InputError(f"pruning ratio {self.ratio} is outside [0, 1)", "give the share of channels to remove, e.g. channel:0.5")
+            raise InputError(f"pruning ratio {self.ratio} is outside [0, 1)", f"give the share to remove, e.g. {self.kind}:0.5")
         if self.criterion not in CRITERIA:
             raise InputError(f"pruning criterion {self.criterion!r} is unknown", f"use one of {', '.join(CRITERIA)}")
+        if self.allocation not in ALLOCATIONS:
+            raise InputError(f"pruning allocation {self.allocation!r} is unknown", f"use one of {', '.join(ALLOCATIONS)}")
         if self.channel_multiple < 1:
             raise InputError(f"channel multiple {self.channel_multiple}", "use a positive multiple")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": 1, "kind": "channel", **asdict(self)}
+        return {"version": 1, **asdict(self)}
 
 
-def parse_prune(text: str, channel_multiple: int = 1) -> PruneConfig:
-    """``channel:0.5`` or ``channel:0.5:l1``."""
+def parse_prune(text: str, channel_multiple: int = 1, skip_unsupported: bool = False, allocation: str = "uniform") -> PruneConfig:
+    """``channel:0.5``, ``channel:0.5:l1`` or ``magnitude:0.8``."""
     parts = text.split(":")
-    if len(parts) not in (2, 3) or parts[0] != "channel":
-        raise InputError(f"--prune {text!r} is not like channel:0.5[:l1|l2]", "give channel:RATIO, optionally :CRITERION")
+    if len(parts) not in (2, 3) or parts[0] not in KINDS or (parts[0] == "magnitude" and len(parts) == 3):
+        raise InputError(f"--prune {text!r} is not like channel:0.5[:l1|l2] or magnitude:0.8", "give KIND:RATIO")
     try:
         ratio = float(parts[1])
     except ValueError:
-        raise InputError(f"--prune ratio {parts[1]!r} is not a number", "e.g. channel:0.5") from None
-    return PruneConfig(ratio, parts[2] if len(parts) == 3 else "l2", channel_multiple)
+        raise InputError(f"--prune ratio {parts[1]!r} is not a number", f"e.g. {parts[0]}:0.5") from None
+    criterion = parts[2] if len(parts) == 3 else "l2"
+    return PruneConfig(ratio, criterion, channel_multiple, skip_unsupported, parts[0], allocation)

@@ -28,6 +28,9 @@ class Group:
     consumers: list[Node] = field(default_factory=list)  # conv/linear reading the channels as inputs
     reshapes: list[Node] = field(default_factory=list)  # flattens of a 1x1 map: their target shape follows
     blocked: bool = False
+    # Nodes whose pattern the grouping cannot follow (concatenation, transpose, ...): their
+    # groups are kept whole only when the user allows it.
+    unsupported: list[str] = field(default_factory=list)
 
     def channels(self, graph: Graph) -> int:
         return int(graph.tensors[self.tensors[0]].shape[1])
@@ -68,7 +71,13 @@ class _Links:
     graph: Graph
     spaces: _Spaces = field(default_factory=_Spaces)
     blocked: set[str] = field(default_factory=set)
+    unsupported: dict[str, str] = field(default_factory=dict)  # tensor -> the node that blocks it
     roles: list[tuple[str, str, Node]] = field(default_factory=list)  # (tensor, role, node)
+
+    def refuse(self, node: Node, tensors: list[str]) -> None:
+        self.blocked.update(tensors)
+        for name in tensors:
+            self.unsupported.setdefault(name, f"{node.op} {node.name}")
 
     def activation(self, name: str) -> bool:
         tensor = self.graph.tensors.get(name)
@@ -82,20 +91,20 @@ class _Links:
             self.spaces.union(node.inputs[0], out)
             self.roles.append((out, "depthwise", node))
         else:
-            self.blocked.update([node.inputs[0], out])
+            self.refuse(node, [node.inputs[0], out])
 
     def linear(self, node: Node) -> None:
         self.roles.append((node.outputs[0], "producer", node))
         if len(self.graph.tensors[node.inputs[0]].shape) == 2:
             self.roles.append((node.inputs[0], "consumer", node))
         else:
-            self.blocked.add(node.inputs[0])
+            self.refuse(node, [node.inputs[0]])
 
     def elementwise(self, node: Node) -> None:
         acts = [n for n in node.inputs if self.activation(n)]
         constants = [self.graph.tensors[n].data for n in node.inputs if not self.activation(n)]
         if any(c is not None and c.size > 1 for c in constants):  # a per-channel constant would need slicing too
-            self.blocked.update([*acts, node.outputs[0]])
+            self.refuse(node, [*acts, node.outputs[0]])
         else:
             self.spaces.union(*acts, node.outputs[0])
 
@@ -117,11 +126,17 @@ class _Links:
             self.elementwise(node)
         elif self.keeps_channels(node):
             self.spaces.union(node.inputs[0], node.outputs[0])
+        elif node.op == "softmax":
+            # Softmax ties its input and output channels; over the channel axis it also mixes
+            # them, so such a group is kept whole (usually the classifier's output anyway).
+            self.spaces.union(node.inputs[0], node.outputs[0])
+            if node.attrs["axis"] == 1:
+                self.refuse(node, [node.inputs[0], node.outputs[0]])
         elif node.op == "reshape" and _is_flatten_of_1x1(self.graph, node):
             self.spaces.union(node.inputs[0], node.outputs[0])
             self.roles.append((node.outputs[0], "reshape", node))
         else:
-            self.blocked.update([*(n for n in node.inputs if self.activation(n)), node.outputs[0]])
+            self.refuse(node, [*(n for n in node.inputs if self.activation(n)), node.outputs[0]])
 
 
 def find_groups(graph: Graph) -> list[Group]:
@@ -143,6 +158,12 @@ def find_groups(graph: Graph) -> list[Group]:
     for name in links.blocked:
         if name in links.spaces.parent:
             groups[links.spaces.find(name)].blocked = True
+    # Groups that reach the graph's input or output stay whole anyway: nothing to report there.
+    structural = {links.spaces.find(n) for n in [*graph.inputs, *graph.outputs] if n in links.spaces.parent}
+    for name, where in links.unsupported.items():
+        root = links.spaces.find(name) if name in links.spaces.parent else None
+        if root is not None and root not in structural and where not in groups[root].unsupported:
+            groups[root].unsupported.append(where)
     for tensor, role, node in links.roles:
         group = groups[links.spaces.find(tensor)]
         bucket = {"producer": group.producers, "consumer": group.consumers, "depthwise": group.depthwise, "reshape": group.reshapes}[role]
