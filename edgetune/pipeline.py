@@ -128,7 +128,11 @@ def compress(
     graph = capture_model(loaded, shape)
     timer.lap("capture")
 
-    pruning = prune_graph(graph, prune) if prune is not None else None
+    pruning = None
+    if prune is not None:
+        # Gradient criteria read calibration samples (and labels, when the data has them).
+        sample_set = calib_set.take(quant.samples)
+        pruning = prune_graph(graph, prune, sample_set.x, sample_set.y)
     if pruning is not None:
         timer.lap("prune")
 

@@ -102,7 +102,7 @@ def test_kept_count_rounds_to_the_channel_multiple() -> None:
     assert kept_count(3, 0.9, 1) == 1 and kept_count(4, 0.5, 16) == 4
 
 
-@pytest.mark.parametrize("text", ["channel:1.0", "channel:-0.1", "channel:abc", "magnitude:0.5:l1", "channel:0.5:taylor", "blocks:0.5"])
+@pytest.mark.parametrize("text", ["channel:1.0", "channel:-0.1", "channel:abc", "magnitude:0.5:l1", "channel:0.5:hessian", "blocks:0.5"])
 def test_bad_prune_specs(text: str) -> None:
     with pytest.raises(InputError):
         parse_prune(text)
@@ -226,3 +226,49 @@ def test_global_channel_allocation_removes_the_share_overall() -> None:
     assert all(g["after"] % 8 == 0 or g["after"] == g["before"] for g in pruned)
     x = torch.randn(1, 3, 224, 224)
     assert GraphRunner(graph)(x).shape == (1, 1000)
+
+
+class DeadChannel(nn.Module):
+    """Channel 0 has large weights but nothing downstream reads it: its loss gradient is zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(1, 2, 1, bias=False)
+        self.second = nn.Conv2d(2, 3, 1, bias=False)
+        with torch.no_grad():
+            self.first.weight.copy_(torch.tensor([5.0, 0.1]).reshape(2, 1, 1, 1))
+            self.second.weight.copy_(torch.tensor([[0.0, 1.0], [0.0, -1.0], [0.0, 0.5]]).reshape(3, 2, 1, 1))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.second(self.first(x)))
+
+
+@pytest.mark.parametrize(("criterion", "kept_weight"), [("l2", 5.0), ("taylor", 0.1), ("obd", 0.1)])
+def test_gradient_criteria_see_what_magnitude_cannot(criterion: str, kept_weight: float) -> None:
+    graph = capture(DeadChannel(), (1, 2, 2))
+    rng = np.random.default_rng(0)
+    samples = rng.standard_normal((16, 1, 2, 2)).astype(np.float32)
+    labels = rng.integers(0, 3, 16)
+    prune_channels(graph, PruneConfig(0.5, criterion), samples, labels)
+    assert graph.const(graph.nodes[0].inputs[1]).reshape(-1).tolist() == pytest.approx([kept_weight])
+
+
+def test_gradient_criteria_without_labels_use_the_models_own_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgetune.data import load_dataset
+
+    calib = load_dataset("digits", "calibration")
+    np.savez(tmp_path / "unlabelled.npz", x=calib.x)
+    argv = [
+        "compress",
+        "edgetune.zoo:digits_cnn",
+        "--calib",
+        str(tmp_path / "unlabelled.npz"),
+        "-o",
+        str(tmp_path / "o"),
+        "--prune",
+        "channel:0.25:obd",
+    ]
+    assert run([*argv, "--quiet", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pruning"]["config"]["criterion"] == "obd" and report["pruning"]["macs"]["ratio"] < 1.0

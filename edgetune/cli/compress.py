@@ -33,7 +33,7 @@ from edgetune.progress import StderrProgress
 @click.option(
     "--prune",
     "prune",
-    metavar="channel:RATIO[:l1|l2]|magnitude:RATIO",
+    metavar="channel:RATIO[:l1|l2|taylor|obd]|magnitude:RATIO",
     help="Remove that share of channels (channel:0.5), or zero that share of weights (magnitude:0.8).",
 )
 @click.option(

@@ -8,6 +8,8 @@ channel multiple. Unstructured magnitude pruning zeroes single weights instead.
 
 from typing import Any
 
+import numpy as np
+
 from edgetune.ir.graph import Graph
 from edgetune.prune.apply import prune_channels
 from edgetune.prune.config import PruneConfig, parse_prune
@@ -16,8 +18,9 @@ from edgetune.prune.magnitude import prune_magnitude
 __all__ = ["PruneConfig", "parse_prune", "prune", "prune_channels", "prune_magnitude"]
 
 
-def prune(graph: Graph, config: PruneConfig) -> dict[str, Any]:
-    """Prune ``graph`` in place as ``config`` says; the report block."""
+def prune(graph: Graph, config: PruneConfig, samples: np.ndarray | None = None, labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Prune ``graph`` in place as ``config`` says; the report block. ``samples`` (and
+    ``labels``) feed the gradient criteria (taylor, obd)."""
     if config.kind == "magnitude":
         return prune_magnitude(graph, config)
-    return prune_channels(graph, config).to_dict()
+    return prune_channels(graph, config, samples, labels).to_dict()

@@ -12,7 +12,7 @@ from edgetune.ir.graph import Graph, Node, Tensor
 from edgetune.ir.stats import node_macs
 from edgetune.prune.config import PruneConfig
 from edgetune.prune.groups import Group, find_groups
-from edgetune.prune.importance import group_importance
+from edgetune.prune.importance import GRADIENT, group_importance, weight_scores
 
 
 @dataclass
@@ -98,7 +98,7 @@ def prune_group(graph: Graph, group: Group, keep: np.ndarray) -> None:
         tensor.shape = (tensor.shape[0], len(keep), *tensor.shape[2:])
 
 
-def prune_channels(graph: Graph, config: PruneConfig) -> PruneReport:
+def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None = None, labels: np.ndarray | None = None) -> PruneReport:
     """Remove ``config.ratio`` of the channels of every prunable group of ``graph``, in place.
 
     A group the grouping cannot follow (its channels reach a concatenation, a transpose, ...)
@@ -115,7 +115,8 @@ def prune_channels(graph: Graph, config: PruneConfig) -> PruneReport:
         )
     macs_before, params_before = _macs(graph), graph.parameter_count()
     free = [g for g in groups if not g.blocked]
-    scores = {id(g): group_importance(graph, g, config.criterion) for g in free}
+    saliency = weight_scores(graph, config.criterion, samples, labels) if config.criterion in GRADIENT else None
+    scores = {id(g): group_importance(graph, g, config.criterion, saliency) for g in free}
     threshold = _global_threshold([scores[id(g)] for g in free], config.ratio) if config.allocation == "global" else None
     rows = []
     for group in groups:

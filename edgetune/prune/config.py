@@ -8,7 +8,7 @@ from typing import Any
 from edgetune.errors import InputError
 
 KINDS = ("channel", "magnitude")
-CRITERIA = ("l2", "l1")
+CRITERIA = ("l2", "l1", "taylor", "obd")
 ALLOCATIONS = ("uniform", "global")
 
 
