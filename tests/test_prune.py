@@ -272,3 +272,19 @@ def test_gradient_criteria_without_labels_use_the_models_own_predictions(tmp_pat
     assert run([*argv, "--quiet", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["pruning"]["config"]["criterion"] == "obd" and report["pruning"]["macs"]["ratio"] < 1.0
+
+
+def test_protected_layers_and_per_layer_ratios() -> None:
+    graph = capture(zoo.digits_cnn(), (1, 8, 8))
+    names = [g.producers[0].name for g in find_groups(graph) if not g.blocked]
+    first, second = names[0], names[1]
+    report = prune_channels(graph, PruneConfig(0.5, protect=("first",), overrides=((second, 0.25),)))
+    rows = {row["layers"][0]: row for row in report.groups}
+    assert rows[first]["after"] == rows[first]["before"] and rows[first]["protected"]
+    assert rows[second]["after"] == kept_count(rows[second]["before"], 0.25, 1)
+
+
+def test_unknown_layer_names_are_refused() -> None:
+    graph = capture(zoo.digits_cnn(), (1, 8, 8))
+    with pytest.raises(InputError, match="no prunable layer named nope"):
+        prune_channels(graph, PruneConfig(0.5, protect=("nope",)))

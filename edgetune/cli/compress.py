@@ -43,6 +43,10 @@ from edgetune.progress import StderrProgress
     show_default=True,
     help="The same share per group or layer, or one threshold across them.",
 )
+@click.option("--prune-protect", metavar="NAME[,NAME]", default="", help="Layers to keep whole ('first' is the first conv).")
+@click.option(
+    "--prune-layer", "prune_layers", metavar="NAME=RATIO", multiple=True, help="Another ratio for one layer's group (repeatable)."
+)
 @click.option("--prune-skip-unsupported", is_flag=True, help="Keep layers whose channels pruning cannot follow whole, instead of failing.")
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Artifacts to write: onnx, tflite or both.")
 @click.option(
@@ -66,6 +70,8 @@ def command(
     calib_samples: int,
     prune: str | None,
     prune_allocation: str,
+    prune_protect: str,
+    prune_layers: tuple[str, ...],
     prune_skip_unsupported: bool,
     formats: str,
     tflite_io: str | None,
@@ -81,7 +87,7 @@ def command(
     """
     from edgetune.export.config import ExportConfig, parse_formats
     from edgetune.pipeline import compress
-    from edgetune.prune import parse_prune
+    from edgetune.prune.config import parse_overrides, parse_prune
     from edgetune.quantize import QuantConfig
     from edgetune.targets import load_target
 
@@ -94,7 +100,16 @@ def command(
         eval_data=eval_data,
         target=profile,
         quant=config,
-        prune=parse_prune(prune, profile.channel_multiple, prune_skip_unsupported, prune_allocation) if prune else None,
+        prune=parse_prune(
+            prune,
+            profile.channel_multiple,
+            prune_skip_unsupported,
+            prune_allocation,
+            tuple(n.strip() for n in prune_protect.split(",") if n.strip()),
+            parse_overrides(prune_layers),
+        )
+        if prune
+        else None,
         weights=weights,
         input_shape=input_shape,
         recipe=recipe,

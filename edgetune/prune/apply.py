@@ -44,6 +44,23 @@ def kept_count(channels: int, ratio: float, multiple: int) -> int:
     return int(min(channels, max(rounded, min(multiple, channels), 1)))
 
 
+def _apply_protection(graph: Graph, groups: list[Group], config: PruneConfig) -> None:
+    """Keep the groups of protected layers whole; unknown layer names are an error."""
+    names = {node.name for group in groups for node in [*group.producers, *group.depthwise]}
+    first = next((node.name for node in graph.nodes if node.op == "conv2d"), None)
+    protected = {first if name == "first" else name for name in config.protect}
+    unknown = sorted(n for n in protected | set(config.override_map) if n is not None and n not in names)
+    if unknown:
+        raise InputError(
+            f"no prunable layer named {', '.join(unknown)}",
+            f"use layer names from the report's pruning groups, e.g. {', '.join(sorted(names)[:3])}",
+        )
+    for group in groups:
+        if any(node.name in protected for node in [*group.producers, *group.depthwise]):
+            group.blocked = True
+            group.protected = True
+
+
 def _global_threshold(scores: list[np.ndarray], ratio: float) -> float | None:
     """One importance threshold across all groups (scores are normalised per layer, so comparable):
     channels at or below it go."""
@@ -54,8 +71,10 @@ def _global_threshold(scores: list[np.ndarray], ratio: float) -> float | None:
     return float(everything[count - 1]) if count > 0 else None
 
 
-def _kept(importance: np.ndarray, config: PruneConfig, threshold: float | None) -> int:
+def _kept(importance: np.ndarray, config: PruneConfig, threshold: float | None, override: float | None = None) -> int:
     channels = importance.size
+    if override is not None:
+        return kept_count(channels, override, config.channel_multiple)
     if config.allocation == "global":
         above = int((importance > threshold).sum()) if threshold is not None else channels
         # round up to the multiple: global allocation never empties a group
@@ -105,6 +124,7 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
     is an error naming the layers, unless ``config.skip_unsupported`` keeps it whole.
     """
     groups = find_groups(graph)
+    _apply_protection(graph, groups, config)
     refused = [g for g in groups if g.unsupported]
     if refused and not config.skip_unsupported and config.ratio > 0:
         names = sorted({where for g in refused for where in g.unsupported})
@@ -123,13 +143,16 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
         channels = group.channels(graph)
         layers = [node.name for node in [*group.producers, *group.depthwise]]
         if group.blocked:
-            row = {"layers": layers, "before": channels, "after": channels, "kept_whole": True}
+            row: dict[str, Any] = {"layers": layers, "before": channels, "after": channels, "kept_whole": True}
+            if group.protected:
+                row["protected"] = True
             if group.unsupported:
                 row["unsupported"] = group.unsupported
             rows.append(row)
             continue
         importance = scores[id(group)]
-        count = _kept(importance, config, threshold)
+        override = next((config.override_map[n.name] for n in group.producers if n.name in config.override_map), None)
+        count = _kept(importance, config, threshold, override)
         # Highest importance first; ties broken by channel index so the result is deterministic.
         keep = np.sort(np.argsort(-importance, kind="stable")[:count])
         if count < channels:

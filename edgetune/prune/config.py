@@ -28,6 +28,12 @@ class PruneConfig:
     skip_unsupported: bool = False
     kind: str = "channel"
     allocation: str = "uniform"
+    protect: tuple[str, ...] = ()  # layer names kept whole; "first" names the first conv
+    overrides: tuple[tuple[str, float], ...] = ()  # (layer name, ratio) for that layer's group
+
+    @property
+    def override_map(self) -> dict[str, float]:
+        return dict(self.overrides)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -40,12 +46,34 @@ class PruneConfig:
             raise InputError(f"pruning allocation {self.allocation!r} is unknown", f"use one of {', '.join(ALLOCATIONS)}")
         if self.channel_multiple < 1:
             raise InputError(f"channel multiple {self.channel_multiple}", "use a positive multiple")
+        for layer, ratio in self.overrides:
+            if not 0.0 <= ratio < 1.0:
+                raise InputError(f"pruning ratio {ratio} for layer {layer} is outside [0, 1)", "give NAME=RATIO with 0 <= RATIO < 1")
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": 1, **asdict(self)}
 
 
-def parse_prune(text: str, channel_multiple: int = 1, skip_unsupported: bool = False, allocation: str = "uniform") -> PruneConfig:
+def parse_overrides(items: tuple[str, ...] | list[str]) -> tuple[tuple[str, float], ...]:
+    """``NAME=RATIO`` strings to (name, ratio) pairs."""
+    pairs = []
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            pairs.append((name.strip(), float(value)))
+        except ValueError:
+            raise InputError(f"--prune-layer {item!r} is not NAME=RATIO", "e.g. --prune-layer conv2d_3=0.25") from None
+    return tuple(pairs)
+
+
+def parse_prune(
+    text: str,
+    channel_multiple: int = 1,
+    skip_unsupported: bool = False,
+    allocation: str = "uniform",
+    protect: tuple[str, ...] = (),
+    overrides: tuple[tuple[str, float], ...] = (),
+) -> PruneConfig:
     """``channel:0.5``, ``channel:0.5:l1`` or ``magnitude:0.8``."""
     parts = text.split(":")
     if len(parts) not in (2, 3) or parts[0] not in KINDS or (parts[0] == "magnitude" and len(parts) == 3):
@@ -55,4 +83,4 @@ def parse_prune(text: str, channel_multiple: int = 1, skip_unsupported: bool = F
     except ValueError:
         raise InputError(f"--prune ratio {parts[1]!r} is not a number", f"e.g. {parts[0]}:0.5") from None
     criterion = parts[2] if len(parts) == 3 else "l2"
-    return PruneConfig(ratio, criterion, channel_multiple, skip_unsupported, parts[0], allocation)
+    return PruneConfig(ratio, criterion, channel_multiple, skip_unsupported, parts[0], allocation, protect, overrides)

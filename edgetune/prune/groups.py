@@ -28,6 +28,7 @@ class Group:
     consumers: list[Node] = field(default_factory=list)  # conv/linear reading the channels as inputs
     reshapes: list[Node] = field(default_factory=list)  # flattens of a 1x1 map: their target shape follows
     blocked: bool = False
+    protected: bool = False
     # Nodes whose pattern the grouping cannot follow (concatenation, transpose, ...): their
     # groups are kept whole only when the user allows it.
     unsupported: list[str] = field(default_factory=list)
