@@ -125,7 +125,7 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
     """
     groups = find_groups(graph)
     _apply_protection(graph, groups, config)
-    refused = [g for g in groups if g.unsupported]
+    refused = [g for g in groups if g.unsupported and not g.protected]
     if refused and not config.skip_unsupported and config.ratio > 0:
         names = sorted({where for g in refused for where in g.unsupported})
         layers = sorted({n.name for g in refused for n in g.producers})
