@@ -101,6 +101,7 @@ def compress(
     recipe: str | None = None,
     export: ExportConfig | None = None,
     prune: PruneConfig | None = None,
+    prune_steps: int = 1,
     progress: Progress = silent,
 ) -> CompressResult:
     """Quantize ``model`` to int8 with ``calib`` data and write the artifacts to ``out_dir``.
@@ -132,7 +133,7 @@ def compress(
     if prune is not None:
         # Gradient criteria read calibration samples (and labels, when the data has them).
         sample_set = calib_set.take(quant.samples)
-        pruning = prune_graph(graph, prune, sample_set.x, sample_set.y)
+        pruning = prune_graph(graph, prune, sample_set.x, sample_set.y, steps=prune_steps)
     if pruning is not None:
         timer.lap("prune")
 

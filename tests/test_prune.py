@@ -288,3 +288,21 @@ def test_unknown_layer_names_are_refused() -> None:
     graph = capture(zoo.digits_cnn(), (1, 8, 8))
     with pytest.raises(InputError, match="no prunable layer named nope"):
         prune_channels(graph, PruneConfig(0.5, protect=("nope",)))
+
+
+def test_iterative_pruning_reaches_the_target_and_calls_the_recovery_hook() -> None:
+    from edgetune.prune import prune
+
+    one_shot = capture(zoo.efficientnet_lite0(), (3, 224, 224))
+    one = prune(one_shot, PruneConfig(0.5, channel_multiple=8))
+    stepped = capture(zoo.efficientnet_lite0(), (3, 224, 224))
+    calls: list[int] = []
+    three = prune(stepped, PruneConfig(0.5, channel_multiple=8), steps=3, recover=lambda graph, step: calls.append(step))
+    assert calls == [1, 2], "recovery runs between steps, not after the last"
+    assert [s["step"] for s in three["steps"]] == [1, 2, 3]
+    macs = [s["macs"] for s in three["steps"]]
+    assert macs[0] > macs[1] > macs[2]
+    # Same final channel counts as one shot (rankings may differ after re-ranking).
+    assert [g["after"] for g in three["groups"]] == [g["after"] for g in one["groups"]]
+    assert three["macs"]["after"] == one["macs"]["after"] and three["macs"]["before"] == one["macs"]["before"]
+    assert [g["before"] for g in three["groups"]] == [g["before"] for g in one["groups"]]

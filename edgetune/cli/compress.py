@@ -47,6 +47,13 @@ from edgetune.progress import StderrProgress
 @click.option(
     "--prune-layer", "prune_layers", metavar="NAME=RATIO", multiple=True, help="Another ratio for one layer's group (repeatable)."
 )
+@click.option(
+    "--prune-steps",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Reach the pruning ratio in this many steps, re-ranking after each.",
+)
 @click.option("--prune-skip-unsupported", is_flag=True, help="Keep layers whose channels pruning cannot follow whole, instead of failing.")
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Artifacts to write: onnx, tflite or both.")
 @click.option(
@@ -72,6 +79,7 @@ def command(
     prune_allocation: str,
     prune_protect: str,
     prune_layers: tuple[str, ...],
+    prune_steps: int,
     prune_skip_unsupported: bool,
     formats: str,
     tflite_io: str | None,
@@ -114,6 +122,7 @@ def command(
         input_shape=input_shape,
         recipe=recipe,
         export=ExportConfig(parse_formats(formats), tflite_io, float_tflite),
+        prune_steps=prune_steps,
         progress=StderrProgress(enabled=not quiet),
     )
     emit(result.report, as_json, _human)

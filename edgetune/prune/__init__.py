@@ -14,13 +14,24 @@ from edgetune.ir.graph import Graph
 from edgetune.prune.apply import prune_channels
 from edgetune.prune.config import PruneConfig, parse_prune
 from edgetune.prune.magnitude import prune_magnitude
+from edgetune.prune.schedule import Recover, prune_iteratively
 
-__all__ = ["PruneConfig", "parse_prune", "prune", "prune_channels", "prune_magnitude"]
+__all__ = ["PruneConfig", "Recover", "parse_prune", "prune", "prune_channels", "prune_iteratively", "prune_magnitude"]
 
 
-def prune(graph: Graph, config: PruneConfig, samples: np.ndarray | None = None, labels: np.ndarray | None = None) -> dict[str, Any]:
+def prune(
+    graph: Graph,
+    config: PruneConfig,
+    samples: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    steps: int = 1,
+    recover: Recover | None = None,
+) -> dict[str, Any]:
     """Prune ``graph`` in place as ``config`` says; the report block. ``samples`` (and
-    ``labels``) feed the gradient criteria (taylor, obd)."""
+    ``labels``) feed the gradient criteria (taylor, obd); ``steps`` > 1 prunes iteratively,
+    calling ``recover`` between steps."""
     if config.kind == "magnitude":
         return prune_magnitude(graph, config)
+    if steps > 1 or recover is not None:
+        return prune_iteratively(graph, config, steps, samples, labels, recover)
     return prune_channels(graph, config, samples, labels).to_dict()
