@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,15 @@ import torch
 from edgetune.cli.main import run
 
 MODEL = "edgetune.zoo:digits_cnn"
+
+
+@functools.cache
+def _digits_onnx() -> bytes:
+    from edgetune import zoo
+    from edgetune.capture import capture
+    from edgetune.export.onnx import write_onnx
+
+    return write_onnx(capture(zoo.digits_cnn(), (1, 8, 8)), quantized=False)
 
 
 def _files(tmp: Path) -> dict[str, Path]:
@@ -27,6 +37,7 @@ def _files(tmp: Path) -> dict[str, Path]:
     (tmp / "broken.py").write_text("raise ImportError('no such thing')\n")
     torch.save({"unrelated.weight": torch.zeros(3)}, tmp / "wrong.pt")
     (tmp / "garbage.safetensors").write_bytes(b"\x00" * 16)
+    (tmp / "digits.onnx").write_bytes(_digits_onnx())
     return {p.name: p for p in tmp.iterdir()}
 
 
@@ -54,6 +65,12 @@ CASES = [
     ),
     ("bad-input-shape-flag", lambda f: ["compress", MODEL, "--calib", "digits", "--input-shape", "1xAx8"], 2, "input shape"),
     ("nan-data", lambda f: ["compress", MODEL, "--calib", str(f["nan.npz"])], 2, "NaN"),
+    (
+        "onnx-wrong-input-shape",
+        lambda f: ["compress", str(f["digits.onnx"]), "--calib", str(f["wrongshape.npz"])],
+        2,
+        "but the model takes 1x8x8",
+    ),
     ("empty-data", lambda f: ["compress", MODEL, "--calib", str(f["empty.npz"])], 2, "is empty"),
     ("npz-without-x", lambda f: ["compress", MODEL, "--calib", str(f["nox.npz"])], 2, "no array named x"),
     ("missing-data", lambda f: ["compress", MODEL, "--calib", "nowhere.npz"], 2, "nowhere.npz"),

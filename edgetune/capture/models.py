@@ -30,11 +30,31 @@ class LoadedModel:
             for node in self.program.graph_module.graph.nodes:
                 if node.op == "placeholder" and node.name in _user_inputs(self.program):
                     return tuple(int(d) for d in node.meta["val"].shape[1:])
+        if self.onnx_path is not None:
+            return _onnx_input_shape(self.onnx_path)
         if self.module is not None:
             shape = getattr(self.module, "input_shape", None)
             if shape is not None:
                 return tuple(int(d) for d in shape)
         return None
+
+
+def _onnx_input_shape(path: Path) -> tuple[int, ...] | None:
+    """The per-sample input shape an ONNX file declares, when every dimension after the batch is fixed."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return None  # the importer reports the broken file with a proper message
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim[1:]
+    if not dims or any(not d.HasField("dim_value") for d in dims):
+        return None
+    return tuple(int(d.dim_value) for d in dims)
 
 
 def _user_inputs(program: torch.export.ExportedProgram) -> set[str]:
