@@ -6,6 +6,7 @@ Fine-tuning joins this list, between pruning and export, when its stage lands.
 
 from __future__ import annotations
 
+import copy
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from edgetune.errors import InputError
 from edgetune.evaluate.runtime import OnnxRunner, default_threads
 from edgetune.export.config import ExportConfig
 from edgetune.export.onnx.writer import write_onnx
+from edgetune.finetune import FinetuneConfig
+from edgetune.finetune import finetune as run_finetune
 from edgetune.ir.graph import Graph
 from edgetune.ir.serialize import graph_to_bytes
 from edgetune.progress import Progress, silent
@@ -102,6 +105,8 @@ def compress(
     export: ExportConfig | None = None,
     prune: PruneConfig | None = None,
     prune_steps: int = 1,
+    finetune: FinetuneConfig | None = None,
+    train_data: str | Dataset | None = None,
     progress: Progress = silent,
 ) -> CompressResult:
     """Quantize ``model`` to int8 with ``calib`` data and write the artifacts to ``out_dir``.
@@ -117,6 +122,9 @@ def compress(
     loaded = model if isinstance(model, LoadedModel) else _load(model, weights)
     calib_set = calib if isinstance(calib, Dataset) else load_dataset(calib, "calibration", recipe)
     eval_set = eval_data if isinstance(eval_data, Dataset) or eval_data is None else load_dataset(eval_data, "test", recipe)
+    train_set = train_data if isinstance(train_data, Dataset) or train_data is None else load_dataset(train_data, "train", recipe)
+    if finetune is not None and train_set is None:
+        raise InputError("--finetune needs training data", "pass --train DATA (e.g. digits:train)")
     explicit = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     shape = resolve_input_shape(loaded, explicit, calib_set)
     if eval_set is not None and eval_set.sample_shape != shape:
@@ -129,6 +137,7 @@ def compress(
     graph = capture_model(loaded, shape)
     timer.lap("capture")
 
+    teacher = copy.deepcopy(graph) if finetune is not None else None
     pruning = None
     if prune is not None:
         # Gradient criteria read calibration samples (and labels, when the data has them).
@@ -136,6 +145,17 @@ def compress(
         pruning = prune_graph(graph, prune, sample_set.x, sample_set.y, steps=prune_steps)
     if pruning is not None:
         timer.lap("prune")
+
+    recovery = None
+    if finetune is not None:
+        assert train_set is not None
+        if train_set.sample_shape != shape:
+            raise InputError(
+                f"training samples of {train_set.source} have shape {'x'.join(map(str, train_set.sample_shape))}",
+                "give training data shaped like the calibration data",
+            )
+        recovery = run_finetune(graph, train_set, finetune, teacher=teacher, progress=progress)
+        timer.lap("finetune")
 
     graph.meta["data"] = {"source": calib_set.source, "normalization": calib_set.preprocess, "labels": list(calib_set.labels)}
     calib_part, holdout = calib_set.split(min(quant.samples, len(calib_set)))
@@ -166,6 +186,7 @@ def compress(
         layers=layers,
         timings=timer.stages,
         pruning=pruning,
+        finetune=recovery,
         gzip_sizes={name: len(zlib.compress(artifacts[name], 6)) for name in ("model.onnx", "model.tflite") if name in artifacts},
     )
     out = Path(out_dir)

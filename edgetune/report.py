@@ -130,6 +130,7 @@ def compress_report(
     layers: list[dict[str, Any]],
     timings: dict[str, float],
     pruning: dict[str, Any] | None = None,
+    finetune: dict[str, Any] | None = None,
     gzip_sizes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     summary = graph_summary(graph)
@@ -161,4 +162,6 @@ def compress_report(
     }
     if pruning is not None:
         document["pruning"] = pruning
+    if finetune is not None:
+        document["finetune"] = finetune
     return document

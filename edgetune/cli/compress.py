@@ -55,6 +55,8 @@ from edgetune.progress import StderrProgress
     help="Reach the pruning ratio in this many steps, re-ranking after each.",
 )
 @click.option("--prune-skip-unsupported", is_flag=True, help="Keep layers whose channels pruning cannot follow whole, instead of failing.")
+@click.option("--finetune", "finetune_budget", metavar="BUDGET", help="Recover accuracy after pruning: 90s, 5m, 500steps or 3epochs.")
+@click.option("--train", "train_data", metavar="DATA", help="Training data for --finetune (a validation split is carved off).")
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Artifacts to write: onnx, tflite or both.")
 @click.option(
     "--tflite-io", type=click.Choice(["float", "int8"]), help="TFLite model input/output type (default: int8 for MCU targets, else float)."
@@ -81,6 +83,8 @@ def command(
     prune_layers: tuple[str, ...],
     prune_steps: int,
     prune_skip_unsupported: bool,
+    finetune_budget: str | None,
+    train_data: str | None,
     formats: str,
     tflite_io: str | None,
     float_tflite: bool,
@@ -94,6 +98,7 @@ def command(
     a .pt2 file from torch.export.save, or an .onnx file.
     """
     from edgetune.export.config import ExportConfig, parse_formats
+    from edgetune.finetune import FinetuneConfig, parse_budget
     from edgetune.pipeline import compress
     from edgetune.prune.config import parse_overrides, parse_prune
     from edgetune.quantize import QuantConfig
@@ -123,6 +128,8 @@ def command(
         recipe=recipe,
         export=ExportConfig(parse_formats(formats), tflite_io, float_tflite),
         prune_steps=prune_steps,
+        finetune=FinetuneConfig(parse_budget(finetune_budget)) if finetune_budget else None,
+        train_data=train_data,
         progress=StderrProgress(enabled=not quiet),
     )
     emit(result.report, as_json, _human)
@@ -185,6 +192,15 @@ def _human(report: dict[str, Any]) -> str:
                 "pruning",
                 f"{p['config']['criterion']} {p['config']['ratio']:g} of channels in {pruned} of {len(p['groups'])} groups:"
                 f" MACs {p['macs']['ratio']:.2f}x, parameters {p['parameters']['ratio']:.2f}x",
+            )
+        )
+    if "finetune" in report:
+        f = report["finetune"]
+        rows.append(
+            (
+                "fine-tune",
+                f"{f['steps']} steps in {f['seconds']:.1f}s ({f['config']['budget']}): validation {f['validation']['metric']}"
+                f" {pct(f['metric_before'])} -> {pct(f['metric_best'])} (best at step {f['best_step']})",
             )
         )
     timings = report["timings_s"]

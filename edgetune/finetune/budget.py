@@ -1,0 +1,41 @@
+"""Fine-tune budgets: wall clock (``90s``, ``5m``), steps (``500steps``) or epochs (``3epochs``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from edgetune.errors import InputError
+
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|steps?|epochs?)\s*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # "seconds", "steps" or "epochs"
+    amount: float
+
+    @property
+    def deterministic(self) -> bool:
+        """Step and epoch budgets repeat exactly; a wall-clock budget's step count depends on load."""
+        return self.kind != "seconds"
+
+    def __str__(self) -> str:
+        unit = {"seconds": "s", "steps": "steps", "epochs": "epochs"}[self.kind]
+        return f"{self.amount:g}{unit}"
+
+
+def parse_budget(text: str) -> Budget:
+    match = _PATTERN.match(text.lower())
+    if not match:
+        raise InputError(f"fine-tune budget {text!r} is not like 90s, 5m, 500steps or 3epochs", "give a number and a unit")
+    amount, unit = float(match[1]), match[2]
+    if amount <= 0:
+        raise InputError(f"fine-tune budget {text!r} is empty", "give a positive budget")
+    if unit in ("s", "sec"):
+        return Budget("seconds", amount)
+    if unit in ("m", "min"):
+        return Budget("seconds", amount * 60)
+    if unit.startswith("step"):
+        return Budget("steps", float(int(amount)))
+    return Budget("epochs", float(int(amount)))

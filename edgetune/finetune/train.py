@@ -1,0 +1,202 @@
+"""The fine-tune loop: distillation and cross-entropy, AdamW with a cosine schedule, a hard
+budget, and the best model on the validation split kept."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgetune.data import Dataset
+from edgetune.errors import InputError
+from edgetune.finetune.budget import Budget
+from edgetune.ir.graph import Graph
+from edgetune.ir.torch_exec import GraphRunner
+from edgetune.progress import Progress, silent
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    budget: Budget
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    temperature: float = 4.0
+    distill_weight: float = 0.5  # share of the distillation loss when labels exist too
+    val_share: float = 0.1
+    eval_every: int = 25  # steps between validations
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_share < 0.5:
+            raise InputError(f"validation share {self.val_share}", "use a value in (0, 0.5)")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise InputError("fine-tune batch size and learning rate must be positive", "fix the options")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["budget"] = str(self.budget)
+        return {"version": 1, **data}
+
+
+def _trainable(graph: Graph, runner: GraphRunner) -> dict[str, torch.nn.Parameter]:
+    names = [name for node in graph.nodes if node.op in ("conv2d", "linear") for name in node.inputs[1:]]
+    params = {name: torch.nn.Parameter(runner.constants[name].clone()) for name in dict.fromkeys(names)}
+    runner.constants.update(params)
+    return params
+
+
+def _split(data: Dataset, share: float, seed: int) -> tuple[Dataset, Dataset]:
+    order = np.random.default_rng(seed).permutation(len(data))
+    count = max(1, int(round(len(data) * share)))
+    val, train = order[:count], order[count:]
+
+    def pick(index: np.ndarray, suffix: str) -> Dataset:
+        return Dataset(data.x[index], None if data.y is None else data.y[index], f"{data.source}{suffix}", data.labels, data.preprocess)
+
+    return pick(train, f"[train {100 - round(100 * share)}%]"), pick(val, f"[validation {round(100 * share)}%]")
+
+
+def _metric(runner: GraphRunner, data: Dataset, teacher_top1: np.ndarray | None) -> float:
+    """Validation accuracy with labels, else top-1 agreement with the teacher."""
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(data), 256):
+            batch = torch.from_numpy(data.x[start : start + 256])
+            chunks.append(runner(batch).reshape(len(batch), -1).argmax(1).numpy())
+    top1 = np.concatenate(chunks)
+    reference = data.y if data.y is not None else teacher_top1
+    return float(np.mean(top1 == reference))
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor | None, teacher: torch.Tensor | None, config: FinetuneConfig) -> torch.Tensor:
+    terms = []
+    if teacher is not None:
+        temperature = config.temperature
+        distill = (
+            F.kl_div(F.log_softmax(logits / temperature, 1), F.softmax(teacher / temperature, 1), reduction="batchmean") * temperature**2
+        )
+        terms.append((config.distill_weight if labels is not None else 1.0, distill))
+    if labels is not None:
+        terms.append((1.0 - config.distill_weight if teacher is not None else 1.0, F.cross_entropy(logits, labels)))
+    return sum(weight * term for weight, term in terms)  # type: ignore[return-value]
+
+
+class _Best:
+    """The best weights seen on the validation split, and when."""
+
+    def __init__(self, metric: float, params: dict[str, torch.nn.Parameter]) -> None:
+        self.metric, self.step = metric, 0
+        self.weights = {name: p.detach().clone() for name, p in params.items()}
+
+    def offer(self, metric: float, params: dict[str, torch.nn.Parameter], step: int) -> None:
+        if metric > self.metric:
+            self.metric, self.step = metric, step
+            self.weights = {name: p.detach().clone() for name, p in params.items()}
+
+
+def _train_step(
+    runner: GraphRunner,
+    teacher: GraphRunner | None,
+    params: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    labels: torch.Tensor | None,
+    config: FinetuneConfig,
+) -> float:
+    logits = runner(x).reshape(len(x), -1)
+    with torch.no_grad():
+        soft = teacher(x).reshape(len(x), -1) if teacher is not None else None
+    loss = _loss(logits, labels, soft, config)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params.values(), 5.0)
+    optimizer.step()
+    return float(loss.item())
+
+
+def finetune(
+    graph: Graph,
+    train: Dataset,
+    config: FinetuneConfig,
+    teacher: Graph | None = None,
+    val: Dataset | None = None,
+    progress: Progress = silent,
+) -> dict[str, Any]:
+    """Train ``graph``'s conv and linear weights in place within ``config.budget``; keep the best."""
+    if train.y is None and teacher is None:
+        raise InputError(f"{train.source} has no labels and there is no model to distil from", "give labelled --train data")
+    if val is None:
+        train, val = _split(train, config.val_share, config.seed)
+    torch.manual_seed(config.seed)
+    runner = GraphRunner(graph)
+    params = _trainable(graph, runner)
+    teacher_runner = GraphRunner(teacher) if teacher is not None else None
+    teacher_top1 = None
+    if teacher_runner is not None and val.y is None:
+        with torch.no_grad():
+            teacher_top1 = teacher_runner(torch.from_numpy(val.x)).reshape(len(val), -1).argmax(1).numpy()
+    optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+    total_steps = {"steps": int(config.budget.amount), "epochs": int(config.budget.amount) * steps_per_epoch}.get(config.budget.kind)
+    generator = torch.Generator().manual_seed(config.seed)
+    x_all, y_all = torch.from_numpy(train.x), None if train.y is None else torch.from_numpy(train.y)
+
+    start_metric = _metric(runner, val, teacher_top1)
+    best = _Best(start_metric, params)
+    step, started, interrupted = 0, time.perf_counter(), False
+    losses: list[float] = []
+
+    def spent() -> float:
+        """Share of the budget used, 0..1."""
+        if total_steps is not None:
+            return step / total_steps
+        return (time.perf_counter() - started) / config.budget.amount
+
+    try:
+        while spent() < 1.0:
+            order = torch.randperm(len(x_all), generator=generator)
+            for begin in range(0, len(order), config.batch_size):
+                if spent() >= 1.0:
+                    break
+                for group in optimizer.param_groups:  # cosine decay over the budget
+                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * min(spent(), 1.0)))
+                index = order[begin : begin + config.batch_size]
+                labels = None if y_all is None else y_all[index]
+                losses.append(_train_step(runner, teacher_runner, params, optimizer, x_all[index], labels, config))
+                step += 1
+                if step % config.eval_every == 0:
+                    best.offer(_metric(runner, val, teacher_top1), params, step)
+                progress(min(int(100 * spent()), 100), 100, "fine-tune")
+    except KeyboardInterrupt:
+        interrupted = True
+    best.offer(_metric(runner, val, teacher_top1), params, step)
+    for name, value in best.weights.items():
+        graph.tensors[name].data = value.numpy().astype(np.float32)
+    if interrupted or total_steps is not None and step < total_steps:
+        progress(100, 100, "fine-tune")
+    return {
+        "config": config.to_dict(),
+        "steps": step,
+        "epochs": round(step / steps_per_epoch, 2),
+        "seconds": round(time.perf_counter() - started, 3),
+        "validation": {
+            "data": val.source,
+            "samples": len(val),
+            "metric": "accuracy" if val.y is not None else "top-1 agreement with the unpruned model",
+        },
+        "metric_before": start_metric,
+        "metric_best": best.metric,
+        "best_step": best.step,
+        "final_loss": float(np.mean(losses[-10:])) if losses else None,
+        "interrupted": interrupted,
+        "deterministic": config.budget.deterministic and not interrupted,
+        "note": "step and epoch budgets repeat exactly with the same seed"
+        if config.budget.deterministic
+        else "a wall-clock budget is not repeatable: the step count depends on machine load",
+    }
