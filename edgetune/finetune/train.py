@@ -62,16 +62,19 @@ def _split(data: Dataset, share: float, seed: int) -> tuple[Dataset, Dataset]:
     return pick(train, f"[train {100 - round(100 * share)}%]"), pick(val, f"[validation {round(100 * share)}%]")
 
 
-def _metric(runner: GraphRunner, data: Dataset, teacher_top1: np.ndarray | None) -> float:
-    """Validation accuracy with labels, else top-1 agreement with the teacher."""
+def _metric(runner: GraphRunner, data: Dataset, teacher_top1: np.ndarray | None) -> tuple[float, float]:
+    """Validation accuracy with labels, else top-1 agreement with the teacher; and, to break
+    ties on a small split, minus the cross-entropy against the same targets."""
     chunks = []
     with torch.no_grad():
         for start in range(0, len(data), 256):
             batch = torch.from_numpy(data.x[start : start + 256])
-            chunks.append(runner(batch).reshape(len(batch), -1).argmax(1).numpy())
-    top1 = np.concatenate(chunks)
+            chunks.append(runner(batch).reshape(len(batch), -1))
+    logits = torch.cat(chunks)
     reference = data.y if data.y is not None else teacher_top1
-    return float(np.mean(top1 == reference))
+    assert reference is not None
+    loss = float(F.cross_entropy(logits, torch.from_numpy(np.asarray(reference, np.int64))))
+    return float(np.mean(logits.argmax(1).numpy() == reference)), -loss
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor | None, teacher: torch.Tensor | None, config: FinetuneConfig) -> torch.Tensor:
@@ -90,11 +93,11 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor | None, teacher: torch.Tens
 class _Best:
     """The best weights seen on the validation split, and when."""
 
-    def __init__(self, metric: float, params: dict[str, torch.nn.Parameter]) -> None:
+    def __init__(self, metric: tuple[float, float], params: dict[str, torch.nn.Parameter]) -> None:
         self.metric, self.step = metric, 0
         self.weights = {name: p.detach().clone() for name, p in params.items()}
 
-    def offer(self, metric: float, params: dict[str, torch.nn.Parameter], step: int) -> None:
+    def offer(self, metric: tuple[float, float], params: dict[str, torch.nn.Parameter], step: int) -> None:
         if metric > self.metric:
             self.metric, self.step = metric, step
             self.weights = {name: p.detach().clone() for name, p in params.items()}
@@ -190,8 +193,9 @@ def finetune(
             "samples": len(val),
             "metric": "accuracy" if val.y is not None else "top-1 agreement with the unpruned model",
         },
-        "metric_before": start_metric,
-        "metric_best": best.metric,
+        "metric_before": start_metric[0],
+        "metric_best": best.metric[0],
+        "validation_loss_best": -best.metric[1],
         "best_step": best.step,
         "final_loss": float(np.mean(losses[-10:])) if losses else None,
         "interrupted": interrupted,
