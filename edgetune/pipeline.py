@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +138,22 @@ def compress(
     timer.lap("capture")
 
     teacher = copy.deepcopy(graph) if finetune is not None else None
+    if finetune is not None and prune_steps > 1:
+        # The recovery budget is shared: one part after each pruning step, the last after all.
+        finetune = replace(finetune, budget=finetune.budget.share(prune_steps))
     pruning = None
     if prune is not None:
         # Gradient criteria read calibration samples (and labels, when the data has them).
         sample_set = calib_set.take(quant.samples)
-        pruning = prune_graph(graph, prune, sample_set.x, sample_set.y, steps=prune_steps)
+        recover = None
+        if finetune is not None and prune_steps > 1:
+            assert train_set is not None
+            step_config = finetune
+
+            def recover(pruned: Graph, step: int) -> None:
+                run_finetune(pruned, train_set, step_config, teacher=teacher, progress=progress)
+
+        pruning = prune_graph(graph, prune, sample_set.x, sample_set.y, steps=prune_steps, recover=recover)
     if pruning is not None:
         timer.lap("prune")
 

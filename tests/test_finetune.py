@@ -80,3 +80,13 @@ def test_finetune_needs_training_data(tmp_path: Path, capfd: pytest.CaptureFixtu
     code = run(["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "-o", str(tmp_path / "o"), "--finetune", "10steps", "--quiet"])
     err = capfd.readouterr().err.strip()
     assert code == 2 and err.startswith("error: --finetune needs training data") and "\n" not in err
+
+
+def test_iterative_pruning_recovers_between_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test", "-o", str(tmp_path)]
+    argv += ["--prune", "channel:0.5", "--prune-steps", "2", "--finetune", "600steps", "--train", "digits:train", "--quiet", "--json"]
+    assert run(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [s["step"] for s in report["pruning"]["steps"]] == [1, 2]
+    assert report["finetune"]["config"]["budget"] == "300steps", "the budget is shared between the steps"
+    assert report["evaluation"]["int8_accuracy"] > 0.9

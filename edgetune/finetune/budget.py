@@ -20,6 +20,11 @@ class Budget:
         """Step and epoch budgets repeat exactly; a wall-clock budget's step count depends on load."""
         return self.kind != "seconds"
 
+    def share(self, parts: int) -> Budget:
+        """One of ``parts`` equal shares of this budget (at least one step)."""
+        amount = self.amount / parts
+        return Budget(self.kind, amount if self.kind == "seconds" else float(max(1, int(amount))))
+
     def __str__(self) -> str:
         unit = {"seconds": "s", "steps": "steps", "epochs": "epochs"}[self.kind]
         return f"{self.amount:g}{unit}"
