@@ -90,3 +90,29 @@ def test_iterative_pruning_recovers_between_steps(tmp_path: Path, capsys: pytest
     assert [s["step"] for s in report["pruning"]["steps"]] == [1, 2]
     assert report["finetune"]["config"]["budget"] == "300steps", "the budget is shared between the steps"
     assert report["evaluation"]["int8_accuracy"] > 0.9
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    from edgetune.finetune.train import learning_rate
+
+    config = FinetuneConfig(parse_budget("100steps"), lr=1.0, warmup=0.1)
+    rates = [learning_rate(config, spent) for spent in (0.0, 0.05, 0.1, 0.55, 1.0)]
+    assert (
+        rates[0] < rates[1] < rates[2] == pytest.approx(1.0) and rates[3] == pytest.approx(0.5) and rates[4] == pytest.approx(0.0, abs=1e-9)
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_other_optimizers_and_label_smoothing_recover_too(optimizer: str) -> None:
+    graph, teacher = _pruned_digits()
+    config = FinetuneConfig(parse_budget("300steps"), optimizer=optimizer, lr=3e-2 if optimizer == "sgd" else 3e-3, label_smoothing=0.1)
+    report = finetune(graph, load_dataset("digits", "train"), config, teacher=teacher)
+    assert report["metric_best"] > report["metric_before"] + 0.3
+
+
+def test_early_stopping_ends_before_the_budget() -> None:
+    graph, teacher = _pruned_digits()
+    config = FinetuneConfig(parse_budget("5000steps"), patience=2, eval_every=10)
+    report = finetune(graph, load_dataset("digits", "train"), config, teacher=teacher)
+    assert report["stopped_early"] and report["steps"] < 5000
+    assert report["steps"] - report["best_step"] >= 20

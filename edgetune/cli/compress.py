@@ -57,6 +57,35 @@ from edgetune.progress import StderrProgress
 @click.option("--prune-skip-unsupported", is_flag=True, help="Keep layers whose channels pruning cannot follow whole, instead of failing.")
 @click.option("--finetune", "finetune_budget", metavar="BUDGET", help="Recover accuracy after pruning: 90s, 5m, 500steps or 3epochs.")
 @click.option("--train", "train_data", metavar="DATA", help="Training data for --finetune (a validation split is carved off).")
+@click.option(
+    "--finetune-optimizer",
+    type=click.Choice(["adamw", "adam", "sgd"]),
+    default="adamw",
+    show_default=True,
+    help="Optimizer for --finetune.",
+)
+@click.option(
+    "--finetune-lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3e-3,
+    show_default=True,
+    help="Peak learning rate (warm-up, then cosine).",
+)
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Label smoothing of the cross-entropy.",
+)
+@click.option(
+    "--early-stop",
+    "patience",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Stop after this many validations without improvement (0: never).",
+)
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Artifacts to write: onnx, tflite or both.")
 @click.option(
     "--tflite-io", type=click.Choice(["float", "int8"]), help="TFLite model input/output type (default: int8 for MCU targets, else float)."
@@ -85,6 +114,10 @@ def command(
     prune_skip_unsupported: bool,
     finetune_budget: str | None,
     train_data: str | None,
+    finetune_optimizer: str,
+    finetune_lr: float,
+    label_smoothing: float,
+    patience: int,
     formats: str,
     tflite_io: str | None,
     float_tflite: bool,
@@ -128,7 +161,11 @@ def command(
         recipe=recipe,
         export=ExportConfig(parse_formats(formats), tflite_io, float_tflite),
         prune_steps=prune_steps,
-        finetune=FinetuneConfig(parse_budget(finetune_budget)) if finetune_budget else None,
+        finetune=FinetuneConfig(
+            parse_budget(finetune_budget), lr=finetune_lr, optimizer=finetune_optimizer, label_smoothing=label_smoothing, patience=patience
+        )
+        if finetune_budget
+        else None,
         train_data=train_data,
         progress=StderrProgress(enabled=not quiet),
     )

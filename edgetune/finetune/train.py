@@ -19,6 +19,8 @@ from edgetune.ir.graph import Graph
 from edgetune.ir.torch_exec import GraphRunner
 from edgetune.progress import Progress, silent
 
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
 
 @dataclass(frozen=True)
 class FinetuneConfig:
@@ -31,12 +33,20 @@ class FinetuneConfig:
     val_share: float = 0.1
     eval_every: int = 25  # steps between validations
     seed: int = 0
+    optimizer: str = "adamw"  # adamw, adam or sgd (momentum 0.9)
+    warmup: float = 0.05  # share of the budget with a linear learning-rate ramp
+    label_smoothing: float = 0.0
+    patience: int = 0  # stop after this many validations without improvement (0: never)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_share < 0.5:
             raise InputError(f"validation share {self.val_share}", "use a value in (0, 0.5)")
         if self.batch_size < 1 or self.lr <= 0:
             raise InputError("fine-tune batch size and learning rate must be positive", "fix the options")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer {self.optimizer!r} is unknown", f"use one of {', '.join(OPTIMIZERS)}")
+        if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.warmup < 1.0 or self.patience < 0:
+            raise InputError("label smoothing and warm-up must lie in [0, 1), patience must not be negative", "fix the options")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -86,8 +96,38 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor | None, teacher: torch.Tens
         )
         terms.append((config.distill_weight if labels is not None else 1.0, distill))
     if labels is not None:
-        terms.append((1.0 - config.distill_weight if teacher is not None else 1.0, F.cross_entropy(logits, labels)))
+        cross_entropy = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+        terms.append((1.0 - config.distill_weight if teacher is not None else 1.0, cross_entropy))
     return sum(weight * term for weight, term in terms)  # type: ignore[return-value]
+
+
+class _EarlyStop(Exception):
+    """No validation improvement for ``patience`` validations."""
+
+
+def _teacher_top1(teacher: GraphRunner | None, val: Dataset) -> np.ndarray | None:
+    """The teacher's predictions, the validation targets when the data has no labels."""
+    if teacher is None or val.y is not None:
+        return None
+    with torch.no_grad():
+        return teacher(torch.from_numpy(val.x)).reshape(len(val), -1).argmax(1).numpy()
+
+
+def _optimizer(config: FinetuneConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def learning_rate(config: FinetuneConfig, spent: float) -> float:
+    """Linear warm-up over the first ``warmup`` share of the budget, then cosine decay to 0."""
+    spent = min(max(spent, 0.0), 1.0)
+    if config.warmup and spent < config.warmup:
+        return config.lr * (spent + 1e-3) / config.warmup
+    progress = (spent - config.warmup) / (1.0 - config.warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class _Best:
@@ -140,11 +180,8 @@ def finetune(
     runner = GraphRunner(graph)
     params = _trainable(graph, runner)
     teacher_runner = GraphRunner(teacher) if teacher is not None else None
-    teacher_top1 = None
-    if teacher_runner is not None and val.y is None:
-        with torch.no_grad():
-            teacher_top1 = teacher_runner(torch.from_numpy(val.x)).reshape(len(val), -1).argmax(1).numpy()
-    optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
+    teacher_top1 = _teacher_top1(teacher_runner, val)
+    optimizer = _optimizer(config, list(params.values()))
     steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
     total_steps = {"steps": int(config.budget.amount), "epochs": int(config.budget.amount) * steps_per_epoch}.get(config.budget.kind)
     generator = torch.Generator().manual_seed(config.seed)
@@ -152,7 +189,7 @@ def finetune(
 
     start_metric = _metric(runner, val, teacher_top1)
     best = _Best(start_metric, params)
-    step, started, interrupted = 0, time.perf_counter(), False
+    step, started, interrupted, stopped_early = 0, time.perf_counter(), False, False
     losses: list[float] = []
 
     def spent() -> float:
@@ -167,17 +204,21 @@ def finetune(
             for begin in range(0, len(order), config.batch_size):
                 if spent() >= 1.0:
                     break
-                for group in optimizer.param_groups:  # cosine decay over the budget
-                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * min(spent(), 1.0)))
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, spent())
                 index = order[begin : begin + config.batch_size]
                 labels = None if y_all is None else y_all[index]
                 losses.append(_train_step(runner, teacher_runner, params, optimizer, x_all[index], labels, config))
                 step += 1
                 if step % config.eval_every == 0:
                     best.offer(_metric(runner, val, teacher_top1), params, step)
+                    if config.patience and step - best.step >= config.patience * config.eval_every:
+                        raise _EarlyStop
                 progress(min(int(100 * spent()), 100), 100, "fine-tune")
     except KeyboardInterrupt:
         interrupted = True
+    except _EarlyStop:
+        stopped_early = True
     best.offer(_metric(runner, val, teacher_top1), params, step)
     for name, value in best.weights.items():
         graph.tensors[name].data = value.numpy().astype(np.float32)
@@ -199,6 +240,7 @@ def finetune(
         "best_step": best.step,
         "final_loss": float(np.mean(losses[-10:])) if losses else None,
         "interrupted": interrupted,
+        "stopped_early": stopped_early,
         "deterministic": config.budget.deterministic and not interrupted,
         "note": "step and epoch budgets repeat exactly with the same seed"
         if config.budget.deterministic
