@@ -67,6 +67,7 @@ bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP)
 	$(BIN)/python bench/ptq.py
 	$(BIN)/python bench/tflite_export.py
 	$(BIN)/python bench/prune.py
+	$(BIN)/python bench/recover.py
 
 clean:
 	rm -rf out bench/results .pytest_cache .mypy_cache .ruff_cache
