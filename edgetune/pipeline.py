@@ -20,7 +20,7 @@ from edgetune.artifacts import json_bytes, write_files
 from edgetune.capture.models import LoadedModel, load_model
 from edgetune.data import Dataset, load_dataset
 from edgetune.errors import InputError
-from edgetune.evaluate.runtime import OnnxRunner, default_threads
+from edgetune.evaluate.runtime import OnnxRunner
 from edgetune.export.config import ExportConfig
 from edgetune.export.onnx.writer import write_onnx
 from edgetune.finetune import FinetuneConfig
@@ -31,7 +31,7 @@ from edgetune.progress import Progress, silent
 from edgetune.prune import PruneConfig
 from edgetune.prune import prune as prune_graph
 from edgetune.quantize import QuantConfig, calibrate
-from edgetune.targets import Target, load_target
+from edgetune.targets import Target, load_target, usable_cores
 
 HOLDOUT_MAX = 256  # held-out calibration samples used for the report when no --eval data is given
 LAYER_SQNR_SAMPLES = 4  # per-layer SQNR runs both models with every activation as an output
@@ -292,7 +292,7 @@ def _evaluate(
     if "model.tflite" in artifacts:
         from edgetune.evaluate.tflite_runtime import TfliteRunner
 
-        runner = TfliteRunner(artifacts["model.tflite"], threads=default_threads())
+        runner = TfliteRunner(artifacts["model.tflite"], threads=usable_cores())
         tflite_out = runner.run(data.x)
         progress(3, steps, "evaluation")
         scale = float(graph.tensors[graph.outputs[0]].quant.scale[0])  # type: ignore[union-attr]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +72,3 @@ class OnnxRunner:
 
     def run_one(self, sample: np.ndarray) -> None:
         self.session.run(None, {self.input_name: sample})
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -61,9 +61,7 @@ class Target:
         return self.onnx_activations == "uint8"
 
     def resolved_threads(self) -> int:
-        if self.threads:
-            return self.threads
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return self.threads or usable_cores()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -71,6 +69,11 @@ class Target:
         data["affinity"] = list(self.affinity)
         data["isa"] = list(self.isa)
         return data
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def target_files() -> dict[str, Path]:

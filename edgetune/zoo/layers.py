@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow "SAME" padding (before, after) along one axis.
-
-    TF pads so that ``out = ceil(size / stride)`` and puts the odd pixel at the end.
-    """
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
+from edgetune.ir.padding import same_padding
 
 
 class ConvBNAct(nn.Sequential):

@@ -16,9 +16,9 @@ import tflite
 from edgetune.export.tflite import layout
 from edgetune.export.tflite.builder import ACTIVATIONS, TflBuilder, quant_spec
 from edgetune.ir.graph import Graph, Node
+from edgetune.ir.padding import same_padding
 from edgetune.quantize.params import quantize_array
 from edgetune.registry import Registry
-from edgetune.zoo.layers import same_padding
 
 TflOp = Callable[[TflBuilder, Node], None]
 TFLITE_OPS: Registry[TflOp] = Registry("TFLite writer")
