@@ -57,7 +57,7 @@ def evaluate(
         "data": dataset.source,
         "samples": len(dataset),
     }
-    if dataset.y is not None:
+    if dataset.y is not None and dataset.has_classes:
         doc["accuracy"] = accuracy(outputs, dataset.y)
     if reference_runner is not None:
         reference_runner.check_samples(dataset.x, dataset.source)
@@ -73,7 +73,7 @@ def evaluate(
             "sqnr_db": finite_or_none(sqnr_db(expected, outputs)),
             "max_abs_diff": float(abs(expected - outputs).max()),
         }
-        if dataset.y is not None:
+        if dataset.y is not None and dataset.has_classes:
             block["accuracy"] = accuracy(expected, dataset.y)
         doc["reference"] = block
     return doc

@@ -1,7 +1,8 @@
 """The compression pipeline in one place: load -> capture -> prune -> quantize -> export -> evaluate.
 
 Export writes ONNX (fp32 and int8 QDQ) and TFLite (int8) from the one quantized graph.
-Fine-tuning joins this list, between pruning and export, when its stage lands.
+Recovery fine-tunes between pruning and calibration, or after calibration when it is
+quantization-aware (QAT).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from edgetune.export.config import ExportConfig
 from edgetune.export.onnx.writer import write_onnx
 from edgetune.finetune import FinetuneConfig
 from edgetune.finetune import finetune as run_finetune
+from edgetune.finetune.distributed import World
 from edgetune.ir.graph import Graph
 from edgetune.ir.serialize import graph_to_bytes
 from edgetune.progress import Progress, silent
@@ -33,6 +35,7 @@ from edgetune.prune import prune as prune_graph
 from edgetune.quantize import QuantConfig, calibrate
 from edgetune.targets import Target, load_target, usable_cores
 
+CHECKPOINT = "finetune.ckpt"  # in the output folder while a fine-tune runs or after Ctrl-C
 HOLDOUT_MAX = 256  # held-out calibration samples used for the report when no --eval data is given
 LAYER_SQNR_SAMPLES = 4  # per-layer SQNR runs both models with every activation as an output
 
@@ -107,6 +110,7 @@ def compress(
     prune_steps: int = 1,
     finetune: FinetuneConfig | None = None,
     train_data: str | Dataset | None = None,
+    resume: bool = False,
     progress: Progress = silent,
 ) -> CompressResult:
     """Quantize ``model`` to int8 with ``calib`` data and write the artifacts to ``out_dir``.
@@ -157,7 +161,8 @@ def compress(
     if pruning is not None:
         timer.lap("prune")
 
-    recovery = None
+    recovery, baseline = None, None
+    checkpoint = Path(out_dir) / CHECKPOINT if finetune is not None else None
     if finetune is not None:
         assert train_set is not None
         if train_set.sample_shape != shape:
@@ -165,13 +170,23 @@ def compress(
                 f"training samples of {train_set.source} have shape {'x'.join(map(str, train_set.sample_shape))}",
                 "give training data shaped like the calibration data",
             )
-        recovery = run_finetune(graph, train_set, finetune, teacher=teacher, progress=progress)
-        timer.lap("finetune")
+        if eval_set is not None and eval_set.has_classes:
+            baseline = copy.deepcopy(graph)  # the compressed model without recovery, for the report
+        if not finetune.qat:
+            recovery = run_finetune(graph, train_set, finetune, teacher=teacher, progress=progress, checkpoint=checkpoint, resume=resume)
+            timer.lap("finetune")
 
     graph.meta["data"] = {"source": calib_set.source, "normalization": calib_set.preprocess, "labels": list(calib_set.labels)}
     calib_part, holdout = calib_set.split(min(quant.samples, len(calib_set)))
     records = calibrate(graph, calib_part.x, quant, progress)
     timer.lap("calibrate")
+
+    if finetune is not None and finetune.qat:
+        assert train_set is not None
+        recovery = run_finetune(graph, train_set, finetune, teacher=teacher, progress=progress, checkpoint=checkpoint, resume=resume)
+        timer.lap("finetune (QAT)")
+    if recovery is not None and recovery["world_size"] > 1 and World.current().rank != 0:
+        return CompressResult({}, {}, graph)  # under torchrun only the first process writes
 
     artifacts = export_artifacts(graph, the_target, export)
     smoke = _start_smoke_runs(artifacts)
@@ -198,6 +213,7 @@ def compress(
         timings=timer.stages,
         pruning=pruning,
         finetune=recovery,
+        recovery=_recovery_block(teacher, baseline, calib_part, eval_set, quant, evaluation) if recovery is not None else None,
         gzip_sizes={name: len(zlib.compress(artifacts[name], 6)) for name in ("model.onnx", "model.tflite") if name in artifacts},
     )
     out = Path(out_dir)
@@ -299,3 +315,109 @@ def _evaluate(
         evaluation["tflite"] = reports.tflite_block(data, fp32_out, int8_out, tflite_out, scale, runner)
     layers = reports.layer_sqnr(graph, data.x[:LAYER_SQNR_SAMPLES])
     return evaluation, layers
+
+
+def _recovery_block(
+    teacher: Graph | None,
+    baseline: Graph | None,
+    calib_part: Dataset,
+    eval_set: Dataset | None,
+    quant: QuantConfig,
+    evaluation: dict[str, Any],
+) -> dict[str, Any]:
+    """Accuracy before compression (the original in fp32), after compression (int8 without
+    recovery) and after recovery (the artifact), on the --eval data."""
+    block: dict[str, Any] = {"accuracy_before_compression": None, "accuracy_after_compression": None, "accuracy_after_recovery": None}
+    if teacher is None or baseline is None or eval_set is None or not eval_set.has_classes:
+        block["note"] = "accuracies need labelled --eval data"
+        return block
+    from edgetune.evaluate.metrics import accuracy
+
+    calibrate(baseline, calib_part.x, quant)
+    before = OnnxRunner(write_onnx(teacher, quantized=False), spin=False).run(eval_set.x)
+    after = OnnxRunner(write_onnx(baseline, quantized=True), spin=False).run(eval_set.x)
+    assert eval_set.y is not None
+    block.update(
+        accuracy_before_compression=accuracy(before, eval_set.y),
+        accuracy_after_compression=accuracy(after, eval_set.y),
+        accuracy_after_recovery=evaluation.get("int8_accuracy"),
+    )
+    return block
+
+
+def finetune_compressed(
+    compressed: str | Path,
+    train_data: str | Dataset,
+    out_dir: str | Path,
+    finetune: FinetuneConfig,
+    *,
+    teacher: str | nn.Module | None = None,
+    teacher_weights: str | None = None,
+    eval_data: str | Dataset | None = None,
+    target: str | Target = "host",
+    export: ExportConfig | None = None,
+    recipe: str | None = None,
+    resume: bool = False,
+    progress: Progress = silent,
+) -> CompressResult:
+    """Recover a model that ``compress`` wrote (``model.edgetune``), quantization-aware: the int8
+    graph keeps its quantizer and learns its scales. ``teacher`` is the uncompressed model to
+    distil from (optional when the training data has labels)."""
+    from edgetune.ir.serialize import load_graph
+
+    export = export or ExportConfig()
+    timer = _Timer()
+    the_target = target if isinstance(target, Target) else load_target(target)
+    graph = load_graph(Path(compressed))
+    if not any(t.quant is not None for t in graph.tensors.values()):
+        raise InputError(f"{compressed} holds no quantization parameters", "pass the model.edgetune that edgetune compress wrote")
+    shape = tuple(graph.tensors[graph.inputs[0]].shape[1:])
+    train_set = train_data if isinstance(train_data, Dataset) else load_dataset(train_data, "train", recipe)
+    eval_set = eval_data if isinstance(eval_data, Dataset) or eval_data is None else load_dataset(eval_data, "test", recipe)
+    for data in (train_set, eval_set):
+        if data is not None and data.sample_shape != shape:
+            raise InputError(
+                f"samples of {data.source} have shape {'x'.join(map(str, data.sample_shape))} but the model takes {'x'.join(map(str, shape))}",
+                "give data preprocessed like the calibration data",
+            )
+    teacher_graph = capture_model(_load(teacher, teacher_weights), shape) if teacher is not None else None
+    timer.lap("load")
+    recovery = run_finetune(
+        graph,
+        train_set,
+        replace(finetune, qat=True),
+        teacher=teacher_graph,
+        progress=progress,
+        checkpoint=Path(out_dir) / CHECKPOINT,
+        resume=resume,
+    )
+    timer.lap("finetune (QAT)")
+    if recovery["world_size"] > 1 and World.current().rank != 0:
+        return CompressResult({}, {}, graph)
+    artifacts = export_artifacts(graph, the_target, export)
+    smoke = _start_smoke_runs(artifacts)
+    timer.lap("export")
+    data = eval_set or train_set.take(HOLDOUT_MAX)
+    evaluation, _ = _evaluate(graph, artifacts, data, None, data, progress)
+    if eval_set is None:
+        evaluation["note"] = "no --eval data: measured on training samples, which flatters the model"
+    for run in smoke:
+        run.wait()
+    timer.lap("evaluate")
+    names = _names_to_write(export)
+    report = {
+        "schema": reports.SCHEMA,
+        "version": reports.VERSION,
+        "command": "finetune",
+        "model": {"source": str(compressed), **reports.graph_summary(graph)},
+        "target": {"name": the_target.name, "onnx_activations": "uint8" if the_target.unsigned_activations else "int8"},
+        "finetune": recovery,
+        "evaluation": evaluation,
+        "sizes": {f"{name}_bytes": len(blob) for name, blob in artifacts.items()},
+        "timings_s": {**timer.stages, "total": round(sum(timer.stages.values()), 4)},
+        "versions": reports.versions(),
+        "artifacts": sorted([*names, "report.json"]),
+    }
+    written = {name: blob for name, blob in artifacts.items() if name in names}
+    paths = write_files(Path(out_dir), {**written, "report.json": json_bytes(report)})
+    return CompressResult(report, paths, graph)

@@ -60,7 +60,7 @@ def evaluation_block(data: Dataset, fp32_out: np.ndarray, int8_out: np.ndarray, 
             "max_abs_diff": float(np.abs(fp32_out - int8_out).max()),
         },
     }
-    if data.y is not None:
+    if data.y is not None and data.has_classes:
         fp32_acc, int8_acc = accuracy(fp32_out, data.y), accuracy(int8_out, data.y)
         block["fp32_accuracy"] = fp32_acc
         block["int8_accuracy"] = int8_acc
@@ -80,7 +80,7 @@ def tflite_block(
         "max_lsb_vs_onnx_int8": round(float(np.abs(tflite_out - onnx_out).max()) / out_scale, 3),
         "delegation": runner.delegation(),
     }
-    if data.y is not None:
+    if data.y is not None and data.has_classes:
         block["accuracy"] = accuracy(tflite_out, data.y)
     return block
 
@@ -131,10 +131,11 @@ def compress_report(
     timings: dict[str, float],
     pruning: dict[str, Any] | None = None,
     finetune: dict[str, Any] | None = None,
+    recovery: dict[str, Any] | None = None,
     gzip_sizes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     summary = graph_summary(graph)
-    document = {
+    document: dict[str, Any] = {
         "schema": SCHEMA,
         "version": VERSION,
         "command": "compress",
@@ -164,4 +165,10 @@ def compress_report(
         document["pruning"] = pruning
     if finetune is not None:
         document["finetune"] = finetune
+        if finetune["config"]["qat"]:
+            document["quantization"]["note"] = (
+                "scales were learned by QAT after calibration: the tensors list the calibrated starting ranges"
+            )
+    if recovery is not None:
+        document["recovery"] = recovery
     return document

@@ -116,3 +116,182 @@ def test_early_stopping_ends_before_the_budget() -> None:
     report = finetune(graph, load_dataset("digits", "train"), config, teacher=teacher)
     assert report["stopped_early"] and report["steps"] < 5000
     assert report["steps"] - report["best_step"] >= 20
+
+
+def _trained_weights(graph) -> bytes:  # type: ignore[no-untyped-def]
+    return np.concatenate([graph.const(n.inputs[1]).ravel() for n in graph.nodes if n.op in ("conv2d", "linear")]).tobytes()
+
+
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from edgetune.finetune import parse_augment
+
+    train = load_dataset("digits", "train")
+    config = FinetuneConfig(parse_budget("80steps"), eval_every=10, augment=parse_augment("shift:1,noise:0.05,mixup:0.2"))
+    graph, teacher = _pruned_digits()
+    finetune(graph, train, config, teacher=teacher)
+
+    sent = []
+
+    def ctrl_c_halfway(done: int, total: int, label: str) -> None:
+        if done >= 50 and not sent:
+            sent.append(done)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    checkpoint = tmp_path / "finetune.ckpt"
+    stopped, stopped_teacher = _pruned_digits()
+    first = finetune(stopped, train, config, teacher=stopped_teacher, progress=ctrl_c_halfway, checkpoint=checkpoint)
+    assert first["interrupted"] and first["steps"] == 40 and checkpoint.is_file()
+    resumed, resumed_teacher = _pruned_digits()
+    second = finetune(resumed, train, config, teacher=resumed_teacher, checkpoint=checkpoint, resume=True)
+    assert second["resumed_from_step"] == 40 and second["steps"] == 80 and not checkpoint.exists()
+    assert _trained_weights(resumed) == _trained_weights(graph)
+    assert _trained_weights(stopped) != _trained_weights(graph), "the interrupted run kept its own best model"
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    checkpoint = tmp_path / "finetune.ckpt"
+    graph, teacher = _pruned_digits()
+    finetune(
+        graph,
+        load_dataset("digits", "train"),
+        FinetuneConfig(parse_budget("40steps")),
+        teacher=teacher,
+        progress=lambda done, total, label: os.kill(os.getpid(), signal.SIGINT) if done < 100 else None,
+        checkpoint=checkpoint,
+    )
+    graph, teacher = _pruned_digits()
+    with pytest.raises(InputError, match="different fine-tune"):
+        finetune(
+            graph,
+            load_dataset("digits", "train"),
+            FinetuneConfig(parse_budget("50steps")),
+            teacher=teacher,
+            checkpoint=checkpoint,
+            resume=True,
+        )
+    with pytest.raises(InputError, match="no fine-tune checkpoint"):
+        finetune(graph, load_dataset("digits", "train"), FinetuneConfig(parse_budget("50steps")), checkpoint=tmp_path / "none", resume=True)
+
+
+def _layer_weights(graph) -> list[bytes]:  # type: ignore[no-untyped-def]
+    return [graph.const(n.inputs[1]).tobytes() for n in graph.nodes if n.op in ("conv2d", "linear")]
+
+
+@pytest.mark.parametrize(("strategy", "trained"), [("head", 1), ("last:2", 2)])
+def test_partial_strategies_train_only_their_layers(strategy: str, trained: int) -> None:
+    from edgetune.finetune import parse_strategy
+
+    graph, teacher = _pruned_digits()
+    before = _layer_weights(graph)
+    report = finetune(
+        graph, load_dataset("digits", "train"), FinetuneConfig(parse_budget("100steps"), strategy=parse_strategy(strategy)), teacher=teacher
+    )
+    changed = [a != b for a, b in zip(before, _layer_weights(graph))]
+    assert changed == [False] * (len(before) - trained) + [True] * trained
+    assert report["config"]["strategy"] == strategy
+
+
+def test_gradual_unfreezing_opens_layers_from_the_output() -> None:
+    from edgetune.finetune import Strategy
+
+    gradual = Strategy("gradual")
+    assert [gradual.trainable_layers(4, spent) for spent in (0.0, 0.3, 0.6, 0.9, 1.0)] == [1, 2, 3, 4, 4]
+    assert gradual.trainable_layers(4, 0.9, frozen_inputs=1) == 3
+    graph, teacher = _pruned_digits()
+    before = _layer_weights(graph)
+    report = finetune(
+        graph, load_dataset("digits", "train"), FinetuneConfig(parse_budget("200steps"), strategy=gradual, eval_every=1000), teacher=teacher
+    )
+    assert all(a != b for a, b in zip(before, _layer_weights(graph))), "every layer trained in the end"
+    assert report["metric_best"] > report["metric_before"] + 0.3
+
+
+def test_memory_planner_shrinks_the_batch_then_freezes_layers() -> None:
+    from edgetune.finetune.memory import estimate, plan
+
+    graph, _ = _pruned_digits()
+    assert plan(graph, 2**40, 32, qat=False, teacher=True).batch_size == 32
+    at_eight = estimate(graph, 8, 0, qat=False, teacher=True)
+    assert (plan(graph, at_eight, 32, qat=False, teacher=True).batch_size, plan(graph, at_eight, 32, False, True).frozen_inputs) == (8, 0)
+    tight = plan(graph, estimate(graph, 8, 2, qat=False, teacher=True), 32, qat=False, teacher=True)
+    assert (tight.batch_size, tight.frozen_inputs) == (8, 2)
+
+
+def test_memory_budget_freezes_input_layers_and_reports_the_peak() -> None:
+    from edgetune.finetune.memory import estimate
+
+    graph, teacher = _pruned_digits()
+    budget = estimate(graph, 8, 1, qat=False, teacher=True)
+    before = _layer_weights(graph)
+    report = finetune(graph, load_dataset("digits", "train"), FinetuneConfig(parse_budget("50steps"), memory=budget), teacher=teacher)
+    assert report["batch_size"] == 8 and report["memory"]["plan"]["frozen_input_layers"] == 1
+    assert _layer_weights(graph)[0] == before[0] and _layer_weights(graph)[1] != before[1]
+    assert report["memory"]["peak_rss_delta_bytes"] >= 0 and report["memory"]["budget_bytes"] == budget
+
+
+def test_regression_targets_train_with_mse() -> None:
+    from edgetune.ir.torch_exec import GraphRunner, run_batches
+
+    graph, teacher = _pruned_digits()
+    train = load_dataset("digits", "train")
+    targets = run_batches(GraphRunner(teacher), train.x).reshape(len(train), -1).astype(np.float32)
+    report = finetune(graph, Dataset(train.x, targets, "digits teacher outputs"), FinetuneConfig(parse_budget("150steps")))
+    assert report["task"] == "regression" and report["validation"]["metric"] == "mse"
+    assert report["metric_best"] < 0.5 * report["metric_before"]
+
+
+def test_augmentations_keep_shapes_and_repeat_with_a_seed(tmp_path: Path) -> None:
+    import torch
+
+    from edgetune.finetune import parse_augment
+
+    images = torch.from_numpy(load_dataset("digits", "train").x[:16])
+    signals = torch.randn(4, 10, 49)
+    chain = parse_augment("shift:2,flip,noise:0.1,cutout:0.25")
+    first, second = (chain(images, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert first.shape == images.shape and torch.equal(first, second) and not torch.equal(first, images)
+    assert parse_augment("time_shift:0.2,noise")(signals, torch.Generator().manual_seed(0)).shape == signals.shape
+    user = tmp_path / "aug.py"
+    user.write_text("def invert(batch, generator):\n    return -batch\n")
+    assert torch.equal(parse_augment(f"{user}:invert")(images, torch.Generator()), -images)
+    assert parse_augment("flip:1.0")(images, torch.Generator()).flip(-1).equal(images)
+    with pytest.raises(InputError, match="augmentation 'spin' is unknown"):
+        parse_augment("spin")
+
+
+def test_finetune_command_recovers_a_compressed_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test", "--prune", "channel:0.5"]
+    assert run([*base, "-o", str(tmp_path / "c"), "--quiet", "--json"]) == 0
+    compressed = json.loads(capsys.readouterr().out)
+    argv = ["finetune", str(tmp_path / "c" / "model.edgetune"), "--train", "digits:train", "--teacher", "edgetune.zoo:digits_cnn"]
+    argv += ["--finetune", "300steps", "--eval", "digits:test", "-o", str(tmp_path / "f"), "--quiet", "--json"]
+    assert run(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["command"] == "finetune" and report["finetune"]["config"]["qat"]
+    assert report["evaluation"]["int8_accuracy"] > compressed["evaluation"]["int8_accuracy"] + 0.3
+    assert report["evaluation"]["tflite"]["accuracy"] > 0.8
+    assert {p.name for p in (tmp_path / "f").iterdir()} == {
+        "model.onnx",
+        "model.fp32.onnx",
+        "model.tflite",
+        "model.edgetune",
+        "report.json",
+    }
+
+
+def test_compress_with_qat_reports_accuracy_before_and_after(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test", "-o", str(tmp_path), "--quiet", "--json"]
+    argv += ["--prune", "channel:0.5", "--finetune", "300steps", "--train", "digits:train", "--qat"]
+    assert run(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    recovery = report["recovery"]
+    assert recovery["accuracy_before_compression"] > 0.95
+    assert recovery["accuracy_after_compression"] < 0.5 < 0.8 < recovery["accuracy_after_recovery"]
+    assert recovery["accuracy_after_recovery"] == report["evaluation"]["int8_accuracy"]
+    assert "finetune (QAT)" in report["timings_s"] and not (tmp_path / "finetune.ckpt").exists()

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from edgetune.cli.finetune_options import finetune_config, finetune_options
 from edgetune.cli.output import common_options, emit, fmt, pct, table
 from edgetune.progress import StderrProgress
 
@@ -55,37 +56,7 @@ from edgetune.progress import StderrProgress
     help="Reach the pruning ratio in this many steps, re-ranking after each.",
 )
 @click.option("--prune-skip-unsupported", is_flag=True, help="Keep layers whose channels pruning cannot follow whole, instead of failing.")
-@click.option("--finetune", "finetune_budget", metavar="BUDGET", help="Recover accuracy after pruning: 90s, 5m, 500steps or 3epochs.")
-@click.option("--train", "train_data", metavar="DATA", help="Training data for --finetune (a validation split is carved off).")
-@click.option(
-    "--finetune-optimizer",
-    type=click.Choice(["adamw", "adam", "sgd"]),
-    default="adamw",
-    show_default=True,
-    help="Optimizer for --finetune.",
-)
-@click.option(
-    "--finetune-lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=3e-3,
-    show_default=True,
-    help="Peak learning rate (warm-up, then cosine).",
-)
-@click.option(
-    "--label-smoothing",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Label smoothing of the cross-entropy.",
-)
-@click.option(
-    "--early-stop",
-    "patience",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Stop after this many validations without improvement (0: never).",
-)
+@finetune_options(budget_required=False)
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Artifacts to write: onnx, tflite or both.")
 @click.option(
     "--tflite-io", type=click.Choice(["float", "int8"]), help="TFLite model input/output type (default: int8 for MCU targets, else float)."
@@ -112,18 +83,13 @@ def command(
     prune_layers: tuple[str, ...],
     prune_steps: int,
     prune_skip_unsupported: bool,
-    finetune_budget: str | None,
-    train_data: str | None,
-    finetune_optimizer: str,
-    finetune_lr: float,
-    label_smoothing: float,
-    patience: int,
     formats: str,
     tflite_io: str | None,
     float_tflite: bool,
     quiet: bool,
     as_json: bool,
     debug: bool,
+    **tuning: Any,
 ) -> None:
     """Quantize MODEL to int8 and write OUT/model.onnx, OUT/model.fp32.onnx, OUT/model.tflite, OUT/model.edgetune and OUT/report.json.
 
@@ -131,7 +97,6 @@ def command(
     a .pt2 file from torch.export.save, or an .onnx file.
     """
     from edgetune.export.config import ExportConfig, parse_formats
-    from edgetune.finetune import FinetuneConfig, parse_budget
     from edgetune.pipeline import compress
     from edgetune.prune.config import parse_overrides, parse_prune
     from edgetune.quantize import QuantConfig
@@ -161,15 +126,47 @@ def command(
         recipe=recipe,
         export=ExportConfig(parse_formats(formats), tflite_io, float_tflite),
         prune_steps=prune_steps,
-        finetune=FinetuneConfig(
-            parse_budget(finetune_budget), lr=finetune_lr, optimizer=finetune_optimizer, label_smoothing=label_smoothing, patience=patience
-        )
-        if finetune_budget
-        else None,
-        train_data=train_data,
+        finetune=finetune_config(tuning),
+        train_data=tuning["train_data"],
+        resume=tuning["resume"],
         progress=StderrProgress(enabled=not quiet),
     )
-    emit(result.report, as_json, _human)
+    if result.paths:  # under torchrun, the other processes stay silent
+        emit(result.report, as_json, _human)
+
+
+def finetune_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    f = report["finetune"]
+    regression = f["task"] == "regression"
+    show = (lambda v: f"{v:.4g}") if regression else pct
+    mode = "QAT" if f["config"]["qat"] else "float"
+    rows = [
+        (
+            "fine-tune",
+            f"{mode}, {f['steps']} steps in {f['seconds']:.1f}s ({f['config']['budget']}, batch {f['batch_size']}, {f['config']['strategy']}):"
+            f" validation {f['validation']['metric']} {show(f['metric_before'])} -> {show(f['metric_best'])} (best at step {f['best_step']}, {f['outcome']})",
+        ),
+        ("fine-tune memory", _memory_text(f["memory"])),
+    ]
+    recovery = report.get("recovery")
+    if recovery and recovery.get("accuracy_before_compression") is not None:
+        rows.append(
+            (
+                "accuracy",
+                f"before compression {pct(recovery['accuracy_before_compression'])}, after compression {pct(recovery['accuracy_after_compression'])},"
+                f" after recovery {pct(recovery['accuracy_after_recovery'])}",
+            )
+        )
+    return rows
+
+
+def _memory_text(memory: dict[str, Any]) -> str:
+    text = f"peak RSS +{memory['peak_rss_delta_bytes'] / 2**20:.0f} MiB"
+    if memory["budget_bytes"]:
+        plan = memory["plan"]
+        text += f" (budget {memory['budget_bytes'] / 2**20:.0f} MiB; planned {plan['estimate_bytes'] / 2**20:.0f} MiB,"
+        text += f" batch {plan['batch_size']}, {plan['frozen_input_layers']} input-side layers frozen)"
+    return text
 
 
 def _human(report: dict[str, Any]) -> str:
@@ -232,14 +229,7 @@ def _human(report: dict[str, Any]) -> str:
             )
         )
     if "finetune" in report:
-        f = report["finetune"]
-        rows.append(
-            (
-                "fine-tune",
-                f"{f['steps']} steps in {f['seconds']:.1f}s ({f['config']['budget']}): validation {f['validation']['metric']}"
-                f" {pct(f['metric_before'])} -> {pct(f['metric_best'])} (best at step {f['best_step']})",
-            )
-        )
+        rows += finetune_rows(report)
     timings = report["timings_s"]
     rows.append(("time", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())))
     worst = sorted((layer for layer in report["layers"] if layer["sqnr_db"] is not None), key=lambda layer: layer["sqnr_db"])[:3]

@@ -11,7 +11,7 @@ import warnings
 import click
 
 from edgetune import __version__
-from edgetune.cli import bench, compress, evaluate, export, inspect, targets
+from edgetune.cli import bench, compress, evaluate, export, finetune, inspect, targets
 from edgetune.errors import EdgetuneError
 
 EXIT_USAGE = 2
@@ -25,7 +25,7 @@ def cli() -> None:
     ONNX export, evaluation and on-device-class benchmarks."""
 
 
-for command in (compress.command, export.command, evaluate.command, bench.command, inspect.command, targets.group):
+for command in (compress.command, finetune.command, export.command, evaluate.command, bench.command, inspect.command, targets.group):
     cli.add_command(command)
 
 

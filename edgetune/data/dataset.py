@@ -35,10 +35,24 @@ class Dataset:
             if len(self.y) != len(self.x):
                 raise InputError(
                     f"data set {self.source} has {len(self.x)} samples but {len(self.y)} labels",
-                    "give one integer label per sample",
+                    "give one label or target per sample",
                 )
-            if not np.issubdtype(self.y.dtype, np.integer):
-                raise InputError(f"labels of {self.source} are {self.y.dtype}, not integers", "store class indices in y")
+            if not (np.issubdtype(self.y.dtype, np.integer) or np.issubdtype(self.y.dtype, np.floating)):
+                raise InputError(
+                    f"labels of {self.source} are {self.y.dtype}", "store class indices (integers) or regression targets (floats) in y"
+                )
+            if np.issubdtype(self.y.dtype, np.floating):
+                object.__setattr__(self, "y", self.y.astype(np.float32))
+
+    @property
+    def has_classes(self) -> bool:
+        """Integer class labels (accuracy applies); float targets mean regression."""
+        return self.y is not None and bool(np.issubdtype(self.y.dtype, np.integer))
+
+    @property
+    def has_targets(self) -> bool:
+        """Float regression targets."""
+        return self.y is not None and not self.has_classes
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

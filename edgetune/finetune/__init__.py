@@ -1,11 +1,23 @@
-"""Recover: a short fine-tune under a hard budget that wins back accuracy lost to pruning.
+"""Recover: a short fine-tune under a hard budget that wins back accuracy lost to compression.
 
-The captured graph trains in PyTorch (its weights become parameters), with distillation
-from the unpruned model mixed with cross-entropy on labels when the data has them; the
-best model on a validation split is kept. Quantization-aware training is a later slice.
+The captured graph trains in PyTorch: in float after pruning, or quantization-aware through
+the exporters' own int8 quantizer with learned scales. Distillation from the uncompressed
+model mixes with the task loss; the best model on a validation split is kept.
 """
 
-from edgetune.finetune.budget import Budget, parse_budget
+from edgetune.finetune.augment import Augmentation, parse_augment
+from edgetune.finetune.budget import Budget, parse_budget, parse_memory
+from edgetune.finetune.strategy import Strategy, parse_strategy
 from edgetune.finetune.train import FinetuneConfig, finetune
 
-__all__ = ["Budget", "FinetuneConfig", "finetune", "parse_budget"]
+__all__ = [
+    "Augmentation",
+    "Budget",
+    "FinetuneConfig",
+    "Strategy",
+    "finetune",
+    "parse_augment",
+    "parse_budget",
+    "parse_memory",
+    "parse_strategy",
+]

@@ -1,4 +1,5 @@
-"""Fine-tune budgets: wall clock (``90s``, ``5m``), steps (``500steps``) or epochs (``3epochs``)."""
+"""Fine-tune budgets: wall clock (``90s``, ``5m``), steps (``500steps``) or epochs (``3epochs``),
+and a training-memory budget (``512MB``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass
 from edgetune.errors import InputError
 
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|steps?|epochs?)\s*$")
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(kb|kib|mb|mib|gb|gib)\s*$")
+_MEMORY_UNITS = {"kb": 1e3, "kib": 2**10, "mb": 1e6, "mib": 2**20, "gb": 1e9, "gib": 2**30}
 
 
 @dataclass(frozen=True)
@@ -44,3 +47,11 @@ def parse_budget(text: str) -> Budget:
     if unit.startswith("step"):
         return Budget("steps", float(int(amount)))
     return Budget("epochs", float(int(amount)))
+
+
+def parse_memory(text: str) -> int:
+    """``512MB``, ``1.5GiB`` to bytes."""
+    match = _MEMORY.match(text.lower())
+    if not match or float(match[1]) <= 0:
+        raise InputError(f"memory budget {text!r} is not like 512MB or 1GB", "give a positive number and a unit (KB, MB, GB, MiB, GiB)")
+    return int(float(match[1]) * _MEMORY_UNITS[match[2]])

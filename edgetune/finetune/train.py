@@ -1,20 +1,39 @@
-"""The fine-tune loop: distillation and cross-entropy, AdamW with a cosine schedule, a hard
-budget, and the best model on the validation split kept."""
+"""The fine-tune loop: a hard budget, the best model on the validation split kept.
+
+Float fine-tuning trains the graph's conv and linear weights and biases; quantization-aware
+training (``qat=True``, on a calibrated graph) trains them through the exporters' quantizer
+and learns the scales too (``qat.py``). Losses come from ``losses.py``, the layers that train
+from ``strategy.py``, the batch size under a memory budget from ``memory.py``, augmentation
+from ``augment.py``, checkpoints from ``checkpoint.py``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from edgetune.data import Dataset
 from edgetune.errors import InputError
+from edgetune.finetune import checkpoint as checkpoints
+from edgetune.finetune.augment import Augmentation, mixup_pairs
 from edgetune.finetune.budget import Budget
+from edgetune.finetune.distributed import World
+from edgetune.finetune.losses import TASKS, mixed_loss, validation_score
+from edgetune.finetune.memory import MemoryPlan, PeakRss, plan
+from edgetune.finetune.qat import SCALE_PREFIX, QatRunner
+from edgetune.finetune.strategy import Strategy, weighted_layers
 from edgetune.ir.graph import Graph
 from edgetune.ir.torch_exec import GraphRunner
 from edgetune.progress import Progress, silent
@@ -37,6 +56,14 @@ class FinetuneConfig:
     warmup: float = 0.05  # share of the budget with a linear learning-rate ramp
     label_smoothing: float = 0.0
     patience: int = 0  # stop after this many validations without improvement (0: never)
+    task: str = "auto"  # classification, regression, or auto (from the labels)
+    strategy: Strategy = field(default_factory=Strategy)
+    augment: Augmentation = field(default_factory=Augmentation)
+    qat: bool = False  # train through the int8 quantizer, learning its scales
+    scale_lr: float = 0.1  # QAT: the scales' learning rate relative to ``lr`` (they are log-parametrised)
+    memory: int | None = None  # training-memory budget in bytes
+    clip: float = 5.0  # gradient-norm clipping
+    checkpoint_every: float = 60.0  # seconds between checkpoints (when a checkpoint path is given)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_share < 0.5:
@@ -47,18 +74,31 @@ class FinetuneConfig:
             raise InputError(f"optimizer {self.optimizer!r} is unknown", f"use one of {', '.join(OPTIMIZERS)}")
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.warmup < 1.0 or self.patience < 0:
             raise InputError("label smoothing and warm-up must lie in [0, 1), patience must not be negative", "fix the options")
+        if self.task not in TASKS:
+            raise InputError(f"task {self.task!r} is unknown", f"use one of {', '.join(TASKS)}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["budget"] = str(self.budget)
-        return {"version": 1, **data}
+        data.update(budget=str(self.budget), strategy=str(self.strategy), augment=self.augment.describe())
+        return {"version": 2, **data}
 
 
-def _trainable(graph: Graph, runner: GraphRunner) -> dict[str, torch.nn.Parameter]:
-    names = [name for node in graph.nodes if node.op in ("conv2d", "linear") for name in node.inputs[1:]]
-    params = {name: torch.nn.Parameter(runner.constants[name].clone()) for name in dict.fromkeys(names)}
-    runner.constants.update(params)
-    return params
+class FloatRunner(GraphRunner):
+    """The float graph with its conv and linear weights and biases as parameters."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__(graph)
+        names = [name for _, layer in weighted_layers(graph) for name in layer]
+        self.trainable = {name: nn.Parameter(self.constants[name].clone()) for name in dict.fromkeys(names)}
+        self.constants.update(self.trainable)
+
+    def parameters_by_name(self) -> dict[str, nn.Parameter]:
+        return dict(self.trainable)
+
+    def commit(self, values: dict[str, torch.Tensor]) -> int:
+        for name, value in values.items():
+            self.graph.tensors[name].data = value.numpy().astype(np.float32)
+        return 0
 
 
 def _split(data: Dataset, share: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -72,53 +112,12 @@ def _split(data: Dataset, share: float, seed: int) -> tuple[Dataset, Dataset]:
     return pick(train, f"[train {100 - round(100 * share)}%]"), pick(val, f"[validation {round(100 * share)}%]")
 
 
-def _metric(runner: GraphRunner, data: Dataset, teacher_top1: np.ndarray | None) -> tuple[float, float]:
-    """Validation accuracy with labels, else top-1 agreement with the teacher; and, to break
-    ties on a small split, minus the cross-entropy against the same targets."""
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(data), 256):
-            batch = torch.from_numpy(data.x[start : start + 256])
-            chunks.append(runner(batch).reshape(len(batch), -1))
-    logits = torch.cat(chunks)
-    reference = data.y if data.y is not None else teacher_top1
-    assert reference is not None
-    loss = float(F.cross_entropy(logits, torch.from_numpy(np.asarray(reference, np.int64))))
-    return float(np.mean(logits.argmax(1).numpy() == reference)), -loss
-
-
-def _loss(logits: torch.Tensor, labels: torch.Tensor | None, teacher: torch.Tensor | None, config: FinetuneConfig) -> torch.Tensor:
-    terms = []
-    if teacher is not None:
-        temperature = config.temperature
-        distill = (
-            F.kl_div(F.log_softmax(logits / temperature, 1), F.softmax(teacher / temperature, 1), reduction="batchmean") * temperature**2
-        )
-        terms.append((config.distill_weight if labels is not None else 1.0, distill))
-    if labels is not None:
-        cross_entropy = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
-        terms.append((1.0 - config.distill_weight if teacher is not None else 1.0, cross_entropy))
-    return sum(weight * term for weight, term in terms)  # type: ignore[return-value]
-
-
-class _EarlyStop(Exception):
-    """No validation improvement for ``patience`` validations."""
-
-
-def _teacher_top1(teacher: GraphRunner | None, val: Dataset) -> np.ndarray | None:
-    """The teacher's predictions, the validation targets when the data has no labels."""
-    if teacher is None or val.y is not None:
-        return None
-    with torch.no_grad():
-        return teacher(torch.from_numpy(val.x)).reshape(len(val), -1).argmax(1).numpy()
-
-
-def _optimizer(config: FinetuneConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+def _task(config: FinetuneConfig, data: Dataset) -> str:
+    if config.task != "auto":
+        if config.task == "regression" and data.has_classes or config.task == "classification" and data.has_targets:
+            raise InputError(f"the labels of {data.source} do not suit --task {config.task}", "integers for classes, floats for regression")
+        return config.task
+    return "regression" if data.has_targets else "classification"
 
 
 def learning_rate(config: FinetuneConfig, spent: float) -> float:
@@ -130,37 +129,224 @@ def learning_rate(config: FinetuneConfig, spent: float) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _optimizer(config: FinetuneConfig, params: dict[str, nn.Parameter]) -> torch.optim.Optimizer:
+    weights = [p for name, p in params.items() if not name.startswith(SCALE_PREFIX)]
+    scales = [p for name, p in params.items() if name.startswith(SCALE_PREFIX)]
+    groups: list[dict[str, Any]] = [{"params": weights, "weight_decay": config.weight_decay, "relative_lr": 1.0}]
+    if scales:
+        groups.append({"params": scales, "weight_decay": 0.0, "relative_lr": config.scale_lr})
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
 class _Best:
     """The best weights seen on the validation split, and when."""
 
-    def __init__(self, metric: tuple[float, float], params: dict[str, torch.nn.Parameter]) -> None:
+    def __init__(self, metric: tuple[float, float], params: dict[str, nn.Parameter]) -> None:
         self.metric, self.step = metric, 0
         self.weights = {name: p.detach().clone() for name, p in params.items()}
 
-    def offer(self, metric: tuple[float, float], params: dict[str, torch.nn.Parameter], step: int) -> None:
+    def offer(self, metric: tuple[float, float], params: dict[str, nn.Parameter], step: int) -> None:
         if metric > self.metric:
             self.metric, self.step = metric, step
             self.weights = {name: p.detach().clone() for name, p in params.items()}
 
 
-def _train_step(
-    runner: GraphRunner,
-    teacher: GraphRunner | None,
-    params: dict[str, torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    labels: torch.Tensor | None,
-    config: FinetuneConfig,
-) -> float:
-    logits = runner(x).reshape(len(x), -1)
-    with torch.no_grad():
-        soft = teacher(x).reshape(len(x), -1) if teacher is not None else None
-    loss = _loss(logits, labels, soft, config)
-    optimizer.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params.values(), 5.0)
-    optimizer.step()
-    return float(loss.item())
+class _EarlyStop(Exception):
+    """No validation improvement for ``patience`` validations."""
+
+
+class _Interrupt:
+    """Ctrl-C sets a flag that the loop reads between steps (a second Ctrl-C interrupts at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class _Run:
+    """One fine-tune: its state is everything a checkpoint holds."""
+
+    def __init__(self, graph: Graph, train: Dataset, val: Dataset, config: FinetuneConfig, teacher: Graph | None) -> None:
+        self.graph, self.train, self.val, self.config = graph, train, val, config
+        self.task = _task(config, train)
+        self.world = World.current()
+        self.runner: FloatRunner | QatRunner = QatRunner(graph) if config.qat else FloatRunner(graph)
+        self.params = self.runner.parameters_by_name()
+        self.model = self.world.wrap(self.runner)
+        self.teacher = GraphRunner(teacher) if teacher is not None else None
+        self.layers = weighted_layers(graph)
+        self.plan: MemoryPlan | None = (
+            plan(graph, config.memory, config.batch_size, config.qat, teacher is not None) if config.memory is not None else None
+        )
+        self.batch_size = self.plan.batch_size if self.plan else config.batch_size
+        self.frozen_inputs = self.plan.frozen_inputs if self.plan else 0
+        self.optimizer = _optimizer(config, self.params)
+        self.steps_per_epoch = max(1, math.ceil(len(train) / (self.batch_size * self.world.size)))
+        kind, amount = config.budget.kind, int(config.budget.amount)
+        self.total_steps = {"steps": amount, "epochs": amount * self.steps_per_epoch}.get(kind)
+        self.order_generator = torch.Generator().manual_seed(config.seed)
+        self.augment_generator = torch.Generator().manual_seed(config.seed + 1 + self.world.rank)
+        self.x_all = torch.from_numpy(train.x)
+        self.y_all = None if train.y is None else torch.from_numpy(train.y)
+        self.reference = self._validation_reference()
+        self.order: torch.Tensor | None = None
+        self.position = self.step = 0
+        self.seconds_before = 0.0  # spent before a resume
+        self.started = time.perf_counter()
+        self.losses: list[float] = []
+        self.start_metric = self.validate()
+        self.best = _Best(self.start_metric, self.params)
+
+    # -- budget ---------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def spent(self) -> float:
+        """Share of the budget used, 0..1 (every process agrees under torchrun)."""
+        if self.total_steps is not None:
+            return self.step / self.total_steps
+        return self.world.agree_max(self.elapsed() / self.config.budget.amount)
+
+    def remaining(self) -> str:
+        if self.total_steps is not None:
+            return f"{self.total_steps - self.step} steps left"
+        return f"{max(0.0, self.config.budget.amount - self.elapsed()):.0f}s left"
+
+    # -- data -----------------------------------------------------------------------------
+    def _validation_reference(self) -> torch.Tensor:
+        """Validation labels, else the teacher's outputs (its top-1 for classification)."""
+        if self.val.y is not None:
+            return torch.from_numpy(self.val.y)
+        assert self.teacher is not None
+        with torch.no_grad():
+            out = self.teacher(torch.from_numpy(self.val.x)).reshape(len(self.val), -1)
+        return out if self.task == "regression" else out.argmax(1)
+
+    def next_batch(self) -> torch.Tensor:
+        """This process's share of the next global batch, in a seeded order, epoch after epoch."""
+        size = self.batch_size * self.world.size
+        if self.order is None or self.position >= len(self.order):
+            self.order, self.position = torch.randperm(len(self.x_all), generator=self.order_generator), 0
+        index = self.order[self.position : self.position + size]
+        self.position += size
+        return index[self.world.rank :: self.world.size]
+
+    def targets(self, index: torch.Tensor, partner: torch.Tensor | None, lam: torch.Tensor | None) -> torch.Tensor | None:
+        if self.y_all is None:
+            return None
+        y = self.y_all[index]
+        if partner is None or lam is None:
+            return y
+        if self.task == "regression":
+            weight = lam.reshape(-1, *[1] * (y.ndim - 1))
+            return weight * y + (1 - weight) * y[partner]
+        classes = self.runner.graph.tensors[self.graph.outputs[0]].shape[-1]
+        one_hot = F.one_hot(y, classes).float()
+        return lam[:, None] * one_hot + (1 - lam[:, None]) * one_hot[partner]
+
+    # -- steps ----------------------------------------------------------------------------
+    def set_trainable(self, spent: float) -> None:
+        count = self.config.strategy.trainable_layers(len(self.layers), spent, self.frozen_inputs)
+        live = {name for _, layer in self.layers[len(self.layers) - count :] for name in layer}
+        for name, param in self.params.items():
+            tensor = name[len(SCALE_PREFIX) :] if name.startswith(SCALE_PREFIX) else name
+            param.requires_grad_(tensor in live or tensor not in self.runner.trainable)
+
+    def train_step(self) -> None:
+        spent = self.spent()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, spent) * group["relative_lr"]
+        self.set_trainable(spent)
+        index = self.next_batch()
+        x = self.config.augment(self.x_all[index], self.augment_generator)
+        partner = lam = None
+        if self.config.augment.mixup:
+            partner, lam = mixup_pairs(len(x), self.config.augment.mixup, self.augment_generator)
+            x = lam.reshape(-1, *[1] * (x.ndim - 1)) * x + (1 - lam.reshape(-1, *[1] * (x.ndim - 1))) * x[partner]
+        out = self.model(x).reshape(len(x), -1)
+        with torch.no_grad():
+            soft = self.teacher(x).reshape(len(x), -1) if self.teacher is not None else None
+        config = self.config
+        loss = mixed_loss(
+            out, self.targets(index, partner, lam), soft, self.task, config.distill_weight, config.temperature, config.label_smoothing
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for param in self.params.values():
+            if not param.requires_grad:
+                param.grad = None  # frozen for now (DDP may have filled in zeros)
+        torch.nn.utils.clip_grad_norm_([p for p in self.params.values() if p.grad is not None], config.clip)
+        self.optimizer.step()
+        self.losses.append(float(loss.item()))
+        self.step += 1
+
+    def validate(self) -> tuple[float, float]:
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(self.val), 256):
+                batch = torch.from_numpy(self.val.x[start : start + 256])
+                chunks.append(self.runner(batch).reshape(len(batch), -1))
+        return validation_score(torch.cat(chunks), self.reference, self.task)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True, default=str).encode())
+        for name, param in self.params.items():
+            digest.update(f"{name}{tuple(param.shape)}".encode())
+        digest.update(np.ascontiguousarray(self.train.x).tobytes())
+        digest.update(str(self.world.size).encode())
+        return digest.hexdigest()
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint(),
+            "step": self.step,
+            "order": self.order if self.order is not None else torch.empty(0, dtype=torch.int64),
+            "position": self.position,
+            "order_generator": self.order_generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
+            "params": {name: p.detach().clone() for name, p in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "best_metric": list(self.best.metric),
+            "best_step": self.best.step,
+            "best_weights": self.best.weights,
+            "start_metric": list(self.start_metric),
+            "losses": self.losses[-50:],
+            "seconds": self.elapsed(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.step, self.position = int(state["step"]), int(state["position"])
+        self.order = state["order"] if len(state["order"]) else None
+        self.order_generator.set_state(state["order_generator"])
+        self.augment_generator.set_state(state["augment_generator"])
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                self.params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best.metric, self.best.step = tuple(state["best_metric"]), int(state["best_step"])  # type: ignore[assignment]
+        self.best.weights = dict(state["best_weights"])
+        self.start_metric = tuple(state["start_metric"])  # type: ignore[assignment]
+        self.losses = list(state["losses"])
+        self.seconds_before, self.started = float(state["seconds"]), time.perf_counter()
 
 
 def finetune(
@@ -170,79 +356,105 @@ def finetune(
     teacher: Graph | None = None,
     val: Dataset | None = None,
     progress: Progress = silent,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train ``graph``'s conv and linear weights in place within ``config.budget``; keep the best."""
+    """Train ``graph`` in place within ``config.budget`` and keep the best model on validation.
+
+    With ``checkpoint``, the state is saved there every ``config.checkpoint_every`` seconds
+    and on Ctrl-C; ``resume`` continues from it. The checkpoint is removed when the run ends
+    by itself. Ctrl-C ends the run early with the best model so far.
+    """
     if train.y is None and teacher is None:
         raise InputError(f"{train.source} has no labels and there is no model to distil from", "give labelled --train data")
     if val is None:
         train, val = _split(train, config.val_share, config.seed)
     torch.manual_seed(config.seed)
-    runner = GraphRunner(graph)
-    params = _trainable(graph, runner)
-    teacher_runner = GraphRunner(teacher) if teacher is not None else None
-    teacher_top1 = _teacher_top1(teacher_runner, val)
-    optimizer = _optimizer(config, list(params.values()))
-    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
-    total_steps = {"steps": int(config.budget.amount), "epochs": int(config.budget.amount) * steps_per_epoch}.get(config.budget.kind)
-    generator = torch.Generator().manual_seed(config.seed)
-    x_all, y_all = torch.from_numpy(train.x), None if train.y is None else torch.from_numpy(train.y)
+    with PeakRss() as memory:
+        run = _Run(graph, train, val, config, teacher)
+        resumed_from = None
+        if resume and checkpoint is not None:
+            run.restore(checkpoints.load(checkpoint, run.fingerprint()))
+            resumed_from = run.step
+        outcome = _loop(run, progress, checkpoint)
+        run.best.offer(run.validate(), run.params, run.step)
+        widened = run.runner.commit(run.best.weights)
+    if checkpoint is not None and outcome != "interrupted" and run.world.rank == 0:
+        checkpoint.unlink(missing_ok=True)
+    return _report(run, outcome, resumed_from, widened, memory)
 
-    start_metric = _metric(runner, val, teacher_top1)
-    best = _Best(start_metric, params)
-    step, started, interrupted, stopped_early = 0, time.perf_counter(), False, False
-    losses: list[float] = []
 
-    def spent() -> float:
-        """Share of the budget used, 0..1."""
-        if total_steps is not None:
-            return step / total_steps
-        return (time.perf_counter() - started) / config.budget.amount
-
-    try:
-        while spent() < 1.0:
-            order = torch.randperm(len(x_all), generator=generator)
-            for begin in range(0, len(order), config.batch_size):
-                if spent() >= 1.0:
-                    break
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(config, spent())
-                index = order[begin : begin + config.batch_size]
-                labels = None if y_all is None else y_all[index]
-                losses.append(_train_step(runner, teacher_runner, params, optimizer, x_all[index], labels, config))
-                step += 1
-                if step % config.eval_every == 0:
-                    best.offer(_metric(runner, val, teacher_top1), params, step)
-                    if config.patience and step - best.step >= config.patience * config.eval_every:
+def _loop(run: _Run, progress: Progress, checkpoint: Path | None) -> str:
+    """Train until the budget is spent; returns how the run ended."""
+    detail = getattr(progress, "detail", None)
+    saved = time.perf_counter()
+    with _Interrupt() as interrupt:
+        try:
+            while run.spent() < 1.0:
+                run.train_step()
+                if run.step % run.config.eval_every == 0:
+                    run.best.offer(run.validate(), run.params, run.step)
+                    if run.config.patience and run.step - run.best.step >= run.config.patience * run.config.eval_every:
                         raise _EarlyStop
-                progress(min(int(100 * spent()), 100), 100, "fine-tune")
-    except KeyboardInterrupt:
-        interrupted = True
-    except _EarlyStop:
-        stopped_early = True
-    best.offer(_metric(runner, val, teacher_top1), params, step)
-    for name, value in best.weights.items():
-        graph.tensors[name].data = value.numpy().astype(np.float32)
-    if interrupted or total_steps is not None and step < total_steps:
-        progress(100, 100, "fine-tune")
-    return {
+                if detail is not None:
+                    detail(f"{run.remaining()}, loss {np.mean(run.losses[-10:]):.3f}, best {_metric_text(run)}")
+                progress(min(int(100 * run.spent()), 100), 100, "fine-tune")
+                if run.world.agree_any(interrupt.requested):
+                    raise KeyboardInterrupt
+                if checkpoint is not None and time.perf_counter() - saved >= run.config.checkpoint_every:
+                    run.world.on_first(lambda: checkpoints.save(checkpoint, run.state()))
+                    saved = time.perf_counter()
+        except KeyboardInterrupt:
+            if checkpoint is not None and interrupt.requested:
+                run.world.on_first(lambda: checkpoints.save(checkpoint, run.state()))
+            progress(100, 100, "fine-tune")
+            return "interrupted"
+        except _EarlyStop:
+            progress(100, 100, "fine-tune")
+            return "stopped early"
+    return "budget spent"
+
+
+def _metric_text(run: _Run) -> str:
+    value = run.best.metric[0]
+    return f"validation MSE {-value:.4g}" if run.task == "regression" else f"validation {100 * value:.1f}%"
+
+
+def _report(run: _Run, outcome: str, resumed_from: int | None, widened: int, memory: PeakRss) -> dict[str, Any]:
+    config, val = run.config, run.val
+    metric = "mse" if run.task == "regression" else "accuracy" if val.y is not None else "top-1 agreement with the unpruned model"
+    sign = -1.0 if run.task == "regression" else 1.0
+    report: dict[str, Any] = {
         "config": config.to_dict(),
-        "steps": step,
-        "epochs": round(step / steps_per_epoch, 2),
-        "seconds": round(time.perf_counter() - started, 3),
-        "validation": {
-            "data": val.source,
-            "samples": len(val),
-            "metric": "accuracy" if val.y is not None else "top-1 agreement with the unpruned model",
+        "task": run.task,
+        "steps": run.step,
+        "epochs": round(run.step / run.steps_per_epoch, 2),
+        "seconds": round(run.elapsed(), 3),
+        "batch_size": run.batch_size,
+        "validation": {"data": val.source, "samples": len(val), "metric": metric},
+        "metric_before": sign * run.start_metric[0],
+        "metric_best": sign * run.best.metric[0],
+        "validation_loss_best": -run.best.metric[1] if run.task != "regression" else sign * run.best.metric[0],
+        "best_step": run.best.step,
+        "final_loss": float(np.mean(run.losses[-10:])) if run.losses else None,
+        "outcome": outcome,
+        "interrupted": outcome == "interrupted",
+        "stopped_early": outcome == "stopped early",
+        "resumed_from_step": resumed_from,
+        "memory": {
+            "budget_bytes": config.memory,
+            "peak_rss_delta_bytes": memory.delta,
+            "plan": run.plan.to_dict() if run.plan else None,
         },
-        "metric_before": start_metric[0],
-        "metric_best": best.metric[0],
-        "validation_loss_best": -best.metric[1],
-        "best_step": best.step,
-        "final_loss": float(np.mean(losses[-10:])) if losses else None,
-        "interrupted": interrupted,
-        "stopped_early": stopped_early,
-        "deterministic": config.budget.deterministic and not interrupted,
+        "world_size": run.world.size,
+        "deterministic": config.budget.deterministic and outcome != "interrupted",
         "note": "step and epoch budgets repeat exactly with the same seed"
         if config.budget.deterministic
         else "a wall-clock budget is not repeatable: the step count depends on machine load",
     }
+    if config.qat:
+        report["qat"] = {
+            "learned_scales": len(run.runner.log_scales) if isinstance(run.runner, QatRunner) else 0,
+            "weight_scales_widened_for_bias": widened,
+        }
+    return report

@@ -177,10 +177,14 @@ class GraphRunner(nn.Module):
         for name in self.graph.inputs:
             values[name] = self._finish(name, x, observe)
         for node in self.graph.nodes:
-            args = [values[name] if name in values else self.constants[name] for name in node.inputs if name]
+            args = [values[name] if name in values else self.constant(name) for name in node.inputs if name]
             out = KERNELS[node.op](node, args)
             values[node.outputs[0]] = self._finish(node.outputs[0], out, observe)
         return values[self.graph.outputs[0]]
+
+    def constant(self, name: str) -> torch.Tensor:
+        """A constant operand as the kernels see it (quantization-aware training overrides this)."""
+        return self.constants[name]
 
     def _finish(self, name: str, value: torch.Tensor, observe: Observer | None) -> torch.Tensor:
         if self.quantized:

@@ -1,0 +1,77 @@
+"""``edgetune finetune``: recover a compressed model (model.edgetune) with quantization-aware training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgetune.cli.finetune_options import finetune_config, finetune_options
+from edgetune.cli.output import common_options, emit, pct, table
+from edgetune.progress import StderrProgress
+
+
+@click.command("finetune")
+@click.argument("compressed", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--teacher", metavar="MODEL", help="The uncompressed model to distil from (as for compress).")
+@click.option("--teacher-weights", metavar="FILE", help="State dict for a callable --teacher.")
+@click.option("--eval", "eval_data", metavar="DATA", help="Evaluation data (labels give accuracy).")
+@click.option("--recipe", metavar="NAME|FILE", help="Preprocessing recipe for an image folder.")
+@click.option("--target", default="host", show_default=True, help="Hardware target profile.")
+@click.option("--formats", default="onnx,tflite", show_default=True, help="Artifacts to write: onnx, tflite or both.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@finetune_options(budget_required=True)
+@common_options
+def command(
+    compressed: Path,
+    out_dir: Path,
+    teacher: str | None,
+    teacher_weights: str | None,
+    eval_data: str | None,
+    recipe: str | None,
+    target: str,
+    formats: str,
+    quiet: bool,
+    as_json: bool,
+    debug: bool,
+    **tuning: Any,
+) -> None:
+    """Fine-tune COMPRESSED (the model.edgetune that compress wrote) quantization-aware, within a
+    budget, and write OUT/model.onnx, OUT/model.tflite, OUT/model.edgetune and OUT/report.json."""
+    from edgetune.errors import InputError
+    from edgetune.export.config import ExportConfig, parse_formats
+    from edgetune.pipeline import finetune_compressed
+
+    if not tuning["train_data"]:
+        raise InputError("finetune needs training data", "pass --train DATA (e.g. digits:train)")
+    result = finetune_compressed(
+        compressed,
+        tuning["train_data"],
+        out_dir,
+        finetune_config(tuning),
+        teacher=teacher,
+        teacher_weights=teacher_weights,
+        eval_data=eval_data,
+        target=target,
+        export=ExportConfig(parse_formats(formats)),
+        recipe=recipe,
+        resume=tuning["resume"],
+        progress=StderrProgress(enabled=not quiet),
+    )
+    if result.paths:  # under torchrun, the other processes stay silent
+        emit(result.report, as_json, _human)
+
+
+def _human(report: dict[str, Any]) -> str:
+    from edgetune.cli.compress import finetune_rows
+
+    ev = report["evaluation"]
+    rows = [("model", report["model"]["source"]), ("evaluated on", f"{ev['samples']} samples of {ev['data']}")]
+    if "int8_accuracy" in ev:
+        rows.append(
+            ("accuracy", f"int8 {pct(ev['int8_accuracy'])}" + (f", TFLite {pct(ev['tflite']['accuracy'])}" if "tflite" in ev else ""))
+        )
+    rows += finetune_rows(report)
+    return table(rows) + "\nwrote " + ", ".join(report["artifacts"])

@@ -1,0 +1,146 @@
+"""The fine-tune options shared by ``compress --finetune`` and ``finetune``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+KEYS = (
+    "finetune_budget",
+    "finetune_optimizer",
+    "finetune_lr",
+    "label_smoothing",
+    "patience",
+    "qat",
+    "strategy",
+    "finetune_memory",
+    "augment",
+    "task",
+    "batch_size",
+    "distill_weight",
+    "temperature",
+    "seed",
+    "checkpoint_every",
+)
+
+_OPTIONS: list[Callable[[F], F]] = [
+    click.option("--qat", is_flag=True, help="Quantization-aware training: train through the int8 quantizer and learn its scales (LSQ)."),
+    click.option(
+        "--finetune-strategy",
+        "strategy",
+        default="full",
+        show_default=True,
+        metavar="full|head|last:K|gradual",
+        help="Which layers train: all, the head, the last K, or gradually unfrozen from the output.",
+    ),
+    click.option("--finetune-memory", metavar="SIZE", help="Training-memory budget (512MB): sets batch size and frozen layers."),
+    click.option(
+        "--augment",
+        metavar="LIST",
+        help="Augmentations: shift:2,crop:2,flip,noise:0.05,cutout:0.25,time_shift:0.1,mixup:0.2, module:callable.",
+    ),
+    click.option(
+        "--task",
+        type=click.Choice(["auto", "classification", "regression"]),
+        default="auto",
+        show_default=True,
+        help="Loss: cross-entropy for classes, MSE for regression targets.",
+    ),
+    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Fine-tune batch size (per process)."),
+    click.option(
+        "--distill-weight",
+        type=click.FloatRange(0, 1),
+        default=0.5,
+        show_default=True,
+        help="Share of the distillation loss when there are labels too.",
+    ),
+    click.option(
+        "--temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True, help="Distillation temperature."
+    ),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fine-tune (order, split, augmentation)."),
+    click.option(
+        "--checkpoint-every",
+        type=click.FloatRange(min=0, min_open=True),
+        default=60.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Save OUT/finetune.ckpt this often (and on Ctrl-C).",
+    ),
+    click.option("--resume", is_flag=True, help="Continue an interrupted fine-tune from OUT/finetune.ckpt."),
+    click.option(
+        "--early-stop",
+        "patience",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Stop after this many validations without improvement (0: never).",
+    ),
+    click.option(
+        "--label-smoothing",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=0.0,
+        show_default=True,
+        help="Label smoothing of the cross-entropy.",
+    ),
+    click.option(
+        "--finetune-lr",
+        type=click.FloatRange(min=0, min_open=True),
+        default=3e-3,
+        show_default=True,
+        help="Peak learning rate (warm-up, then cosine).",
+    ),
+    click.option(
+        "--finetune-optimizer",
+        type=click.Choice(["adamw", "adam", "sgd"]),
+        default="adamw",
+        show_default=True,
+        help="Optimizer.",
+    ),
+    click.option("--train", "train_data", metavar="DATA", help="Training data (a validation split is carved off)."),
+]
+
+
+def finetune_options(budget_required: bool) -> Callable[[F], F]:
+    """Decorate a command with the fine-tune options; the budget is optional on ``compress``."""
+
+    def add(fn: F) -> F:
+        for option in _OPTIONS:
+            fn = option(fn)
+        return click.option(
+            "--finetune",
+            "finetune_budget",
+            metavar="BUDGET",
+            required=budget_required,
+            help="Fine-tune budget: 90s, 5m, 500steps or 3epochs.",
+        )(fn)
+
+    return add
+
+
+def finetune_config(options: dict[str, Any]) -> Any:
+    """The FinetuneConfig the options describe, or None without a budget."""
+    from edgetune.finetune import FinetuneConfig, parse_augment, parse_budget, parse_memory, parse_strategy
+
+    if not options["finetune_budget"]:
+        return None
+    return FinetuneConfig(
+        parse_budget(options["finetune_budget"]),
+        lr=options["finetune_lr"],
+        optimizer=options["finetune_optimizer"],
+        label_smoothing=options["label_smoothing"],
+        patience=options["patience"],
+        qat=options["qat"],
+        strategy=parse_strategy(options["strategy"]),
+        memory=parse_memory(options["finetune_memory"]) if options["finetune_memory"] else None,
+        augment=parse_augment(options["augment"]),
+        task=options["task"],
+        batch_size=options["batch_size"],
+        distill_weight=options["distill_weight"],
+        temperature=options["temperature"],
+        seed=options["seed"],
+        checkpoint_every=options["checkpoint_every"],
+    )
