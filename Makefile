@@ -47,6 +47,8 @@ demo: $(STAMP)
 	$(BIN)/edgetune bench out/demo/model.onnx --runs 200
 	$(BIN)/edgetune bench out/demo/model.tflite --runs 200
 	$(BIN)/edgetune bench out/demo/model.fp32.onnx --runs 200
+	$(BIN)/edgetune compress edgetune.zoo:digits_cnn --calib digits --eval digits:test -o out/demo-pruned \
+		--prune channel:0.5 --finetune 20s --train digits:train --qat
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgetune tests bench

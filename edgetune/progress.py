@@ -15,6 +15,7 @@ class StderrProgress:
         self.tty = sys.stderr.isatty()
         self.label = ""
         self.started = 0.0
+        self.extra = ""
 
     def __call__(self, done: int, total: int, label: str) -> None:
         if not self.enabled:
@@ -27,14 +28,20 @@ class StderrProgress:
             width = 24
             filled = int(width * done / max(total, 1))
             bar = "#" * filled + "." * (width - filled)
-            print(f"\r{label:<24} [{bar}] {done}/{total}", end="", file=sys.stderr, flush=True)
+            extra = f"  {self.extra}" if self.extra else ""
+            print(f"\r{label:<24} [{bar}] {done}/{total}{extra}\033[K", end="", file=sys.stderr, flush=True)
         if done >= total:
             elapsed = time.perf_counter() - self.started
+            extra = f" ({self.extra})" if self.extra else ""
             if self.tty:
                 print(f" {elapsed:.1f}s", file=sys.stderr, flush=True)
             else:
-                print(f"{label}: done in {elapsed:.1f}s", file=sys.stderr, flush=True)
-            self.label = ""
+                print(f"{label}: done in {elapsed:.1f}s{extra}", file=sys.stderr, flush=True)
+            self.label, self.extra = "", ""
+
+    def detail(self, text: str) -> None:
+        """Text shown after the bar of the running stage (remaining budget, loss, metric)."""
+        self.extra = text
 
     def note(self, message: str) -> None:
         if self.enabled:

@@ -212,22 +212,28 @@ def test_gradual_unfreezing_opens_layers_from_the_output() -> None:
     assert report["metric_best"] > report["metric_before"] + 0.3
 
 
-def test_memory_planner_shrinks_the_batch_then_freezes_layers() -> None:
+def test_memory_planner_shrinks_the_batch_then_checkpoints_then_freezes_layers() -> None:
     from edgetune.finetune.memory import estimate, plan
 
-    graph, _ = _pruned_digits()
-    assert plan(graph, 2**40, 32, qat=False, teacher=True).batch_size == 32
-    at_eight = estimate(graph, 8, 0, qat=False, teacher=True)
-    assert (plan(graph, at_eight, 32, qat=False, teacher=True).batch_size, plan(graph, at_eight, 32, False, True).frozen_inputs) == (8, 0)
-    tight = plan(graph, estimate(graph, 8, 2, qat=False, teacher=True), 32, qat=False, teacher=True)
-    assert (tight.batch_size, tight.frozen_inputs) == (8, 2)
+    graph = capture(zoo.mobilenet_v2(), (3, 96, 96))  # activations dominate its training memory
+
+    def chosen(budget: int) -> tuple[int, int, bool]:
+        made = plan(graph, budget, 32, qat=False, teacher=True)
+        assert made.estimate <= budget
+        return made.batch_size, made.frozen_inputs, made.checkpointing
+
+    assert chosen(2**40) == (32, 0, False)
+    assert chosen(estimate(graph, 16, 0, False, True)) == (16, 0, False)
+    assert chosen(estimate(graph, 8, 0, False, True, checkpointing=True)) == (8, 0, True)
+    assert chosen(estimate(graph, 8, 3, False, True, checkpointing=True)) == (8, 3, True)
+    assert estimate(graph, 8, 0, True, True) > estimate(graph, 8, 0, False, True), "QAT needs more"
 
 
 def test_memory_budget_freezes_input_layers_and_reports_the_peak() -> None:
     from edgetune.finetune.memory import estimate
 
     graph, teacher = _pruned_digits()
-    budget = estimate(graph, 8, 1, qat=False, teacher=True)
+    budget = estimate(graph, 8, 1, False, True, checkpointing=True)
     before = _layer_weights(graph)
     report = finetune(graph, load_dataset("digits", "train"), FinetuneConfig(parse_budget("50steps"), memory=budget), teacher=teacher)
     assert report["batch_size"] == 8 and report["memory"]["plan"]["frozen_input_layers"] == 1
@@ -295,3 +301,68 @@ def test_compress_with_qat_reports_accuracy_before_and_after(tmp_path: Path, cap
     assert recovery["accuracy_after_compression"] < 0.5 < 0.8 < recovery["accuracy_after_recovery"]
     assert recovery["accuracy_after_recovery"] == report["evaluation"]["int8_accuracy"]
     assert "finetune (QAT)" in report["timings_s"] and not (tmp_path / "finetune.ckpt").exists()
+
+
+def test_two_processes_under_torchrun_match_one_process_with_their_combined_batch(tmp_path: Path) -> None:
+    """DistributedDataParallel on gloo: 2 processes x batch 16 average their gradients like 1 x batch 32."""
+    import subprocess
+    import sys
+
+    common = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test", "--prune", "channel:0.5"]
+    common += ["--finetune", "150steps", "--train", "digits:train", "--formats", "onnx", "--json", "--quiet"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "-m", "edgetune.cli.main"]
+    both = subprocess.run(
+        [*launcher, *common, "--batch-size", "16", "-o", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=300
+    )
+    assert both.returncode == 0, both.stderr[-2000:]
+    distributed = json.loads(both.stdout)  # one document: only the first process prints
+    assert "Traceback" not in both.stderr
+    alone = subprocess.run(
+        [sys.executable, "-m", "edgetune.cli.main", *common, "--batch-size", "32", "-o", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    single = json.loads(alone.stdout)
+    assert distributed["finetune"]["world_size"] == 2 and single["finetune"]["world_size"] == 1
+    assert distributed["finetune"]["metric_best"] > distributed["finetune"]["metric_before"] + 0.3
+    assert abs(distributed["finetune"]["metric_best"] - single["finetune"]["metric_best"]) <= 0.03
+    assert (tmp_path / "ddp" / "model.onnx").is_file()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    import torch
+
+    from edgetune.finetune.train import FloatRunner
+
+    graph, _ = _pruned_digits()
+    runner = FloatRunner(graph)
+    x = torch.from_numpy(load_dataset("digits", "train").x[:16])
+    grads = []
+    for segments in (0, 3):
+        runner.checkpoint_segments = segments
+        for p in runner.trainable.values():
+            p.grad = None
+        runner(x).square().sum().backward()
+        grads.append(torch.cat([p.grad.ravel() for p in runner.trainable.values()]))
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_ctrl_c_during_the_fine_tune_exports_the_best_model_so_far(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "edgetune.cli.main", "compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test"]
+    argv += ["--prune", "channel:0.5", "--finetune", "10m", "--train", "digits:train", "--formats", "onnx", "-o", str(tmp_path), "--json"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:  # without a terminal, each stage announces itself on a line
+        if line.startswith("fine-tune"):
+            break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    report = json.loads(out)
+    assert report["finetune"]["outcome"] == "interrupted" and report["finetune"]["seconds"] < 120
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "finetune.ckpt").is_file(), "exported, and resumable"

@@ -34,16 +34,15 @@ class World:
             dist.init_process_group("gloo")
         return cls(dist.get_rank(), dist.get_world_size())
 
-    def wrap(self, runner: nn.Module) -> nn.Module:
-        """``runner`` itself, or wrapped in DistributedDataParallel over its trainable parameters."""
+    def wrap(self, runner: nn.Module, partial: bool) -> nn.Module:
+        """``runner`` itself, or wrapped in DistributedDataParallel over its trainable parameters.
+        ``partial``: some layers are frozen for a while, so DDP must look for unused parameters."""
         if self.size == 1:
             return runner
         params = runner.parameters_by_name()  # type: ignore[operator]
         for i, name in enumerate(sorted(params)):
             runner.register_parameter(f"trained_{i}", params[name])
-        # Layers may be frozen for a while (partial or gradual strategies): DDP must look for
-        # parameters without gradients in each step.
-        return nn.parallel.DistributedDataParallel(runner, find_unused_parameters=True)
+        return nn.parallel.DistributedDataParallel(runner, find_unused_parameters=partial)
 
     def agree_max(self, value: float) -> float:
         if self.size == 1:

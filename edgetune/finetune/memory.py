@@ -1,10 +1,12 @@
 """Training memory: the process's resident set sampled during the stage, and a planner that
-fits the fine-tune into a budget by choosing the batch size and freezing input-side layers.
+fits the fine-tune into a budget by choosing the batch size, gradient checkpointing and
+freezing input-side layers.
 
 The budget counts what the stage adds: peak RSS during the stage minus RSS just before it.
 The planner's estimate is deliberately simple (parameters with their gradient, optimizer
-state and best copy; per-sample activations kept for the backward pass); the sampled peak is
-what the report states, and the benchmark checks it against the budget.
+state and best copy; per-sample activations kept for the backward pass), with factors
+measured on MobileNetV2 at 96x96 on an x86 host (bench/recover.py prints both); the sampled
+peak is what the report states, and the benchmark checks it against the budget.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from typing import Any
 from edgetune.ir.graph import Graph
 
 FLOAT = 4
-# Bytes kept per trainable parameter: value, gradient, two Adam moments, the best copy.
-PER_PARAMETER = 5 * FLOAT
-# Autograd keeps about this many copies of each activation downstream of a trainable layer
-# (the output, the activation mask, the incoming gradient); QAT adds fake-quant masks.
-ACTIVATION_COPIES = {False: 4, True: 6}
+# Bytes per trainable parameter: value, gradient, two Adam moments, the best copy (two while
+# a new best replaces it), and the optimizer's temporaries.
+PER_PARAMETER = 8 * FLOAT
+# Per sample, training holds about this many float copies of each activation downstream of a
+# trainable layer (saved outputs, masks, gradients in flight); QAT adds fake-quant masks.
+ACTIVATION_COPIES = {False: 2.0, True: 4.0}
+# Gradient checkpointing in about sqrt(nodes) segments keeps this share of that.
+CHECKPOINTED = {False: 0.8, True: 0.6}
 # Allocator slack and the interpreter's own transient buffers.
 OVERHEAD = 24 * 2**20
 MIN_BATCH = 8  # below this the planner freezes layers first
@@ -72,10 +77,20 @@ class PeakRss:
 class MemoryPlan:
     batch_size: int
     frozen_inputs: int  # input-side layers kept frozen to fit
+    checkpointing: bool  # gradient checkpointing
     estimate: int  # bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "frozen_input_layers": self.frozen_inputs, "estimate_bytes": self.estimate}
+        return {
+            "batch_size": self.batch_size,
+            "frozen_input_layers": self.frozen_inputs,
+            "gradient_checkpointing": self.checkpointing,
+            "estimate_bytes": self.estimate,
+        }
+
+
+def checkpoint_segments(graph: Graph) -> int:
+    return max(2, round(math.sqrt(len(graph.nodes))))
 
 
 def _per_sample(graph: Graph, after: int) -> int:
@@ -89,31 +104,37 @@ def _per_sample(graph: Graph, after: int) -> int:
     return elements
 
 
-def estimate(graph: Graph, batch: int, frozen_inputs: int, qat: bool, teacher: bool) -> int:
+def estimate(graph: Graph, batch: int, frozen_inputs: int, qat: bool, teacher: bool, checkpointing: bool = False) -> int:
     layers = [node for node in graph.nodes if node.op in ("conv2d", "linear")]
     trainable = sum(graph.const(name).size for node in layers[frozen_inputs:] for name in node.inputs[1:] if name)
-    activations = _per_sample(graph, frozen_inputs) * ACTIVATION_COPIES[qat] * FLOAT * batch
-    if teacher:  # the teacher's forward pass keeps nothing, but its widest output lives a while
-        activations += max(math.prod(graph.tensors[n.outputs[0]].shape[1:]) for n in graph.nodes) * FLOAT * batch * 2
-    return trainable * PER_PARAMETER + activations + OVERHEAD
+    copies = ACTIVATION_COPIES[qat] * (CHECKPOINTED[qat] if checkpointing else 1.0)
+    activations = int(_per_sample(graph, frozen_inputs) * copies * FLOAT * batch)
+    # Forward passes without gradients (the teacher's, validation in chunks of 2 x batch) keep
+    # only a few activations alive at once: the widest, its input and a temporary.
+    widest = max(math.prod(graph.tensors[n.outputs[0]].shape[1:]) for n in graph.nodes) * FLOAT
+    inference = widest * 3 * 2 * batch
+    if teacher:
+        inference += widest * 3 * batch
+    return trainable * PER_PARAMETER + max(activations, inference) + OVERHEAD
 
 
 def plan(graph: Graph, budget: int, batch_size: int, qat: bool, teacher: bool) -> MemoryPlan:
-    """The largest batch (halving from ``batch_size``) and fewest frozen layers that fit ``budget``.
+    """The largest batch, then the fewest frozen layers, that fit ``budget``.
 
-    Batches shrink to MIN_BATCH first, then input-side layers freeze one by one, then the
-    batch shrinks to 1; if nothing fits, the smallest configuration is returned and the
-    report shows its estimate above the budget.
+    Each batch size from ``batch_size`` down to MIN_BATCH (halving) is tried without, then with
+    gradient checkpointing; then input-side layers freeze one by one; then the batch shrinks
+    to 1. If nothing fits, the smallest configuration is returned and the report shows its
+    estimate above the budget.
     """
     layers = sum(1 for node in graph.nodes if node.op in ("conv2d", "linear"))
     batches = [b for b in (batch_size >> i for i in range(16)) if b >= 1]
-    candidates = [(b, 0) for b in batches if b >= MIN_BATCH]
     small = min(MIN_BATCH, batch_size)
-    candidates += [(small, frozen) for frozen in range(1, layers)]
-    candidates += [(b, layers - 1) for b in batches if b < small]
-    for batch, frozen in candidates:
-        needed = estimate(graph, batch, frozen, qat, teacher)
+    candidates = [(b, 0, ckpt) for b in batches if b >= small for ckpt in (False, True)]
+    candidates += [(small, frozen, True) for frozen in range(1, layers)]
+    candidates += [(b, max(0, layers - 1), True) for b in batches if b < small]
+    for batch, frozen, ckpt in candidates:
+        needed = estimate(graph, batch, frozen, qat, teacher, ckpt)
         if needed <= budget:
-            return MemoryPlan(batch, frozen, needed)
-    batch, frozen = candidates[-1] if candidates else (1, max(0, layers - 1))
-    return MemoryPlan(batch, frozen, estimate(graph, batch, frozen, qat, teacher))
+            return MemoryPlan(batch, frozen, ckpt, needed)
+    batch, frozen, ckpt = candidates[-1]
+    return MemoryPlan(batch, frozen, ckpt, estimate(graph, batch, frozen, qat, teacher, ckpt))

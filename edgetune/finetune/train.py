@@ -31,7 +31,7 @@ from edgetune.finetune.augment import Augmentation, mixup_pairs
 from edgetune.finetune.budget import Budget
 from edgetune.finetune.distributed import World
 from edgetune.finetune.losses import TASKS, mixed_loss, validation_score
-from edgetune.finetune.memory import MemoryPlan, PeakRss, plan
+from edgetune.finetune.memory import MemoryPlan, PeakRss, checkpoint_segments, plan
 from edgetune.finetune.qat import SCALE_PREFIX, QatRunner
 from edgetune.finetune.strategy import Strategy, weighted_layers
 from edgetune.ir.graph import Graph
@@ -142,6 +142,13 @@ def _optimizer(config: FinetuneConfig, params: dict[str, nn.Parameter]) -> torch
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+def _forward(runner: GraphRunner, x: np.ndarray, chunk: int) -> torch.Tensor:
+    """Outputs (N x features) without gradients, ``chunk`` samples at a time (the memory
+    planner counts a chunk of twice the training batch)."""
+    with torch.no_grad():
+        return torch.cat([runner(torch.from_numpy(x[i : i + chunk])).reshape(len(x[i : i + chunk]), -1) for i in range(0, len(x), chunk)])
+
+
 class _Best:
     """The best weights seen on the validation split, and when."""
 
@@ -190,7 +197,6 @@ class _Run:
         self.world = World.current()
         self.runner: FloatRunner | QatRunner = QatRunner(graph) if config.qat else FloatRunner(graph)
         self.params = self.runner.parameters_by_name()
-        self.model = self.world.wrap(self.runner)
         self.teacher = GraphRunner(teacher) if teacher is not None else None
         self.layers = weighted_layers(graph)
         self.plan: MemoryPlan | None = (
@@ -198,6 +204,9 @@ class _Run:
         )
         self.batch_size = self.plan.batch_size if self.plan else config.batch_size
         self.frozen_inputs = self.plan.frozen_inputs if self.plan else 0
+        if self.plan is not None and self.plan.checkpointing:
+            self.runner.checkpoint_segments = checkpoint_segments(graph)
+        self.model = self.world.wrap(self.runner, partial=config.strategy.kind != "full" or self.frozen_inputs > 0)
         self.optimizer = _optimizer(config, self.params)
         self.steps_per_epoch = max(1, math.ceil(len(train) / (self.batch_size * self.world.size)))
         kind, amount = config.budget.kind, int(config.budget.amount)
@@ -236,8 +245,7 @@ class _Run:
         if self.val.y is not None:
             return torch.from_numpy(self.val.y)
         assert self.teacher is not None
-        with torch.no_grad():
-            out = self.teacher(torch.from_numpy(self.val.x)).reshape(len(self.val), -1)
+        out = _forward(self.teacher, self.val.x, 2 * self.batch_size)
         return out if self.task == "regression" else out.argmax(1)
 
     def next_batch(self) -> torch.Tensor:
@@ -299,16 +307,12 @@ class _Run:
         self.step += 1
 
     def validate(self) -> tuple[float, float]:
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, len(self.val), 256):
-                batch = torch.from_numpy(self.val.x[start : start + 256])
-                chunks.append(self.runner(batch).reshape(len(batch), -1))
-        return validation_score(torch.cat(chunks), self.reference, self.task)
+        return validation_score(_forward(self.runner, self.val.x, 2 * self.batch_size), self.reference, self.task)
 
     # -- checkpoints ----------------------------------------------------------------------
     def fingerprint(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True, default=str).encode())
+        settings = {k: v for k, v in self.config.to_dict().items() if k != "checkpoint_every"}  # may change on resume
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
         for name, param in self.params.items():
             digest.update(f"{name}{tuple(param.shape)}".encode())
         digest.update(np.ascontiguousarray(self.train.x).tobytes())

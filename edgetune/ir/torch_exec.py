@@ -172,14 +172,47 @@ class GraphRunner(nn.Module):
                 value = quantize_bias(value, tensor.quant) if tensor.quant.dtype == "int32" else fake_quant(value, tensor.quant)
             self.constants[name] = value
 
+    # Gradient checkpointing: with N > 0 segments, training keeps only the activations at
+    # segment boundaries and recomputes the rest during the backward pass.
+    checkpoint_segments = 0
+
     def forward(self, x: torch.Tensor, observe: Observer | None = None) -> torch.Tensor:
         values: dict[str, torch.Tensor] = {}
         for name in self.graph.inputs:
             values[name] = self._finish(name, x, observe)
+        if self.checkpoint_segments and torch.is_grad_enabled() and observe is None:
+            return self._forward_checkpointed(values)
         for node in self.graph.nodes:
-            args = [values[name] if name in values else self.constant(name) for name in node.inputs if name]
-            out = KERNELS[node.op](node, args)
-            values[node.outputs[0]] = self._finish(node.outputs[0], out, observe)
+            self._run_node(node, values, observe)
+        return values[self.graph.outputs[0]]
+
+    def _run_node(self, node: Node, values: dict[str, torch.Tensor], observe: Observer | None) -> None:
+        args = [values[name] if name in values else self.constant(name) for name in node.inputs if name]
+        out = KERNELS[node.op](node, args)
+        values[node.outputs[0]] = self._finish(node.outputs[0], out, observe)
+
+    def _forward_checkpointed(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        nodes = self.graph.nodes
+        size = max(1, -(-len(nodes) // self.checkpoint_segments))
+        segments = [nodes[i : i + size] for i in range(0, len(nodes), size)]
+        for index, segment in enumerate(segments):
+            later = {name for node in (n for s in segments[index + 1 :] for n in s) for name in node.inputs} | set(self.graph.outputs)
+            wanted = [name for name in values if name in later or any(name in node.inputs for node in segment)]
+            produced = [node.outputs[0] for node in segment]
+            keep = [name for name in [*wanted, *produced] if name in later]
+
+            def run(
+                *tensors: torch.Tensor, segment: list[Node] = segment, wanted: list[str] = wanted, keep: list[str] = keep
+            ) -> tuple[torch.Tensor, ...]:
+                local = dict(zip(wanted, tensors))
+                for node in segment:
+                    self._run_node(node, local, None)
+                return tuple(local[name] for name in keep)
+
+            outputs = checkpoint(run, *[values[name] for name in wanted], use_reentrant=False)
+            values = dict(zip(keep, outputs))
         return values[self.graph.outputs[0]]
 
     def constant(self, name: str) -> torch.Tensor:
