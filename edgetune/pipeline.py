@@ -129,6 +129,8 @@ def compress(
     train_set = train_data if isinstance(train_data, Dataset) or train_data is None else load_dataset(train_data, "train", recipe)
     if finetune is not None and train_set is None:
         raise InputError("--finetune needs training data", "pass --train DATA (e.g. digits:train)")
+    if resume and finetune is None:
+        raise InputError("--resume continues a fine-tune, but there is no --finetune budget", "repeat the interrupted command with --resume")
     explicit = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     shape = resolve_input_shape(loaded, explicit, calib_set)
     if eval_set is not None and eval_set.sample_shape != shape:
@@ -152,7 +154,7 @@ def compress(
         recover = None
         if finetune is not None and prune_steps > 1:
             assert train_set is not None
-            step_config = finetune
+            step_config = replace(finetune, qat=False)  # between pruning steps the graph is not yet calibrated
 
             def recover(pruned: Graph, step: int) -> None:
                 run_finetune(pruned, train_set, step_config, teacher=teacher, progress=progress)

@@ -366,3 +366,12 @@ def test_ctrl_c_during_the_fine_tune_exports_the_best_model_so_far(tmp_path: Pat
     report = json.loads(out)
     assert report["finetune"]["outcome"] == "interrupted" and report["finetune"]["seconds"] < 120
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "finetune.ckpt").is_file(), "exported, and resumable"
+
+
+def test_qat_with_a_step_budget_gives_byte_identical_artifacts(tmp_path: Path) -> None:
+    argv = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--prune", "channel:0.5", "--prune-steps", "2", "--quiet"]
+    argv += ["--finetune", "60steps", "--train", "digits:train", "--qat", "--augment", "shift:1,mixup:0.2"]
+    for name in ("a", "b"):
+        assert run([*argv, "-o", str(tmp_path / name)]) == 0
+    for artifact in ("model.onnx", "model.tflite", "model.edgetune"):
+        assert (tmp_path / "a" / artifact).read_bytes() == (tmp_path / "b" / artifact).read_bytes(), artifact
