@@ -22,7 +22,7 @@ PEER_PKGS   := "tensorflow==2.21.0" "tf-keras==2.21.0" "onnx2tf==1.28.8" onnxsim
 TP_VENV  ?= .venv-tp
 TP_STAMP := $(TP_VENV)/.installed
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test test-tools demo lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,17 @@ $(PI_STAMP):
 
 install: $(STAMP)
 
-test: $(STAMP) $(PI_STAMP)
+# Debian's OpenSSH server (a real sshd on loopback serves the remote-bench tests) and the adb
+# client (its no-device paths are tested), installed when missing and when apt-get may run.
+test-tools:
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v adb >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y -q openssh-server adb >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q openssh-server adb >/dev/null; }; \
+	  else echo "note: install openssh-server and adb to run the remote-bench tests"; fi; \
+	fi
+
+test: $(STAMP) $(PI_STAMP) test-tools
 	EDGETUNE_TFLITE214=$(CURDIR)/$(PI_VENV)/bin/python $(BIN)/python -m pytest -q
 
 demo: $(STAMP)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ from edgetune.evaluate.runtime import OnnxRunner
 from edgetune.evaluate.tflite_runtime import TfliteRunner
 from edgetune.inspect_artifact import inspect_path
 from edgetune.pipeline import CompressResult, compress
-from edgetune.progress import Progress, silent
 
 __all__ = ["CompressResult", "benchmark", "compress", "evaluate", "inspect_artifact"]
 
@@ -83,35 +81,33 @@ def benchmark(
     artifact: str | Path,
     *,
     target: str = "host",
+    devices: tuple[str, ...] = (),
     threads: int | None = None,
     runs: int = 100,
     warmup: int = 10,
-    progress: Progress = silent,
-) -> dict[str, Any]:
-    """Latency percentiles and memory of ``artifact`` on this host."""
-    from edgetune.profile import bench_artifact
-    from edgetune.targets import load_target
+    min_seconds: float = 0.0,
+    op_profile: bool = False,
+    timeout_s: float = 600.0,
+    ssh_config: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Latency and memory of ``artifact``: measured on this host, measured on each of
+    ``devices`` (``ssh://user@host[:port]``, ``adb:SERIAL``), or estimated for a non-host
+    ``target`` without devices. One document per device."""
+    from edgetune.profile import BenchRequest, bench
 
-    profile = load_target(target)
-    path = Path(artifact)
-    if not path.is_file():
-        raise InputError(f"artifact {path} does not exist", "check the path")
-    if path.suffix not in (".onnx", ".tflite"):
-        raise InputError(
-            f"bench runs .onnx and .tflite artifacts, not {path.suffix or 'files without suffix'}", "pass model.onnx or model.tflite"
-        )
-    count = threads or profile.resolved_threads()
-    result = bench_artifact(path, count, runs=runs, warmup=warmup, progress=progress)
-    doc = {
-        "schema": "edgetune.bench",
-        "version": 1,
-        "target": profile.name,
-        "measured_on": f"this host ({platform.machine()})",
-        **result.to_dict(),
-    }
-    if profile.name != "host":
-        doc["note"] = f"measured on this host with the {profile.name} profile's thread count, not on a {profile.name}"
-    return doc
+    request = BenchRequest(
+        Path(artifact),
+        target,
+        tuple(devices),
+        threads,
+        runs,
+        warmup,
+        min_seconds,
+        op_profile,
+        timeout_s,
+        ssh_config=Path(ssh_config) if ssh_config else None,
+    )
+    return bench(request)
 
 
 def inspect_artifact(artifact: str | Path) -> dict[str, Any]:

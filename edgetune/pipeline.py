@@ -127,17 +127,10 @@ def compress(
     calib_set = calib if isinstance(calib, Dataset) else load_dataset(calib, "calibration", recipe)
     eval_set = eval_data if isinstance(eval_data, Dataset) or eval_data is None else load_dataset(eval_data, "test", recipe)
     train_set = train_data if isinstance(train_data, Dataset) or train_data is None else load_dataset(train_data, "train", recipe)
-    if finetune is not None and train_set is None:
-        raise InputError("--finetune needs training data", "pass --train DATA (e.g. digits:train)")
-    if resume and finetune is None:
-        raise InputError("--resume continues a fine-tune, but there is no --finetune budget", "repeat the interrupted command with --resume")
+    _check_recovery_inputs(finetune, train_set, resume)
     explicit = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     shape = resolve_input_shape(loaded, explicit, calib_set)
-    if eval_set is not None and eval_set.sample_shape != shape:
-        raise InputError(
-            f"samples of {eval_set.source} have shape {'x'.join(map(str, eval_set.sample_shape))} but the model takes {'x'.join(map(str, shape))}",
-            "give evaluation data preprocessed like the calibration data",
-        )
+    _check_shapes(shape, eval_set, train_set if finetune is not None else None)
     timer.lap("load")
 
     graph = capture_model(loaded, shape)
@@ -167,11 +160,6 @@ def compress(
     checkpoint = Path(out_dir) / CHECKPOINT if finetune is not None else None
     if finetune is not None:
         assert train_set is not None
-        if train_set.sample_shape != shape:
-            raise InputError(
-                f"training samples of {train_set.source} have shape {'x'.join(map(str, train_set.sample_shape))}",
-                "give training data shaped like the calibration data",
-            )
         if eval_set is not None and eval_set.has_classes:
             baseline = copy.deepcopy(graph)  # the compressed model without recovery, for the report
         if not finetune.qat:
@@ -222,6 +210,24 @@ def compress(
     written = {name: blob for name, blob in artifacts.items() if name in names}
     paths = write_files(out, {**written, "report.json": json_bytes(report)})
     return CompressResult(report, paths, graph)
+
+
+def _check_shapes(shape: tuple[int, ...], eval_set: Dataset | None, train_set: Dataset | None) -> None:
+    for data, role in ((eval_set, "evaluation"), (train_set, "training")):
+        if data is not None and data.sample_shape != shape:
+            raise InputError(
+                f"{role} samples of {data.source} have shape {'x'.join(map(str, data.sample_shape))} but the model takes {'x'.join(map(str, shape))}",
+                f"give {role} data preprocessed like the calibration data",
+            )
+
+
+def _check_recovery_inputs(finetune: FinetuneConfig | None, train_set: Dataset | None, resume: bool) -> None:
+    if finetune is not None and train_set is None:
+        raise InputError("--finetune needs training data", "pass --train DATA (e.g. digits:train)")
+    if resume and finetune is None:
+        raise InputError(
+            "--resume continues a fine-tune, but there is no --finetune budget", "repeat the interrupted command with --resume"
+        )
 
 
 def export_compressed(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,6 +20,25 @@ def digits_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("digits")
     compress("edgetune.zoo:digits_cnn", "digits", out, eval_data="digits:test")
     return out
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits CNN compressed once through the CLI, without evaluation data (bench tests)."""
+    from edgetune.cli.main import run
+
+    out = tmp_path_factory.mktemp("artifacts")
+    assert run(["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "-o", str(out), "--quiet"]) == 0
+    return out
+
+
+def bench_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    """``edgetune bench ARGV --json --quiet``: exit code, the document (on success), stderr."""
+    from edgetune.cli.main import run
+
+    code = run(["bench", *argv, "--json", "--quiet"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if code == 0 else {}, captured.err.strip()
 
 
 @pytest.fixture

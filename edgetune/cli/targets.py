@@ -34,6 +34,43 @@ def show(name: str, as_json: bool, debug: bool) -> None:
     emit(load_target(name).to_dict(), as_json, _human_show)
 
 
+@group.command("calibrate")
+@click.argument("name", type=click.Choice(["host"]))
+@click.option(
+    "--check",
+    default="digits_cnn,resnet8,ds_cnn,mobilenet_v2,efficientnet_lite0",
+    show_default=True,
+    help="Zoo models to measure and estimate, for the estimator's error bar ('' for none).",
+)
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@common_options
+def calibrate(name: str, check: str, quiet: bool, as_json: bool, debug: bool) -> None:
+    """Measure this host's peak figures (micro-benchmarks) and check the latency estimator
+    against measured zoo models; writes the host profile to the user's targets folder."""
+    from edgetune.profile.calibrate import calibrate_host
+    from edgetune.progress import StderrProgress
+
+    models = tuple(m.strip() for m in check.split(",") if m.strip())
+    path, result = calibrate_host(models, StderrProgress(not quiet))
+    emit({"written": str(path), **result}, as_json, _human_calibration)
+
+
+def _human_calibration(doc: dict[str, Any]) -> str:
+    rows = [(f"peak.{key}", str(value)) for key, value in doc["peak"].items()]
+    for model, artifacts in doc["models"].items():
+        for artifact, row in artifacts.items():
+            rows.append(
+                (
+                    f"{model}/{artifact}",
+                    f"measured {row['measured_ms']:.3f} ms, estimated {row['estimated_ms']:.3f} ms ({row['ratio']:.2f}x)",
+                )
+            )
+    check = doc["estimator_check"]
+    if check:
+        rows.append(("error bar", f"estimates are {check['min_ratio']:.2f}x-{check['max_ratio']:.2f}x of measured latency"))
+    return table(rows) + f"\nwrote {doc['written']}"
+
+
 def _human_list(doc: dict[str, Any]) -> str:
     rows = [
         (t["name"], t["class"], str(t["cores"] or "auto"), f"{t['peak']['int8_gmacs']:g}", t["runtime"], t["description"])

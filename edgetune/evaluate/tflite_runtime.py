@@ -148,29 +148,10 @@ class TfliteRunner:
         self.interpreter.invoke()
 
     def delegation(self) -> dict[str, Any]:
-        """Which ops the default delegate (XNNPACK) took.
+        """Which ops the default delegate (XNNPACK) took (see ``edgetune.profile.agent.delegation``)."""
+        from edgetune.profile.agent import delegation
 
-        After allocate_tensors, each delegated partition is an extra DELEGATE node whose
-        outputs are the partition's outputs and whose inputs are its inputs; the original
-        nodes stay listed. An original node belongs to a partition when it is reached by
-        walking back from the partition's outputs without crossing its inputs.
-        """
-        ops = self.interpreter._get_ops_details()
-        original = [op for op in ops if op["op_name"] != "DELEGATE"]
-        producer = {int(t): op["index"] for op in original for t in op["outputs"]}
-        delegated: set[int] = set()
-        for partition in (op for op in ops if op["op_name"] == "DELEGATE"):
-            boundary = {int(t) for t in partition["inputs"]}
-            frontier = [int(t) for t in partition["outputs"]]
-            while frontier:
-                tensor = frontier.pop()
-                index = producer.get(tensor)
-                if tensor in boundary or index is None or index in delegated:
-                    continue
-                delegated.add(index)
-                frontier.extend(int(t) for t in ops[index]["inputs"])
-        kept = sorted(op["op_name"] for op in original if op["index"] not in delegated)
-        return {"ops": len(original), "delegated": len(delegated), "partitions": len(ops) - len(original), "not_delegated": kept}
+        return delegation(self.interpreter)
 
 
 SMOKE = """

@@ -1,5 +1,6 @@
-"""Profile: latency and memory of an artifact, measured on this host."""
+"""Profile: latency and memory per hardware target, measured on this host or on a board
+(SSH, adb), or estimated from the target profile and labelled so; MCU memory plans."""
 
-from edgetune.profile.host import BenchResult, bench_artifact
+from edgetune.profile.bench import BenchRequest, bench
 
-__all__ = ["BenchResult", "bench_artifact"]
+__all__ = ["BenchRequest", "bench"]

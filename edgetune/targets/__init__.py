@@ -1,6 +1,8 @@
 """Hardware target profiles: ``targets/<name>.toml`` files, read by a small loader.
 
-Adding a board is adding a file.
+Adding a board is adding a file. Profiles in the user's folder (``$EDGETUNE_HOME/targets``,
+default ``~/.config/edgetune/targets``) take precedence over the bundled ones of the same
+name: ``edgetune targets calibrate host`` writes the measured host profile there.
 """
 
 from __future__ import annotations
@@ -18,12 +20,31 @@ CLASSES = ("cpu", "mcu")
 ACTIVATIONS = ("int8", "uint8", "auto")
 
 
+# Without a measured figure, depthwise convolutions are taken to reach this share of the dense
+# peak: one multiply per loaded weight leaves vector units waiting on memory and shuffles.
+DEPTHWISE_SHARE = 0.25
+DEFAULT_OP_OVERHEAD_US = {"cpu": 5.0, "mcu": 20.0}
+
+
 @dataclass(frozen=True)
 class Peak:
     int8_gmacs: float
     fp32_gmacs: float
     bandwidth_gbs: float
     source: str
+    depthwise_int8_gmacs: float = 0.0  # 0: DEPTHWISE_SHARE of the dense peak
+    depthwise_fp32_gmacs: float = 0.0
+    op_overhead_us: float = 0.0  # 0: the class default
+    run_overhead_us: float = 0.0  # once per inference (the runtime's call, input and output binding)
+    threads: int = 0  # the thread count the figures hold for (0: all cores)
+
+    def rate(self, kind: str, int8: bool) -> float:
+        """MACs per second for a ``dense`` or ``depthwise`` op."""
+        dense = self.int8_gmacs if int8 else self.fp32_gmacs
+        if kind == "depthwise":
+            measured = self.depthwise_int8_gmacs if int8 else self.depthwise_fp32_gmacs
+            return (measured or dense * DEPTHWISE_SHARE) * 1e9
+        return dense * 1e9
 
 
 @dataclass(frozen=True)
@@ -44,6 +65,7 @@ class Target:
     peak: Peak
     budgets: dict[str, float] = field(default_factory=dict)
     path: str = ""
+    estimator_check: dict[str, Any] = field(default_factory=dict)  # estimate/measured ratios on this host
 
     def __post_init__(self) -> None:
         if self.device_class not in CLASSES:
@@ -76,8 +98,16 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def user_dir() -> Path:
+    home = os.environ.get("EDGETUNE_HOME")
+    return (Path(home) if home else Path.home() / ".config" / "edgetune") / "targets"
+
+
 def target_files() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(bundled_dir("targets").glob("*.toml"))}
+    files = {p.stem: p for p in sorted(bundled_dir("targets").glob("*.toml"))}
+    if user_dir().is_dir():
+        files.update({p.stem: p for p in sorted(user_dir().glob("*.toml"))})
+    return files
 
 
 def load_target(name_or_path: str) -> Target:
@@ -104,9 +134,15 @@ def load_target(name_or_path: str) -> Target:
                 float(peak.get("fp32_gmacs", 0.0)),
                 float(peak.get("bandwidth_gbs", 0.0)),
                 str(peak.get("source", "")),
+                float(peak.get("depthwise_int8_gmacs", 0.0)),
+                float(peak.get("depthwise_fp32_gmacs", 0.0)),
+                float(peak.get("op_overhead_us", 0.0)) or DEFAULT_OP_OVERHEAD_US.get(str(raw["class"]), 5.0),
+                float(peak.get("run_overhead_us", 0.0)),
+                int(peak.get("threads", 0)),
             ),
             budgets={str(k): float(v) for k, v in raw.get("budgets", {}).items()},
             path=str(path),
+            estimator_check=dict(raw.get("estimator_check", {})),
         )
     except KeyError as exc:
         raise InputError(f"target file {path} lacks the field {exc.args[0]}", "add it (see targets/host.toml)") from None

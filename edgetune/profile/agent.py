@@ -1,0 +1,261 @@
+"""edgetune's bench agent: time one .onnx or .tflite model and print one JSON document.
+
+This file runs as a script in a child process on this host, or is copied to a board over
+SSH and run there, so it is self-contained on purpose: it needs only the Python standard
+library, numpy and the runtime (onnxruntime; ai-edge-litert or tflite-runtime). It must not
+import edgetune.
+
+    python3 agent.py MODEL [--threads N] [--runs N] [--min-seconds S] [--warmup N]
+                           [--affinity 0,1] [--op-profile]
+
+Exit codes: 0 measured; 3 the runtime is missing; 4 the runtime rejects the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+AGENT_VERSION = 1
+EXIT_NO_RUNTIME, EXIT_BAD_MODEL = 3, 4
+
+
+def _status_kib(field: str) -> int | None:
+    """VmRSS or VmHWM (the peak) of this process from /proc, in KiB (None off Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _fail(kind: str, message: str, code: int) -> None:
+    print(json.dumps({"agent": AGENT_VERSION, "error": {"kind": kind, "message": message}}))
+    sys.exit(code)
+
+
+class OnnxModel:
+    def __init__(self, path: str, threads: int) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            _fail("missing-runtime", "onnxruntime is not installed", EXIT_NO_RUNTIME)
+        self.ort = ort
+        self.runtime = f"onnxruntime {ort.__version__}"
+        self.path, self.threads = path, threads
+
+    def _session(self, profile: bool):  # type: ignore[no-untyped-def]
+        options = self.ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        if profile:
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
+        try:
+            return self.ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises several types for a bad model
+            _fail("bad-model", f"onnxruntime rejects the model: {str(exc).splitlines()[0]}", EXIT_BAD_MODEL)
+
+    def load(self) -> None:
+        self.session = self._session(profile=False)
+        self.input = self.session.get_inputs()[0]
+
+    def sample(self, np):  # type: ignore[no-untyped-def]
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in self.input.shape]
+        dtype = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}.get(self.input.type, np.float32)
+        return _random(np, shape, dtype)
+
+    def run(self, x) -> None:  # type: ignore[no-untyped-def]
+        self.session.run(None, {self.input.name: x})
+
+    def ops(self, x, runs: int) -> dict:  # type: ignore[no-untyped-def, type-arg]
+        """Kernel time per op type and per node, from ORT's profiler in a separate session
+        (profiling slows the runs it watches, so the timed runs go without it)."""
+        session = self._session(profile=True)
+        for _ in range(runs + 1):
+            session.run(None, {self.input.name: x})
+        with open(session.end_profiling()) as handle:
+            events = json.load(handle)
+        by_type: dict[str, float] = {}
+        by_node: dict[str, list] = {}  # type: ignore[type-arg]
+        for event in events:
+            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+                op = event.get("args", {}).get("op_name", "?")
+                node = event["name"][: -len("_kernel_time")]
+                by_type[op] = by_type.get(op, 0.0) + event.get("dur", 0) / 1e3
+                by_node.setdefault(node, [op, 0.0])[1] += event.get("dur", 0) / 1e3
+        # The first run pays for allocations: the profile divides by all runs, a slight over-count.
+        share = runs + 1
+        return {
+            "source": "onnxruntime profiler",
+            "runs": share,
+            "ms_by_op_type": {k: v / share for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])},
+            "ms_by_node": [{"node": n, "op": op, "ms": ms / share} for n, (op, ms) in sorted(by_node.items(), key=lambda kv: -kv[1][1])],
+        }
+
+    def delegation(self) -> None:
+        return None  # ONNX Runtime's CPU provider runs everything itself
+
+
+class TfliteModel:
+    def __init__(self, path: str, threads: int) -> None:
+        try:
+            import ai_edge_litert
+            from ai_edge_litert.interpreter import Interpreter
+
+            self.runtime = f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}"
+        except ImportError:
+            try:
+                import tflite_runtime
+                from tflite_runtime.interpreter import Interpreter
+
+                self.runtime = f"tflite-runtime {getattr(tflite_runtime, '__version__', '?')}"
+            except ImportError:
+                _fail("missing-runtime", "neither ai-edge-litert nor tflite-runtime is installed", EXIT_NO_RUNTIME)
+        self.interpreter_class = Interpreter
+        self.path, self.threads = path, threads
+
+    def load(self) -> None:
+        with open(self.path, "rb") as handle:
+            content = handle.read()  # from bytes, so that the flatbuffer verifier runs
+        try:
+            self.interpreter = self.interpreter_class(model_content=content, num_threads=self.threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            _fail("bad-model", f"the TFLite interpreter rejects the model: {str(exc).splitlines()[0]}", EXIT_BAD_MODEL)
+        self.input = self.interpreter.get_input_details()[0]
+
+    def sample(self, np):  # type: ignore[no-untyped-def]
+        return _random(np, [int(d) for d in self.input["shape"]], self.input["dtype"])
+
+    def run(self, x) -> None:  # type: ignore[no-untyped-def]
+        self.interpreter.set_tensor(self.input["index"], x)
+        self.interpreter.invoke()
+
+    def ops(self, x, runs: int) -> dict:  # type: ignore[no-untyped-def, type-arg]
+        return {"source": None, "note": "the TFLite Python interpreter exposes no per-op timing; TFLite's benchmark_model (adb) does"}
+
+    def delegation(self) -> dict:  # type: ignore[type-arg]
+        int8 = any(
+            d["dtype"].__name__ in ("int8", "uint8")
+            for d in self.interpreter.get_tensor_details()
+            if d["quantization_parameters"]["scales"].size
+        )
+        return {**delegation(self.interpreter), "int8": bool(int8)}
+
+
+def delegation(interpreter) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    """Which ops the default delegate (XNNPACK) took from a TFLite interpreter.
+
+    After allocate_tensors, each delegated partition is an extra DELEGATE node whose outputs
+    are the partition's outputs and whose inputs are its inputs; the original nodes stay
+    listed. An original node belongs to a partition when it is reached by walking back from
+    the partition's outputs without crossing its inputs. (edgetune's TfliteRunner uses this too.)
+    """
+    ops = interpreter._get_ops_details()
+    original = [op for op in ops if op["op_name"] != "DELEGATE"]
+    producer = {int(t): op["index"] for op in original for t in op["outputs"]}
+    delegated: set = set()  # type: ignore[type-arg]
+    for partition in (op for op in ops if op["op_name"] == "DELEGATE"):
+        boundary = {int(t) for t in partition["inputs"]}
+        frontier = [int(t) for t in partition["outputs"]]
+        while frontier:
+            tensor = frontier.pop()
+            index = producer.get(tensor)
+            if tensor in boundary or index is None or index in delegated:
+                continue
+            delegated.add(index)
+            frontier.extend(int(t) for t in ops[index]["inputs"])
+    kept = sorted(op["op_name"] for op in original if op["index"] not in delegated)
+    return {"ops": len(original), "delegated": len(delegated), "partitions": len(ops) - len(original), "not_delegated": kept}
+
+
+def _random(np, shape, dtype):  # type: ignore[no-untyped-def]
+    generator = np.random.default_rng(0)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return generator.integers(info.min, info.max + 1, size=shape, dtype=dtype)
+    return generator.standard_normal(shape).astype(dtype)
+
+
+def measure(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    if args.affinity:
+        os.sched_setaffinity(0, {int(c) for c in args.affinity.split(",")})
+    try:
+        import numpy as np
+    except ImportError:
+        _fail("missing-runtime", "numpy is not installed", EXIT_NO_RUNTIME)
+
+    kind = OnnxModel if args.model.endswith(".onnx") else TfliteModel
+    model = kind(args.model, args.threads)
+    rss_import, peak_import = _status_kib("VmRSS"), _status_kib("VmHWM")
+    start = time.perf_counter()
+    model.load()
+    load_ms = (time.perf_counter() - start) * 1e3
+    if args.load_only:
+        return {"agent": AGENT_VERSION, "runtime": model.runtime, "loaded": True}
+    x = model.sample(np)
+    start = time.perf_counter()
+    model.run(x)
+    first_ms = (time.perf_counter() - start) * 1e3
+    for _ in range(args.warmup):
+        model.run(x)
+    times: list = []  # type: ignore[type-arg]
+    began = time.perf_counter()
+    while len(times) < args.runs or time.perf_counter() - began < args.min_seconds:
+        start = time.perf_counter()
+        model.run(x)
+        times.append((time.perf_counter() - start) * 1e3)
+    peak_end = _status_kib("VmHWM")
+    return {
+        "agent": AGENT_VERSION,
+        "runtime": model.runtime,
+        "threads": args.threads,
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "machine": {
+            "system": platform.system(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+        "load_ms": load_ms,
+        "first_inference_ms": first_ms,
+        "warmup": args.warmup,
+        "times_ms": times,
+        "memory": {
+            "rss_after_import_kib": rss_import,
+            "peak_after_import_kib": peak_import,
+            "peak_end_kib": peak_end,
+            "rss_end_kib": _status_kib("VmRSS"),
+        },
+        "ops": model.ops(x, args.profile_runs) if args.op_profile else None,
+        "delegation": model.delegation(),
+        "input": {"shape": [int(d) for d in x.shape], "dtype": str(x.dtype)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="edgetune bench agent")
+    parser.add_argument("model")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--min-seconds", type=float, default=0.0)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--affinity", default="")
+    parser.add_argument("--op-profile", action="store_true")
+    parser.add_argument("--profile-runs", type=int, default=20)
+    parser.add_argument("--load-only", action="store_true", help="only load the model (the runtime's verifier runs)")
+    print(json.dumps(measure(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
