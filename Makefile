@@ -80,6 +80,7 @@ bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP)
 	$(BIN)/python bench/tflite_export.py
 	$(BIN)/python bench/prune.py
 	$(BIN)/python bench/recover.py
+	$(BIN)/python bench/profiler.py
 
 clean:
 	rm -rf out bench/results .pytest_cache .mypy_cache .ruff_cache
