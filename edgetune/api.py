@@ -88,6 +88,7 @@ def benchmark(
     min_seconds: float = 0.0,
     op_profile: bool = False,
     timeout_s: float = 600.0,
+    memory_cap_mb: float = 4096.0,
     ssh_config: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Latency and memory of ``artifact``: measured on this host, measured on each of
@@ -105,6 +106,7 @@ def benchmark(
         min_seconds,
         op_profile,
         timeout_s,
+        memory_cap_mb,
         ssh_config=Path(ssh_config) if ssh_config else None,
     )
     return bench(request)

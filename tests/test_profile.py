@@ -121,6 +121,11 @@ def test_a_run_past_its_time_cap_is_stopped(artifacts: Path, capsys: pytest.Capt
     assert code == 2 and "took longer than 2 s" in err
 
 
+def test_a_run_past_its_memory_cap_is_stopped(artifacts: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = bench_json(capsys, [str(artifacts / "model.onnx"), "--runs", "1", "--min-seconds", "30", "--memory-cap", "5"])
+    assert code == 2 and "used more than 5 MiB" in err and "\n" not in err
+
+
 def test_calibrated_host_gives_estimates_their_error_bar(
     artifacts: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]

@@ -30,6 +30,14 @@ from edgetune.cli.output import common_options, emit, table
 @click.option(
     "--timeout", "timeout_s", type=click.FloatRange(min=1), default=600.0, show_default=True, help="Seconds before a run is stopped."
 )
+@click.option(
+    "--memory-cap",
+    "memory_cap_mb",
+    type=click.FloatRange(min=1),
+    default=4096.0,
+    show_default=True,
+    help="MiB of RSS before a local run is stopped.",
+)
 @click.option("--ssh-config", type=click.Path(dir_okay=False, path_type=Path), help="An ssh config file instead of ~/.ssh/config.")
 @click.option(
     "--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), help="Write PNG plots (latency distribution, per-op time) here."
@@ -46,6 +54,7 @@ def command(
     warmup: int,
     op_profile: bool,
     timeout_s: float,
+    memory_cap_mb: float,
     ssh_config: Path | None,
     plot_dir: Path | None,
     quiet: bool,
@@ -66,6 +75,7 @@ def command(
         min_seconds=min_seconds,
         op_profile=op_profile,
         timeout_s=timeout_s,
+        memory_cap_mb=memory_cap_mb,
         ssh_config=ssh_config,
     )
     if plot_dir is not None:
