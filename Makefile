@@ -81,6 +81,7 @@ bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP)
 	$(BIN)/python bench/prune.py
 	$(BIN)/python bench/recover.py
 	$(BIN)/python bench/profiler.py
+	$(BIN)/python bench/gate_noise.py
 
 clean:
 	rm -rf out bench/results .pytest_cache .mypy_cache .ruff_cache

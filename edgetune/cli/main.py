@@ -11,7 +11,7 @@ import warnings
 import click
 
 from edgetune import __version__
-from edgetune.cli import bench, compress, evaluate, export, finetune, inspect, targets
+from edgetune.cli import bench, compress, evaluate, export, finetune, gate, inspect, targets
 from edgetune.errors import EdgetuneError
 
 EXIT_USAGE = 2
@@ -25,7 +25,16 @@ def cli() -> None:
     ONNX export, evaluation and on-device-class benchmarks."""
 
 
-for command in (compress.command, finetune.command, export.command, evaluate.command, bench.command, inspect.command, targets.group):
+for command in (
+    compress.command,
+    finetune.command,
+    export.command,
+    gate.command,
+    evaluate.command,
+    bench.command,
+    inspect.command,
+    targets.group,
+):
     cli.add_command(command)
 
 
@@ -48,7 +57,9 @@ def run(argv: list[str]) -> int:
     else:
         _quiet_libraries()
     try:
-        cli.main(args=argv, prog_name="edgetune", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="edgetune", standalone_mode=False)
+        if isinstance(code, int) and code:  # click returns the code of an Exit when not standalone
+            return code
     except EdgetuneError as exc:
         if debug:
             traceback.print_exc()

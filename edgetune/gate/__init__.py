@@ -1,0 +1,54 @@
+"""Gate: a CI step that fails a release which breaks a budget or regresses against a baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgetune.artifacts import json_bytes, write_files
+from edgetune.gate.config import GateConfig, load_config
+from edgetune.gate.run import Check, baseline_document, evaluate_gate, measure, read_json, run_recipe
+from edgetune.progress import Progress, silent
+
+__all__ = ["Check", "GateConfig", "gate", "load_config"]
+
+
+def gate(
+    config: GateConfig,
+    *,
+    report: str | Path | None = None,
+    measurements: str | Path | None = None,
+    baseline: str | Path | None = None,
+    update_baseline: bool = False,
+    progress: Progress = silent,
+) -> tuple[dict[str, Any], list[Check]]:
+    """Decide: the gate document (``passed``, checks, measurements) and the checks.
+
+    ``report``: an existing compress report.json (its folder holds the artifacts) instead of
+    running the recipe; ``measurements``: recorded measurements (a gate document or a
+    baseline) instead of measuring; ``baseline``: a baseline to compare with, written anew
+    from this run with ``update_baseline``.
+    """
+    folder = Path(report).parent if report is not None else run_recipe(config)
+    report_doc = read_json(Path(report) if report is not None else folder / "report.json", "report")
+    measured = read_json(Path(measurements), "measurements")["measurements"] if measurements else measure(config, folder, progress)
+    base = None
+    if baseline is not None and not update_baseline:
+        base = read_json(Path(baseline), "baseline")
+    checks = evaluate_gate(config, report_doc, folder, measured, base)
+    document: dict[str, Any] = {
+        "schema": "edgetune.gate",
+        "version": 1,
+        "config": config.source,
+        "passed": all(c.passed for c in checks),
+        "failed": [f"{c.target}: {c.label}" for c in checks if not c.passed],
+        "checks": [c.to_dict() for c in checks],
+        "measurements": measured,
+        "baseline": str(baseline) if baseline is not None else None,
+        "notes": list(config.notes),
+    }
+    if baseline is not None and update_baseline:
+        path = Path(baseline)
+        write_files(path.parent, {path.name: json_bytes(baseline_document(report_doc, measured))})
+        document["baseline_written"] = str(path)
+    return document, checks

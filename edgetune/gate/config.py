@@ -1,0 +1,145 @@
+"""The gate's configuration: ``edgetune.toml``, or ``[tool.edgetune]`` in ``pyproject.toml``.
+
+    [recipe]                      # the compress command's options, by their long names
+    model = "edgetune.zoo:digits_cnn"
+    calib = "digits"
+    eval = "digits:test"
+    out = "out/gate"
+    prune = "channel:0.5"
+
+    [gate]
+    artifacts = ["model.onnx", "model.tflite"]
+    repetitions = 9               # latency repetitions per build, each at least
+    repetition_seconds = 1.0      # this long
+    alpha = 0.002                 # Mann-Whitney U level for a latency regression
+    min_slowdown = 0.05           # and its size: max(this, 3 x the measured CV)
+    max_accuracy_regression_pp = 0.5
+
+    [targets.host]                # budgets per target; a target with no device is estimated
+    min_accuracy = 0.95
+    max_accuracy_drop_pp = 1.0
+    max_latency_p50_ms = 5.0
+
+    [targets.raspberry-pi-5]
+    device = "ssh://pi@raspberrypi.local"
+    max_latency_p90_ms = 20.0
+
+Unknown keys are errors: a misspelt budget would otherwise never fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetune.errors import InputError
+from edgetune.resources import read_toml
+
+BUDGETS = {
+    "min_accuracy": "accuracy of the int8 ONNX model on the evaluation data (0..1)",
+    "max_accuracy_drop_pp": "fp32 minus int8 accuracy, in percentage points",
+    "min_sqnr_db": "SQNR of the int8 ONNX output against fp32",
+    "min_tflite_onnx_agreement": "top-1 agreement between the TFLite and ONNX int8 artifacts (0..1)",
+    "all_ops_delegated": "every TFLite op runs on XNNPACK",
+    "max_latency_p50_ms": "median latency",
+    "max_latency_p90_ms": "90th-percentile latency",
+    "max_peak_memory_mb": "peak RSS for loading and running the model (MiB)",
+    "max_artifact_kb": "artifact size (KiB)",
+    "max_arena_kb": "planned activation arena of the TFLite model (KiB)",
+    "max_flash_kb": "TFLite model size against flash (KiB)",
+}
+TARGET_KEYS = {"device", "threads", *BUDGETS}
+GATE_KEYS = {"artifacts", "repetitions", "repetition_seconds", "alpha", "min_slowdown", "max_accuracy_regression_pp"}
+
+
+@dataclass(frozen=True)
+class TargetBudgets:
+    name: str
+    budgets: dict[str, Any]
+    device: str | None = None
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    recipe: dict[str, Any]
+    targets: tuple[TargetBudgets, ...]
+    artifacts: tuple[str, ...] = ("model.onnx", "model.tflite")
+    repetitions: int = 9
+    repetition_seconds: float = 1.0
+    alpha: float = 0.002
+    min_slowdown: float = 0.05
+    max_accuracy_regression_pp: float = 0.5
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def find_config(explicit: str | Path | None) -> tuple[Path, dict[str, Any]]:
+    if explicit is not None:
+        path = Path(explicit)
+        raw = read_toml(path, "gate config")
+        return path, raw.get("tool", {}).get("edgetune", raw) if path.name == "pyproject.toml" else raw
+    for candidate in (Path("edgetune.toml"), Path("pyproject.toml")):
+        if candidate.is_file():
+            raw = read_toml(candidate, "gate config")
+            if candidate.name == "edgetune.toml":
+                return candidate, raw
+            if "edgetune" in raw.get("tool", {}):
+                return candidate, raw["tool"]["edgetune"]
+    raise InputError(
+        "no edgetune.toml and no [tool.edgetune] in pyproject.toml here", "write one (see edgetune gate --help) or pass --config"
+    )
+
+
+def _unknown(keys: set[str], allowed: set[str], where: str) -> None:
+    extra = sorted(keys - allowed)
+    if extra:
+        raise InputError(f"{where} has unknown keys: {', '.join(extra)}", f"use {', '.join(sorted(allowed))}")
+
+
+def _target(name: str, raw: Any, where: str) -> TargetBudgets:
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: [targets.{name}] is not a table", "give budgets as key = value lines")
+    _unknown(set(raw), TARGET_KEYS, f"{where} [targets.{name}]")
+    budgets = {k: v for k, v in raw.items() if k in BUDGETS}
+    for key, value in budgets.items():
+        if key == "all_ops_delegated":
+            if not isinstance(value, bool):
+                raise InputError(f"{where} [targets.{name}] all_ops_delegated must be true or false", "fix the value")
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise InputError(f"{where} [targets.{name}] {key} must be a non-negative number", "fix the value")
+    threads = raw.get("threads")
+    return TargetBudgets(name, budgets, raw.get("device"), int(threads) if threads else None)
+
+
+def load_config(explicit: str | Path | None = None) -> GateConfig:
+    path, raw = find_config(explicit)
+    where = str(path)
+    _unknown(set(raw), {"recipe", "gate", "targets"}, where)
+    gate = raw.get("gate", {})
+    _unknown(set(gate), GATE_KEYS, f"{where} [gate]")
+    targets = tuple(_target(name, body, where) for name, body in raw.get("targets", {}).items())
+    if not targets:
+        raise InputError(f"{where} sets no budgets", "add a [targets.host] table with at least one budget")
+    config = GateConfig(
+        recipe=dict(raw.get("recipe", {})),
+        targets=targets,
+        artifacts=tuple(gate.get("artifacts", ("model.onnx", "model.tflite"))),
+        repetitions=int(gate.get("repetitions", 9)),
+        repetition_seconds=float(gate.get("repetition_seconds", 1.0)),
+        alpha=float(gate.get("alpha", 0.002)),
+        min_slowdown=float(gate.get("min_slowdown", 0.05)),
+        max_accuracy_regression_pp=float(gate.get("max_accuracy_regression_pp", 0.5)),
+        source=where,
+    )
+    if config.repetitions < 3 or config.repetition_seconds <= 0:
+        raise InputError(f"{where} [gate] needs repetitions >= 3 and repetition_seconds > 0", "the defaults are 9 and 1.0")
+    if config.repetitions < 9 or config.repetition_seconds < 1.0:
+        config.notes.append(
+            f"{config.repetitions} repetitions of {config.repetition_seconds:g} s: below 9 x 1 s, latency regressions are hard to prove"
+        )
+    bad = [a for a in config.artifacts if a not in ("model.onnx", "model.tflite")]
+    if bad:
+        raise InputError(f"{where} [gate] artifacts {bad} are not benchmarkable", "use model.onnx and/or model.tflite")
+    return config

@@ -1,0 +1,218 @@
+"""The gate: run the recipe (or read its report), measure per target, check budgets and the
+baseline, and decide.
+
+Latency on a host or board is measured in ``repetitions`` separate runs of at least
+``repetition_seconds`` each: their medians feed the regression test, their pooled times the
+p50/p90 budgets. A target without a device gets estimates, and its checks say so.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetune.errors import InputError
+from edgetune.gate.config import BUDGETS, GateConfig, TargetBudgets
+from edgetune.gate.stats import latency_regression
+from edgetune.progress import Progress, silent
+
+BASELINE_SCHEMA = "edgetune.gate.baseline"
+
+
+@dataclass
+class Check:
+    target: str
+    name: str
+    artifact: str | None
+    value: Any
+    limit: Any
+    passed: bool
+    kind: str  # measured, estimated, report, planned or baseline
+    detail: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.artifact})" if self.artifact else self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_recipe(config: GateConfig) -> Path:
+    """``edgetune compress`` with the recipe's options; returns the folder with report.json."""
+    recipe = dict(config.recipe)
+    if "model" not in recipe or "calib" not in recipe:
+        raise InputError(f"{config.source} [recipe] needs model and calib", "or pass --report with an existing report.json")
+    out = Path(str(recipe.pop("out", "out/gate")))
+    argv = [sys.executable, "-m", "edgetune.cli.main", "compress", str(recipe.pop("model")), "-o", str(out), "--quiet", "--json"]
+    for key, value in recipe.items():
+        option = "--" + key.replace("_", "-")
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if item is True:
+                argv.append(option)
+            elif item is not False:
+                argv += [option, str(item)]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise InputError(f"the recipe's compress failed: {last}", f"fix [recipe] in {config.source}")
+    return out
+
+
+def _measure_target(budget: TargetBudgets, folder: Path, config: GateConfig, progress: Progress) -> dict[str, Any]:
+    from edgetune.profile import BenchRequest, bench
+
+    results: dict[str, Any] = {}
+    for artifact in config.artifacts:
+        path = folder / artifact
+        if not path.is_file():
+            raise InputError(f"{path} is missing", "the recipe writes it; check [gate] artifacts and --formats")
+        devices = (budget.device,) if budget.device else ()
+        if budget.name != "host" and not devices:
+            document = bench(BenchRequest(path, budget.name, threads=budget.threads))[0]
+            results[artifact] = {"kind": "estimated", "p50_ms": document["estimate"]["p50_ms"], "memory_plan": document.get("memory_plan")}
+            continue
+        medians, pooled, peaks = [], [], []
+        runtime = ""
+        for index in range(config.repetitions):
+            progress(index, config.repetitions, f"latency {budget.name} {artifact}")
+            request = BenchRequest(path, budget.name, devices, budget.threads, runs=5, warmup=5, min_seconds=config.repetition_seconds)
+            document = bench(request)[0]
+            medians.append(float(np.median(document["times_ms"])))
+            pooled += document["times_ms"]
+            peaks.append(document["memory"]["peak_rss_delta_bytes"] or 0)
+            runtime = document["runtime"]
+        progress(config.repetitions, config.repetitions, f"latency {budget.name} {artifact}")
+        results[artifact] = {
+            "kind": "measured",
+            "runtime": runtime,
+            "repetition_medians_ms": medians,
+            "p50_ms": float(np.percentile(pooled, 50)),
+            "p90_ms": float(np.percentile(pooled, 90)),
+            "peak_rss_bytes": int(max(peaks)),
+            "memory_plan": document.get("memory_plan"),
+        }
+    return results
+
+
+def measure(config: GateConfig, folder: Path, progress: Progress = silent) -> dict[str, Any]:
+    return {budget.name: _measure_target(budget, folder, config, progress) for budget in config.targets}
+
+
+def _report_checks(budget: TargetBudgets, report: dict[str, Any], folder: Path) -> list[Check]:
+    evaluation, checks = report.get("evaluation", {}), []
+    tflite = evaluation.get("tflite", {})
+    figures = {
+        "min_accuracy": evaluation.get("int8_accuracy"),
+        "max_accuracy_drop_pp": evaluation.get("accuracy_drop_pp"),
+        "min_sqnr_db": evaluation.get("int8_vs_fp32", {}).get("sqnr_db"),
+        "min_tflite_onnx_agreement": tflite.get("top1_agreement_with_onnx_int8"),
+    }
+    for name, value in figures.items():
+        if name in budget.budgets:
+            limit = budget.budgets[name]
+            passed = value is not None and (value >= limit if name.startswith("min_") else value <= limit)
+            checks.append(
+                Check(budget.name, name, None, value, limit, passed, "report", "" if value is not None else "the report has no such figure")
+            )
+    if budget.budgets.get("all_ops_delegated"):
+        delegation = tflite.get("delegation") or {}
+        kept = delegation.get("not_delegated", ["(no TFLite artifact)"])
+        checks.append(Check(budget.name, "all_ops_delegated", "model.tflite", kept, "all", not kept, "report", ", ".join(kept)))
+    if "max_artifact_kb" in budget.budgets:
+        for name in ("model.onnx", "model.tflite"):
+            if (folder / name).is_file():
+                size = (folder / name).stat().st_size / 1024
+                limit = budget.budgets["max_artifact_kb"]
+                checks.append(Check(budget.name, "max_artifact_kb", name, round(size, 2), limit, size <= limit, "measured"))
+    return checks
+
+
+def _measurement_checks(budget: TargetBudgets, measured: dict[str, Any]) -> list[Check]:
+    checks = []
+    for artifact, figures in measured.items():
+        kind = figures["kind"]
+        for name, key in (("max_latency_p50_ms", "p50_ms"), ("max_latency_p90_ms", "p90_ms")):
+            if name in budget.budgets and figures.get(key) is not None:
+                value, limit = figures[key], budget.budgets[name]
+                checks.append(Check(budget.name, name, artifact, round(value, 4), limit, value <= limit, kind))
+        if "max_peak_memory_mb" in budget.budgets and figures.get("peak_rss_bytes") is not None:
+            value, limit = figures["peak_rss_bytes"] / 2**20, budget.budgets["max_peak_memory_mb"]
+            checks.append(Check(budget.name, "max_peak_memory_mb", artifact, round(value, 2), limit, value <= limit, kind))
+        plan = figures.get("memory_plan")
+        for name, key in (("max_arena_kb", "arena_bytes"), ("max_flash_kb", "flash_bytes")):
+            if name in budget.budgets and plan:
+                value, limit = plan[key] / 1024, budget.budgets[name]
+                checks.append(Check(budget.name, name, artifact, round(value, 2), limit, value <= limit, "planned"))
+    return checks
+
+
+def _baseline_checks(config: GateConfig, report: dict[str, Any], measured: dict[str, Any], baseline: dict[str, Any]) -> list[Check]:
+    checks = []
+    for target, artifacts in measured.items():
+        for artifact, figures in artifacts.items():
+            before = baseline.get("measurements", {}).get(target, {}).get(artifact, {})
+            if figures.get("kind") != "measured" or not before.get("repetition_medians_ms"):
+                continue
+            verdict = latency_regression(
+                before["repetition_medians_ms"], figures["repetition_medians_ms"], config.alpha, config.min_slowdown
+            )
+            detail = (
+                f"median {100 * verdict.slowdown:+.1f}% (threshold {100 * verdict.threshold:.1f}% = max(min_slowdown, 3 x CV {100 * verdict.noise_cv:.1f}%)),"
+                f" Mann-Whitney p = {verdict.p_value:.2g} (alpha {config.alpha:g})"
+            )
+            checks.append(
+                Check(target, "latency_regression", artifact, verdict.to_dict(), config.alpha, not verdict.regressed, "baseline", detail)
+            )
+    old, new = baseline.get("accuracy"), report.get("evaluation", {}).get("int8_accuracy")
+    if old is not None and new is not None:
+        drop = 100 * (old - new)
+        limit = config.max_accuracy_regression_pp
+        detail = f"{100 * old:.2f}% -> {100 * new:.2f}%"
+        checks.append(Check("all", "accuracy_regression_pp", None, round(drop, 3), limit, drop <= limit, "baseline", detail))
+    return checks
+
+
+def evaluate_gate(
+    config: GateConfig, report: dict[str, Any], folder: Path, measured: dict[str, Any], baseline: dict[str, Any] | None
+) -> list[Check]:
+    checks: list[Check] = []
+    for budget in config.targets:
+        checks += _report_checks(budget, report, folder)
+        checks += _measurement_checks(budget, measured.get(budget.name, {}))
+    if baseline is not None:
+        checks += _baseline_checks(config, report, measured, baseline)
+    return checks
+
+
+def baseline_document(report: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schema": BASELINE_SCHEMA,
+        "version": 1,
+        "accuracy": report.get("evaluation", {}).get("int8_accuracy"),
+        "model": report.get("model", {}).get("source"),
+        "measurements": measured,
+    }
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist", "check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{what} {path} is not JSON", "pass the file edgetune wrote") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{what} {path} is not a JSON object", "pass the file edgetune wrote")
+    return data
+
+
+def describe_budgets() -> str:
+    return "\n".join(f"  {name}: {text}" for name, text in BUDGETS.items())

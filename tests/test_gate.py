@@ -1,0 +1,176 @@
+"""The release gate: decision logic on recorded measurements, budgets that pass and fail,
+baseline comparison, CI outputs, and one live run of the recipe."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
+import pytest
+
+from edgetune.cli.main import run
+from edgetune.gate.stats import latency_regression, mann_whitney_greater
+
+
+def test_mann_whitney_exact_p_values() -> None:
+    assert mann_whitney_greater([4, 5, 6], [1, 2, 3]) == (9.0, pytest.approx(1 / 20))
+    assert mann_whitney_greater([1, 2, 3], [4, 5, 6])[1] == pytest.approx(1.0)
+    u, p = mann_whitney_greater(list(range(10, 19)), list(range(9)))
+    assert u == 81 and p == pytest.approx(1 / math.comb(18, 9)), "complete separation of 9 and 9"
+
+
+def _medians(rng: np.random.Generator, centre: float, cv: float, n: int = 9) -> list[float]:
+    return list(centre * (1 + cv * rng.standard_normal(n)))
+
+
+def test_a_real_slowdown_fails_and_noise_does_not() -> None:
+    rng = np.random.default_rng(0)
+    base = _medians(rng, 10.0, 0.01)
+    assert latency_regression(base, _medians(rng, 11.0, 0.01)).regressed, "10% slower, 1% noise"
+    assert not latency_regression(base, _medians(rng, 10.2, 0.01)).regressed, "2% is below the 5% floor"
+    spread = [0.85, 0.9, 0.95, 1.0, 1.0, 1.05, 1.1, 1.15, 1.0]  # a CV near 9%
+    noisy = latency_regression([10 * f for f in spread], [11.5 * f for f in spread[::-1]])
+    assert noisy.threshold > 0.25 and noisy.slowdown == pytest.approx(0.15) and not noisy.regressed, "15% inside 3x a 9% CV is not large"
+
+
+def test_unchanged_builds_pass_where_a_plain_two_percent_gate_flips_coins() -> None:
+    rng = np.random.default_rng(1)
+    ours, naive = 0, 0
+    for _ in range(200):
+        base, new = _medians(rng, 10.0, 0.027), _medians(rng, 10.0, 0.027)
+        ours += latency_regression(base, new).regressed
+        naive += np.median(new) / np.median(base) - 1 > 0.02 or np.median(base) / np.median(new) - 1 > 0.02
+    assert ours == 0 and naive > 40
+
+
+CONFIG = """
+[recipe]
+model = "edgetune.zoo:digits_cnn"
+calib = "digits"
+eval = "digits:test"
+out = "{out}"
+
+[gate]
+repetitions = 9
+repetition_seconds = 1.0
+
+[targets.host]
+min_accuracy = {min_accuracy}
+max_accuracy_drop_pp = 1.0
+max_latency_p50_ms = {p50}
+min_tflite_onnx_agreement = 0.99
+all_ops_delegated = true
+max_artifact_kb = 100
+
+[targets.stm32h7]
+max_arena_kb = 256
+max_flash_kb = 1024
+"""
+
+
+def _recorded(medians: list[float]) -> dict:  # type: ignore[type-arg]
+    figures = {"kind": "measured", "repetition_medians_ms": medians, "p50_ms": float(np.median(medians)), "p90_ms": max(medians)}
+    plan = {"arena_bytes": 4096, "flash_bytes": 16000}
+    return {
+        "measurements": {
+            "host": {"model.onnx": figures, "model.tflite": {**figures, "memory_plan": plan}},
+            "stm32h7": {"model.tflite": {"kind": "estimated", "p50_ms": 0.7, "memory_plan": plan}},
+        }
+    }
+
+
+def _gate(tmp_path: Path, capsys: pytest.CaptureFixture[str], digits_out: Path, argv: list[str], **budgets: float) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    values = {"min_accuracy": 0.9, "p50": 5.0, **budgets}
+    (tmp_path / "edgetune.toml").write_text(CONFIG.format(out=tmp_path / "out", **values))
+    code = run(
+        ["gate", "--config", str(tmp_path / "edgetune.toml"), "--report", str(digits_out / "report.json"), *argv, "--json", "--quiet"]
+    )
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if captured.out.strip() else {}, captured.err
+
+
+def test_budgets_that_pass_and_budgets_that_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str], digits_out: Path) -> None:
+    recorded = tmp_path / "recorded.json"
+    recorded.write_text(json.dumps(_recorded([0.05] * 9)))
+    code, doc, _ = _gate(tmp_path, capsys, digits_out, ["--measurements", str(recorded), "--junit", str(tmp_path / "junit.xml")])
+    assert code == 0 and doc["passed"] and {c["name"] for c in doc["checks"]} >= {"min_accuracy", "max_latency_p50_ms", "max_arena_kb"}
+    code, doc, _ = _gate(
+        tmp_path,
+        capsys,
+        digits_out,
+        ["--measurements", str(recorded), "--junit", str(tmp_path / "junit.xml")],
+        min_accuracy=0.999,
+        p50=0.01,
+    )
+    assert code == 1 and not doc["passed"]
+    assert sorted(doc["failed"]) == [
+        "host: max_latency_p50_ms (model.onnx)",
+        "host: max_latency_p50_ms (model.tflite)",
+        "host: min_accuracy",
+    ]
+    suites = ElementTree.parse(tmp_path / "junit.xml").getroot()
+    assert suites.get("failures") == "3" and len(suites.findall(".//testcase")) == len(doc["checks"])
+    assert {s.get("name") for s in suites.findall("testsuite")} == {"edgetune gate: host", "edgetune gate: stm32h7"}
+
+
+def test_baseline_comparison_on_recorded_measurements(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], digits_out: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(2)
+    base, same, slower = (tmp_path / f"{n}.json" for n in ("base", "same", "slower"))
+    base.write_text(json.dumps({**_recorded(_medians(rng, 0.050, 0.02)), "accuracy": 0.98}))
+    same.write_text(json.dumps(_recorded(_medians(rng, 0.050, 0.02))))
+    slower.write_text(json.dumps(_recorded(_medians(rng, 0.060, 0.02))))
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    code, doc, _ = _gate(tmp_path, capsys, digits_out, ["--measurements", str(same), "--baseline", str(base)])
+    assert code == 0, doc["failed"]
+    assert any(c["name"] == "latency_regression" for c in doc["checks"])
+    code, doc, _ = _gate(tmp_path, capsys, digits_out, ["--measurements", str(slower), "--baseline", str(base)])
+    assert code == 1 and doc["failed"] == ["host: latency_regression (model.onnx)", "host: latency_regression (model.tflite)"]
+    assert "❌ **FAIL**" in summary.read_text() and summary.read_text().count("### edgetune gate") == 2
+    worse = tmp_path / "worse.json"
+    worse.write_text(json.dumps({**json.loads(base.read_text()), "accuracy": 1.0}))
+    code, doc, _ = _gate(tmp_path, capsys, digits_out, ["--measurements", str(same), "--baseline", str(worse)])
+    assert code == 1 and doc["failed"] == ["all: accuracy_regression_pp"]
+
+
+@pytest.mark.parametrize(
+    ("text", "argv", "expected"),
+    [
+        ("[targets.host]\nmax_latncy_p50_ms = 1\n", [], "unknown keys: max_latncy_p50_ms"),
+        ("[recipe]\nmodel = 'x'\n", [], "sets no budgets"),
+        ("[targets.host]\nmin_accuracy = 'high'\n", [], "must be a non-negative number"),
+        ("[targets.host]\nmin_accuracy = 0.5\n", ["--update-baseline"], "--update-baseline needs --baseline"),
+        ("[targets.host]\nmin_accuracy = 0.5\n", ["--report", "missing.json"], "does not exist"),
+    ],
+)
+def test_bad_configs_are_usage_errors(tmp_path: Path, capfd: pytest.CaptureFixture[str], text: str, argv: list[str], expected: str) -> None:
+    (tmp_path / "edgetune.toml").write_text(text)
+    code = run(["gate", "--config", str(tmp_path / "edgetune.toml"), *argv, "--quiet"])
+    err = capfd.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and expected in err and "\n" not in err, err
+
+
+def test_live_gate_runs_the_recipe_measures_and_writes_a_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    Path("pyproject.toml").write_text(
+        '[tool.edgetune.recipe]\nmodel = "edgetune.zoo:digits_cnn"\ncalib = "digits"\neval = "digits:test"\nformats = "onnx,tflite"\n'
+        "[tool.edgetune.gate]\nrepetitions = 3\nrepetition_seconds = 0.2\n[tool.edgetune.targets.host]\nmin_accuracy = 0.9\nmax_peak_memory_mb = 500\n"
+    )
+    assert run(["gate", "--baseline", "baseline.json", "--update-baseline", "--json", "--quiet"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["passed"] and Path("out/gate/report.json").is_file() and doc["notes"], "fewer than 9 x 1 s is flagged"
+    medians = doc["measurements"]["host"]["model.tflite"]["repetition_medians_ms"]
+    assert len(medians) == 3 and all(m > 0 for m in medians)
+    assert json.loads(Path("baseline.json").read_text())["measurements"]["host"]["model.onnx"]["repetition_medians_ms"]
+
+
+def test_the_example_config_is_valid() -> None:
+    from edgetune.gate import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "examples" / "ci" / "edgetune.toml")
+    assert [t.name for t in config.targets] == ["host", "stm32h7"] and config.repetitions == 9 and not config.notes
