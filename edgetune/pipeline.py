@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from edgetune import report as reports
-from edgetune.artifacts import json_bytes, write_files
+from edgetune.artifacts import json_bytes, prepare_out_dir, write_files
 from edgetune.capture.models import LoadedModel, load_model
 from edgetune.data import Dataset, load_dataset
 from edgetune.errors import InputError
@@ -158,6 +158,8 @@ def compress(
 
     recovery, baseline = None, None
     checkpoint = Path(out_dir) / CHECKPOINT if finetune is not None else None
+    if checkpoint is not None:
+        prepare_out_dir(checkpoint.parent)  # a bad -o fails now, not at the first checkpoint
     if finetune is not None:
         assert train_set is not None
         if eval_set is not None and eval_set.has_classes:
@@ -389,6 +391,7 @@ def finetune_compressed(
                 "give data preprocessed like the calibration data",
             )
     teacher_graph = capture_model(_load(teacher, teacher_weights), shape) if teacher is not None else None
+    prepare_out_dir(Path(out_dir))  # a bad -o fails now, not at the first checkpoint
     timer.lap("load")
     recovery = run_finetune(
         graph,

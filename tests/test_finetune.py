@@ -375,3 +375,16 @@ def test_qat_with_a_step_budget_gives_byte_identical_artifacts(tmp_path: Path) -
         assert run([*argv, "-o", str(tmp_path / name)]) == 0
     for artifact in ("model.onnx", "model.tflite", "model.edgetune"):
         assert (tmp_path / "a" / artifact).read_bytes() == (tmp_path / "b" / artifact).read_bytes(), artifact
+
+
+def test_float_targets_from_an_npz_train_a_regression(tmp_path: Path) -> None:
+    from edgetune.ir.torch_exec import GraphRunner, run_batches
+
+    graph, teacher = _pruned_digits()
+    train = load_dataset("digits", "train")
+    targets = run_batches(GraphRunner(teacher), train.x).reshape(len(train), -1).astype(np.float32)
+    np.savez(tmp_path / "regression.npz", x=train.x, y=targets)
+    data = load_dataset(str(tmp_path / "regression.npz"), "train")
+    assert data.has_targets and data.y is not None and data.y.shape == targets.shape
+    report = finetune(graph, data, FinetuneConfig(parse_budget("60steps")))
+    assert report["task"] == "regression"

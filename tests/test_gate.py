@@ -146,6 +146,7 @@ def test_baseline_comparison_on_recorded_measurements(
         ("[targets.host]\nmin_accuracy = 'high'\n", [], "must be a non-negative number"),
         ("[targets.host]\nmin_accuracy = 0.5\n", ["--update-baseline"], "--update-baseline needs --baseline"),
         ("[targets.host]\nmin_accuracy = 0.5\n", ["--report", "missing.json"], "does not exist"),
+        ("[gate]\nrepetitions = 4\n[targets.host]\nmin_accuracy = 0.5\n", [], "no regression could ever be detected"),
     ],
 )
 def test_bad_configs_are_usage_errors(tmp_path: Path, capfd: pytest.CaptureFixture[str], text: str, argv: list[str], expected: str) -> None:
@@ -159,7 +160,7 @@ def test_live_gate_runs_the_recipe_measures_and_writes_a_baseline(tmp_path: Path
     monkeypatch.chdir(tmp_path)
     Path("pyproject.toml").write_text(
         '[tool.edgetune.recipe]\nmodel = "edgetune.zoo:digits_cnn"\ncalib = "digits"\neval = "digits:test"\nformats = "onnx,tflite"\n'
-        "[tool.edgetune.gate]\nrepetitions = 3\nrepetition_seconds = 0.2\n[tool.edgetune.targets.host]\nmin_accuracy = 0.9\nmax_peak_memory_mb = 500\n"
+        "[tool.edgetune.gate]\nrepetitions = 3\nrepetition_seconds = 0.2\nalpha = 0.1\n[tool.edgetune.targets.host]\nmin_accuracy = 0.9\nmax_peak_memory_mb = 500\n"
     )
     assert run(["gate", "--baseline", "baseline.json", "--update-baseline", "--json", "--quiet"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -167,6 +168,12 @@ def test_live_gate_runs_the_recipe_measures_and_writes_a_baseline(tmp_path: Path
     medians = doc["measurements"]["host"]["model.tflite"]["repetition_medians_ms"]
     assert len(medians) == 3 and all(m > 0 for m in medians)
     assert json.loads(Path("baseline.json").read_text())["measurements"]["host"]["model.onnx"]["repetition_medians_ms"]
+    assert {p.name for p in Path("baseline.artifacts").iterdir()} == {"model.onnx", "model.tflite"}
+    assert run(["gate", "--baseline", "baseline.json", "--report", "out/gate/report.json", "--json", "--quiet"]) == 0
+    regressions = [c for c in json.loads(capsys.readouterr().out)["checks"] if c["name"] == "latency_regression"]
+    assert len(regressions) == 2 and all(
+        c["detail"].startswith("baseline artifacts re-measured in this run, interleaved") for c in regressions
+    )
 
 
 def test_the_example_config_is_valid() -> None:
@@ -174,3 +181,30 @@ def test_the_example_config_is_valid() -> None:
 
     config = load_config(Path(__file__).resolve().parents[1] / "examples" / "ci" / "edgetune.toml")
     assert [t.name for t in config.targets] == ["host", "stm32h7"] and config.repetitions == 9 and not config.notes
+
+
+def test_a_budget_without_a_figure_fails_and_so_does_an_incomparable_baseline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], digits_out: Path
+) -> None:
+    recorded = _recorded([0.05] * 9)
+    recorded["measurements"]["stm32h7"]["model.tflite"]["p90_ms"] = None
+    (tmp_path / "recorded.json").write_text(json.dumps(recorded))
+    config = CONFIG.format(out=tmp_path / "out", min_accuracy=0.9, p50=5.0) + "max_latency_p90_ms = 10\n"
+    (tmp_path / "edgetune.toml").write_text(config)
+    argv = ["gate", "--config", str(tmp_path / "edgetune.toml"), "--report", str(digits_out / "report.json"), "--json", "--quiet"]
+    assert run([*argv, "--measurements", str(tmp_path / "recorded.json")]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["failed"] == ["stm32h7: max_latency_p90_ms (model.tflite)"]
+    assert next(c for c in doc["checks"] if not c["passed"])["kind"] == "unavailable"
+
+    (tmp_path / "edgetune.toml").write_text(CONFIG.format(out=tmp_path / "out", min_accuracy=0.9, p50=5.0))
+    here, there = _recorded([0.05] * 9), _recorded([0.05] * 9)
+    for figures in here["measurements"]["host"].values():
+        figures.update(runtime="onnxruntime 1.32.0", threads=2, machine={"cpu": "this CPU"})
+    for figures in there["measurements"]["host"].values():
+        figures.update(runtime="onnxruntime 1.32.0", threads=2, machine={"cpu": "another CPU"})
+    (tmp_path / "here.json").write_text(json.dumps(here))
+    (tmp_path / "there.json").write_text(json.dumps(there))
+    assert run([*argv, "--measurements", str(tmp_path / "here.json"), "--baseline", str(tmp_path / "there.json")]) == 1
+    failed = [c for c in json.loads(capsys.readouterr().out)["checks"] if not c["passed"]]
+    assert {c["name"] for c in failed} == {"latency_regression"} and all("not comparable" in c["detail"] for c in failed)

@@ -154,18 +154,30 @@ count=1250 first=410 curr=380 min=350 max=900 avg=396.2 std=31
 Running benchmark for at least 50 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
 count=2600 first=390 curr=377 min=351 max=1201 avg=385.5 std=29
 
+Inference timings in us: Init: 3100, First inference: 410, Warmup (avg): 396.2, Inference (avg): 385.5
+Peak memory footprint (MB): init=3.2 overall=4.75
+"""
+
+PROFILED_OUTPUT = """Running benchmark for at least 20 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
+count=20 first=520 curr=500 min=480 max=640 avg=505.0 std=30
+
+Profiling Info for Benchmark Initialization:
+============================== Summary by node type ==============================
+\t             [Node type]\t  [count]\t  [avg ms]\t    [avg %]\t    [cdf %]\t  [mem KB]\t[times called]
+\t         AllocateTensors\t        1\t     0.400\t   100.000%\t   100.000%\t     0.000\t        1
+
+Operator-wise Profiling Info for Regular Benchmark Runs:
 ============================== Summary by node type ==============================
 \t             [Node type]\t  [count]\t  [avg ms]\t    [avg %]\t    [cdf %]\t  [mem KB]\t[times called]
 \t                 CONV_2D\t        4\t     0.210\t    56.000%\t    56.000%\t     0.000\t        4
 \t       DEPTHWISE_CONV_2D\t        2\t     0.100\t    26.667%\t    82.667%\t     0.000\t        2
 \t         FULLY_CONNECTED\t        1\t     0.065\t    17.333%\t   100.000%\t     0.000\t        1
 
-Timings (microseconds): count=2600 first=390 curr=377 min=351 max=1201 avg=385.5 std=29
+Timings (microseconds): count=20 first=375 curr=372 min=360 max=420 avg=375 std=12
 Memory (bytes): count=0
 7 nodes observed
 
-Inference timings in us: Init: 3100, First inference: 410, Warmup (avg): 396.2, Inference (avg): 385.5
-Peak memory footprint (MB): init=3.2 overall=4.75
+Inference timings in us: Init: 3100, First inference: 520, Warmup (avg): 510.0, Inference (avg): 505.0
 """
 
 
@@ -175,8 +187,12 @@ def test_benchmark_model_output_is_parsed_as_its_readme_documents(artifacts: Pat
     from edgetune.targets import load_target
 
     parsed = parse_benchmark_output(BENCHMARK_MODEL_OUTPUT)
-    assert parsed["timings_us"]["avg"] == 385.5 and parsed["timings_us"]["count"] == 2600
-    assert parsed["averages_us"]["init"] == 3100 and parsed["ms_by_op_type"]["CONV_2D"] == pytest.approx(0.21)
+    assert parsed["timings_us"]["avg"] == 385.5 and parsed["timings_us"]["count"] == 2600, "the timed runs, not the warm-up"
+    assert parsed["averages_us"]["init"] == 3100 and parsed["ms_by_op_type"] == {}
+    profiled = parse_benchmark_output(PROFILED_OUTPUT)
+    assert profiled["timings_us"]["avg"] == 505.0, "the run's own line, not the profiler's per-op sum"
+    assert profiled["ms_by_op_type"] == {"CONV_2D": 0.21, "DEPTHWISE_CONV_2D": 0.1, "FULLY_CONNECTED": 0.065}, "regular runs only"
+    parsed["ms_by_op_type"] = profiled["ms_by_op_type"]
     doc = adb_document(parsed, artifacts / "model.tflite", load_target("pixel-8"), "emulator-5554", Settings(4))
     assert doc["mean_ms"] == pytest.approx(0.3855) and doc["runs"] == 2600 and doc["memory"]["peak_rss_delta_bytes"] == int(4.75 * 2**20)
     from edgetune.errors import InputError
@@ -211,3 +227,9 @@ def test_plots_are_written(artifacts: Path, capsys: pytest.CaptureFixture[str], 
     code, doc, err = bench_json(capsys, [str(artifacts / "model.onnx"), "--runs", "30", "--op-profile", "--plot", str(tmp_path)])
     assert code == 0, err
     assert len(doc["plots"]) == 2 and all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in doc["plots"])
+
+
+def test_a_profile_without_capacities_says_unknown(artifacts: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc, err = bench_json(capsys, [str(artifacts / "model.tflite"), "--runs", "5"])
+    assert code == 0, err
+    assert doc["memory_plan"]["fits"] is None and doc["memory_plan"]["fits_sram"] is None, "the host profile sets no RAM size"

@@ -101,7 +101,7 @@ def _human(doc: dict[str, Any]) -> str:
         rows += _measured_rows(doc)
     if "memory_plan" in doc:
         plan = doc["memory_plan"]
-        verdict = "fits" if plan["fits"] else "does NOT fit"
+        verdict = {True: "fits", False: "does NOT fit", None: "capacity unknown"}[plan["fits"]]
         biggest = ", ".join(f"{t['tensor']} {t['bytes'] / 1024:.1f} KiB" for t in plan["largest_tensors"])
         rows.append(
             (
@@ -117,6 +117,12 @@ def _human(doc: dict[str, Any]) -> str:
     if doc.get("note"):
         rows.append(("note", doc["note"]))
     return table(rows)
+
+
+def _size(count: int) -> str:
+    if not count:
+        return "unknown"
+    return f"{count / 2**20:.0f} MiB" if count >= 2**20 else f"{count / 1024:.0f} KiB"
 
 
 def _measured_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:

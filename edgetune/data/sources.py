@@ -60,9 +60,18 @@ def load_npz(path: Path) -> Dataset:
         raise InputError(f"cannot read {path} as .npz ({exc})", "save it with numpy.savez") from None
     if not np.issubdtype(x.dtype, np.number):
         raise InputError(f"x in {path} is {x.dtype}, not numbers", "store float32 samples")
-    if y is not None and y.ndim != 1:
-        raise InputError(f"y in {path} has shape {y.shape}", "store one integer label per sample")
-    return Dataset(x.astype(np.float32), y.astype(np.int64) if y is not None else None, str(path))
+    return Dataset(x.astype(np.float32), _targets(y, f"y in {path}"), str(path))
+
+
+def _targets(y: np.ndarray | None, what: str) -> np.ndarray | None:
+    """Integer class labels (one per sample) as int64; float regression targets as float32."""
+    if y is None:
+        return None
+    if np.issubdtype(y.dtype, np.floating):
+        return y.astype(np.float32)
+    if y.ndim != 1:
+        raise InputError(f"{what} has shape {y.shape}", "store one integer label per sample, or float regression targets")
+    return y.astype(np.int64)
 
 
 def load_image_folder(folder: Path, recipe: Recipe) -> Dataset:
@@ -86,12 +95,12 @@ def load_from_callable(spec: str) -> Dataset:
             x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
             xs.append(_numpy(x))
             if y is not None:
-                ys.append(_numpy(y).astype(np.int64))
+                ys.append(_numpy(y))
     except TypeError as exc:
         raise InputError(f"{spec} did not yield batches ({exc})", "yield arrays x or tuples (x, y)") from None
     if not xs:
         raise InputError(f"{spec} yielded no batches", "yield at least one batch")
-    y_all = np.concatenate(ys) if ys and len(ys) == len(xs) else None
+    y_all = _targets(np.concatenate(ys), f"labels from {spec}") if ys and len(ys) == len(xs) else None
     try:
         x_all = np.concatenate(xs).astype(np.float32)
     except ValueError as exc:

@@ -166,6 +166,10 @@ class _EarlyStop(Exception):
     """No validation improvement for ``patience`` validations."""
 
 
+class _StopAtStep(Exception):
+    """Ctrl-C was seen; the loop stops at the end of the step."""
+
+
 class _Interrupt:
     """Ctrl-C sets a flag that the loop reads between steps (a second Ctrl-C interrupts at once)."""
 
@@ -197,6 +201,7 @@ class _Run:
         self.world = World.current()
         self.runner: FloatRunner | QatRunner = QatRunner(graph) if config.qat else FloatRunner(graph)
         self.params = self.runner.parameters_by_name()
+        self.origin = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in self.params.values())).hexdigest()
         self.teacher = GraphRunner(teacher) if teacher is not None else None
         self.layers = weighted_layers(graph)
         self.plan: MemoryPlan | None = (
@@ -251,7 +256,9 @@ class _Run:
     def next_batch(self) -> torch.Tensor:
         """This process's share of the next global batch, in a seeded order, epoch after epoch."""
         size = self.batch_size * self.world.size
-        if self.order is None or self.position >= len(self.order):
+        # Under torchrun an incomplete last global batch is dropped: a process must never get an empty share.
+        short = self.world.size > 1 and self.order is not None and self.position + size > len(self.order)
+        if self.order is None or self.position >= len(self.order) or short:
             self.order, self.position = torch.randperm(len(self.x_all), generator=self.order_generator), 0
         index = self.order[self.position : self.position + size]
         self.position += size
@@ -284,6 +291,9 @@ class _Run:
             group["lr"] = learning_rate(self.config, spent) * group["relative_lr"]
         self.set_trainable(spent)
         index = self.next_batch()
+        # Augmentation draws from a generator seeded per step and process, so a resumed run
+        # (or any process of a distributed one) needs no saved generator state.
+        self.augment_generator.manual_seed((self.config.seed + 1) * 1_000_003 + self.world.rank * 7_919 + self.step)
         x = self.config.augment(self.x_all[index], self.augment_generator)
         partner = lam = None
         if self.config.augment.mixup:
@@ -316,6 +326,9 @@ class _Run:
         for name, param in self.params.items():
             digest.update(f"{name}{tuple(param.shape)}".encode())
         digest.update(np.ascontiguousarray(self.train.x).tobytes())
+        if self.train.y is not None:
+            digest.update(np.ascontiguousarray(self.train.y).tobytes())
+        digest.update(self.origin.encode())  # the starting weights
         digest.update(str(self.world.size).encode())
         return digest.hexdigest()
 
@@ -404,13 +417,16 @@ def _loop(run: _Run, progress: Progress, checkpoint: Path | None) -> str:
                     detail(f"{run.remaining()}, loss {np.mean(run.losses[-10:]):.3f}, best {_metric_text(run)}")
                 progress(min(int(100 * run.spent()), 100), 100, "fine-tune")
                 if run.world.agree_any(interrupt.requested):
-                    raise KeyboardInterrupt
+                    raise _StopAtStep
                 if checkpoint is not None and time.perf_counter() - saved >= run.config.checkpoint_every:
                     run.world.on_first(lambda: checkpoints.save(checkpoint, run.state()))
                     saved = time.perf_counter()
-        except KeyboardInterrupt:
-            if checkpoint is not None and interrupt.requested:
+        except _StopAtStep:
+            if checkpoint is not None:  # between steps: the state is whole
                 run.world.on_first(lambda: checkpoints.save(checkpoint, run.state()))
+            progress(100, 100, "fine-tune")
+            return "interrupted"
+        except KeyboardInterrupt:  # a second Ctrl-C, mid-step: keep the last whole checkpoint
             progress(100, 100, "fine-tune")
             return "interrupted"
         except _EarlyStop:

@@ -6,11 +6,24 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.artifacts import json_bytes, write_files
+from edgetune.errors import InputError
 from edgetune.gate.config import GateConfig, load_config
 from edgetune.gate.run import Check, baseline_document, evaluate_gate, measure, read_json, run_recipe
 from edgetune.progress import Progress, silent
 
 __all__ = ["Check", "GateConfig", "gate", "load_config"]
+
+
+def artifacts_folder(baseline: Path) -> Path:
+    """Where a baseline keeps its artifacts: ``baseline.json`` -> ``baseline.artifacts/``."""
+    return baseline.with_name(baseline.stem + ".artifacts")
+
+
+def _recorded(path: Path) -> dict[str, Any]:
+    measured = read_json(path, "measurements").get("measurements")
+    if not isinstance(measured, dict):
+        raise InputError(f"{path} holds no measurements", "pass a gate --json document or a baseline that edgetune wrote")
+    return measured
 
 
 def gate(
@@ -31,11 +44,17 @@ def gate(
     """
     folder = Path(report).parent if report is not None else run_recipe(config)
     report_doc = read_json(Path(report) if report is not None else folder / "report.json", "report")
-    measured = read_json(Path(measurements), "measurements")["measurements"] if measurements else measure(config, folder, progress)
-    base = None
+    base, base_artifacts = None, None
     if baseline is not None and not update_baseline:
         base = read_json(Path(baseline), "baseline")
-    checks = evaluate_gate(config, report_doc, folder, measured, base)
+        if artifacts_folder(Path(baseline)).is_dir():
+            base_artifacts = artifacts_folder(Path(baseline))
+    same_run: dict[str, Any] = {}
+    if measurements:
+        measured = _recorded(Path(measurements))
+    else:
+        measured, same_run = measure(config, folder, progress, base_artifacts)
+    checks = evaluate_gate(config, report_doc, folder, measured, base, same_run)
     document: dict[str, Any] = {
         "schema": "edgetune.gate",
         "version": 1,
@@ -50,5 +69,8 @@ def gate(
     if baseline is not None and update_baseline:
         path = Path(baseline)
         write_files(path.parent, {path.name: json_bytes(baseline_document(report_doc, measured))})
+        # The artifacts too: later gates re-measure them beside the new build, interleaved.
+        kept = {name: (folder / name).read_bytes() for name in config.artifacts if (folder / name).is_file()}
+        write_files(artifacts_folder(path), kept)
         document["baseline_written"] = str(path)
     return document, checks

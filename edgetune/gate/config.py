@@ -29,6 +29,7 @@ Unknown keys are errors: a misspelt budget would otherwise never fail.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,13 @@ def load_config(explicit: str | Path | None = None) -> GateConfig:
     )
     if config.repetitions < 3 or config.repetition_seconds <= 0:
         raise InputError(f"{where} [gate] needs repetitions >= 3 and repetition_seconds > 0", "the defaults are 9 and 1.0")
+    floor = 1 / math.comb(2 * config.repetitions, config.repetitions)
+    if floor >= config.alpha:
+        raise InputError(
+            f"{where} [gate]: with {config.repetitions} repetitions the smallest possible Mann-Whitney p is {floor:.3g},"
+            f" not below alpha {config.alpha:g}, so no regression could ever be detected",
+            "use 9 repetitions (or more), or raise alpha",
+        )
     if config.repetitions < 9 or config.repetition_seconds < 1.0:
         config.notes.append(
             f"{config.repetitions} repetitions of {config.repetition_seconds:g} s: below 9 x 1 s, latency regressions are hard to prove"

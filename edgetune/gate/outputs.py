@@ -13,6 +13,8 @@ from edgetune.gate.run import Check
 
 
 def _value(check: Check) -> str:
+    if check.value is None:
+        return "n/a"
     if check.name == "latency_regression":
         return f"{100 * check.value['slowdown']:+.1f}%, p={check.value['p_value']:.2g}"
     if isinstance(check.value, float):

@@ -66,10 +66,47 @@ def run_recipe(config: GateConfig) -> Path:
     return out
 
 
-def _measure_target(budget: TargetBudgets, folder: Path, config: GateConfig, progress: Progress) -> dict[str, Any]:
+class _Series:
+    """One artifact's repetitions on one target."""
+
+    def __init__(self) -> None:
+        self.medians: list[float] = []
+        self.pooled: list[float] = []
+        self.peaks: list[int] = []
+        self.last: dict[str, Any] = {}
+
+    def add(self, document: dict[str, Any]) -> None:
+        times = document.get("times_ms")  # adb's benchmark_model gives a mean, not the runs
+        self.medians.append(float(np.median(times)) if times else float(document["mean_ms"]))
+        self.pooled += times or []
+        if document["memory"]["peak_rss_delta_bytes"] is not None:
+            self.peaks.append(document["memory"]["peak_rss_delta_bytes"])
+        self.last = document
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "kind": "measured",
+            "runtime": self.last["runtime"],
+            "machine": self.last.get("machine"),
+            "threads": self.last["threads"],
+            "repetition_medians_ms": self.medians,
+            "p50_ms": float(np.percentile(self.pooled, 50)) if self.pooled else float(np.median(self.medians)),
+            "p90_ms": float(np.percentile(self.pooled, 90)) if self.pooled else None,
+            "peak_rss_bytes": int(max(self.peaks)) if self.peaks else None,
+            "memory_plan": self.last.get("memory_plan"),
+        }
+
+
+def _measure_target(
+    budget: TargetBudgets, folder: Path, config: GateConfig, progress: Progress, baseline_folder: Path | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """This build's figures per artifact and, with ``baseline_folder``, the baseline's, measured
+    in the same run with the repetitions interleaved (A B B A ...), so that a machine that
+    slows down or speeds up during the run moves both sides alike."""
     from edgetune.profile import BenchRequest, bench
 
     results: dict[str, Any] = {}
+    baseline: dict[str, Any] = {}
     for artifact in config.artifacts:
         path = folder / artifact
         if not path.is_file():
@@ -79,31 +116,33 @@ def _measure_target(budget: TargetBudgets, folder: Path, config: GateConfig, pro
             document = bench(BenchRequest(path, budget.name, threads=budget.threads))[0]
             results[artifact] = {"kind": "estimated", "p50_ms": document["estimate"]["p50_ms"], "memory_plan": document.get("memory_plan")}
             continue
-        medians, pooled, peaks = [], [], []
-        runtime = ""
+        sides = {"new": (path, _Series())}
+        if baseline_folder is not None and (baseline_folder / artifact).is_file():
+            sides["baseline"] = (baseline_folder / artifact, _Series())
+        label = f"latency {budget.name} {artifact}" + (" and its baseline" if len(sides) > 1 else "")
         for index in range(config.repetitions):
-            progress(index, config.repetitions, f"latency {budget.name} {artifact}")
-            request = BenchRequest(path, budget.name, devices, budget.threads, runs=5, warmup=5, min_seconds=config.repetition_seconds)
-            document = bench(request)[0]
-            medians.append(float(np.median(document["times_ms"])))
-            pooled += document["times_ms"]
-            peaks.append(document["memory"]["peak_rss_delta_bytes"] or 0)
-            runtime = document["runtime"]
-        progress(config.repetitions, config.repetitions, f"latency {budget.name} {artifact}")
-        results[artifact] = {
-            "kind": "measured",
-            "runtime": runtime,
-            "repetition_medians_ms": medians,
-            "p50_ms": float(np.percentile(pooled, 50)),
-            "p90_ms": float(np.percentile(pooled, 90)),
-            "peak_rss_bytes": int(max(peaks)),
-            "memory_plan": document.get("memory_plan"),
-        }
-    return results
+            progress(index, config.repetitions, label)
+            for side in list(sides) if index % 2 == 0 else list(reversed(sides)):
+                where, series = sides[side]
+                request = BenchRequest(where, budget.name, devices, budget.threads, runs=5, warmup=5, min_seconds=config.repetition_seconds)
+                series.add(bench(request)[0])
+        progress(config.repetitions, config.repetitions, label)
+        results[artifact] = sides["new"][1].figures()
+        if "baseline" in sides:
+            baseline[artifact] = sides["baseline"][1].figures()
+    return results, baseline
 
 
-def measure(config: GateConfig, folder: Path, progress: Progress = silent) -> dict[str, Any]:
-    return {budget.name: _measure_target(budget, folder, config, progress) for budget in config.targets}
+def measure(
+    config: GateConfig, folder: Path, progress: Progress = silent, baseline_folder: Path | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Figures per target and artifact for this build, and for the baseline's artifacts when
+    ``baseline_folder`` holds them (measured in the same run, interleaved)."""
+    measured: dict[str, Any] = {}
+    baseline: dict[str, Any] = {}
+    for budget in config.targets:
+        measured[budget.name], baseline[budget.name] = _measure_target(budget, folder, config, progress, baseline_folder)
+    return measured, baseline
 
 
 def _report_checks(budget: TargetBudgets, report: dict[str, Any], folder: Path) -> list[Check]:
@@ -135,37 +174,57 @@ def _report_checks(budget: TargetBudgets, report: dict[str, Any], folder: Path) 
     return checks
 
 
+def _unavailable(target: str, name: str, artifact: str, limit: Any, why: str) -> Check:
+    """A budget that cannot be checked fails: otherwise a budget could never fail."""
+    return Check(target, name, artifact, None, limit, False, "unavailable", why)
+
+
 def _measurement_checks(budget: TargetBudgets, measured: dict[str, Any]) -> list[Check]:
     checks = []
     for artifact, figures in measured.items():
         kind = figures["kind"]
-        for name, key in (("max_latency_p50_ms", "p50_ms"), ("max_latency_p90_ms", "p90_ms")):
-            if name in budget.budgets and figures.get(key) is not None:
-                value, limit = figures[key], budget.budgets[name]
-                checks.append(Check(budget.name, name, artifact, round(value, 4), limit, value <= limit, kind))
-        if "max_peak_memory_mb" in budget.budgets and figures.get("peak_rss_bytes") is not None:
-            value, limit = figures["peak_rss_bytes"] / 2**20, budget.budgets["max_peak_memory_mb"]
-            checks.append(Check(budget.name, "max_peak_memory_mb", artifact, round(value, 2), limit, value <= limit, kind))
-        plan = figures.get("memory_plan")
-        for name, key in (("max_arena_kb", "arena_bytes"), ("max_flash_kb", "flash_bytes")):
-            if name in budget.budgets and plan:
-                value, limit = plan[key] / 1024, budget.budgets[name]
-                checks.append(Check(budget.name, name, artifact, round(value, 2), limit, value <= limit, "planned"))
+        candidates = (
+            ("max_latency_p50_ms", figures.get("p50_ms"), 1.0, kind),
+            ("max_latency_p90_ms", figures.get("p90_ms"), 1.0, kind),
+            ("max_peak_memory_mb", figures.get("peak_rss_bytes"), 2**-20, kind),
+            ("max_arena_kb", (figures.get("memory_plan") or {}).get("arena_bytes"), 1 / 1024, "planned"),
+            ("max_flash_kb", (figures.get("memory_plan") or {}).get("flash_bytes"), 1 / 1024, "planned"),
+        )
+        for name, raw, unit, source in candidates:
+            if name not in budget.budgets:
+                continue
+            limit = budget.budgets[name]
+            if raw is None:
+                checks.append(_unavailable(budget.name, name, artifact, limit, f"no such figure for a {kind} {artifact} on {budget.name}"))
+                continue
+            value = raw * unit
+            checks.append(Check(budget.name, name, artifact, round(value, 4), limit, value <= limit, source))
     return checks
 
 
-def _baseline_checks(config: GateConfig, report: dict[str, Any], measured: dict[str, Any], baseline: dict[str, Any]) -> list[Check]:
+def _baseline_checks(
+    config: GateConfig, report: dict[str, Any], measured: dict[str, Any], baseline: dict[str, Any], same_run: dict[str, Any]
+) -> list[Check]:
     checks = []
     for target, artifacts in measured.items():
         for artifact, figures in artifacts.items():
-            before = baseline.get("measurements", {}).get(target, {}).get(artifact, {})
+            interleaved = same_run.get(target, {}).get(artifact)
+            before = interleaved or baseline.get("measurements", {}).get(target, {}).get(artifact, {})
             if figures.get("kind") != "measured" or not before.get("repetition_medians_ms"):
+                continue
+            setup = {k: figures.get(k) for k in ("runtime", "machine", "threads")}
+            recorded = {k: before.get(k) for k in ("runtime", "machine", "threads")}
+            if not interleaved and all(recorded.values()) and setup != recorded:
+                changed = ", ".join(k for k in setup if setup[k] != recorded[k])
+                why = f"the baseline was measured with another {changed}: not comparable; refresh it on this runner (--update-baseline)"
+                checks.append(Check(target, "latency_regression", artifact, None, config.alpha, False, "baseline", why))
                 continue
             verdict = latency_regression(
                 before["repetition_medians_ms"], figures["repetition_medians_ms"], config.alpha, config.min_slowdown
             )
+            source = "baseline artifacts re-measured in this run, interleaved" if interleaved else "recorded baseline figures"
             detail = (
-                f"median {100 * verdict.slowdown:+.1f}% (threshold {100 * verdict.threshold:.1f}% = max(min_slowdown, 3 x CV {100 * verdict.noise_cv:.1f}%)),"
+                f"{source}: median {100 * verdict.slowdown:+.1f}% (threshold {100 * verdict.threshold:.1f}% = max(min_slowdown, 3 x CV {100 * verdict.noise_cv:.1f}%)),"
                 f" Mann-Whitney p = {verdict.p_value:.2g} (alpha {config.alpha:g})"
             )
             checks.append(
@@ -181,14 +240,19 @@ def _baseline_checks(config: GateConfig, report: dict[str, Any], measured: dict[
 
 
 def evaluate_gate(
-    config: GateConfig, report: dict[str, Any], folder: Path, measured: dict[str, Any], baseline: dict[str, Any] | None
+    config: GateConfig,
+    report: dict[str, Any],
+    folder: Path,
+    measured: dict[str, Any],
+    baseline: dict[str, Any] | None,
+    same_run: dict[str, Any] | None = None,
 ) -> list[Check]:
     checks: list[Check] = []
     for budget in config.targets:
         checks += _report_checks(budget, report, folder)
         checks += _measurement_checks(budget, measured.get(budget.name, {}))
     if baseline is not None:
-        checks += _baseline_checks(config, report, measured, baseline)
+        checks += _baseline_checks(config, report, measured, baseline, same_run or {})
     return checks
 
 

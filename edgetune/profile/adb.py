@@ -2,16 +2,19 @@
 
 The artifact is pushed to ``/data/local/tmp`` and timed by ``benchmark_model``, which must
 already be there (it is built from TensorFlow's sources; see the README of
-tensorflow/lite/tools/benchmark). Its output is parsed as that README documents it:
+tensorflow/lite/tools/benchmark). Two runs: one timed without op profiling (profiling slows
+the runs it watches), one with ``--enable_op_profiling=true`` for the time per op type.
 
-    Timings (microseconds): count=50 first=79449 curr=81350 min=77385 max=88213 avg=79732 std=1929
-    Average inference timings in us: Warmup: 83235, Init: 38467, Inference: 79760.9
+What is read from its output, as that README and the tool print it:
 
-(newer builds print ``Inference timings in us: Init: .., First inference: .., Warmup (avg): ..,
-Inference (avg): ..``; both are read)
-plus, with ``--enable_op_profiling=true``, the "Summary by node type" table (tab separated:
-node type, count, avg ms, avg %, cdf %, mem KB, times called) and, with
-``--report_peak_memory_footprint=true``, a line ``Peak memory footprint (MB): init=.. overall=..``.
+- each benchmark phase ends with a bare statistics line, the last one being the timed runs:
+  ``count=50 first=79449 curr=81350 min=77385 max=88213 avg=79732 std=1929`` (microseconds);
+- ``Average inference timings in us: Warmup: 83235, Init: 38467, Inference: 79760.9`` (newer
+  builds print ``Inference timings in us: Init: .., First inference: .., Warmup (avg): ..,
+  Inference (avg): ..``; both are read);
+- with ``--report_peak_memory_footprint=true``: ``Peak memory footprint (MB): init=.. overall=..``;
+- with op profiling, after "Operator-wise Profiling Info for Regular Benchmark Runs", the
+  "Summary by node type" table (tab separated: node type, count, avg ms, ...).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from edgetune.targets import Target
 REMOTE_DIR = "/data/local/tmp"
 BENCHMARK = f"{REMOTE_DIR}/benchmark_model"
 _SERIAL = re.compile(r"^[A-Za-z0-9_.:-]+$")
-_TIMINGS = re.compile(r"Timings \(microseconds\):\s*(.*)")
+_RUN_STATS = re.compile(r"^\s*(count=\d+.*)$", re.MULTILINE)  # a bare statistics line, not the profiler's "Timings ..."
 _AVERAGES = re.compile(r"(?:Average inference|Inference) timings in us:\s*(.*)")  # README's wording, then newer tools'
 _PEAK = re.compile(r"Peak memory footprint \(MB\):\s*init=([\d.]+)\s+overall=([\d.]+)")
 
@@ -43,14 +46,15 @@ def _pairs(text: str, separator: str) -> dict[str, float]:
 
 
 def parse_benchmark_output(text: str) -> dict[str, Any]:
-    """What ``benchmark_model`` printed, as numbers (the last Timings line is the timed runs)."""
-    timings = [_pairs(m.group(1), "=") for m in _TIMINGS.finditer(text)]
+    """What ``benchmark_model`` printed, as numbers (the last bare statistics line is the timed runs)."""
+    timings = [_pairs(m.group(1), "=") for m in _RUN_STATS.finditer(text)]
     averages = [_pairs(m.group(1), ":") for m in _AVERAGES.finditer(text)]
     if not timings or not averages:
         raise InputError("benchmark_model printed no timings", "run it by hand on the device to see why")
     by_type = {}
     in_summary = False
-    for line in text.splitlines():
+    regular = text.split("Operator-wise Profiling Info for Regular Benchmark Runs", 1)
+    for line in (regular[1] if len(regular) > 1 else "").splitlines():
         if "Summary by node type" in line:
             in_summary = True
             continue
@@ -99,21 +103,26 @@ def run_adb(path: Path, serial: str, settings: Settings, target: Target) -> dict
     if _adb(serial, "shell", "ls", BENCHMARK).returncode != 0:
         raise InputError(f"{BENCHMARK} is not on {serial}", "build TFLite's benchmark_model for the device and adb push it there")
     remote = f"{REMOTE_DIR}/edgetune_model.tflite"
-    pushed = _adb(serial, "push", str(path), remote, timeout=settings.timeout_s)
+    pushed = _adb(serial, "push", str(path.resolve()), remote, timeout=settings.timeout_s)  # absolute: never read as an option
     if pushed.returncode != 0:
         raise InputError(f"adb push to {serial} failed: {pushed.stderr.strip()[:200]}", "check the device's storage")
-    flags = [
-        f"--graph={remote}",
-        f"--num_threads={settings.threads}",
+    flags = [f"--graph={remote}", f"--num_threads={settings.threads}", f"--warmup_runs={max(1, settings.warmup)}"]
+    timed = _adb(
+        serial,
+        "shell",
+        BENCHMARK,
+        *flags,
         f"--num_runs={settings.runs}",
-        f"--warmup_runs={max(1, settings.warmup)}",
         f"--min_secs={settings.min_seconds}",
-        "--enable_op_profiling=true",
         "--report_peak_memory_footprint=true",
-    ]
-    done = _adb(serial, "shell", BENCHMARK, *flags, timeout=settings.timeout_s)
+        timeout=settings.timeout_s,
+    )
+    parsed = parse_benchmark_output(timed.stdout + timed.stderr)
+    if settings.op_profile:
+        profiled = _adb(serial, "shell", BENCHMARK, *flags, "--num_runs=20", "--enable_op_profiling=true", timeout=settings.timeout_s)
+        parsed["ms_by_op_type"] = parse_benchmark_output(profiled.stdout + profiled.stderr)["ms_by_op_type"]
     _adb(serial, "shell", "rm", "-f", remote)
-    return adb_document(parse_benchmark_output(done.stdout + done.stderr), path, target, serial, settings)
+    return adb_document(parsed, path, target, serial, settings)
 
 
 def adb_document(parsed: dict[str, Any], path: Path, target: Target, serial: str, settings: Settings) -> dict[str, Any]:

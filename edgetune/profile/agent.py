@@ -37,6 +37,17 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _fail(kind: str, message: str, code: int) -> None:
     print(json.dumps({"agent": AGENT_VERSION, "error": {"kind": kind, "message": message}}))
     sys.exit(code)

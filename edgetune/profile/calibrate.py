@@ -177,6 +177,12 @@ def calibrate_host(check: tuple[str, ...] = CHECK_MODELS, progress: Progress = s
     """Measure, check, and write ``<user dir>/host.toml``; returns its path and contents."""
     from dataclasses import replace
 
+    from edgetune import zoo
+    from edgetune.errors import InputError
+
+    unknown = [name for name in check if not callable(getattr(zoo, name, None))]
+    if unknown:
+        raise InputError(f"--check names unknown zoo models: {', '.join(unknown)}", f"use some of {', '.join(CHECK_MODELS)}")
     bundled = load_target("host")
     threads = usable_cores()
     progress(0, len(check) + 1, "host micro-benchmarks")

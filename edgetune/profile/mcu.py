@@ -50,6 +50,8 @@ def memory_plan(ops: OpList, model_bytes: int, target: Target) -> dict[str, Any]
     arena = max((p.offset + p.tensor.bytes for p in placements), default=0)
     largest = sorted(ops.tensors, key=lambda t: -t.bytes)[:3]
     sram, flash = int(target.ram_mb * MiB), int(target.flash_mb * MiB)
+    fits_sram = arena <= sram if sram else None  # 0 in a profile: unknown capacity
+    fits_flash = model_bytes <= flash if flash else None
     return {
         "kind": "planned",
         "arena_bytes": arena,
@@ -58,9 +60,9 @@ def memory_plan(ops: OpList, model_bytes: int, target: Target) -> dict[str, Any]
         "weights_bytes": ops.weights_bytes,
         "sram_bytes": sram,
         "flash_capacity_bytes": flash,
-        "fits_sram": arena <= sram,
-        "fits_flash": model_bytes <= flash,
-        "fits": arena <= sram and model_bytes <= flash,
+        "fits_sram": fits_sram,
+        "fits_flash": fits_flash,
+        "fits": None if fits_sram is None or fits_flash is None else fits_sram and fits_flash,
         "largest_tensors": [{"tensor": t.name, "bytes": t.bytes, "alive_ops": [max(t.first, 0), t.last]} for t in largest],
         "not_counted": "kernel scratch buffers and the interpreter's own allocations",
     }

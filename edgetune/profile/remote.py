@@ -78,7 +78,10 @@ class _Session:
         argv = ["scp", "-q", *_options(self.config, min(self.timeout_s, 30))]
         if self.device.port:
             argv += ["-P", str(self.device.port)]
-        done = self._run([*argv, "--", str(local), f"{self.device.destination}:{remote_path}"], self.timeout_s)
+        host = f"[{self.device.host}]" if ":" in self.device.host else self.device.host  # IPv6 in brackets for scp
+        destination = f"{self.device.user}@{host}" if self.device.user else host
+        # An absolute local path: a relative one with a colon would read as host:path.
+        done = self._run([*argv, "--", str(local.resolve()), f"{destination}:{remote_path}"], self.timeout_s)
         if done.returncode != 0:
             raise self._error(done)
 
