@@ -71,8 +71,14 @@ def mann_whitney_greater(new: list[float], base: list[float]) -> tuple[float, fl
 
 
 def cv(values: list[float]) -> float:
+    """The coefficient of variation, estimated robustly: 1.4826 x the median absolute deviation
+    over the median (the standard deviation's consistent estimate for normal noise), so that one
+    disturbed repetition does not inflate the noise floor of every comparison."""
     array = np.asarray(values, float)
-    return float(array.std(ddof=1) / array.mean()) if len(array) > 1 and array.mean() > 0 else 0.0
+    centre = float(np.median(array)) if len(array) else 0.0
+    if len(array) < 2 or centre <= 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(array - centre)) / centre)
 
 
 @dataclass(frozen=True)

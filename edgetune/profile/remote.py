@@ -24,6 +24,8 @@ _HOST = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _USER = re.compile(r"^[A-Za-z0-9_.-]+$")
 _REMOTE_DIR = re.compile(r"^/[A-Za-z0-9_./-]+$")
 SSH_FAILED = 255
+REMOTE_TIMEOUT = 124  # coreutils timeout's exit status
+REMOTE_TIMEOUT = 124  # coreutils timeout's exit status
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,14 @@ def run_remote(path: Path, device: SshDevice, settings: Settings, config: Path |
         model = f"{remote_dir}/model{path.suffix}"  # the board sees fixed names, never the user's
         session.scp(AGENT, f"{remote_dir}/agent.py")
         session.scp(path, model)
-        command = " ".join(shlex.quote(part) for part in [device.python, f"{remote_dir}/agent.py", *settings.agent_args(model)])
+        agent = " ".join(shlex.quote(part) for part in [device.python, f"{remote_dir}/agent.py", *settings.agent_args(model)])
+        # The board stops the agent itself a little before the local timeout: killing the local
+        # ssh would leave it running there and disturb later measurements.
+        limit = max(1, int(settings.timeout_s) - 2)
+        command = f"if command -v timeout >/dev/null 2>&1; then exec timeout {limit} {agent}; else exec {agent}; fi"
         done = session.ssh(command)
+        if done.returncode == REMOTE_TIMEOUT:
+            raise InputError(f"{device} did not finish within {settings.timeout_s:g} s", "check the board, or raise --timeout")
         if done.returncode == SSH_FAILED:
             raise session._error(done)
         if done.returncode == 127 or "No such file or directory" in done.stderr and not done.stdout.strip():
