@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgetune.errors import InputError
-from edgetune.gate.config import BUDGETS, GateConfig, TargetBudgets
+from edgetune.gate.config import GateConfig, TargetBudgets
 from edgetune.gate.stats import latency_regression
 from edgetune.progress import Progress, silent
 
@@ -276,7 +276,3 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{what} {path} is not a JSON object", "pass the file edgetune wrote")
     return data
-
-
-def describe_budgets() -> str:
-    return "\n".join(f"  {name}: {text}" for name, text in BUDGETS.items())
