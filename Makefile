@@ -39,14 +39,18 @@ $(PI_STAMP):
 
 install: $(STAMP)
 
-# Debian's OpenSSH server (a real sshd on loopback serves the remote-bench tests) and the adb
-# client (its no-device paths are tested), installed when missing and when apt-get may run.
+# Debian's OpenSSH server (a real sshd on loopback serves the remote-bench tests), the adb
+# client (its no-device paths are tested), and qemu-user-static with debootstrap (the tests
+# build the emulated arm64 board into ~/.cache/edgetune), installed when missing and when
+# apt-get may run.
+TEST_DEBS := openssh-server adb qemu-user-static debootstrap
 test-tools:
-	@if [ ! -x /usr/sbin/sshd ] || ! command -v adb >/dev/null 2>&1; then \
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v adb >/dev/null 2>&1 || \
+	    ! command -v qemu-aarch64-static >/dev/null 2>&1 || [ ! -x /usr/sbin/debootstrap ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    apt-get install -y -q openssh-server adb >/dev/null 2>&1 || \
-	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q openssh-server adb >/dev/null; }; \
-	  else echo "note: install openssh-server and adb to run the remote-bench tests"; fi; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(TEST_DEBS) >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(TEST_DEBS) >/dev/null; }; \
+	  else echo "note: install $(TEST_DEBS) to run the remote-bench and emulated-board tests"; fi; \
 	fi
 
 test: $(STAMP) $(PI_STAMP) test-tools
@@ -59,6 +63,9 @@ demo: $(STAMP)
 	$(BIN)/edgetune bench out/demo/model.fp32.onnx --runs 200
 	$(BIN)/edgetune compress edgetune.zoo:digits_cnn --calib digits --eval digits:test -o out/demo-pruned \
 		--prune channel:0.5 --finetune 20s --train digits:train --qat
+	@if $(BIN)/python -c "import sys; from edgetune.profile.qemu import board_ready; sys.exit(board_ready() is not None)"; then \
+	  $(BIN)/edgetune eval out/demo/model.tflite --data digits:test --device qemu:raspberry-pi-4; \
+	else echo "note: 'edgetune device setup qemu' (root) adds a check of the artifacts on an emulated Raspberry Pi 4"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgetune tests bench
@@ -82,6 +89,9 @@ bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP)
 	$(BIN)/python bench/recover.py
 	$(BIN)/python bench/profiler.py
 	$(BIN)/python bench/gate_noise.py
+	$(BIN)/python bench/gate_noise.py --neighbour
+	$(BIN)/edgetune device setup qemu
+	$(BIN)/python bench/emulated_parity.py
 
 clean:
 	rm -rf out bench/results .pytest_cache .mypy_cache .ruff_cache

@@ -41,13 +41,16 @@ def evaluate(
     reference: str | Path | None = None,
     recipe: str | None = None,
     threads: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Accuracy of ``artifact`` on ``data`` (with labels), and agreement and SQNR against ``reference``."""
+    """Accuracy of ``artifact`` on ``data`` (with labels), and agreement and SQNR against
+    ``reference``. With ``device="qemu:TARGET"`` the artifact runs on the emulated board: the
+    accuracy is the board's, and a parity block compares its outputs with this host's on
+    every kernel path."""
     runner = _runner(artifact, threads)
     reference_runner = _runner(reference, threads) if reference is not None else None
     dataset = load_dataset(data, "test", recipe)
     runner.check_samples(dataset.x, dataset.source)
-    outputs = runner.run(dataset.x)
     doc: dict[str, Any] = {
         "schema": "edgetune.eval",
         "version": 1,
@@ -55,6 +58,10 @@ def evaluate(
         "data": dataset.source,
         "samples": len(dataset),
     }
+    if device is None:
+        outputs = runner.run(dataset.x)
+    else:
+        outputs = _on_device(Path(artifact), device, dataset.x, dataset.source, doc)
     if dataset.y is not None and dataset.has_classes:
         doc["accuracy"] = accuracy(outputs, dataset.y)
     if reference_runner is not None:
@@ -77,6 +84,22 @@ def evaluate(
     return doc
 
 
+def _on_device(artifact: Path, device: str, samples: Any, source: str, doc: dict[str, Any]) -> Any:
+    """Outputs of the board's default kernel path (float, as the host runner gives them); the
+    parity report goes into ``doc``."""
+    if not device.startswith("qemu:"):
+        raise InputError(f"eval runs on qemu:TARGET devices, not {device!r}", "use --device qemu:raspberry-pi-4, or bench for boards")
+    from edgetune.profile.parity import ParityRequest, dequantized, parity, public
+    from edgetune.profile.qemu import QemuDevice
+
+    result = parity(ParityRequest(artifact, QemuDevice.parse(device), samples, source))
+    first = next(iter(result["outputs"]))
+    doc["device"] = result["device"]
+    doc["kernels"] = first
+    doc["parity"] = public(result)
+    return dequantized(artifact, result["outputs"][first])
+
+
 def benchmark(
     artifact: str | Path,
     *,
@@ -90,10 +113,12 @@ def benchmark(
     timeout_s: float = 600.0,
     memory_cap_mb: float = 4096.0,
     ssh_config: str | Path | None = None,
+    samples: int = 16,
 ) -> list[dict[str, Any]]:
     """Latency and memory of ``artifact``: measured on this host, measured on each of
     ``devices`` (``ssh://user@host[:port]``, ``adb:SERIAL``), or estimated for a non-host
-    ``target`` without devices. One document per device."""
+    ``target`` without devices. One document per device. A ``qemu:TARGET`` device checks
+    results only (parity with this host on ``samples`` seeded inputs), never latency."""
     from edgetune.profile import BenchRequest, bench
 
     request = BenchRequest(
@@ -108,6 +133,7 @@ def benchmark(
         timeout_s,
         memory_cap_mb,
         ssh_config=Path(ssh_config) if ssh_config else None,
+        samples=samples,
     )
     return bench(request)
 

@@ -17,8 +17,9 @@ from edgetune.cli.output import common_options, emit, table
     "--device",
     "devices",
     multiple=True,
-    metavar="ssh://user@host[:port]|adb:SERIAL",
-    help="Measure on a board (repeatable: boards run in parallel). Without it, a non-host target is estimated.",
+    metavar="ssh://user@host[:port]|adb:SERIAL|qemu:TARGET",
+    help="Measure on a board (repeatable: boards run in parallel). Without it, a non-host target is estimated."
+    " qemu:TARGET checks results on an emulated board (no latency).",
 )
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads; overrides the target profile.")
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed runs (at least).")
@@ -38,6 +39,9 @@ from edgetune.cli.output import common_options, emit, table
     show_default=True,
     help="MiB of RSS before a local run is stopped.",
 )
+@click.option(
+    "--samples", type=click.IntRange(min=1), default=16, show_default=True, help="Seeded random inputs checked on a qemu: device."
+)
 @click.option("--ssh-config", type=click.Path(dir_okay=False, path_type=Path), help="An ssh config file instead of ~/.ssh/config.")
 @click.option(
     "--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), help="Write PNG plots (latency distribution, per-op time) here."
@@ -55,6 +59,7 @@ def command(
     op_profile: bool,
     timeout_s: float,
     memory_cap_mb: float,
+    samples: int,
     ssh_config: Path | None,
     plot_dir: Path | None,
     quiet: bool,
@@ -77,6 +82,7 @@ def command(
         timeout_s=timeout_s,
         memory_cap_mb=memory_cap_mb,
         ssh_config=ssh_config,
+        samples=samples,
     )
     if plot_dir is not None:
         from edgetune.profile.plots import write_plots
@@ -97,6 +103,8 @@ def _human(doc: dict[str, Any]) -> str:
     rows = [("artifact", f"{doc['artifact']} ({doc['artifact_bytes'] / 1024:.1f} KiB)")]
     if doc["kind"] == "estimated":
         rows += _estimated_rows(doc)
+    elif doc["kind"] == "emulated":
+        rows += parity_rows(doc)
     else:
         rows += _measured_rows(doc)
     if "memory_plan" in doc:
@@ -117,6 +125,23 @@ def _human(doc: dict[str, Any]) -> str:
     if doc.get("note"):
         rows.append(("note", doc["note"]))
     return table(rows)
+
+
+def parity_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows of a parity document (edgetune.parity): one per kernel path."""
+    rows = [
+        ("checked on", f"{doc['device']} ({doc['core']}, {doc['runtime']['board']}) against this host ({doc['runtime']['host']})"),
+        ("inputs", f"{doc['samples']} samples: {doc['data']}"),
+    ]
+    for name, path in doc["paths"].items():
+        lsb = f"max {path['max_lsb']} LSB" if path["max_lsb"] is not None else f"max |diff| {path['max_abs_diff']:.3g}"
+        agreement = (
+            f", top-1 agreement {100 * path['top1_agreement']:.2f}% ({path['changed_predictions']} changed)"
+            if "top1_agreement" in path
+            else ""
+        )
+        rows.append((name, f"{lsb}, {100 * path['differing_share']:.2f}% of elements differ{agreement}"))
+    return rows
 
 
 def _size(count: int) -> str:

@@ -15,18 +15,26 @@ from edgetune.cli.output import common_options, emit, fmt, pct, table
 @click.option("--reference", metavar="ARTIFACT", help="A reference artifact (e.g. model.fp32.onnx) for agreement and SQNR.")
 @click.option("--recipe", metavar="NAME|FILE", help="Preprocessing recipe for an image folder.")
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: all cores).")
+@click.option(
+    "--device",
+    metavar="qemu:TARGET",
+    help="Run on an emulated board (edgetune device setup qemu): its accuracy, and parity with this host per kernel path.",
+)
 @common_options
-def command(artifact: str, data: str, reference: str | None, recipe: str | None, threads: int | None, as_json: bool, debug: bool) -> None:
-    """Evaluate ARTIFACT (.onnx or .edgetune) on DATA."""
+def command(
+    artifact: str, data: str, reference: str | None, recipe: str | None, threads: int | None, device: str | None, as_json: bool, debug: bool
+) -> None:
+    """Evaluate ARTIFACT (.onnx, .tflite or .edgetune) on DATA."""
     from edgetune.api import evaluate
 
-    emit(evaluate(artifact, data, reference=reference, recipe=recipe, threads=threads), as_json, _human)
+    emit(evaluate(artifact, data, reference=reference, recipe=recipe, threads=threads, device=device), as_json, _human)
 
 
 def _human(doc: dict[str, Any]) -> str:
     rows = [("artifact", doc["artifact"]), ("data", f"{doc['samples']} samples of {doc['data']}")]
     if "accuracy" in doc:
-        rows.append(("accuracy", pct(doc["accuracy"])))
+        where = f" on {doc['device']} ({doc['kernels']} kernels)" if "device" in doc else ""
+        rows.append(("accuracy", pct(doc["accuracy"]) + where))
     if "reference" in doc:
         ref = doc["reference"]
         rows.append(("reference", ref["artifact"]))
@@ -34,4 +42,9 @@ def _human(doc: dict[str, Any]) -> str:
             rows.append(("reference accuracy", pct(ref["accuracy"])))
         rows.append(("top-1 agreement", pct(ref["top1_agreement"])))
         rows.append(("output SQNR", fmt(ref["sqnr_db"], 2, " dB")))
+    if "parity" in doc:
+        from edgetune.cli.bench import parity_rows
+
+        rows += [(f"parity {name}" if name not in ("checked on", "inputs") else name, text) for name, text in parity_rows(doc["parity"])]
+        rows.append(("note", doc["parity"]["note"]))
     return table(rows)

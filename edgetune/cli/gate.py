@@ -56,9 +56,11 @@ def command(
 
     Budgets (per [targets.NAME] table): min_accuracy, max_accuracy_drop_pp, min_sqnr_db,
     min_tflite_onnx_agreement, all_ops_delegated, max_latency_p50_ms, max_latency_p90_ms,
-    max_peak_memory_mb, max_artifact_kb, max_arena_kb, max_flash_kb. A latency regression
-    against the baseline must be significant (Mann-Whitney U, p < alpha) and larger than
-    max(min_slowdown, 3 x the measured CV).
+    max_peak_memory_mb, max_artifact_kb, max_arena_kb, max_flash_kb, and on an emulated board
+    (device = "qemu:raspberry-pi-4") max_parity_lsb and min_parity_agreement. A latency regression
+    against the baseline compares each repetition's 10th-percentile time (regression_quantile);
+    it must be significant (Mann-Whitney U, p < alpha) and larger than max(min_slowdown,
+    3 x the measured CV).
     """
     from edgetune.errors import InputError
     from edgetune.gate import gate, load_config

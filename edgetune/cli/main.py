@@ -11,7 +11,7 @@ import warnings
 import click
 
 from edgetune import __version__
-from edgetune.cli import bench, compress, evaluate, export, finetune, gate, inspect, targets
+from edgetune.cli import bench, compress, device, evaluate, export, finetune, gate, inspect, targets
 from edgetune.errors import EdgetuneError
 
 EXIT_USAGE = 2
@@ -34,6 +34,7 @@ for command in (
     bench.command,
     inspect.command,
     targets.group,
+    device.group,
 ):
     cli.add_command(command)
 

@@ -13,6 +13,7 @@
     repetition_seconds = 1.0      # this long
     alpha = 0.002                 # Mann-Whitney U level for a latency regression
     min_slowdown = 0.05           # and its size: max(this, 3 x the measured CV)
+    regression_quantile = 0.1     # each repetition's statistic: its 10th-percentile time (0.5: median)
     max_accuracy_regression_pp = 0.5
 
     [targets.host]                # budgets per target; a target with no device is estimated
@@ -23,6 +24,12 @@
     [targets.raspberry-pi-5]
     device = "ssh://pi@raspberrypi.local"
     max_latency_p90_ms = 20.0
+
+    [targets.raspberry-pi-4]      # an emulated board (edgetune device setup qemu): results only
+    device = "qemu:raspberry-pi-4"
+    parity_kernels = ["xnnpack", "reference", "optimized"]
+    max_parity_lsb = 1
+    min_parity_agreement = 0.995
 
 Unknown keys are errors: a misspelt budget would otherwise never fail.
 """
@@ -49,9 +56,11 @@ BUDGETS = {
     "max_artifact_kb": "artifact size (KiB)",
     "max_arena_kb": "planned activation arena of the TFLite model (KiB)",
     "max_flash_kb": "TFLite model size against flash (KiB)",
+    "max_parity_lsb": "largest output difference, emulated board against this host, over every kernel path (LSB; qemu devices)",
+    "min_parity_agreement": "lowest top-1 agreement, emulated board against this host, over every kernel path (0..1; qemu devices)",
 }
-TARGET_KEYS = {"device", "threads", *BUDGETS}
-GATE_KEYS = {"artifacts", "repetitions", "repetition_seconds", "alpha", "min_slowdown", "max_accuracy_regression_pp"}
+TARGET_KEYS = {"device", "threads", "parity_samples", "parity_kernels", *BUDGETS}
+GATE_KEYS = {"artifacts", "repetitions", "repetition_seconds", "alpha", "min_slowdown", "regression_quantile", "max_accuracy_regression_pp"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class TargetBudgets:
     budgets: dict[str, Any]
     device: str | None = None
     threads: int | None = None
+    parity_samples: int = 64  # evaluation samples run on an emulated (qemu:) device
+    parity_kernels: tuple[str, ...] = ()  # kernel paths checked there (none: all)
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class GateConfig:
     repetition_seconds: float = 1.0
     alpha: float = 0.002
     min_slowdown: float = 0.05
+    regression_quantile: float = 0.1
     max_accuracy_regression_pp: float = 0.5
     source: str = ""
     notes: list[str] = field(default_factory=list)
@@ -111,7 +123,16 @@ def _target(name: str, raw: Any, where: str) -> TargetBudgets:
         elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise InputError(f"{where} [targets.{name}] {key} must be a non-negative number", "fix the value")
     threads = raw.get("threads")
-    return TargetBudgets(name, budgets, raw.get("device"), int(threads) if threads else None)
+    samples = raw.get("parity_samples", 64)
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise InputError(f"{where} [targets.{name}] parity_samples must be a positive integer", "fix the value")
+    from edgetune.profile.parity import KERNELS
+
+    kernels = raw.get("parity_kernels", [])
+    known = sorted(k for names in KERNELS.values() for k in names)
+    if not isinstance(kernels, list) or any(k not in known for k in kernels):
+        raise InputError(f"{where} [targets.{name}] parity_kernels must list kernel paths", f"use some of {', '.join(known)}")
+    return TargetBudgets(name, budgets, raw.get("device"), int(threads) if threads else None, samples, tuple(kernels))
 
 
 def load_config(explicit: str | Path | None = None) -> GateConfig:
@@ -131,11 +152,14 @@ def load_config(explicit: str | Path | None = None) -> GateConfig:
         repetition_seconds=float(gate.get("repetition_seconds", 1.0)),
         alpha=float(gate.get("alpha", 0.002)),
         min_slowdown=float(gate.get("min_slowdown", 0.05)),
+        regression_quantile=float(gate.get("regression_quantile", 0.1)),
         max_accuracy_regression_pp=float(gate.get("max_accuracy_regression_pp", 0.5)),
         source=where,
     )
     if config.repetitions < 3 or config.repetition_seconds <= 0:
         raise InputError(f"{where} [gate] needs repetitions >= 3 and repetition_seconds > 0", "the defaults are 9 and 1.0")
+    if not 0 < config.regression_quantile <= 0.5:
+        raise InputError(f"{where} [gate] regression_quantile must be in (0, 0.5]", "the default is 0.1; 0.5 compares medians")
     floor = 1 / math.comb(2 * config.repetitions, config.repetitions)
     if floor >= config.alpha:
         raise InputError(

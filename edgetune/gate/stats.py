@@ -6,9 +6,15 @@ A latency regression fails the gate only when it is both
 - statistically significant: the Mann-Whitney U test (one-sided: the new medians are
   larger) at a strict level, p < 0.002 by default as in airspeed velocity (asv), with the
   exact null distribution of U for small samples; and
-- large: the relative slowdown of the median exceeds ``max(min_slowdown, 3 x CV)``, CV being
-  the coefficient of variation of the repetition medians on this machine (CI runners show a
-  CV near 2.7%, so a plain 2% threshold fails about half the time on noise alone).
+- large: the relative slowdown (of the middle repetition's statistic) exceeds
+  ``max(min_slowdown, 3 x CV)``, CV being the coefficient of variation of the repetitions on
+  this machine (CI runners show a CV near 2.7%, so a plain 2% threshold fails about half the
+  time on noise alone).
+
+Each repetition contributes one number (the gate uses a low quantile of its times, see
+``edgetune.gate.run``); the functions here do not care which. Repetitions that another
+process disturbed as a whole (a neighbour busy for seconds) are set aside first, and the gate
+measures more repetitions until enough undisturbed ones remain.
 """
 
 from __future__ import annotations
@@ -81,14 +87,29 @@ def cv(values: list[float]) -> float:
     return float(1.4826 * np.median(np.abs(array - centre)) / centre)
 
 
+def interference_free(values: list[float], floor: float = 0.01) -> list[float]:
+    """The repetitions that no other process disturbed. Interference only adds time, so a
+    disturbed repetition stands out above the rest: more than 3 robust standard deviations
+    (1.4826 x MAD) above the median, and at least ``floor`` (1%) above it. Fewer than half
+    can be set aside, since the median itself is taken from the undisturbed majority."""
+    array = np.asarray(values, float)
+    if len(array) < 3:
+        return list(values)
+    centre = float(np.median(array))
+    spread = 1.4826 * float(np.median(np.abs(array - centre)))
+    limit = centre + max(3 * spread, floor * centre)
+    return [float(v) for v in array if v <= limit]
+
+
 @dataclass(frozen=True)
 class Regression:
-    slowdown: float  # relative change of the median, new over base, minus 1
+    slowdown: float  # relative change of the repetitions' median, new over base, minus 1
     p_value: float
     threshold: float  # the slowdown that counts as large
     noise_cv: float
     significant: bool
     large: bool
+    set_aside: tuple[int, int] = (0, 0)  # disturbed repetitions left out, baseline and new
 
     @property
     def regressed(self) -> bool:
@@ -103,13 +124,18 @@ class Regression:
             "significant": self.significant,
             "large": self.large,
             "regressed": self.regressed,
+            "set_aside": list(self.set_aside),
         }
 
 
 def latency_regression(base: list[float], new: list[float], alpha: float = DEFAULT_ALPHA, min_slowdown: float = 0.05) -> Regression:
-    """Compare repetition medians of the baseline and of the new build."""
+    """Compare the per-repetition statistics of the baseline and of the new build, leaving out
+    the repetitions that interference disturbed (``interference_free``)."""
+    kept_base, kept_new = interference_free(base), interference_free(new)
+    set_aside = (len(base) - len(kept_base), len(new) - len(kept_new))
+    base, new = kept_base, kept_new
     noise = max(cv(base), cv(new))
     threshold = max(min_slowdown, NOISE_MULTIPLE * noise)
     slowdown = float(np.median(new) / np.median(base) - 1.0)
     _, p_value = mann_whitney_greater(new, base)
-    return Regression(slowdown, p_value, threshold, noise, p_value < alpha, slowdown > threshold)
+    return Regression(slowdown, p_value, threshold, noise, p_value < alpha, slowdown > threshold, set_aside)

@@ -7,6 +7,13 @@ import edgetune.
 
     python3 agent.py MODEL [--threads N] [--runs N] [--min-seconds S] [--warmup N]
                            [--affinity 0,1] [--op-profile]
+    python3 agent.py MODEL --outputs INPUTS.npy SAVE.npz [--kernels xnnpack,builtin,reference]
+
+The second form runs every sample of INPUTS.npy (float32, NCHW, as edgetune's data sets are)
+through each kernel path and saves the raw outputs, one array per path, for parity checks
+between machines: TFLite's ``xnnpack`` (the default delegate), ``builtin`` (its optimized
+built-in kernels) and ``reference`` kernels; ONNX Runtime's ``optimized`` and
+``unoptimized`` (no graph optimization) sessions.
 
 Exit codes: 0 measured; 3 the runtime is missing; 4 the runtime rejects the model.
 """
@@ -41,7 +48,7 @@ def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                if line.lower().startswith(("model name", "hardware", "cpu model", "cpu part")):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
@@ -63,11 +70,15 @@ class OnnxModel:
         self.runtime = f"onnxruntime {ort.__version__}"
         self.path, self.threads = path, threads
 
-    def _session(self, profile: bool):  # type: ignore[no-untyped-def]
+    KERNELS = ("optimized", "unoptimized")
+
+    def _session(self, profile: bool, optimized: bool = True):  # type: ignore[no-untyped-def]
         options = self.ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if not optimized:
+            options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if profile:
             options.enable_profiling = True
             options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
@@ -116,6 +127,13 @@ class OnnxModel:
     def delegation(self) -> None:
         return None  # ONNX Runtime's CPU provider runs everything itself
 
+    def outputs(self, np, samples, kernels: str):  # type: ignore[no-untyped-def]
+        """Raw outputs of the samples with or without graph optimization, one sample per run."""
+        session = self._session(profile=False, optimized=kernels == "optimized")
+        name = session.get_inputs()[0].name
+        dtype = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}[session.get_inputs()[0].type]
+        return np.concatenate([session.run(None, {name: sample[None].astype(dtype)})[0] for sample in samples])
+
 
 class TfliteModel:
     def __init__(self, path: str, threads: int) -> None:
@@ -133,17 +151,46 @@ class TfliteModel:
             except ImportError:
                 _fail("missing-runtime", "neither ai-edge-litert nor tflite-runtime is installed", EXIT_NO_RUNTIME)
         self.interpreter_class = Interpreter
+        self.resolvers = sys.modules[Interpreter.__module__].OpResolverType
         self.path, self.threads = path, threads
 
-    def load(self) -> None:
+    KERNELS = ("xnnpack", "builtin", "reference")
+
+    def _interpreter(self, kernels: str = "xnnpack"):  # type: ignore[no-untyped-def]
+        resolver = {
+            "xnnpack": self.resolvers.AUTO,
+            "builtin": self.resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            "reference": self.resolvers.BUILTIN_REF,
+        }[kernels]
         with open(self.path, "rb") as handle:
             content = handle.read()  # from bytes, so that the flatbuffer verifier runs
         try:
-            self.interpreter = self.interpreter_class(model_content=content, num_threads=self.threads)
-            self.interpreter.allocate_tensors()
+            interpreter = self.interpreter_class(model_content=content, num_threads=self.threads, experimental_op_resolver_type=resolver)
+            interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             _fail("bad-model", f"the TFLite interpreter rejects the model: {str(exc).splitlines()[0]}", EXIT_BAD_MODEL)
+        return interpreter
+
+    def load(self) -> None:
+        self.interpreter = self._interpreter()
         self.input = self.interpreter.get_input_details()[0]
+
+    def outputs(self, np, samples, kernels: str):  # type: ignore[no-untyped-def]
+        """Raw outputs of the samples on one kernel path, one sample per invoke. NCHW samples go
+        in as NHWC; float samples into an integer input are quantized with its parameters."""
+        interpreter = self._interpreter(kernels)
+        given, wanted = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        results = []
+        for sample in samples:
+            x = sample[None].transpose(0, 2, 3, 1) if sample.ndim == 3 else sample[None]
+            if np.issubdtype(given["dtype"], np.integer):
+                scale, zero_point = given["quantization"]
+                info = np.iinfo(given["dtype"])
+                x = np.clip(np.round(x / scale) + zero_point, info.min, info.max)
+            interpreter.set_tensor(given["index"], np.ascontiguousarray(x, dtype=given["dtype"]))
+            interpreter.invoke()
+            results.append(np.array(interpreter.get_tensor(wanted["index"])))
+        return np.concatenate(results)
 
     def sample(self, np):  # type: ignore[no-untyped-def]
         return _random(np, [int(d) for d in self.input["shape"]], self.input["dtype"])
@@ -254,6 +301,35 @@ def measure(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     }
 
 
+def outputs(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    """Every sample through every kernel path asked for; the arrays go to one .npz file."""
+    try:
+        import numpy as np
+    except ImportError:
+        _fail("missing-runtime", "numpy is not installed", EXIT_NO_RUNTIME)
+    kind = OnnxModel if args.model.endswith(".onnx") else TfliteModel
+    model = kind(args.model, args.threads)
+    samples = np.load(args.outputs[0], allow_pickle=False)
+    kernels = args.kernels.split(",") if args.kernels else list(kind.KERNELS)
+    unknown = [k for k in kernels if k not in kind.KERNELS]
+    if unknown:
+        _fail("usage", f"kernel paths {unknown} do not exist for this model; use {', '.join(kind.KERNELS)}", 2)
+    arrays, seconds = {}, {}
+    for name in kernels:
+        start = time.perf_counter()
+        arrays[name] = model.outputs(np, samples, name)
+        seconds[name] = time.perf_counter() - start
+    np.savez(args.outputs[1], **arrays)
+    return {
+        "agent": AGENT_VERSION,
+        "runtime": model.runtime,
+        "machine": {"system": platform.system(), "machine": platform.machine(), "cpu": _cpu_model(), "numpy": np.__version__},
+        "samples": int(len(samples)),
+        "kernels": kernels,
+        "seconds": seconds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="edgetune bench agent")
     parser.add_argument("model")
@@ -265,7 +341,10 @@ def main() -> None:
     parser.add_argument("--op-profile", action="store_true")
     parser.add_argument("--profile-runs", type=int, default=20)
     parser.add_argument("--load-only", action="store_true", help="only load the model (the runtime's verifier runs)")
-    print(json.dumps(measure(parser.parse_args())))
+    parser.add_argument("--outputs", nargs=2, metavar=("INPUTS.npy", "SAVE.npz"), help="save raw outputs per kernel path")
+    parser.add_argument("--kernels", default="", help="kernel paths for --outputs, comma-separated (default: all)")
+    args = parser.parse_args()
+    print(json.dumps(outputs(args) if args.outputs else measure(args)))
 
 
 if __name__ == "__main__":

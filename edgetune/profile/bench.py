@@ -26,6 +26,7 @@ class BenchRequest:
     timeout_s: float = 600.0
     memory_cap_mb: float = 4096.0
     ssh_config: Path | None = None
+    samples: int = 16  # seeded random inputs checked on an emulated (qemu:) device
 
 
 def _settings(request: BenchRequest, target: Target) -> Settings:
@@ -85,9 +86,27 @@ def _measured(request: BenchRequest, target: Target, device: str | None) -> dict
         from edgetune.profile.adb import run_adb
 
         return run_adb(request.artifact, device[4:], settings, target)
+    elif device.startswith("qemu:"):
+        return _emulated(request, target, device)
     else:
-        raise InputError(f"device {device!r} is not like ssh://user@host[:port] or adb:SERIAL", "fix --device")
+        raise InputError(f"device {device!r} is not like ssh://user@host[:port], adb:SERIAL or qemu:TARGET", "fix --device")
     return bench_document(raw, request.artifact, target.name, where)
+
+
+def _emulated(request: BenchRequest, target: Target, device: str) -> dict[str, Any]:
+    """Results only: the artifact's outputs on the emulated board against this host's, on
+    seeded random inputs (``edgetune eval --device`` checks real data)."""
+    import numpy as np
+
+    from edgetune.profile.parity import ParityRequest, parity, public, sample_shape
+    from edgetune.profile.qemu import QemuDevice
+
+    board = QemuDevice.parse(device)
+    shape = sample_shape(request.artifact)
+    samples = np.random.default_rng(0).standard_normal((request.samples, *shape)).astype(np.float32)
+    source = f"{request.samples} seeded random inputs (standard normal, seed 0)"
+    document = public(parity(ParityRequest(request.artifact, board, samples, source, timeout_s=request.timeout_s)))
+    return {**document, "artifact_bytes": request.artifact.stat().st_size, "target": target.name}
 
 
 def _verify(request: BenchRequest, target: Target) -> None:
@@ -99,6 +118,9 @@ def _verify(request: BenchRequest, target: Target) -> None:
 def bench(request: BenchRequest) -> list[dict[str, Any]]:
     """One document per device (measured), or one for this host (measured) or the target (estimated)."""
     fmt = check_artifact(request.artifact)
+    emulated = {d.removeprefix("qemu:") for d in request.devices if d.startswith("qemu:")}
+    if request.target == "host" and len(emulated) == 1 and len(request.devices) == 1:
+        request = replace(request, target=emulated.pop())  # the board's profile for the memory plan
     target = load_target(request.target)
     local = not request.devices and target.name == "host"
     if not local:

@@ -66,6 +66,7 @@ class Target:
     budgets: dict[str, float] = field(default_factory=dict)
     path: str = ""
     estimator_check: dict[str, Any] = field(default_factory=dict)  # estimate/measured ratios on this host
+    core: str = ""  # the CPU core, as qemu names it (cortex-a72): what an emulated device runs on
 
     def __post_init__(self) -> None:
         if self.device_class not in CLASSES:
@@ -143,6 +144,7 @@ def load_target(name_or_path: str) -> Target:
             budgets={str(k): float(v) for k, v in raw.get("budgets", {}).items()},
             path=str(path),
             estimator_check=dict(raw.get("estimator_check", {})),
+            core=str(raw.get("core", "")),
         )
     except KeyError as exc:
         raise InputError(f"target file {path} lacks the field {exc.args[0]}", "add it (see targets/host.toml)") from None
