@@ -149,7 +149,7 @@ def main() -> None:
         baseline = root / "baseline.json"
         gate(config, report=report, baseline=baseline, update_baseline=True)
         log("digits CNN: baseline, then perturbed weights")
-        digits_config = _config(3, 0.2, {"min_accuracy": 0.9}, alpha=0.1)
+        digits_config = _config(9, 0.2, {"min_accuracy": 0.9}, quantile=args.quantile)
         digits_base = root / "digits-baseline.json"
         gate(
             digits_config,
@@ -211,6 +211,16 @@ def _row(variant: str, index: int, document: dict[str, Any]) -> dict[str, Any]:
         "p_values": {c["artifact"]: c["value"]["p_value"] for c in regressions},
         "thresholds": {c["artifact"]: c["value"]["threshold"] for c in regressions},
         "noise_cv": {c["artifact"]: c["value"]["noise_cv"] for c in regressions},
+        "set_aside": {c["artifact"]: c["value"]["set_aside"] for c in regressions},
+        "repetitions": {
+            artifact: {
+                "baseline": document["baseline_measurements"].get("host", {}).get(artifact, {}).get("repetition_ms"),
+                "new": figures.get("repetition_ms"),
+                "baseline_medians": document["baseline_measurements"].get("host", {}).get(artifact, {}).get("repetition_medians_ms"),
+                "new_medians": figures.get("repetition_medians_ms"),
+            }
+            for artifact, figures in document["measurements"].get("host", {}).items()
+        },
     }
 
 

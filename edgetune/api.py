@@ -42,11 +42,12 @@ def evaluate(
     recipe: str | None = None,
     threads: int | None = None,
     device: str | None = None,
+    ssh_config: str | Path | None = None,
 ) -> dict[str, Any]:
     """Accuracy of ``artifact`` on ``data`` (with labels), and agreement and SQNR against
-    ``reference``. With ``device="qemu:TARGET"`` the artifact runs on the emulated board: the
-    accuracy is the board's, and a parity block compares its outputs with this host's on
-    every kernel path."""
+    ``reference``. With ``device`` (``qemu:TARGET`` for an emulated board, or
+    ``ssh://user@host``) the artifact runs on that board: the accuracy is the board's, and a
+    parity block compares its outputs with this host's on every kernel path."""
     runner = _runner(artifact, threads)
     reference_runner = _runner(reference, threads) if reference is not None else None
     dataset = load_dataset(data, "test", recipe)
@@ -61,7 +62,7 @@ def evaluate(
     if device is None:
         outputs = runner.run(dataset.x)
     else:
-        outputs = _on_device(Path(artifact), device, dataset.x, dataset.source, doc)
+        outputs = _on_device(Path(artifact), device, dataset.x, dataset.source, doc, ssh_config)
     if dataset.y is not None and dataset.has_classes:
         doc["accuracy"] = accuracy(outputs, dataset.y)
     if reference_runner is not None:
@@ -84,15 +85,13 @@ def evaluate(
     return doc
 
 
-def _on_device(artifact: Path, device: str, samples: Any, source: str, doc: dict[str, Any]) -> Any:
+def _on_device(artifact: Path, device: str, samples: Any, source: str, doc: dict[str, Any], ssh_config: str | Path | None) -> Any:
     """Outputs of the board's default kernel path (float, as the host runner gives them); the
     parity report goes into ``doc``."""
-    if not device.startswith("qemu:"):
-        raise InputError(f"eval runs on qemu:TARGET devices, not {device!r}", "use --device qemu:raspberry-pi-4, or bench for boards")
-    from edgetune.profile.parity import ParityRequest, dequantized, parity, public
-    from edgetune.profile.qemu import QemuDevice
+    from edgetune.profile.parity import ParityRequest, dequantized, parity, parse_device, public
 
-    result = parity(ParityRequest(artifact, QemuDevice.parse(device), samples, source))
+    board = parse_device(device)
+    result = parity(ParityRequest(artifact, board, samples, source, ssh_config=Path(ssh_config) if ssh_config else None))
     first = next(iter(result["outputs"]))
     doc["device"] = result["device"]
     doc["kernels"] = first

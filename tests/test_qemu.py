@@ -104,8 +104,8 @@ def test_emulated_devices_fail_in_one_line(artifacts, capsys, tmp_path, monkeypa
     monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "empty"))
     code, _, err = _eval(capsys, [str(artifacts / "model.tflite"), "--data", "digits:test", "--device", "qemu:raspberry-pi-4"])
     assert code == 2 and "\n" not in err and err.endswith("run: edgetune device setup qemu (it says what else it needs)"), err
-    code, _, err = _eval(capsys, [str(artifacts / "model.tflite"), "--data", "digits:test", "--device", "ssh://pi@board"])
-    assert code == 2 and err.startswith("error: eval runs on qemu:TARGET devices"), err
+    code, _, err = _eval(capsys, [str(artifacts / "model.tflite"), "--data", "digits:test", "--device", "adb:emulator-5554"])
+    assert code == 2 and err.startswith("error: outputs can be compared on qemu:TARGET or ssh:// devices"), err
 
 
 def test_cpuinfo_matches_the_core_qemu_emulates() -> None:
@@ -158,3 +158,30 @@ def test_board_archives_keep_links_and_refuse_paths_outside(tmp_path: Path) -> N
     device = tarfile.TarInfo("rootfs/dev/null")
     device.type = tarfile.CHRTYPE
     assert _member_filter(device, str(out)) is None
+
+
+def test_setup_says_what_is_missing(tmp_path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no qemu, no debootstrap here
+    assert run(["device", "setup", "qemu", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: qemu-aarch64-static is not installed; apt-get install qemu-user-static (Debian/Ubuntu)", err
+    assert not (tmp_path / "cache" / "qemu" / "bookworm-arm64").exists(), "nothing half-made"
+    from edgetune.profile.qemu_setup import missing_tools
+
+    assert any(n.startswith("debootstrap") for n in missing_tools()) and any(n.startswith("qemu") for n in missing_tools())
+
+
+def test_the_mirror_comes_from_apt(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from edgetune.profile import qemu_setup
+
+    sources = tmp_path / "debian.sources"
+    sources.write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n"
+    )
+    assert qemu_setup.apt_mirror([sources]) == "http://mirror.example/debian"
+    listing = tmp_path / "sources.list"
+    listing.write_text("# a comment\ndeb [arch=amd64] https://other.example/debian bookworm main\n")
+    assert qemu_setup.apt_mirror([listing]) == "https://other.example/debian"
+    assert qemu_setup.apt_mirror([tmp_path / "missing"]) == qemu_setup.DEFAULT_MIRROR

@@ -3,6 +3,7 @@ environment is the Raspberry-Pi-like one (tflite-runtime 2.14, numpy 1.26)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import bench_json
+
+from edgetune.cli.main import run
 
 SSHD = "/usr/sbin/sshd"
 
@@ -154,3 +157,39 @@ def test_no_shell_metacharacters_reach_the_board(board, artifacts, capsys, tmp_p
     code, doc, err = bench_json(capsys, [str(odd), "--device", board.url(), "--ssh-config", str(board.config), "--runs", "5"])
     assert code == 0, err
     assert not (Path.home() / "PWNED").exists() and not any(Path.home().glob("PWNED*"))
+
+
+def test_eval_on_the_board_compares_its_outputs_with_the_host(board, artifacts, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The board runs tflite-runtime 2.14, the host LiteRT: same file, other kernels."""
+    argv = ["eval", str(artifacts / "model.tflite"), "--data", "digits:test", "--device", board.url(), "--ssh-config", str(board.config)]
+    assert run([*argv, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    parity = doc["parity"]
+    assert parity["kind"] == "board" and parity["device"].startswith("ssh://") and parity["samples"] == 360
+    assert parity["runtime"] == {"host": parity["runtime"]["host"], "board": "tflite-runtime 2.14.0"}
+    assert parity["runtime"]["host"].startswith("ai-edge-litert") and "bench measures its latency" in parity["note"]
+    assert set(parity["paths"]) == {"xnnpack", "builtin", "reference"}
+    # 2.14 runs int8 on its built-in kernels where the host's LiteRT uses XNNPACK: the default
+    # path answers differently (within a few LSB), and the check shows it.
+    assert parity["paths"]["xnnpack"]["differing_share"] > 0 and parity["worst"]["max_lsb"] <= 3
+    assert all(p["top1_agreement"] >= 0.99 for p in parity["paths"].values())
+    assert doc["accuracy"] > 0.95
+
+
+def test_gate_checks_parity_on_a_real_board(board, artifacts, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import shutil as files
+
+    for name in ("model.tflite", "report.json"):
+        files.copy(artifacts / name, tmp_path / name)
+    (tmp_path / "edgetune.toml").write_text(
+        '[recipe]\neval = "digits:test"\n[gate]\nartifacts = ["model.tflite"]\nrepetitions = 3\nrepetition_seconds = 0.2\nalpha = 0.1\n'
+        f'[targets.raspberry-pi-4]\ndevice = "{board.url()}"\nssh_config = "{board.config}"\nparity_samples = 50\nparity_kernels = ["reference"]\nmax_parity_lsb = 3\n'
+    )
+    argv = ["gate", "--config", str(tmp_path / "edgetune.toml"), "--report", str(tmp_path / "report.json"), "--json", "--quiet"]
+    code = run(argv)
+    captured = capsys.readouterr()
+    assert captured.out, captured.err
+    doc = json.loads(captured.out)
+    check = next(c for c in doc["checks"] if c["name"] == "max_parity_lsb")
+    assert check["kind"] == "measured" and "50 samples of digits:test" in check["detail"] and "reference" in check["detail"]
+    assert code == 0 and check["passed"] and check["value"] <= 3, doc["failed"]

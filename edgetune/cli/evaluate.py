@@ -17,17 +17,27 @@ from edgetune.cli.output import common_options, emit, fmt, pct, table
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: all cores).")
 @click.option(
     "--device",
-    metavar="qemu:TARGET",
-    help="Run on an emulated board (edgetune device setup qemu): its accuracy, and parity with this host per kernel path.",
+    metavar="qemu:TARGET|ssh://user@host[:port]",
+    help="Run on a board, emulated (edgetune device setup qemu) or over SSH: its accuracy, and parity with this host per kernel path.",
 )
+@click.option("--ssh-config", type=click.Path(dir_okay=False), help="An ssh config file instead of ~/.ssh/config.")
 @common_options
 def command(
-    artifact: str, data: str, reference: str | None, recipe: str | None, threads: int | None, device: str | None, as_json: bool, debug: bool
+    artifact: str,
+    data: str,
+    reference: str | None,
+    recipe: str | None,
+    threads: int | None,
+    device: str | None,
+    ssh_config: str | None,
+    as_json: bool,
+    debug: bool,
 ) -> None:
     """Evaluate ARTIFACT (.onnx, .tflite or .edgetune) on DATA."""
     from edgetune.api import evaluate
 
-    emit(evaluate(artifact, data, reference=reference, recipe=recipe, threads=threads, device=device), as_json, _human)
+    document = evaluate(artifact, data, reference=reference, recipe=recipe, threads=threads, device=device, ssh_config=ssh_config)
+    emit(document, as_json, _human)
 
 
 def _human(doc: dict[str, Any]) -> str:
@@ -46,5 +56,6 @@ def _human(doc: dict[str, Any]) -> str:
         from edgetune.cli.bench import parity_rows
 
         rows += [(f"parity {name}" if name not in ("checked on", "inputs") else name, text) for name, text in parity_rows(doc["parity"])]
+        rows += [("warning", warning) for warning in doc["parity"].get("warnings", [])]
         rows.append(("note", doc["parity"]["note"]))
     return table(rows)

@@ -63,6 +63,7 @@ def gate(
         "failed": [f"{c.target}: {c.label}" for c in checks if not c.passed],
         "checks": [c.to_dict() for c in checks],
         "measurements": measured,
+        "baseline_measurements": same_run,  # the baseline's artifacts, re-measured in this run
         "baseline": str(baseline) if baseline is not None else None,
         "notes": list(config.notes),
     }

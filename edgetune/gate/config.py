@@ -59,7 +59,7 @@ BUDGETS = {
     "max_parity_lsb": "largest output difference, emulated board against this host, over every kernel path (LSB; qemu devices)",
     "min_parity_agreement": "lowest top-1 agreement, emulated board against this host, over every kernel path (0..1; qemu devices)",
 }
-TARGET_KEYS = {"device", "threads", "parity_samples", "parity_kernels", *BUDGETS}
+TARGET_KEYS = {"device", "ssh_config", "threads", "parity_samples", "parity_kernels", *BUDGETS}
 GATE_KEYS = {"artifacts", "repetitions", "repetition_seconds", "alpha", "min_slowdown", "regression_quantile", "max_accuracy_regression_pp"}
 
 
@@ -71,6 +71,7 @@ class TargetBudgets:
     threads: int | None = None
     parity_samples: int = 64  # evaluation samples run on an emulated (qemu:) device
     parity_kernels: tuple[str, ...] = ()  # kernel paths checked there (none: all)
+    ssh_config: str | None = None  # an ssh config file for an ssh:// device
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ def _target(name: str, raw: Any, where: str) -> TargetBudgets:
     known = sorted(k for names in KERNELS.values() for k in names)
     if not isinstance(kernels, list) or any(k not in known for k in kernels):
         raise InputError(f"{where} [targets.{name}] parity_kernels must list kernel paths", f"use some of {', '.join(known)}")
-    return TargetBudgets(name, budgets, raw.get("device"), int(threads) if threads else None, samples, tuple(kernels))
+    config = raw.get("ssh_config")
+    return TargetBudgets(name, budgets, raw.get("device"), int(threads) if threads else None, samples, tuple(kernels), config)
 
 
 def load_config(explicit: str | Path | None = None) -> GateConfig:

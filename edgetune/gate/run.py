@@ -154,23 +154,34 @@ def _measure_target(
             progress(index, config.repetitions, label)
             for side in list(sides) if index % 2 == 0 else list(reversed(sides)):
                 where, series = sides[side]
-                request = BenchRequest(where, budget.name, devices, budget.threads, runs=5, warmup=5, min_seconds=config.repetition_seconds)
+                request = BenchRequest(
+                    where,
+                    budget.name,
+                    devices,
+                    budget.threads,
+                    runs=5,
+                    warmup=5,
+                    min_seconds=config.repetition_seconds,
+                    ssh_config=Path(budget.ssh_config) if budget.ssh_config else None,
+                )
                 series.add(bench(request)[0])
             index += 1
         progress(config.repetitions, config.repetitions, label)
         results[artifact] = sides["new"][1].figures()
+        if budget.device and {"max_parity_lsb", "min_parity_agreement"} & set(budget.budgets):
+            results[artifact]["parity"] = _emulated(budget, path, config, progress)["parity"]  # a real board over SSH
         if "baseline" in sides:
             baseline[artifact] = sides["baseline"][1].figures()
     return results, baseline
 
 
 def _emulated(budget: TargetBudgets, path: Path, config: GateConfig, progress: Progress) -> dict[str, Any]:
-    """Parity of the artifact on the emulated board with this host, on the recipe's evaluation
-    data (its first ``parity_samples``), or on seeded random inputs without one."""
-    from edgetune.profile.parity import ParityRequest, parity, public, sample_shape
-    from edgetune.profile.qemu import QemuDevice
+    """Parity of the artifact on the target's board (emulated, or over SSH) with this host, on
+    the recipe's evaluation data (its first ``parity_samples``), or on seeded random inputs
+    without one."""
+    from edgetune.profile.parity import ParityRequest, parity, parse_device, public, sample_shape
 
-    device = QemuDevice.parse(budget.device or "")
+    device = parse_device(budget.device or "")
     progress(0, 1, f"parity {budget.name} {path.name}")
     if config.recipe.get("eval"):
         from edgetune.data import load_dataset
@@ -180,7 +191,8 @@ def _emulated(budget: TargetBudgets, path: Path, config: GateConfig, progress: P
     else:
         samples = np.random.default_rng(0).standard_normal((budget.parity_samples, *sample_shape(path))).astype(np.float32)
         source = f"{budget.parity_samples} seeded random inputs (no eval data in the recipe)"
-    document = public(parity(ParityRequest(path, device, samples, source, budget.parity_kernels)))
+    ssh_config = Path(budget.ssh_config) if budget.ssh_config else None
+    document = public(parity(ParityRequest(path, device, samples, source, budget.parity_kernels, ssh_config=ssh_config)))
     progress(1, 1, f"parity {budget.name} {path.name}")
     return {"kind": "emulated", "parity": document}
 

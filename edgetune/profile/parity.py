@@ -1,5 +1,5 @@
-"""Parity between this host and an emulated board: the same artifact, the same inputs, the
-same agent, on every kernel path (TFLite's XNNPACK, optimized built-in and reference kernels;
+"""Parity between this host and a board (emulated under qemu, or real over SSH): the same
+artifact, the same inputs, the same agent, on every kernel path (TFLite's XNNPACK, optimized built-in and reference kernels;
 ONNX Runtime with and without graph optimization), and the outputs compared element by element.
 
 Differences are counted in LSB of the artifact's output: raw integer steps for an int8 output,
@@ -22,6 +22,7 @@ import numpy as np
 from edgetune.errors import InputError
 from edgetune.profile.measure import AGENT, parse_agent_output
 from edgetune.profile.qemu import QemuDevice, run_agent
+from edgetune.profile.remote import SshDevice
 
 # The agent's kernel paths per artifact format (agent.py keeps its own copy: it imports nothing).
 KERNELS = {".tflite": ("xnnpack", "builtin", "reference"), ".onnx": ("optimized", "unoptimized")}
@@ -31,11 +32,21 @@ NOTE = "emulated under qemu: results only; emulated timings say nothing about th
 @dataclass(frozen=True)
 class ParityRequest:
     artifact: Path
-    device: QemuDevice
+    device: QemuDevice | SshDevice
     samples: np.ndarray  # float32, NCHW as edgetune's data sets are
     source: str  # where the samples came from, for the report
     kernels: tuple[str, ...] = ()  # none: every path of the artifact's runtime; others' names are ignored
     timeout_s: float = 1800.0
+    ssh_config: Path | None = None
+
+
+def parse_device(device: str) -> QemuDevice | SshDevice:
+    """``qemu:TARGET`` or ``ssh://user@host[:port][?python=...]``: the boards parity runs on."""
+    if device.startswith("qemu:"):
+        return QemuDevice.parse(device)
+    if device.startswith("ssh://"):
+        return SshDevice.parse(device)
+    raise InputError(f"outputs can be compared on qemu:TARGET or ssh:// devices, not {device!r}", "use --device qemu:raspberry-pi-4")
 
 
 def sample_shape(path: Path) -> list[int]:
@@ -147,20 +158,25 @@ def parity(request: ParityRequest) -> dict[str, Any]:
         model.write_bytes(request.artifact.read_bytes())
         host = _host_outputs(model, inputs, tmp / "host.npz", request.kernels, request.timeout_s)
         host_seconds = time.perf_counter() - started
-        args = [str(model), "--outputs", str(inputs), str(tmp / "board.npz")]
-        args += ["--kernels", ",".join(request.kernels)] if request.kernels else []
-        board = run_agent(request.device, args, request.timeout_s, request.artifact.name)
+        board = _board_outputs(request, model, inputs, tmp / "board.npz")
         with np.load(tmp / "host.npz") as here, np.load(tmp / "board.npz") as there:
             outputs = {name: (here[name], there[name]) for name in here.files}
     lsb = output_lsb(request.artifact)
     paths = {name: compare(here, there, lsb) for name, (here, there) in outputs.items()}
+    emulated = isinstance(request.device, QemuDevice)
+    warnings = []
+    if emulated and host["runtime"] != board["runtime"]:
+        warnings.append(
+            f"the board has {board['runtime']}, this host {host['runtime']}: versions differ as well as kernels"
+            " (rebuild it: edgetune device setup qemu --force)"
+        )
     return {
         "schema": "edgetune.parity",
         "version": 1,
-        "kind": "emulated",
+        "kind": "emulated" if emulated else "board",
         "artifact": str(request.artifact),
-        "device": f"qemu:{request.device.target}",
-        "core": request.device.core.qemu_cpu,
+        "device": f"qemu:{request.device.target}" if isinstance(request.device, QemuDevice) else str(request.device),
+        "core": request.device.core.qemu_cpu if isinstance(request.device, QemuDevice) else board["machine"].get("cpu"),
         "runtime": {"host": host["runtime"], "board": board["runtime"]},
         "machine": {"host": host["machine"], "board": board["machine"]},
         "data": request.source,
@@ -170,9 +186,20 @@ def parity(request: ParityRequest) -> dict[str, Any]:
         "worst": worst(paths),
         "outputs": {name: there for name, (_, there) in outputs.items()},
         "latency": None,
-        "note": NOTE,
+        "note": NOTE if emulated else "results of the board's own runtime; bench measures its latency",
         "seconds": {"host": round(host_seconds, 2), "total": round(time.perf_counter() - started, 2)},
+        "warnings": warnings,
     }
+
+
+def _board_outputs(request: ParityRequest, model: Path, inputs: Path, save: Path) -> dict[str, Any]:
+    if isinstance(request.device, SshDevice):
+        from edgetune.profile.remote import run_remote_outputs
+
+        return run_remote_outputs(model, request.device, inputs, save, request.kernels, request.ssh_config, request.timeout_s)
+    args = [str(model), "--outputs", str(inputs), str(save)]
+    args += ["--kernels", ",".join(request.kernels)] if request.kernels else []
+    return run_agent(request.device, args, request.timeout_s, request.artifact.name)
 
 
 def worst(paths: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -40,10 +40,11 @@ PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17
 STEPS = 5
 
 
-def apt_mirror() -> str:
+def apt_mirror(sources: list[Path] | None = None) -> str:
     """The Debian mirror this machine's apt uses (deb822 or one-line sources), else deb.debian.org."""
-    candidates = sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]
-    for path in candidates:
+    if sources is None:
+        sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]
+    for path in sources:
         try:
             text = path.read_text()
         except OSError:

@@ -87,6 +87,16 @@ class _Session:
         if done.returncode != 0:
             raise self._error(done)
 
+    def fetch(self, remote_path: str, local: Path) -> None:
+        argv = ["scp", "-q", *_options(self.config, min(self.timeout_s, 30))]
+        if self.device.port:
+            argv += ["-P", str(self.device.port)]
+        host = f"[{self.device.host}]" if ":" in self.device.host else self.device.host
+        source = f"{self.device.user}@{host}" if self.device.user else host
+        done = self._run([*argv, "--", f"{source}:{remote_path}", str(local.resolve())], self.timeout_s)
+        if done.returncode != 0:
+            raise self._error(done)
+
     def _run(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -112,31 +122,59 @@ def ssh_error(stderr: str, device: str) -> InputError:
     return InputError(f"{device}: ssh failed ({last})", "check the connection with ssh by hand")
 
 
-def run_remote(path: Path, device: SshDevice, settings: Settings, config: Path | None = None) -> dict[str, Any]:
-    """Copy ``path`` and the agent to a fresh folder on the board, run, clean up, return the agent's JSON."""
-    session = _Session(device, config, settings.timeout_s)
+def _folder(session: _Session, device: SshDevice) -> str:
     made = session.ssh("mktemp -d")
     if made.returncode != 0:
         raise session._error(made)
     remote_dir = made.stdout.strip().splitlines()[-1] if made.stdout.strip() else ""
     if not _REMOTE_DIR.match(remote_dir):
         raise InputError(f"{device}: mktemp -d answered {remote_dir!r}", "check the board's shell and /tmp")
+    return remote_dir
+
+
+def _agent(session: _Session, device: SshDevice, remote_dir: str, args: list[str], label: str) -> dict[str, Any]:
+    agent = " ".join(shlex.quote(part) for part in [device.python, f"{remote_dir}/agent.py", *args])
+    # The board stops the agent itself a little before the local timeout: killing the local
+    # ssh would leave it running there and disturb later measurements.
+    limit = max(1, int(session.timeout_s) - 2)
+    command = f"if command -v timeout >/dev/null 2>&1; then exec timeout {limit} {agent}; else exec {agent}; fi"
+    done = session.ssh(command)
+    if done.returncode == REMOTE_TIMEOUT:
+        raise InputError(f"{device} did not finish within {session.timeout_s:g} s", "check the board, or raise --timeout")
+    if done.returncode == SSH_FAILED:
+        raise session._error(done)
+    if done.returncode == 127 or "No such file or directory" in done.stderr and not done.stdout.strip():
+        raise InputError(f"{device}: {device.python} is not there", "install Python 3 with numpy on the board, or pass ?python=/path")
+    return parse_agent_output(done.stdout, done.stderr, done.returncode, label, str(device))
+
+
+def run_remote(path: Path, device: SshDevice, settings: Settings, config: Path | None = None) -> dict[str, Any]:
+    """Copy ``path`` and the agent to a fresh folder on the board, run, clean up, return the agent's JSON."""
+    session = _Session(device, config, settings.timeout_s)
+    remote_dir = _folder(session, device)
     try:
         model = f"{remote_dir}/model{path.suffix}"  # the board sees fixed names, never the user's
         session.scp(AGENT, f"{remote_dir}/agent.py")
         session.scp(path, model)
-        agent = " ".join(shlex.quote(part) for part in [device.python, f"{remote_dir}/agent.py", *settings.agent_args(model)])
-        # The board stops the agent itself a little before the local timeout: killing the local
-        # ssh would leave it running there and disturb later measurements.
-        limit = max(1, int(settings.timeout_s) - 2)
-        command = f"if command -v timeout >/dev/null 2>&1; then exec timeout {limit} {agent}; else exec {agent}; fi"
-        done = session.ssh(command)
-        if done.returncode == REMOTE_TIMEOUT:
-            raise InputError(f"{device} did not finish within {settings.timeout_s:g} s", "check the board, or raise --timeout")
-        if done.returncode == SSH_FAILED:
-            raise session._error(done)
-        if done.returncode == 127 or "No such file or directory" in done.stderr and not done.stdout.strip():
-            raise InputError(f"{device}: {device.python} is not there", "install Python 3 with numpy on the board, or pass ?python=/path")
-        return parse_agent_output(done.stdout, done.stderr, done.returncode, path.name, str(device))
+        return _agent(session, device, remote_dir, settings.agent_args(model), path.name)
+    finally:
+        session.ssh(f"rm -rf {shlex.quote(remote_dir)}", timeout=30)
+
+
+def run_remote_outputs(
+    path: Path, device: SshDevice, inputs: Path, save: Path, kernels: tuple[str, ...], config: Path | None, timeout_s: float
+) -> dict[str, Any]:
+    """The agent's ``--outputs`` mode on the board: the inputs go over, the outputs come back to ``save``."""
+    session = _Session(device, config, timeout_s)
+    remote_dir = _folder(session, device)
+    try:
+        model = f"{remote_dir}/model{path.suffix}"
+        session.scp(AGENT, f"{remote_dir}/agent.py")
+        session.scp(path, model)
+        session.scp(inputs, f"{remote_dir}/inputs.npy")
+        args = [model, "--outputs", f"{remote_dir}/inputs.npy", f"{remote_dir}/outputs.npz"]
+        raw = _agent(session, device, remote_dir, args + (["--kernels", ",".join(kernels)] if kernels else []), path.name)
+        session.fetch(f"{remote_dir}/outputs.npz", save)
+        return raw
     finally:
         session.ssh(f"rm -rf {shlex.quote(remote_dir)}", timeout=30)
