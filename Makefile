@@ -43,10 +43,11 @@ install: $(STAMP)
 # client (its no-device paths are tested), and qemu-user-static with debootstrap (the tests
 # build the emulated arm64 board into ~/.cache/edgetune), installed when missing and when
 # apt-get may run.
-TEST_DEBS := openssh-server adb qemu-user-static debootstrap
+TEST_DEBS := openssh-server adb qemu-user-static debootstrap debian-archive-keyring
 test-tools:
 	@if [ ! -x /usr/sbin/sshd ] || ! command -v adb >/dev/null 2>&1 || \
-	    ! command -v qemu-aarch64-static >/dev/null 2>&1 || [ ! -x /usr/sbin/debootstrap ]; then \
+	    ! command -v qemu-aarch64-static >/dev/null 2>&1 || [ ! -x /usr/sbin/debootstrap ] || \
+	    [ ! -f /usr/share/keyrings/debian-archive-keyring.gpg ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(TEST_DEBS) >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(TEST_DEBS) >/dev/null; }; \

@@ -188,6 +188,8 @@ def test_baseline_comparison_on_recorded_measurements(
         ("[targets.host]\nmin_accuracy = 0.5\n", ["--report", "missing.json"], "does not exist"),
         ("[gate]\nrepetitions = 4\n[targets.host]\nmin_accuracy = 0.5\n", [], "no regression could ever be detected"),
         ("[gate]\nregression_quantile = 0.9\n[targets.host]\nmin_accuracy = 0.5\n", [], "regression_quantile must be in (0, 0.5]"),
+        ("[targets.host]\nmax_parity_lsb = 1\n", [], "needs a board to compare with"),
+        ("[targets.host]\ndevice = 3\nmin_accuracy = 0.5\n", [], "device and ssh_config must be strings"),
     ],
 )
 def test_bad_configs_are_usage_errors(tmp_path: Path, capfd: pytest.CaptureFixture[str], text: str, argv: list[str], expected: str) -> None:

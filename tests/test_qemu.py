@@ -136,7 +136,7 @@ def test_both_artifacts_carry_the_same_output_step(artifacts) -> None:  # type: 
 
 
 def test_board_archives_keep_links_and_refuse_paths_outside(tmp_path: Path) -> None:
-    from edgetune.profile.qemu_setup import _member_filter, _save_archive
+    from edgetune.profile.qemu_setup import _restore, _save_archive, safe_members
 
     board = tmp_path / "board"
     (board / "rootfs" / "usr" / "bin").mkdir(parents=True)
@@ -144,20 +144,37 @@ def test_board_archives_keep_links_and_refuse_paths_outside(tmp_path: Path) -> N
     (board / "rootfs" / "usr" / "bin" / "python3").symlink_to("python3.11")
     (board / "rootfs" / "etc").mkdir()
     (board / "rootfs" / "etc" / "alternatives").symlink_to("/usr/bin/python3")  # absolute: inside the emulated root
-    (board / "board.json").write_text("{}")
+    (board / "cores" / "cortex-a72").mkdir(parents=True)
+    (board / "board.json").write_text('{"suite": "bookworm"}')
     archive = tmp_path / "board.tar.gz"
     _save_archive(board, archive)
     out = tmp_path / "out"
-    with tarfile.open(archive) as tar:
-        tar.extractall(out, filter=_member_filter)
+    out.mkdir()
+    assert _restore(archive, out) == {"suite": "bookworm"}
     assert (out / "rootfs" / "usr" / "bin" / "python3").readlink() == Path("python3.11")
     assert (out / "rootfs" / "etc" / "alternatives").readlink() == Path("/usr/bin/python3")
-    evil = tarfile.TarInfo("../escape")
-    with pytest.raises(InputError, match="outside the board"):
-        _member_filter(evil, str(out))
-    device = tarfile.TarInfo("rootfs/dev/null")
-    device.type = tarfile.CHRTYPE
-    assert _member_filter(device, str(out)) is None
+    assert not (out / "cores").exists(), "cores are made again on restore, for that machine's CPU count"
+
+    def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, link
+        return info
+
+    escapes = [
+        [member("../escape")],
+        [member("/etc/passwd")],
+        [member("rootfs/x", tarfile.SYMTYPE, "/etc"), member("rootfs/x/cron.d/evil")],  # a write through a link
+        [member("rootfs/shadow", tarfile.LNKTYPE, "/etc/shadow")],  # a hard link to a host file
+        [member("rootfs/y", tarfile.LNKTYPE, "rootfs/not-in-the-archive")],
+    ]
+    for members in escapes:
+        with pytest.raises(InputError, match="unsafe entry"):
+            safe_members(members)
+    kept = safe_members([member("rootfs/dev/null", tarfile.CHRTYPE), member("rootfs/a"), member("rootfs/b", tarfile.LNKTYPE, "rootfs/a")])
+    assert [m.name for m in kept] == ["rootfs/a", "rootfs/b"], "device files are skipped, inner hard links kept"
+    (tmp_path / "broken.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(InputError, match="cannot unpack the board archive"):
+        _restore(tmp_path / "broken.tar.gz", out)
 
 
 def test_setup_says_what_is_missing(tmp_path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -166,7 +183,7 @@ def test_setup_says_what_is_missing(tmp_path, capsys, monkeypatch) -> None:  # t
     assert run(["device", "setup", "qemu", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: qemu-aarch64-static is not installed; apt-get install qemu-user-static (Debian/Ubuntu)", err
-    assert not (tmp_path / "cache" / "qemu" / "bookworm-arm64").exists(), "nothing half-made"
+    assert not (tmp_path / "cache" / "qemu").exists() or not any((tmp_path / "cache" / "qemu").iterdir()), "nothing half-made"
     from edgetune.profile.qemu_setup import missing_tools
 
     assert any(n.startswith("debootstrap") for n in missing_tools()) and any(n.startswith("qemu") for n in missing_tools())
@@ -185,3 +202,6 @@ def test_the_mirror_comes_from_apt(tmp_path, monkeypatch) -> None:  # type: igno
     listing.write_text("# a comment\ndeb [arch=amd64] https://other.example/debian bookworm main\n")
     assert qemu_setup.apt_mirror([listing]) == "https://other.example/debian"
     assert qemu_setup.apt_mirror([tmp_path / "missing"]) == qemu_setup.DEFAULT_MIRROR
+    ubuntu = tmp_path / "ubuntu.sources"
+    ubuntu.write_text("Types: deb\nURIs: http://azure.archive.ubuntu.com/ubuntu/\nSuites: noble noble-updates\nComponents: main\n")
+    assert qemu_setup.apt_mirror([ubuntu]) == qemu_setup.DEFAULT_MIRROR, "Ubuntu's mirrors have no bookworm"

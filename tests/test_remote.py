@@ -166,8 +166,8 @@ def test_eval_on_the_board_compares_its_outputs_with_the_host(board, artifacts, 
     doc = json.loads(capsys.readouterr().out)
     parity = doc["parity"]
     assert parity["kind"] == "board" and parity["device"].startswith("ssh://") and parity["samples"] == 360
-    assert parity["runtime"] == {"host": parity["runtime"]["host"], "board": "tflite-runtime 2.14.0"}
-    assert parity["runtime"]["host"].startswith("ai-edge-litert") and "bench measures its latency" in parity["note"]
+    assert parity["runtime"]["board"] == "tflite-runtime 2.14.0" and parity["runtime"]["host"].startswith("ai-edge-litert")
+    assert "bench measures its latency" in parity["note"] and "seconds" not in parity
     assert set(parity["paths"]) == {"xnnpack", "builtin", "reference"}
     # 2.14 runs int8 on its built-in kernels where the host's LiteRT uses XNNPACK: the default
     # path answers differently (within a few LSB), and the check shows it.

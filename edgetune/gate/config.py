@@ -56,8 +56,8 @@ BUDGETS = {
     "max_artifact_kb": "artifact size (KiB)",
     "max_arena_kb": "planned activation arena of the TFLite model (KiB)",
     "max_flash_kb": "TFLite model size against flash (KiB)",
-    "max_parity_lsb": "largest output difference, emulated board against this host, over every kernel path (LSB; qemu devices)",
-    "min_parity_agreement": "lowest top-1 agreement, emulated board against this host, over every kernel path (0..1; qemu devices)",
+    "max_parity_lsb": "largest output difference, board against this host, over the kernel paths checked (LSB; qemu: or ssh:// devices)",
+    "min_parity_agreement": "lowest top-1 agreement, board against this host, over the kernel paths checked (0..1; qemu: or ssh:// devices)",
 }
 TARGET_KEYS = {"device", "ssh_config", "threads", "parity_samples", "parity_kernels", *BUDGETS}
 GATE_KEYS = {"artifacts", "repetitions", "repetition_seconds", "alpha", "min_slowdown", "regression_quantile", "max_accuracy_regression_pp"}
@@ -133,8 +133,16 @@ def _target(name: str, raw: Any, where: str) -> TargetBudgets:
     known = sorted(k for names in KERNELS.values() for k in names)
     if not isinstance(kernels, list) or any(k not in known for k in kernels):
         raise InputError(f"{where} [targets.{name}] parity_kernels must list kernel paths", f"use some of {', '.join(known)}")
-    config = raw.get("ssh_config")
-    return TargetBudgets(name, budgets, raw.get("device"), int(threads) if threads else None, samples, tuple(kernels), config)
+    config, device = raw.get("ssh_config"), raw.get("device")
+    if not isinstance(config, (str, type(None))) or not isinstance(device, (str, type(None))):
+        raise InputError(f"{where} [targets.{name}] device and ssh_config must be strings", "quote them")
+    parity = {"max_parity_lsb", "min_parity_agreement"} & set(budgets)
+    if parity and not (device or "").startswith(("qemu:", "ssh://")):
+        raise InputError(
+            f"{where} [targets.{name}] {', '.join(sorted(parity))} needs a board to compare with",
+            'set device = "qemu:raspberry-pi-4" (emulated) or "ssh://user@host"',
+        )
+    return TargetBudgets(name, budgets, device, int(threads) if threads else None, samples, tuple(kernels), config)
 
 
 def load_config(explicit: str | Path | None = None) -> GateConfig:

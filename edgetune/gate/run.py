@@ -16,6 +16,7 @@ lucky outlier from deciding. A target without a device gets estimates, and its c
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -109,7 +110,9 @@ class _Series:
         }
 
 
-MAX_EXTENSION = 3  # repetitions may grow to this multiple of the configured number
+# Repetitions may grow to this multiple of the configured number: fewer than half can be set
+# aside (``interference_free``), so twice as many always leave enough.
+MAX_EXTENSION = 2
 
 
 def _short(sides: dict[str, tuple[Path, _Series]], wanted: int) -> bool:
@@ -146,7 +149,7 @@ def _measure_target(
         if baseline_folder is not None and (baseline_folder / artifact).is_file():
             sides["baseline"] = (baseline_folder / artifact, _Series(config.regression_quantile))
         label = f"latency {budget.name} {artifact}" + (" and its baseline" if len(sides) > 1 else "")
-        # Against a baseline, repetitions go on (up to 3x) until each side has the configured
+        # Against a baseline, repetitions go on (up to 2x) until each side has the configured
         # number that no other process disturbed: a neighbour busy for seconds spoils whole ones.
         limit = config.repetitions * (MAX_EXTENSION if len(sides) > 1 else 1)
         index = 0
@@ -278,6 +281,39 @@ def _parity_detail(name: str, figures: dict[str, Any]) -> str:
     return f"{document['device']} ({document['core']}) on {document['samples']} samples of {document['data']}: {paths}"
 
 
+def _regression_check(
+    config: GateConfig, target: str, artifact: str, figures: dict[str, Any], before: dict[str, Any], interleaved: bool
+) -> Check | None:
+    """The latency-regression check of one artifact on one target, or None without a baseline."""
+    if figures.get("kind") != "measured" or not (before.get("repetition_ms") or before.get("repetition_medians_ms")):
+        return None
+
+    def failed(why: str) -> Check:
+        return Check(target, "latency_regression", artifact, None, config.alpha, False, "baseline", why)
+
+    if not before.get("repetition_ms") or not figures.get("repetition_ms"):
+        return failed("the baseline holds repetition medians only (an older edgetune): refresh it (--update-baseline)")
+    keys = ("runtime", "machine", "threads", "repetition_statistic")
+    setup = {k: figures.get(k) for k in keys}
+    recorded = {k: before.get(k) for k in keys}
+    if not interleaved and all(recorded.values()) and setup != recorded:
+        changed = ", ".join(k for k in setup if setup[k] != recorded[k])
+        return failed(f"the baseline was measured with another {changed}: not comparable; refresh it on this runner (--update-baseline)")
+    verdict = latency_regression(before["repetition_ms"], figures["repetition_ms"], config.alpha, config.min_slowdown)
+    source = "baseline artifacts re-measured in this run, interleaved" if interleaved else "recorded baseline figures"
+    detail = (
+        f"{source}: {figures.get('repetition_statistic')} per repetition {100 * verdict.slowdown:+.1f}%"
+        f" (threshold {100 * verdict.threshold:.1f}% = max(min_slowdown, 3 x CV {100 * verdict.noise_cv:.1f}%)),"
+        f" Mann-Whitney p = {verdict.p_value:.2g} (alpha {config.alpha:g})"
+    )
+    if any(verdict.set_aside):
+        detail += f"; disturbed repetitions set aside: {verdict.set_aside[0]} baseline, {verdict.set_aside[1]} new"
+    kept = (len(before["repetition_ms"]) - verdict.set_aside[0], len(figures["repetition_ms"]) - verdict.set_aside[1])
+    if 1 / math.comb(sum(kept), kept[0]) >= config.alpha:
+        return failed(f"inconclusive: {kept[0]} and {kept[1]} undisturbed repetitions cannot reach alpha {config.alpha:g}; {detail}")
+    return Check(target, "latency_regression", artifact, verdict.to_dict(), config.alpha, not verdict.regressed, "baseline", detail)
+
+
 def _baseline_checks(
     config: GateConfig, report: dict[str, Any], measured: dict[str, Any], baseline: dict[str, Any], same_run: dict[str, Any]
 ) -> list[Check]:
@@ -286,27 +322,9 @@ def _baseline_checks(
         for artifact, figures in artifacts.items():
             interleaved = same_run.get(target, {}).get(artifact)
             before = interleaved or baseline.get("measurements", {}).get(target, {}).get(artifact, {})
-            if figures.get("kind") != "measured" or not before.get("repetition_ms"):
-                continue
-            keys = ("runtime", "machine", "threads", "repetition_statistic")
-            setup = {k: figures.get(k) for k in keys}
-            recorded = {k: before.get(k) for k in keys}
-            if not interleaved and all(recorded.values()) and setup != recorded:
-                changed = ", ".join(k for k in setup if setup[k] != recorded[k])
-                why = f"the baseline was measured with another {changed}: not comparable; refresh it on this runner (--update-baseline)"
-                checks.append(Check(target, "latency_regression", artifact, None, config.alpha, False, "baseline", why))
-                continue
-            verdict = latency_regression(before["repetition_ms"], figures["repetition_ms"], config.alpha, config.min_slowdown)
-            source = "baseline artifacts re-measured in this run, interleaved" if interleaved else "recorded baseline figures"
-            detail = (
-                f"{source}: {figures['repetition_statistic']} per repetition {100 * verdict.slowdown:+.1f}% (threshold {100 * verdict.threshold:.1f}% = max(min_slowdown, 3 x CV {100 * verdict.noise_cv:.1f}%)),"
-                f" Mann-Whitney p = {verdict.p_value:.2g} (alpha {config.alpha:g})"
-            )
-            if any(verdict.set_aside):
-                detail += f"; disturbed repetitions set aside: {verdict.set_aside[0]} baseline, {verdict.set_aside[1]} new"
-            checks.append(
-                Check(target, "latency_regression", artifact, verdict.to_dict(), config.alpha, not verdict.regressed, "baseline", detail)
-            )
+            check = _regression_check(config, target, artifact, figures, before, bool(interleaved))
+            if check is not None:
+                checks.append(check)
     old, new = baseline.get("accuracy"), report.get("evaluation", {}).get("int8_accuracy")
     if old is not None and new is not None:
         drop = 100 * (old - new)

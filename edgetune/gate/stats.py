@@ -13,8 +13,10 @@ A latency regression fails the gate only when it is both
 
 Each repetition contributes one number (the gate uses a low quantile of its times, see
 ``edgetune.gate.run``); the functions here do not care which. Repetitions that another
-process disturbed as a whole (a neighbour busy for seconds) are set aside first, and the gate
-measures more repetitions until enough undisturbed ones remain.
+process disturbed as a whole (a neighbour busy for seconds) are set aside first; when the
+baseline's artifacts are re-measured in the same run, the gate measures more repetitions until
+enough undisturbed ones remain. Each side is screened on its own, so a slowdown that hits fewer
+than half of the new build's repetitions reads as interference, not as a regression.
 """
 
 from __future__ import annotations

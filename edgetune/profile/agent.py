@@ -151,21 +151,20 @@ class TfliteModel:
             except ImportError:
                 _fail("missing-runtime", "neither ai-edge-litert nor tflite-runtime is installed", EXIT_NO_RUNTIME)
         self.interpreter_class = Interpreter
-        self.resolvers = sys.modules[Interpreter.__module__].OpResolverType
         self.path, self.threads = path, threads
 
     KERNELS = ("xnnpack", "builtin", "reference")
 
     def _interpreter(self, kernels: str = "xnnpack"):  # type: ignore[no-untyped-def]
-        resolver = {
-            "xnnpack": self.resolvers.AUTO,
-            "builtin": self.resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            "reference": self.resolvers.BUILTIN_REF,
-        }[kernels]
+        options = {}
+        if kernels != "xnnpack":  # the default needs no resolver (older runtimes have none to pick)
+            resolvers = sys.modules[self.interpreter_class.__module__].OpResolverType
+            choice = {"builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "reference": "BUILTIN_REF"}[kernels]
+            options["experimental_op_resolver_type"] = getattr(resolvers, choice)
         with open(self.path, "rb") as handle:
             content = handle.read()  # from bytes, so that the flatbuffer verifier runs
         try:
-            interpreter = self.interpreter_class(model_content=content, num_threads=self.threads, experimental_op_resolver_type=resolver)
+            interpreter = self.interpreter_class(model_content=content, num_threads=self.threads, **options)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             _fail("bad-model", f"the TFLite interpreter rejects the model: {str(exc).splitlines()[0]}", EXIT_BAD_MODEL)

@@ -60,6 +60,8 @@ def sample_shape(path: Path) -> list[int]:
 
 def dequantized(path: Path, outputs: np.ndarray) -> np.ndarray:
     """Raw outputs as the host's runners return them: float32, integer outputs dequantized."""
+    if path.suffix == ".tflite" and outputs.ndim == 4:
+        outputs = outputs.transpose(0, 3, 1, 2)  # NHWC back to the NCHW of edgetune's runners
     if not np.issubdtype(outputs.dtype, np.integer):
         return outputs.astype(np.float32)
     if path.suffix == ".tflite":
@@ -135,7 +137,7 @@ def _host_outputs(artifact: Path, inputs: Path, save: Path, kernels: tuple[str, 
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise InputError(f"the host's run of {artifact} took longer than {timeout_s:g} s", "use fewer samples") from None
+        raise InputError(f"the host's run of {artifact} took longer than {timeout_s:g} s", "give fewer samples") from None
     return parse_agent_output(done.stdout, done.stderr, done.returncode, str(artifact), "this host")
 
 

@@ -76,8 +76,15 @@ CORES: dict[str, Core] = {
 
 
 def cache_dir() -> Path:
+    """``$EDGETUNE_CACHE``, else ``~/.cache/edgetune`` of the user, also under ``sudo`` (the
+    board is built as root but used as the user who asked for it)."""
     configured = os.environ.get("EDGETUNE_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "edgetune"
+    if configured:
+        return Path(configured)
+    user = os.environ.get("SUDO_USER")
+    if user and hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path(os.path.expanduser(f"~{user}")) / ".cache" / "edgetune"
+    return Path.home() / ".cache" / "edgetune"
 
 
 def board_dir() -> Path:
@@ -124,7 +131,7 @@ def core_root(core: Core) -> Path:
     """The ``-L`` folder for ``core``: the userland through links, with the core's own cpuinfo."""
     root = board_dir() / "cores" / core.qemu_cpu
     if not (root / "proc" / "cpuinfo").is_file():
-        raise InputError(f"the emulated board in {board_dir()} has no {core.qemu_cpu}", "run: edgetune device setup qemu")
+        raise InputError(f"the emulated board in {board_dir()} has no {core.qemu_cpu}", "rebuild it: edgetune device setup qemu --force")
     return root
 
 
@@ -157,7 +164,9 @@ def run_agent(device: QemuDevice, agent_args: list[str], timeout_s: float, label
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=environment(), stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise InputError(f"{device} did not finish {label} within {timeout_s:g} s", "use fewer samples, or raise --timeout") from None
+        raise InputError(
+            f"{device} did not finish {label} within {timeout_s:g} s", "give fewer samples: emulation runs 20-60x slower than the board"
+        ) from None
     if done.returncode < 0 or "Illegal instruction" in done.stderr:
         raise InputError(
             f"{device} crashed running {label} (signal {-done.returncode}): {(done.stderr.strip().splitlines() or [''])[-1][:200]}",
