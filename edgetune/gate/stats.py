@@ -89,18 +89,26 @@ def cv(values: list[float]) -> float:
     return float(1.4826 * np.median(np.abs(array - centre)) / centre)
 
 
-def interference_free(values: list[float], floor: float = 0.01) -> list[float]:
-    """The repetitions that no other process disturbed. Interference only adds time, so a
-    disturbed repetition stands out above the rest: more than 3 robust standard deviations
-    (1.4826 x MAD) above the median, and at least ``floor`` (1%) above it. Fewer than half
-    can be set aside, since the median itself is taken from the undisturbed majority."""
-    array = np.asarray(values, float)
-    if len(array) < 3:
+def interference_free(values: list[float], floor: float = 0.02) -> list[float]:
+    """The repetitions that no other process disturbed. Interference only adds time, so the
+    undisturbed level is set by the faster half: its median and robust spread (1.4826 x MAD).
+    A repetition more than 3 such spreads, and more than ``floor`` (2%), above that level was
+    disturbed. The slowest go first, and fewer than half are ever set aside, so that a
+    machine slow all along is measured as it is (its noise then raises the threshold).
+
+    The faster half matters when a neighbour comes and goes: with 40% of the repetitions
+    disturbed, the median and MAD of all of them sit between the two levels and would keep
+    most of the disturbed ones."""
+    if len(values) < 3:
         return list(values)
-    centre = float(np.median(array))
-    spread = 1.4826 * float(np.median(np.abs(array - centre)))
-    limit = centre + max(3 * spread, floor * centre)
-    return [float(v) for v in array if v <= limit]
+    ordered = np.sort(np.asarray(values, float))
+    faster = ordered[: (len(ordered) + 1) // 2]
+    level = float(np.median(faster))
+    spread = 1.4826 * float(np.median(np.abs(faster - level)))
+    limit = level + max(3 * spread, floor * level)
+    aside = min(int((ordered > limit).sum()), (len(ordered) - 1) // 2)
+    slowest = set(np.argsort(np.asarray(values, float), kind="stable")[len(values) - aside :].tolist())
+    return [float(v) for i, v in enumerate(values) if i not in slowest]
 
 
 @dataclass(frozen=True)
@@ -132,10 +140,12 @@ class Regression:
 
 def latency_regression(base: list[float], new: list[float], alpha: float = DEFAULT_ALPHA, min_slowdown: float = 0.05) -> Regression:
     """Compare the per-repetition statistics of the baseline and of the new build, leaving out
-    the repetitions that interference disturbed (``interference_free``)."""
-    kept_base, kept_new = interference_free(base), interference_free(new)
-    set_aside = (len(base) - len(kept_base), len(new) - len(kept_new))
-    base, new = kept_base, kept_new
+    the repetitions that interference disturbed (``interference_free``). Both sides lose the
+    same number, their slowest: comparing the fastest 7 of one side with all 9 of the other
+    would favour the first even when nothing changed."""
+    drop = max(len(base) - len(interference_free(base)), len(new) - len(interference_free(new)))
+    set_aside = (min(drop, (len(base) - 1) // 2), min(drop, (len(new) - 1) // 2))
+    base, new = sorted(base)[: len(base) - set_aside[0]], sorted(new)[: len(new) - set_aside[1]]
     noise = max(cv(base), cv(new))
     threshold = max(min_slowdown, NOISE_MULTIPLE * noise)
     slowdown = float(np.median(new) / np.median(base) - 1.0)

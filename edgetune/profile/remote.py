@@ -77,23 +77,21 @@ class _Session:
         return self._run([*argv, "--", self.device.destination, remote_command], timeout or self.timeout_s)
 
     def scp(self, local: Path, remote_path: str) -> None:
-        argv = ["scp", "-q", *_options(self.config, min(self.timeout_s, 30))]
-        if self.device.port:
-            argv += ["-P", str(self.device.port)]
-        host = f"[{self.device.host}]" if ":" in self.device.host else self.device.host  # IPv6 in brackets for scp
-        destination = f"{self.device.user}@{host}" if self.device.user else host
         # An absolute local path: a relative one with a colon would read as host:path.
-        done = self._run([*argv, "--", str(local.resolve()), f"{destination}:{remote_path}"], self.timeout_s)
-        if done.returncode != 0:
-            raise self._error(done)
+        self._copy(str(local.resolve()), f"{self._remote()}:{remote_path}")
 
     def fetch(self, remote_path: str, local: Path) -> None:
+        self._copy(f"{self._remote()}:{remote_path}", str(local.resolve()))
+
+    def _remote(self) -> str:
+        host = f"[{self.device.host}]" if ":" in self.device.host else self.device.host  # IPv6 in brackets for scp
+        return f"{self.device.user}@{host}" if self.device.user else host
+
+    def _copy(self, source: str, destination: str) -> None:
         argv = ["scp", "-q", *_options(self.config, min(self.timeout_s, 30))]
         if self.device.port:
             argv += ["-P", str(self.device.port)]
-        host = f"[{self.device.host}]" if ":" in self.device.host else self.device.host
-        source = f"{self.device.user}@{host}" if self.device.user else host
-        done = self._run([*argv, "--", f"{source}:{remote_path}", str(local.resolve())], self.timeout_s)
+        done = self._run([*argv, "--", source, destination], self.timeout_s)
         if done.returncode != 0:
             raise self._error(done)
 
