@@ -33,7 +33,7 @@ from common import log, table, write_json  # noqa: E402
 
 from edgetune.data import Dataset, load_dataset  # noqa: E402
 from edgetune.pipeline import compress  # noqa: E402
-from edgetune.profile.parity import ParityRequest, parity, public  # noqa: E402
+from edgetune.profile.parity import ParityRequest, parity_all, public  # noqa: E402
 from edgetune.profile.qemu import QemuDevice  # noqa: E402
 from edgetune.profile.qemu_setup import setup  # noqa: E402
 from edgetune.zoo import ZOO  # noqa: E402
@@ -76,12 +76,12 @@ def main() -> None:
         log(f"board: {'built' if board['built'] else 'cached'} ({setup_seconds:.1f} s)")
 
         def check(device: str) -> list[dict[str, Any]]:
-            results = []
-            for name, path, samples, source in jobs:
-                document = public(parity(ParityRequest(path, QemuDevice.parse(device), samples, source)))
-                log(f"{device} {name} {path.name}: {document['worst']} in {document['seconds']['total']:.1f} s")
-                results.append({**document, "model": name, "artifact": path.name})
-            return results
+            # One agent process per emulated core for every artifact: the imports are paid once.
+            board = QemuDevice.parse(device)
+            began = time.perf_counter()
+            documents = parity_all([ParityRequest(path, board, samples, source) for _, path, samples, source in jobs])
+            log(f"{device}: {len(documents)} artifacts in {time.perf_counter() - began:.1f} s")
+            return [{**public(d), "model": name, "artifact": path.name} for d, (name, path, _, _) in zip(documents, jobs)]
 
         with ThreadPoolExecutor(max_workers=len(DEVICES)) as pool:  # one emulated core per host core
             for results in pool.map(check, DEVICES):

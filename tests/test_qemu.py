@@ -205,3 +205,16 @@ def test_the_mirror_comes_from_apt(tmp_path, monkeypatch) -> None:  # type: igno
     ubuntu = tmp_path / "ubuntu.sources"
     ubuntu.write_text("Types: deb\nURIs: http://azure.archive.ubuntu.com/ubuntu/\nSuites: noble noble-updates\nComponents: main\n")
     assert qemu_setup.apt_mirror([ubuntu]) == qemu_setup.DEFAULT_MIRROR, "Ubuntu's mirrors have no bookworm"
+
+
+def test_several_artifacts_share_one_emulated_process(board, artifacts) -> None:  # type: ignore[no-untyped-def]
+    from edgetune.data import load_dataset
+    from edgetune.profile.parity import ParityRequest, parity_all
+
+    test = load_dataset("digits:test", "test", limit=40)
+    device = QemuDevice.parse("qemu:raspberry-pi-4")
+    requests = [ParityRequest(artifacts / name, device, test.x, "digits:test") for name in ("model.tflite", "model.onnx")]
+    tflite, onnx = parity_all(requests)
+    assert set(tflite["paths"]) == {"xnnpack", "builtin", "reference"} and set(onnx["paths"]) == {"optimized", "unoptimized"}
+    assert tflite["samples"] == onnx["samples"] == 40 and tflite["paths"]["xnnpack"]["max_lsb"] == 0
+    assert onnx["outputs"]["optimized"].shape == (40, 10) and tflite["outputs"]["xnnpack"].shape == (40, 10)

@@ -8,6 +8,7 @@ import edgetune.
     python3 agent.py MODEL [--threads N] [--runs N] [--min-seconds S] [--warmup N]
                            [--affinity 0,1] [--op-profile]
     python3 agent.py MODEL --outputs INPUTS.npy SAVE.npz [--kernels xnnpack,builtin,reference]
+    python3 agent.py --jobs JOBS.json     (several --outputs runs in one process)
 
 The second form runs every sample of INPUTS.npy (float32, NCHW, as edgetune's data sets are)
 through each kernel path and saves the raw outputs, one array per path, for parity checks
@@ -300,38 +301,46 @@ def measure(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     }
 
 
-def outputs(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+def outputs(model_path: str, inputs: str, save: str, kernels: str, threads: int) -> dict:  # type: ignore[type-arg]
     """Every sample through every kernel path asked for; the arrays go to one .npz file."""
     try:
         import numpy as np
     except ImportError:
         _fail("missing-runtime", "numpy is not installed", EXIT_NO_RUNTIME)
-    kind = OnnxModel if args.model.endswith(".onnx") else TfliteModel
-    model = kind(args.model, args.threads)
-    samples = np.load(args.outputs[0], allow_pickle=False)
-    kernels = args.kernels.split(",") if args.kernels else list(kind.KERNELS)
-    unknown = [k for k in kernels if k not in kind.KERNELS]
+    kind = OnnxModel if model_path.endswith(".onnx") else TfliteModel
+    model = kind(model_path, threads)
+    samples = np.load(inputs, allow_pickle=False)
+    paths = kernels.split(",") if kernels else list(kind.KERNELS)
+    unknown = [k for k in paths if k not in kind.KERNELS]
     if unknown:
         _fail("usage", f"kernel paths {unknown} do not exist for this model; use {', '.join(kind.KERNELS)}", 2)
     arrays, seconds = {}, {}
-    for name in kernels:
+    for name in paths:
         start = time.perf_counter()
         arrays[name] = model.outputs(np, samples, name)
         seconds[name] = time.perf_counter() - start
-    np.savez(args.outputs[1], **arrays)
+    np.savez(save, **arrays)
     return {
         "agent": AGENT_VERSION,
         "runtime": model.runtime,
         "machine": {"system": platform.system(), "machine": platform.machine(), "cpu": _cpu_model(), "numpy": np.__version__},
         "samples": int(len(samples)),
-        "kernels": kernels,
+        "kernels": paths,
         "seconds": seconds,
     }
 
 
+def jobs(path: str, threads: int) -> dict:  # type: ignore[type-arg]
+    """Several ``--outputs`` runs in one process (a JSON list of {model, inputs, save, kernels}):
+    under emulation, importing numpy and the runtimes costs seconds each time."""
+    with open(path) as handle:
+        listed = json.load(handle)
+    return {"agent": AGENT_VERSION, "jobs": [outputs(j["model"], j["inputs"], j["save"], j.get("kernels", ""), threads) for j in listed]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="edgetune bench agent")
-    parser.add_argument("model")
+    parser.add_argument("model", nargs="?", default="")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--min-seconds", type=float, default=0.0)
@@ -342,8 +351,16 @@ def main() -> None:
     parser.add_argument("--load-only", action="store_true", help="only load the model (the runtime's verifier runs)")
     parser.add_argument("--outputs", nargs=2, metavar=("INPUTS.npy", "SAVE.npz"), help="save raw outputs per kernel path")
     parser.add_argument("--kernels", default="", help="kernel paths for --outputs, comma-separated (default: all)")
+    parser.add_argument("--jobs", metavar="JOBS.json", help="several --outputs runs in one process")
     args = parser.parse_args()
-    print(json.dumps(outputs(args) if args.outputs else measure(args)))
+    if args.jobs:
+        print(json.dumps(jobs(args.jobs, args.threads)))
+    elif not args.model:
+        parser.error("give MODEL or --jobs")
+    elif args.outputs:
+        print(json.dumps(outputs(args.model, args.outputs[0], args.outputs[1], args.kernels, args.threads)))
+    else:
+        print(json.dumps(measure(args)))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ A float model has no LSB; its differences are reported in absolute terms only.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -131,38 +131,74 @@ def compare(host: np.ndarray, device: np.ndarray, lsb: float | None) -> dict[str
     return result
 
 
-def _host_outputs(artifact: Path, inputs: Path, save: Path, kernels: tuple[str, ...], timeout_s: float) -> dict[str, Any]:
-    argv = [sys.executable, str(AGENT), str(artifact), "--outputs", str(inputs), str(save)]
-    argv += ["--kernels", ",".join(kernels)] if kernels else []
+def _host_jobs(jobs: Path, timeout_s: float) -> list[dict[str, Any]]:
+    argv = [sys.executable, str(AGENT), "--jobs", str(jobs)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise InputError(f"the host's run of {artifact} took longer than {timeout_s:g} s", "give fewer samples") from None
-    return parse_agent_output(done.stdout, done.stderr, done.returncode, str(artifact), "this host")
+        raise InputError(f"the host's runs took longer than {timeout_s:g} s", "give fewer samples") from None
+    return list(parse_agent_output(done.stdout, done.stderr, done.returncode, "the artifacts", "this host")["jobs"])
+
+
+def _checked(request: ParityRequest) -> ParityRequest:
+    if request.artifact.suffix not in (".onnx", ".tflite"):
+        raise InputError(f"a board runs .onnx and .tflite artifacts, not {request.artifact.name}", "pass model.onnx or model.tflite")
+    if not request.artifact.is_file():
+        raise InputError(f"artifact {request.artifact} does not exist", "check the path")
+    return replace(request, kernels=tuple(k for k in request.kernels if k in KERNELS[request.artifact.suffix]))
 
 
 def parity(request: ParityRequest) -> dict[str, Any]:
-    """Outputs of the artifact on this host and on the emulated board, compared per kernel path."""
-    if request.artifact.suffix not in (".onnx", ".tflite"):
-        raise InputError(
-            f"an emulated board runs .onnx and .tflite artifacts, not {request.artifact.name}", "pass model.onnx or model.tflite"
-        )
-    if not request.artifact.is_file():
-        raise InputError(f"artifact {request.artifact} does not exist", "check the path")
-    request = replace(request, kernels=tuple(k for k in request.kernels if k in KERNELS[request.artifact.suffix]))
-    started = time.perf_counter()
+    """Outputs of the artifact on this host and on the board, compared per kernel path."""
+    return parity_all([request])[0]
+
+
+def parity_all(requests: list[ParityRequest]) -> list[dict[str, Any]]:
+    """Several artifacts on one board: one agent process on each side runs them all (under
+    emulation, importing numpy and the runtimes costs seconds per process)."""
+    requests = [_checked(r) for r in requests]
+    if len({str(r.device) for r in requests}) > 1:
+        raise ValueError("parity_all takes requests for one device")
     with tempfile.TemporaryDirectory(prefix="edgetune-parity-") as folder:
         tmp = Path(folder)
-        inputs = tmp / "inputs.npy"
-        np.save(inputs, np.ascontiguousarray(request.samples, dtype=np.float32))
-        # The board sees fixed names, never the user's paths.
-        model = tmp / f"model{request.artifact.suffix}"
-        model.write_bytes(request.artifact.read_bytes())
-        host = _host_outputs(model, inputs, tmp / "host.npz", request.kernels, request.timeout_s)
-        host_seconds = time.perf_counter() - started
-        board = _board_outputs(request, model, inputs, tmp / "board.npz")
-        with np.load(tmp / "host.npz") as here, np.load(tmp / "board.npz") as there:
-            outputs = {name: (here[name], there[name]) for name in here.files}
+        jobs = []
+        for index, request in enumerate(requests):
+            inputs = tmp / f"inputs-{index}.npy"
+            np.save(inputs, np.ascontiguousarray(request.samples, dtype=np.float32))
+            model = tmp / f"model-{index}{request.artifact.suffix}"  # the board sees these names, never the user's
+            model.write_bytes(request.artifact.read_bytes())
+            jobs.append({"model": str(model), "inputs": str(inputs), "kernels": ",".join(request.kernels), "index": index})
+        timeout = sum(r.timeout_s for r in requests)
+        (tmp / "host.json").write_text(json.dumps([{**j, "save": str(tmp / f"host-{j['index']}.npz")} for j in jobs]))
+        hosts = _host_jobs(tmp / "host.json", timeout)
+        boards = _board_jobs(requests, jobs, tmp, timeout)
+        documents = []
+        for index, (request, host, board) in enumerate(zip(requests, hosts, boards)):
+            with np.load(tmp / f"host-{index}.npz") as here, np.load(tmp / f"board-{index}.npz") as there:
+                outputs = {name: (here[name], there[name]) for name in here.files}
+            documents.append(_document(request, host, board, outputs))
+    return documents
+
+
+def _board_jobs(requests: list[ParityRequest], jobs: list[dict[str, Any]], tmp: Path, timeout: float) -> list[dict[str, Any]]:
+    device = requests[0].device
+    if isinstance(device, SshDevice):
+        from edgetune.profile.remote import run_remote_outputs
+
+        return [
+            run_remote_outputs(
+                Path(j["model"]), device, Path(j["inputs"]), tmp / f"board-{j['index']}.npz", r.kernels, r.ssh_config, r.timeout_s
+            )
+            for r, j in zip(requests, jobs)
+        ]
+    (tmp / "board.json").write_text(json.dumps([{**j, "save": str(tmp / f"board-{j['index']}.npz")} for j in jobs]))
+    label = ", ".join(r.artifact.name for r in requests)
+    return list(run_agent(device, ["--jobs", str(tmp / "board.json")], timeout, label)["jobs"])
+
+
+def _document(
+    request: ParityRequest, host: dict[str, Any], board: dict[str, Any], outputs: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, Any]:
     lsb = output_lsb(request.artifact)
     paths = {name: compare(here, there, lsb) for name, (here, there) in outputs.items()}
     emulated = isinstance(request.device, QemuDevice)
@@ -189,19 +225,9 @@ def parity(request: ParityRequest) -> dict[str, Any]:
         "outputs": {name: there for name, (_, there) in outputs.items()},
         "latency": None,
         "note": NOTE if emulated else "results of the board's own runtime; bench measures its latency",
-        "seconds": {"host": round(host_seconds, 2), "total": round(time.perf_counter() - started, 2)},
+        "seconds": {"board_kernels": round(sum(board["seconds"].values()), 2)},
         "warnings": warnings,
     }
-
-
-def _board_outputs(request: ParityRequest, model: Path, inputs: Path, save: Path) -> dict[str, Any]:
-    if isinstance(request.device, SshDevice):
-        from edgetune.profile.remote import run_remote_outputs
-
-        return run_remote_outputs(model, request.device, inputs, save, request.kernels, request.ssh_config, request.timeout_s)
-    args = [str(model), "--outputs", str(inputs), str(save)]
-    args += ["--kernels", ",".join(request.kernels)] if request.kernels else []
-    return run_agent(request.device, args, request.timeout_s, request.artifact.name)
 
 
 def worst(paths: dict[str, dict[str, Any]]) -> dict[str, Any]:
