@@ -139,7 +139,7 @@ def _measure_target(
             raise InputError(f"{path} is missing", "the recipe writes it; check [gate] artifacts and --formats")
         devices = (budget.device,) if budget.device else ()
         if budget.device and budget.device.startswith("qemu:"):
-            results[artifact] = _emulated(budget, path, config, progress)
+            results[artifact] = _parity(budget, path, config, progress)
             continue
         if budget.name != "host" and not devices:
             document = bench(BenchRequest(path, budget.name, threads=budget.threads))[0]
@@ -172,13 +172,13 @@ def _measure_target(
         progress(config.repetitions, config.repetitions, label)
         results[artifact] = sides["new"][1].figures()
         if budget.device and {"max_parity_lsb", "min_parity_agreement"} & set(budget.budgets):
-            results[artifact]["parity"] = _emulated(budget, path, config, progress)["parity"]  # a real board over SSH
+            results[artifact]["parity"] = _parity(budget, path, config, progress)["parity"]  # a real board over SSH
         if "baseline" in sides:
             baseline[artifact] = sides["baseline"][1].figures()
     return results, baseline
 
 
-def _emulated(budget: TargetBudgets, path: Path, config: GateConfig, progress: Progress) -> dict[str, Any]:
+def _parity(budget: TargetBudgets, path: Path, config: GateConfig, progress: Progress) -> dict[str, Any]:
     """Parity of the artifact on the target's board (emulated, or over SSH) with this host, on
     the recipe's evaluation data (its first ``parity_samples``), or on seeded random inputs
     without one."""

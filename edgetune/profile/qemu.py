@@ -25,7 +25,6 @@ Facts this rests on (qemu 7.2, as Debian bookworm ships it):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -173,8 +172,3 @@ def run_agent(device: QemuDevice, agent_args: list[str], timeout_s: float, label
             "rebuild the board (edgetune device setup qemu --force) and report it if it persists",
         )
     return parse_agent_output(done.stdout, done.stderr, done.returncode, label, str(device))
-
-
-def board_info() -> dict[str, Any]:
-    path = board_dir() / "board.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
