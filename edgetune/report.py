@@ -115,6 +115,26 @@ def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
     return layers
 
 
+def _scheme(quant: QuantConfig) -> str:
+    granularity = "per-channel" if quant.per_channel else "per-tensor"
+    weights = "int8" if quant.weight_bits == 8 else "4-bit values in [-7, 7] stored as int8"
+    return f"W{quant.weight_bits}A8: weights {weights}, symmetric {granularity} (zero point 0), activations int8 asymmetric per-tensor, int32 bias"
+
+
+def _four_bit_weights(graph: Graph) -> dict[str, Any]:
+    """What packed int4 storage would save; the artifacts themselves hold the 4-bit values as int8."""
+    count = sum(graph.const(n.inputs[1]).size for n in graph.nodes if n.op in ("conv2d", "linear"))
+    return {
+        "bits": 4,
+        "storage": "int8",
+        "weights": int(count),
+        "int8_bytes": int(count),
+        "packed_int4_bytes": int(sum(-(-graph.const(n.inputs[1]).size // 2) for n in graph.nodes if n.op in ("conv2d", "linear"))),
+        "note": "planning mode: both artifacts store the 4-bit weight values as int8, so their accuracy is that of a"
+        " 4-bit deployment and their size is not; TFLite's int8 kernels and ONNX Runtime's QDQ int8 kernels run them",
+    }
+
+
 def compress_report(
     *,
     source: str,
@@ -124,6 +144,8 @@ def compress_report(
     calibration: dict[str, Any],
     records: list[CalibrationRecord],
     export: ExportConfig,
+    ptq: dict[str, Any] | None = None,
+    sensitivity: dict[str, Any] | None = None,
     artifacts: dict[str, int],
     written: list[str],
     evaluation: dict[str, Any],
@@ -143,10 +165,9 @@ def compress_report(
         "target": {"name": target.name, "onnx_activations": "uint8" if target.unsigned_activations else "int8"},
         "quantization": {
             "config": quant.to_dict(),
-            "scheme": "int8: weights symmetric per-channel (zero point 0), activations asymmetric per-tensor, int32 bias"
-            if quant.per_channel
-            else "int8: weights symmetric per-tensor, activations asymmetric per-tensor, int32 bias",
+            "scheme": _scheme(quant),
             "calibration": calibration,
+            "ptq": ptq or {"requested": [], "applied": []},
             "tensors": [r.to_dict() for r in records],
         },
         "export": export.to_dict(),
@@ -161,6 +182,11 @@ def compress_report(
         "versions": versions(),
         "artifacts": sorted([*written, "report.json"]),
     }
+    if quant.weight_bits == 4:
+        document["quantization"]["weights"] = _four_bit_weights(graph)
+    if sensitivity is not None:
+        document["sensitivity"] = sensitivity
+        document["artifacts"] = sorted([*document["artifacts"], *([sensitivity["plot"]] if sensitivity["plot"] else [])])
     if pruning is not None:
         document["pruning"] = pruning
     if finetune is not None:

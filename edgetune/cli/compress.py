@@ -32,6 +32,29 @@ from edgetune.progress import StderrProgress
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration samples to use.")
 @click.option(
+    "--ptq",
+    default="bias-correct",
+    show_default=True,
+    metavar="TECHNIQUES|best|none",
+    help="Post-training techniques, comma-separated: equalize, adaround, bias-correct; best keeps each that helps on held-out samples.",
+)
+@click.option(
+    "--weight-bits",
+    type=click.Choice(["8", "4"]),
+    default="8",
+    show_default=True,
+    help="4: 4-bit weight values (per channel by default) stored as int8, to plan a W4A8 deployment.",
+)
+@click.option("--sensitivity", is_flag=True, help="Measure each layer's int8 sensitivity alone; report it and plot OUT/sensitivity.png.")
+@click.option(
+    "--ptq-budget",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Time for AdaRound and --ptq best.",
+)
+@click.option(
     "--prune",
     "prune",
     metavar="channel:RATIO[:l1|l2|taylor|obd]|magnitude:RATIO",
@@ -77,6 +100,10 @@ def command(
     percentile: float,
     per_tensor: bool,
     calib_samples: int,
+    ptq: str,
+    ptq_budget: float,
+    weight_bits: str,
+    sensitivity: bool,
     prune: str | None,
     prune_allocation: str,
     prune_protect: str,
@@ -100,9 +127,18 @@ def command(
     from edgetune.pipeline import compress
     from edgetune.prune.config import parse_overrides, parse_prune
     from edgetune.quantize import QuantConfig
+    from edgetune.quantize.config import parse_ptq
     from edgetune.targets import load_target
 
-    config = QuantConfig(method=method, per_channel=not per_tensor, samples=calib_samples, percentile=percentile)
+    config = QuantConfig(
+        method=method,
+        per_channel=not per_tensor,
+        samples=calib_samples,
+        percentile=percentile,
+        ptq=parse_ptq(ptq),
+        ptq_budget=ptq_budget,
+        weight_bits=int(weight_bits),
+    )
     profile = load_target(target)
     result = compress(
         model,
@@ -129,6 +165,7 @@ def command(
         finetune=finetune_config(tuning),
         train_data=tuning["train_data"],
         resume=tuning["resume"],
+        sensitivity=sensitivity,
         progress=StderrProgress(enabled=not quiet),
     )
     if result.paths:  # under torchrun, the other processes stay silent
@@ -169,6 +206,18 @@ def _memory_text(memory: dict[str, Any]) -> str:
     return text
 
 
+def _ptq_text(ptq: dict[str, Any]) -> str:
+    if not ptq.get("applied"):
+        return "none" if not ptq.get("requested") else f"none of {', '.join(ptq['requested'])} helped"
+    text = ", ".join(ptq["applied"])
+    if "seconds" in ptq:
+        text += f" in {ptq['seconds']:.1f}s"
+    scores = ptq.get("held_out_sqnr_db")
+    if scores:
+        text += " (held-out SQNR " + ", ".join(f"{k} {v:.1f} dB" for k, v in scores.items()) + ")"
+    return text
+
+
 def _human(report: dict[str, Any]) -> str:
     model, ev, sizes = report["model"], report["evaluation"], report["sizes"]
     rows = [
@@ -183,6 +232,7 @@ def _human(report: dict[str, Any]) -> str:
             f"ONNX fp32 {sizes['model.fp32.onnx_bytes'] / 1024:.1f} KiB -> int8 {sizes['model.onnx_bytes'] / 1024:.1f} KiB ({sizes['int8_to_fp32']:.2f}x)"
             + (f", TFLite int8 {sizes['model.tflite_bytes'] / 1024:.1f} KiB" if "model.tflite_bytes" in sizes else ""),
         ),
+        ("post-training", _ptq_text(report["quantization"]["ptq"])),
         ("evaluated on", f"{ev['samples']} samples of {ev['data']}"),
     ]
     if "fp32_accuracy" in ev:
@@ -235,5 +285,8 @@ def _human(report: dict[str, Any]) -> str:
     worst = sorted((layer for layer in report["layers"] if layer["sqnr_db"] is not None), key=lambda layer: layer["sqnr_db"])[:3]
     if worst:
         rows.append(("lowest SQNR", ", ".join(f"{layer['tensor']} {layer['sqnr_db']:.1f} dB" for layer in worst)))
+    if "sensitivity" in report:
+        alone = sorted(report["sensitivity"]["layers"], key=lambda layer: layer["sqnr_db"])[:3]
+        rows.append(("most sensitive", ", ".join(f"{layer['layer']} ({layer['op']}) {layer['sqnr_db']:.1f} dB alone" for layer in alone)))
     note = f"\nnote: {ev['note']}" if "held-out" in ev["note"] or "calibration samples" in ev["note"] else ""
     return table(rows) + note + "\nwrote " + ", ".join(report["artifacts"])

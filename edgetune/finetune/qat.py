@@ -30,7 +30,6 @@ from edgetune.ir.torch_exec import GraphRunner, Observer, fake_quant
 from edgetune.quantize import params
 from edgetune.quantize.calibrate import FIXED_OUTPUT_PARAMS, SHARES_INPUT_PARAMS, WEIGHTED_OPS
 
-WEIGHT_LEVELS = params.WEIGHT_MAX  # weights use [-127, 127]: the int8 specification's symmetric range
 SCALE_PREFIX = "scale:"
 
 
@@ -64,6 +63,8 @@ class QatRunner(GraphRunner):
 
     def __init__(self, graph: Graph) -> None:
         super().__init__(graph)
+        # Weights use [-127, 127], the int8 specification's symmetric range, or [-7, 7] for 4-bit weights.
+        self.weight_levels = params.weight_levels(int(graph.meta.get("weight_bits", 8)))
         if graph.inputs and graph.tensors[graph.inputs[0]].quant is None:
             raise InputError(
                 "quantization-aware training needs a calibrated graph", "calibrate before QAT (edgetune does this in compress)"
@@ -89,7 +90,11 @@ class QatRunner(GraphRunner):
             for name, value in self.constants.items()
             if graph.tensors[name].quant is not None and name not in self.weights and name not in self.biases
         }
-        self.trainable = {name: nn.Parameter(self.constants[name].clone()) for name in [*self.weights, *self.biases]}
+        # Training starts from the values the int8 model holds (AdaRound's rounding, corrected biases).
+        self.trainable = {
+            name: nn.Parameter(torch.from_numpy(np.array(graph.tensors[name].int8_source, np.float32)))
+            for name in [*self.weights, *self.biases]
+        }
         self.constants.update(self.trainable)
 
     def _add_weighted(self, inputs: list[str]) -> None:
@@ -100,7 +105,7 @@ class QatRunner(GraphRunner):
         self.log_scales[weight] = nn.Parameter(torch.log(torch.from_numpy(q.scale.copy())))
         self.zero_points[weight] = torch.zeros(q.scale.shape)
         per_scale = self.graph.tensors[weight].data.size // q.scale.size  # type: ignore[union-attr]
-        self.grad_factor[weight] = 1.0 / math.sqrt(per_scale * WEIGHT_LEVELS)
+        self.grad_factor[weight] = 1.0 / math.sqrt(per_scale * self.weight_levels)
         if len(inputs) > 2:
             self.biases[inputs[2]] = (inputs[0], weight)
 
@@ -130,10 +135,10 @@ class QatRunner(GraphRunner):
         axis = self.weights[name]
         if axis is None:
             return torch._fake_quantize_learnable_per_tensor_affine(
-                value, self.scale(name), self.zero_points[name], -WEIGHT_LEVELS, WEIGHT_LEVELS, self.grad_factor[name]
+                value, self.scale(name), self.zero_points[name], -self.weight_levels, self.weight_levels, self.grad_factor[name]
             )
         return torch._fake_quantize_learnable_per_channel_affine(
-            value, self.scale(name), self.zero_points[name], axis, -WEIGHT_LEVELS, WEIGHT_LEVELS, self.grad_factor[name]
+            value, self.scale(name), self.zero_points[name], axis, -self.weight_levels, self.weight_levels, self.grad_factor[name]
         )
 
     def _finish(self, name: str, value: torch.Tensor, observe: Observer | None) -> torch.Tensor:
@@ -166,11 +171,13 @@ class QatRunner(GraphRunner):
             data = values[name].numpy().astype(np.float32)
             # Values beyond the grid were clamped in training; clamp them here so that the
             # exporters' rounding can never reach -128.
-            bound = scale.reshape([-1] + [1] * (data.ndim - 1)) * WEIGHT_LEVELS if axis is not None else scale * WEIGHT_LEVELS
+            bound = scale.reshape([-1] + [1] * (data.ndim - 1)) * self.weight_levels if axis is not None else scale * self.weight_levels
             self.graph.tensors[name].data = np.clip(data, -bound, bound).astype(np.float32)
+            self.graph.tensors[name].qdata = None  # training started from the int8 values and replaced them
             self.graph.tensors[name].quant = QParams(scale, np.zeros(scale.shape, np.int64), "int8", axis)
         for name, (x, weight) in self.biases.items():
             self.graph.tensors[name].data = values[name].numpy().astype(np.float32)
+            self.graph.tensors[name].qdata = None
             input_q, weight_q = self.graph.tensors[x].quant, self.graph.tensors[weight].quant
             assert input_q is not None and weight_q is not None
             wide = params.widen_for_bias(weight_q, self.graph.tensors[name].data, float(input_q.scale[0]))  # type: ignore[arg-type]

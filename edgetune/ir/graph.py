@@ -68,12 +68,20 @@ class QParams:
 class Tensor:
     name: str
     shape: tuple[int, ...]
-    data: np.ndarray | None = None  # set for constants
+    data: np.ndarray | None = None  # set for constants: the float model's values
     quant: QParams | None = None
+    # What the int8 model quantizes when a post-training technique made it differ from the
+    # float model (AdaRound's rounding, a corrected bias); None means ``data``.
+    qdata: np.ndarray | None = None
 
     @property
     def is_const(self) -> bool:
         return self.data is not None
+
+    @property
+    def int8_source(self) -> np.ndarray | None:
+        """The values the int8 artifacts quantize."""
+        return self.qdata if self.qdata is not None else self.data
 
 
 @dataclass

@@ -18,6 +18,9 @@ VERSION = 1
 
 _DTYPES = {"float32": "F32", "float64": "F64", "int8": "I8", "uint8": "U8", "int32": "I32", "int64": "I64"}
 
+# A constant whose int8 values differ from its float ones (see Tensor.qdata) is stored twice.
+INT8_SUFFIX = "@int8"
+
 
 def safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
     """The safetensors layout, written deterministically (sorted names, sorted header keys).
@@ -42,6 +45,7 @@ def safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -
 
 def graph_to_bytes(graph: Graph) -> bytes:
     arrays = {name: np.ascontiguousarray(t.data) for name, t in graph.tensors.items() if t.data is not None}
+    arrays.update({name + INT8_SUFFIX: np.ascontiguousarray(t.qdata) for name, t in graph.tensors.items() if t.qdata is not None})
     structure: dict[str, Any] = {
         "inputs": graph.inputs,
         "outputs": graph.outputs,
@@ -74,7 +78,7 @@ def graph_from_bytes(blob: bytes, source: str = "the file") -> Graph:
     tensors = {}
     for name, raw in structure["tensors"].items():
         quant = QParams.from_dict(raw["quant"]) if raw["quant"] else None
-        tensors[name] = Tensor(name, tuple(raw["shape"]), arrays[name] if raw["const"] else None, quant)
+        tensors[name] = Tensor(name, tuple(raw["shape"]), arrays[name] if raw["const"] else None, quant, arrays.get(name + INT8_SUFFIX))
     nodes = [Node(n["op"], n["name"], n["inputs"], n["outputs"], n["attrs"]) for n in structure["nodes"]]
     return Graph(structure["inputs"], structure["outputs"], tensors, nodes, structure.get("meta", {}))
 

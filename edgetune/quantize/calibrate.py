@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import Graph, Node
 from edgetune.quantize import params
 from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.observers import METHODS, TensorStats, percentile_range
@@ -32,6 +32,7 @@ class CalibrationRecord:
     method: str
     chosen: tuple[float, float]
     ranges: dict[str, tuple[float, float]]
+    audit: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,7 +40,25 @@ class CalibrationRecord:
             "method": self.method,
             "chosen": list(self.chosen),
             "ranges": {k: [float(v[0]), float(v[1])] for k, v in self.ranges.items()},
+            **self.audit,
         }
+
+
+def audit(stats: TensorStats, chosen: tuple[float, float]) -> dict[str, float]:
+    """How heavy the tails are and what the chosen range cuts: the share of calibration values
+    outside it, and the largest |value| over the 99.99th percentile of |value| (above about 3,
+    a few outliers stretch a min/max range)."""
+    if not stats.hist.any():
+        return {}
+    centers = (stats.edges()[:-1] + stats.edges()[1:]) / 2
+    total = stats.hist.sum()
+    outside = stats.hist[(centers < chosen[0]) | (centers > chosen[1])].sum()
+    magnitude = np.abs(centers)
+    order = np.argsort(magnitude)
+    cdf = np.cumsum(stats.hist[order]) / total
+    p9999 = float(magnitude[order][min(int(np.searchsorted(cdf, 0.9999)), len(order) - 1)])
+    peak = max(abs(stats.low), abs(stats.high))
+    return {"clipped_share": round(float(outside / total), 6), "outlier_ratio": round(peak / p9999, 3) if p9999 > 0 else 0.0}
 
 
 def observed_tensors(graph: Graph) -> list[str]:
@@ -119,12 +138,24 @@ def _quantize_weights(graph: Graph, inputs: list[str], config: QuantConfig) -> N
     weight = graph.const(weight_name)
     input_q = graph.tensors[x].quant
     assert input_q is not None, "inputs are quantized before their consumers"
-    weight_q = params.weight_params(weight, config.per_channel, axis=0)
+    weight_q = params.weight_params(weight, config.per_channel, axis=0, levels=params.weight_levels(config.weight_bits))
     if len(inputs) > 2:
         bias = graph.const(inputs[2])
         weight_q = params.widen_for_bias(weight_q, bias, float(input_q.scale[0]))
         graph.tensors[inputs[2]].quant = params.bias_params(input_q, weight_q)
     graph.tensors[weight_name].quant = weight_q
+
+
+def requantize_bias(graph: Graph, node: Node) -> None:
+    """Derive a layer's bias parameters again after its bias changed; the weight parameters
+    stay unless the new bias would overflow int32 on its grid."""
+    if len(node.inputs) < 3 or not node.inputs[2]:
+        return
+    weight, bias = graph.tensors[node.inputs[1]], graph.tensors[node.inputs[2]]
+    input_q = graph.tensors[node.inputs[0]].quant
+    assert weight.quant is not None and input_q is not None and bias.int8_source is not None
+    weight.quant = params.widen_for_bias(weight.quant, bias.int8_source, float(input_q.scale[0]))
+    bias.quant = params.bias_params(input_q, weight.quant)
 
 
 def _quantize_operand_constants(graph: Graph, inputs: list[str]) -> None:
@@ -149,8 +180,11 @@ def unify_concat_ranges(graph: Graph, records: dict[str, CalibrationRecord]) -> 
 
 def calibrate(graph: Graph, samples: np.ndarray, config: QuantConfig, progress: Progress | None = None) -> list[CalibrationRecord]:
     """Observe ``samples`` and set quantization parameters on ``graph`` in place."""
+    graph.meta["weight_bits"] = config.weight_bits  # AdaRound and QAT keep weights on this grid
     stats = collect_stats(graph, samples, config, progress)
     records = choose_ranges(stats, config)
     unify_concat_ranges(graph, records)
+    for name, record in records.items():
+        record.audit = audit(stats[name], record.chosen)
     assign_params(graph, records, config)
     return [records[name] for name in observed_tensors(graph)]

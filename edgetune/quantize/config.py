@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgetune.errors import InputError
 from edgetune.quantize.observers import METHODS
 
+# Post-training techniques (edgetune.quantize.ptq), in the order they run; "best" chooses.
+PTQ_TECHNIQUES = ("equalize", "adaround", "bias-correct")
+DEFAULT_PTQ = ("bias-correct",)
+
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """How to quantize: observer method, weight granularity, calibration sample count."""
+    """How to quantize: observer method, weight granularity, calibration sample count, and
+    the post-training techniques around calibration with their time budget (seconds)."""
 
     method: str = "mse"
     per_channel: bool = True
     samples: int = 128
     batch_size: int = 32
     percentile: float = 99.99
+    ptq: tuple[str, ...] = field(default=DEFAULT_PTQ)
+    ptq_budget: float = 60.0
+    weight_bits: int = 8  # 4: 4-bit values in int8 storage (accuracy and size planning)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -28,11 +36,30 @@ class QuantConfig:
             raise InputError(f"batch size {self.batch_size}", "use a positive batch size")
         if not 50.0 < self.percentile <= 100.0:
             raise InputError(f"percentile {self.percentile}", "use a value in (50, 100], e.g. 99.99")
+        unknown = [name for name in self.ptq if name not in (*PTQ_TECHNIQUES, "best")]
+        if unknown:
+            raise InputError(f"post-training technique {unknown[0]!r} is unknown", f"use best, none or some of {','.join(PTQ_TECHNIQUES)}")
+        if "best" in self.ptq and len(self.ptq) > 1:
+            raise InputError("--ptq best chooses the techniques itself", "give best alone, or list the techniques")
+        if self.weight_bits not in (4, 8):
+            raise InputError(f"{self.weight_bits}-bit weights", "use 8 (int8) or 4 (4-bit values in int8 storage)")
+        if self.ptq_budget < 0:
+            raise InputError(f"PTQ budget {self.ptq_budget} s", "give a budget of 0 seconds or more")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": 1, **asdict(self)}
+        return {"version": 2, **asdict(self), "ptq": list(self.ptq)}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> QuantConfig:
         fields = {k: v for k, v in raw.items() if k != "version"}
+        if "ptq" in fields:
+            fields["ptq"] = tuple(fields["ptq"])
+        elif raw.get("version", 1) < 2:
+            fields["ptq"] = ()  # written before the techniques existed
         return cls(**fields)
+
+
+def parse_ptq(text: str) -> tuple[str, ...]:
+    """``equalize,bias-correct``, ``best`` or ``none`` to the techniques' names."""
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    return () if names in ((), ("none",)) else names

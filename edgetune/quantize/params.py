@@ -35,14 +35,20 @@ def fixed_params(scale: float, zero_point: int) -> QParams:
     return QParams.per_tensor(scale, zero_point)
 
 
-def weight_params(weight: np.ndarray, per_channel: bool, axis: int = 0) -> QParams:
-    """Symmetric int8 weight parameters, per channel along ``axis`` or per tensor."""
+def weight_levels(bits: int) -> int:
+    """The symmetric range [-L, L] of ``bits``-bit weights: 127 for 8 bits, 7 for 4."""
+    return 2 ** (bits - 1) - 1
+
+
+def weight_params(weight: np.ndarray, per_channel: bool, axis: int = 0, levels: int = WEIGHT_MAX) -> QParams:
+    """Symmetric weight parameters on [-levels, levels] (stored as int8), per channel along
+    ``axis`` or per tensor."""
     if per_channel:
         reduce = tuple(i for i in range(weight.ndim) if i != axis)
         absmax = np.abs(weight).max(axis=reduce) if reduce else np.abs(weight)
-        scale = np.maximum(absmax / WEIGHT_MAX, MIN_SCALE).astype(np.float32)
+        scale = np.maximum(absmax / levels, MIN_SCALE).astype(np.float32)
         return QParams(scale, np.zeros(scale.shape, np.int64), "int8", axis)
-    return QParams.per_tensor(max(float(np.abs(weight).max()) / WEIGHT_MAX, float(MIN_SCALE)), 0)
+    return QParams.per_tensor(max(float(np.abs(weight).max()) / levels, float(MIN_SCALE)), 0)
 
 
 def widen_for_bias(weight_q: QParams, bias: np.ndarray, input_scale: float) -> QParams:

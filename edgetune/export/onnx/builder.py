@@ -51,7 +51,7 @@ class OnnxBuilder:
         if ir_tensor.data is None:
             raise KeyError(f"tensor {tensor} is read before it is written")
         if self.quantized and ir_tensor.quant is not None:
-            levels = quantize_array(ir_tensor.data, ir_tensor.quant)
+            levels = quantize_array(ir_tensor.int8_source, ir_tensor.quant)  # type: ignore[arg-type]
             stored = self.initializer(f"{tensor}_quantized", levels)
             self.names[tensor] = self._dequantize(stored, ir_tensor.quant, f"{tensor}_dq", constant=True)
         else:

@@ -83,7 +83,7 @@ def _weights(b: TflBuilder, name: str, laid_out: Callable[[np.ndarray], np.ndarr
     tensor = b.graph.tensors[name]
     assert tensor.data is not None
     if b.quantized and tensor.quant is not None:
-        levels = laid_out(quantize_array(tensor.data, tensor.quant))
+        levels = laid_out(quantize_array(tensor.int8_source, tensor.quant))  # type: ignore[arg-type]
         return b.const(name, levels, tflite.TensorType.INT8, quant_spec(tensor.quant, dimension))
     return b.const(name, laid_out(tensor.data).astype(np.float32), tflite.TensorType.FLOAT32)
 
@@ -94,7 +94,7 @@ def _bias(b: TflBuilder, node: Node) -> int:
     tensor = b.graph.tensors[node.inputs[2]]
     assert tensor.data is not None
     if b.quantized and tensor.quant is not None:
-        return b.const(tensor.name, quantize_array(tensor.data, tensor.quant), tflite.TensorType.INT32, quant_spec(tensor.quant))
+        return b.const(tensor.name, quantize_array(tensor.int8_source, tensor.quant), tflite.TensorType.INT32, quant_spec(tensor.quant))  # type: ignore[arg-type]
     return b.const(tensor.name, tensor.data.astype(np.float32), tflite.TensorType.FLOAT32)
 
 

@@ -1,0 +1,97 @@
+"""Post-training quantization techniques around calibration, in their one valid order:
+
+    equalize (float graph) -> calibrate -> adaround -> bias-correct
+
+``--ptq best`` measures instead of assuming: each step is kept only when it raises the
+output SQNR of the int8 ONNX model against fp32 on held-out calibration samples (never the
+evaluation data). Equalization is judged by calibrating the graph both with and without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import numpy as np
+
+from edgetune.ir.graph import Graph
+from edgetune.quantize.adaround import adaround
+from edgetune.quantize.bias_correct import correct_biases
+from edgetune.quantize.calibrate import CalibrationRecord, Progress, calibrate
+from edgetune.quantize.config import QuantConfig
+from edgetune.quantize.equalize import equalize
+
+HELD_OUT = 64  # held-out calibration samples that decide what --ptq best keeps
+EQUALIZE_SAMPLES = 128  # the pre-activation ranges that bound equalization under ReLU6: more is safer
+
+
+def quantize(
+    graph: Graph, samples: np.ndarray, config: QuantConfig, held_out: np.ndarray | None = None, progress: Progress | None = None
+) -> tuple[list[CalibrationRecord], dict[str, Any]]:
+    """Calibrate ``graph`` in place with the techniques ``config.ptq`` asks for; returns the
+    calibration records and a report of what each technique did."""
+    started = time.perf_counter()
+    steps = set(config.ptq)
+    best = "best" in steps
+    report: dict[str, Any] = {"requested": list(config.ptq), "applied": [], "budget_s": config.ptq_budget}
+    check = held_out if held_out is not None and len(held_out) else samples[-HELD_OUT:]
+    check = check[:HELD_OUT]
+    if best:
+        report["checked_on"] = f"{len(check)} " + (
+            "held-out calibration samples" if held_out is not None and len(held_out) else "calibration samples (none were held out)"
+        )
+    float_graph = copy.deepcopy(graph) if best else None
+    if "equalize" in steps:
+        report["equalize"] = equalize(graph, samples[:EQUALIZE_SAMPLES]).to_dict()
+        report["applied"].append("equalize")
+    records = calibrate(graph, samples, config, progress)
+    baseline = None
+    if float_graph is not None:
+        baseline = _sqnr(graph, check)
+        report["held_out_sqnr_db"] = {"calibrated": baseline}
+        # Equalization changes the float weights, so its candidate is calibrated anew.
+        result = equalize(float_graph, samples[:EQUALIZE_SAMPLES]).to_dict()
+        candidate_records = calibrate(float_graph, samples, config, progress)
+        baseline = _keep_if_better(graph, float_graph, "equalize", result, report, check, baseline)
+        if "equalize" in report["applied"]:
+            records = candidate_records
+    if "adaround" in steps or best:
+        candidate = copy.deepcopy(graph) if best else graph
+        result = adaround(candidate, samples, config.ptq_budget, progress).to_dict()
+        baseline = _keep_if_better(graph, candidate, "adaround", result, report, check, baseline)
+    if "bias-correct" in steps or best:
+        candidate = copy.deepcopy(graph) if best else graph
+        result = correct_biases(candidate, samples, progress).to_dict()
+        baseline = _keep_if_better(graph, candidate, "bias-correct", result, report, check, baseline)
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    return records, report
+
+
+def _keep_if_better(
+    graph: Graph, candidate: Graph, name: str, result: dict[str, Any], report: dict[str, Any], check: np.ndarray, baseline: float | None
+) -> float | None:
+    """Adopt ``candidate`` into ``graph`` (in place) when asked for, or when it scores better."""
+    report[name] = result
+    if baseline is None:  # asked for explicitly: always kept
+        report["applied"].append(name)
+        return None
+    score = _sqnr(candidate, check)
+    report["held_out_sqnr_db"][name] = score
+    if score <= baseline:
+        result["why"] = f"dropped: held-out SQNR {score:.2f} dB is not above {baseline:.2f} dB without it"
+        return baseline
+    report["applied"].append(name)
+    graph.tensors, graph.nodes = candidate.tensors, candidate.nodes
+    return score
+
+
+def _sqnr(graph: Graph, x: np.ndarray) -> float:
+    """Output SQNR of the int8 ONNX artifact against fp32, as ONNX Runtime computes both."""
+    from edgetune.evaluate.metrics import sqnr_db
+    from edgetune.evaluate.runtime import OnnxRunner
+    from edgetune.export.onnx.writer import write_onnx
+
+    reference = OnnxRunner(write_onnx(graph, quantized=False), spin=False).run(x)
+    quantized = OnnxRunner(write_onnx(graph, quantized=True), spin=False).run(x)
+    return round(float(sqnr_db(reference, quantized)), 3)
