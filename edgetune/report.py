@@ -117,19 +117,24 @@ def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
 
 def _scheme(quant: QuantConfig) -> str:
     granularity = "per-channel" if quant.per_channel else "per-tensor"
-    weights = "int8" if quant.weight_bits == 8 else "4-bit values in [-7, 7] stored as int8"
+    weights = "int8" if quant.weight_bits == 8 else "4-bit values in [-7, 7] (first and last layers 8-bit) stored as int8"
     return f"W{quant.weight_bits}A8: weights {weights}, symmetric {granularity} (zero point 0), activations int8 asymmetric per-tensor, int32 bias"
 
 
 def _four_bit_weights(graph: Graph) -> dict[str, Any]:
     """What packed int4 storage would save; the artifacts themselves hold the 4-bit values as int8."""
-    count = sum(graph.const(n.inputs[1]).size for n in graph.nodes if n.op in ("conv2d", "linear"))
+    from edgetune.quantize.params import WEIGHT_MAX, levels_of
+
+    layers = [n for n in graph.nodes if n.op in ("conv2d", "linear") and not n.in_float]
+    eight = [n.name for n in layers if levels_of(graph.meta, n.inputs[1]) == WEIGHT_MAX]
+    sizes = {n.name: int(graph.const(n.inputs[1]).size) for n in layers}
     return {
         "bits": 4,
         "storage": "int8",
-        "weights": int(count),
-        "int8_bytes": int(count),
-        "packed_int4_bytes": int(sum(-(-graph.const(n.inputs[1]).size // 2) for n in graph.nodes if n.op in ("conv2d", "linear"))),
+        "weights": sum(sizes.values()),
+        "eight_bit_layers": eight,
+        "int8_bytes": sum(sizes.values()),
+        "packed_int4_bytes": sum(size if name in eight else -(-size // 2) for name, size in sizes.items()),
         "note": "planning mode: both artifacts store the 4-bit weight values as int8, so their accuracy is that of a"
         " 4-bit deployment and their size is not; TFLite's int8 kernels and ONNX Runtime's QDQ int8 kernels run them",
     }

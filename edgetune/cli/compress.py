@@ -45,6 +45,11 @@ from edgetune.progress import StderrProgress
     show_default=True,
     help="4: 4-bit weight values (per channel by default) stored as int8, to plan a W4A8 deployment.",
 )
+@click.option(
+    "--accuracy-target",
+    metavar="30dB|99%",
+    help="Keep the fewest, most sensitive layers in float until the int8 model reaches this output SQNR or top-1 agreement with fp32.",
+)
 @click.option("--sensitivity", is_flag=True, help="Measure each layer's int8 sensitivity alone; report it and plot OUT/sensitivity.png.")
 @click.option(
     "--ptq-budget",
@@ -103,6 +108,7 @@ def command(
     ptq: str,
     ptq_budget: float,
     weight_bits: str,
+    accuracy_target: str | None,
     sensitivity: bool,
     prune: str | None,
     prune_allocation: str,
@@ -138,6 +144,7 @@ def command(
         ptq=parse_ptq(ptq),
         ptq_budget=ptq_budget,
         weight_bits=int(weight_bits),
+        accuracy_target=accuracy_target,
     )
     profile = load_target(target)
     result = compress(
@@ -207,14 +214,20 @@ def _memory_text(memory: dict[str, Any]) -> str:
 
 
 def _ptq_text(ptq: dict[str, Any]) -> str:
-    if not ptq.get("applied"):
-        return "none" if not ptq.get("requested") else f"none of {', '.join(ptq['requested'])} helped"
-    text = ", ".join(ptq["applied"])
-    if "seconds" in ptq:
-        text += f" in {ptq['seconds']:.1f}s"
+    if ptq.get("applied"):
+        text = ", ".join(ptq["applied"]) + (f" in {ptq['seconds']:.1f}s" if "seconds" in ptq else "")
+    else:
+        text = "none" if not ptq.get("requested") else f"none of {', '.join(ptq['requested'])} helped"
     scores = ptq.get("held_out_sqnr_db")
     if scores:
         text += " (held-out SQNR " + ", ".join(f"{k} {v:.1f} dB" for k, v in scores.items()) + ")"
+    fallback = ptq.get("fallback")
+    if fallback:
+        layers = fallback["float_layers"]
+        reached = "reached" if fallback["reached"] else "NOT reached"
+        text += f"; target {fallback['target']} {reached} with {len(layers)} layer(s) in float" + (
+            f": {', '.join(layers)}" if layers else ""
+        )
     return text
 
 

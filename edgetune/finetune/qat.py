@@ -63,8 +63,6 @@ class QatRunner(GraphRunner):
 
     def __init__(self, graph: Graph) -> None:
         super().__init__(graph)
-        # Weights use [-127, 127], the int8 specification's symmetric range, or [-7, 7] for 4-bit weights.
-        self.weight_levels = params.weight_levels(int(graph.meta.get("weight_bits", 8)))
         if graph.inputs and graph.tensors[graph.inputs[0]].quant is None:
             raise InputError(
                 "quantization-aware training needs a calibrated graph", "calibrate before QAT (edgetune does this in compress)"
@@ -83,7 +81,7 @@ class QatRunner(GraphRunner):
         self.weights: dict[str, int | None] = {}  # weight tensor -> channel axis (None: per tensor)
         self.biases: dict[str, tuple[str, str]] = {}  # bias tensor -> (input activation, weight)
         for node in graph.nodes:
-            if node.op in WEIGHTED_OPS:
+            if node.op in WEIGHTED_OPS and not node.in_float:
                 self._add_weighted(node.inputs)
         self.fixed = {
             name: fake_quant(value, graph.tensors[name].quant)  # type: ignore[arg-type]
@@ -97,6 +95,10 @@ class QatRunner(GraphRunner):
         }
         self.constants.update(self.trainable)
 
+    def levels(self, weight: str) -> int:
+        """Weights use [-127, 127], the int8 specification's symmetric range, or [-7, 7] at 4 bits."""
+        return params.levels_of(self.graph.meta, weight)
+
     def _add_weighted(self, inputs: list[str]) -> None:
         weight = inputs[1]
         q = self.graph.tensors[weight].quant
@@ -105,7 +107,7 @@ class QatRunner(GraphRunner):
         self.log_scales[weight] = nn.Parameter(torch.log(torch.from_numpy(q.scale.copy())))
         self.zero_points[weight] = torch.zeros(q.scale.shape)
         per_scale = self.graph.tensors[weight].data.size // q.scale.size  # type: ignore[union-attr]
-        self.grad_factor[weight] = 1.0 / math.sqrt(per_scale * self.weight_levels)
+        self.grad_factor[weight] = 1.0 / math.sqrt(per_scale * self.levels(weight))
         if len(inputs) > 2:
             self.biases[inputs[2]] = (inputs[0], weight)
 
@@ -135,10 +137,10 @@ class QatRunner(GraphRunner):
         axis = self.weights[name]
         if axis is None:
             return torch._fake_quantize_learnable_per_tensor_affine(
-                value, self.scale(name), self.zero_points[name], -self.weight_levels, self.weight_levels, self.grad_factor[name]
+                value, self.scale(name), self.zero_points[name], -self.levels(name), self.levels(name), self.grad_factor[name]
             )
         return torch._fake_quantize_learnable_per_channel_affine(
-            value, self.scale(name), self.zero_points[name], axis, -self.weight_levels, self.weight_levels, self.grad_factor[name]
+            value, self.scale(name), self.zero_points[name], axis, -self.levels(name), self.levels(name), self.grad_factor[name]
         )
 
     def _finish(self, name: str, value: torch.Tensor, observe: Observer | None) -> torch.Tensor:
@@ -171,7 +173,7 @@ class QatRunner(GraphRunner):
             data = values[name].numpy().astype(np.float32)
             # Values beyond the grid were clamped in training; clamp them here so that the
             # exporters' rounding can never reach -128.
-            bound = scale.reshape([-1] + [1] * (data.ndim - 1)) * self.weight_levels if axis is not None else scale * self.weight_levels
+            bound = scale.reshape([-1] + [1] * (data.ndim - 1)) * self.levels(name) if axis is not None else scale * self.levels(name)
             self.graph.tensors[name].data = np.clip(data, -bound, bound).astype(np.float32)
             self.graph.tensors[name].qdata = None  # training started from the int8 values and replaced them
             self.graph.tensors[name].quant = QParams(scale, np.zeros(scale.shape, np.int64), "int8", axis)

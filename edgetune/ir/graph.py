@@ -97,6 +97,12 @@ class Node:
         """The fused activation: none, relu or relu6."""
         return str(self.attrs.get("act", "none"))
 
+    @property
+    def in_float(self) -> bool:
+        """A weighted layer kept in float in the int8 model (the mixed-precision fallback):
+        its weights and bias are float, its input and output stay int8 tensors."""
+        return self.attrs.get("precision") == "float"
+
 
 @dataclass
 class Graph:

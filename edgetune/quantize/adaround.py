@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from edgetune.ir.graph import Graph, Node
 from edgetune.ir.torch_exec import apply_act
 from edgetune.quantize.layerwise import LayerInputs, Progress, quantized_constant, run_preact, walk
-from edgetune.quantize.params import weight_levels
+from edgetune.quantize.params import levels_of
 
 ZETA, GAMMA = 1.1, -0.1  # stretch of the rectified sigmoid (paper, eq. 23)
 REG_WEIGHT = 0.01  # lambda of the rounding regulariser
@@ -166,7 +166,6 @@ def adaround(graph: Graph, samples: np.ndarray, budget_s: float, progress: Progr
     weighted = [n for n in graph.nodes if n.op in ("conv2d", "linear")]
     sizes = [graph.const(n.inputs[1]).size for n in weighted]
     iterations = planned_iterations(budget_s, sizes)
-    levels = weight_levels(int(graph.meta.get("weight_bits", 8)))
     total_size = sum(sizes) or 1
     generator = torch.Generator().manual_seed(0)
 
@@ -182,6 +181,7 @@ def adaround(graph: Graph, samples: np.ndarray, budget_s: float, progress: Progr
         layer = _Layer(node, weight.shape, inputs.x_quant, inputs.z_float.shape, generator)
         target = apply_act(layer.take(inputs.z_float), node.act)
         bias = quantized_constant(graph, node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        levels = levels_of(graph.meta, node.inputs[1])
         tensor.qdata, flipped = round_layer(node, weight, scale, levels, layer, target, bias, iterations)
         result.layers += 1
         result.flipped += flipped * weight.size

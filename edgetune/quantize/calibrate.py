@@ -133,12 +133,24 @@ def assign_params(graph: Graph, records: dict[str, CalibrationRecord], config: Q
             _quantize_operand_constants(graph, node.inputs)
 
 
+def weight_levels_by_layer(graph: Graph, bits: int) -> dict[str, int]:
+    """Level range per weight tensor. At 4 bits the first and last weighted layers keep 8
+    bits, as is usual (AdaRound, section 5): the first sees raw input with few channels, the
+    last decides the classes, and both hold few of the weights."""
+    weighted = [node for node in graph.nodes if node.op in WEIGHTED_OPS]
+    levels = {node.inputs[1]: params.weight_levels(bits) for node in weighted}
+    if bits < 8 and weighted:
+        for node in (weighted[0], weighted[-1]):
+            levels[node.inputs[1]] = params.WEIGHT_MAX
+    return levels
+
+
 def _quantize_weights(graph: Graph, inputs: list[str], config: QuantConfig) -> None:
     x, weight_name = inputs[0], inputs[1]
     weight = graph.const(weight_name)
     input_q = graph.tensors[x].quant
     assert input_q is not None, "inputs are quantized before their consumers"
-    weight_q = params.weight_params(weight, config.per_channel, axis=0, levels=params.weight_levels(config.weight_bits))
+    weight_q = params.weight_params(weight, config.per_channel, axis=0, levels=params.levels_of(graph.meta, weight_name))
     if len(inputs) > 2:
         bias = graph.const(inputs[2])
         weight_q = params.widen_for_bias(weight_q, bias, float(input_q.scale[0]))
@@ -180,7 +192,8 @@ def unify_concat_ranges(graph: Graph, records: dict[str, CalibrationRecord]) -> 
 
 def calibrate(graph: Graph, samples: np.ndarray, config: QuantConfig, progress: Progress | None = None) -> list[CalibrationRecord]:
     """Observe ``samples`` and set quantization parameters on ``graph`` in place."""
-    graph.meta["weight_bits"] = config.weight_bits  # AdaRound and QAT keep weights on this grid
+    graph.meta["weight_bits"] = config.weight_bits
+    graph.meta["weight_levels"] = weight_levels_by_layer(graph, config.weight_bits)  # AdaRound and QAT keep to these
     stats = collect_stats(graph, samples, config, progress)
     records = choose_ranges(stats, config)
     unify_concat_ranges(graph, records)

@@ -26,6 +26,7 @@ class QuantConfig:
     ptq: tuple[str, ...] = field(default=DEFAULT_PTQ)
     ptq_budget: float = 60.0
     weight_bits: int = 8  # 4: 4-bit values in int8 storage (accuracy and size planning)
+    accuracy_target: str | None = None  # "30dB" or "99%": layers fall back to float until it holds
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -43,6 +44,10 @@ class QuantConfig:
             raise InputError("--ptq best chooses the techniques itself", "give best alone, or list the techniques")
         if self.weight_bits not in (4, 8):
             raise InputError(f"{self.weight_bits}-bit weights", "use 8 (int8) or 4 (4-bit values in int8 storage)")
+        if self.accuracy_target is not None:
+            from edgetune.quantize.fallback import AccuracyTarget
+
+            AccuracyTarget.parse(self.accuracy_target)
         if self.ptq_budget < 0:
             raise InputError(f"PTQ budget {self.ptq_budget} s", "give a budget of 0 seconds or more")
 

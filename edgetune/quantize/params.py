@@ -40,6 +40,11 @@ def weight_levels(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
+def levels_of(meta: dict, weight: str) -> int:  # type: ignore[type-arg]
+    """The level range calibration gave weight tensor ``weight`` (graph.meta["weight_levels"])."""
+    return int(meta.get("weight_levels", {}).get(weight, WEIGHT_MAX))
+
+
 def weight_params(weight: np.ndarray, per_channel: bool, axis: int = 0, levels: int = WEIGHT_MAX) -> QParams:
     """Symmetric weight parameters on [-levels, levels] (stored as int8), per channel along
     ``axis`` or per tensor."""

@@ -2,15 +2,17 @@
 
     equalize (float graph) -> calibrate -> adaround -> bias-correct
 
-``--ptq best`` measures instead of assuming: each step is kept only when it raises the
-output SQNR of the int8 ONNX model against fp32 on held-out calibration samples (never the
-evaluation data). Equalization is judged by calibrating the graph both with and without it.
+``--ptq best`` measures instead of assuming: the activation-range method (minmax,
+percentile, MSE) is chosen, and each step kept, only when it raises the output SQNR of the
+int8 ONNX model against fp32 on held-out calibration samples (never the evaluation data).
+Equalization is judged by calibrating the graph both with and without it.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from edgetune.quantize.bias_correct import correct_biases
 from edgetune.quantize.calibrate import CalibrationRecord, Progress, calibrate
 from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.equalize import equalize
+from edgetune.quantize.observers import METHODS
 
 HELD_OUT = 64  # held-out calibration samples that decide what --ptq best keeps
 EQUALIZE_SAMPLES = 128  # the pre-activation ranges that bound equalization under ReLU6: more is safer
@@ -48,14 +51,7 @@ def quantize(
     records = calibrate(graph, samples, config, progress)
     baseline = None
     if float_graph is not None:
-        baseline = _sqnr(graph, check)
-        report["held_out_sqnr_db"] = {"calibrated": baseline}
-        # Equalization changes the float weights, so its candidate is calibrated anew.
-        result = equalize(float_graph, samples[:EQUALIZE_SAMPLES]).to_dict()
-        candidate_records = calibrate(float_graph, samples, config, progress)
-        baseline = _keep_if_better(graph, float_graph, "equalize", result, report, check, baseline)
-        if "equalize" in report["applied"]:
-            records = candidate_records
+        records, baseline = _best_calibration(graph, float_graph, records, samples, config, check, report, progress)
     if "adaround" in steps or best:
         candidate = copy.deepcopy(graph) if best else graph
         result = adaround(candidate, samples, config.ptq_budget, progress).to_dict()
@@ -64,8 +60,55 @@ def quantize(
         candidate = copy.deepcopy(graph) if best else graph
         result = correct_biases(candidate, samples, progress).to_dict()
         baseline = _keep_if_better(graph, candidate, "bias-correct", result, report, check, baseline)
+    if config.accuracy_target is not None:
+        report["fallback"] = _fallback(graph, samples, check, config.accuracy_target, progress)
     report["seconds"] = round(time.perf_counter() - started, 2)
     return records, report
+
+
+def _best_calibration(
+    graph: Graph,
+    pristine: Graph,
+    records: list[CalibrationRecord],
+    samples: np.ndarray,
+    config: QuantConfig,
+    check: np.ndarray,
+    report: dict[str, Any],
+    progress: Progress | None,
+) -> tuple[list[CalibrationRecord], float]:
+    """--ptq best before rounding: the activation-range method judged end to end (held-out
+    output SQNR, not each tensor's local error), then equalization with that method."""
+    baseline = _sqnr(graph, check)
+    report["held_out_sqnr_db"] = {"calibrated": baseline}
+    by_method = {config.method: baseline}
+    for method in (m for m in METHODS if m != config.method):
+        trial = replace(config, method=method)
+        candidate = copy.deepcopy(pristine)
+        candidate_records = calibrate(candidate, samples, trial, progress)
+        by_method[method] = _sqnr(candidate, check)
+        if by_method[method] > baseline:
+            _adopt(graph, candidate)
+            records, baseline, config = candidate_records, by_method[method], trial
+    report["calibration_method"] = {"chosen": config.method, "held_out_sqnr_db": by_method}
+    report["held_out_sqnr_db"]["calibrated"] = baseline
+    # Equalization changes the float weights, so its candidate is calibrated anew.
+    candidate = copy.deepcopy(pristine)
+    result = equalize(candidate, samples[:EQUALIZE_SAMPLES]).to_dict()
+    candidate_records = calibrate(candidate, samples, config, progress)
+    kept = _keep_if_better(graph, candidate, "equalize", result, report, check, baseline)
+    return (candidate_records if "equalize" in report["applied"] else records), float(kept or baseline)
+
+
+def _adopt(graph: Graph, candidate: Graph) -> None:
+    graph.tensors, graph.nodes, graph.meta = candidate.tensors, candidate.nodes, candidate.meta
+
+
+def _fallback(graph: Graph, samples: np.ndarray, check: np.ndarray, target: str, progress: Progress | None) -> dict[str, Any]:
+    from edgetune.quantize.fallback import AccuracyTarget, choose_fallback
+    from edgetune.quantize.sensitivity import layer_sensitivity
+
+    rows = layer_sensitivity(graph, check, progress)
+    return choose_fallback(graph, check, AccuracyTarget.parse(target), rows, progress)
 
 
 def _keep_if_better(
@@ -82,7 +125,7 @@ def _keep_if_better(
         result["why"] = f"dropped: held-out SQNR {score:.2f} dB is not above {baseline:.2f} dB without it"
         return baseline
     report["applied"].append(name)
-    graph.tensors, graph.nodes = candidate.tensors, candidate.nodes
+    _adopt(graph, candidate)
     return score
 
 

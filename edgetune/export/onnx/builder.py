@@ -21,6 +21,7 @@ class OnnxBuilder:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # IR tensor -> ONNX value to read
+    levels: dict[str, str] = field(default_factory=dict)  # IR activation -> its quantized (integer) ONNX value
     _taken: set[str] = field(default_factory=set)
 
     def fresh(self, base: str) -> str:
@@ -65,15 +66,34 @@ class OnnxBuilder:
             scale, zero_point = self._qparams(q, tensor, constant=False)
             levels = self.node("QuantizeLinear", [value, scale, zero_point], [self.fresh(f"{tensor}_q")])[0]
             value = self.node("DequantizeLinear", [levels, scale, zero_point], [self.fresh(f"{tensor}_dq")])[0]
+            self.levels[tensor] = levels
         self.names[tensor] = value
 
-    def _qparams(self, q: QParams, base: str, constant: bool) -> tuple[str, str]:
+    def read_for_float_layer(self, tensor: str) -> str:
+        """The input of a layer kept in float, dequantized per channel with every channel's
+        scale the same: numerically the per-tensor value, but ONNX Runtime's
+        WeightBiasQuantization (which quantizes a Conv's or Gemm's float weights when its
+        input comes from a per-tensor DequantizeLinear) leaves the layer in float, as written."""
+        value = self.read(tensor)
+        q = self.graph.tensors[tensor].quant
+        if not self.quantized or q is None or tensor not in self.levels:
+            return value
+        channels = self.graph.tensors[tensor].shape[1]
+        scale, zero_point = self._qparams(q, f"{tensor}_per_channel", constant=False, repeat=channels)
+        return self.node("DequantizeLinear", [self.levels[tensor], scale, zero_point], [self.fresh(f"{tensor}_dq_float")], axis=1)[0]
+
+    def _qparams(self, q: QParams, base: str, constant: bool, repeat: int = 0) -> tuple[str, str]:
         zero_point = q.zero_point
         if q.dtype == "int8" and self.unsigned_activations and not constant:
             dtype: Any = np.uint8
             zero_point = zero_point + 128  # same grid: the uint8 level is the int8 level + 128
         else:
             dtype = np.dtype(q.dtype)
+        if q.axis is None and repeat:
+            return (
+                self.initializer(f"{base}_scale", np.full(repeat, q.scale[0], np.float32)),
+                self.initializer(f"{base}_zero_point", np.full(repeat, zero_point[0], dtype=dtype)),
+            )
         if q.axis is None:
             return (
                 self.initializer(f"{base}_scale", np.float32(q.scale[0])),

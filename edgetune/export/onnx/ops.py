@@ -23,8 +23,12 @@ ONNX_OPS: Registry[OnnxOp] = Registry("ONNX writer")
 onnx_op = ONNX_OPS.register
 
 
-def _activation(b: OnnxBuilder, value: str, act: str) -> str:
-    if act == "none" or b.quantized:
+def _activation(b: OnnxBuilder, value: str, node: Node) -> str:
+    """The fused activation. In an int8 model the output's QuantizeLinear saturates at the
+    range ends (0, and at most 6 for ReLU6), which is the activation itself; only a float
+    output (between two layers kept in float) needs the operator."""
+    act = node.act
+    if act == "none" or (b.quantized and b.graph.tensors[node.outputs[0]].quant is not None):
         return value
     if act == "relu":
         return b.node("Relu", [value])[0]
@@ -39,32 +43,37 @@ def _clip(b: OnnxBuilder, value: str, low: float | None, high: float | None) -> 
     return b.node("Clip", [value, *bounds])[0]
 
 
+def _layer_inputs(b: OnnxBuilder, node: Node) -> list[str]:
+    first = b.read_for_float_layer(node.inputs[0]) if node.in_float else b.read(node.inputs[0])
+    return [first, *(b.read(name) for name in node.inputs[1:])]
+
+
 @onnx_op("conv2d")
 def conv2d(b: OnnxBuilder, node: Node) -> str:
     weight = b.graph.tensors[node.inputs[1]]
     out = b.node(
         "Conv",
-        [b.read(name) for name in node.inputs],
+        _layer_inputs(b, node),
         kernel_shape=list(weight.shape[2:]),
         strides=node.attrs["stride"],
         pads=node.attrs["pads"],
         dilations=node.attrs["dilation"],
         group=node.attrs["groups"],
     )[0]
-    return _activation(b, out, node.act)
+    return _activation(b, out, node)
 
 
 @onnx_op("linear")
 def linear(b: OnnxBuilder, node: Node) -> str:
-    out = b.node("Gemm", [b.read(name) for name in node.inputs], transB=1)[0]
-    return _activation(b, out, node.act)
+    out = b.node("Gemm", _layer_inputs(b, node), transB=1)[0]
+    return _activation(b, out, node)
 
 
 @onnx_op("add", "sub", "mul")
 def elementwise(b: OnnxBuilder, node: Node) -> str:
     op_type = {"add": "Add", "sub": "Sub", "mul": "Mul"}[node.op]
     out = b.node(op_type, [b.read(name) for name in node.inputs])[0]
-    return _activation(b, out, node.act)
+    return _activation(b, out, node)
 
 
 @onnx_op("relu")

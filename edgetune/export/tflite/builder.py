@@ -80,7 +80,9 @@ class TflBuilder:
         """The TFLite tensor for IR activation ``name`` (NHWC, int8 with its parameters when quantized)."""
         tensor = self.graph.tensors[name]
         quant = quant_spec(tensor.quant) if self.quantized and tensor.quant is not None else None
-        self.index[name] = self.model.add_tensor(TflTensor(name, nhwc_shape(tensor.shape), self.act_dtype, quant=quant))
+        # In an int8 model, a tensor without parameters lies between two layers kept in float.
+        dtype = self.act_dtype if quant is not None or not self.quantized else tflite.TensorType.FLOAT32
+        self.index[name] = self.model.add_tensor(TflTensor(name, nhwc_shape(tensor.shape), dtype, quant=quant))
         return self.index[name]
 
     def like(self, name: str, shape: list[int], template: int) -> int:

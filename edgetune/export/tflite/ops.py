@@ -14,7 +14,8 @@ import numpy as np
 import tflite
 
 from edgetune.export.tflite import layout
-from edgetune.export.tflite.builder import ACTIVATIONS, TflBuilder, quant_spec
+from edgetune.export.tflite.builder import ACTIVATIONS, VERSIONS, TflBuilder, quant_spec
+from edgetune.export.tflite.model import TflTensor
 from edgetune.ir.graph import Graph, Node
 from edgetune.ir.padding import same_padding
 from edgetune.quantize.params import quantize_array
@@ -98,18 +99,51 @@ def _bias(b: TflBuilder, node: Node) -> int:
     return b.const(tensor.name, tensor.data.astype(np.float32), tflite.TensorType.FLOAT32)
 
 
+class _FloatIsland:
+    """A layer kept in float inside an int8 model: DEQUANTIZE its input, run the float
+    operator, QUANTIZE its output back onto the int8 tensor the next layer reads."""
+
+    def __init__(self, b: TflBuilder, node: Node) -> None:
+        self.b, self.node = b, node
+        self.active = b.quantized and node.in_float
+        self.version = b.version if not self.active else (lambda code: VERSIONS[code][0])
+
+    def input(self, x: int) -> int:
+        source = self.b.model.tensors[x]
+        if not self.active or source.dtype == tflite.TensorType.FLOAT32:
+            return x
+        floating = self.b.model.add_tensor(TflTensor(f"{self.node.name}_float_input", source.shape, tflite.TensorType.FLOAT32))
+        self.b.op(Op.DEQUANTIZE, [x], [floating])
+        return floating
+
+    def output(self) -> int:
+        out = self.b.define(self.node.outputs[0])
+        if not self.active or self.b.model.tensors[out].dtype == tflite.TensorType.FLOAT32:
+            self.active = False  # the next layer reads this float tensor as it is
+            return out
+        target = self.b.model.tensors[out]
+        self.result = out
+        return self.b.model.add_tensor(TflTensor(f"{self.node.name}_float_output", target.shape, tflite.TensorType.FLOAT32))
+
+    def finish(self, floating_out: int) -> None:
+        if self.active:
+            self.b.op(Op.QUANTIZE, [floating_out], [self.result])
+
+
 @tfl_op("conv2d")
 def conv2d(b: TflBuilder, node: Node) -> None:
     kernel = list(b.graph.tensors[node.inputs[1]].shape[2:])
     stride, dilation, act = node.attrs["stride"], node.attrs["dilation"], ACTIVATIONS[node.act]
+    island = _FloatIsland(b, node)
     x, padding = _padded_input(b, node, kernel, dilation)
+    x = island.input(x)
     depthwise = _is_depthwise(b.graph, node)
     if depthwise:
         weight = _weights(b, node.inputs[1], layout.depthwise_weight, 3)
     else:
         weight = _weights(b, node.inputs[1], layout.conv_weight, 0)
     inputs = [x, weight, _bias(b, node)]
-    out = b.define(node.outputs[0])
+    out = island.output()
     if depthwise:
         multiplier = b.graph.tensors[node.inputs[1]].shape[0] // b.graph.tensors[node.inputs[0]].shape[1]
 
@@ -124,7 +158,8 @@ def conv2d(b: TflBuilder, node: Node) -> None:
             tflite.DepthwiseConv2DOptionsAddDilationHFactor(fb, dilation[0])
             return int(tflite.DepthwiseConv2DOptionsEnd(fb))
 
-        b.op(Op.DEPTHWISE_CONV_2D, inputs, [out], Options.DepthwiseConv2DOptions, depthwise_options)
+        b.op(Op.DEPTHWISE_CONV_2D, inputs, [out], Options.DepthwiseConv2DOptions, depthwise_options, island.version(Op.DEPTHWISE_CONV_2D))
+        island.finish(out)
         return
 
     def conv_options(fb: flatbuffers.Builder) -> int:
@@ -137,12 +172,14 @@ def conv2d(b: TflBuilder, node: Node) -> None:
         tflite.Conv2DOptionsAddDilationHFactor(fb, dilation[0])
         return int(tflite.Conv2DOptionsEnd(fb))
 
-    b.op(Op.CONV_2D, inputs, [out], Options.Conv2DOptions, conv_options)
+    b.op(Op.CONV_2D, inputs, [out], Options.Conv2DOptions, conv_options, island.version(Op.CONV_2D))
+    island.finish(out)
 
 
 @tfl_op("linear")
 def linear(b: TflBuilder, node: Node) -> None:
-    inputs = [b.read(node.inputs[0]), _weights(b, node.inputs[1], lambda w: w, 0), _bias(b, node)]
+    island = _FloatIsland(b, node)
+    inputs = [island.input(b.read(node.inputs[0])), _weights(b, node.inputs[1], lambda w: w, 0), _bias(b, node)]
     act = ACTIVATIONS[node.act]
 
     def options(fb: flatbuffers.Builder) -> int:
@@ -150,7 +187,9 @@ def linear(b: TflBuilder, node: Node) -> None:
         tflite.FullyConnectedOptionsAddFusedActivationFunction(fb, act)
         return int(tflite.FullyConnectedOptionsEnd(fb))
 
-    b.op(Op.FULLY_CONNECTED, inputs, [b.define(node.outputs[0])], Options.FullyConnectedOptions, options)
+    out = island.output()
+    b.op(Op.FULLY_CONNECTED, inputs, [out], Options.FullyConnectedOptions, options, island.version(Op.FULLY_CONNECTED))
+    island.finish(out)
 
 
 _ELEMENTWISE = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgetune.errors import EdgetuneError
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import Graph, Node
 
 # TFLite's int8 kernels require these output parameters (scale, zero point).
 FIXED_OUTPUTS = {"softmax": (1.0 / 256, -128), "sigmoid": (1.0 / 256, -128), "tanh": (1.0 / 128, 0)}
@@ -19,10 +19,41 @@ FIXED_OUTPUTS = {"softmax": (1.0 / 256, -128), "sigmoid": (1.0 / 256, -128), "ta
 SAME_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", "concat"}
 
 
+def _between_float_layers(graph: Graph) -> set[str]:
+    """Tensors whose producer and consumers are all layers kept in float: they stay float."""
+    consumers = graph.consumers()
+    return {
+        node.outputs[0]
+        for node in graph.nodes
+        if node.in_float and consumers.get(node.outputs[0]) and all(u.in_float for u in consumers[node.outputs[0]])
+    }
+
+
+def _layer_problems(graph: Graph, node: Node) -> list[str]:
+    """An int8 conv or linear layer: int8 weights with zero point 0, an int32 bias to match."""
+    problems = []
+    weight = graph.tensors[node.inputs[1]]
+    wq = weight.quant
+    if wq is None or wq.dtype != "int8" or np.any(wq.zero_point != 0):
+        problems.append(f"{node.op} {node.name} weights must be int8 with zero point 0")
+    elif wq.axis is not None and (wq.axis != 0 or wq.scale.size != weight.shape[0]):
+        problems.append(f"{node.op} {node.name} has {wq.scale.size} weight scales for {weight.shape[0]} output channels")
+    if len(node.inputs) > 2:
+        bq = graph.tensors[node.inputs[2]].quant
+        if bq is None or bq.dtype != "int32" or np.any(bq.zero_point != 0):
+            problems.append(f"{node.op} {node.name} bias must be int32 with zero point 0")
+        elif wq is not None and bq.scale.size != wq.scale.size:
+            problems.append(f"{node.op} {node.name} has {bq.scale.size} bias scales for {wq.scale.size} weight scales")
+    return problems
+
+
 def quantization_problems(graph: Graph) -> list[str]:
     problems: list[str] = []
+    between_float = _between_float_layers(graph)
     for name in graph.activations():
         q = graph.tensors[name].quant
+        if q is None and name in between_float:
+            continue
         if q is None or q.dtype != "int8" or q.axis is not None:
             problems.append(f"activation {name} lacks per-tensor int8 parameters")
     for node in graph.nodes:
@@ -35,19 +66,8 @@ def quantization_problems(graph: Graph) -> list[str]:
             for name in node.inputs:
                 if graph.tensors[name].data is None and not (out_q is not None and out_q.same_as(graph.tensors[name].quant)):
                     problems.append(f"{node.op} {node.name} needs its input {name} and output to share quantization parameters")
-        if node.op in ("conv2d", "linear"):
-            weight = graph.tensors[node.inputs[1]]
-            wq = weight.quant
-            if wq is None or wq.dtype != "int8" or np.any(wq.zero_point != 0):
-                problems.append(f"{node.op} {node.name} weights must be int8 with zero point 0")
-            elif wq.axis is not None and (wq.axis != 0 or wq.scale.size != weight.shape[0]):
-                problems.append(f"{node.op} {node.name} has {wq.scale.size} weight scales for {weight.shape[0]} output channels")
-            if len(node.inputs) > 2:
-                bq = graph.tensors[node.inputs[2]].quant
-                if bq is None or bq.dtype != "int32" or np.any(bq.zero_point != 0):
-                    problems.append(f"{node.op} {node.name} bias must be int32 with zero point 0")
-                elif wq is not None and bq.scale.size != wq.scale.size:
-                    problems.append(f"{node.op} {node.name} has {bq.scale.size} bias scales for {wq.scale.size} weight scales")
+        if node.op in ("conv2d", "linear") and not node.in_float:
+            problems += _layer_problems(graph, node)
     return problems
 
 

@@ -1,0 +1,158 @@
+"""Mixed-precision fallback: keep the fewest layers in float that bring the int8 model to an
+accuracy target.
+
+Layers are tried from the most sensitive (per-layer sensitivity, alone in int8) down, each
+measured end to end on held-out calibration samples with ONNX Runtime, until the target is
+met; then each chosen layer but the last is tried back in int8 and stays there if the
+target still holds. A float layer keeps int8 tensors around it, so both artifacts make the
+same choice: ONNX runs it as a float operator between DequantizeLinear and QuantizeLinear,
+TFLite as DEQUANTIZE, the float operator, QUANTIZE (XNNPACK delegates all three). A tensor
+between two float layers stays float, so the fallback also fixes activations that int8
+cannot hold (a depthwise output whose channels differ by orders of magnitude).
+
+int16 activations (TFLite's 16x8 mode) are the other fallback the field uses; they are not
+offered here: XNNPACK does not delegate 16x8 operators, so on CPUs they run on reference
+kernels, slower than the float fallback.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgetune.errors import InputError
+from edgetune.ir.graph import Graph
+from edgetune.quantize.layerwise import Progress
+
+
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """Output SQNR against fp32 (``30dB``) or top-1 agreement with fp32 (``99%`` or ``0.99``)."""
+
+    metric: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> AccuracyTarget:
+        cleaned = text.strip().lower().replace(" ", "")
+        match = re.fullmatch(r"([0-9]*\.?[0-9]+)(db|%)?", cleaned)
+        if match is None:
+            raise InputError(
+                f"accuracy target {text!r} is not like 30dB or 99%", "give output SQNR in dB (30dB) or agreement (99% or 0.99)"
+            )
+        number, unit = float(match.group(1)), match.group(2)
+        if unit == "db":
+            return cls("sqnr_db", number)
+        value = number / 100 if unit == "%" or number > 1 else number
+        if not 0 < value <= 1:
+            raise InputError(f"accuracy target {text!r} is not a share of agreement", "give a value in (0, 100]%")
+        return cls("agreement", value)
+
+    def met(self, scores: dict[str, float]) -> bool:
+        return scores[self.metric] >= self.value
+
+    def __str__(self) -> str:
+        return f"{self.value:g} dB output SQNR" if self.metric == "sqnr_db" else f"{100 * self.value:g}% top-1 agreement"
+
+
+class Precision:
+    """Switches weighted layers between int8 and float on a calibrated graph.
+
+    A float layer has float weights and bias. A tensor between two float layers (its
+    producer and every consumer float) stays float too, so that what a wider type fixes in
+    activations is fixed; every other tensor keeps its int8 parameters.
+    """
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.saved = {name: (t.quant, t.qdata) for name, t in graph.tensors.items()}
+        self.consumers = graph.consumers()
+        self.producers = graph.producers()
+        self.weighted = {n.name: n for n in graph.nodes if n.op in ("conv2d", "linear")}
+
+    def set(self, float_layers: set[str]) -> None:
+        graph = self.graph
+        for name, node in self.weighted.items():
+            constants = [n for n in node.inputs[1:] if n]
+            for constant in constants:
+                tensor = graph.tensors[constant]
+                tensor.quant, tensor.qdata = (None, None) if name in float_layers else self.saved[constant]
+            if name in float_layers:
+                node.attrs["precision"] = "float"
+            else:
+                node.attrs.pop("precision", None)
+        for name in graph.activations():
+            producer = self.producers.get(name)
+            users = self.consumers.get(name, [])
+            internal = producer is not None and producer.name in float_layers and users and all(u.name in float_layers for u in users)
+            graph.tensors[name].quant = None if internal and name not in graph.outputs else self.saved[name][0]
+
+
+def scores(graph: Graph, x: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    from edgetune.evaluate.metrics import agreement, sqnr_db
+    from edgetune.evaluate.runtime import OnnxRunner
+    from edgetune.export.onnx.writer import write_onnx
+
+    out = OnnxRunner(write_onnx(graph, quantized=True), spin=False).run(x)
+    result = {"sqnr_db": round(float(sqnr_db(reference, out)), 3)}
+    if reference.ndim == 2 and reference.shape[1] > 1:
+        result["agreement"] = round(float(agreement(reference, out)), 4)
+    return result
+
+
+def choose_fallback(
+    graph: Graph, x: np.ndarray, target: AccuracyTarget, sensitivity: list[dict[str, Any]], progress: Progress | None = None
+) -> dict[str, Any]:
+    """Keep layers in float (in place) until ``target`` holds on ``x``; returns the report block."""
+    from edgetune.evaluate.runtime import OnnxRunner
+    from edgetune.export.onnx.writer import write_onnx
+
+    reference = OnnxRunner(write_onnx(graph, quantized=False), spin=False).run(x)
+    before = scores(graph, x, reference)
+    if target.metric not in before:
+        raise InputError("an agreement target needs a classifier's output (N x classes)", "give the target as output SQNR, e.g. 30dB")
+    precision = Precision(graph)
+    order = [row["layer"] for row in sorted(sensitivity, key=lambda row: row["sqnr_db"])]
+    chosen: list[str] = []
+    current = before
+    for done, name in enumerate(order, 1):
+        if target.met(current):
+            break
+        chosen.append(name)
+        precision.set(set(chosen))
+        current = scores(graph, x, reference)
+        if progress is not None:
+            progress(done, len(order), "fallback search")
+    why = None
+    if not target.met(current):  # activations left in int8 keep it out of reach
+        chosen, current = [], before
+        precision.set(set())
+        why = "not reachable: even with every layer tried in float the target is missed, so none is kept in float"
+    else:
+        for name in reversed(chosen[:-1]):  # the last one added was needed
+            trial_set = set(chosen) - {name}
+            precision.set(trial_set)
+            trial = scores(graph, x, reference)
+            if target.met(trial):
+                chosen.remove(name)
+                current = trial
+        precision.set(set(chosen))
+    float_layers = list(chosen)
+    nodes = {node.name: node for node in graph.nodes}
+    block = {
+        "target": str(target),
+        "metric": target.metric,
+        "reached": target.met(current),
+        "before": before,
+        "after": current,
+        "float_layers": float_layers,
+        "float_weight_bytes": int(sum(4 * graph.const(nodes[n].inputs[1]).size for n in float_layers)),
+        "samples": len(x),
+        "note": "measured with ONNX Runtime on held-out calibration samples; layers tried from the most sensitive",
+    }
+    if why:
+        block["why"] = why
+    return block
