@@ -213,6 +213,11 @@ def _memory_text(memory: dict[str, Any]) -> str:
     return text
 
 
+def _method_text(report: dict[str, Any]) -> str:
+    chosen = report["quantization"]["ptq"].get("calibration_method")
+    return f"{chosen['chosen']} (chosen by --ptq best)" if chosen else str(report["quantization"]["config"]["method"])
+
+
 def _ptq_text(ptq: dict[str, Any]) -> str:
     if ptq.get("applied"):
         text = ", ".join(ptq["applied"]) + (f" in {ptq['seconds']:.1f}s" if "seconds" in ptq else "")
@@ -238,7 +243,7 @@ def _human(report: dict[str, Any]) -> str:
         ("target", f"{report['target']['name']}  (ONNX activations {report['target']['onnx_activations']})"),
         (
             "calibration",
-            f"{report['quantization']['calibration']['samples']} samples of {report['quantization']['calibration']['source']}, {report['quantization']['config']['method']}",
+            f"{report['quantization']['calibration']['samples']} samples of {report['quantization']['calibration']['source']}, {_method_text(report)}",
         ),
         (
             "size",
