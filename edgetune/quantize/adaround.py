@@ -64,6 +64,7 @@ class _Layer:
 
     def __init__(self, node: Node, weight_shape: tuple[int, ...], x: torch.Tensor, out_shape: torch.Size, generator: torch.Generator):
         self.node = node
+        self.depthwise = node.op == "conv2d" and node.attrs["groups"] > 1
         n = x.shape[0]
         if node.op == "linear":
             count = min(POSITIONS, n)
@@ -81,9 +82,8 @@ class _Layer:
         oy, ox = rest // width, rest % width
         rows = (oy * sh)[:, None] + torch.arange(kh) * dh  # (P, kh)
         cols = (ox * sw)[:, None] + torch.arange(kw) * dw  # (P, kw)
-        # (P, C, kh, kw): advanced indexing on batch, rows and columns, channels kept.
-        windows = padded.permute(0, 2, 3, 1)[sample[:, None, None], rows[:, :, None], cols[:, None, :]]  # (P, kh, kw, C)
-        self.depthwise = node.attrs["groups"] > 1
+        # Advanced indexing on batch, rows and columns of the NHWC input: (P, kh, kw, C).
+        windows = padded.permute(0, 2, 3, 1)[sample[:, None, None], rows[:, :, None], cols[:, None, :]]
         if self.depthwise:  # (C, P, kh * kw): one small matrix product per channel
             self.windows = windows.permute(3, 0, 1, 2).reshape(windows.shape[3], count, kh * kw).contiguous()
         else:  # (P, C * kh * kw), in the weight's (C, kh, kw) order
@@ -91,7 +91,7 @@ class _Layer:
 
     def output(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
         """(len(rows), Cout) pre-activation outputs at the sampled positions ``rows``."""
-        if self.node.op == "conv2d" and self.depthwise:
+        if self.depthwise:
             channels = weight.shape[0]
             out = torch.bmm(self.windows[:, rows], weight.reshape(channels, -1, 1)).squeeze(-1).T
         else:

@@ -26,6 +26,7 @@ import numpy as np
 from edgetune.errors import InputError
 from edgetune.ir.graph import Graph
 from edgetune.quantize.layerwise import Progress
+from edgetune.quantize.scores import float_outputs, int8_scores
 
 
 @dataclass(frozen=True)
@@ -91,27 +92,12 @@ class Precision:
             graph.tensors[name].quant = None if internal and name not in graph.outputs else self.saved[name][0]
 
 
-def scores(graph: Graph, x: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    from edgetune.evaluate.metrics import agreement, sqnr_db
-    from edgetune.evaluate.runtime import OnnxRunner
-    from edgetune.export.onnx.writer import write_onnx
-
-    out = OnnxRunner(write_onnx(graph, quantized=True), spin=False).run(x)
-    result = {"sqnr_db": round(float(sqnr_db(reference, out)), 3)}
-    if reference.ndim == 2 and reference.shape[1] > 1:
-        result["agreement"] = round(float(agreement(reference, out)), 4)
-    return result
-
-
 def choose_fallback(
     graph: Graph, x: np.ndarray, target: AccuracyTarget, sensitivity: list[dict[str, Any]], progress: Progress | None = None
 ) -> dict[str, Any]:
     """Keep layers in float (in place) until ``target`` holds on ``x``; returns the report block."""
-    from edgetune.evaluate.runtime import OnnxRunner
-    from edgetune.export.onnx.writer import write_onnx
-
-    reference = OnnxRunner(write_onnx(graph, quantized=False), spin=False).run(x)
-    before = scores(graph, x, reference)
+    reference = float_outputs(graph, x)
+    before = int8_scores(graph, x, reference)
     if target.metric not in before:
         raise InputError("an agreement target needs a classifier's output (N x classes)", "give the target as output SQNR, e.g. 30dB")
     precision = Precision(graph)
@@ -123,7 +109,7 @@ def choose_fallback(
             break
         chosen.append(name)
         precision.set(set(chosen))
-        current = scores(graph, x, reference)
+        current = int8_scores(graph, x, reference)
         if progress is not None:
             progress(done, len(order), "fallback search")
     why = None
@@ -135,7 +121,7 @@ def choose_fallback(
         for name in reversed(chosen[:-1]):  # the last one added was needed
             trial_set = set(chosen) - {name}
             precision.set(trial_set)
-            trial = scores(graph, x, reference)
+            trial = int8_scores(graph, x, reference)
             if target.met(trial):
                 chosen.remove(name)
                 current = trial

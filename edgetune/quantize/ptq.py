@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from edgetune.quantize.calibrate import CalibrationRecord, Progress, calibrate
 from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.equalize import equalize
 from edgetune.quantize.observers import METHODS
+from edgetune.quantize.scores import float_outputs, int8_scores
 
 HELD_OUT = 64  # held-out calibration samples that decide what --ptq best keeps
 EQUALIZE_SAMPLES = 128  # the pre-activation ranges that bound equalization under ReLU6: more is safer
@@ -45,21 +46,22 @@ def quantize(
             "held-out calibration samples" if held_out is not None and len(held_out) else "calibration samples (none were held out)"
         )
     float_graph = copy.deepcopy(graph) if best else None
+    judge = _Check(check, float_outputs(graph, check)) if best else None
     if "equalize" in steps:
         report["equalize"] = equalize(graph, samples[:EQUALIZE_SAMPLES]).to_dict()
         report["applied"].append("equalize")
     records = calibrate(graph, samples, config, progress)
     baseline = None
-    if float_graph is not None:
-        records, baseline = _best_calibration(graph, float_graph, records, samples, config, check, report, progress)
+    if float_graph is not None and judge is not None:
+        records, baseline = _best_calibration(graph, float_graph, records, samples, config, judge, report, progress)
     if "adaround" in steps or best:
         candidate = copy.deepcopy(graph) if best else graph
         result = adaround(candidate, samples, config.ptq_budget, progress).to_dict()
-        baseline = _keep_if_better(graph, candidate, "adaround", result, report, check, baseline)
+        baseline = _keep_if_better(graph, candidate, "adaround", result, report, judge, baseline)
     if "bias-correct" in steps or best:
         candidate = copy.deepcopy(graph) if best else graph
         result = correct_biases(candidate, samples, progress).to_dict()
-        baseline = _keep_if_better(graph, candidate, "bias-correct", result, report, check, baseline)
+        baseline = _keep_if_better(graph, candidate, "bias-correct", result, report, judge, baseline)
     if config.accuracy_target is not None:
         report["fallback"] = _fallback(graph, samples, check, config.accuracy_target, progress)
     report["seconds"] = round(time.perf_counter() - started, 2)
@@ -72,20 +74,20 @@ def _best_calibration(
     records: list[CalibrationRecord],
     samples: np.ndarray,
     config: QuantConfig,
-    check: np.ndarray,
+    judge: _Check,
     report: dict[str, Any],
     progress: Progress | None,
 ) -> tuple[list[CalibrationRecord], float]:
     """--ptq best before rounding: the activation-range method judged end to end (held-out
     output SQNR, not each tensor's local error), then equalization with that method."""
-    baseline = _sqnr(graph, check)
+    baseline = judge.sqnr(graph)
     report["held_out_sqnr_db"] = {"calibrated": baseline}
     by_method = {config.method: baseline}
     for method in (m for m in METHODS if m != config.method):
         trial = replace(config, method=method)
         candidate = copy.deepcopy(pristine)
         candidate_records = calibrate(candidate, samples, trial, progress)
-        by_method[method] = _sqnr(candidate, check)
+        by_method[method] = judge.sqnr(candidate)
         if by_method[method] > baseline:
             _adopt(graph, candidate)
             records, baseline, config = candidate_records, by_method[method], trial
@@ -95,7 +97,7 @@ def _best_calibration(
     candidate = copy.deepcopy(pristine)
     result = equalize(candidate, samples[:EQUALIZE_SAMPLES]).to_dict()
     candidate_records = calibrate(candidate, samples, config, progress)
-    kept = _keep_if_better(graph, candidate, "equalize", result, report, check, baseline)
+    kept = _keep_if_better(graph, candidate, "equalize", result, report, judge, baseline)
     return (candidate_records if "equalize" in report["applied"] else records), float(kept or baseline)
 
 
@@ -112,14 +114,14 @@ def _fallback(graph: Graph, samples: np.ndarray, check: np.ndarray, target: str,
 
 
 def _keep_if_better(
-    graph: Graph, candidate: Graph, name: str, result: dict[str, Any], report: dict[str, Any], check: np.ndarray, baseline: float | None
+    graph: Graph, candidate: Graph, name: str, result: dict[str, Any], report: dict[str, Any], judge: _Check | None, baseline: float | None
 ) -> float | None:
     """Adopt ``candidate`` into ``graph`` (in place) when asked for, or when it scores better."""
     report[name] = result
-    if baseline is None:  # asked for explicitly: always kept
+    if judge is None or baseline is None:  # asked for explicitly: always kept
         report["applied"].append(name)
         return None
-    score = _sqnr(candidate, check)
+    score = judge.sqnr(candidate)
     report["held_out_sqnr_db"][name] = score
     if score <= baseline:
         result["why"] = f"dropped: held-out SQNR {score:.2f} dB is not above {baseline:.2f} dB without it"
@@ -129,12 +131,12 @@ def _keep_if_better(
     return score
 
 
-def _sqnr(graph: Graph, x: np.ndarray) -> float:
-    """Output SQNR of the int8 ONNX artifact against fp32, as ONNX Runtime computes both."""
-    from edgetune.evaluate.metrics import sqnr_db
-    from edgetune.evaluate.runtime import OnnxRunner
-    from edgetune.export.onnx.writer import write_onnx
+@dataclass
+class _Check:
+    """Held-out samples and the original float model's outputs on them (computed once)."""
 
-    reference = OnnxRunner(write_onnx(graph, quantized=False), spin=False).run(x)
-    quantized = OnnxRunner(write_onnx(graph, quantized=True), spin=False).run(x)
-    return round(float(sqnr_db(reference, quantized)), 3)
+    x: np.ndarray
+    reference: np.ndarray
+
+    def sqnr(self, graph: Graph) -> float:
+        return int8_scores(graph, self.x, self.reference)["sqnr_db"]
