@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from edgetune.ir.graph import Graph, Node
 from edgetune.ir.torch_exec import apply_act
+from edgetune.quantize.calibrate import WEIGHTED_OPS
 from edgetune.quantize.layerwise import LayerInputs, Progress, quantized_constant, run_preact, walk
 from edgetune.quantize.params import levels_of
 
@@ -163,7 +164,7 @@ def adaround(graph: Graph, samples: np.ndarray, budget_s: float, progress: Progr
     """
     result = AdaRoundResult()
     start = time.perf_counter()
-    weighted = [n for n in graph.nodes if n.op in ("conv2d", "linear")]
+    weighted = [n for n in graph.nodes if n.op in WEIGHTED_OPS]
     sizes = [graph.const(n.inputs[1]).size for n in weighted]
     iterations = planned_iterations(budget_s, sizes)
     total_size = sum(sizes) or 1

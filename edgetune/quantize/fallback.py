@@ -25,6 +25,7 @@ import numpy as np
 
 from edgetune.errors import InputError
 from edgetune.ir.graph import Graph
+from edgetune.quantize.calibrate import WEIGHTED_OPS
 from edgetune.quantize.layerwise import Progress
 from edgetune.quantize.scores import float_outputs, int8_scores
 
@@ -72,7 +73,7 @@ class Precision:
         self.saved = {name: (t.quant, t.qdata) for name, t in graph.tensors.items()}
         self.consumers = graph.consumers()
         self.producers = graph.producers()
-        self.weighted = {n.name: n for n in graph.nodes if n.op in ("conv2d", "linear")}
+        self.weighted = {n.name: n for n in graph.nodes if n.op in WEIGHTED_OPS}
 
     def set(self, float_layers: set[str]) -> None:
         graph = self.graph
@@ -126,7 +127,6 @@ def choose_fallback(
                 chosen.remove(name)
                 current = trial
         precision.set(set(chosen))
-    float_layers = list(chosen)
     nodes = {node.name: node for node in graph.nodes}
     block = {
         "target": str(target),
@@ -134,8 +134,8 @@ def choose_fallback(
         "reached": target.met(current),
         "before": before,
         "after": current,
-        "float_layers": float_layers,
-        "float_weight_bytes": int(sum(4 * graph.const(nodes[n].inputs[1]).size for n in float_layers)),
+        "float_layers": chosen,
+        "float_weight_bytes": int(sum(4 * graph.const(nodes[n].inputs[1]).size for n in chosen)),
         "samples": len(x),
         "note": "measured with ONNX Runtime on held-out calibration samples; layers tried from the most sensitive",
     }

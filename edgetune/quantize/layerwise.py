@@ -19,8 +19,7 @@ import torch
 
 from edgetune.ir.graph import Graph, Node
 from edgetune.ir.torch_exec import KERNELS, apply_act, fake_quant, quantize_bias
-
-WEIGHTED_OPS = ("conv2d", "linear")
+from edgetune.quantize.calibrate import WEIGHTED_OPS
 
 
 @dataclass

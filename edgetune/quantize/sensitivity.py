@@ -17,7 +17,8 @@ import numpy as np
 from edgetune.evaluate.metrics import sqnr_db
 from edgetune.ir.graph import Graph
 from edgetune.ir.torch_exec import GraphRunner, run_batches
-from edgetune.quantize.layerwise import WEIGHTED_OPS, Progress
+from edgetune.quantize.calibrate import WEIGHTED_OPS
+from edgetune.quantize.layerwise import Progress
 
 SAMPLES = 16
 
