@@ -73,6 +73,7 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
         if name not in qdq_params and t.data_type != onnx.TensorProto.INT64 and len(t.dims) >= 1
     )
     int_weights = sum(1 for t in inits.values() if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) > 1)
+    int4_weights = sum(1 for t in inits.values() if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) and len(t.dims) > 1)
     activation_types = sorted(
         {
             numpy_helper.to_array(inits[n.input[2]]).dtype.name
@@ -94,6 +95,7 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
         "quantization": {
             "qdq": ops.get("QuantizeLinear", 0) > 0,
             "int8_weight_tensors": int_weights,
+            "int4_weight_tensors": int4_weights,
             "activation_types": activation_types,
         },
         "metadata": meta,

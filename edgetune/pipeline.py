@@ -39,6 +39,7 @@ from edgetune.targets import Target, load_target, usable_cores
 CHECKPOINT = "finetune.ckpt"  # in the output folder while a fine-tune runs or after Ctrl-C
 HOLDOUT_MAX = 256  # held-out calibration samples used for the report when no --eval data is given
 LAYER_SQNR_SAMPLES = 4  # per-layer SQNR runs both models with every activation as an output
+INT4_ONNX = "model.int4.onnx"  # with 4-bit weights: the same model, its weights packed as INT4 (opset 21)
 
 
 @dataclass
@@ -191,7 +192,7 @@ def compress(
 
     artifacts = export_artifacts(graph, the_target, export)
     smoke = _start_smoke_runs(artifacts)
-    names = _names_to_write(export)
+    names = _names_to_write(export, artifacts)
     timer.lap("export")
 
     evaluation, layers = _evaluate(graph, artifacts, eval_set, holdout, calib_part, progress)
@@ -271,19 +272,20 @@ def export_compressed(
     artifacts = export_artifacts(graph, the_target, export)
     for run in _start_smoke_runs(artifacts):
         run.wait()
-    names = _names_to_write(export) - {"model.edgetune"}
+    names = _names_to_write(export, artifacts) - {"model.edgetune"}
     return write_files(Path(out_dir), {name: blob for name, blob in artifacts.items() if name in names})
 
 
-def _names_to_write(export: ExportConfig) -> set[str]:
+def _names_to_write(export: ExportConfig, artifacts: dict[str, bytes]) -> set[str]:
+    """The artifacts the user asked for, of those built."""
     names = {"model.edgetune"}
     if "onnx" in export.formats:
-        names |= {"model.onnx", "model.fp32.onnx"}
+        names |= {"model.onnx", "model.fp32.onnx", INT4_ONNX}
     if "tflite" in export.formats:
         names.add("model.tflite")
         if export.float_tflite:
             names.add("model.fp32.tflite")
-    return names
+    return names & artifacts.keys()
 
 
 def _start_smoke_runs(artifacts: dict[str, bytes]) -> list[Any]:
@@ -301,6 +303,8 @@ def export_artifacts(graph: Graph, target: Target, export: ExportConfig) -> dict
         "model.fp32.onnx": write_onnx(graph, quantized=False),
         "model.edgetune": graph_to_bytes(graph),
     }
+    if graph.meta.get("weight_bits") == 4 and "onnx" in export.formats:
+        artifacts[INT4_ONNX] = write_onnx(graph, quantized=True, unsigned_activations=target.unsigned_activations, int4_weights=True)
     if "tflite" in export.formats:
         from edgetune.export.tflite import write_tflite
 
@@ -333,7 +337,7 @@ def _evaluate(
     elif data is None:
         data = calib_part
         note = "no --eval data and no held-out calibration samples: measured on the calibration samples themselves"
-    steps = 3 if "model.tflite" in artifacts else 2
+    steps = 2 + ("model.tflite" in artifacts) + (INT4_ONNX in artifacts)
     progress(0, steps, "evaluation")
     fp32_out = OnnxRunner(artifacts["model.fp32.onnx"], spin=False).run(data.x)
     progress(1, steps, "evaluation")
@@ -348,6 +352,11 @@ def _evaluate(
         progress(3, steps, "evaluation")
         scale = float(graph.tensors[graph.outputs[0]].quant.scale[0])  # type: ignore[union-attr]
         evaluation["tflite"] = reports.tflite_block(data, fp32_out, int8_out, tflite_out, scale, runner)
+    if INT4_ONNX in artifacts:
+        int4_out = OnnxRunner(artifacts[INT4_ONNX], spin=False).run(data.x)
+        progress(steps, steps, "evaluation")
+        scale = float(graph.tensors[graph.outputs[0]].quant.scale[0])  # type: ignore[union-attr]
+        evaluation["onnx_int4"] = reports.int4_onnx_block(data, fp32_out, int8_out, int4_out, scale)
     layers = reports.layer_sqnr(graph, data.x[:LAYER_SQNR_SAMPLES])
     return evaluation, layers
 
@@ -440,7 +449,7 @@ def finetune_compressed(
     for run in smoke:
         run.wait()
     timer.lap("evaluate")
-    names = _names_to_write(export)
+    names = _names_to_write(export, artifacts)
     report = {
         "schema": reports.SCHEMA,
         "version": reports.VERSION,

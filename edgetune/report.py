@@ -85,6 +85,20 @@ def tflite_block(
     return block
 
 
+def int4_onnx_block(data: Dataset, fp32_out: np.ndarray, onnx_out: np.ndarray, int4_out: np.ndarray, out_scale: float) -> dict[str, Any]:
+    """The ONNX file with packed INT4 weights against fp32 and against model.onnx (the same
+    4-bit values stored as int8, run on ONNX Runtime's integer kernels)."""
+    block: dict[str, Any] = {
+        "top1_agreement_with_fp32": agreement(int4_out, fp32_out),
+        "sqnr_db": finite_or_none(sqnr_db(fp32_out, int4_out)),
+        "top1_agreement_with_onnx_int8": agreement(int4_out, onnx_out),
+        "max_lsb_vs_onnx_int8": round(float(np.abs(int4_out - onnx_out).max()) / out_scale, 3),
+    }
+    if data.y is not None and data.has_classes:
+        block["accuracy"] = accuracy(int4_out, data.y)
+    return block
+
+
 def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
     """SQNR in dB of every activation of the int8 model against fp32, on a few samples.
 
@@ -117,27 +131,40 @@ def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
 
 def _scheme(quant: QuantConfig) -> str:
     granularity = "per-channel" if quant.per_channel else "per-tensor"
-    weights = "int8" if quant.weight_bits == 8 else "4-bit values in [-7, 7] (first and last layers 8-bit) stored as int8"
+    weights = "int8" if quant.weight_bits == 8 else "4-bit values in [-7, 7] (first and last layers 8-bit)"
     return f"W{quant.weight_bits}A8: weights {weights}, symmetric {granularity} (zero point 0), activations int8 asymmetric per-tensor, int32 bias"
 
 
-def _four_bit_weights(graph: Graph) -> dict[str, Any]:
-    """What packed int4 storage would save; the artifacts themselves hold the 4-bit values as int8."""
+def _four_bit_weights(graph: Graph, artifacts: dict[str, int]) -> dict[str, Any]:
+    """Where the 4-bit weights are stored, and what packing them saves."""
     from edgetune.quantize.params import WEIGHT_MAX, levels_of
 
     layers = [n for n in graph.nodes if n.op in ("conv2d", "linear") and not n.in_float]
     eight = [n.name for n in layers if levels_of(graph.meta, n.inputs[1]) == WEIGHT_MAX]
     sizes = {n.name: int(graph.const(n.inputs[1]).size) for n in layers}
-    return {
+    block: dict[str, Any] = {
         "bits": 4,
-        "storage": "int8",
+        "storage": {"model.onnx": "int8", "model.tflite": "int8"},
         "weights": sum(sizes.values()),
         "eight_bit_layers": eight,
         "int8_bytes": sum(sizes.values()),
         "packed_int4_bytes": sum(size if name in eight else -(-size // 2) for name, size in sizes.items()),
-        "note": "planning mode: both artifacts store the 4-bit weight values as int8, so their accuracy is that of a"
-        " 4-bit deployment and their size is not; TFLite's int8 kernels and ONNX Runtime's QDQ int8 kernels run them",
     }
+    if "model.int4.onnx" in artifacts:
+        block["storage"]["model.int4.onnx"] = "int4 (ONNX opset 21, two weights a byte)"
+        block["note"] = (
+            "model.onnx and model.tflite hold the 4-bit values as int8, so that ONNX Runtime's and TFLite's int8 kernels run"
+            " them (their accuracy is a 4-bit deployment's, their size is not); model.int4.onnx holds them packed as INT4 for"
+            " runtimes with 4-bit weight kernels (e.g. ONNX Runtime's QNN NPU provider) and for flash budgets: ONNX Runtime's CPU"
+            " provider runs it correctly but dequantizes those weights and runs those layers in float at every call, so on a"
+            " CPU it is slower than model.onnx and than the fp32 model"
+        )
+    else:
+        block["note"] = (
+            "planning mode: both artifacts store the 4-bit weight values as int8, so their accuracy is that of a"
+            " 4-bit deployment and their size is not; TFLite's int8 kernels and ONNX Runtime's QDQ int8 kernels run them"
+        )
+    return block
 
 
 def compress_report(
@@ -188,7 +215,7 @@ def compress_report(
         "artifacts": sorted([*written, "report.json"]),
     }
     if quant.weight_bits == 4:
-        document["quantization"]["weights"] = _four_bit_weights(graph)
+        document["quantization"]["weights"] = _four_bit_weights(graph, artifacts)
     if sensitivity is not None:
         document["sensitivity"] = sensitivity
         document["artifacts"] = sorted([*document["artifacts"], *([sensitivity["plot"]] if sensitivity["plot"] else [])])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,10 @@ from torch import nn
 from edgetune import zoo
 from edgetune.capture import capture
 from edgetune.cli.main import run
+from edgetune.data import Dataset
 from edgetune.errors import InputError
-from edgetune.ir.torch_exec import GraphRunner
+from edgetune.ir.graph import Graph
+from edgetune.ir.torch_exec import GraphRunner, run_batches
 from edgetune.prune import PruneConfig, parse_prune, prune_channels
 from edgetune.prune.apply import kept_count
 from edgetune.prune.groups import find_groups
@@ -306,3 +310,66 @@ def test_iterative_pruning_reaches_the_target_and_calls_the_recovery_hook() -> N
     assert [g["after"] for g in three["groups"]] == [g["after"] for g in one["groups"]]
     assert three["macs"]["after"] == one["macs"]["after"] and three["macs"]["before"] == one["macs"]["before"]
     assert [g["before"] for g in three["groups"]] == [g["before"] for g in one["groups"]]
+
+
+def _digits_accuracy(graph: Graph, test: Dataset) -> float:
+    return float((run_batches(GraphRunner(graph), test.x).argmax(1) == test.y).mean())
+
+
+@pytest.mark.parametrize("spec", ["channel:0.25", "magnitude:0.5"])
+def test_batchnorm_reestimation_restores_channel_statistics_and_accuracy(spec: str) -> None:
+    from edgetune.data import load_dataset
+    from edgetune.prune import prune
+    from edgetune.prune.reestimate import reference_stats
+
+    calib, test = load_dataset("digits", "calibration").take(128), load_dataset("digits:test", "test")
+    base = capture(zoo.digits_cnn(), (1, 8, 8))
+    normalized = [node.name for node in base.nodes if node.attrs.get("batchnorm")]
+    assert len(normalized) >= 4  # every ConvBNAct of the digits CNN
+    reference = reference_stats(base, calib.x)
+    accuracy = {}
+    for reestimate in (False, True):
+        graph = copy.deepcopy(base)
+        report = prune(graph, replace(parse_prune(spec), reestimate=reestimate), calib.x, calib.y)
+        accuracy[reestimate] = _digits_accuracy(graph, test)
+        assert ("batchnorm" in report) == reestimate
+    assert report["batchnorm"]["layers"] >= 4 and report["batchnorm"]["median_std_ratio"] < 0.99
+    # Each layer is back at its old per-channel mean and std, on the kept channels.
+    after = reference_stats(graph, calib.x)
+    kept = {row["layers"][0]: row["after"] for row in report.get("groups", [])}
+    for name in normalized:
+        mean, std = after[name]
+        want_mean, want_std = reference[name]
+        if len(mean) != len(want_mean):  # a pruned layer: the survivors are a subset
+            assert len(mean) == kept.get(name, len(mean))
+            continue
+        np.testing.assert_allclose(mean, want_mean, atol=1e-3 * want_std.max())
+        np.testing.assert_allclose(std, want_std, rtol=1e-3, atol=1e-6)
+    if spec.startswith("magnitude"):  # the map only scales weights: the zeros stay
+        assert report["sparsity"] >= 0.49
+        zeros = sum(int((graph.const(n.inputs[1]) == 0).sum()) for n in graph.nodes if n.op in ("conv2d", "linear"))
+        total = sum(graph.const(n.inputs[1]).size for n in graph.nodes if n.op in ("conv2d", "linear"))
+        assert zeros / total >= 0.49
+    assert accuracy[True] > accuracy[False] + 0.1, accuracy
+
+
+def test_batchnorm_reestimation_leaves_layers_before_the_first_cut_alone() -> None:
+    from edgetune.data import load_dataset
+
+    calib = load_dataset("digits", "calibration").take(64)
+    graph = capture(zoo.digits_cnn(), (1, 8, 8))
+    first = graph.nodes[0]
+    weight, bias = graph.const(first.inputs[1]).copy(), graph.const(first.inputs[2]).copy()
+    report = prune_channels(graph, PruneConfig(0.5, protect=("first",)), calib.x)
+    assert report.batchnorm is not None and report.batchnorm["layers"] >= 1
+    assert np.array_equal(graph.const(first.inputs[1]), weight) and np.array_equal(graph.const(first.inputs[2]), bias)
+
+
+def test_cli_reports_batchnorm_reestimation_and_can_turn_it_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--prune", "channel:0.25", "--quiet"]
+    assert run([*argv, "-o", str(tmp_path / "on")]) == 0
+    text = capsys.readouterr().out
+    assert "BatchNorm" in text and "re-estimated in" in text
+    assert run([*argv, "-o", str(tmp_path / "off"), "--no-prune-bn", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "batchnorm" not in report["pruning"] and report["pruning"]["config"]["reestimate"] is False

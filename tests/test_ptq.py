@@ -285,6 +285,19 @@ def test_four_bit_weights_stay_in_range_in_both_artifacts(tmp_path: Path, capsys
     assert len(conv_weights) >= 5 and len(wide) == 1  # the first conv (the last layer is linear)
     tflite = report["evaluation"]["tflite"]
     assert tflite["top1_agreement_with_onnx_int8"] >= 0.99
+    # model.int4.onnx: the same levels packed as INT4 (opset 21); ONNX Runtime runs it.
+    packed = onnx.load(str(out / "model.int4.onnx"))
+    assert {o.domain: o.version for o in packed.opset_import}[""] == 21
+    int4 = {t.name: onnx.numpy_helper.to_array(t).astype(np.int8) for t in packed.graph.initializer if t.data_type == onnx.TensorProto.INT4}
+    stored = [a for name, a in int4.items() if name.endswith("_quantized")]
+    assert len(stored) == 5 and all(np.abs(a).max() <= 7 for a in stored)
+    assert sorted(a.tobytes() for a in stored) == sorted(level.tobytes() for level in levels if np.abs(level).max() <= 7)
+    assert weights["storage"]["model.int4.onnx"].startswith("int4")
+    assert report["sizes"]["model.int4.onnx_bytes"] < report["sizes"]["model.onnx_bytes"]
+    assert run(["inspect", str(out / "model.int4.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["quantization"]["int4_weight_tensors"] == 5
+    packed_eval = report["evaluation"]["onnx_int4"]
+    assert packed_eval["top1_agreement_with_onnx_int8"] >= 0.99 and packed_eval["max_lsb_vs_onnx_int8"] <= 2
 
 
 def test_adaround_matters_most_at_four_bits(graph: Graph, samples: np.ndarray) -> None:

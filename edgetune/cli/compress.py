@@ -43,7 +43,7 @@ from edgetune.progress import StderrProgress
     type=click.Choice(["8", "4"]),
     default="8",
     show_default=True,
-    help="4: 4-bit weight values (per channel by default) stored as int8, to plan a W4A8 deployment.",
+    help="4: 4-bit weight values (per channel by default), stored as int8 in model.onnx and model.tflite and packed in model.int4.onnx.",
 )
 @click.option(
     "--accuracy-target",
@@ -84,6 +84,13 @@ from edgetune.progress import StderrProgress
     help="Reach the pruning ratio in this many steps, re-ranking after each.",
 )
 @click.option("--prune-skip-unsupported", is_flag=True, help="Keep layers whose channels pruning cannot follow whole, instead of failing.")
+@click.option(
+    "--prune-bn/--no-prune-bn",
+    "prune_bn",
+    default=True,
+    show_default=True,
+    help="After pruning, give layers with folded BatchNorm their channel statistics back on calibration data.",
+)
 @finetune_options(budget_required=False)
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Artifacts to write: onnx, tflite or both.")
 @click.option(
@@ -116,6 +123,7 @@ def command(
     prune_layers: tuple[str, ...],
     prune_steps: int,
     prune_skip_unsupported: bool,
+    prune_bn: bool,
     formats: str,
     tflite_io: str | None,
     float_tflite: bool,
@@ -161,6 +169,7 @@ def command(
             prune_allocation,
             tuple(n.strip() for n in prune_protect.split(",") if n.strip()),
             parse_overrides(prune_layers),
+            prune_bn,
         )
         if prune
         else None,
@@ -248,7 +257,8 @@ def _human(report: dict[str, Any]) -> str:
         (
             "size",
             f"ONNX fp32 {sizes['model.fp32.onnx_bytes'] / 1024:.1f} KiB -> int8 {sizes['model.onnx_bytes'] / 1024:.1f} KiB ({sizes['int8_to_fp32']:.2f}x)"
-            + (f", TFLite int8 {sizes['model.tflite_bytes'] / 1024:.1f} KiB" if "model.tflite_bytes" in sizes else ""),
+            + (f", TFLite int8 {sizes['model.tflite_bytes'] / 1024:.1f} KiB" if "model.tflite_bytes" in sizes else "")
+            + (f", ONNX int4 weights {sizes['model.int4.onnx_bytes'] / 1024:.1f} KiB" if "model.int4.onnx_bytes" in sizes else ""),
         ),
         ("post-training", _ptq_text(report["quantization"]["ptq"])),
         ("evaluated on", f"{ev['samples']} samples of {ev['data']}"),
@@ -273,6 +283,15 @@ def _human(report: dict[str, Any]) -> str:
                 f" (max {tfl['max_lsb_vs_onnx_int8']:g} LSB apart), {tfl['runtime']}",
             )
         )
+    if "onnx_int4" in ev:
+        int4 = ev["onnx_int4"]
+        rows.append(
+            (
+                "ONNX int4 weights",
+                f"agreement with fp32 {pct(int4['top1_agreement_with_fp32'])}, with ONNX int8 {pct(int4['top1_agreement_with_onnx_int8'])}"
+                f" (max {int4['max_lsb_vs_onnx_int8']:g} LSB apart); for 4-bit runtimes: ONNX Runtime's CPU provider runs these layers in float, slower than int8",
+            )
+        )
     if "pruning" in report and report["pruning"]["config"]["kind"] == "magnitude":
         p = report["pruning"]
         gzip = sizes.get("model.tflite_gzip_bytes", sizes.get("model.onnx_gzip_bytes"))
@@ -283,6 +302,7 @@ def _human(report: dict[str, Any]) -> str:
             )
         )
         rows.append(("note", p["note"]))
+        rows += _batchnorm_rows(p)
     elif "pruning" in report:
         p = report["pruning"]
         skipped = [g for g in p["groups"] if g.get("unsupported")]
@@ -296,6 +316,7 @@ def _human(report: dict[str, Any]) -> str:
                 f" MACs {p['macs']['ratio']:.2f}x, parameters {p['parameters']['ratio']:.2f}x",
             )
         )
+        rows += _batchnorm_rows(p)
     if "finetune" in report:
         rows += finetune_rows(report)
     timings = report["timings_s"]
@@ -308,3 +329,16 @@ def _human(report: dict[str, Any]) -> str:
         rows.append(("most sensitive", ", ".join(f"{layer['layer']} ({layer['op']}) {layer['sqnr_db']:.1f} dB alone" for layer in alone)))
     note = f"\nnote: {ev['note']}" if "held-out" in ev["note"] or "calibration samples" in ev["note"] else ""
     return table(rows) + note + "\nwrote " + ", ".join(report["artifacts"])
+
+
+def _batchnorm_rows(pruning: dict[str, Any]) -> list[tuple[str, str]]:
+    bn = pruning.get("batchnorm")
+    if not bn or not bn["layers"]:
+        return []
+    return [
+        (
+            "BatchNorm",
+            f"re-estimated in {bn['layers']} layers on {bn['samples']} samples"
+            f" (before: median mean shift {bn['median_mean_shift']:g} std, std ratio {bn['median_std_ratio']:g})",
+        )
+    ]

@@ -34,7 +34,9 @@ def _human(doc: dict[str, Any]) -> str:
         rows.append(
             (
                 "quantization",
-                f"QDQ {q['qdq']}, int8 weight tensors {q['int8_weight_tensors']}, activation types {q['activation_types'] or '-'}",
+                f"QDQ {q['qdq']}, int8 weight tensors {q['int8_weight_tensors']}"
+                + (f", int4 weight tensors {q['int4_weight_tensors']}" if q.get("int4_weight_tensors") else "")
+                + f", activation types {q['activation_types'] or '-'}",
             )
         )
     if doc["format"] == "tflite":

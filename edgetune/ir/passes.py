@@ -51,6 +51,7 @@ def fold_batchnorm(graph: Graph) -> None:
             source.inputs[1] = _set_const(graph, f"{source.name}.weight", weight * scale.reshape(shape))
             bias_name = _set_const(graph, f"{source.name}.bias", bias * scale + shift)
             source.inputs[2:] = [bias_name]
+            source.attrs["batchnorm"] = True  # its output is normalized: pruning may re-estimate it
             graph.rename_input(bn.outputs[0], source.outputs[0])
             graph.nodes.remove(bn)
             continue
@@ -67,7 +68,7 @@ def fold_batchnorm(graph: Graph) -> None:
             _set_const(graph, f"{bn.name}.weight", scale.reshape(channels, 1, 1, 1)),
             _set_const(graph, f"{bn.name}.bias", shift),
         ]
-        bn.attrs = {"stride": [1, 1], "pads": [0, 0, 0, 0], "dilation": [1, 1], "groups": channels}
+        bn.attrs = {"stride": [1, 1], "pads": [0, 0, 0, 0], "dilation": [1, 1], "groups": channels, "batchnorm": True}
     graph.remove_unused()
 
 

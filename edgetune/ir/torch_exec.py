@@ -8,6 +8,7 @@ TFLite do), so it predicts the int8 artifacts and can later be trained (QAT).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -29,6 +30,16 @@ def apply_act(x: torch.Tensor, act: str) -> torch.Tensor:
     if act == "relu6":
         return F.relu6(x)
     return x
+
+
+def without_act(node: Node) -> Node:
+    """The same layer without its fused activation (for pre-activation values)."""
+    return replace(node, attrs={**node.attrs, "act": "none"})
+
+
+def run_preact(node: Node, x: torch.Tensor, constants: list[torch.Tensor]) -> torch.Tensor:
+    """A weighted layer's output before its fused activation."""
+    return KERNELS[node.op](without_act(node), [x, *constants])
 
 
 @kernel("conv2d")

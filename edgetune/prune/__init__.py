@@ -31,7 +31,7 @@ def prune(
     ``labels``) feed the gradient criteria (taylor, obd); ``steps`` > 1 prunes iteratively,
     calling ``recover`` between steps."""
     if config.kind == "magnitude":
-        return prune_magnitude(graph, config)
+        return prune_magnitude(graph, config, samples)
     if steps > 1 or recover is not None:
         return prune_iteratively(graph, config, steps, samples, labels, recover)
     return prune_channels(graph, config, samples, labels).to_dict()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ from edgetune.ir.stats import node_macs
 from edgetune.prune.config import PruneConfig
 from edgetune.prune.groups import Group, find_groups
 from edgetune.prune.importance import GRADIENT, group_importance, weight_scores
+from edgetune.prune.reestimate import reestimate, reference_stats
 
 
 @dataclass
@@ -23,6 +24,8 @@ class PruneReport:
     macs_after: int
     params_before: int
     params_after: int
+    kept: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> original output channels it keeps
+    batchnorm: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -34,6 +37,7 @@ class PruneReport:
                 "ratio": round(self.params_after / max(self.params_before, 1), 4),
             },
             "groups": self.groups,
+            **({"batchnorm": self.batchnorm} if self.batchnorm is not None else {}),
         }
 
 
@@ -134,6 +138,8 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
             "pass --prune-skip-unsupported to keep those layers whole",
         )
     macs_before, params_before = _macs(graph), graph.parameter_count()
+    reference = reference_stats(graph, samples) if config.reestimate and samples is not None else None
+    kept: dict[str, np.ndarray] = {}
     free = [g for g in groups if not g.blocked]
     saliency = weight_scores(graph, config.criterion, samples, labels) if config.criterion in GRADIENT else None
     scores = {id(g): group_importance(graph, g, config.criterion, saliency) for g in free}
@@ -157,6 +163,10 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
         keep = np.sort(np.argsort(-importance, kind="stable")[:count])
         if count < channels:
             prune_group(graph, group, keep)
+            kept.update({node.name: keep for node in [*group.producers, *group.depthwise]})
         rows.append({"layers": layers, "before": channels, "after": count, "kept_whole": False})
     graph.remove_unused()
-    return PruneReport(config, rows, macs_before, _macs(graph), params_before, graph.parameter_count())
+    report = PruneReport(config, rows, macs_before, _macs(graph), params_before, graph.parameter_count(), kept)
+    if reference and kept and samples is not None:
+        report.batchnorm = reestimate(graph, reference, samples, kept)
+    return report

@@ -30,6 +30,7 @@ class PruneConfig:
     allocation: str = "uniform"
     protect: tuple[str, ...] = ()  # layer names kept whole; "first" names the first conv
     overrides: tuple[tuple[str, float], ...] = ()  # (layer name, ratio) for that layer's group
+    reestimate: bool = True  # give folded BatchNorm layers their channel statistics back afterwards
 
     @property
     def override_map(self) -> dict[str, float]:
@@ -51,7 +52,7 @@ class PruneConfig:
                 raise InputError(f"pruning ratio {ratio} for layer {layer} is outside [0, 1)", "give NAME=RATIO with 0 <= RATIO < 1")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": 1, **asdict(self)}
+        return {"version": 2, **asdict(self)}
 
 
 def parse_overrides(items: tuple[str, ...] | list[str]) -> tuple[tuple[str, float], ...]:
@@ -73,6 +74,7 @@ def parse_prune(
     allocation: str = "uniform",
     protect: tuple[str, ...] = (),
     overrides: tuple[tuple[str, float], ...] = (),
+    reestimate: bool = True,
 ) -> PruneConfig:
     """``channel:0.5``, ``channel:0.5:l1`` or ``magnitude:0.8``."""
     parts = text.split(":")
@@ -83,4 +85,4 @@ def parse_prune(
     except ValueError:
         raise InputError(f"--prune ratio {parts[1]!r} is not a number", f"e.g. {parts[0]}:0.5") from None
     criterion = parts[2] if len(parts) == 3 else "l2"
-    return PruneConfig(ratio, criterion, channel_multiple, skip_unsupported, parts[0], allocation, protect, overrides)
+    return PruneConfig(ratio, criterion, channel_multiple, skip_unsupported, parts[0], allocation, protect, overrides, reestimate)

@@ -13,11 +13,15 @@ import numpy as np
 
 from edgetune.ir.graph import Graph
 from edgetune.prune.config import PruneConfig
+from edgetune.prune.reestimate import reestimate, reference_stats
 
 NOTE = "unstructured sparsity: dense runtimes run it no faster; the gain is the compressed (gzip) artifact size"
 
 
-def prune_magnitude(graph: Graph, config: PruneConfig) -> dict[str, Any]:
+def prune_magnitude(graph: Graph, config: PruneConfig, samples: np.ndarray | None = None) -> dict[str, Any]:
+    """Zero ``config.ratio`` of the weights in place; with ``samples``, re-estimate the folded
+    BatchNorm statistics afterwards. The report block."""
+    reference = reference_stats(graph, samples) if config.reestimate and samples is not None else None
     weights = [node.inputs[1] for node in graph.nodes if node.op in ("conv2d", "linear")]
     magnitudes = {name: np.abs(graph.const(name)) for name in weights}
     if config.allocation == "global":
@@ -34,7 +38,10 @@ def prune_magnitude(graph: Graph, config: PruneConfig) -> dict[str, Any]:
         zeroed = int(data.size - keep.sum())
         total, zeros = total + int(data.size), zeros + zeroed
         layers.append({"weight": name, "parameters": int(data.size), "sparsity": round(zeroed / max(data.size, 1), 4)})
-    return {"config": config.to_dict(), "sparsity": round(zeros / max(total, 1), 4), "layers": layers, "note": NOTE}
+    report = {"config": config.to_dict(), "sparsity": round(zeros / max(total, 1), 4), "layers": layers, "note": NOTE}
+    if reference and samples is not None:
+        report["batchnorm"] = reestimate(graph, reference, samples)  # zeros stay zero: the map only scales
+    return report
 
 
 def _threshold(values: np.ndarray, ratio: float) -> float:

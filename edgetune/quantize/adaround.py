@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from edgetune.ir.graph import Graph, Node
-from edgetune.ir.torch_exec import apply_act
+from edgetune.ir.torch_exec import apply_act, run_preact
 from edgetune.quantize.calibrate import WEIGHTED_OPS
-from edgetune.quantize.layerwise import LayerInputs, Progress, quantized_constant, run_preact, walk
+from edgetune.quantize.layerwise import LayerInputs, Progress, quantized_constant, walk
 from edgetune.quantize.params import levels_of
 
 ZETA, GAMMA = 1.1, -0.1  # stretch of the rectified sigmoid (paper, eq. 23)

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from edgetune.ir.graph import Graph
+from edgetune.ir.torch_exec import run_preact
 from edgetune.quantize.calibrate import requantize_bias
 from edgetune.quantize.equalize import ensure_bias
-from edgetune.quantize.layerwise import LayerInputs, Progress, quantized_constant, run_preact, walk
+from edgetune.quantize.layerwise import LayerInputs, Progress, quantized_constant, walk
 
 # Samples used: all of them for small inputs, fewer for large ones (each sample brings many
 # positions): at least MIN_SAMPLES, and about SAMPLE_ELEMENTS input values in all.

@@ -12,13 +12,13 @@ last reader, so memory stays at a few activations per model.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from edgetune.ir.graph import Graph, Node
-from edgetune.ir.torch_exec import KERNELS, apply_act, fake_quant, quantize_bias
+from edgetune.ir.torch_exec import KERNELS, apply_act, fake_quant, quantize_bias, run_preact
 from edgetune.quantize.calibrate import WEIGHTED_OPS
 
 
@@ -37,15 +37,6 @@ class LayerInputs:
 # the constants it leaves behind, to spare the walk computing it again.
 Visitor = Callable[[LayerInputs], torch.Tensor | None]
 Progress = Callable[[int, int, str], None]
-
-
-def without_act(node: Node) -> Node:
-    """The same layer without its fused activation (for pre-activation values)."""
-    return replace(node, attrs={**node.attrs, "act": "none"})
-
-
-def run_preact(node: Node, x: torch.Tensor, constants: list[torch.Tensor]) -> torch.Tensor:
-    return KERNELS[node.op](without_act(node), [x, *constants])
 
 
 def quantized_constant(graph: Graph, name: str) -> torch.Tensor:

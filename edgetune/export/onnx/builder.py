@@ -10,7 +10,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgetune.ir.graph import Graph, QParams
-from edgetune.quantize.params import quantize_array
+from edgetune.quantize.params import levels_of, quantize_array
+
+INT4_MAX = 7  # weights whose levels fit [-7, 7] are 4-bit ones
 
 
 @dataclass
@@ -18,6 +20,8 @@ class OnnxBuilder:
     graph: Graph
     quantized: bool
     unsigned_activations: bool = False
+    opset: int = 17
+    int4_weights: bool = False  # 4-bit weights as INT4 initializers (opset 21)
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # IR tensor -> ONNX value to read
@@ -53,6 +57,9 @@ class OnnxBuilder:
             raise KeyError(f"tensor {tensor} is read before it is written")
         if self.quantized and ir_tensor.quant is not None:
             levels = quantize_array(ir_tensor.int8_source, ir_tensor.quant)  # type: ignore[arg-type]
+            if self.int4_weights and levels_of(self.graph.meta, tensor) <= INT4_MAX:
+                self.names[tensor] = self._dequantize_int4(tensor, levels, ir_tensor.quant)
+                return self.names[tensor]
             stored = self.initializer(f"{tensor}_quantized", levels)
             self.names[tensor] = self._dequantize(stored, ir_tensor.quant, f"{tensor}_dq", constant=True)
         else:
@@ -103,6 +110,20 @@ class OnnxBuilder:
             self.initializer(f"{base}_scale", q.scale.astype(np.float32)),
             self.initializer(f"{base}_zero_point", zero_point.astype(dtype)),
         )
+
+    def _dequantize_int4(self, tensor: str, levels: np.ndarray, q: QParams) -> str:
+        """A 4-bit weight stored packed as INT4 (two values a byte; ONNX opset 21), symmetric."""
+        stored = self.fresh(f"{tensor}_quantized")
+        self.initializers.append(helper.make_tensor(stored, onnx.TensorProto.INT4, levels.shape, levels.astype(np.int8).ravel().tolist()))
+        zero_name = self.fresh(f"{tensor}_zero_point")
+        count = len(q.scale) if q.axis is not None else 1
+        dims = [count] if q.axis is not None else []
+        self.initializers.append(helper.make_tensor(zero_name, onnx.TensorProto.INT4, dims, [0] * count))
+        scale = q.scale.astype(np.float32) if q.axis is not None else np.float32(q.scale[0])
+        attrs = {"axis": q.axis} if q.axis is not None else {}
+        return self.node(
+            "DequantizeLinear", [stored, self.initializer(f"{tensor}_scale", scale), zero_name], [self.fresh(f"{tensor}_dq")], **attrs
+        )[0]
 
     def _dequantize(self, stored: str, q: QParams, out: str, constant: bool) -> str:
         scale, zero_point = self._qparams(q, stored.removesuffix("_quantized"), constant)

@@ -117,7 +117,11 @@ def pool2d(b: OnnxBuilder, node: Node) -> str:
 
 @onnx_op("mean")
 def mean(b: OnnxBuilder, node: Node) -> str:
-    return b.node("ReduceMean", [b.read(node.inputs[0])], axes=node.attrs["axes"], keepdims=int(node.attrs["keepdim"]))[0]
+    keepdims = int(node.attrs["keepdim"])
+    if b.opset >= 18:  # the axes became an input in opset 18
+        axes = b.initializer("axes", np.asarray(node.attrs["axes"], dtype=np.int64))
+        return b.node("ReduceMean", [b.read(node.inputs[0]), axes], keepdims=keepdims)[0]
+    return b.node("ReduceMean", [b.read(node.inputs[0])], axes=node.attrs["axes"], keepdims=keepdims)[0]
 
 
 @onnx_op("reshape")

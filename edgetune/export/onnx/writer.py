@@ -15,18 +15,21 @@ from edgetune.export.onnx.ops import ONNX_OPS
 from edgetune.ir.graph import Graph
 
 OPSET = 17
+INT4_OPSET = 21  # INT4 tensors and DequantizeLinear on them came in opset 21 (IR version 10)
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
 def build_onnx(
-    graph: Graph, quantized: bool, unsigned_activations: bool = False, expose: Sequence[str] = ()
+    graph: Graph, quantized: bool, unsigned_activations: bool = False, expose: Sequence[str] = (), int4_weights: bool = False
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The ONNX model, and the ONNX value names of the IR tensors in ``expose``, which are
-    added as extra graph outputs (calibration reads activations that way)."""
+    added as extra graph outputs (calibration reads activations that way). ``int4_weights``
+    stores 4-bit weights packed as INT4, which takes opset 21."""
     missing = ONNX_OPS.missing(node.op for node in graph.nodes)
     if missing:
         raise UnsupportedOpsError(missing, "the ONNX writer")
-    b = OnnxBuilder(graph, quantized, unsigned_activations)
+    opset = INT4_OPSET if int4_weights else OPSET
+    b = OnnxBuilder(graph, quantized, unsigned_activations, opset=opset, int4_weights=int4_weights)
     b._taken.update({INPUT_NAME, OUTPUT_NAME})
     (graph_input,) = graph.inputs
     b.write(graph_input, INPUT_NAME)
@@ -58,12 +61,13 @@ def build_onnx(
     )
     model = helper.make_model(
         onnx_graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
+        opset_imports=[helper.make_opsetid("", opset)],
         producer_name="edgetune",
         producer_version=edgetune.__version__,
     )
-    model.ir_version = 8  # readable by every onnxruntime release that supports opset 17
-    meta = {"edgetune.format": "int8-qdq" if quantized else "fp32"}
+    # IR 8 is readable by every onnxruntime release that supports opset 17; INT4 needs IR 10.
+    model.ir_version = 10 if int4_weights else 8
+    meta = {"edgetune.format": ("int4-weights-qdq" if int4_weights else "int8-qdq") if quantized else "fp32"}
     if quantized:
         meta["edgetune.activations"] = "uint8" if unsigned_activations else "int8"
     for key, value in meta.items():
@@ -72,9 +76,9 @@ def build_onnx(
     return model, exposed
 
 
-def write_onnx(graph: Graph, quantized: bool, unsigned_activations: bool = False) -> bytes:
+def write_onnx(graph: Graph, quantized: bool, unsigned_activations: bool = False, int4_weights: bool = False) -> bytes:
     """Serialized ONNX bytes (one file, weights inline)."""
-    model, _ = build_onnx(graph, quantized, unsigned_activations)
+    model, _ = build_onnx(graph, quantized, unsigned_activations, int4_weights=int4_weights)
     return bytes(model.SerializeToString())
 
 
