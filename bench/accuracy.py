@@ -130,24 +130,32 @@ EDGETUNE_CONFIGS: dict[str, dict[str, Any]] = {
     "W4A8 per-channel, nearest": {"per_channel": True, "ptq": (), "weight_bits": 4},
     "W4A8 per-channel, adaround": {"per_channel": True, "ptq": ("adaround",), "weight_bits": 4},
     "W4A8 per-channel, best": {"per_channel": True, "ptq": ("best",), "weight_bits": 4},
+    "W8 per-channel, fallback to float at 30 dB": {"per_channel": True, "accuracy_target": "30dB"},
+    "W8 per-channel, fallback to int16 at 30 dB": {"per_channel": True, "accuracy_target": "30dB", "fallback": "int16"},
 }
 
 
-def measure(graph: Graph, calib: Dataset, test: Dataset, budget: float) -> list[dict[str, Any]]:
+def measure(graph: Graph, calib: Dataset, test: Dataset, budget: float, only: str | None = None) -> list[dict[str, Any]]:
     fp32 = write_onnx(graph, quantized=False)
     reference = run_onnx(fp32, test.x)
     calib_x, held_out = calib.x[:CALIBRATION], calib.x[CALIBRATION : CALIBRATION + 64]
     rows: list[dict[str, Any]] = []
     for name, options in EDGETUNE_CONFIGS.items():
+        if only is not None and only not in name:
+            continue
         g = copy.deepcopy(graph)
         began = time.perf_counter()
         _, report = quantize(g, calib_x, QuantConfig(ptq_budget=budget, **options), held_out if len(held_out) else None)
         seconds = time.perf_counter() - began
         out = run_onnx(write_onnx(g, quantized=True), test.x)
-        rows.append(
-            {"tool": "edgetune", "config": name, "applied": report["applied"], "seconds": round(seconds, 2), **_score(reference, out)}
-        )
+        row = {"tool": "edgetune", "config": name, "applied": report["applied"], "seconds": round(seconds, 2), **_score(reference, out)}
+        if "fallback" in report:
+            fallback = report["fallback"]
+            row["fallback"] = {"reached": fallback["reached"], "layers": fallback[f"{fallback['precision']}_layers"]}
+        rows.append(row)
         log(f"  {name}: {rows[-1]['agreement']:.4f} agreement, {rows[-1]['sqnr_db']:.2f} dB, {seconds:.1f}s")
+    if only is not None:
+        return rows
     peers = {"per-channel MinMax": (True, "minmax"), "per-channel Percentile": (True, "percentile"), "per-tensor MinMax": (False, "minmax")}
     for name, (per_channel, method) in peers.items():
         began = time.perf_counter()
@@ -174,7 +182,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """edgetune's best per-channel and per-tensor rows against ORT's best ones."""
 
     def best(tool: str, kind: str) -> dict[str, Any]:
-        mine = [r for r in rows if r["tool"] == tool and kind in r["config"]]
+        # fallback rows keep layers out of int8: they are not compared with the peers
+        mine = [r for r in rows if r["tool"] == tool and kind in r["config"] and "fallback" not in r["config"]]
         return max(mine, key=lambda r: (r["sqnr_db"], r["agreement"]))
 
     out = {}
@@ -198,26 +207,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="digits models only")
     parser.add_argument("--budget", type=float, default=60.0, help="--ptq-budget for AdaRound and best (seconds)")
+    parser.add_argument("--only", metavar="TEXT", help="only edgetune's configurations whose name contains TEXT, no peers")
     args = parser.parse_args()
     results: dict[str, Any] = {"budget_s": args.budget, "calibration_samples": CALIBRATION, "models": {}}
     printed = []
     for model_name, (model, calib, test) in cases(args.quick).items():
         log(f"{model_name}: {len(test)} evaluation samples of {test.source}")
         graph = capture(model, calib.sample_shape)
-        rows = measure(graph, calib, test, args.budget)
-        results["models"][model_name] = {"data": test.source, "samples": len(test), "rows": rows, "summary": summary(rows)}
+        rows = measure(graph, calib, test, args.budget, args.only)
+        results["models"][model_name] = {"data": test.source, "samples": len(test), "rows": rows}
+        if args.only is None:
+            results["models"][model_name]["summary"] = summary(rows)
         for row in rows:
             printed.append(
-                [model_name, row["tool"], row["config"], f"{100 * row['agreement']:.2f}%", f"{row['sqnr_db']:.2f}", f"{row['seconds']:.1f}"]
+                [
+                    model_name,
+                    row["tool"],
+                    row["config"] + (f" ({len(row['fallback']['layers'])} layers)" if "fallback" in row else ""),
+                    f"{100 * row['agreement']:.2f}%",
+                    f"{row['sqnr_db']:.2f}",
+                    f"{row['seconds']:.1f}",
+                ]
             )
     print(table(printed, ["model", "tool", "configuration", "top-1 agreement", "SQNR dB", "seconds"]))
-    for model_name, entry in results["models"].items():
+    for model_name, entry in results["models"].items() if args.only is None else ():
         for kind, gain in entry["summary"].items():
             print(
                 f"{model_name}, {kind}: {gain['this']!r} against {gain['against']!r}:"
                 f" {gain['agreement_gain_pp']:+.2f} pp agreement, {gain['sqnr_gain_db']:+.2f} dB SQNR"
             )
-    print(f"wrote {write_json('accuracy', results)}")
+    print(f"wrote {write_json('accuracy' if args.only is None else 'accuracy-only', results)}")
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
 
 def _scheme(quant: QuantConfig) -> str:
     granularity = "per-channel" if quant.per_channel else "per-tensor"
-    weights = "int8" if quant.weight_bits == 8 else "4-bit values in [-7, 7] (first and last layers 8-bit)"
+    weights = "int8" if quant.weight_bits == 8 else "4-bit values in [-7, 7] on a searched range (first and last layers 8-bit)"
     return f"W{quant.weight_bits}A8: weights {weights}, symmetric {granularity} (zero point 0), activations int8 asymmetric per-tensor, int32 bias"
 
 

@@ -34,16 +34,21 @@ from edgetune.quantize.ptq import quantize
 SHAPE = (3, 16, 16)
 
 
+def _stem_dw_project_head(module: nn.Module, width: int, projected: int) -> None:
+    """The layers of the test models: 3x3 conv, 3x3 depthwise, 1x1 projection, linear head."""
+    torch.manual_seed(0)
+    module.stem = nn.Conv2d(3, width, 3, padding=1)
+    module.dw = nn.Conv2d(width, width, 3, padding=1, groups=width)
+    module.project = nn.Conv2d(width, projected, 1)
+    module.head = nn.Linear(projected, 5)
+
+
 class Unbalanced(nn.Module):
     """conv -> ReLU -> depthwise -> ReLU6 -> 1x1 conv -> linear, with skewed channel ranges."""
 
     def __init__(self) -> None:
         super().__init__()
-        torch.manual_seed(0)
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.project = nn.Conv2d(16, 8, 1)
-        self.head = nn.Linear(8, 5)
+        _stem_dw_project_head(self, width=16, projected=8)
         with torch.no_grad():
             # What BatchNorm folding leaves behind: depthwise channel ranges from 0.01 to 10,
             # and the next layer compensating, so that every channel matters downstream.
@@ -394,3 +399,66 @@ def test_cli_rejects_a_bad_accuracy_target(tmp_path: Path, capsys: pytest.Captur
     assert run(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: accuracy target 'fast' is not like 30dB or 99%; ")
+
+
+class Outlier(nn.Module):
+    """One stem channel 300x the others (the next depthwise layer scales it back): int8 gives
+    the tensor between them too coarse a step for every other channel; int16 does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        _stem_dw_project_head(self, width=8, projected=8)
+        with torch.no_grad():
+            for layer, factor in ((self.stem, 300.0), (self.dw, 1 / 300.0)):
+                layer.weight[0].mul_(factor)
+                layer.bias[0].mul_(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.dw(x))
+        return self.head(self.project(x).mean(dim=(2, 3)))
+
+
+def test_int16_fallback_widens_the_activations_between_sensitive_layers_in_both_artifacts(samples: np.ndarray) -> None:
+    import onnx
+
+    from edgetune.evaluate.tflite_runtime import TfliteRunner
+    from edgetune.export.tflite import write_tflite
+    from edgetune.ir.torch_exec import GraphRunner, run_batches
+
+    original = capture(Outlier().eval(), SHAPE)
+    g = copy.deepcopy(original)
+    _, report = quantize(g, samples[:64], QuantConfig(ptq=(), accuracy_target="35dB", fallback="int16"), samples[64:])
+    block = report["fallback"]
+    assert block["precision"] == "int16" and block["reached"] and block["before"]["sqnr_db"] < 35 <= block["after"]["sqnr_db"]
+    assert sorted(block["int16_layers"]) == ["conv2d", "conv2d_1"]
+    stem, dw = (next(n for n in g.nodes if n.name == name) for name in ("conv2d", "conv2d_1"))
+    between = g.tensors[stem.outputs[0]].quant
+    assert between is not None and between.dtype == "int16" and int(between.zero_point[0]) == 0
+    for node in (stem, dw):  # int8 weights stay; the bias widens to int64
+        assert g.tensors[node.inputs[1]].quant.dtype == "int8"  # type: ignore[union-attr]
+        assert g.tensors[node.inputs[2]].quant.dtype == "int64"  # type: ignore[union-attr]
+    assert g.tensors[dw.outputs[0]].quant.dtype == "int8"  # type: ignore[union-attr]  # read by an int8 layer
+    x = samples[64:]
+    onnx_blob = write_onnx(g, quantized=True)
+    assert {o.domain: o.version for o in onnx.load_from_string(onnx_blob).opset_import}[""] == 21
+    onnx_out = OnnxRunner(onnx_blob, spin=False).run(x)
+    assert sqnr_db(fp32(original, x), onnx_out) == pytest.approx(block["after"]["sqnr_db"], abs=0.5)
+    simulated = run_batches(GraphRunner(g, quantized=True), x)
+    assert sqnr_db(onnx_out, simulated) > 60  # the simulation is the ONNX model
+    runner = TfliteRunner(write_tflite(g, quantized=True))
+    kinds = {d["name"]: d["dtype"] for d in runner.interpreter.get_tensor_details()}
+    assert kinds[stem.outputs[0]] == np.int16 and kinds[stem.inputs[2]] == np.int64
+    step = float(g.tensors[g.outputs[0]].quant.scale[0])  # type: ignore[union-attr]
+    assert np.abs(runner.run(x) - onnx_out).max() <= 2 * step + 1e-6
+    again = graph_from_bytes(graph_to_bytes(g))
+    assert again.tensors[stem.outputs[0]].quant.same_as(between)  # type: ignore[union-attr]
+    assert next(n for n in again.nodes if n.name == "conv2d").attrs["precision"] == "int16"
+
+
+def test_cli_fallback_needs_an_accuracy_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "-o", str(tmp_path / "out"), "--fallback", "int16"]
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --fallback int16 without --accuracy-target; ")
+    assert not (tmp_path / "out").exists()

@@ -75,3 +75,22 @@ def test_zero_weight_channel_widens_so_the_bias_fits_int32() -> None:
     levels = params.quantize_array(bias, bias_q)
     assert abs(int(levels[0])) < 2**31 - 1
     assert params.dequantize_array(levels, bias_q)[0] == pytest.approx(50.0, rel=1e-6)
+
+
+def test_weight_range_search_clips_outliers_at_four_bits() -> None:
+    from edgetune.ir.graph import QParams
+    from edgetune.quantize.params import dequantize_array, quantize_array, weight_params
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    weight[:, 0, 0, 0] = 6.0  # one large weight per channel sets the plain range
+    plain, searched = weight_params(weight, True, levels=7), weight_params(weight, True, levels=7, search=True)
+
+    def error(q: QParams) -> float:
+        return float(((dequantize_array(quantize_array(weight, q), q) - weight) ** 2).sum())
+
+    assert np.all(searched.scale < plain.scale) and error(searched) < 0.8 * error(plain)
+    assert np.all(searched.scale >= 0.5 * plain.scale - 1e-7)  # never below half the largest magnitude
+    # Without outliers at 8 bits the search leaves the range alone or nearly so.
+    even = rng.uniform(-1, 1, (8, 64)).astype(np.float32)
+    assert np.allclose(weight_params(even, True, search=True).scale, weight_params(even, True).scale, rtol=0.05)

@@ -7,6 +7,7 @@ It does not delegate int8 to XNNPACK: these tests check results, not speed.
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 from pathlib import Path
@@ -20,6 +21,7 @@ from edgetune.data import load_dataset
 from edgetune.evaluate.tflite_runtime import TfliteRunner
 from edgetune.export.tflite import write_tflite
 from edgetune.quantize import QuantConfig, calibrate
+from edgetune.quantize.fallback import Precision
 
 PYTHON = os.environ.get("EDGETUNE_TFLITE214")
 RUNNER = Path(__file__).with_name("tflite214_run.py")
@@ -53,6 +55,10 @@ def test_artifacts_run_the_same_on_tflite_runtime_214(tmp_path: Path) -> None:
             f"{name}.int8io.tflite": write_tflite(graph, int8_io=True),  # type: ignore[arg-type]
             f"{name}.fp32.tflite": write_tflite(graph, quantized=False),  # type: ignore[arg-type]
         }
+        if name == "digits_cnn":  # every layer 16x8: int16 conv, depthwise and linear, and int8 <-> int16 at the adds
+            wide = copy.deepcopy(graph)
+            Precision(wide, "int16").set({n.name for n in wide.nodes if n.op in ("conv2d", "linear")})  # type: ignore[attr-defined]
+            variants[f"{name}.16x8.tflite"] = write_tflite(wide)  # type: ignore[arg-type]
         for file_name, blob in variants.items():
             (tmp_path / file_name).write_bytes(blob)
         np.savez(tmp_path / f"{name}-x.npz", x=x.transpose(0, 2, 3, 1))
@@ -79,4 +85,8 @@ def test_artifacts_run_the_same_on_tflite_runtime_214(tmp_path: Path) -> None:
                 lsb = np.abs(theirs[file_name] - ours) / scale
                 assert lsb.max() <= 1.0 + 1e-3, f"{file_name}: {lsb.max():.1f} LSB between tflite-runtime 2.14 and LiteRT"
                 if name == "digits_cnn":  # real data: top-1 must agree (random inputs tie too often to ask)
-                    assert np.mean(ours.argmax(1) == theirs[file_name].argmax(1)) >= 0.99
+                    theirs_top = theirs[file_name].argmax(1)
+                    # a flip is allowed only between two classes within 1 LSB of each other
+                    margin = ours.max(1) - ours[np.arange(len(ours)), theirs_top]
+                    assert np.all((ours.argmax(1) == theirs_top) | (margin <= scale + 1e-6)), file_name
+                    assert np.mean(ours.argmax(1) == theirs_top) >= 0.98

@@ -9,6 +9,7 @@ import click
 
 from edgetune.cli.finetune_options import finetune_config, finetune_options
 from edgetune.cli.output import common_options, emit, fmt, pct, table
+from edgetune.errors import InputError
 from edgetune.progress import StderrProgress
 
 
@@ -48,7 +49,12 @@ from edgetune.progress import StderrProgress
 @click.option(
     "--accuracy-target",
     metavar="30dB|99%",
-    help="Keep the fewest, most sensitive layers in float until the int8 model reaches this output SQNR or top-1 agreement with fp32.",
+    help="Switch the fewest, most sensitive layers to --fallback until the int8 model reaches this output SQNR or top-1 agreement with fp32.",
+)
+@click.option(
+    "--fallback",
+    type=click.Choice(["float", "int16"]),
+    help="What --accuracy-target switches layers to: float (default), or int16 activations with int8 weights (16x8; integer-only targets).",
 )
 @click.option("--sensitivity", is_flag=True, help="Measure each layer's int8 sensitivity alone; report it and plot OUT/sensitivity.png.")
 @click.option(
@@ -116,6 +122,7 @@ def command(
     ptq_budget: float,
     weight_bits: str,
     accuracy_target: str | None,
+    fallback: str | None,
     sensitivity: bool,
     prune: str | None,
     prune_allocation: str,
@@ -144,6 +151,10 @@ def command(
     from edgetune.quantize.config import parse_ptq
     from edgetune.targets import load_target
 
+    if fallback is not None and accuracy_target is None:
+        raise InputError(
+            f"--fallback {fallback} without --accuracy-target", "give the target the fallback should reach, e.g. --accuracy-target 30dB"
+        )
     config = QuantConfig(
         method=method,
         per_channel=not per_tensor,
@@ -153,6 +164,7 @@ def command(
         ptq_budget=ptq_budget,
         weight_bits=int(weight_bits),
         accuracy_target=accuracy_target,
+        fallback=fallback or "float",
     )
     profile = load_target(target)
     result = compress(
@@ -237,9 +249,10 @@ def _ptq_text(ptq: dict[str, Any]) -> str:
         text += " (held-out SQNR " + ", ".join(f"{k} {v:.1f} dB" for k, v in scores.items()) + ")"
     fallback = ptq.get("fallback")
     if fallback:
-        layers = fallback["float_layers"]
+        precision = fallback.get("precision", "float")
+        layers = fallback[f"{precision}_layers"]
         reached = "reached" if fallback["reached"] else "NOT reached"
-        text += f"; target {fallback['target']} {reached} with {len(layers)} layer(s) in float" + (
+        text += f"; target {fallback['target']} {reached} with {len(layers)} layer(s) in {precision}" + (
             f": {', '.join(layers)}" if layers else ""
         )
     return text

@@ -185,7 +185,11 @@ class QatRunner(GraphRunner):
             wide = params.widen_for_bias(weight_q, self.graph.tensors[name].data, float(input_q.scale[0]))  # type: ignore[arg-type]
             widened += int(wide is not weight_q)
             self.graph.tensors[weight].quant = wide
-            self.graph.tensors[name].quant = params.bias_params(input_q, wide)
+            bias_q = params.bias_params(input_q, wide)
+            old = self.graph.tensors[name].quant
+            if old is not None and old.dtype == "int64":  # a layer the fallback gave int16 activations
+                bias_q = QParams(bias_q.scale, bias_q.zero_point, "int64", bias_q.axis)
+            self.graph.tensors[name].quant = bias_q
         return widened
 
 

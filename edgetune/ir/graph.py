@@ -14,7 +14,8 @@ class QParams:
     """Affine quantization ``real = scale * (q - zero_point)``.
 
     ``axis`` is None for per-tensor parameters, else the channel axis of the tensor.
-    ``dtype`` is the stored integer type: int8 for weights and activations, int32 for biases.
+    ``dtype`` is the stored integer type: int8 for weights and activations, int32 for biases
+    (int16 activations and int64 biases for layers the mixed-precision fallback widens).
     """
 
     scale: np.ndarray
@@ -29,6 +30,11 @@ class QParams:
             raise ValueError(f"scale {self.scale.shape} and zero point {self.zero_point.shape} differ in shape")
         if self.axis is None and self.scale.size != 1:
             raise ValueError("per-tensor parameters need exactly one scale")
+
+    @property
+    def is_bias(self) -> bool:
+        """A bias grid (int32, or int64 under int16 activations): levels of input x weight scale."""
+        return self.dtype in ("int32", "int64")
 
     @property
     def qmin(self) -> int:

@@ -181,7 +181,7 @@ class GraphRunner(nn.Module):
             value = torch.from_numpy(np.ascontiguousarray(tensor.data))
             if quantized and tensor.quant is not None:
                 value = torch.from_numpy(np.ascontiguousarray(tensor.int8_source))
-                value = quantize_bias(value, tensor.quant) if tensor.quant.dtype == "int32" else fake_quant(value, tensor.quant)
+                value = quantize_bias(value, tensor.quant) if tensor.quant.is_bias else fake_quant(value, tensor.quant)
             self.constants[name] = value
 
     # Gradient checkpointing: with N > 0 segments, training keeps only the activations at

@@ -150,12 +150,17 @@ def _quantize_weights(graph: Graph, inputs: list[str], config: QuantConfig) -> N
     weight = graph.const(weight_name)
     input_q = graph.tensors[x].quant
     assert input_q is not None, "inputs are quantized before their consumers"
-    weight_q = params.weight_params(weight, config.per_channel, axis=0, levels=params.levels_of(graph.meta, weight_name))
+    levels = params.levels_of(graph.meta, weight_name)
+    # 4-bit weights: a searched range (clipping the few largest) beats the largest magnitude.
+    weight_q = params.weight_params(weight, config.per_channel, axis=0, levels=levels, search=levels < params.WEIGHT_MAX)
     if len(inputs) > 2:
         bias = graph.const(inputs[2])
         weight_q = params.widen_for_bias(weight_q, bias, float(input_q.scale[0]))
         graph.tensors[inputs[2]].quant = params.bias_params(input_q, weight_q)
-    graph.tensors[weight_name].quant = weight_q
+    tensor = graph.tensors[weight_name]
+    tensor.quant = weight_q
+    if levels < params.WEIGHT_MAX:  # the int8 model's weights clipped to the searched range; fp32 keeps them whole
+        tensor.qdata = params.clip_to_range(tensor.int8_source, weight_q, levels)  # type: ignore[arg-type]
 
 
 def requantize_bias(graph: Graph, node: Node) -> None:

@@ -13,6 +13,9 @@ PTQ_TECHNIQUES = ("equalize", "adaround", "bias-correct")
 DEFAULT_PTQ = ("bias-correct",)
 
 
+FALLBACKS = ("float", "int16")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """How to quantize: observer method, weight granularity, calibration sample count, and
@@ -26,7 +29,8 @@ class QuantConfig:
     ptq: tuple[str, ...] = field(default=DEFAULT_PTQ)
     ptq_budget: float = 60.0
     weight_bits: int = 8  # 4: 4-bit values in int8 storage (accuracy and size planning)
-    accuracy_target: str | None = None  # "30dB" or "99%": layers fall back to float until it holds
+    accuracy_target: str | None = None  # "30dB" or "99%": layers fall back until it holds
+    fallback: str = "float"  # what those layers fall back to: float, or int16 activations (16x8)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -48,6 +52,8 @@ class QuantConfig:
             from edgetune.quantize.fallback import AccuracyTarget
 
             AccuracyTarget.parse(self.accuracy_target)
+        if self.fallback not in FALLBACKS:
+            raise InputError(f"fallback precision {self.fallback!r} is unknown", f"use one of {', '.join(FALLBACKS)}")
         if self.ptq_budget < 0:
             raise InputError(f"PTQ budget {self.ptq_budget} s", "give a budget of 0 seconds or more")
 

@@ -1,5 +1,5 @@
-"""Mixed-precision fallback: keep the fewest layers in float that bring the int8 model to an
-accuracy target.
+"""Mixed-precision fallback: keep the fewest layers in float, or at int16 activations, that
+bring the int8 model to an accuracy target.
 
 Layers are tried from the most sensitive (per-layer sensitivity, alone in int8) down, each
 measured end to end on held-out calibration samples with ONNX Runtime, until the target is
@@ -10,9 +10,12 @@ TFLite as DEQUANTIZE, the float operator, QUANTIZE (XNNPACK delegates all three)
 between two float layers stays float, so the fallback also fixes activations that int8
 cannot hold (a depthwise output whose channels differ by orders of magnitude).
 
-int16 activations (TFLite's 16x8 mode) are the other fallback the field uses; they are not
-offered here: XNNPACK does not delegate 16x8 operators, so on CPUs they run on reference
-kernels, slower than the float fallback.
+The other fallback (``precision="int16"``) keeps the layers' int8 weights and gives them
+int16 activations: TFLite's 16x8 kernels (int64 bias), ONNX's int16 QuantizeLinear (opset
+21). A tensor between two such layers is int16 (symmetric, zero point 0, over the range the
+int8 parameters covered); an int16 layer reading or writing an int8 tensor converts at the
+boundary. It suits integer-only targets (microcontrollers, NPUs); on CPUs XNNPACK does not
+delegate 16x8 operators and ONNX Runtime runs them in float, so there float is faster.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from edgetune.errors import InputError
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import Graph, Node, QParams
 from edgetune.quantize.calibrate import WEIGHTED_OPS
 from edgetune.quantize.layerwise import Progress
+from edgetune.quantize.params import bias_params, int16_params
 from edgetune.quantize.scores import float_outputs, int8_scores
 
 
@@ -60,48 +64,75 @@ class AccuracyTarget:
         return f"{self.value:g} dB output SQNR" if self.metric == "sqnr_db" else f"{100 * self.value:g}% top-1 agreement"
 
 
-class Precision:
-    """Switches weighted layers between int8 and float on a calibrated graph.
+PRECISIONS = ("float", "int16")
 
-    A float layer has float weights and bias. A tensor between two float layers (its
-    producer and every consumer float) stays float too, so that what a wider type fixes in
-    activations is fixed; every other tensor keeps its int8 parameters.
+
+class Precision:
+    """Switches weighted layers between int8 and a wider precision on a calibrated graph.
+
+    A float layer has float weights and bias; an int16 layer keeps its int8 weights and gets
+    an int64 bias on the grid of its input's scale. A tensor between two such layers (its
+    producer and every consumer switched) becomes float or int16 too, so that what a wider
+    type fixes in activations is fixed; every other tensor keeps its int8 parameters.
     """
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, precision: str = "float") -> None:
+        if precision not in PRECISIONS:
+            raise InputError(f"fallback precision {precision!r} is unknown", f"use one of {', '.join(PRECISIONS)}")
         self.graph = graph
+        self.precision = precision
         self.saved = {name: (t.quant, t.qdata) for name, t in graph.tensors.items()}
         self.consumers = graph.consumers()
         self.producers = graph.producers()
         self.weighted = {n.name: n for n in graph.nodes if n.op in WEIGHTED_OPS}
 
-    def set(self, float_layers: set[str]) -> None:
+    def set(self, layers: set[str]) -> None:
         graph = self.graph
-        for name, node in self.weighted.items():
-            constants = [n for n in node.inputs[1:] if n]
-            for constant in constants:
-                tensor = graph.tensors[constant]
-                tensor.quant, tensor.qdata = (None, None) if name in float_layers else self.saved[constant]
-            if name in float_layers:
-                node.attrs["precision"] = "float"
-            else:
-                node.attrs.pop("precision", None)
         for name in graph.activations():
             producer = self.producers.get(name)
             users = self.consumers.get(name, [])
-            internal = producer is not None and producer.name in float_layers and users and all(u.name in float_layers for u in users)
-            graph.tensors[name].quant = None if internal and name not in graph.outputs else self.saved[name][0]
+            internal = producer is not None and producer.name in layers and users and all(u.name in layers for u in users)
+            saved = self.saved[name][0]
+            if not internal or name in graph.outputs or saved is None:
+                graph.tensors[name].quant = saved
+            else:
+                graph.tensors[name].quant = None if self.precision == "float" else int16_params(saved)
+        for name, node in self.weighted.items():
+            chosen = name in layers
+            for constant in (n for n in node.inputs[1:] if n):
+                tensor = graph.tensors[constant]
+                tensor.quant, tensor.qdata = (None, None) if chosen and self.precision == "float" else self.saved[constant]
+            if chosen:
+                node.attrs["precision"] = self.precision
+                if self.precision == "int16":
+                    self._wide_bias(node)
+            else:
+                node.attrs.pop("precision", None)
+
+    def _wide_bias(self, node: Node) -> None:
+        """An int16 layer's bias: int64 levels on the grid of its (int16 or int8) input's scale."""
+        if len(node.inputs) < 3 or not node.inputs[2]:
+            return
+        input_q, weight_q = self.graph.tensors[node.inputs[0]].quant, self.graph.tensors[node.inputs[1]].quant
+        assert input_q is not None and weight_q is not None
+        bias = bias_params(input_q, weight_q)
+        self.graph.tensors[node.inputs[2]].quant = QParams(bias.scale, bias.zero_point, "int64", bias.axis)
 
 
 def choose_fallback(
-    graph: Graph, x: np.ndarray, target: AccuracyTarget, sensitivity: list[dict[str, Any]], progress: Progress | None = None
+    graph: Graph,
+    x: np.ndarray,
+    target: AccuracyTarget,
+    sensitivity: list[dict[str, Any]],
+    progress: Progress | None = None,
+    precision: str = "float",
 ) -> dict[str, Any]:
-    """Keep layers in float (in place) until ``target`` holds on ``x``; returns the report block."""
+    """Switch layers to ``precision`` (in place) until ``target`` holds on ``x``; returns the report block."""
     reference = float_outputs(graph, x)
     before = int8_scores(graph, x, reference)
     if target.metric not in before:
         raise InputError("an agreement target needs a classifier's output (N x classes)", "give the target as output SQNR, e.g. 30dB")
-    precision = Precision(graph)
+    switch = Precision(graph, precision)
     order = [row["layer"] for row in sorted(sensitivity, key=lambda row: row["sqnr_db"])]
     chosen: list[str] = []
     current = before
@@ -109,24 +140,24 @@ def choose_fallback(
         if target.met(current):
             break
         chosen.append(name)
-        precision.set(set(chosen))
+        switch.set(set(chosen))
         current = int8_scores(graph, x, reference)
         if progress is not None:
             progress(done, len(order), "fallback search")
     why = None
     if not target.met(current):  # activations left in int8 keep it out of reach
         chosen, current = [], before
-        precision.set(set())
-        why = "not reachable: even with every layer tried in float the target is missed, so none is kept in float"
+        switch.set(set())
+        why = f"not reachable: even with every layer tried in {precision} the target is missed, so none is switched"
     else:
         for name in reversed(chosen[:-1]):  # the last one added was needed
             trial_set = set(chosen) - {name}
-            precision.set(trial_set)
+            switch.set(trial_set)
             trial = int8_scores(graph, x, reference)
             if target.met(trial):
                 chosen.remove(name)
                 current = trial
-        precision.set(set(chosen))
+        switch.set(set(chosen))
     nodes = {node.name: node for node in graph.nodes}
     block = {
         "target": str(target),
@@ -134,11 +165,13 @@ def choose_fallback(
         "reached": target.met(current),
         "before": before,
         "after": current,
-        "float_layers": chosen,
-        "float_weight_bytes": int(sum(4 * graph.const(nodes[n].inputs[1]).size for n in chosen)),
+        "precision": precision,
+        f"{precision}_layers": chosen,
         "samples": len(x),
         "note": "measured with ONNX Runtime on held-out calibration samples; layers tried from the most sensitive",
     }
+    if precision == "float":
+        block["float_weight_bytes"] = int(sum(4 * graph.const(nodes[n].inputs[1]).size for n in chosen))
     if why:
         block["why"] = why
     return block

@@ -46,7 +46,7 @@ def quantized_constant(graph: Graph, name: str) -> torch.Tensor:
     value = torch.from_numpy(np.ascontiguousarray(tensor.int8_source))
     if tensor.quant is None:
         return value
-    return quantize_bias(value, tensor.quant) if tensor.quant.dtype == "int32" else fake_quant(value, tensor.quant)
+    return quantize_bias(value, tensor.quant) if tensor.quant.is_bias else fake_quant(value, tensor.quant)
 
 
 def walk(

@@ -15,6 +15,7 @@ import numpy as np
 from edgetune.ir.graph import QParams
 
 INT8_MIN, INT8_MAX = -128, 127
+INT16_MAX = 32767
 WEIGHT_MAX = 127
 INT32_MAX = 2**31 - 1
 # The smallest scale edgetune writes: an all-zero tensor still needs a positive scale.
@@ -45,15 +46,43 @@ def levels_of(meta: dict, weight: str) -> int:  # type: ignore[type-arg]
     return int(meta.get("weight_levels", {}).get(weight, WEIGHT_MAX))
 
 
-def weight_params(weight: np.ndarray, per_channel: bool, axis: int = 0, levels: int = WEIGHT_MAX) -> QParams:
+# Clipping ratios tried by the weight range search, largest (no clipping) first.
+CLIP_RATIOS = np.linspace(1.0, 0.5, 26)
+
+
+def weight_params(weight: np.ndarray, per_channel: bool, axis: int = 0, levels: int = WEIGHT_MAX, search: bool = False) -> QParams:
     """Symmetric weight parameters on [-levels, levels] (stored as int8), per channel along
-    ``axis`` or per tensor."""
+    ``axis`` or per tensor. ``search``: the range is the largest magnitude times the ratio
+    that minimises the weights' rounding and clipping error, rather than the largest
+    magnitude itself (at 4 bits, clipping a few large weights buys a finer step for all)."""
+    rows = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1) if per_channel else weight.reshape(1, -1)
+    absmax = np.abs(rows).max(axis=1)
+    if search:
+        absmax = absmax * _best_clip(rows, absmax, levels)
+    scale = np.maximum(absmax / levels, MIN_SCALE).astype(np.float32)
     if per_channel:
-        reduce = tuple(i for i in range(weight.ndim) if i != axis)
-        absmax = np.abs(weight).max(axis=reduce) if reduce else np.abs(weight)
-        scale = np.maximum(absmax / levels, MIN_SCALE).astype(np.float32)
         return QParams(scale, np.zeros(scale.shape, np.int64), "int8", axis)
-    return QParams.per_tensor(max(float(np.abs(weight).max()) / levels, float(MIN_SCALE)), 0)
+    return QParams.per_tensor(float(scale[0]), 0)
+
+
+def clip_to_range(values: np.ndarray, q: QParams, levels: int) -> np.ndarray:
+    """``values`` clipped to what symmetric parameters ``q`` on [-levels, levels] represent."""
+    scale, _ = _broadcast(q, values.ndim)
+    bound = scale.astype(np.float64) * levels
+    return np.clip(values, -bound, bound).astype(np.float32)
+
+
+def _best_clip(rows: np.ndarray, absmax: np.ndarray, levels: int) -> np.ndarray:
+    """Per row, the ratio of CLIP_RATIOS with the least squared error after quantization."""
+    values = rows.astype(np.float64)
+    best_error = np.full(len(rows), np.inf)
+    best = np.ones(len(rows))
+    for ratio in CLIP_RATIOS:
+        step = np.maximum(ratio * absmax.astype(np.float64) / levels, float(MIN_SCALE))[:, None]
+        error = ((np.clip(np.round(values / step), -levels, levels) * step - values) ** 2).sum(axis=1)
+        better = error < best_error
+        best_error, best = np.where(better, error, best_error), np.where(better, ratio, best)
+    return best
 
 
 def widen_for_bias(weight_q: QParams, bias: np.ndarray, input_scale: float) -> QParams:
@@ -100,3 +129,10 @@ def quantize_array(values: np.ndarray, q: QParams) -> np.ndarray:
 def dequantize_array(levels: np.ndarray, q: QParams) -> np.ndarray:
     scale, zero_point = _broadcast(q, levels.ndim)
     return ((levels.astype(np.int64) - zero_point) * scale).astype(np.float32)
+
+
+def int16_params(q: QParams) -> QParams:
+    """Symmetric int16 parameters (zero point 0, as TFLite's 16x8 kernels require) covering the
+    range that the int8 parameters ``q`` cover."""
+    low, high = float(q.scale[0]) * (INT8_MIN - int(q.zero_point[0])), float(q.scale[0]) * (INT8_MAX - int(q.zero_point[0]))
+    return QParams.per_tensor(max(abs(low), abs(high), float(MIN_SCALE)) / INT16_MAX, 0, "int16")

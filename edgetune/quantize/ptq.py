@@ -63,7 +63,7 @@ def quantize(
         result = correct_biases(candidate, samples, progress).to_dict()
         baseline = _keep_if_better(graph, candidate, "bias-correct", result, report, judge, baseline)
     if config.accuracy_target is not None:
-        report["fallback"] = _fallback(graph, samples, check, config.accuracy_target, progress)
+        report["fallback"] = _fallback(graph, samples, check, config.accuracy_target, config.fallback, progress)
     report["seconds"] = round(time.perf_counter() - started, 2)
     return records, report
 
@@ -105,12 +105,14 @@ def _adopt(graph: Graph, candidate: Graph) -> None:
     graph.tensors, graph.nodes, graph.meta = candidate.tensors, candidate.nodes, candidate.meta
 
 
-def _fallback(graph: Graph, samples: np.ndarray, check: np.ndarray, target: str, progress: Progress | None) -> dict[str, Any]:
+def _fallback(
+    graph: Graph, samples: np.ndarray, check: np.ndarray, target: str, precision: str, progress: Progress | None
+) -> dict[str, Any]:
     from edgetune.quantize.fallback import AccuracyTarget, choose_fallback
     from edgetune.quantize.sensitivity import layer_sensitivity
 
     rows = layer_sensitivity(graph, check, progress)
-    return choose_fallback(graph, check, AccuracyTarget.parse(target), rows, progress)
+    return choose_fallback(graph, check, AccuracyTarget.parse(target), rows, progress, precision)
 
 
 def _keep_if_better(

@@ -10,7 +10,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgetune.ir.graph import Graph, QParams
-from edgetune.quantize.params import levels_of, quantize_array
+from edgetune.quantize.params import dequantize_array, levels_of, quantize_array
 
 INT4_MAX = 7  # weights whose levels fit [-7, 7] are 4-bit ones
 
@@ -57,6 +57,9 @@ class OnnxBuilder:
             raise KeyError(f"tensor {tensor} is read before it is written")
         if self.quantized and ir_tensor.quant is not None:
             levels = quantize_array(ir_tensor.int8_source, ir_tensor.quant)  # type: ignore[arg-type]
+            if ir_tensor.quant.dtype == "int64":  # an int16 layer's bias: DequantizeLinear takes no int64
+                self.names[tensor] = self.initializer(tensor, dequantize_array(levels, ir_tensor.quant))
+                return self.names[tensor]
             if self.int4_weights and levels_of(self.graph.meta, tensor) <= INT4_MAX:
                 self.names[tensor] = self._dequantize_int4(tensor, levels, ir_tensor.quant)
                 return self.names[tensor]

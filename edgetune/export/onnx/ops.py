@@ -26,9 +26,11 @@ onnx_op = ONNX_OPS.register
 def _activation(b: OnnxBuilder, value: str, node: Node) -> str:
     """The fused activation. In an int8 model the output's QuantizeLinear saturates at the
     range ends (0, and at most 6 for ReLU6), which is the activation itself; only a float
-    output (between two layers kept in float) needs the operator."""
+    output (between two layers kept in float) or a symmetric int16 one needs the operator."""
     act = node.act
-    if act == "none" or (b.quantized and b.graph.tensors[node.outputs[0]].quant is not None):
+    q = b.graph.tensors[node.outputs[0]].quant
+    # An int8 output's range starts at 0; a symmetric int16 one (the 16x8 fallback) does not.
+    if act == "none" or (b.quantized and q is not None and q.dtype == "int8"):
         return value
     if act == "relu":
         return b.node("Relu", [value])[0]

@@ -15,7 +15,7 @@ from edgetune.export.onnx.ops import ONNX_OPS
 from edgetune.ir.graph import Graph
 
 OPSET = 17
-INT4_OPSET = 21  # INT4 tensors and DequantizeLinear on them came in opset 21 (IR version 10)
+INT4_OPSET = 21  # INT4 tensors, and Q/DQ of int4 and int16, came in opset 21 (IR version 10)
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
@@ -28,7 +28,9 @@ def build_onnx(
     missing = ONNX_OPS.missing(node.op for node in graph.nodes)
     if missing:
         raise UnsupportedOpsError(missing, "the ONNX writer")
-    opset = INT4_OPSET if int4_weights else OPSET
+    # INT4 weights and int16 activations (the 16x8 fallback) take opset 21.
+    wide = quantized and any(t.quant is not None and t.quant.dtype == "int16" for t in graph.tensors.values())
+    opset = INT4_OPSET if int4_weights or wide else OPSET
     b = OnnxBuilder(graph, quantized, unsigned_activations, opset=opset, int4_weights=int4_weights)
     b._taken.update({INPUT_NAME, OUTPUT_NAME})
     (graph_input,) = graph.inputs
@@ -66,7 +68,7 @@ def build_onnx(
         producer_version=edgetune.__version__,
     )
     # IR 8 is readable by every onnxruntime release that supports opset 17; INT4 needs IR 10.
-    model.ir_version = 10 if int4_weights else 8
+    model.ir_version = 10 if opset >= INT4_OPSET else 8
     meta = {"edgetune.format": ("int4-weights-qdq" if int4_weights else "int8-qdq") if quantized else "fp32"}
     if quantized:
         meta["edgetune.activations"] = "uint8" if unsigned_activations else "int8"

@@ -80,8 +80,11 @@ class TflBuilder:
         """The TFLite tensor for IR activation ``name`` (NHWC, int8 with its parameters when quantized)."""
         tensor = self.graph.tensors[name]
         quant = quant_spec(tensor.quant) if self.quantized and tensor.quant is not None else None
-        # In an int8 model, a tensor without parameters lies between two layers kept in float.
+        # In an int8 model, a tensor without parameters lies between two layers kept in float,
+        # an int16 one between two layers the fallback gave int16 activations.
         dtype = self.act_dtype if quant is not None or not self.quantized else tflite.TensorType.FLOAT32
+        if quant is not None and tensor.quant is not None and tensor.quant.dtype == "int16":
+            dtype = tflite.TensorType.INT16
         self.index[name] = self.model.add_tensor(TflTensor(name, nhwc_shape(tensor.shape), dtype, quant=quant))
         return self.index[name]
 

@@ -15,10 +15,10 @@ import tflite
 
 from edgetune.export.tflite import layout
 from edgetune.export.tflite.builder import ACTIVATIONS, VERSIONS, TflBuilder, quant_spec
-from edgetune.export.tflite.model import TflTensor
+from edgetune.export.tflite.model import QuantSpec, TflTensor
 from edgetune.ir.graph import Graph, Node
 from edgetune.ir.padding import same_padding
-from edgetune.quantize.params import quantize_array
+from edgetune.quantize.params import int16_params, quantize_array
 from edgetune.registry import Registry
 
 TflOp = Callable[[TflBuilder, Node], None]
@@ -95,7 +95,9 @@ def _bias(b: TflBuilder, node: Node) -> int:
     tensor = b.graph.tensors[node.inputs[2]]
     assert tensor.data is not None
     if b.quantized and tensor.quant is not None:
-        return b.const(tensor.name, quantize_array(tensor.int8_source, tensor.quant), tflite.TensorType.INT32, quant_spec(tensor.quant))  # type: ignore[arg-type]
+        levels = quantize_array(tensor.int8_source, tensor.quant)  # type: ignore[arg-type]
+        dtype = tflite.TensorType.INT64 if tensor.quant.dtype == "int64" else tflite.TensorType.INT32  # int64: a 16x8 layer
+        return b.const(tensor.name, levels, dtype, quant_spec(tensor.quant))
     return b.const(tensor.name, tensor.data.astype(np.float32), tflite.TensorType.FLOAT32)
 
 
@@ -130,11 +132,70 @@ class _FloatIsland:
             self.b.op(Op.QUANTIZE, [floating_out], [self.result])
 
 
+# Versions of the 16x8 operators (int16 activations, int8 weights, int64 bias), as TFLite's
+# converter numbers them (tensorflow/lite/tools/versioning/op_version.cc).
+INT16_VERSIONS = {Op.CONV_2D: 4, Op.DEPTHWISE_CONV_2D: 5, Op.FULLY_CONNECTED: 7}
+
+
+class _Int16Island:
+    """A layer the fallback gave int16 activations (TFLite's 16x8 kernels). It reads and
+    writes int16 tensors; at an int8 neighbour it converts: an int8 input goes through float
+    (DEQUANTIZE, then QUANTIZE onto int16 with the int8 scale and zero point 0, which is
+    exact), and the output is written in int16 and requantized onto the int8 tensor."""
+
+    def __init__(self, b: TflBuilder, node: Node) -> None:
+        self.b, self.node = b, node
+        self.result = -1
+
+    def version(self, code: int) -> int:
+        return INT16_VERSIONS[code]
+
+    def input(self, x: int) -> int:
+        source = self.b.model.tensors[x]
+        if source.dtype == tflite.TensorType.INT16:
+            return x
+        assert source.quant is not None
+        floating = self.b.model.add_tensor(TflTensor(f"{self.node.name}_float_input", source.shape, tflite.TensorType.FLOAT32))
+        self.b.op(Op.DEQUANTIZE, [x], [floating])
+        wide = self.b.model.add_tensor(
+            TflTensor(f"{self.node.name}_int16_input", source.shape, tflite.TensorType.INT16, quant=QuantSpec([source.quant.scale[0]], [0]))
+        )
+        self.b.op(Op.QUANTIZE, [floating], [wide], version=VERSIONS_INT16_QUANTIZE)
+        return wide
+
+    def output(self) -> int:
+        out = self.b.define(self.node.outputs[0])
+        target = self.b.model.tensors[out]
+        if target.dtype == tflite.TensorType.INT16:
+            return out
+        self.result = out
+        q = self.b.graph.tensors[self.node.outputs[0]].quant
+        assert q is not None
+        wide = int16_params(q)
+        return self.b.model.add_tensor(
+            TflTensor(f"{self.node.name}_int16_output", target.shape, tflite.TensorType.INT16, quant=quant_spec(wide))
+        )
+
+    def finish(self, wide_out: int) -> None:
+        if self.result >= 0:
+            self.b.op(Op.QUANTIZE, [wide_out], [self.result], version=1)
+
+
+VERSIONS_INT16_QUANTIZE = 2  # QUANTIZE with an int16 output
+
+
+def _island(b: TflBuilder, node: Node) -> _FloatIsland | _Int16Island:
+    """How a weighted layer sits in the model: int8 (a no-op island), float, or 16x8."""
+    if b.quantized and node.attrs.get("precision") == "int16":
+        return _Int16Island(b, node)
+    return _FloatIsland(b, node)
+
+
 @tfl_op("conv2d")
 def conv2d(b: TflBuilder, node: Node) -> None:
     kernel = list(b.graph.tensors[node.inputs[1]].shape[2:])
     stride, dilation, act = node.attrs["stride"], node.attrs["dilation"], ACTIVATIONS[node.act]
-    island = _FloatIsland(b, node)
+    island = _island(b, node)
     x, padding = _padded_input(b, node, kernel, dilation)
     x = island.input(x)
     depthwise = _is_depthwise(b.graph, node)
@@ -178,7 +239,7 @@ def conv2d(b: TflBuilder, node: Node) -> None:
 
 @tfl_op("linear")
 def linear(b: TflBuilder, node: Node) -> None:
-    island = _FloatIsland(b, node)
+    island = _island(b, node)
     inputs = [island.input(b.read(node.inputs[0])), _weights(b, node.inputs[1], lambda w: w, 0), _bias(b, node)]
     act = ACTIVATIONS[node.act]
 

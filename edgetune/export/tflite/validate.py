@@ -7,6 +7,8 @@ that lists every problem.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from edgetune.errors import EdgetuneError
@@ -19,14 +21,19 @@ FIXED_OUTPUTS = {"softmax": (1.0 / 256, -128), "sigmoid": (1.0 / 256, -128), "ta
 SAME_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", "concat"}
 
 
-def _between_float_layers(graph: Graph) -> set[str]:
-    """Tensors whose producer and consumers are all layers kept in float: they stay float."""
+def _between(graph: Graph, switched: Callable[[Node], bool]) -> set[str]:
+    """Tensors whose producer and consumers are all ``switched`` layers."""
     consumers = graph.consumers()
     return {
         node.outputs[0]
         for node in graph.nodes
-        if node.in_float and consumers.get(node.outputs[0]) and all(u.in_float for u in consumers[node.outputs[0]])
+        if switched(node) and consumers.get(node.outputs[0]) and all(switched(u) for u in consumers[node.outputs[0]])
     }
+
+
+def _between_float_layers(graph: Graph) -> set[str]:
+    """Tensors whose producer and consumers are all layers kept in float: they stay float."""
+    return _between(graph, lambda node: node.in_float)
 
 
 def _layer_problems(graph: Graph, node: Node) -> list[str]:
@@ -40,8 +47,10 @@ def _layer_problems(graph: Graph, node: Node) -> list[str]:
         problems.append(f"{node.op} {node.name} has {wq.scale.size} weight scales for {weight.shape[0]} output channels")
     if len(node.inputs) > 2:
         bq = graph.tensors[node.inputs[2]].quant
-        if bq is None or bq.dtype != "int32" or np.any(bq.zero_point != 0):
-            problems.append(f"{node.op} {node.name} bias must be int32 with zero point 0")
+        wide = node.attrs.get("precision") == "int16"  # 16x8 kernels take an int64 bias
+        bias_type = "int64" if wide else "int32"
+        if bq is None or bq.dtype != bias_type or np.any(bq.zero_point != 0):
+            problems.append(f"{node.op} {node.name} bias must be {bias_type} with zero point 0")
         elif wq is not None and bq.scale.size != wq.scale.size:
             problems.append(f"{node.op} {node.name} has {bq.scale.size} bias scales for {wq.scale.size} weight scales")
     return problems
@@ -50,9 +59,14 @@ def _layer_problems(graph: Graph, node: Node) -> list[str]:
 def quantization_problems(graph: Graph) -> list[str]:
     problems: list[str] = []
     between_float = _between_float_layers(graph)
+    between_int16 = _between(graph, lambda node: node.attrs.get("precision") == "int16")
     for name in graph.activations():
         q = graph.tensors[name].quant
         if q is None and name in between_float:
+            continue
+        if q is not None and q.dtype == "int16" and q.axis is None:
+            if name not in between_int16 or np.any(q.zero_point != 0):
+                problems.append(f"activation {name} is int16 but not a symmetric tensor between two 16x8 layers")
             continue
         if q is None or q.dtype != "int8" or q.axis is not None:
             problems.append(f"activation {name} lacks per-tensor int8 parameters")
