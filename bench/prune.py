@@ -67,7 +67,7 @@ def torch_pruning(criterion: str, work: Path) -> dict[str, Any]:
 
 def reestimation_on_lite2() -> list[dict[str, Any]]:
     """Agreement with the unpruned fp32 Lite2 right after pruning, with and without re-estimation."""
-    from accuracy import efficientnet_lite2
+    from accuracy import efficientnet_lite2, photo_crops
 
     from edgetune.capture import capture
     from edgetune.evaluate.metrics import agreement, sqnr_db
@@ -78,8 +78,7 @@ def reestimation_on_lite2() -> list[dict[str, Any]]:
     if model is None:
         log("efficientnet-lite2: packages missing (make bench installs them into .bench-packages); skipped")
         return []
-    calib = load_dataset("sample-images", "calibration", limit=128)
-    test = load_dataset("sample-images:test", "test")
+    calib, test = photo_crops("calibration").take(128), photo_crops("test")
     base = capture(model, (3, 224, 224))
     reference = run_batches(GraphRunner(base), test.x, batch=32)
     rows = []

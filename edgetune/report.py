@@ -132,7 +132,12 @@ def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
 def _scheme(quant: QuantConfig) -> str:
     granularity = "per-channel" if quant.per_channel else "per-tensor"
     weights = "int8" if quant.weight_bits == 8 else "4-bit values in [-7, 7] on a searched range (first and last layers 8-bit)"
-    return f"W{quant.weight_bits}A8: weights {weights}, symmetric {granularity} (zero point 0), activations int8 asymmetric per-tensor, int32 bias"
+    scheme = f"W{quant.weight_bits}A8: weights {weights}, symmetric {granularity} (zero point 0), activations int8 asymmetric per-tensor, int32 bias"
+    if quant.accuracy_target is not None and quant.fallback == "int16":
+        scheme += "; layers the fallback switches: int16 activations (symmetric, zero point 0) and int64 bias"
+    elif quant.accuracy_target is not None:
+        scheme += "; layers the fallback switches: float"
+    return scheme
 
 
 def _four_bit_weights(graph: Graph, artifacts: dict[str, int]) -> dict[str, Any]:

@@ -298,6 +298,10 @@ def test_four_bit_weights_stay_in_range_in_both_artifacts(tmp_path: Path, capsys
     assert len(stored) == 5 and all(np.abs(a).max() <= 7 for a in stored)
     assert sorted(a.tobytes() for a in stored) == sorted(level.tobytes() for level in levels if np.abs(level).max() <= 7)
     assert weights["storage"]["model.int4.onnx"].startswith("int4")
+    packed_bytes = sum(
+        len(t.raw_data) for t in packed.graph.initializer if t.data_type == onnx.TensorProto.INT4 and t.name.endswith("_quantized")
+    )
+    assert packed_bytes == sum(-(-a.size // 2) for a in stored)  # two weights a byte
     assert report["sizes"]["model.int4.onnx_bytes"] < report["sizes"]["model.onnx_bytes"]
     assert run(["inspect", str(out / "model.int4.onnx"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["quantization"]["int4_weight_tensors"] == 5
@@ -446,7 +450,9 @@ def test_int16_fallback_widens_the_activations_between_sensitive_layers_in_both_
     assert sqnr_db(fp32(original, x), onnx_out) == pytest.approx(block["after"]["sqnr_db"], abs=0.5)
     simulated = run_batches(GraphRunner(g, quantized=True), x)
     assert sqnr_db(onnx_out, simulated) > 60  # the simulation is the ONNX model
-    runner = TfliteRunner(write_tflite(g, quantized=True))
+    blob = write_tflite(g, quantized=True)
+    assert b"2.3.0\0" in blob  # min_runtime_version: the 16x8 operator versions
+    runner = TfliteRunner(blob)
     kinds = {d["name"]: d["dtype"] for d in runner.interpreter.get_tensor_details()}
     assert kinds[stem.outputs[0]] == np.int16 and kinds[stem.inputs[2]] == np.int64
     step = float(g.tensors[g.outputs[0]].quant.scale[0])  # type: ignore[union-attr]

@@ -89,4 +89,4 @@ def test_artifacts_run_the_same_on_tflite_runtime_214(tmp_path: Path) -> None:
                     # a flip is allowed only between two classes within 1 LSB of each other
                     margin = ours.max(1) - ours[np.arange(len(ours)), theirs_top]
                     assert np.all((ours.argmax(1) == theirs_top) | (margin <= scale + 1e-6)), file_name
-                    assert np.mean(ours.argmax(1) == theirs_top) >= 0.98
+                    assert np.mean(ours.argmax(1) == theirs_top) >= (0.98 if "16x8" in file_name else 0.99)

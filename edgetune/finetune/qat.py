@@ -123,7 +123,8 @@ class QatRunner(GraphRunner):
             return self._weight(name, self.constants[name])
         if name in self.biases:
             x, weight = self.biases[name]
-            return _bias_on_grid(self.constants[name], self._input_scale(x), self.scale(weight).detach())
+            bound = params.INT64_BIAS_MAX if self.graph.tensors[name].quant.dtype == "int64" else params.INT32_MAX  # type: ignore[union-attr]
+            return _bias_on_grid(self.constants[name], self._input_scale(x), self.scale(weight).detach(), bound)
         return self.fixed.get(name, self.constants[name])
 
     def _input_scale(self, name: str) -> torch.Tensor:
@@ -182,20 +183,21 @@ class QatRunner(GraphRunner):
             self.graph.tensors[name].qdata = None
             input_q, weight_q = self.graph.tensors[x].quant, self.graph.tensors[weight].quant
             assert input_q is not None and weight_q is not None
+            old = self.graph.tensors[name].quant
+            if old is not None and old.dtype == "int64":  # a 16x8 layer (int16 fallback): its int64 bias needs no room
+                bias_q = params.bias_params(input_q, weight_q)
+                self.graph.tensors[name].quant = QParams(bias_q.scale, bias_q.zero_point, "int64", bias_q.axis)
+                continue
             wide = params.widen_for_bias(weight_q, self.graph.tensors[name].data, float(input_q.scale[0]))  # type: ignore[arg-type]
             widened += int(wide is not weight_q)
             self.graph.tensors[weight].quant = wide
-            bias_q = params.bias_params(input_q, wide)
-            old = self.graph.tensors[name].quant
-            if old is not None and old.dtype == "int64":  # a layer the fallback gave int16 activations
-                bias_q = QParams(bias_q.scale, bias_q.zero_point, "int64", bias_q.axis)
-            self.graph.tensors[name].quant = bias_q
+            self.graph.tensors[name].quant = params.bias_params(input_q, wide)
         return widened
 
 
-def _bias_on_grid(bias: torch.Tensor, input_scale: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
-    """The bias rounded to its int32 grid (scale = input scale x weight scale, computed in
-    float64 as the exporters do), with a straight-through gradient."""
+def _bias_on_grid(bias: torch.Tensor, input_scale: torch.Tensor, weight_scale: torch.Tensor, bound: int) -> torch.Tensor:
+    """The bias rounded to its int32 (or int64) grid (scale = input scale x weight scale,
+    computed in float64 as the exporters do), with a straight-through gradient."""
     scale = (input_scale.double() * weight_scale.double()).float()
-    levels = torch.clamp(torch.round(bias.detach() / scale), -params.INT32_MAX, params.INT32_MAX)
+    levels = torch.clamp(torch.round(bias.detach() / scale), -bound, bound)
     return bias + (levels * scale - bias).detach()

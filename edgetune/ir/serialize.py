@@ -13,7 +13,7 @@ from edgetune.errors import InputError
 from edgetune.ir.graph import Graph, Node, QParams, Tensor
 
 FORMAT = "edgetune.graph"
-VERSION = 1
+VERSION = 2  # 2: int16 activations and int64 biases (the 16x8 fallback); files without them stay 1
 
 
 _DTYPES = {"float32": "F32", "float64": "F64", "int8": "I8", "uint8": "U8", "int32": "I32", "int64": "I64"}
@@ -56,7 +56,8 @@ def graph_to_bytes(graph: Graph) -> bytes:
         },
         "meta": graph.meta,
     }
-    metadata = {"format": FORMAT, "version": str(VERSION), "graph": json.dumps(structure, sort_keys=True)}
+    wide = any(t.quant is not None and t.quant.dtype in ("int16", "int64") for t in graph.tensors.values())
+    metadata = {"format": FORMAT, "version": str(VERSION if wide else 1), "graph": json.dumps(structure, sort_keys=True)}
     return safetensors_bytes(arrays, metadata)
 
 

@@ -136,6 +136,10 @@ def choose_fallback(
     order = [row["layer"] for row in sorted(sensitivity, key=lambda row: row["sqnr_db"])]
     chosen: list[str] = []
     current = before
+    if not target.met(before):  # the bound first: with every layer switched, can the target be met at all?
+        switch.set(set(order))
+        if not target.met(int8_scores(graph, x, reference)):
+            order = []  # no: skip the search
     for done, name in enumerate(order, 1):
         if target.met(current):
             break

@@ -16,6 +16,7 @@ from edgetune.ir.graph import QParams
 
 INT8_MIN, INT8_MAX = -128, 127
 INT16_MAX = 32767
+INT64_BIAS_MAX = 2**53  # an int64 bias bound that float64 arithmetic still counts exactly
 WEIGHT_MAX = 127
 INT32_MAX = 2**31 - 1
 # The smallest scale edgetune writes: an all-zero tensor still needs a positive scale.

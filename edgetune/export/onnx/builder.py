@@ -117,7 +117,8 @@ class OnnxBuilder:
     def _dequantize_int4(self, tensor: str, levels: np.ndarray, q: QParams) -> str:
         """A 4-bit weight stored packed as INT4 (two values a byte; ONNX opset 21), symmetric."""
         stored = self.fresh(f"{tensor}_quantized")
-        self.initializers.append(helper.make_tensor(stored, onnx.TensorProto.INT4, levels.shape, levels.astype(np.int8).ravel().tolist()))
+        # raw: packed two values a byte in raw_data (a value list would go to int32_data as varints)
+        self.initializers.append(helper.make_tensor(stored, onnx.TensorProto.INT4, levels.shape, levels.astype(np.int8).ravel(), raw=True))
         zero_name = self.fresh(f"{tensor}_zero_point")
         count = len(q.scale) if q.axis is not None else 1
         dims = [count] if q.axis is not None else []

@@ -57,6 +57,14 @@ class TflBuilder:
     quantized: bool
     model: TflModel = field(default_factory=TflModel)
     index: dict[str, int] = field(default_factory=dict)  # IR activation -> TFLite tensor
+    # The oldest TFLite with every operator version written so far: for int8, CONV_2D v3 and
+    # FULLY_CONNECTED v4 arrived in 1.14; the 16x8 fallback raises it.
+    min_runtime: str = "1.14.0"
+
+    def require_runtime(self, version: str) -> None:
+        """Raise the minimum runtime to ``version`` (as TFLite's runtime_version.cc maps op versions)."""
+        if tuple(map(int, version.split("."))) > tuple(map(int, self.min_runtime.split("."))):
+            self.min_runtime = version
 
     @property
     def act_dtype(self) -> int:

@@ -76,7 +76,11 @@ def _pad_explicitly(b: TflBuilder, node: Node) -> tuple[int, int]:
     n, h, w, c = b.model.tensors[x].shape
     padded = b.like(f"{node.name}_padded", [n, h + top + bottom, w + left + right, c], x)
     widths = b.const(f"{node.name}_pads", np.asarray([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32), tflite.TensorType.INT32)
-    b.op(Op.PAD, [x, widths], [padded])
+    if b.model.tensors[x].dtype == tflite.TensorType.INT16:  # between two 16x8 layers
+        b.op(Op.PAD, [x, widths], [padded], version=PAD_INT16_VERSION)
+        b.require_runtime("2.4.0")
+    else:
+        b.op(Op.PAD, [x, widths], [padded])
     return padded, int(tflite.Padding.VALID)
 
 
@@ -135,6 +139,7 @@ class _FloatIsland:
 # Versions of the 16x8 operators (int16 activations, int8 weights, int64 bias), as TFLite's
 # converter numbers them (tensorflow/lite/tools/versioning/op_version.cc).
 INT16_VERSIONS = {Op.CONV_2D: 4, Op.DEPTHWISE_CONV_2D: 5, Op.FULLY_CONNECTED: 7}
+PAD_INT16_VERSION = 3
 
 
 class _Int16Island:
@@ -146,6 +151,7 @@ class _Int16Island:
     def __init__(self, b: TflBuilder, node: Node) -> None:
         self.b, self.node = b, node
         self.result = -1
+        b.require_runtime("2.3.0")  # when the 16x8 operator versions arrived
 
     def version(self, code: int) -> int:
         return INT16_VERSIONS[code]

@@ -17,9 +17,6 @@ from edgetune.export.tflite.validate import check_quantization
 from edgetune.ir.graph import Graph
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
-# The oldest runtime that has every op version the writer emits (CONV_2D v3 and
-# FULLY_CONNECTED v4 for int8 arrived in TensorFlow 1.14), padded as the converter pads it.
-MIN_RUNTIME_VERSION = b"1.14.0".ljust(16, b"\0")
 
 
 def write_tflite(graph: Graph, quantized: bool = True, int8_io: bool = False, metadata: dict[str, Any] | None = None) -> bytes:
@@ -65,13 +62,28 @@ def write_tflite(graph: Graph, quantized: bool = True, int8_io: bool = False, me
     info: dict[str, Any] = {
         "producer": f"edgetune {edgetune.__version__}",
         "layout": "NHWC",
-        "quantization": "int8 full-integer (TFLite int8 spec), weights per-channel" if quantized else "float32",
+        "quantization": _scheme(graph) if quantized else "float32",
         "io": "int8" if quantized and int8_io else "float32",
     }
     if quantized and int8_io:
         info["input_quantization"] = quant_spec(graph.tensors[graph_input].quant).__dict__  # type: ignore[arg-type]
         info["output_quantization"] = quant_spec(graph.tensors[graph_output].quant).__dict__  # type: ignore[arg-type]
     info.update(metadata or {})
-    b.model.metadata = {"min_runtime_version": MIN_RUNTIME_VERSION, "edgetune": json.dumps(info, sort_keys=True).encode()}
+    # padded to 16 bytes, as the converter pads it
+    b.model.metadata = {
+        "min_runtime_version": b.min_runtime.encode().ljust(16, b"\0"),
+        "edgetune": json.dumps(info, sort_keys=True).encode(),
+    }
     b.model.description = f"edgetune {edgetune.__version__}"
     return b.model.serialize()
+
+
+def _scheme(graph: Graph) -> str:
+    text = "int8 full-integer (TFLite int8 spec), weights per-channel"
+    wide = [node.name for node in graph.nodes if node.attrs.get("precision") == "int16"]
+    floating = [node.name for node in graph.nodes if node.in_float]
+    if wide:
+        text += f"; {len(wide)} layer(s) with int16 activations (16x8, int64 bias)"
+    if floating:
+        text += f"; {len(floating)} layer(s) in float"
+    return text
