@@ -184,6 +184,8 @@ EDGETUNE_CONFIGS: dict[str, dict[str, Any]] = {
     "W4A8 per-channel, nearest": {"per_channel": True, "ptq": (), "weight_bits": 4},
     "W4A8 per-channel, adaround": {"per_channel": True, "ptq": ("adaround",), "weight_bits": 4},
     "W4A8 per-channel, best": {"per_channel": True, "ptq": ("best",), "weight_bits": 4},
+    "W8 per-channel, fallback to float at 24 dB": {"per_channel": True, "accuracy_target": "24dB"},
+    "W8 per-channel, fallback to int16 at 24 dB": {"per_channel": True, "accuracy_target": "24dB", "fallback": "int16"},
     "W8 per-channel, fallback to float at 30 dB": {"per_channel": True, "accuracy_target": "30dB"},
     "W8 per-channel, fallback to int16 at 30 dB": {"per_channel": True, "accuracy_target": "30dB", "fallback": "int16"},
 }
