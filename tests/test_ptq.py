@@ -468,3 +468,20 @@ def test_cli_fallback_needs_an_accuracy_target(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --fallback int16 without --accuracy-target; ")
     assert not (tmp_path / "out").exists()
+
+
+def test_float_fallback_runs_the_ops_between_float_layers_in_float(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On the digits CNN 34 dB needs the residual add between float layers in float too: both
+    artifacts run it in float, XNNPACK still takes every TFLite operator."""
+    argv = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test", "-o", str(tmp_path / "out")]
+    assert run([*argv, "--ptq", "none", "--accuracy-target", "34dB", "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    block = report["quantization"]["ptq"]["fallback"]
+    assert block["reached"] and "add" in block["float_ops"] and len(block["float_layers"]) < 7
+    graph = graph_from_bytes((tmp_path / "out" / "model.edgetune").read_bytes())
+    assert next(n for n in graph.nodes if n.name == "add").in_float
+    floating = [name for name in graph.activations() if graph.tensors[name].quant is None]
+    assert floating and all(graph.producers()[name].in_float for name in floating)
+    tflite = report["evaluation"]["tflite"]
+    assert tflite["max_lsb_vs_onnx_int8"] <= 1 and tflite["delegation"]["not_delegated"] == []
+    assert report["evaluation"]["int8_vs_fp32"]["sqnr_db"] > 33

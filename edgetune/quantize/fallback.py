@@ -73,7 +73,8 @@ class Precision:
     A float layer has float weights and bias; an int16 layer keeps its int8 weights and gets
     an int64 bias on the grid of its input's scale. A tensor between two such layers (its
     producer and every consumer switched) becomes float or int16 too, so that what a wider
-    type fixes in activations is fixed; every other tensor keeps its int8 parameters.
+    type fixes in activations is fixed; every other tensor keeps its int8 parameters. In
+    float, other ops fed only by switched ones (adds, pools) run in float as well.
     """
 
     def __init__(self, graph: Graph, precision: str = "float") -> None:
@@ -86,8 +87,22 @@ class Precision:
         self.producers = graph.producers()
         self.weighted = {n.name: n for n in graph.nodes if n.op in WEIGHTED_OPS}
 
+    def region(self, layers: set[str]) -> set[str]:
+        """The switched layers and, in float, every other op all of whose inputs they (or such
+        ops) produce: an add or a pool between float layers runs in float, so the tensors
+        around it can stay float too."""
+        switched = set(layers)
+        if self.precision != "float":
+            return switched
+        for node in self.graph.nodes:
+            sources = [self.producers.get(name) for name in node.inputs if name and self.graph.tensors[name].data is None]
+            if node.op not in WEIGHTED_OPS and sources and all(p is not None and p.name in switched for p in sources):
+                switched.add(node.name)
+        return switched
+
     def set(self, layers: set[str]) -> None:
         graph = self.graph
+        layers = self.region(layers)
         for name in graph.activations():
             producer = self.producers.get(name)
             users = self.consumers.get(name, [])
@@ -106,6 +121,15 @@ class Precision:
                 node.attrs["precision"] = self.precision
                 if self.precision == "int16":
                     self._wide_bias(node)
+            else:
+                node.attrs.pop("precision", None)
+        for node in graph.nodes:  # ops other than layers that run in float, with float operands
+            if node.op in WEIGHTED_OPS:
+                continue
+            for constant in (n for n in node.inputs if n and graph.tensors[n].data is not None):
+                graph.tensors[constant].quant = None if node.name in layers else self.saved[constant][0]
+            if node.name in layers:
+                node.attrs["precision"] = "float"
             else:
                 node.attrs.pop("precision", None)
 
@@ -152,7 +176,10 @@ def choose_fallback(
     if not target.met(current):  # activations left in int8 keep it out of reach
         chosen, current = [], before
         switch.set(set())
-        why = f"not reachable: even with every layer tried in {precision} the target is missed, so none is switched"
+        why = f"not reachable: even with every layer tried in {precision} the target is missed, so none is switched" + (
+            "; tensors read by adds, pools or the output stay int8"
+            + ("; 16x8 layers keep their int8 weights, so --fallback float may get further" if precision == "int16" else "")
+        )
     else:
         for name in reversed(chosen[:-1]):  # the last one added was needed
             trial_set = set(chosen) - {name}
@@ -176,6 +203,7 @@ def choose_fallback(
     }
     if precision == "float":
         block["float_weight_bytes"] = int(sum(4 * graph.const(nodes[n].inputs[1]).size for n in chosen))
+        block["float_ops"] = sorted(n.name for n in graph.nodes if n.in_float and n.op not in WEIGHTED_OPS)
     if why:
         block["why"] = why
     return block

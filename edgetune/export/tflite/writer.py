@@ -14,7 +14,7 @@ from edgetune.export.tflite.layout import nhwc_shape
 from edgetune.export.tflite.model import TflTensor
 from edgetune.export.tflite.ops import TFLITE_OPS, unsupported
 from edgetune.export.tflite.validate import check_quantization
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import Graph, Node
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
@@ -44,7 +44,10 @@ def write_tflite(graph: Graph, quantized: bool = True, int8_io: bool = False, me
         model_input = b.define(graph_input)
         b.model.tensors[model_input].name = INPUT_NAME
     for node in graph.nodes:
-        TFLITE_OPS[node.op](b, node)
+        if quantized and node.in_float and node.op not in ("conv2d", "linear"):
+            _in_float(b, node)
+        else:
+            TFLITE_OPS[node.op](b, node)
     last = b.index[graph_output]
     if wrap:
         out_tensor = graph.tensors[graph_output]
@@ -87,3 +90,31 @@ def _scheme(graph: Graph) -> str:
     if floating:
         text += f"; {len(floating)} layer(s) in float"
     return text
+
+
+def _in_float(b: TflBuilder, node: Node) -> None:
+    """An op the float fallback runs in float inside the int8 model (an add or a pool between
+    float layers): its int8 inputs are dequantized, it is written as in a float model, and an
+    int8 output is quantized back."""
+    restore = {}
+    for name in node.inputs:
+        index = b.index.get(name)
+        if index is None or b.model.tensors[index].dtype == tflite.TensorType.FLOAT32:
+            continue
+        view = f"{name}@float"
+        if view not in b.index:
+            b.index[view] = b.model.add_tensor(TflTensor(f"{name}_float", b.model.tensors[index].shape, tflite.TensorType.FLOAT32))
+            b.op(tflite.BuiltinOperator.DEQUANTIZE, [index], [b.index[view]])
+        restore[name] = index
+        b.index[name] = b.index[view]
+    b.quantized = False
+    try:
+        TFLITE_OPS[node.op](b, node)
+    finally:
+        b.quantized = True
+        b.index.update(restore)
+    out = node.outputs[0]
+    if b.graph.tensors[out].quant is not None:  # read by an int8 op: quantize the float result
+        floating = b.index[out]
+        b.model.tensors[floating].name = f"{out}_float"
+        b.op(tflite.BuiltinOperator.QUANTIZE, [floating], [b.define(out)])
