@@ -32,6 +32,18 @@ def apply_act(x: torch.Tensor, act: str) -> torch.Tensor:
     return x
 
 
+# Samples for per-channel activation statistics (bias correction, BatchNorm re-estimation):
+# all of them for small inputs, fewer for large ones, since each image brings many positions:
+# at least MIN_STAT_SAMPLES, and about STAT_ELEMENTS input values in all.
+MIN_STAT_SAMPLES = 16
+STAT_ELEMENTS = 1 << 21
+
+
+def stat_sample_count(samples: np.ndarray) -> int:
+    per_sample = max(1, int(np.prod(samples.shape[1:])))
+    return int(min(len(samples), max(MIN_STAT_SAMPLES, STAT_ELEMENTS // per_sample)))
+
+
 def without_act(node: Node) -> Node:
     """The same layer without its fused activation (for pre-activation values)."""
     return replace(node, attrs={**node.attrs, "act": "none"})

@@ -24,13 +24,9 @@ import numpy as np
 import torch
 
 from edgetune.ir.graph import Graph, Node, Tensor
-from edgetune.ir.torch_exec import KERNELS, apply_act, run_preact
+from edgetune.ir.torch_exec import KERNELS, apply_act, run_preact, stat_sample_count
 
 WEIGHTED = ("conv2d", "linear")
-# Samples used: at least MIN_SAMPLES, and about SAMPLE_ELEMENTS input values in all
-# (each image brings many positions, so few large images give stable channel statistics).
-MIN_SAMPLES = 16
-SAMPLE_ELEMENTS = 1 << 21
 # A channel whose spread fell below this share of its old one carries no signal to
 # rescale: only its mean is restored.
 DEAD = 1e-3
@@ -40,9 +36,7 @@ UNCHANGED = 1e-5
 
 
 def samples_used(samples: np.ndarray) -> np.ndarray:
-    per_sample = max(1, int(np.prod(samples.shape[1:])))
-    count = int(min(len(samples), max(MIN_SAMPLES, SAMPLE_ELEMENTS // per_sample)))
-    return samples[:count]
+    return samples[: stat_sample_count(samples)]
 
 
 def _normalized(node: Node) -> bool:

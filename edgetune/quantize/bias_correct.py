@@ -21,20 +21,10 @@ import numpy as np
 import torch
 
 from edgetune.ir.graph import Graph
-from edgetune.ir.torch_exec import run_preact
+from edgetune.ir.torch_exec import run_preact, stat_sample_count
 from edgetune.quantize.calibrate import requantize_bias
 from edgetune.quantize.equalize import ensure_bias
 from edgetune.quantize.layerwise import LayerInputs, Progress, quantized_constant, walk
-
-# Samples used: all of them for small inputs, fewer for large ones (each sample brings many
-# positions): at least MIN_SAMPLES, and about SAMPLE_ELEMENTS input values in all.
-MIN_SAMPLES = 16
-SAMPLE_ELEMENTS = 1 << 21
-
-
-def samples_used(samples: np.ndarray) -> int:
-    per_sample = max(1, int(np.prod(samples.shape[1:])))
-    return int(min(len(samples), max(MIN_SAMPLES, SAMPLE_ELEMENTS // per_sample)))
 
 
 @dataclass
@@ -90,6 +80,6 @@ def correct_biases(graph: Graph, samples: np.ndarray, progress: Progress | None 
         step = (quantized_constant(graph, bias_name) - old_bias).reshape([-1] + [1] * (actual.ndim - 2))
         return actual + step
 
-    result.samples = samples_used(samples)
+    result.samples = stat_sample_count(samples)
     walk(graph, samples[: result.samples], visit, progress=progress, stage="bias correction")
     return result

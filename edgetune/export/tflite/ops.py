@@ -26,6 +26,11 @@ TFLITE_OPS: Registry[TflOp] = Registry("TFLite writer")
 tfl_op = TFLITE_OPS.register
 Op = tflite.BuiltinOperator
 Options = tflite.BuiltinOptions
+# Versions of the 16x8 operators (int16 activations, int8 weights, int64 bias), as TFLite's
+# converter numbers them (tensorflow/lite/tools/versioning/op_version.cc).
+INT16_VERSIONS = {Op.CONV_2D: 4, Op.DEPTHWISE_CONV_2D: 5, Op.FULLY_CONNECTED: 7}
+PAD_INT16_VERSION = 3
+VERSIONS_INT16_QUANTIZE = 2  # QUANTIZE with an int16 output
 
 
 def _is_depthwise(graph: Graph, node: Node) -> bool:
@@ -136,12 +141,6 @@ class _FloatIsland:
             self.b.op(Op.QUANTIZE, [floating_out], [self.result])
 
 
-# Versions of the 16x8 operators (int16 activations, int8 weights, int64 bias), as TFLite's
-# converter numbers them (tensorflow/lite/tools/versioning/op_version.cc).
-INT16_VERSIONS = {Op.CONV_2D: 4, Op.DEPTHWISE_CONV_2D: 5, Op.FULLY_CONNECTED: 7}
-PAD_INT16_VERSION = 3
-
-
 class _Int16Island:
     """A layer the fallback gave int16 activations (TFLite's 16x8 kernels). It reads and
     writes int16 tensors; at an int8 neighbour it converts: an int8 input goes through float
@@ -185,9 +184,6 @@ class _Int16Island:
     def finish(self, wide_out: int) -> None:
         if self.result >= 0:
             self.b.op(Op.QUANTIZE, [wide_out], [self.result], version=1)
-
-
-VERSIONS_INT16_QUANTIZE = 2  # QUANTIZE with an int16 output
 
 
 def _island(b: TflBuilder, node: Node) -> _FloatIsland | _Int16Island:
