@@ -184,6 +184,7 @@ EDGETUNE_CONFIGS: dict[str, dict[str, Any]] = {
     "W4A8 per-channel, nearest": {"per_channel": True, "ptq": (), "weight_bits": 4},
     "W4A8 per-channel, adaround": {"per_channel": True, "ptq": ("adaround",), "weight_bits": 4},
     "W4A8 per-channel, best": {"per_channel": True, "ptq": ("best",), "weight_bits": 4},
+    "W4A8 per-channel, adaround at 300 s": {"per_channel": True, "ptq": ("adaround",), "weight_bits": 4, "ptq_budget": 300.0},
     "W8 per-channel, fallback to float at 24 dB": {"per_channel": True, "accuracy_target": "24dB"},
     "W8 per-channel, fallback to int16 at 24 dB": {"per_channel": True, "accuracy_target": "24dB", "fallback": "int16"},
     "W8 per-channel, fallback to float at 30 dB": {"per_channel": True, "accuracy_target": "30dB"},
@@ -201,7 +202,8 @@ def measure(graph: Graph, calib: Dataset, test: Dataset, budget: float, only: st
             continue
         g = copy.deepcopy(graph)
         began = time.perf_counter()
-        _, report = quantize(g, calib_x, QuantConfig(ptq_budget=budget, **options), held_out if len(held_out) else None)
+        config = QuantConfig(**{"ptq_budget": budget, **options})  # type: ignore[arg-type]
+        _, report = quantize(g, calib_x, config, held_out if len(held_out) else None)
         seconds = time.perf_counter() - began
         out = run_onnx(write_onnx(g, quantized=True), test.x)
         row = {"tool": "edgetune", "config": name, "applied": report["applied"], "seconds": round(seconds, 2), **_score(reference, out)}

@@ -12,7 +12,7 @@ import edgetune
 from edgetune.data import Dataset
 from edgetune.evaluate.metrics import accuracy, agreement, finite_or_none, sqnr_db
 from edgetune.export.config import ExportConfig
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.stats import graph_summary
 from edgetune.quantize import CalibrationRecord, QuantConfig
 from edgetune.targets import Target
@@ -131,7 +131,7 @@ def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
 
 def _scheme(quant: QuantConfig) -> str:
     granularity = "per-channel" if quant.per_channel else "per-tensor"
-    weights = "int8" if quant.weight_bits == 8 else "4-bit values in [-7, 7] on a searched range (first and last layers 8-bit)"
+    weights = "int8" if quant.weight_bits == 8 else "4-bit values in [-7, 7] on a searched range (first, last and depthwise layers 8-bit)"
     scheme = f"W{quant.weight_bits}A8: weights {weights}, symmetric {granularity} (zero point 0), activations int8 asymmetric per-tensor, int32 bias"
     if quant.accuracy_target is not None and quant.fallback == "int16":
         scheme += "; layers the fallback switches: int16 activations (symmetric, zero point 0) and int64 bias"
@@ -144,7 +144,7 @@ def _four_bit_weights(graph: Graph, artifacts: dict[str, int]) -> dict[str, Any]
     """Where the 4-bit weights are stored, and what packing them saves."""
     from edgetune.quantize.params import WEIGHT_MAX, levels_of
 
-    layers = [n for n in graph.nodes if n.op in ("conv2d", "linear") and not n.in_float]
+    layers = [n for n in graph.nodes if n.op in WEIGHTED_OPS and not n.in_float]
     eight = [n.name for n in layers if levels_of(graph.meta, n.inputs[1]) == WEIGHT_MAX]
     sizes = {n.name: int(graph.const(n.inputs[1]).size) for n in layers}
     block: dict[str, Any] = {
@@ -152,6 +152,7 @@ def _four_bit_weights(graph: Graph, artifacts: dict[str, int]) -> dict[str, Any]
         "storage": {"model.onnx": "int8", "model.tflite": "int8"},
         "weights": sum(sizes.values()),
         "eight_bit_layers": eight,
+        "four_bit_share": round(sum(v for k, v in sizes.items() if k not in eight) / max(sum(sizes.values()), 1), 4),
         "int8_bytes": sum(sizes.values()),
         "packed_int4_bytes": sum(size if name in eight else -(-size // 2) for name, size in sizes.items()),
     }

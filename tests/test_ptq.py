@@ -21,7 +21,7 @@ from edgetune.cli.main import run
 from edgetune.evaluate.metrics import sqnr_db
 from edgetune.evaluate.runtime import OnnxRunner
 from edgetune.export.onnx.writer import write_onnx
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.serialize import graph_from_bytes, graph_to_bytes
 from edgetune.quantize import QuantConfig, calibrate
 from edgetune.quantize.adaround import adaround
@@ -187,6 +187,9 @@ def test_best_keeps_only_what_raises_held_out_sqnr(graph: Graph, samples: np.nda
     assert set(methods["held_out_sqnr_db"]) == {"minmax", "percentile", "mse"}
     assert methods["held_out_sqnr_db"][methods["chosen"]] == max(methods["held_out_sqnr_db"].values()) == scores["calibrated"]
     assert report["applied"][0] == "equalize"  # per-tensor weights
+    # One budget for all of best: AdaRound gets what the modeled trials leave.
+    assert 0 < report["trials_modeled_s"] < 1.0
+    assert report["adaround_budget_s"] == pytest.approx(1.0 - report["trials_modeled_s"], abs=0.011)
     kept = scores["calibrated"]
     for name in ("adaround", "bias-correct"):
         if name in report["applied"]:
@@ -195,6 +198,14 @@ def test_best_keeps_only_what_raises_held_out_sqnr(graph: Graph, samples: np.nda
         else:
             assert "dropped" in report[name]["why"]
     assert sqnr_db(fp32(graph, samples[64:]), int8(g, samples[64:])) == pytest.approx(kept, abs=1e-2)
+
+
+def test_best_skips_adaround_when_its_trials_take_the_budget(graph: Graph, samples: np.ndarray) -> None:
+    g = copy.deepcopy(graph)
+    _, report = quantize(g, samples[:64], QuantConfig(ptq=("best",), ptq_budget=0.001), samples[64:])
+    assert report["adaround_budget_s"] == 0 and "adaround" not in report["applied"]
+    assert report["adaround"]["why"].startswith("skipped") and "adaround" not in report["held_out_sqnr_db"]
+    assert not any(t.qdata is not None and t.name.endswith("weight") for t in g.tensors.values())
 
 
 @pytest.mark.parametrize(
@@ -275,19 +286,21 @@ def test_four_bit_weights_stay_in_range_in_both_artifacts(tmp_path: Path, capsys
     assert run([*argv, "--weight-bits", "4", "--ptq", "adaround", "--ptq-budget", "2", "--json", "--quiet"]) == 0
     report = json.loads(capsys.readouterr().out)
     weights = report["quantization"]["weights"]
-    assert weights["bits"] == 4 and len(weights["eight_bit_layers"]) == 2  # the first and the last
+    # 8 bits: the first and the last layer, and the two depthwise ones
+    assert weights["bits"] == 4 and weights["eight_bit_layers"] == ["conv2d", "conv2d_1", "conv2d_4", "linear"]
+    assert 0.5 < weights["four_bit_share"] < 1.0
     assert weights["int8_bytes"] // 2 < weights["packed_int4_bytes"] < weights["int8_bytes"]
     assert report["quantization"]["scheme"].startswith("W4A8")
     model = onnx.load(str(out / "model.onnx"))
     arrays = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_quantized")]
     levels = [a for a in arrays if a.dtype == np.int8 and a.ndim >= 2]
-    assert len(levels) == 7 and sum(np.abs(level).max() > 7 for level in levels) == 2
+    assert len(levels) == 7 and sum(np.abs(level).max() > 7 for level in levels) == 4
     from edgetune.evaluate.tflite_runtime import TfliteRunner
 
     interpreter = TfliteRunner((out / "model.tflite").read_bytes()).interpreter
     conv_weights = [d for d in interpreter.get_tensor_details() if d["dtype"] == np.int8 and len(d["shape"]) == 4 and "weight" in d["name"]]
     wide = [d["name"] for d in conv_weights if np.abs(interpreter.get_tensor(d["index"]).astype(int)).max() > 7]
-    assert len(conv_weights) >= 5 and len(wide) == 1  # the first conv (the last layer is linear)
+    assert len(conv_weights) >= 5 and len(wide) == 3  # the first conv and the depthwise ones (the last layer is linear)
     tflite = report["evaluation"]["tflite"]
     assert tflite["top1_agreement_with_onnx_int8"] >= 0.99
     # model.int4.onnx: the same levels packed as INT4 (opset 21); ONNX Runtime runs it.
@@ -295,7 +308,7 @@ def test_four_bit_weights_stay_in_range_in_both_artifacts(tmp_path: Path, capsys
     assert {o.domain: o.version for o in packed.opset_import}[""] == 21
     int4 = {t.name: onnx.numpy_helper.to_array(t).astype(np.int8) for t in packed.graph.initializer if t.data_type == onnx.TensorProto.INT4}
     stored = [a for name, a in int4.items() if name.endswith("_quantized")]
-    assert len(stored) == 5 and all(np.abs(a).max() <= 7 for a in stored)
+    assert len(stored) == 3 and all(np.abs(a).max() <= 7 for a in stored)
     assert sorted(a.tobytes() for a in stored) == sorted(level.tobytes() for level in levels if np.abs(level).max() <= 7)
     assert weights["storage"]["model.int4.onnx"].startswith("int4")
     packed_bytes = sum(
@@ -304,7 +317,7 @@ def test_four_bit_weights_stay_in_range_in_both_artifacts(tmp_path: Path, capsys
     assert packed_bytes == sum(-(-a.size // 2) for a in stored)  # two weights a byte
     assert report["sizes"]["model.int4.onnx_bytes"] < report["sizes"]["model.onnx_bytes"]
     assert run(["inspect", str(out / "model.int4.onnx"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["quantization"]["int4_weight_tensors"] == 5
+    assert json.loads(capsys.readouterr().out)["quantization"]["int4_weight_tensors"] == 3
     packed_eval = report["evaluation"]["onnx_int4"]
     assert packed_eval["top1_agreement_with_onnx_int8"] >= 0.99 and packed_eval["max_lsb_vs_onnx_int8"] <= 2
 
@@ -317,10 +330,13 @@ def test_adaround_matters_most_at_four_bits(graph: Graph, samples: np.ndarray) -
         g = copy.deepcopy(graph)
         quantize(g, x_calib, QuantConfig(ptq=ptq, weight_bits=4, ptq_budget=2.0))
         scores[ptq] = sqnr_db(reference, int8(g, x_test))
-        weighted = [node for node in g.nodes if node.op in ("conv2d", "linear")]
-        for node in weighted[1:-1]:  # the first and last layers keep 8 bits
+        for node in g.nodes:
+            if node.op not in WEIGHTED_OPS:
+                continue
             tensor = g.tensors[node.inputs[1]]
-            assert np.abs(quantize_array(tensor.int8_source, tensor.quant)).max() <= 7  # type: ignore[arg-type]
+            largest = np.abs(quantize_array(tensor.int8_source, tensor.quant)).max()  # type: ignore[arg-type]
+            # The first and last layers and the depthwise one keep 8 bits: only the projection is 4-bit.
+            assert (largest <= 7) == (g.const(node.inputs[1]).shape == (8, 16, 1, 1)), node.name
     assert scores[("adaround",)] > scores[()] + 1.0
 
 

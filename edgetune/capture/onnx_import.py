@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgetune.errors import InputError, UnsupportedOpsError
-from edgetune.ir.graph import Graph, Node, Tensor
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
 from edgetune.ir.passes import simplify
 from edgetune.registry import Registry
 
@@ -323,7 +323,7 @@ def fold_constant_bias(graph: Graph) -> None:
         if len(const_side) != 1 or len(act_side) != 1:
             continue
         source = producers.get(act_side[0])
-        if source is None or source.op not in ("linear", "conv2d") or len(consumers[act_side[0]]) != 1 or source.act != "none":
+        if source is None or source.op not in WEIGHTED_OPS or len(consumers[act_side[0]]) != 1 or source.act != "none":
             continue
         channels = graph.tensors[source.inputs[1]].shape[0]
         addend = graph.const(const_side[0])

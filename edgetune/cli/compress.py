@@ -63,7 +63,7 @@ from edgetune.progress import StderrProgress
     default=60.0,
     show_default=True,
     metavar="SECONDS",
-    help="Time for AdaRound and --ptq best.",
+    help="Modeled time for AdaRound, or for all of --ptq best (its trials, then AdaRound).",
 )
 @click.option(
     "--prune",

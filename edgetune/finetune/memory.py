@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import WEIGHTED_OPS, Graph
 
 FLOAT = 4
 # Bytes per trainable parameter: value, gradient, two Adam moments, the best copy (two while
@@ -97,7 +97,7 @@ def _per_sample(graph: Graph, after: int) -> int:
     """Activation elements per sample from the ``after``-th weighted layer on (autograd keeps those)."""
     seen, elements = 0, 0
     for node in graph.nodes:
-        if node.op in ("conv2d", "linear"):
+        if node.op in WEIGHTED_OPS:
             seen += 1
         if seen > after:
             elements += math.prod(graph.tensors[node.outputs[0]].shape[1:])
@@ -105,7 +105,7 @@ def _per_sample(graph: Graph, after: int) -> int:
 
 
 def estimate(graph: Graph, batch: int, frozen_inputs: int, qat: bool, teacher: bool, checkpointing: bool = False) -> int:
-    layers = [node for node in graph.nodes if node.op in ("conv2d", "linear")]
+    layers = [node for node in graph.nodes if node.op in WEIGHTED_OPS]
     trainable = sum(graph.const(name).size for node in layers[frozen_inputs:] for name in node.inputs[1:] if name)
     copies = ACTIVATION_COPIES[qat] * (CHECKPOINTED[qat] if checkpointing else 1.0)
     activations = int(_per_sample(graph, frozen_inputs) * copies * FLOAT * batch)
@@ -126,7 +126,7 @@ def plan(graph: Graph, budget: int, batch_size: int, qat: bool, teacher: bool) -
     to 1. If nothing fits, the smallest configuration is returned and the report shows its
     estimate above the budget.
     """
-    layers = sum(1 for node in graph.nodes if node.op in ("conv2d", "linear"))
+    layers = sum(1 for node in graph.nodes if node.op in WEIGHTED_OPS)
     batches = [b for b in (batch_size >> i for i in range(16)) if b >= 1]
     small = min(MIN_BATCH, batch_size)
     candidates = [(b, 0, ckpt) for b in batches if b >= small for ckpt in (False, True)]

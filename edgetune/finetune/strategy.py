@@ -12,9 +12,7 @@ import math
 from dataclasses import dataclass
 
 from edgetune.errors import InputError
-from edgetune.ir.graph import Graph
-
-WEIGHTED = ("conv2d", "linear")
+from edgetune.ir.graph import WEIGHTED_OPS, Graph
 
 
 @dataclass(frozen=True)
@@ -53,4 +51,4 @@ def parse_strategy(text: str) -> Strategy:
 
 def weighted_layers(graph: Graph) -> list[tuple[str, list[str]]]:
     """(node name, [weight, bias]) for each conv and linear node, input side first."""
-    return [(node.name, [name for name in node.inputs[1:] if name]) for node in graph.nodes if node.op in WEIGHTED]
+    return [(node.name, [name for name in node.inputs[1:] if name]) for node in graph.nodes if node.op in WEIGHTED_OPS]

@@ -8,6 +8,10 @@ from typing import Any
 
 import numpy as np
 
+# Ops that carry a weight (inputs[1]) and an optional bias (inputs[2]): the layers that
+# quantization, pruning, fine-tuning and the exporters treat as layers.
+WEIGHTED_OPS = frozenset({"conv2d", "linear"})
+
 
 @dataclass
 class QParams:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edgetune.errors import InputError
-from edgetune.ir.graph import Graph, Node, Tensor
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
 
 FUSABLE_PRODUCERS = {"conv2d", "linear", "add", "sub", "mul"}
 FUSABLE_ACTIVATIONS = {"relu", "relu6"}
@@ -44,7 +44,7 @@ def fold_batchnorm(graph: Graph) -> None:
     for bn in [n for n in graph.nodes if n.op == "batch_norm"]:
         scale, shift = _bn_affine(graph, bn)
         source = producers.get(bn.inputs[0])
-        if source is not None and source.op in ("conv2d", "linear") and _single_consumer(graph, bn.inputs[0]) is bn:
+        if source is not None and source.op in WEIGHTED_OPS and _single_consumer(graph, bn.inputs[0]) is bn:
             weight = graph.const(source.inputs[1])
             bias = graph.const(source.inputs[2]) if len(source.inputs) > 2 else np.zeros(weight.shape[0], np.float32)
             shape = (-1,) + (1,) * (weight.ndim - 1)

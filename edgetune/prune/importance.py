@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.torch_exec import GraphRunner
 from edgetune.prune.groups import Group
 
@@ -33,7 +33,7 @@ def weight_scores(
     graph: Graph, criterion: str, samples: np.ndarray | None = None, labels: np.ndarray | None = None, batch: int = 32
 ) -> dict[str, np.ndarray]:
     """Per-element saliency of every conv and linear weight."""
-    weights = [node.inputs[1] for node in graph.nodes if node.op in ("conv2d", "linear")]
+    weights = [node.inputs[1] for node in graph.nodes if node.op in WEIGHTED_OPS]
     if criterion in MAGNITUDE:
         return {name: np.abs(graph.const(name)) if criterion == "l1" else graph.const(name) ** 2 for name in weights}
     if samples is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.prune.config import PruneConfig
 from edgetune.prune.reestimate import reestimate, reference_stats
 
@@ -22,7 +22,7 @@ def prune_magnitude(graph: Graph, config: PruneConfig, samples: np.ndarray | Non
     """Zero ``config.ratio`` of the weights in place; with ``samples``, re-estimate the folded
     BatchNorm statistics afterwards. The report block."""
     reference = reference_stats(graph, samples) if config.reestimate and samples is not None else None
-    weights = [node.inputs[1] for node in graph.nodes if node.op in ("conv2d", "linear")]
+    weights = [node.inputs[1] for node in graph.nodes if node.op in WEIGHTED_OPS]
     magnitudes = {name: np.abs(graph.const(name)) for name in weights}
     if config.allocation == "global":
         everything = np.concatenate([m.ravel() for m in magnitudes.values()])

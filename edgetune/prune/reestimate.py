@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgetune.ir.graph import Graph, Node, Tensor
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
 from edgetune.ir.torch_exec import KERNELS, apply_act, run_preact, stat_sample_count
 
-WEIGHTED = ("conv2d", "linear")
 # A channel whose spread fell below this share of its old one carries no signal to
 # rescale: only its mean is restored.
 DEAD = 1e-3
@@ -40,7 +39,7 @@ def samples_used(samples: np.ndarray) -> np.ndarray:
 
 
 def _normalized(node: Node) -> bool:
-    return node.op in WEIGHTED and bool(node.attrs.get("batchnorm"))
+    return node.op in WEIGHTED_OPS and bool(node.attrs.get("batchnorm"))
 
 
 def _channel_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

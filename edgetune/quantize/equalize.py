@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgetune.ir.graph import Graph, Node, Tensor
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
 from edgetune.quantize.layerwise import LayerInputs, walk
 
 ROUNDS = 20
@@ -78,7 +78,7 @@ def find_pairs(graph: Graph) -> list[Pair]:
     producers = graph.producers()
     pairs = []
     for second in graph.nodes:
-        if second.op not in ("conv2d", "linear"):
+        if second.op not in WEIGHTED_OPS:
             continue
         first = producers.get(second.inputs[0])
         if first is None or first.op != second.op or first.act not in ("none", "relu", "relu6"):

@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgetune.errors import InputError
-from edgetune.ir.graph import Graph, Node, QParams
-from edgetune.quantize.calibrate import WEIGHTED_OPS
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, QParams
 from edgetune.quantize.layerwise import Progress
 from edgetune.quantize.params import bias_params, int16_params
 from edgetune.quantize.scores import float_outputs, int8_scores

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edgetune.ir.graph import Graph, Node
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
 from edgetune.ir.torch_exec import KERNELS, apply_act, fake_quant, quantize_bias, run_preact
-from edgetune.quantize.calibrate import WEIGHTED_OPS
 
 
 @dataclass

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from edgetune.evaluate.metrics import sqnr_db
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.torch_exec import GraphRunner, run_batches
-from edgetune.quantize.calibrate import WEIGHTED_OPS
 from edgetune.quantize.layerwise import Progress
 
 SAMPLES = 16

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edgetune.errors import EdgetuneError
-from edgetune.ir.graph import Graph, Node
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
 
 # TFLite's int8 kernels require these output parameters (scale, zero point).
 FIXED_OUTPUTS = {"softmax": (1.0 / 256, -128), "sigmoid": (1.0 / 256, -128), "tanh": (1.0 / 128, 0)}
@@ -82,7 +82,7 @@ def quantization_problems(graph: Graph) -> list[str]:
             for name in node.inputs:
                 if graph.tensors[name].data is None and not (out_q is not None and out_q.same_as(graph.tensors[name].quant)):
                     problems.append(f"{node.op} {node.name} needs its input {name} and output to share quantization parameters")
-        if node.op in ("conv2d", "linear"):
+        if node.op in WEIGHTED_OPS:
             problems += _layer_problems(graph, node)
     return problems
 

@@ -14,7 +14,7 @@ from edgetune.export.tflite.layout import nhwc_shape
 from edgetune.export.tflite.model import TflTensor
 from edgetune.export.tflite.ops import TFLITE_OPS, unsupported
 from edgetune.export.tflite.validate import check_quantization
-from edgetune.ir.graph import Graph, Node
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
@@ -44,7 +44,7 @@ def write_tflite(graph: Graph, quantized: bool = True, int8_io: bool = False, me
         model_input = b.define(graph_input)
         b.model.tensors[model_input].name = INPUT_NAME
     for node in graph.nodes:
-        if quantized and node.in_float and node.op not in ("conv2d", "linear"):
+        if quantized and node.in_float and node.op not in WEIGHTED_OPS:
             _in_float(b, node)
         else:
             TFLITE_OPS[node.op](b, node)
