@@ -24,7 +24,7 @@ from edgetune.export.onnx.writer import write_onnx
 from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.serialize import graph_from_bytes, graph_to_bytes
 from edgetune.quantize import QuantConfig, calibrate
-from edgetune.quantize.adaround import adaround
+from edgetune.quantize.adaround import adaround, plan
 from edgetune.quantize.bias_correct import correct_biases
 from edgetune.quantize.config import parse_ptq
 from edgetune.quantize.equalize import equalize, find_pairs
@@ -198,6 +198,25 @@ def test_best_keeps_only_what_raises_held_out_sqnr(graph: Graph, samples: np.nda
         else:
             assert "dropped" in report[name]["why"]
     assert sqnr_db(fp32(graph, samples[64:]), int8(g, samples[64:])) == pytest.approx(kept, abs=1e-2)
+
+
+def test_adaround_plan_buys_fewer_samples_on_a_small_budget(graph: Graph) -> None:
+    roomy, tight = plan(graph, 128, 10.0), plan(graph, 128, 0.01)
+    assert (roomy.samples, roomy.positions) == (64, 64 * 64) and roomy.modeled_s <= 10.0
+    assert tight.samples < roomy.samples and tight.iterations == 20  # the walk's setup may take half the budget
+    assert plan(graph, 20, 10.0).samples == 20
+
+
+def test_adaround_leaves_depthwise_with_a_channel_multiplier_at_nearest(samples: np.ndarray) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 12, 3, padding=1, groups=6), nn.Flatten(), nn.Linear(12 * 256, 4)
+    )
+    g = capture(model.eval(), SHAPE)
+    calibrate(g, samples[:32], QuantConfig(ptq=()))
+    result = adaround(g, samples[:32], budget_s=0.5)
+    assert result.layers == 2 and len(result.skipped) == 1  # the multiplier-2 grouped conv
+    assert g.tensors[[n for n in g.nodes if n.name == result.skipped[0]][0].inputs[1]].qdata is None
 
 
 def test_best_skips_adaround_when_its_trials_take_the_budget(graph: Graph, samples: np.ndarray) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgetune.ir.graph import Graph
 from edgetune.ir.stats import node_macs
-from edgetune.quantize.adaround import adaround
+from edgetune.quantize.adaround import adaround, plan
 from edgetune.quantize.bias_correct import correct_biases
 from edgetune.quantize.calibrate import CalibrationRecord, Progress, calibrate
 from edgetune.quantize.config import QuantConfig
@@ -70,8 +70,11 @@ def quantize(
     if best:
         report["trials_modeled_s"] = round(trial_seconds(graph, len(samples)), 2)
         report["adaround_budget_s"] = round(max(config.ptq_budget - report["trials_modeled_s"], 0.0), 2)
-    if best and report["adaround_budget_s"] <= 0:
-        report["adaround"] = {"why": f"skipped: best's trials take the whole {config.ptq_budget:g} s budget (raise --ptq-budget)"}
+    if best and plan(graph, len(samples), report["adaround_budget_s"]).modeled_s > report["adaround_budget_s"]:
+        report["adaround"] = {
+            "why": f"skipped: the {report['adaround_budget_s']:g} s that best's trials leave of {config.ptq_budget:g} s"
+            " do not buy its fewest samples and iterations (raise --ptq-budget)"
+        }
     elif "adaround" in steps or best:
         candidate = copy.deepcopy(graph) if best else graph
         budget = report["adaround_budget_s"] if best else config.ptq_budget
