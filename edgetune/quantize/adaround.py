@@ -11,6 +11,9 @@ and its target is the float model's output after the fused activation (the "asym
 reconstruction of the paper's section 4), so each layer also absorbs upstream error. The
 output error is measured on a random sample of output positions: the input windows under
 those positions are gathered directly, so memory does not grow with the image size.
+
+The budget buys samples and iterations through a cost model (:func:`plan`), and the learning
+rate follows the iteration count (:func:`learning_rate`).
 """
 
 from __future__ import annotations
