@@ -24,7 +24,7 @@ from edgetune.export.onnx.writer import write_onnx
 from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.serialize import graph_from_bytes, graph_to_bytes
 from edgetune.quantize import QuantConfig, calibrate
-from edgetune.quantize.adaround import adaround, plan
+from edgetune.quantize.adaround import adaround, learning_rate, plan
 from edgetune.quantize.bias_correct import correct_biases
 from edgetune.quantize.config import parse_ptq
 from edgetune.quantize.equalize import equalize, find_pairs
@@ -205,6 +205,13 @@ def test_adaround_plan_buys_fewer_samples_on_a_small_budget(graph: Graph) -> Non
     assert (roomy.samples, roomy.positions) == (64, 64 * 64) and roomy.modeled_s <= 10.0
     assert tight.samples < roomy.samples and tight.iterations == 20  # the walk's setup may take half the budget
     assert plan(graph, 20, 10.0).samples == 20
+
+
+def test_adaround_learning_rate_follows_the_run_length() -> None:
+    # Short runs need a larger step for any rounding to flip; long runs keep 0.01.
+    assert learning_rate(20) == learning_rate(50) == pytest.approx(0.1)
+    assert learning_rate(100) == pytest.approx(0.05)
+    assert learning_rate(500) == learning_rate(2000) == pytest.approx(0.01)
 
 
 def test_adaround_leaves_depthwise_with_a_channel_multiplier_at_nearest(samples: np.ndarray) -> None:
