@@ -23,6 +23,11 @@ def node_macs(graph: Graph, node: Node) -> int:
     return 0
 
 
+def graph_macs(graph: Graph) -> int:
+    """Multiply-accumulates of one sample through the whole graph."""
+    return sum(node_macs(graph, node) for node in graph.nodes)
+
+
 def graph_summary(graph: Graph) -> dict[str, Any]:
     quantized = [t for t in graph.tensors.values() if t.quant is not None]
     per_channel = sum(1 for t in quantized if t.quant is not None and t.quant.dtype == "int8" and t.quant.axis is not None)
@@ -30,7 +35,7 @@ def graph_summary(graph: Graph) -> dict[str, Any]:
         "ops": dict(sorted(Counter(node.op for node in graph.nodes).items())),
         "nodes": len(graph.nodes),
         "parameters": graph.parameter_count(),
-        "macs": int(sum(node_macs(graph, node) for node in graph.nodes)),
+        "macs": graph_macs(graph),
         "input_shape": list(graph.tensors[graph.inputs[0]].shape),
         "output_shape": list(graph.tensors[graph.outputs[0]].shape),
         "quantized_tensors": len(quantized),

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgetune.errors import InputError
 from edgetune.ir.graph import Graph, Node, Tensor
-from edgetune.ir.stats import node_macs
+from edgetune.ir.stats import graph_macs
 from edgetune.prune.config import PruneConfig
 from edgetune.prune.groups import Group, find_groups
 from edgetune.prune.importance import GRADIENT, group_importance, weight_scores
@@ -102,10 +102,6 @@ def _slice_input(graph: Graph, node: Node, keep: np.ndarray) -> None:
     node.inputs[1] = _set(graph, f"{node.name}.weight.in_pruned", graph.const(node.inputs[1])[:, keep])
 
 
-def _macs(graph: Graph) -> int:
-    return sum(node_macs(graph, node) for node in graph.nodes)
-
-
 def prune_group(graph: Graph, group: Group, keep: np.ndarray) -> None:
     for node in group.producers:
         _slice_output(graph, node, keep)
@@ -137,7 +133,7 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
             f"channel pruning cannot follow the channels of {', '.join(layers)} through {', '.join(names)}",
             "pass --prune-skip-unsupported to keep those layers whole",
         )
-    macs_before, params_before = _macs(graph), graph.parameter_count()
+    macs_before, params_before = graph_macs(graph), graph.parameter_count()
     reference = reference_stats(graph, samples) if config.reestimate and samples is not None else None
     kept: dict[str, np.ndarray] = {}
     free = [g for g in groups if not g.blocked]
@@ -166,7 +162,7 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
             kept.update({node.name: keep for node in [*group.producers, *group.depthwise]})
         rows.append({"layers": layers, "before": channels, "after": count, "kept_whole": False})
     graph.remove_unused()
-    report = PruneReport(config, rows, macs_before, _macs(graph), params_before, graph.parameter_count(), kept)
+    report = PruneReport(config, rows, macs_before, graph_macs(graph), params_before, graph.parameter_count(), kept)
     if reference and kept and samples is not None:
         report.batchnorm = reestimate(graph, reference, samples, kept)
     return report

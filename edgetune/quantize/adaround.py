@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
-from edgetune.ir.stats import node_macs
+from edgetune.ir.stats import graph_macs
 from edgetune.ir.torch_exec import apply_act, run_preact
 from edgetune.quantize.layerwise import LayerInputs, Progress, quantized_constant, walk
 from edgetune.quantize.params import levels_of
@@ -204,7 +204,7 @@ def roundable(graph: Graph, node: Node) -> bool:
 
 def plan(graph: Graph, available: int, budget_s: float) -> Plan:
     """Samples, positions and iterations that ``budget_s`` seconds buy on ``graph``."""
-    macs = sum(node_macs(graph, node) for node in graph.nodes)
+    macs = graph_macs(graph)
     for count in SAMPLE_COUNTS:
         samples = min(count, available)
         setup_s = samples * macs * SETUP_SECONDS_PER_MAC

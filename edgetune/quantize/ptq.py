@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgetune.ir.graph import Graph
-from edgetune.ir.stats import node_macs
+from edgetune.ir.stats import graph_macs
 from edgetune.quantize.adaround import adaround, plan
 from edgetune.quantize.bias_correct import correct_biases
 from edgetune.quantize.calibrate import CalibrationRecord, Progress, calibrate
@@ -92,7 +92,7 @@ def quantize(
 
 def trial_seconds(graph: Graph, samples: int) -> float:
     """Modeled seconds of --ptq best's trials on ``samples`` calibration samples."""
-    macs = sum(node_macs(graph, node) for node in graph.nodes)
+    macs = graph_macs(graph)
     return TRIAL_PASSES * (samples * macs * SECONDS_PER_MAC + len(graph.nodes) * SECONDS_PER_NODE)
 
 
