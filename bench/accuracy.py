@@ -207,6 +207,8 @@ def measure(graph: Graph, calib: Dataset, test: Dataset, budget: float, only: st
         seconds = time.perf_counter() - began
         out = run_onnx(write_onnx(g, quantized=True), test.x)
         row = {"tool": "edgetune", "config": name, "applied": report["applied"], "seconds": round(seconds, 2), **_score(reference, out)}
+        if "calibration_method" in report:  # chosen by best
+            row["method"] = report["calibration_method"]["chosen"]
         if "fallback" in report:
             fallback = report["fallback"]
             row["fallback"] = {"reached": fallback["reached"], "layers": fallback[f"{fallback['precision']}_layers"]}

@@ -244,10 +244,12 @@ def test_parse_ptq(text: str, expected: tuple[str, ...]) -> None:
 
 def test_cli_ptq_on_digits_keeps_tflite_and_onnx_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test", "-o", str(tmp_path / "out")]
-    assert run([*argv, "--ptq", "equalize,adaround,bias-correct", "--ptq-budget", "2", "--json", "--quiet"]) == 0
+    assert run([*argv, "--ptq", "equalize,adaround,bias-correct", "--ptq-budget", "2", "--method", "output", "--json", "--quiet"]) == 0
     report = json.loads(capsys.readouterr().out)
     ptq = report["quantization"]["ptq"]
     assert ptq["applied"] == ["equalize", "adaround", "bias-correct"]
+    assert report["quantization"]["calibration"]["method"] == "output"  # each tensor's record names the range it took
+    assert all(t["method"] in t["ranges"] and t["chosen"] == t["ranges"][t["method"]] for t in report["quantization"]["tensors"])
     assert ptq["adaround"]["layers"] > 0
     tflite = report["evaluation"]["tflite"]
     assert tflite["top1_agreement_with_onnx_int8"] >= 0.99 and tflite["max_lsb_vs_onnx_int8"] <= 2
@@ -275,6 +277,39 @@ def test_calibration_audit_reports_tails_and_clipping() -> None:
     assert full["clipped_share"] == 0.0 and full["outlier_ratio"] > 5
     clipped = audit(stats, mse_range(stats))
     assert 0.0 < clipped["clipped_share"] < 0.01
+
+
+class RareIgnored(nn.Module):
+    """One stem channel fires rarely but far (up to ~37) and the head ignores it: MSE and
+    min/max stretch the shared range over it, which costs every other channel its step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.head = nn.Linear(32, 3)
+        with torch.no_grad():
+            self.stem.weight[0] = 20 / 27**0.5
+            self.stem.bias[0] = -50.0
+            self.head.weight[:, 0] = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.stem(x)).mean(dim=(2, 3)))
+
+
+def test_output_method_chooses_each_range_by_the_models_output(samples: np.ndarray) -> None:
+    original = capture(RareIgnored().eval(), SHAPE)
+    reference = fp32(original, samples[64:])
+    scores, stem_records = {}, {}
+    for method in ("mse", "output"):
+        g = copy.deepcopy(original)
+        records = calibrate(g, samples[:64], QuantConfig(method=method, ptq=()))
+        stem_records[method] = next(r for r in records if r.tensor == g.nodes[0].outputs[0])
+        scores[method] = sqnr_db(reference, int8(g, samples[64:]))
+    mse, output = stem_records["mse"], stem_records["output"]
+    assert mse.chosen[1] > 20  # local MSE keeps the rare values
+    assert output.method == "percentile" and output.chosen == output.ranges["percentile"] and output.chosen[1] < 5
+    assert scores["output"] > scores["mse"] + 1.0
 
 
 def test_sensitivity_finds_the_skewed_layers(graph: Graph, samples: np.ndarray) -> None:

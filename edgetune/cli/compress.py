@@ -27,7 +27,11 @@ from edgetune.progress import StderrProgress
 @click.option("--input-shape", metavar="NxCxHxW", help="Model input shape, batch first, when the data cannot tell it.")
 @click.option("--recipe", metavar="NAME|FILE", help="Preprocessing recipe for an image folder (calibration/<name>.toml).")
 @click.option(
-    "--method", type=click.Choice(["mse", "percentile", "minmax"]), default="mse", show_default=True, help="Activation range method."
+    "--method",
+    type=click.Choice(["mse", "percentile", "minmax", "output"]),
+    default="mse",
+    show_default=True,
+    help="Activation range method; output: per tensor, the method's range that moves the model's output least.",
 )
 @click.option("--percentile", type=float, default=99.99, show_default=True, help="Percentile for --method percentile.")
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel.")

@@ -12,7 +12,7 @@ import torch
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
 from edgetune.quantize import params
 from edgetune.quantize.config import QuantConfig
-from edgetune.quantize.observers import METHODS, TensorStats, percentile_range
+from edgetune.quantize.observers import METHODS, OUTPUT_METHOD, TensorStats, percentile_range
 
 # Ops whose int8 output reuses the input's parameters: TFLite's kernels for them move or
 # average values without rescaling, so different parameters would give wrong results.
@@ -109,8 +109,10 @@ def choose_ranges(stats: dict[str, TensorStats], config: QuantConfig) -> dict[st
         if tensor_stats.hist.any():
             ranges["percentile"] = percentile_range(tensor_stats, config.percentile)
             ranges["mse"] = METHODS["mse"](tensor_stats)
-        chosen = ranges.get(config.method, ranges["minmax"])
-        records[name] = CalibrationRecord(name, config.method, chosen, ranges)
+        method = config.method
+        if method == OUTPUT_METHOD:  # MSE's range until choose_by_output judges the tensor
+            method = "mse" if "mse" in ranges else "minmax"
+        records[name] = CalibrationRecord(name, method, ranges.get(method, ranges["minmax"]), ranges)
     return records
 
 
@@ -212,6 +214,10 @@ def calibrate(graph: Graph, samples: np.ndarray, config: QuantConfig, progress: 
     graph.meta["weight_levels"] = weight_levels_by_layer(graph, config.weight_bits)  # AdaRound and QAT keep to these
     stats = collect_stats(graph, samples, config, progress)
     records = choose_ranges(stats, config)
+    if config.method == OUTPUT_METHOD:
+        from edgetune.quantize.output_error import choose_by_output
+
+        choose_by_output(graph, records, samples, progress)
     unify_concat_ranges(graph, records)
     for name, record in records.items():
         record.audit = audit(stats[name], record.chosen)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgetune.errors import InputError
-from edgetune.quantize.observers import METHODS
+from edgetune.quantize.observers import ALL_METHODS
 
 # Post-training techniques (edgetune.quantize.ptq), in the order they run; "best" chooses.
 PTQ_TECHNIQUES = ("equalize", "adaround", "bias-correct")
@@ -33,8 +33,8 @@ class QuantConfig:
     fallback: str = "float"  # what those layers fall back to: float, or int16 activations (16x8)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"calibration method {self.method!r} is unknown", f"use one of {', '.join(METHODS)}")
+        if self.method not in ALL_METHODS:
+            raise InputError(f"calibration method {self.method!r} is unknown", f"use one of {', '.join(ALL_METHODS)}")
         if self.samples < 1:
             raise InputError(f"{self.samples} calibration samples", "use at least 1 (128 is typical)")
         if self.batch_size < 1:

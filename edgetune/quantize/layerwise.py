@@ -65,7 +65,7 @@ def walk(
     runs, so what a visitor changes is what later layers see.
     """
     float_constants = {name: torch.from_numpy(t.data.copy()) for name, t in graph.tensors.items() if t.data is not None}
-    last_use = _last_use(graph)
+    last = last_use(graph)
     x = torch.from_numpy(np.ascontiguousarray(samples))
     floats: dict[str, torch.Tensor] = {}
     quants: dict[str, torch.Tensor] = {}
@@ -96,14 +96,14 @@ def walk(
                 q = graph.tensors[node.outputs[0]].quant
                 quants[node.outputs[0]] = fake_quant(out, q) if q is not None else out
             for name in operands:
-                if last_use.get(name) == index:
+                if last.get(name) == index:
                     floats.pop(name, None)
                     quants.pop(name, None)
             if progress is not None:
                 progress(index + 1, total, stage)
 
 
-def _last_use(graph: Graph) -> dict[str, int]:
+def last_use(graph: Graph) -> dict[str, int]:
     """Index of the last node that reads each activation (graph outputs are never freed)."""
     last: dict[str, int] = {}
     for index, node in enumerate(graph.nodes):

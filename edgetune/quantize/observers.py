@@ -102,3 +102,7 @@ METHODS: dict[str, Callable[[TensorStats], tuple[float, float]]] = {
     "percentile": percentile_range,
     "mse": mse_range,
 }
+# Per tensor, whichever of METHODS' ranges moves the model's output least
+# (edgetune.quantize.output_error).
+OUTPUT_METHOD = "output"
+ALL_METHODS = (*METHODS, OUTPUT_METHOD)
