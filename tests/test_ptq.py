@@ -458,6 +458,7 @@ def test_fallback_that_cannot_reach_the_target_keeps_int8(graph: Graph, samples:
     _, report = quantize(g, samples[:64], QuantConfig(ptq=(), accuracy_target="200dB"), samples[64:])
     block = report["fallback"]
     assert not block["reached"] and block["float_layers"] == [] and "not reachable" in block["why"]
+    assert block["before"]["sqnr_db"] < block["every_layer_switched"]["sqnr_db"] < 200  # the bound it measured
     assert not any(n.in_float for n in g.nodes)
 
 

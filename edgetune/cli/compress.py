@@ -256,6 +256,10 @@ def _ptq_text(ptq: dict[str, Any]) -> str:
         precision = fallback.get("precision", "float")
         layers = fallback[f"{precision}_layers"]
         reached = "reached" if fallback["reached"] else "NOT reached"
+        bound = fallback.get("every_layer_switched")
+        if not fallback["reached"] and bound:
+            measured = [f"{bound['sqnr_db']:.1f} dB"] + ([f"{100 * bound['agreement']:.1f}% agreement"] if "agreement" in bound else [])
+            reached += f" (every layer in {precision}: {', '.join(measured)})"
         text += f"; target {fallback['target']} {reached} with {len(layers)} layer(s) in {precision}" + (
             f": {', '.join(layers)}" if layers else ""
         )

@@ -159,9 +159,11 @@ def choose_fallback(
     order = [row["layer"] for row in sorted(sensitivity, key=lambda row: row["sqnr_db"])]
     chosen: list[str] = []
     current = before
+    bound = None
     if not target.met(before):  # the bound first: with every layer switched, can the target be met at all?
         switch.set(set(order))
-        if not target.met(int8_scores(graph, x, reference)):
+        bound = int8_scores(graph, x, reference)
+        if not target.met(bound):
             order = []  # no: skip the search
     for done, name in enumerate(order, 1):
         if target.met(current):
@@ -203,6 +205,8 @@ def choose_fallback(
     if precision == "float":
         block["float_weight_bytes"] = int(sum(4 * graph.const(nodes[n].inputs[1]).size for n in chosen))
         block["float_ops"] = sorted(n.name for n in graph.nodes if n.in_float and n.op not in WEIGHTED_OPS)
+    if bound is not None:  # how far switching can go at all: int16 layers keep int8 weights, tensors at adds stay int8
+        block["every_layer_switched"] = bound
     if why:
         block["why"] = why
     return block
