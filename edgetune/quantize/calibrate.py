@@ -13,6 +13,7 @@ from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
 from edgetune.quantize import params
 from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.observers import METHODS, OUTPUT_METHOD, TensorStats, percentile_range
+from edgetune.quantize.output_error import choose_by_output
 
 # Ops whose int8 output reuses the input's parameters: TFLite's kernels for them move or
 # average values without rescaling, so different parameters would give wrong results.
@@ -215,8 +216,6 @@ def calibrate(graph: Graph, samples: np.ndarray, config: QuantConfig, progress: 
     stats = collect_stats(graph, samples, config, progress)
     records = choose_ranges(stats, config)
     if config.method == OUTPUT_METHOD:
-        from edgetune.quantize.output_error import choose_by_output
-
         choose_by_output(graph, records, samples, progress)
     unify_concat_ranges(graph, records)
     for name, record in records.items():
