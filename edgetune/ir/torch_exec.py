@@ -207,10 +207,10 @@ class GraphRunner(nn.Module):
         if self.checkpoint_segments and torch.is_grad_enabled() and observe is None:
             return self._forward_checkpointed(values)
         for node in self.graph.nodes:
-            self._run_node(node, values, observe)
+            self.run_node(node, values, observe)
         return values[self.graph.outputs[0]]
 
-    def _run_node(self, node: Node, values: dict[str, torch.Tensor], observe: Observer | None) -> None:
+    def run_node(self, node: Node, values: dict[str, torch.Tensor], observe: Observer | None = None) -> None:
         args = [values[name] if name in values else self.constant(name) for name in node.inputs if name]
         out = KERNELS[node.op](node, args)
         values[node.outputs[0]] = self._finish(node.outputs[0], out, observe)
@@ -232,7 +232,7 @@ class GraphRunner(nn.Module):
             ) -> tuple[torch.Tensor, ...]:
                 local = dict(zip(wanted, tensors))
                 for node in segment:
-                    self._run_node(node, local, None)
+                    self.run_node(node, local, None)
                 return tuple(local[name] for name in keep)
 
             outputs = checkpoint(run, *[values[name] for name in wanted], use_reentrant=False)

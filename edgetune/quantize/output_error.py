@@ -19,14 +19,14 @@ share of the budget, moved the result from 29.4 to 28.8 dB, below ONNX Runtime's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from edgetune.ir.graph import Graph
-from edgetune.ir.torch_exec import KERNELS, GraphRunner, fake_quant
+from edgetune.ir.torch_exec import GraphRunner, fake_quant
 from edgetune.quantize.layerwise import Progress, last_use
 from edgetune.quantize.params import activation_params
 
@@ -44,14 +44,12 @@ def choose_by_output(graph: Graph, records: dict[str, CalibrationRecord], sample
     errors = {name: dict.fromkeys(records[name].ranges, 0.0) for name in judged}
     x = np.ascontiguousarray(samples[:SAMPLES])
     chunks = range(0, len(x), CHUNK)
-    total = len(chunks) * len(judged)
-    for number, start in enumerate(chunks):
-
-        def judged_one(done: int, number: int = number) -> None:
+    done = 0
+    for start in chunks:
+        for _ in _add_errors(graph, runner, records, errors, torch.from_numpy(x[start : start + CHUNK])):
+            done += 1
             if progress is not None:
-                progress(number * len(judged) + done, total, "output-error ranges")
-
-        _add_errors(graph, runner, records, errors, torch.from_numpy(x[start : start + CHUNK]), judged_one)
+                progress(done, len(chunks) * len(judged), "output-error ranges")
     for name, by_method in errors.items():
         record = records[name]
         record.method = min(by_method, key=lambda m: (by_method[m], m != "mse"))  # a tie keeps MSE
@@ -59,38 +57,25 @@ def choose_by_output(graph: Graph, records: dict[str, CalibrationRecord], sample
 
 
 def _add_errors(
-    graph: Graph,
-    runner: GraphRunner,
-    records: dict[str, CalibrationRecord],
-    errors: dict[str, dict[str, float]],
-    x: torch.Tensor,
-    judged_one: Callable[[int], None],
-) -> None:
-    """Add each judged tensor's output error per candidate range on the samples ``x``;
-    ``judged_one(count)`` after each tensor."""
-    done = 0
+    graph: Graph, runner: GraphRunner, records: dict[str, CalibrationRecord], errors: dict[str, dict[str, float]], x: torch.Tensor
+) -> Iterator[str]:
+    """Add each judged tensor's output error per candidate range on the samples ``x``,
+    yielding each tensor's name once it is judged."""
     last = last_use(graph)
     with torch.no_grad():
         reference = runner(x)
         live: dict[str, torch.Tensor] = {name: x for name in graph.inputs}
         for index in range(-1, len(graph.nodes)):  # -1: the graph's inputs, before any node
             if index >= 0:
-                node = graph.nodes[index]
-                live[node.outputs[0]] = KERNELS[node.op](node, [live[n] if n in live else runner.constant(n) for n in node.inputs if n])
+                runner.run_node(graph.nodes[index], live)
             produced = graph.inputs if index < 0 else graph.nodes[index].outputs
             for name in (n for n in produced if n in errors):
                 for method, (low, high) in records[name].ranges.items():
                     values = {**live, name: fake_quant(live[name], activation_params(low, high))}
-                    out = _run_from(graph, runner, index + 1, values)
-                    errors[name][method] += float(((out - reference) ** 2).sum())
-                done += 1
-                judged_one(done)
+                    for node in graph.nodes[index + 1 :]:
+                        runner.run_node(node, values)
+                    errors[name][method] += float(((values[graph.outputs[0]] - reference) ** 2).sum())
+                yield name
             if index >= 0:
                 for name in [n for n in live if last.get(n, len(graph.nodes)) <= index]:
                     del live[name]
-
-
-def _run_from(graph: Graph, runner: GraphRunner, start: int, values: dict[str, torch.Tensor]) -> torch.Tensor:
-    for node in graph.nodes[start:]:
-        values[node.outputs[0]] = KERNELS[node.op](node, [values[n] if n in values else runner.constant(n) for n in node.inputs if n])
-    return values[graph.outputs[0]]
