@@ -8,6 +8,7 @@ quantization-aware (QAT).
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 import zlib
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from edgetune import report as reports
-from edgetune.artifacts import json_bytes, prepare_out_dir, write_files
+from edgetune.artifacts import json_bytes, output_folder, partial_folder, publish_folder
 from edgetune.capture.models import LoadedModel, load_model
 from edgetune.data import Dataset, load_dataset
 from edgetune.errors import InputError
@@ -36,7 +37,7 @@ from edgetune.quantize import QuantConfig, calibrate
 from edgetune.quantize.ptq import quantize
 from edgetune.targets import Target, load_target, usable_cores
 
-CHECKPOINT = "finetune.ckpt"  # in the output folder while a fine-tune runs or after Ctrl-C
+CHECKPOINT = "finetune.ckpt"  # beside the output folder while a fine-tune runs; in it after Ctrl-C
 HOLDOUT_MAX = 256  # held-out calibration samples used for the report when no --eval data is given
 LAYER_SQNR_SAMPLES = 4  # per-layer SQNR runs both models with every activation as an output
 INT4_ONNX = "model.int4.onnx"  # with 4-bit weights: the same model, its weights packed as INT4 (opset 21)
@@ -126,6 +127,7 @@ def compress(
     quant = quant or QuantConfig()
     export = export or ExportConfig()
     timer = _Timer()
+    out = output_folder(out_dir)  # a bad -o fails now, not after the work
     the_target = target if isinstance(target, Target) else load_target(target)
     loaded = model if isinstance(model, LoadedModel) else _load(model, weights)
     calib_set = calib if isinstance(calib, Dataset) else load_dataset(calib, "calibration", recipe)
@@ -161,9 +163,7 @@ def compress(
         timer.lap("prune")
 
     recovery, baseline = None, None
-    checkpoint = Path(out_dir) / CHECKPOINT if finetune is not None else None
-    if checkpoint is not None:
-        prepare_out_dir(checkpoint.parent)  # a bad -o fails now, not at the first checkpoint
+    checkpoint = _checkpoint(out, resume) if finetune is not None else None
     if finetune is not None:
         assert train_set is not None
         if eval_set is not None and eval_set.has_classes:
@@ -220,10 +220,31 @@ def compress(
         recovery=_recovery_block(teacher, baseline, calib_part, eval_set, quant, evaluation) if recovery is not None else None,
         gzip_sizes={name: len(zlib.compress(artifacts[name], 6)) for name in ("model.onnx", "model.tflite") if name in artifacts},
     )
-    out = Path(out_dir)
     written = {name: blob for name, blob in artifacts.items() if name in names}
-    paths = write_files(out, {**written, **extra, "report.json": json_bytes(report)})
+    paths = _publish(out_dir, {**written, **extra, "report.json": json_bytes(report)}, checkpoint)
     return CompressResult(report, paths, graph)
+
+
+def _checkpoint(out: Path, resume: bool) -> Path:
+    """Where a fine-tune into ``out`` keeps its checkpoint: a hidden sibling folder, so that the
+    output folder only ever holds a complete set. ``--resume`` also takes up the checkpoint that
+    an interrupted run published (``out/finetune.ckpt``)."""
+    checkpoint = partial_folder(out) / CHECKPOINT
+    published = out / CHECKPOINT
+    if resume and not checkpoint.is_file() and published.is_file():
+        checkpoint.parent.mkdir(exist_ok=True)
+        shutil.copyfile(published, checkpoint)
+    return checkpoint
+
+
+def _publish(out_dir: str | Path, files: dict[str, bytes], checkpoint: Path | None) -> dict[str, Path]:
+    """The output set in one atomic step; an interrupted fine-tune's checkpoint goes with it."""
+    if checkpoint is not None and checkpoint.is_file():
+        files = {**files, CHECKPOINT: checkpoint.read_bytes()}
+    publish_folder(out_dir, files)
+    if checkpoint is not None:
+        shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    return {name: Path(out_dir) / name for name in files}
 
 
 def _sensitivity(graph: Graph, data: Dataset, source: str, progress: Progress) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -265,6 +286,7 @@ def export_compressed(
     from edgetune.ir.serialize import load_graph
 
     export = export or ExportConfig()
+    output_folder(out_dir)  # a bad -o fails now, not after the work
     the_target = target if isinstance(target, Target) else load_target(target)
     graph = load_graph(Path(compressed))
     if not any(t.quant is not None for t in graph.tensors.values()):
@@ -273,7 +295,7 @@ def export_compressed(
     for run in _start_smoke_runs(artifacts):
         run.wait()
     names = _names_to_write(export, artifacts) - {"model.edgetune"}
-    return write_files(Path(out_dir), {name: blob for name, blob in artifacts.items() if name in names})
+    return _publish(out_dir, {name: blob for name, blob in artifacts.items() if name in names}, None)
 
 
 def _names_to_write(export: ExportConfig, artifacts: dict[str, bytes]) -> set[str]:
@@ -411,6 +433,7 @@ def finetune_compressed(
 
     export = export or ExportConfig()
     timer = _Timer()
+    out = output_folder(out_dir)  # a bad -o fails now, not after the work
     the_target = target if isinstance(target, Target) else load_target(target)
     graph = load_graph(Path(compressed))
     if not any(t.quant is not None for t in graph.tensors.values()):
@@ -425,7 +448,7 @@ def finetune_compressed(
                 "give data preprocessed like the calibration data",
             )
     teacher_graph = capture_model(_load(teacher, teacher_weights), shape) if teacher is not None else None
-    prepare_out_dir(Path(out_dir))  # a bad -o fails now, not at the first checkpoint
+    checkpoint = _checkpoint(out, resume)
     timer.lap("load")
     recovery = run_finetune(
         graph,
@@ -433,7 +456,7 @@ def finetune_compressed(
         replace(finetune, qat=True),
         teacher=teacher_graph,
         progress=progress,
-        checkpoint=Path(out_dir) / CHECKPOINT,
+        checkpoint=checkpoint,
         resume=resume,
     )
     timer.lap("finetune (QAT)")
@@ -464,5 +487,5 @@ def finetune_compressed(
         "artifacts": sorted([*names, "report.json"]),
     }
     written = {name: blob for name, blob in artifacts.items() if name in names}
-    paths = write_files(Path(out_dir), {**written, "report.json": json_bytes(report)})
+    paths = _publish(out_dir, {**written, "report.json": json_bytes(report)}, checkpoint)
     return CompressResult(report, paths, graph)

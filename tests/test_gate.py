@@ -211,8 +211,10 @@ def test_live_gate_runs_the_recipe_measures_and_writes_a_baseline(tmp_path: Path
     figures = doc["measurements"]["host"]["model.tflite"]
     medians, lows = figures["repetition_medians_ms"], figures["repetition_ms"]
     assert len(medians) == 3 and all(0 < low <= m for low, m in zip(lows, medians)) and figures["repetition_statistic"] == "p10"
-    assert json.loads(Path("baseline.json").read_text())["measurements"]["host"]["model.onnx"]["repetition_medians_ms"]
-    assert {p.name for p in Path("baseline.artifacts").iterdir()} == {"model.onnx", "model.tflite"}
+    written = json.loads(Path("baseline.json").read_text())
+    assert written["measurements"]["host"]["model.onnx"]["repetition_medians_ms"]
+    assert [p.name for p in Path("baseline.artifacts").iterdir()] == [written["artifacts"]], "one complete set, named by the document"
+    assert {p.name for p in (Path("baseline.artifacts") / written["artifacts"]).iterdir()} == {"model.onnx", "model.tflite"}
     # Live timings decide this run: only a slowdown over 50% (min_slowdown) could fail it, not noise.
     assert run(["gate", "--baseline", "baseline.json", "--report", "out/gate/report.json", "--json", "--quiet"]) == 0
     regressions = [c for c in json.loads(capsys.readouterr().out)["checks"] if c["name"] == "latency_regression"]

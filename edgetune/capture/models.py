@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from edgetune.callables import load_callable, looks_like_callable
+from edgetune.capture.pt2 import load_pt2
 from edgetune.errors import InputError
 
 
@@ -70,7 +70,7 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
         if weights is not None:
             raise InputError("--weights goes with a Python model callable", f"{path.suffix} files carry their weights")
         if path.suffix == ".pt2":
-            return LoadedModel("program", spec, program=_load_pt2(path))
+            return LoadedModel("program", spec, program=load_pt2(path))
         if path.suffix == ".onnx":
             return LoadedModel("onnx", spec, onnx_path=path)
         raise InputError(f"model file {path} is neither .pt2 nor .onnx", "give file.py:callable, module:callable, a .pt2 or an .onnx file")
@@ -88,15 +88,6 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
     if weights is not None:
         load_weights(module, Path(weights))
     return LoadedModel("module", spec, module=module.eval())
-
-
-def _load_pt2(path: Path) -> torch.export.ExportedProgram:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.export.load(str(path))
-    except Exception as exc:
-        raise InputError(f"cannot load {path} as a torch.export program ({type(exc).__name__})", "save it with torch.export.save") from exc
 
 
 def load_weights(module: nn.Module, path: Path) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
+
+from edgetune.artifacts import json_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,7 +22,7 @@ def common_options(fn: F) -> F:
 
 def emit(document: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.write(json_text(document) + "\n")
     else:
         sys.stdout.write(human(document).rstrip("\n") + "\n")
     sys.stdout.flush()

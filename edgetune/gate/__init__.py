@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
-from edgetune.artifacts import json_bytes, write_files
+from edgetune.artifacts import json_bytes, publish_folder, write_file
 from edgetune.errors import InputError
 from edgetune.gate.config import GateConfig, load_config
 from edgetune.gate.run import Check, baseline_document, evaluate_gate, measure, read_json, run_recipe
@@ -19,11 +22,48 @@ def artifacts_folder(baseline: Path) -> Path:
     return baseline.with_name(baseline.stem + ".artifacts")
 
 
+def baseline_artifacts(baseline: Path, document: dict[str, Any]) -> Path | None:
+    """The artifacts folder a baseline document names, or the older layout's loose folder.
+
+    ``baseline.json`` is written last and names ``baseline.artifacts/<digest>``, a folder
+    complete before it: so an update that stops half-way leaves the old pair readable."""
+    named = document.get("artifacts")
+    top = artifacts_folder(baseline)
+    if isinstance(named, str) and re.fullmatch(r"[0-9a-f]{16}", named):
+        return top / named if (top / named).is_dir() else None
+    if top.is_dir() and any(entry.is_file() for entry in top.iterdir()):
+        return top
+    return None
+
+
+def write_baseline(baseline: Path, document: dict[str, Any], artifacts: dict[str, bytes]) -> None:
+    """The artifacts into a folder named by their digest, then the document naming it, then the
+    old artifacts removed: at every moment the document names a complete folder."""
+    digest = hashlib.sha256()
+    for name in sorted(artifacts):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(artifacts[name]).digest())
+    name = digest.hexdigest()[:16]
+    top = artifacts_folder(baseline)
+    publish_folder(top / name, artifacts)
+    write_file(baseline, json_bytes({**document, "artifacts": name}))
+    for entry in top.iterdir():  # the previous set (a digest folder, or the older loose files)
+        if entry.name != name:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 def _recorded(path: Path) -> dict[str, Any]:
     measured = read_json(path, "measurements").get("measurements")
-    if not isinstance(measured, dict):
+    if not isinstance(measured, dict) or not measured:
         raise InputError(f"{path} holds no measurements", "pass a gate --json document or a baseline that edgetune wrote")
     return measured
+
+
+def _read_baseline(path: Path) -> dict[str, Any]:
+    document = read_json(path, "baseline")
+    measured = document.get("measurements")
+    if not isinstance(measured, dict) or not measured:
+        raise InputError(f"baseline {path} holds no measurements", "write it with edgetune gate --update-baseline")
+    return document
 
 
 def gate(
@@ -46,9 +86,8 @@ def gate(
     report_doc = read_json(Path(report) if report is not None else folder / "report.json", "report")
     base, base_artifacts = None, None
     if baseline is not None and not update_baseline:
-        base = read_json(Path(baseline), "baseline")
-        if artifacts_folder(Path(baseline)).is_dir():
-            base_artifacts = artifacts_folder(Path(baseline))
+        base = _read_baseline(Path(baseline))
+        base_artifacts = baseline_artifacts(Path(baseline), base)
     same_run: dict[str, Any] = {}
     if measurements:
         measured = _recorded(Path(measurements))
@@ -69,9 +108,8 @@ def gate(
     }
     if baseline is not None and update_baseline:
         path = Path(baseline)
-        write_files(path.parent, {path.name: json_bytes(baseline_document(report_doc, measured))})
         # The artifacts too: later gates re-measure them beside the new build, interleaved.
         kept = {name: (folder / name).read_bytes() for name in config.artifacts if (folder / name).is_file()}
-        write_files(artifacts_folder(path), kept)
+        write_baseline(path, baseline_document(report_doc, measured), kept)
         document["baseline_written"] = str(path)
     return document, checks

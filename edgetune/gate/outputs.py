@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from edgetune.artifacts import write_files
+from edgetune.artifacts import write_file
 from edgetune.gate.run import Check
 
 
@@ -65,11 +65,11 @@ def markdown(checks: list[Check], passed: bool) -> str:
 def write_outputs(document: dict[str, Any], checks: list[Check], junit: Path | None, markdown_path: Path | None) -> list[str]:
     written = []
     if junit is not None:
-        write_files(junit.parent, {junit.name: junit_xml(checks)})
+        write_file(junit, junit_xml(checks))
         written.append(str(junit))
     text = markdown(checks, document["passed"])
     if markdown_path is not None:
-        write_files(markdown_path.parent, {markdown_path.name: text.encode()})
+        write_file(markdown_path, text.encode())
         written.append(str(markdown_path))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:

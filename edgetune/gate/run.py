@@ -366,7 +366,9 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{what} {path} does not exist", "check the path") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path} ({exc.strerror or exc})", "pass the file edgetune wrote") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise InputError(f"{what} {path} is not JSON", "pass the file edgetune wrote") from None
     if not isinstance(data, dict):
         raise InputError(f"{what} {path} is not a JSON object", "pass the file edgetune wrote")
