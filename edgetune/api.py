@@ -23,7 +23,9 @@ def _runner(artifact: str | Path, threads: int | None) -> OnnxRunner | TfliteRun
     if path.suffix == ".onnx":
         return OnnxRunner(path, threads=threads)
     if path.suffix == ".tflite":
-        return TfliteRunner(path.read_bytes(), threads=threads)
+        runner = TfliteRunner(path.read_bytes(), threads=threads)
+        runner.probe(str(path))
+        return runner
     if path.suffix == ".edgetune":
         from edgetune.export.onnx.writer import write_onnx
         from edgetune.ir.serialize import load_graph
@@ -52,6 +54,8 @@ def evaluate(
     reference_runner = _runner(reference, threads) if reference is not None else None
     dataset = load_dataset(data, "test", recipe)
     runner.check_samples(dataset.x, dataset.source)
+    if dataset.has_classes:  # one sample tells the output size: labels are checked before the run
+        dataset.check_labels(runner.run(dataset.x[:1]).size, "evaluation")
     doc: dict[str, Any] = {
         "schema": "edgetune.eval",
         "version": 1,

@@ -6,7 +6,8 @@ import importlib
 import importlib.util
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,8 @@ def load_callable(spec: str, what: str) -> Callable[..., Any]:
         # The user's file may import siblings next to it.
         sys.path.insert(0, str(path.resolve().parent))
         try:
-            spec_obj.loader.exec_module(module)
-        except Exception as exc:
-            raise InputError(f"importing {path} failed: {type(exc).__name__}: {exc}", "fix the file or run with --debug") from exc
+            with user_code(f"importing {path}", "fix the file or run with --debug"):
+                spec_obj.loader.exec_module(module)
         finally:
             sys.path.pop(0)
     else:
@@ -61,3 +61,18 @@ def load_callable(spec: str, what: str) -> Callable[..., Any]:
     if not callable(obj):
         raise InputError(f"{spec} is not callable", f"point the {what} at a function or class")
     return obj  # type: ignore[no-any-return]
+
+
+@contextmanager
+def user_code(what: str, hint: str) -> Iterator[None]:
+    """Run a user's code: whatever it raises, ``sys.exit`` included, becomes one InputError
+    that names ``what`` ("calling net.py:build", say). Ctrl-C stays an interruption."""
+    try:
+        yield
+    except InputError:
+        raise
+    except SystemExit as exc:
+        raise InputError(f"{what} called sys.exit({exc.code!r})", hint) from None
+    except Exception as exc:
+        text = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise InputError(f"{what} failed: {type(exc).__name__}: {text}", hint) from exc

@@ -110,14 +110,24 @@ _TFLITE_TYPES = {0: "float32", 2: "int32", 3: "uint8", 4: "int64", 9: "int8", 7:
 
 
 def inspect_tflite(path: Path) -> dict[str, Any]:
-    import json
-
-    import tflite
-
     from edgetune.evaluate.tflite_runtime import TfliteRunner
 
     blob = path.read_bytes()
     runner = TfliteRunner(blob)  # verifies the flatbuffer (model_content) before we walk it
+    runner.probe(str(path))
+    try:
+        return _walk_tflite(blob, runner)
+    except Exception as exc:  # a verified flatbuffer can still hold out-of-range indices or damaged metadata
+        raise InputError(
+            f"cannot read {path}: its flatbuffer is damaged ({type(exc).__name__})", "check that it is a valid .tflite file"
+        ) from exc
+
+
+def _walk_tflite(blob: bytes, runner: Any) -> dict[str, Any]:
+    import json
+
+    import tflite
+
     model = tflite.Model.GetRootAsModel(blob, 0)
     names = {value: name for name, value in vars(tflite.BuiltinOperator).items() if not name.startswith("_")}
     graph = model.Subgraphs(0)

@@ -8,6 +8,7 @@ quantization-aware (QAT).
 from __future__ import annotations
 
 import copy
+import math
 import shutil
 import time
 import zlib
@@ -21,6 +22,7 @@ from edgetune import report as reports
 from edgetune.artifacts import json_bytes, output_folder, partial_folder, publish_folder
 from edgetune.capture.models import LoadedModel, load_model
 from edgetune.data import Dataset, load_dataset
+from edgetune.data.dataset import Role
 from edgetune.errors import InputError
 from edgetune.evaluate.runtime import OnnxRunner
 from edgetune.export.config import ExportConfig
@@ -130,9 +132,9 @@ def compress(
     out = output_folder(out_dir)  # a bad -o fails now, not after the work
     the_target = target if isinstance(target, Target) else load_target(target)
     loaded = model if isinstance(model, LoadedModel) else _load(model, weights)
-    calib_set = calib if isinstance(calib, Dataset) else load_dataset(calib, "calibration", recipe)
-    eval_set = eval_data if isinstance(eval_data, Dataset) or eval_data is None else load_dataset(eval_data, "test", recipe)
-    train_set = train_data if isinstance(train_data, Dataset) or train_data is None else load_dataset(train_data, "train", recipe)
+    calib_set = _data(calib, "calibration", recipe, progress)
+    eval_set = _data(eval_data, "test", recipe, progress)
+    train_set = _data(train_data, "train", recipe, progress)
     _check_recovery_inputs(finetune, train_set, resume)
     explicit = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     shape = resolve_input_shape(loaded, explicit, calib_set)
@@ -140,6 +142,10 @@ def compress(
     timer.lap("load")
 
     graph = capture_model(loaded, shape)
+    # Calibration labels serve only the gradient pruning criteria; training labels only a fine-tune.
+    _check_labels(
+        graph, calibration=calib_set if prune is not None else None, evaluation=eval_set, training=train_set if finetune else None
+    )
     timer.lap("capture")
 
     teacher = copy.deepcopy(graph) if finetune is not None else None
@@ -259,6 +265,20 @@ def _sensitivity(graph: Graph, data: Dataset, source: str, progress: Progress) -
         return block, {}
     block["plot"] = "sensitivity.png"
     return block, {"sensitivity.png": png}
+
+
+def _data(spec: str | Dataset | None, role: Role, recipe: str | None, progress: Progress) -> Any:
+    if spec is None or isinstance(spec, Dataset):
+        return spec
+    return load_dataset(spec, role, recipe, progress=progress)
+
+
+def _check_labels(graph: Graph, **sets: Dataset | None) -> None:
+    """Every data set's class labels against the model's output size, before any work."""
+    outputs = math.prod(graph.tensors[graph.outputs[0]].shape[1:])
+    for role, data in sets.items():
+        if data is not None:
+            data.check_labels(outputs, role)
 
 
 def _check_shapes(shape: tuple[int, ...], eval_set: Dataset | None, train_set: Dataset | None) -> None:
@@ -439,14 +459,15 @@ def finetune_compressed(
     if not any(t.quant is not None for t in graph.tensors.values()):
         raise InputError(f"{compressed} holds no quantization parameters", "pass the model.edgetune that edgetune compress wrote")
     shape = tuple(graph.tensors[graph.inputs[0]].shape[1:])
-    train_set = train_data if isinstance(train_data, Dataset) else load_dataset(train_data, "train", recipe)
-    eval_set = eval_data if isinstance(eval_data, Dataset) or eval_data is None else load_dataset(eval_data, "test", recipe)
+    train_set = _data(train_data, "train", recipe, progress)
+    eval_set = _data(eval_data, "test", recipe, progress)
     for data in (train_set, eval_set):
         if data is not None and data.sample_shape != shape:
             raise InputError(
                 f"samples of {data.source} have shape {'x'.join(map(str, data.sample_shape))} but the model takes {'x'.join(map(str, shape))}",
                 "give data preprocessed like the calibration data",
             )
+    _check_labels(graph, training=train_set, evaluation=eval_set)
     teacher_graph = capture_model(_load(teacher, teacher_weights), shape) if teacher is not None else None
     checkpoint = _checkpoint(out, resume)
     timer.lap("load")

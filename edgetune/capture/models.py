@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgetune.callables import load_callable, looks_like_callable
+from edgetune.callables import load_callable, looks_like_callable, user_code
 from edgetune.capture.pt2 import load_pt2
 from edgetune.errors import InputError
 
@@ -77,12 +77,8 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
     if not looks_like_callable(spec):
         raise InputError(f"model {spec!r} is not a file or a callable", "give file.py:callable, module:callable, a .pt2 or an .onnx file")
     factory = load_callable(spec, "model")
-    try:
+    with user_code(f"calling {spec}", "make the callable build the model with no arguments"):
         module = factory()
-    except Exception as exc:
-        raise InputError(
-            f"calling {spec} failed: {type(exc).__name__}: {exc}", "make the callable build the model with no arguments"
-        ) from exc
     if not isinstance(module, nn.Module):
         raise InputError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module", "return the model from the callable")
     if weights is not None:

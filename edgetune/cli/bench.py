@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgetune.cli.output import common_options, emit, table
+from edgetune.cli.output import FiniteFloat, common_options, emit, table
 
 
 @click.command("bench")
@@ -23,18 +23,14 @@ from edgetune.cli.output import common_options, emit, table
 )
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads; overrides the target profile.")
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Timed runs (at least).")
-@click.option(
-    "--min-seconds", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Keep timing until this much time has passed."
-)
+@click.option("--min-seconds", type=FiniteFloat(min=0), default=0.0, show_default=True, help="Keep timing until this much time has passed.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs first.")
 @click.option("--op-profile", is_flag=True, help="Time per op (ONNX Runtime's profiler; benchmark_model's over adb).")
-@click.option(
-    "--timeout", "timeout_s", type=click.FloatRange(min=1), default=600.0, show_default=True, help="Seconds before a run is stopped."
-)
+@click.option("--timeout", "timeout_s", type=FiniteFloat(min=1), default=600.0, show_default=True, help="Seconds before a run is stopped.")
 @click.option(
     "--memory-cap",
     "memory_cap_mb",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1),
     default=4096.0,
     show_default=True,
     help="MiB of RSS before a local run is stopped.",

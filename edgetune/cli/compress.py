@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from edgetune.cli.finetune_options import finetune_config, finetune_options
-from edgetune.cli.output import common_options, emit, fmt, pct, table
+from edgetune.cli.output import FiniteFloat, common_options, emit, fmt, pct, table
 from edgetune.errors import InputError
 from edgetune.progress import StderrProgress
 
@@ -33,7 +33,7 @@ from edgetune.progress import StderrProgress
     show_default=True,
     help="Activation range method; output: per tensor, the method's range that moves the model's output least.",
 )
-@click.option("--percentile", type=float, default=99.99, show_default=True, help="Percentile for --method percentile.")
+@click.option("--percentile", type=FiniteFloat(), default=99.99, show_default=True, help="Percentile for --method percentile.")
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration samples to use.")
 @click.option(
@@ -63,7 +63,7 @@ from edgetune.progress import StderrProgress
 @click.option("--sensitivity", is_flag=True, help="Measure each layer's int8 sensitivity alone; report it and plot OUT/sensitivity.png.")
 @click.option(
     "--ptq-budget",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=60.0,
     show_default=True,
     metavar="SECONDS",

@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 import click
 
+from edgetune.cli.output import FiniteFloat
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 KEYS = (
@@ -53,18 +55,16 @@ _OPTIONS: list[Callable[[F], F]] = [
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Fine-tune batch size (per process)."),
     click.option(
         "--distill-weight",
-        type=click.FloatRange(0, 1),
+        type=FiniteFloat(0, 1),
         default=0.5,
         show_default=True,
         help="Share of the distillation loss when there are labels too.",
     ),
-    click.option(
-        "--temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True, help="Distillation temperature."
-    ),
+    click.option("--temperature", type=FiniteFloat(min=0, min_open=True), default=4.0, show_default=True, help="Distillation temperature."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fine-tune (order, split, augmentation)."),
     click.option(
         "--checkpoint-every",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteFloat(min=0, min_open=True),
         default=60.0,
         show_default=True,
         metavar="SECONDS",
@@ -81,14 +81,14 @@ _OPTIONS: list[Callable[[F], F]] = [
     ),
     click.option(
         "--label-smoothing",
-        type=click.FloatRange(0, 1, max_open=True),
+        type=FiniteFloat(0, 1, max_open=True),
         default=0.0,
         show_default=True,
         help="Label smoothing of the cross-entropy.",
     ),
     click.option(
         "--finetune-lr",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteFloat(min=0, min_open=True),
         default=3e-3,
         show_default=True,
         help="Peak learning rate (warm-up, then cosine).",

@@ -74,16 +74,24 @@ def run(argv: list[str]) -> int:
         return _fail(f"error: {exc.format_message()}; see '{where} --help'", EXIT_USAGE)
     except click.ClickException as exc:
         return _fail(f"error: {exc.format_message()}; see 'edgetune --help'", EXIT_USAGE)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.exceptions.Abort) as exc:
+        if isinstance(exc.__context__, EOFError):  # click turns an EOFError into Abort: it was no Ctrl-C
+            return _internal(exc.__context__, debug)
         return _fail("error: interrupted; nothing was written for the unfinished command", EXIT_INTERRUPTED)
+    except SystemExit as exc:  # click does not raise it when not standalone: user code called sys.exit
+        return _fail(f"error: code run by edgetune called sys.exit({exc.code!r}); remove the call from the model or data code", EXIT_USAGE)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except Exception as exc:  # the boundary: anything unexpected is a bug, reported in one line
-        if debug:
-            traceback.print_exc()
-        text = str(exc).splitlines()[0] if str(exc) else ""
-        return _fail(f"error: internal error {type(exc).__name__}: {text}; rerun with --debug and report it", 1)
+        return _internal(exc, debug)
     return 0
+
+
+def _internal(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(exc)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return _fail(f"error: internal error {type(exc).__name__}: {text}; rerun with --debug and report it", 1)
 
 
 def main() -> None:

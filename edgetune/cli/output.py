@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -49,3 +50,19 @@ def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
 
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
+
+
+class FiniteFloat(click.FloatRange):
+    """A click option type for floats that refuses NaN and infinity (they pass range checks,
+    since every comparison with NaN is false)."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False, max_open: bool = False) -> None:
+        super().__init__(min, max, min_open, max_open)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number

@@ -54,6 +54,18 @@ class Dataset:
         """Float regression targets."""
         return self.y is not None and not self.has_classes
 
+    def check_labels(self, outputs: int, role: str) -> None:
+        """Class labels must index the model's outputs: refused before any work, not met later
+        as an accuracy of 0 or an IndexError in the middle of a fine-tune."""
+        if not self.has_classes or self.y is None or len(self.y) == 0:
+            return
+        low, high = int(self.y.min()), int(self.y.max())
+        if low < 0 or high >= outputs:
+            raise InputError(
+                f"{role} labels of {self.source} run from {low} to {high}, but the model has {outputs} outputs",
+                f"give class indices from 0 to {outputs - 1}, or float targets for regression",
+            )
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.x.shape[1:])

@@ -58,8 +58,12 @@ def load_image(path: Path, pre: Preprocess) -> np.ndarray:
                     image = resize_shorter(image, pre.crop)
                 image = center_crop(image, pre.crop)
             return to_array(image, pre)
-    except OSError as exc:
-        raise InputError(f"cannot read image {path} ({exc})", "remove or replace the file") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for broken files and decoders
+        raise InputError(f"cannot read image {path} ({str(exc)[:200]})", "remove or replace the file") from None
+    except _pil().DecompressionBombError:
+        raise InputError(
+            f"image {path} is too large to decode safely (over {_pil().MAX_IMAGE_PIXELS * 2:,} pixels)", "downscale it or remove it"
+        ) from None
 
 
 def list_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str]]:

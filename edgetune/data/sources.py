@@ -3,29 +3,58 @@
 from __future__ import annotations
 
 import importlib.util
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgetune.callables import load_callable, looks_like_callable
+from edgetune.callables import load_callable, looks_like_callable, user_code
 from edgetune.data import images
 from edgetune.data.dataset import Dataset, Role
 from edgetune.data.recipes import Recipe, bundled_recipes, load_recipe
 from edgetune.errors import InputError
+from edgetune.progress import Progress, silent
 
 
-def load_dataset(spec: str, role: Role, recipe: str | None = None, limit: int | None = None) -> Dataset:
+@dataclass(frozen=True)
+class CallableLimits:
+    """How much of a ``module:callable`` data source is read: it stops at ``max_samples``
+    (a generator may yield forever), and fails after ``max_seconds`` (it may also block)."""
+
+    max_samples: int = 20_000
+    max_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_samples < 1 or not math.isfinite(self.max_seconds) or self.max_seconds <= 0:
+            raise InputError(f"data limits {self} are not positive", "give max_samples >= 1 and max_seconds > 0")
+
+
+def load_dataset(
+    spec: str,
+    role: Role,
+    recipe: str | None = None,
+    limit: int | None = None,
+    *,
+    limits: CallableLimits = CallableLimits(),
+    progress: Progress = silent,
+) -> Dataset:
     """Load DATA given as a bundled set name (``digits``, ``digits:test``), an ``.npz``
-    file, a folder of images or a ``module:callable`` yielding batches.
+    file, a folder of images or a ``module:callable`` yielding batches (read within ``limits``).
 
     ``role`` picks the split of a bundled set when ``spec`` names none.
     """
-    data = _load(spec, role, recipe)
+    data = _load(spec, role, recipe, limits, progress)
     return data.take(limit) if limit is not None else data
 
 
-def _load(spec: str, role: Role, recipe: str | None) -> Dataset:
+def _load(spec: str, role: Role, recipe: str | None, limits: CallableLimits, progress: Progress) -> Dataset:
     name, _, split = spec.partition(":")
     if name in bundled_recipes() and not Path(spec).exists():
         return load_bundled(load_recipe(name), split or role)  # type: ignore[arg-type]
@@ -37,7 +66,7 @@ def _load(spec: str, role: Role, recipe: str | None) -> Dataset:
     if path.exists():
         raise InputError(f"data {spec} is neither an .npz file nor a folder of images", "give an .npz with x (and y), or a folder")
     if looks_like_callable(spec):
-        return load_from_callable(spec)
+        return load_from_callable(spec, limits, progress)
     raise InputError(
         f"data {spec!r} does not exist",
         f"give an .npz file, an image folder, module:callable, or a bundled set ({', '.join(bundled_recipes())})",
@@ -56,11 +85,19 @@ def load_npz(path: Path) -> Dataset:
             y = np.asarray(archive["y"]) if "y" in archive.files else None
     except InputError:
         raise
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as .npz ({exc})", "save it with numpy.savez") from None
-    if not np.issubdtype(x.dtype, np.number):
-        raise InputError(f"x in {path} is {x.dtype}, not numbers", "store float32 samples")
-    return Dataset(x.astype(np.float32), _targets(y, f"y in {path}"), str(path))
+    except Exception as exc:  # numpy and zipfile raise many kinds (EOFError on an empty file, BadZipFile, ...)
+        text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read {path} as .npz ({text})", "save it with numpy.savez") from None
+    return Dataset(_samples(x, f"x in {path}"), _targets(y, f"y in {path}"), str(path))
+
+
+def _samples(x: np.ndarray, what: str) -> np.ndarray:
+    """Real-valued samples as float32: complex, boolean and object arrays are refused, and so are
+    values that float32 cannot hold (they would become infinite)."""
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise InputError(f"{what} holds {x.dtype} values, not real numbers", "store float32 samples")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return x.astype(np.float32)
 
 
 def _targets(y: np.ndarray | None, what: str) -> np.ndarray | None:
@@ -68,7 +105,10 @@ def _targets(y: np.ndarray | None, what: str) -> np.ndarray | None:
     if y is None:
         return None
     if np.issubdtype(y.dtype, np.floating):
-        return y.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return y.astype(np.float32)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise InputError(f"{what} holds {y.dtype} values", "store integer class labels or float regression targets")
     if y.ndim != 1:
         raise InputError(f"{what} has shape {y.shape}", "store one integer label per sample, or float regression targets")
     return y.astype(np.int64)
@@ -86,26 +126,70 @@ def load_image_folder(folder: Path, recipe: Recipe) -> Dataset:
     return Dataset(np.stack(arrays), y, str(folder), tuple(classes), recipe.preprocess.as_dict())
 
 
-def load_from_callable(spec: str) -> Dataset:
+def load_from_callable(spec: str, limits: CallableLimits = CallableLimits(), progress: Progress = silent) -> Dataset:
+    """The batches a callable yields, read until it stops or ``limits.max_samples`` are in; a
+    source that takes longer than ``limits.max_seconds`` (even blocked in one batch) fails."""
     produce = load_callable(spec, "data callable")
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
-    try:
+    count = 0
+    label = f"reading {spec}"
+    progress(0, limits.max_samples, label)
+    hint = "make it yield arrays x or tuples (x, y), or run with --debug"
+    with _deadline(limits.max_seconds, spec), user_code(f"data callable {spec}", hint):
         for batch in produce():
             x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-            xs.append(_numpy(x))
+            x = _numpy(x)
+            if x.ndim == 0:
+                raise InputError(f"{spec} yielded a scalar, not a batch", "yield arrays of shape (batch, ...) or tuples (x, y)")
+            xs.append(x)
             if y is not None:
                 ys.append(_numpy(y))
-    except TypeError as exc:
-        raise InputError(f"{spec} did not yield batches ({exc})", "yield arrays x or tuples (x, y)") from None
+            count += len(x)
+            progress(min(count, limits.max_samples), limits.max_samples, label)
+            if count >= limits.max_samples:
+                break
+    progress(limits.max_samples, limits.max_samples, label)
     if not xs:
         raise InputError(f"{spec} yielded no batches", "yield at least one batch")
-    y_all = _targets(np.concatenate(ys), f"labels from {spec}") if ys and len(ys) == len(xs) else None
     try:
-        x_all = np.concatenate(xs).astype(np.float32)
+        x_all = _samples(np.concatenate(xs), f"batches from {spec}")[: limits.max_samples]
+        y_all = _targets(np.concatenate(ys), f"labels from {spec}")[: limits.max_samples] if ys and len(ys) == len(xs) else None  # type: ignore[index]
     except ValueError as exc:
         raise InputError(f"batches from {spec} do not have one shape ({exc})", "yield batches of one sample shape") from None
-    return Dataset(x_all, y_all, spec)
+    source = spec if count < limits.max_samples else f"{spec} (its first {limits.max_samples} samples)"
+    return Dataset(x_all, y_all, source)
+
+
+class _TimedOut(BaseException):
+    """Raised by the timer: a BaseException, so that neither the user's code nor ``user_code``
+    mistakes it for an error of theirs."""
+
+
+@contextmanager
+def _deadline(seconds: float, spec: str) -> Iterator[None]:
+    """Raise an InputError in the main thread when the block runs longer than ``seconds``,
+    even when it is blocked inside a user's call (a SIGALRM timer interrupts it)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+    started = time.monotonic()
+
+    def expire(signum: int, frame: Any) -> None:
+        raise _TimedOut
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _TimedOut:
+        raise InputError(
+            f"data callable {spec} did not finish within {seconds:g} s ({time.monotonic() - started:.0f} s)",
+            "yield fewer or faster batches, or save the data to an .npz",
+        ) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _numpy(value: Any) -> np.ndarray:

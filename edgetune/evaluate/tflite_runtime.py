@@ -142,6 +142,14 @@ class TfliteRunner:
             raise RuntimeFailure(f"the TFLite interpreter failed: {str(exc).splitlines()[0]}", "run with --debug for details") from exc
         return np.concatenate(outputs)
 
+    def probe(self, what: str) -> None:
+        """One run on zeros: a damaged file that the interpreter loads but cannot run is refused
+        here, as bad input, rather than later as a runtime failure."""
+        try:
+            self.run(np.zeros((1, *self.sample_shape), np.float32))
+        except RuntimeFailure as exc:
+            raise InputError(f"{what} loads but does not run: {exc.message}", "check that it is a valid, complete .tflite file") from exc
+
     def run_one(self, sample: np.ndarray) -> None:
         self._resize(1)
         self.interpreter.set_tensor(self.input["index"], self._feed(sample))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from edgetune.errors import InputError
+from edgetune.numbers import parse_finite
 from edgetune.registry import Registry
 
 Transform = Callable[[torch.Tensor, torch.Generator, float], torch.Tensor]
@@ -118,10 +119,7 @@ def parse_augment(text: str | None) -> Augmentation:
     for item in (part.strip() for part in text.split(",") if part.strip()):
         name, _, raw = item.partition(":")
         if name in TRANSFORMS or name == "mixup":
-            try:
-                argument = float(raw) if raw else DEFAULTS[name]
-            except ValueError:
-                raise InputError(f"augmentation {item!r} takes a number after the colon", "e.g. shift:2 or noise:0.05") from None
+            argument = parse_finite(raw, f"augmentation {name}", "shift:2 or noise:0.05") if raw else DEFAULTS[name]
             if name == "mixup":
                 mixup = argument
             else:

@@ -121,8 +121,8 @@ def _target(name: str, raw: Any, where: str) -> TargetBudgets:
         if key == "all_ops_delegated":
             if not isinstance(value, bool):
                 raise InputError(f"{where} [targets.{name}] all_ops_delegated must be true or false", "fix the value")
-        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise InputError(f"{where} [targets.{name}] {key} must be a non-negative number", "fix the value")
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise InputError(f"{where} [targets.{name}] {key} must be a finite, non-negative number", "fix the value")
     threads = raw.get("threads")
     samples = raw.get("parity_samples", 64)
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
@@ -145,6 +145,15 @@ def _target(name: str, raw: Any, where: str) -> TargetBudgets:
     return TargetBudgets(name, budgets, device, int(threads) if threads else None, samples, tuple(kernels), config)
 
 
+def _number(table: dict[str, Any], key: str, default: float, where: str) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{where} [gate] {key} must be a finite number", f"the default is {default}")
+    if isinstance(default, int) and value != int(value):
+        raise InputError(f"{where} [gate] {key} must be a whole number", f"the default is {default}")
+    return float(value)
+
+
 def load_config(explicit: str | Path | None = None) -> GateConfig:
     path, raw = find_config(explicit)
     where = str(path)
@@ -158,12 +167,12 @@ def load_config(explicit: str | Path | None = None) -> GateConfig:
         recipe=dict(raw.get("recipe", {})),
         targets=targets,
         artifacts=tuple(gate.get("artifacts", ("model.onnx", "model.tflite"))),
-        repetitions=int(gate.get("repetitions", 9)),
-        repetition_seconds=float(gate.get("repetition_seconds", 1.0)),
-        alpha=float(gate.get("alpha", 0.002)),
-        min_slowdown=float(gate.get("min_slowdown", 0.05)),
-        regression_quantile=float(gate.get("regression_quantile", 0.1)),
-        max_accuracy_regression_pp=float(gate.get("max_accuracy_regression_pp", 0.5)),
+        repetitions=int(_number(gate, "repetitions", 9, where)),
+        repetition_seconds=_number(gate, "repetition_seconds", 1.0, where),
+        alpha=_number(gate, "alpha", 0.002, where),
+        min_slowdown=_number(gate, "min_slowdown", 0.05, where),
+        regression_quantile=_number(gate, "regression_quantile", 0.1, where),
+        max_accuracy_regression_pp=_number(gate, "max_accuracy_regression_pp", 0.5, where),
         source=where,
     )
     if config.repetitions < 3 or config.repetition_seconds <= 0:

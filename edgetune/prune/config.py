@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from edgetune.errors import InputError
+from edgetune.numbers import parse_finite
 
 KINDS = ("channel", "magnitude")
 CRITERIA = ("l2", "l1", "taylor", "obd")
@@ -60,10 +61,7 @@ def parse_overrides(items: tuple[str, ...] | list[str]) -> tuple[tuple[str, floa
     pairs = []
     for item in items:
         name, _, value = item.partition("=")
-        try:
-            pairs.append((name.strip(), float(value)))
-        except ValueError:
-            raise InputError(f"--prune-layer {item!r} is not NAME=RATIO", "e.g. --prune-layer conv2d_3=0.25") from None
+        pairs.append((name.strip(), parse_finite(value, f"--prune-layer {item!r} ratio", "--prune-layer conv2d_3=0.25")))
     return tuple(pairs)
 
 
@@ -80,9 +78,6 @@ def parse_prune(
     parts = text.split(":")
     if len(parts) not in (2, 3) or parts[0] not in KINDS or (parts[0] == "magnitude" and len(parts) == 3):
         raise InputError(f"--prune {text!r} is not like channel:0.5[:l1|l2] or magnitude:0.8", "give KIND:RATIO")
-    try:
-        ratio = float(parts[1])
-    except ValueError:
-        raise InputError(f"--prune ratio {parts[1]!r} is not a number", f"e.g. {parts[0]}:0.5") from None
+    ratio = parse_finite(parts[1], "--prune ratio", f"{parts[0]}:0.5")
     criterion = parts[2] if len(parts) == 3 else "l2"
     return PruneConfig(ratio, criterion, channel_multiple, skip_unsupported, parts[0], allocation, protect, overrides, reestimate)

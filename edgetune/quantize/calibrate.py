@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgetune.errors import InputError
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
 from edgetune.quantize import params
 from edgetune.quantize.config import QuantConfig
@@ -221,4 +222,24 @@ def calibrate(graph: Graph, samples: np.ndarray, config: QuantConfig, progress: 
     for name, record in records.items():
         record.audit = audit(stats[name], record.chosen)
     assign_params(graph, records, config)
+    check_input_resolution(graph, samples)
     return [records[name] for name in observed_tensors(graph)]
+
+
+def check_input_resolution(graph: Graph, samples: np.ndarray) -> None:
+    """Refuse calibration data whose largest values dwarf the rest: the int8 input step then
+    rounds most non-zero inputs to zero, and the artifacts would compute nothing useful (a lone
+    1e30 among values near 1, say). Most such data has a preprocessing bug."""
+    quant = graph.tensors[graph.inputs[0]].quant
+    if quant is None or quant.scale.size != 1:
+        return
+    magnitudes = np.abs(samples[samples != 0])
+    if magnitudes.size == 0:
+        return
+    lost = float(np.mean(magnitudes < float(quant.scale[0]) / 2))
+    if lost > 0.5:
+        raise InputError(
+            f"the calibration data reaches {float(magnitudes.max()):.3g}, so far beyond its other values that int8 rounds"
+            f" {lost:.0%} of the non-zero inputs to zero",
+            "remove the outliers or fix the data's preprocessing",
+        )
