@@ -111,7 +111,7 @@ def test_bad_input_gives_one_line(tmp_path: Path, capfd: pytest.CaptureFixture[s
     assert lines[0].startswith("error: ") and "; " in lines[0], lines[0]
     assert fragment in lines[0]
     assert "Traceback" not in captured.err and captured.out == ""
-    assert not out.exists() or not any(out.iterdir()), "nothing half-written"
+    assert not out.exists(), "nothing half-written, not even an empty folder"
 
 
 def test_no_traceback_or_warnings_without_debug_in_a_real_process(tmp_path: Path) -> None:
