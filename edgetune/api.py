@@ -20,6 +20,8 @@ def _runner(artifact: str | Path, threads: int | None) -> OnnxRunner | TfliteRun
     path = Path(artifact)
     if not path.is_file():
         raise InputError(f"artifact {path} does not exist", "check the path")
+    if path.stat().st_size == 0:
+        raise InputError(f"artifact {path} is empty", "give the file edgetune or your exporter wrote")
     if path.suffix == ".onnx":
         return OnnxRunner(path, threads=threads)
     if path.suffix == ".tflite":

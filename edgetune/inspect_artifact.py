@@ -35,7 +35,6 @@ def _shape(value_info: Any) -> list[int]:
 
 def inspect_onnx(path: Path) -> dict[str, Any]:
     import onnx
-    from onnx import numpy_helper
 
     try:
         model = onnx.load(str(path))
@@ -43,7 +42,16 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:
         raise InputError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0]})", "re-export it") from None
-    graph = inferred.graph
+    try:
+        return _walk_onnx(model, inferred.graph)
+    except Exception as exc:  # the checker passes some files whose tensors contradict their shapes
+        raise InputError(f"cannot read {path}: its tensors contradict their shapes ({type(exc).__name__})", "re-export it") from exc
+
+
+def _walk_onnx(model: Any, graph: Any) -> dict[str, Any]:
+    import onnx
+    from onnx import numpy_helper
+
     shapes = {vi.name: _shape(vi) for vi in [*graph.value_info, *graph.input, *graph.output]}
     inits = {t.name: t for t in graph.initializer}
     for name, tensor in inits.items():

@@ -201,9 +201,7 @@ def compress(
     names = _names_to_write(export, artifacts)
     timer.lap("export")
 
-    evaluation, layers = _evaluate(graph, artifacts, eval_set, holdout, calib_part, progress)
-    for run in smoke:
-        run.wait()
+    evaluation, layers = _evaluate(graph, artifacts, eval_set, holdout, calib_part, progress, smoke)
     timer.lap("evaluate")
 
     report = reports.compress_report(
@@ -370,7 +368,11 @@ def _evaluate(
     holdout: Dataset | None,
     calib_part: Dataset,
     progress: Progress,
+    smoke: list[Any],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The report's evaluation block. The TFLite files' smoke runs (child processes) started
+    before; they are waited for before this process loads a TFLite file itself, so that an
+    interpreter that aborts takes down the child and becomes an error here."""
     note = "measured on the --eval data"
     data = eval_set
     if data is None and holdout is not None:
@@ -386,6 +388,8 @@ def _evaluate(
     int8_out = OnnxRunner(artifacts["model.onnx"], spin=False).run(data.x)
     progress(2, steps, "evaluation")
     evaluation = reports.evaluation_block(data, fp32_out, int8_out, note)
+    for run in smoke:
+        run.wait()
     if "model.tflite" in artifacts:
         from edgetune.evaluate.tflite_runtime import TfliteRunner
 
@@ -487,11 +491,9 @@ def finetune_compressed(
     smoke = _start_smoke_runs(artifacts)
     timer.lap("export")
     data = eval_set or train_set.take(HOLDOUT_MAX)
-    evaluation, _ = _evaluate(graph, artifacts, data, None, data, progress)
+    evaluation, _ = _evaluate(graph, artifacts, data, None, data, progress, smoke)
     if eval_set is None:
         evaluation["note"] = "no --eval data: measured on training samples, which flatters the model"
-    for run in smoke:
-        run.wait()
     timer.lap("evaluate")
     names = _names_to_write(export, artifacts)
     report = {

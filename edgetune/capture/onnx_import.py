@@ -276,10 +276,13 @@ def import_onnx(path: Path) -> Graph:
     onnx_graph = model.graph
     if any(t.data_type not in (TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32) for t in onnx_graph.initializer):
         raise InputError(f"{path} holds non-float weights (already quantized?)", "give edgetune the fp32 model")
-    constants = {t.name: numpy_helper.to_array(t) for t in onnx_graph.initializer}
-    for proto in onnx_graph.node:
-        if proto.op_type == "Constant":
-            constants[proto.output[0]] = numpy_helper.to_array(proto.attribute[0].t)
+    try:
+        constants = {t.name: numpy_helper.to_array(t) for t in onnx_graph.initializer}
+        for proto in onnx_graph.node:
+            if proto.op_type == "Constant":
+                constants[proto.output[0]] = numpy_helper.to_array(proto.attribute[0].t)
+    except (ValueError, IndexError, TypeError) as exc:
+        raise InputError(f"{path} holds a constant whose data does not fit its shape ({str(exc)[:120]})", "re-export the model") from None
     types: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     for info in [*onnx_graph.value_info, *onnx_graph.input, *onnx_graph.output]:

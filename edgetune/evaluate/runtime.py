@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,9 @@ class OnnxRunner:
 
         source = model if isinstance(model, bytes) else str(model)
         try:
-            self.session = ort.InferenceSession(source, session_options(threads, spin), providers=["CPUExecutionProvider"])
+            # ORT prints its provider fallback notes to stdout, which belongs to --json documents.
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.session = ort.InferenceSession(source, session_options(threads, spin), providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types, all deriving from Exception
             where = "the model" if isinstance(model, bytes) else str(model)
             raise InputError(

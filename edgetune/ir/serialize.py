@@ -75,13 +75,23 @@ def graph_from_bytes(blob: bytes, source: str = "the file") -> Graph:
         raise InputError(f"{source} is not an edgetune compressed model", "pass the model.edgetune file that compress wrote")
     if int(metadata.get("version", 0)) > VERSION:
         raise InputError(f"{source} was written by a newer edgetune (format {metadata['version']})", "upgrade edgetune")
-    structure = json.loads(metadata["graph"])
+    try:
+        return _graph(json.loads(metadata["graph"]), arrays)
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise InputError(f"{source} is damaged: its graph does not parse ({type(exc).__name__})", "compress the model again") from exc
+
+
+def _graph(structure: dict[str, Any], arrays: dict[str, np.ndarray]) -> Graph:
     tensors = {}
     for name, raw in structure["tensors"].items():
         quant = QParams.from_dict(raw["quant"]) if raw["quant"] else None
         tensors[name] = Tensor(name, tuple(raw["shape"]), arrays[name] if raw["const"] else None, quant, arrays.get(name + INT8_SUFFIX))
     nodes = [Node(n["op"], n["name"], n["inputs"], n["outputs"], n["attrs"]) for n in structure["nodes"]]
-    return Graph(structure["inputs"], structure["outputs"], tensors, nodes, structure.get("meta", {}))
+    graph = Graph(structure["inputs"], structure["outputs"], tensors, nodes, structure.get("meta", {}))
+    for name in [*graph.inputs, *graph.outputs, *(t for node in graph.nodes for t in (*node.inputs, *node.outputs) if t)]:
+        if name not in graph.tensors:
+            raise KeyError(name)
+    return graph
 
 
 def _metadata(blob: bytes) -> dict[str, str]:

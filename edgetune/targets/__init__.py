@@ -148,7 +148,7 @@ def load_target(name_or_path: str) -> Target:
         )
     except KeyError as exc:
         raise InputError(f"target file {path} lacks the field {exc.args[0]}", "add it (see targets/host.toml)") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise InputError(f"target file {path} has a bad value ({exc})", "fix the file") from None
 
 

@@ -11,11 +11,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edgetune.errors import EdgetuneError
+from edgetune.errors import EdgetuneError, InputError
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
 
 # TFLite's int8 kernels require these output parameters (scale, zero point).
 FIXED_OUTPUTS = {"softmax": (1.0 / 256, -128), "sigmoid": (1.0 / 256, -128), "tanh": (1.0 / 128, 0)}
+# XNNPACK's int8 convolution and fully-connected operators accept a requantization scale
+# (input scale x weight scale / output scale) in [2^-32, 256); outside it, the interpreter
+# aborts the process while preparing the model.
+REQUANTIZATION_RANGE = (2.0**-32, 256.0)
 # Ops whose int8 input and output must share scale and zero point.
 # (AVERAGE_POOL_2D and MAX_POOL_2D do not rescale: different parameters give wrong values.)
 SAME_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", "concat"}
@@ -93,4 +97,32 @@ def check_quantization(graph: Graph) -> None:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise EdgetuneError(
             f"the quantized graph breaks TFLite's int8 rules: {shown}", "recalibrate with edgetune compress, or report this as a bug"
+        )
+
+
+def check_requantization(graph: Graph) -> None:
+    """Every int8 layer's requantization scales inside the range the TFLite kernels accept.
+
+    They leave it when a layer's weights or outputs are wildly out of proportion (one channel
+    with weights near 1e37, say): the output scale then dwarfs every other channel's. That is a
+    property of the model given, so it is refused as input, naming the layers."""
+    low, high = REQUANTIZATION_RANGE
+    bad = []
+    for node in graph.nodes:
+        if node.op not in WEIGHTED_OPS or node.in_float:
+            continue
+        in_q, w_q, out_q = (graph.tensors[name].quant for name in (node.inputs[0], node.inputs[1], node.outputs[0]))
+        if in_q is None or w_q is None or out_q is None or in_q.dtype != "int8" or out_q.dtype != "int8":
+            continue
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            ratio = np.float64(in_q.scale[0]) * w_q.scale.astype(np.float64) / np.float64(out_q.scale[0])
+        outside = ~np.isfinite(ratio) | (ratio < low) | (ratio >= high)
+        if outside.any():
+            weights = graph.tensors[node.inputs[1]].data
+            largest = float(np.abs(weights).max()) if weights is not None and weights.size else float("nan")
+            bad.append(f"{node.name} ({int(outside.sum())} of {ratio.size} channels; largest weight {largest:.3g})")
+    if bad:
+        raise InputError(
+            f"int8 cannot represent these layers, whose weight and output scales are out of all proportion: {', '.join(bad[:5])}",
+            "check the weights for corrupt or exploding values, or keep those layers in float with --accuracy-target",
         )

@@ -13,7 +13,7 @@ from edgetune.export.tflite.builder import TflBuilder, quant_spec
 from edgetune.export.tflite.layout import nhwc_shape
 from edgetune.export.tflite.model import TflTensor
 from edgetune.export.tflite.ops import TFLITE_OPS, unsupported
-from edgetune.export.tflite.validate import check_quantization
+from edgetune.export.tflite.validate import check_quantization, check_requantization
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -32,6 +32,7 @@ def write_tflite(graph: Graph, quantized: bool = True, int8_io: bool = False, me
         raise UnsupportedOpsError(problems, "the TFLite writer")
     if quantized:
         check_quantization(graph)
+        check_requantization(graph)
     b = TflBuilder(graph, quantized)
     (graph_input,) = graph.inputs
     (graph_output,) = graph.outputs
