@@ -61,7 +61,11 @@ def output_folder(out_dir: str | Path) -> Path:
     path = Path(os.path.realpath(out_dir))
     if path.exists() and not path.is_dir():
         raise InputError(f"output path {out_dir} is a file", "give a folder for -o")
-    if Path.cwd().resolve().is_relative_to(path):
+    try:
+        here = Path.cwd().resolve()
+    except OSError:  # the current folder was deleted: it cannot be the output folder
+        here = None
+    if here is not None and here.is_relative_to(path):
         raise InputError(f"output folder {out_dir} is the current folder or holds it", "give a folder of its own, e.g. -o out/")
     ancestor = path.parent
     while not ancestor.exists():

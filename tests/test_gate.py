@@ -183,7 +183,7 @@ def test_baseline_comparison_on_recorded_measurements(
     [
         ("[targets.host]\nmax_latncy_p50_ms = 1\n", [], "unknown keys: max_latncy_p50_ms"),
         ("[recipe]\nmodel = 'x'\n", [], "sets no budgets"),
-        ("[targets.host]\nmin_accuracy = 'high'\n", [], "must be a non-negative number"),
+        ("[targets.host]\nmin_accuracy = 'high'\n", [], "must be a finite, non-negative number"),
         ("[targets.host]\nmin_accuracy = 0.5\n", ["--update-baseline"], "--update-baseline needs --baseline"),
         ("[targets.host]\nmin_accuracy = 0.5\n", ["--report", "missing.json"], "does not exist"),
         ("[gate]\nrepetitions = 4\n[targets.host]\nmin_accuracy = 0.5\n", [], "no regression could ever be detected"),
