@@ -133,8 +133,8 @@ def compress(
     the_target = target if isinstance(target, Target) else load_target(target)
     loaded = model if isinstance(model, LoadedModel) else _load(model, weights)
     calib_set = _data(calib, "calibration", recipe, progress)
-    eval_set = _data(eval_data, "test", recipe, progress)
-    train_set = _data(train_data, "train", recipe, progress)
+    eval_set = None if eval_data is None else _data(eval_data, "test", recipe, progress)
+    train_set = None if train_data is None else _data(train_data, "train", recipe, progress)
     _check_recovery_inputs(finetune, train_set, resume)
     explicit = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     shape = resolve_input_shape(loaded, explicit, calib_set)
@@ -144,7 +144,10 @@ def compress(
     graph = capture_model(loaded, shape)
     # Calibration labels serve only the gradient pruning criteria; training labels only a fine-tune.
     _check_labels(
-        graph, calibration=calib_set if prune is not None else None, evaluation=eval_set, training=train_set if finetune else None
+        graph,
+        calibration=calib_set if prune is not None else None,
+        evaluation=eval_set,
+        training=train_set if finetune is not None else None,
     )
     timer.lap("capture")
 
@@ -265,10 +268,8 @@ def _sensitivity(graph: Graph, data: Dataset, source: str, progress: Progress) -
     return block, {"sensitivity.png": png}
 
 
-def _data(spec: str | Dataset | None, role: Role, recipe: str | None, progress: Progress) -> Any:
-    if spec is None or isinstance(spec, Dataset):
-        return spec
-    return load_dataset(spec, role, recipe, progress=progress)
+def _data(spec: str | Dataset, role: Role, recipe: str | None, progress: Progress) -> Dataset:
+    return spec if isinstance(spec, Dataset) else load_dataset(spec, role, recipe, progress=progress)
 
 
 def _check_labels(graph: Graph, **sets: Dataset | None) -> None:
@@ -464,7 +465,7 @@ def finetune_compressed(
         raise InputError(f"{compressed} holds no quantization parameters", "pass the model.edgetune that edgetune compress wrote")
     shape = tuple(graph.tensors[graph.inputs[0]].shape[1:])
     train_set = _data(train_data, "train", recipe, progress)
-    eval_set = _data(eval_data, "test", recipe, progress)
+    eval_set = None if eval_data is None else _data(eval_data, "test", recipe, progress)
     for data in (train_set, eval_set):
         if data is not None and data.sample_shape != shape:
             raise InputError(
