@@ -43,7 +43,7 @@ def evaluate(
     data: str,
     *,
     reference: str | Path | None = None,
-    recipe: str | None = None,
+    preprocess: str | None = None,
     threads: int | None = None,
     device: str | None = None,
     ssh_config: str | Path | None = None,
@@ -54,7 +54,7 @@ def evaluate(
     parity block compares its outputs with this host's on every kernel path."""
     runner = _runner(artifact, threads)
     reference_runner = _runner(reference, threads) if reference is not None else None
-    dataset = load_dataset(data, "test", recipe)
+    dataset = load_dataset(data, "test", preprocess)
     runner.check_samples(dataset.x, dataset.source)
     if dataset.has_classes:  # one sample tells the output size: labels are checked before the run
         dataset.check_labels(runner.run(dataset.x[:1]).size, "evaluation")

@@ -42,6 +42,7 @@ OWN_NAMES = frozenset(
         "model.fp32.tflite",
         "model.edgetune",
         "report.json",
+        "recipe.toml",
         "sensitivity.png",
         "finetune.ckpt",
     }

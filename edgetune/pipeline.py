@@ -109,7 +109,7 @@ def compress(
     quant: QuantConfig | None = None,
     weights: str | None = None,
     input_shape: str | tuple[int, ...] | None = None,
-    recipe: str | None = None,
+    preprocess: str | None = None,
     export: ExportConfig | None = None,
     prune: PruneConfig | None = None,
     prune_steps: int = 1,
@@ -117,6 +117,7 @@ def compress(
     train_data: str | Dataset | None = None,
     resume: bool = False,
     sensitivity: bool = False,
+    extra_files: dict[str, bytes] | None = None,
     progress: Progress = silent,
 ) -> CompressResult:
     """Quantize ``model`` to int8 with ``calib`` data and write the artifacts to ``out_dir``.
@@ -132,9 +133,9 @@ def compress(
     out = output_folder(out_dir)  # a bad -o fails now, not after the work
     the_target = target if isinstance(target, Target) else load_target(target)
     loaded = model if isinstance(model, LoadedModel) else _load(model, weights)
-    calib_set = _data(calib, "calibration", recipe, progress)
-    eval_set = None if eval_data is None else _data(eval_data, "test", recipe, progress)
-    train_set = None if train_data is None else _data(train_data, "train", recipe, progress)
+    calib_set = _data(calib, "calibration", preprocess, progress)
+    eval_set = None if eval_data is None else _data(eval_data, "test", preprocess, progress)
+    train_set = None if train_data is None else _data(train_data, "train", preprocess, progress)
     _check_recovery_inputs(finetune, train_set, resume)
     explicit = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
     shape = resolve_input_shape(loaded, explicit, calib_set)
@@ -218,7 +219,7 @@ def compress(
         sensitivity=layer_figures,
         export=export,
         artifacts={name: len(blob) for name, blob in artifacts.items()},
-        written=sorted(names),
+        written=sorted([*names, *(extra_files or {})]),
         evaluation=evaluation,
         layers=layers,
         timings=timer.stages,
@@ -228,7 +229,7 @@ def compress(
         gzip_sizes={name: len(zlib.compress(artifacts[name], 6)) for name in ("model.onnx", "model.tflite") if name in artifacts},
     )
     written = {name: blob for name, blob in artifacts.items() if name in names}
-    paths = _publish(out_dir, {**written, **extra, "report.json": json_bytes(report)}, checkpoint)
+    paths = _publish(out_dir, {**written, **extra, **(extra_files or {}), "report.json": json_bytes(report)}, checkpoint)
     return CompressResult(report, paths, graph)
 
 
@@ -447,7 +448,7 @@ def finetune_compressed(
     eval_data: str | Dataset | None = None,
     target: str | Target = "host",
     export: ExportConfig | None = None,
-    recipe: str | None = None,
+    preprocess: str | None = None,
     resume: bool = False,
     progress: Progress = silent,
 ) -> CompressResult:
@@ -464,8 +465,8 @@ def finetune_compressed(
     if not any(t.quant is not None for t in graph.tensors.values()):
         raise InputError(f"{compressed} holds no quantization parameters", "pass the model.edgetune that edgetune compress wrote")
     shape = tuple(graph.tensors[graph.inputs[0]].shape[1:])
-    train_set = _data(train_data, "train", recipe, progress)
-    eval_set = None if eval_data is None else _data(eval_data, "test", recipe, progress)
+    train_set = _data(train_data, "train", preprocess, progress)
+    eval_set = None if eval_data is None else _data(eval_data, "test", preprocess, progress)
     for data in (train_set, eval_set):
         if data is not None and data.sample_shape != shape:
             raise InputError(

@@ -127,7 +127,7 @@ def commands(kind: str, path: str, base: dict[str, Path], out: str) -> list[list
         ],
         "pt2": [["compress", path, "--calib", "digits", "--calib-samples", "16", "--formats", "onnx", "-o", out]],
         "gate.toml": [["gate", "--config", path, "--report", str(base["report.json"]), "--measurements", str(base["measurements.json"])]],
-        "recipe.toml": [["eval", str(base["onnx"]), "--data", str(base["images"]), "--recipe", path]],
+        "recipe.toml": [["eval", str(base["onnx"]), "--data", str(base["images"]), "--preprocess", path]],
         "target.toml": [["bench", str(base["tflite"]), "--target", path]],
         "measurements.json": [["gate", "--config", str(base["gate.toml"]), "--report", str(base["report.json"]), "--measurements", path]],
         "report.json": [["gate", "--config", str(base["gate.toml"]), "--report", path, "--measurements", str(base["measurements.json"])]],

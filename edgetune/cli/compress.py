@@ -7,17 +7,23 @@ from typing import Any
 
 import click
 
-from edgetune.cli.finetune_options import finetune_config, finetune_options
+from edgetune.cli.finetune_options import RECIPE_KEYS, finetune_options
 from edgetune.cli.output import FiniteFloat, common_options, emit, fmt, pct, table
-from edgetune.errors import InputError
 from edgetune.progress import StderrProgress
 
 
 @click.command("compress")
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option(
-    "--calib", "calib", required=True, metavar="DATA", help="Calibration data: bundled set (digits), .npz, image folder or module:callable."
+    "--recipe",
+    "recipe_file",
+    metavar="FILE",
+    help="A recipe (TOML) with the run's settings, such as OUT/recipe.toml of an earlier run; options given here override it.",
 )
+@click.option(
+    "--set", "sets", metavar="KEY=VALUE", multiple=True, help="Set one recipe key, e.g. quantize.ptq_budget=30 (edgetune recipe keys)."
+)
+@click.option("--calib", "calib", metavar="DATA", help="Calibration data: bundled set (digits), .npz, image folder or module:callable.")
 @click.option("--eval", "eval_data", metavar="DATA", help="Evaluation data (labels give accuracy); default: held-out calibration samples.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--target", default="host", show_default=True, help="Hardware target profile (edgetune targets list).")
@@ -25,7 +31,7 @@ from edgetune.progress import StderrProgress
     "--weights", metavar="FILE", help="State dict for a callable model: .safetensors, .pt or .pth (loaded without unpickling code)."
 )
 @click.option("--input-shape", metavar="NxCxHxW", help="Model input shape, batch first, when the data cannot tell it.")
-@click.option("--recipe", metavar="NAME|FILE", help="Preprocessing recipe for an image folder (calibration/<name>.toml).")
+@click.option("--preprocess", metavar="NAME|FILE", help="Preprocessing of an image folder: imagenet, or a .toml (calibration/<name>.toml).")
 @click.option(
     "--method",
     type=click.Choice(["mse", "percentile", "minmax", "output"]),
@@ -109,99 +115,87 @@ from edgetune.progress import StderrProgress
 @click.option("--float-tflite", is_flag=True, help="Also write model.fp32.tflite.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @common_options
-def command(
-    model: str,
-    calib: str,
-    eval_data: str | None,
-    out_dir: Path,
-    target: str,
-    weights: str | None,
-    input_shape: str | None,
-    recipe: str | None,
-    method: str,
-    percentile: float,
-    per_tensor: bool,
-    calib_samples: int,
-    ptq: str,
-    ptq_budget: float,
-    weight_bits: str,
-    accuracy_target: str | None,
-    fallback: str | None,
-    sensitivity: bool,
-    prune: str | None,
-    prune_allocation: str,
-    prune_protect: str,
-    prune_layers: tuple[str, ...],
-    prune_steps: int,
-    prune_skip_unsupported: bool,
-    prune_bn: bool,
-    formats: str,
-    tflite_io: str | None,
-    float_tflite: bool,
-    quiet: bool,
-    as_json: bool,
-    debug: bool,
-    **tuning: Any,
-) -> None:
-    """Quantize MODEL to int8 and write OUT/model.onnx, OUT/model.fp32.onnx, OUT/model.tflite, OUT/model.edgetune and OUT/report.json.
+def command(out_dir: Path, resume: bool, quiet: bool, as_json: bool, debug: bool, **options: Any) -> None:
+    """Quantize MODEL to int8 and write OUT/model.onnx, OUT/model.fp32.onnx, OUT/model.tflite, OUT/model.edgetune,
+    OUT/report.json and OUT/recipe.toml.
 
     MODEL is file.py:callable or package.module:callable returning a torch.nn.Module,
-    a .pt2 file from torch.export.save, or an .onnx file.
+    a .pt2 file from torch.export.save, or an .onnx file. Every setting is a recipe key: a
+    --recipe file gives them, the options given here override it, and --set overrides both.
+    OUT/recipe.toml replays the run: edgetune compress --recipe OUT/recipe.toml -o OUT2.
     """
-    from edgetune.export.config import ExportConfig, parse_formats
-    from edgetune.pipeline import compress
-    from edgetune.prune.config import parse_overrides, parse_prune
-    from edgetune.quantize import QuantConfig
-    from edgetune.quantize.config import parse_ptq
-    from edgetune.targets import load_target
+    from edgetune.recipe import run
 
-    if fallback is not None and accuracy_target is None:
-        raise InputError(
-            f"--fallback {fallback} without --accuracy-target", "give the target the fallback should reach, e.g. --accuracy-target 30dB"
-        )
-    config = QuantConfig(
-        method=method,
-        per_channel=not per_tensor,
-        samples=calib_samples,
-        percentile=percentile,
-        ptq=parse_ptq(ptq),
-        ptq_budget=ptq_budget,
-        weight_bits=int(weight_bits),
-        accuracy_target=accuracy_target,
-        fallback=fallback or "float",
-    )
-    profile = load_target(target)
-    result = compress(
-        model,
-        calib,
-        out_dir,
-        eval_data=eval_data,
-        target=profile,
-        quant=config,
-        prune=parse_prune(
-            prune,
-            profile.channel_multiple,
-            prune_skip_unsupported,
-            prune_allocation,
-            tuple(n.strip() for n in prune_protect.split(",") if n.strip()),
-            parse_overrides(prune_layers),
-            prune_bn,
-        )
-        if prune
-        else None,
-        weights=weights,
-        input_shape=input_shape,
-        recipe=recipe,
-        export=ExportConfig(parse_formats(formats), tflite_io, float_tflite),
-        prune_steps=prune_steps,
-        finetune=finetune_config(tuning),
-        train_data=tuning["train_data"],
-        resume=tuning["resume"],
-        sensitivity=sensitivity,
-        progress=StderrProgress(enabled=not quiet),
-    )
+    recipe = recipe_from_options(click.get_current_context(), options)
+    result = run(recipe, out_dir, resume=resume, progress=StderrProgress(enabled=not quiet))
     if result.paths:  # under torchrun, the other processes stay silent
         emit(result.report, as_json, _human)
+
+
+# The recipe key each option of compress sets.
+OPTION_KEYS = {
+    "model": "model.source",
+    "weights": "model.weights",
+    "input_shape": "model.input_shape",
+    "calib": "data.calib",
+    "eval_data": "data.eval",
+    "preprocess": "data.preprocess",
+    "target": "target",
+    "method": "quantize.method",
+    "percentile": "quantize.percentile",
+    "per_tensor": "quantize.per_tensor",
+    "calib_samples": "quantize.samples",
+    "ptq": "quantize.ptq",
+    "ptq_budget": "quantize.ptq_budget",
+    "weight_bits": "quantize.weight_bits",
+    "accuracy_target": "quantize.accuracy_target",
+    "fallback": "quantize.fallback",
+    "sensitivity": "quantize.sensitivity",
+    "prune": "prune.method",
+    "prune_allocation": "prune.allocation",
+    "prune_protect": "prune.protect",
+    "prune_layers": "prune.layers",
+    "prune_steps": "prune.steps",
+    "prune_skip_unsupported": "prune.skip_unsupported",
+    "prune_bn": "prune.reestimate_bn",
+    "formats": "export.formats",
+    "tflite_io": "export.tflite_io",
+    "float_tflite": "export.float_tflite",
+    **RECIPE_KEYS,
+}
+
+
+def _option_value(name: str, value: Any) -> Any:
+    """An option's value as its recipe key holds it."""
+    from edgetune.export.config import parse_formats
+    from edgetune.prune.config import parse_overrides
+
+    if name == "weight_bits":
+        return int(value)
+    if name == "formats":
+        return list(parse_formats(value))
+    if name == "prune_protect":
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if name == "prune_layers":
+        return dict(parse_overrides(value))
+    return value
+
+
+def recipe_from_options(ctx: click.Context, options: dict[str, Any]) -> Any:
+    """The run's recipe: the --recipe file, then the options given on the command line (not
+    their defaults, which the recipe has), then --set."""
+    from click.core import ParameterSource
+
+    from edgetune.recipe import Recipe, load, parse_sets
+
+    recipe = load(options["recipe_file"]) if options["recipe_file"] else Recipe()
+    given = {
+        OPTION_KEYS[name]: _option_value(name, value)
+        for name, value in options.items()
+        if name in OPTION_KEYS and value is not None and ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    }
+    recipe = recipe.updated(given, "the command line")
+    return recipe.updated(parse_sets(options["sets"]), "--set")
 
 
 def finetune_rows(report: dict[str, Any]) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from edgetune.cli.output import common_options, emit, fmt, pct, table
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, metavar="DATA", help="Evaluation data: bundled set, .npz, image folder or module:callable.")
 @click.option("--reference", metavar="ARTIFACT", help="A reference artifact (e.g. model.fp32.onnx) for agreement and SQNR.")
-@click.option("--recipe", metavar="NAME|FILE", help="Preprocessing recipe for an image folder.")
+@click.option("--preprocess", metavar="NAME|FILE", help="Preprocessing of an image folder: imagenet, or a .toml (calibration/<name>.toml).")
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: all cores).")
 @click.option(
     "--device",
@@ -26,7 +26,7 @@ def command(
     artifact: str,
     data: str,
     reference: str | None,
-    recipe: str | None,
+    preprocess: str | None,
     threads: int | None,
     device: str | None,
     ssh_config: str | None,
@@ -36,7 +36,7 @@ def command(
     """Evaluate ARTIFACT (.onnx, .tflite or .edgetune) on DATA."""
     from edgetune.api import evaluate
 
-    document = evaluate(artifact, data, reference=reference, recipe=recipe, threads=threads, device=device, ssh_config=ssh_config)
+    document = evaluate(artifact, data, reference=reference, preprocess=preprocess, threads=threads, device=device, ssh_config=ssh_config)
     emit(document, as_json, _human)
 
 

@@ -18,7 +18,7 @@ from edgetune.progress import StderrProgress
 @click.option("--teacher", metavar="MODEL", help="The uncompressed model to distil from (as for compress).")
 @click.option("--teacher-weights", metavar="FILE", help="State dict for a callable --teacher.")
 @click.option("--eval", "eval_data", metavar="DATA", help="Evaluation data (labels give accuracy).")
-@click.option("--recipe", metavar="NAME|FILE", help="Preprocessing recipe for an image folder.")
+@click.option("--preprocess", metavar="NAME|FILE", help="Preprocessing of an image folder: imagenet, or a .toml (calibration/<name>.toml).")
 @click.option("--target", default="host", show_default=True, help="Hardware target profile.")
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Artifacts to write: onnx, tflite or both.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
@@ -30,7 +30,7 @@ def command(
     teacher: str | None,
     teacher_weights: str | None,
     eval_data: str | None,
-    recipe: str | None,
+    preprocess: str | None,
     target: str,
     formats: str,
     quiet: bool,
@@ -56,7 +56,7 @@ def command(
         eval_data=eval_data,
         target=target,
         export=ExportConfig(parse_formats(formats)),
-        recipe=recipe,
+        preprocess=preprocess,
         resume=tuning["resume"],
         progress=StderrProgress(enabled=not quiet),
     )

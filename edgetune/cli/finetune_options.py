@@ -11,23 +11,25 @@ from edgetune.cli.output import FiniteFloat
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-KEYS = (
-    "finetune_budget",
-    "finetune_optimizer",
-    "finetune_lr",
-    "label_smoothing",
-    "patience",
-    "qat",
-    "strategy",
-    "finetune_memory",
-    "augment",
-    "task",
-    "batch_size",
-    "distill_weight",
-    "temperature",
-    "seed",
-    "checkpoint_every",
-)
+# The recipe key each fine-tune option sets (``resume`` is how to run, not what: no key).
+RECIPE_KEYS = {
+    "finetune_budget": "finetune.budget",
+    "finetune_optimizer": "finetune.optimizer",
+    "finetune_lr": "finetune.lr",
+    "label_smoothing": "finetune.label_smoothing",
+    "patience": "finetune.early_stop",
+    "qat": "finetune.qat",
+    "strategy": "finetune.strategy",
+    "finetune_memory": "finetune.memory",
+    "augment": "finetune.augment",
+    "task": "finetune.task",
+    "batch_size": "finetune.batch_size",
+    "distill_weight": "finetune.distill_weight",
+    "temperature": "finetune.temperature",
+    "seed": "finetune.seed",
+    "checkpoint_every": "finetune.checkpoint_every",
+    "train_data": "data.train",
+}
 
 _OPTIONS: list[Callable[[F], F]] = [
     click.option("--qat", is_flag=True, help="Quantization-aware training: train through the int8 quantizer and learn its scales (LSQ)."),
@@ -123,24 +125,8 @@ def finetune_options(budget_required: bool) -> Callable[[F], F]:
 
 def finetune_config(options: dict[str, Any]) -> Any:
     """The FinetuneConfig the options describe, or None without a budget."""
-    from edgetune.finetune import FinetuneConfig, parse_augment, parse_budget, parse_memory, parse_strategy
+    from edgetune.recipe import Recipe
+    from edgetune.recipe.build import finetune_config as build
 
-    if not options["finetune_budget"]:
-        return None
-    return FinetuneConfig(
-        parse_budget(options["finetune_budget"]),
-        lr=options["finetune_lr"],
-        optimizer=options["finetune_optimizer"],
-        label_smoothing=options["label_smoothing"],
-        patience=options["patience"],
-        qat=options["qat"],
-        strategy=parse_strategy(options["strategy"]),
-        memory=parse_memory(options["finetune_memory"]) if options["finetune_memory"] else None,
-        augment=parse_augment(options["augment"]),
-        task=options["task"],
-        batch_size=options["batch_size"],
-        distill_weight=options["distill_weight"],
-        temperature=options["temperature"],
-        seed=options["seed"],
-        checkpoint_every=options["checkpoint_every"],
-    )
+    recipe = Recipe().updated({key: options[name] for name, key in RECIPE_KEYS.items() if name in options}, "the options")
+    return build(recipe.values)

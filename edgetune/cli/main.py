@@ -11,7 +11,7 @@ import warnings
 import click
 
 from edgetune import __version__
-from edgetune.cli import bench, compress, device, evaluate, export, finetune, gate, inspect, targets
+from edgetune.cli import bench, compress, device, evaluate, export, finetune, gate, inspect, recipe, targets
 from edgetune.errors import EdgetuneError
 
 EXIT_USAGE = 2
@@ -35,6 +35,7 @@ for command in (
     inspect.command,
     targets.group,
     device.group,
+    recipe.group,
 ):
     cli.add_command(command)
 

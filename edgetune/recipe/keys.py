@@ -1,0 +1,67 @@
+"""Every key a recipe can set: its type, default and meaning. The one reference for
+``edgetune recipe keys``, the README and validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("str", "int", "float", "bool", "list", "table")
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str  # dotted: section.key, or a top-level key
+    kind: str  # one of KINDS; "list" holds strings, "table" maps names to numbers
+    default: Any  # None: unset (TOML has no null: an unset key is left out of the file)
+    help: str
+
+
+KEYS: tuple[Key, ...] = (
+    Key("target", "str", "host", "hardware target profile: a name from `edgetune targets list`, or a .toml file"),
+    Key("model.source", "str", None, "file.py:callable or module:callable returning an nn.Module, a .pt2 or an fp32 .onnx file"),
+    Key("model.weights", "str", None, "state dict for a callable model: .safetensors, .pt or .pth"),
+    Key("model.input_shape", "str", None, "input shape, batch first (1x3x224x224), when neither the model nor the data tells it"),
+    Key("data.calib", "str", None, "calibration data: a bundled set (digits), an .npz, an image folder or module:callable"),
+    Key("data.eval", "str", None, "evaluation data (labels give accuracy); default: held-out calibration samples"),
+    Key("data.train", "str", None, "training data for the fine-tune"),
+    Key("data.preprocess", "str", None, "preprocessing of an image folder: a bundled name (imagenet) or a .toml file"),
+    Key("quantize.method", "str", "mse", "activation range method: mse, percentile, minmax or output"),
+    Key("quantize.percentile", "float", 99.99, "the percentile of the percentile method"),
+    Key("quantize.per_tensor", "bool", False, "per-tensor weight scales instead of per-channel"),
+    Key("quantize.samples", "int", 128, "calibration samples"),
+    Key("quantize.ptq", "str", "bias-correct", "post-training techniques: equalize,adaround,bias-correct, best, or none"),
+    Key("quantize.ptq_budget", "float", 60.0, "seconds (modeled) for AdaRound, or for all of best"),
+    Key("quantize.weight_bits", "int", 8, "8, or 4 for 4-bit weight values"),
+    Key("quantize.accuracy_target", "str", None, "30dB or 99%: layers fall back until the int8 model reaches it"),
+    Key("quantize.fallback", "str", None, "what accuracy_target switches layers to: float or int16"),
+    Key("quantize.sensitivity", "bool", False, "measure each layer's int8 sensitivity and plot sensitivity.png"),
+    Key("prune.method", "str", None, "channel:RATIO[:l1|l2|taylor|obd] or magnitude:RATIO"),
+    Key("prune.allocation", "str", "uniform", "uniform (the same share per group) or global (one threshold)"),
+    Key("prune.protect", "list", [], "layers kept whole ('first' is the first conv)"),
+    Key("prune.layers", "table", {}, "another ratio for some layers' groups: { conv2d_3 = 0.25 }"),
+    Key("prune.steps", "int", 1, "reach the ratio in this many re-ranked steps"),
+    Key("prune.skip_unsupported", "bool", False, "keep layers whose channels pruning cannot follow whole, instead of failing"),
+    Key("prune.reestimate_bn", "bool", True, "give folded BatchNorm layers their channel statistics back after pruning"),
+    Key("finetune.budget", "str", None, "recovery budget: 90s, 5m, 500steps or 3epochs (unset: no fine-tune)"),
+    Key("finetune.qat", "bool", False, "quantization-aware training after calibration"),
+    Key("finetune.strategy", "str", "full", "which layers train: full, head, last:K or gradual"),
+    Key("finetune.memory", "str", None, "training-memory budget, e.g. 512MB"),
+    Key("finetune.augment", "str", None, "augmentations, e.g. shift:2,flip,noise:0.05,mixup:0.2, or module:callable"),
+    Key("finetune.task", "str", "auto", "auto, classification or regression"),
+    Key("finetune.batch_size", "int", 32, "batch size (per process)"),
+    Key("finetune.lr", "float", 3e-3, "peak learning rate"),
+    Key("finetune.optimizer", "str", "adamw", "adamw, adam or sgd"),
+    Key("finetune.distill_weight", "float", 0.5, "share of the distillation loss when there are labels too"),
+    Key("finetune.temperature", "float", 4.0, "distillation temperature"),
+    Key("finetune.label_smoothing", "float", 0.0, "label smoothing of the cross-entropy"),
+    Key("finetune.early_stop", "int", 0, "stop after this many validations without improvement (0: never)"),
+    Key("finetune.seed", "int", 0, "seed of the fine-tune (order, split, augmentation)"),
+    Key("finetune.checkpoint_every", "float", 60.0, "seconds between checkpoints"),
+    Key("export.formats", "list", ["onnx", "tflite"], "artifacts to write: onnx, tflite"),
+    Key("export.tflite_io", "str", None, "TFLite input/output type: int8 or float (unset: int8 for MCU targets)"),
+    Key("export.float_tflite", "bool", False, "also write model.fp32.tflite"),
+)
+
+BY_NAME = {key.name: key for key in KEYS}
+SECTIONS = tuple(dict.fromkeys(key.name.split(".")[0] for key in KEYS if "." in key.name))
