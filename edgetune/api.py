@@ -11,9 +11,26 @@ from edgetune.evaluate.metrics import accuracy, agreement, finite_or_none, sqnr_
 from edgetune.evaluate.runtime import OnnxRunner
 from edgetune.evaluate.tflite_runtime import TfliteRunner
 from edgetune.inspect_artifact import inspect_path
-from edgetune.pipeline import CompressResult, compress
+from edgetune.pipeline import CompressResult
+from edgetune.pipeline import compress as compress_with
 
 __all__ = ["CompressResult", "benchmark", "compress", "evaluate", "inspect_artifact"]
+
+
+def compress(model: Any, calib: Any = None, out_dir: str | Path | None = None, **options: Any) -> CompressResult:
+    """Compress as a recipe says, ``compress(recipe, out_dir="out/")`` with a
+    :class:`edgetune.recipe.Recipe` or a recipe file's path (the folder gets ``recipe.toml``);
+    or from the keyword arguments of :func:`edgetune.pipeline.compress`, as before:
+    ``compress("net.py:build", "calib.npz", "out/", eval_data="test.npz")``."""
+    from edgetune.recipe import Recipe, load, run
+
+    if isinstance(model, Recipe) or (isinstance(model, (str, Path)) and str(model).endswith(".toml")):
+        if out_dir is None or calib is not None or options:
+            raise InputError("a recipe carries every setting", "call compress(recipe, out_dir=...) with nothing else")
+        return run(model if isinstance(model, Recipe) else load(model), out_dir)  # type: ignore[no-any-return]
+    if calib is None or out_dir is None:
+        raise InputError("compress needs calibration data and an output folder", "call compress(model, calib, out_dir, ...)")
+    return compress_with(model, calib, out_dir, **options)
 
 
 def _runner(artifact: str | Path, threads: int | None) -> OnnxRunner | TfliteRunner:

@@ -22,7 +22,14 @@ def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:  # type:
 def test_compress_digits_keeps_accuracy_in_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     report = _json(capsys, ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test", "-o", str(out), "--quiet"])
-    assert sorted(p.name for p in out.iterdir()) == ["model.edgetune", "model.fp32.onnx", "model.onnx", "model.tflite", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.edgetune",
+        "model.fp32.onnx",
+        "model.onnx",
+        "model.tflite",
+        "recipe.toml",
+        "report.json",
+    ]
     assert report["artifacts"] == sorted(p.name for p in out.iterdir())
     assert json.loads((out / "report.json").read_text()) == report
     evaluation = report["evaluation"]
@@ -130,7 +137,7 @@ def test_formats_and_mcu_target(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "tflite",
     ]
     report = _json(capsys, argv)
-    assert report["artifacts"] == ["model.edgetune", "model.tflite", "report.json"]
+    assert report["artifacts"] == ["model.edgetune", "model.tflite", "recipe.toml", "report.json"]
     assert report["export"]["formats"] == ["tflite"] and report["target"]["onnx_activations"] == "int8"
     info = _json(capsys, ["inspect", str(tmp_path / "model.tflite")])
     assert info["input_type"] == "int8" and info["output_type"] == "int8", "MCU targets get int8 model input and output"

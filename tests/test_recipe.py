@@ -68,7 +68,7 @@ BAD = [
         "line 3: unknown recipe key quantize.ptq_budgt; did you mean quantize.ptq_budget?",
     ),
     ("wrong-type", "[quantize]\nsamples = 'many'\n", [], "line 2: quantize.samples must be a whole number"),
-    ("out-of-range", "[quantize]\nsamples = 0\n", [], "recipe [quantize]: 0 calibration samples"),
+    ("out-of-range", "[quantize]\nsamples = 0\n", [], "r.toml [quantize]: 0 calibration samples"),
     ("newer-version", "version = 7\n", [], "newer edgetune (recipe version 7)"),
     ("non-finite", "[quantize]\nptq_budget = nan\n", [], "quantize.ptq_budget to a value that is not a finite number"),
     ("set-unknown", "", ["--set", "prune.ratio=0.5"], "--set: unknown recipe key prune.ratio"),
@@ -109,3 +109,43 @@ def test_show_prints_a_recipe_that_loads_back_to_itself(tmp_path: Path, capsys: 
 def test_the_example_recipes_are_valid(example: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["recipe", "check", str(EXAMPLES / example), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["valid"]
+
+
+def test_compress_help_fits_on_a_screen(capsys: pytest.CaptureFixture[str]) -> None:
+    import click
+
+    from edgetune.cli import compress
+
+    shown = [p for p in compress.command.params if isinstance(p, click.Option) and not p.hidden]
+    assert len(shown) + 1 <= 15, [p.name for p in shown]  # and --help
+    assert run(["compress", "--help"]) == 0
+    assert "edgetune recipe keys" in capsys.readouterr().out
+
+
+def test_the_python_api_takes_a_recipe(tmp_path: Path) -> None:
+    import edgetune
+    from edgetune.recipe import Recipe
+
+    recipe = Recipe().updated({"model.source": MODEL, "data.calib": "digits", "export.formats": ["onnx"]}, "test")
+    result = edgetune.compress(recipe, out_dir=tmp_path / "a")
+    assert (tmp_path / "a" / "recipe.toml").is_file() and result.report["export"]["formats"] == ["onnx"]
+    again = edgetune.compress(str(tmp_path / "a" / "recipe.toml"), out_dir=tmp_path / "b")
+    assert (tmp_path / "b" / "model.onnx").read_bytes() == (tmp_path / "a" / "model.onnx").read_bytes()
+    assert again.report["model"] == result.report["model"]
+
+
+def test_the_gate_runs_a_recipe_table_in_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    gate = (
+        '[gate]\nartifacts = ["model.onnx"]\nrepetitions = 3\nrepetition_seconds = 0.1\nalpha = 0.1\n[targets.host]\nmin_accuracy = 0.9\n'
+    )
+    recipe = '[recipe]\nout = "built"\n[recipe.model]\nsource = "edgetune.zoo:digits_cnn"\n[recipe.data]\ncalib = "digits"\neval = "digits:test"\n'
+    Path("edgetune.toml").write_text(recipe + '[recipe.export]\nformats = ["onnx"]\n' + gate)
+    assert run(["gate", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] and Path("built/recipe.toml").is_file()
+    Path("edgetune.toml").write_text(recipe + "[recipe.quantize]\nptq_budgt = 3\n" + gate)
+    assert run(["gate", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown recipe key quantize.ptq_budgt; did you mean quantize.ptq_budget?" in err and err.count("\n") == 1

@@ -7,12 +7,16 @@ from typing import Any
 
 import click
 
-from edgetune.cli.finetune_options import RECIPE_KEYS, finetune_options
+from edgetune.cli.finetune_options import finetune_options
 from edgetune.cli.output import FiniteFloat, common_options, emit, fmt, pct, table
 from edgetune.progress import StderrProgress
 
 
-@click.command("compress")
+@click.command(
+    "compress",
+    epilog="Every other setting is a recipe key: `edgetune recipe keys` lists them with their meaning; give them in a "
+    "--recipe file or with --set. Their older options (--method, --ptq-budget, --qat, --augment, ...) still work.",
+)
 @click.argument("model", required=False)
 @click.option(
     "--recipe",
@@ -132,53 +136,12 @@ def command(out_dir: Path, resume: bool, quiet: bool, as_json: bool, debug: bool
         emit(result.report, as_json, _human)
 
 
-# The recipe key each option of compress sets.
-OPTION_KEYS = {
-    "model": "model.source",
-    "weights": "model.weights",
-    "input_shape": "model.input_shape",
-    "calib": "data.calib",
-    "eval_data": "data.eval",
-    "preprocess": "data.preprocess",
-    "target": "target",
-    "method": "quantize.method",
-    "percentile": "quantize.percentile",
-    "per_tensor": "quantize.per_tensor",
-    "calib_samples": "quantize.samples",
-    "ptq": "quantize.ptq",
-    "ptq_budget": "quantize.ptq_budget",
-    "weight_bits": "quantize.weight_bits",
-    "accuracy_target": "quantize.accuracy_target",
-    "fallback": "quantize.fallback",
-    "sensitivity": "quantize.sensitivity",
-    "prune": "prune.method",
-    "prune_allocation": "prune.allocation",
-    "prune_protect": "prune.protect",
-    "prune_layers": "prune.layers",
-    "prune_steps": "prune.steps",
-    "prune_skip_unsupported": "prune.skip_unsupported",
-    "prune_bn": "prune.reestimate_bn",
-    "formats": "export.formats",
-    "tflite_io": "export.tflite_io",
-    "float_tflite": "export.float_tflite",
-    **RECIPE_KEYS,
-}
-
-
-def _option_value(name: str, value: Any) -> Any:
-    """An option's value as its recipe key holds it."""
-    from edgetune.export.config import parse_formats
-    from edgetune.prune.config import parse_overrides
-
-    if name == "weight_bits":
-        return int(value)
-    if name == "formats":
-        return list(parse_formats(value))
-    if name == "prune_protect":
-        return [part.strip() for part in value.split(",") if part.strip()]
-    if name == "prune_layers":
-        return dict(parse_overrides(value))
-    return value
+# The options --help shows; the others still work, but a recipe key is the way to set them.
+EVERYDAY = {"recipe_file", "sets", "calib", "eval_data", "weights", "out_dir", "target", "ptq", "prune", "finetune_budget"}
+EVERYDAY |= {"train_data", "formats", "as_json", "debug"}
+for _param in command.params:
+    if isinstance(_param, click.Option) and _param.name not in EVERYDAY:
+        _param.hidden = True
 
 
 def recipe_from_options(ctx: click.Context, options: dict[str, Any]) -> Any:
@@ -187,14 +150,12 @@ def recipe_from_options(ctx: click.Context, options: dict[str, Any]) -> Any:
     from click.core import ParameterSource
 
     from edgetune.recipe import Recipe, load, parse_sets
+    from edgetune.recipe.options import from_options
+    from edgetune.recipe.recipe import COMMAND_LINE
 
     recipe = load(options["recipe_file"]) if options["recipe_file"] else Recipe()
-    given = {
-        OPTION_KEYS[name]: _option_value(name, value)
-        for name, value in options.items()
-        if name in OPTION_KEYS and value is not None and ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
-    }
-    recipe = recipe.updated(given, "the command line")
+    given = {name: value for name, value in options.items() if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
+    recipe = recipe.updated(from_options(given), COMMAND_LINE)
     return recipe.updated(parse_sets(options["sets"]), "--set")
 
 

@@ -11,25 +11,6 @@ from edgetune.cli.output import FiniteFloat
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The recipe key each fine-tune option sets (``resume`` is how to run, not what: no key).
-RECIPE_KEYS = {
-    "finetune_budget": "finetune.budget",
-    "finetune_optimizer": "finetune.optimizer",
-    "finetune_lr": "finetune.lr",
-    "label_smoothing": "finetune.label_smoothing",
-    "patience": "finetune.early_stop",
-    "qat": "finetune.qat",
-    "strategy": "finetune.strategy",
-    "finetune_memory": "finetune.memory",
-    "augment": "finetune.augment",
-    "task": "finetune.task",
-    "batch_size": "finetune.batch_size",
-    "distill_weight": "finetune.distill_weight",
-    "temperature": "finetune.temperature",
-    "seed": "finetune.seed",
-    "checkpoint_every": "finetune.checkpoint_every",
-    "train_data": "data.train",
-}
 
 _OPTIONS: list[Callable[[F], F]] = [
     click.option("--qat", is_flag=True, help="Quantization-aware training: train through the int8 quantizer and learn its scales (LSQ)."),
@@ -127,6 +108,7 @@ def finetune_config(options: dict[str, Any]) -> Any:
     """The FinetuneConfig the options describe, or None without a budget."""
     from edgetune.recipe import Recipe
     from edgetune.recipe.build import finetune_config as build
+    from edgetune.recipe.options import from_options
 
-    recipe = Recipe().updated({key: options[name] for name, key in RECIPE_KEYS.items() if name in options}, "the options")
-    return build(recipe.values)
+    keys = {key: value for key, value in from_options(options).items() if key.startswith("finetune.")}
+    return build(Recipe().updated(keys, "the options").values)

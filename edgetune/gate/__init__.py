@@ -82,7 +82,7 @@ def gate(
     baseline) instead of measuring; ``baseline``: a baseline to compare with, written anew
     from this run with ``update_baseline``.
     """
-    folder = Path(report).parent if report is not None else run_recipe(config)
+    folder = Path(report).parent if report is not None else run_recipe(config, progress)
     report_doc = read_json(Path(report) if report is not None else folder / "report.json", "report")
     base, base_artifacts = None, None
     if baseline is not None and not update_baseline:

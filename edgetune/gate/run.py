@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,25 +50,30 @@ class Check:
         return asdict(self)
 
 
-def run_recipe(config: GateConfig) -> Path:
-    """``edgetune compress`` with the recipe's options; returns the folder with report.json."""
-    recipe = dict(config.recipe)
-    if "model" not in recipe or "calib" not in recipe:
-        raise InputError(f"{config.source} [recipe] needs model and calib", "or pass --report with an existing report.json")
-    out = Path(str(recipe.pop("out", "out/gate")))
-    argv = [sys.executable, "-m", "edgetune.cli.main", "compress", str(recipe.pop("model")), "-o", str(out), "--quiet", "--json"]
-    for key, value in recipe.items():
-        option = "--" + key.replace("_", "-")
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            if item is True:
-                argv.append(option)
-            elif item is not False:
-                argv += [option, str(item)]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise InputError(f"the recipe's compress failed: {last}", f"fix [recipe] in {config.source}")
+def run_recipe(config: GateConfig, progress: Progress = silent) -> Path:
+    """Compress, in this process, as the config's ``[recipe]`` says; returns the output folder.
+
+    The table holds recipe keys (``[recipe.quantize]`` ...), or compress's options by their long
+    names (the older form: ``model``, ``calib``, ``eval``, ``formats`` ...); ``out`` names the folder."""
+    from edgetune.recipe import Recipe, run
+    from edgetune.recipe.options import from_options, is_option_table
+    from edgetune.recipe.recipe import flatten
+
+    table = dict(config.recipe)
+    out = Path(str(table.pop("out", "out/gate")))
+    where = f"{config.source} [recipe]"
+    if is_option_table(table):
+        unknown = sorted(name for name in table if from_options({name: table[name]}) == {} and table[name] is not None)
+        if unknown:
+            raise InputError(f"{where} has unknown options: {', '.join(unknown)}", "use compress's long option names, or recipe keys")
+        changes = from_options(table)
+    else:
+        table.pop("version", None)
+        changes = flatten(table, where)
+    recipe = Recipe().updated(changes, where)
+    if recipe["model.source"] is None or recipe["data.calib"] is None:
+        raise InputError(f"{where} needs model and calib", "or pass --report with an existing report.json")
+    run(recipe, out, progress=progress)
     return out
 
 

@@ -14,14 +14,14 @@ from edgetune.progress import Progress, silent
 from edgetune.prune.config import PruneConfig, parse_prune
 from edgetune.quantize import QuantConfig
 from edgetune.quantize.config import parse_ptq
-from edgetune.recipe.recipe import FILE_NAME, Recipe
+from edgetune.recipe.recipe import COMMAND_LINE, FILE_NAME, Recipe
 from edgetune.targets import Target, load_target
 
 
 def quant_config(values: Mapping[str, Any]) -> QuantConfig:
     if values["quantize.fallback"] is not None and values["quantize.accuracy_target"] is None:
         raise InputError(
-            f"fallback {values['quantize.fallback']} without an accuracy target",
+            f"--fallback {values['quantize.fallback']} without --accuracy-target",
             "give the target the fallback should reach, e.g. --accuracy-target 30dB",
         )
     return QuantConfig(
@@ -84,13 +84,13 @@ def compress_arguments(recipe: Recipe) -> dict[str, Any]:
         if recipe[name] is None:
             raise InputError(f"no {name} is given", f"pass {option}, or set {name} in the recipe")
     target = load_target(recipe["target"])
-    with _section("quantize"):
+    with _section(recipe, "quantize"):
         quant = quant_config(recipe.values)
-    with _section("prune"):
+    with _section(recipe, "prune"):
         prune = prune_config(recipe.values, target)
-    with _section("finetune"):
+    with _section(recipe, "finetune"):
         finetune = finetune_config(recipe.values)
-    with _section("export"):
+    with _section(recipe, "export"):
         export = export_config(recipe.values)
     return {
         "model": recipe["model.source"],
@@ -111,12 +111,16 @@ def compress_arguments(recipe: Recipe) -> dict[str, Any]:
 
 
 @contextmanager
-def _section(name: str) -> Iterator[None]:
-    """An out-of-range value names the recipe section it came from."""
+def _section(recipe: Recipe, name: str) -> Iterator[None]:
+    """An out-of-range value names the recipe section, and the file or --set it came from
+    (values given as command-line options are named by the message itself)."""
     try:
         yield
     except InputError as exc:
-        raise InputError(f"recipe [{name}]: {exc.message}", exc.hint) from exc
+        sources = [origin for origin in recipe.set_in(name) if origin != COMMAND_LINE]
+        if not sources:
+            raise
+        raise InputError(f"{', '.join(sources)} [{name}]: {exc.message}", exc.hint) from exc
 
 
 def run(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, progress: Progress = silent) -> Any:

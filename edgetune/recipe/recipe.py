@@ -22,6 +22,7 @@ from edgetune.resources import read_toml
 
 VERSION = 1
 FILE_NAME = "recipe.toml"  # written into every output folder: replay it with --recipe
+COMMAND_LINE = "the command line"  # the origin of values given as options
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Recipe:
     """Every key's value (unset keys hold None); built only through :meth:`updated`, which checks."""
 
     values: Mapping[str, Any] = field(default_factory=lambda: {key.name: key.default for key in KEYS})
+    origins: Mapping[str, str] = field(default_factory=dict)  # key -> where its value was set (a file, --set, ...)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -36,12 +38,17 @@ class Recipe:
     def updated(self, changes: Mapping[str, Any], where: str, text: str | None = None) -> Recipe:
         """This recipe with ``changes`` applied, each key and value checked (``where`` names
         their origin in errors; ``text``, a file's text, lets them give its line)."""
-        merged = dict(self.values)
+        merged, origins = dict(self.values), dict(self.origins)
         for name, value in changes.items():
             line = key_line(text, name) if text is not None else None
             at = f"{where}, line {line}" if line else where
             merged[name] = check(name, value, at)
-        return Recipe(merged)
+            origins[name] = where
+        return Recipe(merged, origins)
+
+    def set_in(self, section: str) -> list[str]:
+        """Where the keys of ``section`` that were set came from, in order (files, --set, ...)."""
+        return list(dict.fromkeys(origin for name, origin in self.origins.items() if name.startswith(section + ".")))
 
     def to_toml(self) -> str:
         """The recipe as TOML, sections in the reference order; unset keys are left out."""
@@ -54,7 +61,7 @@ class Recipe:
         named = ("target", "data.preprocess")  # a bundled name, or a path when it ends in .toml
         changed = {name: _absolute(self.values[name]) for name in paths if self.values[name] is not None}
         changed |= {name: os.path.abspath(self.values[name]) for name in named if str(self.values[name] or "").endswith(".toml")}
-        return Recipe({**self.values, **changed})
+        return Recipe({**self.values, **changed}, self.origins)
 
     def differences(self) -> dict[str, Any]:
         """The keys set to something other than their default."""
