@@ -107,10 +107,11 @@ def main() -> None:
         repeat_rows = repeatability(paths, args.repeats)
         memory_rows = memory(paths)
         slow = unaccelerated(paths[1])
+    from edgetune.cli.targets import zoo_artifacts
     from edgetune.profile.calibrate import calibrate_host
 
     log("edgetune targets calibrate host (micro-benchmarks, then every zoo model measured and estimated)")
-    _, calibration = calibrate_host()
+    _, calibration = calibrate_host(zoo_artifacts)
 
     print(
         table(

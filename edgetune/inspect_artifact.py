@@ -136,6 +136,8 @@ def _walk_tflite(blob: bytes, runner: Any) -> dict[str, Any]:
 
     import tflite
 
+    from edgetune.profile.agent import delegation
+
     model = tflite.Model.GetRootAsModel(blob, 0)
     names = {value: name for name, value in vars(tflite.BuiltinOperator).items() if not name.startswith("_")}
     graph = model.Subgraphs(0)
@@ -188,6 +190,6 @@ def _walk_tflite(blob: bytes, runner: Any) -> dict[str, Any]:
         "input_type": _TFLITE_TYPES.get(model_in.Type(), str(model_in.Type())),
         "output_type": _TFLITE_TYPES.get(model_out.Type(), str(model_out.Type())),
         "quantization": {"int8_tensors": len(int8), "per_channel_tensors": per_channel},
-        "delegation": runner.delegation(),
+        "delegation": delegation(runner.interpreter),
         "metadata": metadata,
     }

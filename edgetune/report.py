@@ -14,6 +14,7 @@ from edgetune.evaluate.metrics import accuracy, agreement, finite_or_none, sqnr_
 from edgetune.export.config import ExportConfig
 from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.stats import graph_summary
+from edgetune.profile.agent import delegation
 from edgetune.quantize import CalibrationRecord, QuantConfig
 from edgetune.targets import Target
 
@@ -78,7 +79,7 @@ def tflite_block(
         "sqnr_db": finite_or_none(sqnr_db(fp32_out, tflite_out)),
         "top1_agreement_with_onnx_int8": agreement(tflite_out, onnx_out),
         "max_lsb_vs_onnx_int8": round(float(np.abs(tflite_out - onnx_out).max()) / out_scale, 3),
-        "delegation": runner.delegation(),
+        "delegation": delegation(runner.interpreter),
     }
     if data.y is not None and data.has_classes:
         block["accuracy"] = accuracy(tflite_out, data.y)
@@ -142,7 +143,7 @@ def _scheme(quant: QuantConfig) -> str:
 
 def _four_bit_weights(graph: Graph, artifacts: dict[str, int]) -> dict[str, Any]:
     """Where the 4-bit weights are stored, and what packing them saves."""
-    from edgetune.quantize.params import WEIGHT_MAX, levels_of
+    from edgetune.ir.quant import WEIGHT_MAX, levels_of
 
     layers = [n for n in graph.nodes if n.op in WEIGHTED_OPS and not n.in_float]
     eight = [n.name for n in layers if levels_of(graph.meta, n.inputs[1]) == WEIGHT_MAX]

@@ -22,13 +22,13 @@ from edgetune.evaluate.metrics import sqnr_db
 from edgetune.evaluate.runtime import OnnxRunner
 from edgetune.export.onnx.writer import write_onnx
 from edgetune.ir.graph import WEIGHTED_OPS, Graph
+from edgetune.ir.quant import dequantize_array, quantize_array
 from edgetune.ir.serialize import graph_from_bytes, graph_to_bytes
 from edgetune.quantize import QuantConfig, calibrate
 from edgetune.quantize.adaround import adaround, learning_rate, plan
 from edgetune.quantize.bias_correct import correct_biases
 from edgetune.quantize.config import parse_ptq
 from edgetune.quantize.equalize import equalize, find_pairs
-from edgetune.quantize.params import dequantize_array, quantize_array
 from edgetune.quantize.ptq import quantize
 
 SHAPE = (3, 16, 16)

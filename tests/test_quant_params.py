@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetune.quantize import params
+from edgetune.ir import quant as params
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_zero_weight_channel_widens_so_the_bias_fits_int32() -> None:
 
 def test_weight_range_search_clips_outliers_at_four_bits() -> None:
     from edgetune.ir.graph import QParams
-    from edgetune.quantize.params import dequantize_array, quantize_array, weight_params
+    from edgetune.ir.quant import dequantize_array, quantize_array, weight_params
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)

@@ -155,12 +155,6 @@ class TfliteRunner:
         self.interpreter.set_tensor(self.input["index"], self._feed(sample))
         self.interpreter.invoke()
 
-    def delegation(self) -> dict[str, Any]:
-        """Which ops the default delegate (XNNPACK) took (see ``edgetune.profile.agent.delegation``)."""
-        from edgetune.profile.agent import delegation
-
-        return delegation(self.interpreter)
-
 
 SMOKE = """
 import sys

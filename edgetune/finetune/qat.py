@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from edgetune.errors import InputError
+from edgetune.ir import quant as params
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, QParams
 from edgetune.ir.torch_exec import GraphRunner, Observer, fake_quant
-from edgetune.quantize import params
 from edgetune.quantize.calibrate import FIXED_OUTPUT_PARAMS, SHARES_INPUT_PARAMS
 
 SCALE_PREFIX = "scale:"

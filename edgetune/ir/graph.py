@@ -160,3 +160,15 @@ class Graph:
 
     def parameter_count(self) -> int:
         return int(sum(t.data.size for t in self.tensors.values() if t.data is not None))
+
+
+def depthwise_multiplier(graph: Graph, node: Node) -> int:
+    """The channel multiplier of a depthwise convolution (as many groups as input channels, more
+    than one), or 0 for any other node. Most passes want a multiplier of 1 (outputs map one to
+    one onto inputs); TFLite's DEPTHWISE_CONV_2D takes any."""
+    if node.op != "conv2d" or node.attrs.get("groups", 1) <= 1:
+        return 0
+    channels = graph.tensors[node.inputs[0]].shape[1]
+    if node.attrs["groups"] != channels:
+        return 0
+    return int(graph.tensors[node.outputs[0]].shape[1]) // int(channels)

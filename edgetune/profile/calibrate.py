@@ -150,20 +150,19 @@ def micro_peaks(threads: int, unsigned: bool) -> dict[str, float]:
     return figures
 
 
-def _check_model(name: str, host: Target, threads: int, out: Path) -> dict[str, Any]:
-    """Compress one zoo model on random calibration data, then measure and estimate both artifacts."""
-    from edgetune import zoo
-    from edgetune.data import Dataset
-    from edgetune.pipeline import compress
+# Writes a zoo model's int8 artifacts (model.onnx, model.tflite) for a target into a folder. The
+# caller passes it: the profiler measures artifacts and never runs the compression pipeline.
+BuildArtifacts = Callable[[str, Target, Path], None]
+
+
+def _check_model(name: str, host: Target, threads: int, out: Path, build: BuildArtifacts) -> dict[str, Any]:
+    """One zoo model's artifacts, measured and estimated."""
     from edgetune.profile.estimate import estimate_latency
     from edgetune.profile.measure import Settings, run_local
     from edgetune.profile.ops import read_ops
     from edgetune.profile.stats import latency_summary
 
-    model = getattr(zoo, name)()
-    shape = getattr(model, "input_shape", None) or (3, 224, 224)
-    data = Dataset(np.random.default_rng(0).standard_normal((16, *shape)).astype(np.float32), None, "random")
-    compress(model, data, out / name, target=host)
+    build(name, host, out / name)
     rows = {}
     for artifact in ("model.onnx", "model.tflite"):
         path = out / name / artifact
@@ -173,8 +172,11 @@ def _check_model(name: str, host: Target, threads: int, out: Path) -> dict[str, 
     return rows
 
 
-def calibrate_host(check: tuple[str, ...] = CHECK_MODELS, progress: Progress = silent) -> tuple[Path, dict[str, Any]]:
-    """Measure, check, and write ``<user dir>/host.toml``; returns its path and contents."""
+def calibrate_host(
+    build: BuildArtifacts, check: tuple[str, ...] = CHECK_MODELS, progress: Progress = silent
+) -> tuple[Path, dict[str, Any]]:
+    """Measure, check (on zoo models whose artifacts ``build`` writes), and write
+    ``<user dir>/host.toml``; returns its path and contents."""
     from dataclasses import replace
 
     from edgetune import zoo
@@ -193,7 +195,7 @@ def calibrate_host(check: tuple[str, ...] = CHECK_MODELS, progress: Progress = s
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for done, name in enumerate(check, 2):
-            results[name] = _check_model(name, host, threads, Path(tmp))
+            results[name] = _check_model(name, host, threads, Path(tmp), build)
             progress(done, len(check) + 1, "estimator check")
     ratios = [row["ratio"] for rows in results.values() for row in rows.values()]
     check_block = {"min_ratio": round(min(ratios), 3), "max_ratio": round(max(ratios), 3), "models": sorted(results)} if ratios else {}

@@ -9,18 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edgetune.errors import InputError
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("--plot needs matplotlib", "pip install 'edgetune[plots]'") from None
-    return plt
+from edgetune.plotting import pyplot
 
 
 def _stem(document: dict[str, Any]) -> str:
@@ -30,7 +19,7 @@ def _stem(document: dict[str, Any]) -> str:
 
 def write_plots(document: dict[str, Any], folder: Path) -> list[Path]:
     """Write the plots the document has data for; returns their paths."""
-    plt = _pyplot()
+    plt = pyplot("--plot")
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     times = document.get("times_ms")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgetune.ir.graph import Graph, Node
+from edgetune.ir.graph import Graph, Node, depthwise_multiplier
 
 PASS_THROUGH = {"relu", "relu6", "clamp", "sigmoid", "tanh", "hardswish", "global_avgpool", "avgpool2d", "maxpool2d"}
 
@@ -54,12 +54,6 @@ class _Spaces:
             self.parent[root] = roots[0]
 
 
-def _is_depthwise(graph: Graph, node: Node) -> bool:
-    cin = graph.tensors[node.inputs[0]].shape[1]
-    cout = graph.tensors[node.outputs[0]].shape[1]
-    return bool(node.attrs["groups"] == cin == cout and cin > 1)
-
-
 def _is_flatten_of_1x1(graph: Graph, node: Node) -> bool:
     in_shape, out_shape = graph.tensors[node.inputs[0]].shape, graph.tensors[node.outputs[0]].shape
     return len(in_shape) >= 2 and len(out_shape) == 2 and int(np.prod(in_shape[2:])) == 1 and out_shape[1] == in_shape[1]
@@ -88,7 +82,7 @@ class _Links:
         out = node.outputs[0]
         if node.attrs["groups"] == 1:
             self.roles += [(out, "producer", node), (node.inputs[0], "consumer", node)]
-        elif _is_depthwise(self.graph, node):
+        elif depthwise_multiplier(self.graph, node) == 1:
             self.spaces.union(node.inputs[0], out)
             self.roles.append((out, "depthwise", node))
         else:

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, depthwise_multiplier
+from edgetune.ir.quant import levels_of
 from edgetune.ir.stats import graph_macs
 from edgetune.ir.torch_exec import apply_act, run_preact
-from edgetune.quantize.layerwise import LayerInputs, Progress, quantized_constant, walk
-from edgetune.quantize.params import levels_of
+from edgetune.progress import Progress
+from edgetune.quantize.layerwise import LayerInputs, quantized_constant, walk
 
 ZETA, GAMMA = 1.1, -0.1  # stretch of the rectified sigmoid (paper, eq. 23)
 REG_WEIGHT = 0.01  # lambda of the rounding regulariser
@@ -86,10 +87,17 @@ class _Layer:
     """The layer's output at sampled positions as a function of its weights."""
 
     def __init__(
-        self, node: Node, weight_shape: tuple[int, ...], x: torch.Tensor, out_shape: torch.Size, positions: int, generator: torch.Generator
+        self,
+        node: Node,
+        depthwise: bool,
+        weight_shape: tuple[int, ...],
+        x: torch.Tensor,
+        out_shape: torch.Size,
+        positions: int,
+        generator: torch.Generator,
     ):
         self.node = node
-        self.depthwise = node.op == "conv2d" and node.attrs["groups"] > 1  # only depthwise groups get here
+        self.depthwise = depthwise
         self.batch = DEPTHWISE_BATCH if self.depthwise else BATCH
         n = x.shape[0]
         if node.op == "linear":
@@ -218,7 +226,7 @@ def plan(graph: Graph, available: int, budget_s: float) -> Plan:
 
 def _layer_cost(graph: Graph, node: Node, samples: int, positions: int) -> LayerCost:
     weights = graph.const(node.inputs[1]).size
-    depthwise = node.op == "conv2d" and node.attrs["groups"] > 1
+    depthwise = depthwise_multiplier(graph, node) > 0
     available = samples * int(np.prod(graph.tensors[node.outputs[0]].shape[2:])) if node.op == "conv2d" else samples
     return LayerCost(weights, min(DEPTHWISE_BATCH if depthwise else BATCH, positions, available), depthwise)
 
@@ -245,7 +253,8 @@ def adaround(graph: Graph, samples: np.ndarray, budget_s: float, progress: Progr
             result.skipped.append(node.name)  # rounded to nearest
             return None
         scale = q.scale if q.axis is not None else np.full(weight.shape[0], q.scale[0], np.float32)
-        layer = _Layer(node, weight.shape, inputs.x_quant, inputs.z_float.shape, result.plan.positions, generator)
+        depthwise = depthwise_multiplier(graph, node) > 0
+        layer = _Layer(node, depthwise, weight.shape, inputs.x_quant, inputs.z_float.shape, result.plan.positions, generator)
         target = apply_act(layer.take(inputs.z_float), node.act)
         bias = quantized_constant(graph, node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         levels = levels_of(graph.meta, node.inputs[1])

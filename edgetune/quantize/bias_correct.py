@@ -22,9 +22,10 @@ import torch
 
 from edgetune.ir.graph import Graph
 from edgetune.ir.torch_exec import run_preact, stat_sample_count
+from edgetune.progress import Progress
 from edgetune.quantize.calibrate import requantize_bias
 from edgetune.quantize.equalize import ensure_bias
-from edgetune.quantize.layerwise import LayerInputs, Progress, quantized_constant, walk
+from edgetune.quantize.layerwise import LayerInputs, quantized_constant, walk
 
 
 @dataclass

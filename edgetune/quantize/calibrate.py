@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +9,9 @@ import numpy as np
 import torch
 
 from edgetune.errors import InputError
-from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
-from edgetune.quantize import params
+from edgetune.ir import quant as params
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, depthwise_multiplier
+from edgetune.progress import Progress
 from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.observers import METHODS, OUTPUT_METHOD, TensorStats, percentile_range
 from edgetune.quantize.output_error import choose_by_output
@@ -23,8 +23,6 @@ SHARES_INPUT_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose"}
 FIXED_OUTPUT_PARAMS = {"softmax": (1.0 / 256, -128), "sigmoid": (1.0 / 256, -128), "tanh": (1.0 / 128, 0)}
 # Every activation of a calibration batch is materialised as an output, so batches stay small.
 CALIBRATION_BATCH = 8
-
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -150,14 +148,9 @@ def weight_levels_by_layer(graph: Graph, bits: int) -> dict[str, int]:
     levels = {node.inputs[1]: params.weight_levels(bits) for node in weighted}
     if bits < 8 and weighted:
         for node in weighted:
-            if node is weighted[0] or node is weighted[-1] or is_depthwise(graph, node):
+            if node is weighted[0] or node is weighted[-1] or depthwise_multiplier(graph, node) > 0:
                 levels[node.inputs[1]] = params.WEIGHT_MAX
     return levels
-
-
-def is_depthwise(graph: Graph, node: Node) -> bool:
-    """A grouped convolution with one input channel per group (any channel multiplier)."""
-    return node.op == "conv2d" and node.attrs["groups"] > 1 and graph.const(node.inputs[1]).shape[1] == 1
 
 
 def _quantize_weights(graph: Graph, inputs: list[str], config: QuantConfig) -> None:

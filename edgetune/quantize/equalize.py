@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor, depthwise_multiplier
 from edgetune.quantize.layerwise import LayerInputs, walk
 
 ROUNDS = 20
@@ -63,13 +63,8 @@ class EqualizeResult:
         }
 
 
-def _is_depthwise(node: Node, graph: Graph) -> bool:
-    weight = graph.const(node.inputs[1])
-    return node.op == "conv2d" and node.attrs["groups"] > 1 and weight.shape[1] == 1 and node.attrs["groups"] == weight.shape[0]
-
-
 def _plain_or_depthwise(node: Node, graph: Graph) -> bool:
-    return node.op == "linear" or node.attrs["groups"] == 1 or _is_depthwise(node, graph)
+    return node.op == "linear" or node.attrs["groups"] == 1 or depthwise_multiplier(graph, node) == 1
 
 
 def find_pairs(graph: Graph) -> list[Pair]:
@@ -117,7 +112,7 @@ def _channel_ranges(weight: np.ndarray, axis: int) -> np.ndarray:
 
 def _input_axis(node: Node, graph: Graph) -> int:
     """The weight axis that follows the layer's input channels."""
-    return 0 if node.op == "conv2d" and _is_depthwise(node, graph) else 1
+    return 0 if node.op == "conv2d" and depthwise_multiplier(graph, node) == 1 else 1
 
 
 def _spread(ranges: np.ndarray) -> float:
@@ -226,7 +221,7 @@ def _absorb_high_bias(graph: Graph, pair: Pair, low: np.ndarray, high: np.ndarra
     w_second = graph.const(second.inputs[1])
     if second.op == "linear":
         shift = w_second @ offset
-    elif _is_depthwise(second, graph):
+    elif depthwise_multiplier(graph, second) == 1:
         shift = w_second.reshape(w_second.shape[0], -1).sum(axis=1) * offset
     else:
         shift = w_second.sum(axis=(2, 3)) @ offset

@@ -28,8 +28,8 @@ import numpy as np
 
 from edgetune.errors import InputError
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, QParams
-from edgetune.quantize.layerwise import Progress
-from edgetune.quantize.params import bias_params, int16_params
+from edgetune.ir.quant import bias_params, int16_params
+from edgetune.progress import Progress
 from edgetune.quantize.scores import float_outputs, int8_scores
 
 

@@ -19,6 +19,7 @@ import torch
 
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
 from edgetune.ir.torch_exec import KERNELS, apply_act, fake_quant, quantize_bias, run_preact
+from edgetune.progress import Progress
 
 
 @dataclass
@@ -35,7 +36,6 @@ class LayerInputs:
 # A visitor may return the layer's int8-simulated output before activation, computed with
 # the constants it leaves behind, to spare the walk computing it again.
 Visitor = Callable[[LayerInputs], torch.Tensor | None]
-Progress = Callable[[int, int, str], None]
 
 
 def quantized_constant(graph: Graph, name: str) -> torch.Tensor:

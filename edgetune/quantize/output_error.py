@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from edgetune.ir.graph import Graph
+from edgetune.ir.quant import activation_params
 from edgetune.ir.torch_exec import GraphRunner, fake_quant
-from edgetune.quantize.layerwise import Progress, last_use
-from edgetune.quantize.params import activation_params
+from edgetune.progress import Progress
+from edgetune.quantize.layerwise import last_use
 
 if TYPE_CHECKING:
     from edgetune.quantize.calibrate import CalibrationRecord

@@ -23,9 +23,10 @@ import numpy as np
 
 from edgetune.ir.graph import Graph
 from edgetune.ir.stats import graph_macs
+from edgetune.progress import Progress
 from edgetune.quantize.adaround import adaround, plan
 from edgetune.quantize.bias_correct import correct_biases
-from edgetune.quantize.calibrate import CalibrationRecord, Progress, calibrate
+from edgetune.quantize.calibrate import CalibrationRecord, calibrate
 from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.equalize import equalize
 from edgetune.quantize.observers import METHODS

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from edgetune.evaluate.metrics import sqnr_db
-from edgetune.ir.graph import WEIGHTED_OPS, Graph
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, depthwise_multiplier
 from edgetune.ir.torch_exec import GraphRunner, run_batches
-from edgetune.quantize.layerwise import Progress
+from edgetune.progress import Progress
 
 SAMPLES = 16
 
@@ -40,7 +40,7 @@ def layer_sensitivity(graph: Graph, samples: np.ndarray, progress: Progress | No
         )
         out = run_batches(GraphRunner(alone, quantized=True), x)
         weights = graph.const(node.inputs[1])
-        depthwise = node.op == "conv2d" and node.attrs["groups"] > 1 and weights.shape[1] == 1
+        depthwise = depthwise_multiplier(graph, node) > 0
         rows.append(
             {
                 "layer": node.name,
@@ -56,9 +56,9 @@ def layer_sensitivity(graph: Graph, samples: np.ndarray, progress: Progress | No
 
 def sensitivity_png(rows: list[dict[str, Any]], title: str) -> bytes:
     """A bar per layer in execution order (lower is more sensitive); the five lowest named."""
-    from edgetune.profile.plots import _pyplot
+    from edgetune.plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot("sensitivity.png")
     figure, axis = plt.subplots(figsize=(max(6.0, 0.12 * len(rows) + 2), 3.8), dpi=100)
     values = [row["sqnr_db"] for row in rows]
     colours = ["#c44e52" if row["op"] == "depthwise" else "#4c72b0" for row in rows]

@@ -10,7 +10,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgetune.ir.graph import Graph, QParams
-from edgetune.quantize.params import dequantize_array, levels_of, quantize_array
+from edgetune.ir.quant import dequantize_array, levels_of, quantize_array
 
 INT4_MAX = 7  # weights whose levels fit [-7, 7] are 4-bit ones
 

@@ -10,7 +10,7 @@ import tflite
 from edgetune.export.tflite.layout import nhwc_shape
 from edgetune.export.tflite.model import OptionsWriter, QuantSpec, TflModel, TflOperator, TflTensor, array_bytes
 from edgetune.ir.graph import Graph, QParams
-from edgetune.quantize.params import activation_params, quantize_array
+from edgetune.ir.quant import activation_params, quantize_array
 
 # (float version, int8 version) per builtin operator: the versions TFLite's converter gives
 # these cases (tensorflow/lite/tools/versioning/op_version.cc), all within what both

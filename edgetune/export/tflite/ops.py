@@ -16,9 +16,9 @@ import tflite
 from edgetune.export.tflite import layout
 from edgetune.export.tflite.builder import ACTIVATIONS, VERSIONS, TflBuilder, quant_spec
 from edgetune.export.tflite.model import QuantSpec, TflTensor
-from edgetune.ir.graph import Graph, Node
+from edgetune.ir.graph import Graph, Node, depthwise_multiplier
 from edgetune.ir.padding import same_padding
-from edgetune.quantize.params import int16_params, quantize_array
+from edgetune.ir.quant import int16_params, quantize_array
 from edgetune.registry import Registry
 
 TflOp = Callable[[TflBuilder, Node], None]
@@ -33,16 +33,11 @@ PAD_INT16_VERSION = 3
 VERSIONS_INT16_QUANTIZE = 2  # QUANTIZE with an int16 output
 
 
-def _is_depthwise(graph: Graph, node: Node) -> bool:
-    channels = graph.tensors[node.inputs[0]].shape[1]
-    return bool(node.attrs["groups"] == channels and channels > 1)
-
-
 def unsupported(graph: Graph, node: Node) -> str | None:
     """Why ``node`` cannot be written to TFLite, or None."""
     if node.op not in TFLITE_OPS:
         return node.op
-    if node.op == "conv2d" and node.attrs["groups"] != 1 and not _is_depthwise(graph, node):
+    if node.op == "conv2d" and node.attrs["groups"] != 1 and not depthwise_multiplier(graph, node):
         return "conv2d with groups other than 1 or the channel count"
     if node.op == "softmax" and len(graph.tensors[node.inputs[0]].shape) != 2:
         return "softmax on a tensor of rank other than 2"
@@ -200,7 +195,7 @@ def conv2d(b: TflBuilder, node: Node) -> None:
     island = _island(b, node)
     x, padding = _padded_input(b, node, kernel, dilation)
     x = island.input(x)
-    depthwise = _is_depthwise(b.graph, node)
+    depthwise = depthwise_multiplier(b.graph, node) > 0
     if depthwise:
         weight = _weights(b, node.inputs[1], layout.depthwise_weight, 3)
     else:
