@@ -34,6 +34,7 @@ from edgetune.evaluate.metrics import accuracy, agreement, sqnr_db  # noqa: E402
 from edgetune.evaluate.tflite_runtime import TfliteRunner  # noqa: E402
 from edgetune.export.tflite import write_tflite  # noqa: E402
 from edgetune.pipeline import compress  # noqa: E402
+from edgetune.profile.agent import delegation  # noqa: E402
 from edgetune.quantize import QuantConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +95,7 @@ def bench_case(name: str, case: dict[str, str], work: Path, rounds: int) -> dict
             "bytes": len(ours_blob),
             "compress_wall_s": ours_wall,
             "tflite_write_s": write_s,
-            "delegation": TfliteRunner(ours_blob).delegation(),
+            "delegation": delegation(TfliteRunner(ours_blob).interpreter),
         },
         "onnx2tf": {
             "version": ONNX2TF_VERSION,
@@ -102,7 +103,7 @@ def bench_case(name: str, case: dict[str, str], work: Path, rounds: int) -> dict
             "sqnr_db": sqnr_db(fp32, theirs),
             "bytes": len(theirs_blob),
             "wall_s": theirs_wall,
-            "delegation": TfliteRunner(theirs_blob).delegation(),
+            "delegation": delegation(TfliteRunner(theirs_blob).interpreter),
         },
     }
     if evaluation.y is not None:

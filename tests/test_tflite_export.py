@@ -19,6 +19,7 @@ from edgetune.evaluate.tflite_runtime import TfliteRunner, reference_resolver
 from edgetune.export.onnx import write_onnx
 from edgetune.export.tflite import write_tflite
 from edgetune.ir.torch_exec import GraphRunner, run_batches
+from edgetune.profile.agent import delegation as delegation_of
 from edgetune.quantize import QuantConfig, calibrate
 
 
@@ -169,7 +170,7 @@ def test_zoo_int8_tflite_matches_onnx_and_delegates_everything(zoo_graph) -> Non
     runner = TfliteRunner(write_tflite(graph))
     lsb = np.abs(runner.run(x) - _ort(write_onnx(graph, quantized=True), x)) / float(graph.tensors[graph.outputs[0]].quant.scale[0])
     assert lsb.max() <= max_lsb + 1e-3 and np.mean(lsb <= 1.0 + 1e-3) >= 0.99
-    delegation = runner.delegation()
+    delegation = delegation_of(runner.interpreter)
     assert set(delegation["not_delegated"]) <= XNNPACK_INT8_UNSUPPORTED
     assert delegation["delegated"] + len(delegation["not_delegated"]) == delegation["ops"]
 
