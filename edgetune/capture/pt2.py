@@ -81,6 +81,7 @@ def _load(blob: bytes) -> torch.export.ExportedProgram:
     if reader.read_string(names.ARCHIVE_VERSION_PATH) != names.ARCHIVE_VERSION_VALUE:
         raise ValueError("the archive version is not the one this torch reads")
     files = set(reader.get_file_names())
+    _check_names(files, names)  # as torch's reader lists them, too: the two zip readers must agree
     model_file = names.MODELS_FILENAME_FORMAT.format("model")
     if model_file not in files:
         raise ValueError(f"the archive has no {model_file}")
@@ -94,6 +95,8 @@ def _load(blob: bytes) -> torch.export.ExportedProgram:
             _check_payloads(json.loads(reader.read_string(config_file)), config_file, names)
     state_dict = package._load_state_dict(reader, "model")
     constants = package._load_constants(reader, "model")
+    if isinstance(state_dict, bytes) or isinstance(constants, bytes):  # the legacy layout: a pickle for later
+        raise _Refused("it holds pickled weights in the legacy layout")
     sample_inputs = _sample_inputs(reader, names.SAMPLE_INPUTS_FILENAME_FORMAT.format("model"), files)
     return ExportedProgramDeserializer(None).deserialize(program, state_dict, constants, sample_inputs)
 
@@ -111,8 +114,11 @@ def _check_members(blob: bytes, names: Any) -> None:
     if len(roots) != 1:
         raise ValueError("the archive has no single root folder")
     root = roots.pop()
-    for info in infos:
-        member = info.filename[len(root) + 1 :]
+    _check_names({info.filename[len(root) + 1 :] for info in infos}, names)
+
+
+def _check_names(members: set[str], names: Any) -> None:
+    for member in members:
         if member.startswith((names.AOTINDUCTOR_DIR, names.EXECUTORCH_DIR, names.MTIA_DIR)):
             raise _Refused(f"it holds compiled code ({member})")
         if member.endswith(".pt") and not member.startswith(names.SAMPLE_INPUTS_DIR):
