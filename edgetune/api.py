@@ -27,7 +27,7 @@ def compress(model: Any, calib: Any = None, out_dir: str | Path | None = None, *
     if isinstance(model, Recipe) or (isinstance(model, (str, Path)) and str(model).endswith(".toml")):
         if out_dir is None or calib is not None or options:
             raise InputError("a recipe carries every setting", "call compress(recipe, out_dir=...) with nothing else")
-        return run(model if isinstance(model, Recipe) else load(model), out_dir)  # type: ignore[no-any-return]
+        return run(model if isinstance(model, Recipe) else load(model), out_dir)
     if calib is None or out_dir is None:
         raise InputError("compress needs calibration data and an output folder", "call compress(model, calib, out_dir, ...)")
     return compress_with(model, calib, out_dir, **options)

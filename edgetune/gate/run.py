@@ -56,14 +56,14 @@ def run_recipe(config: GateConfig, progress: Progress = silent) -> Path:
     The table holds recipe keys (``[recipe.quantize]`` ...), or compress's options by their long
     names (the older form: ``model``, ``calib``, ``eval``, ``formats`` ...); ``out`` names the folder."""
     from edgetune.recipe import Recipe, run
-    from edgetune.recipe.options import from_options, is_option_table
+    from edgetune.recipe.options import OPTION_KEYS, from_options, is_option_table
     from edgetune.recipe.recipe import flatten
 
     table = dict(config.recipe)
     out = Path(str(table.pop("out", "out/gate")))
     where = f"{config.source} [recipe]"
     if is_option_table(table):
-        unknown = sorted(name for name in table if from_options({name: table[name]}) == {} and table[name] is not None)
+        unknown = sorted(name for name in table if name not in OPTION_KEYS)
         if unknown:
             raise InputError(f"{where} has unknown options: {', '.join(unknown)}", "use compress's long option names, or recipe keys")
         changes = from_options(table)

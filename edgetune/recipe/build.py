@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgetune.errors import InputError
+
+if TYPE_CHECKING:
+    from edgetune.pipeline import CompressResult
 from edgetune.export.config import ExportConfig
 from edgetune.finetune import FinetuneConfig, parse_augment, parse_budget, parse_memory, parse_strategy
 from edgetune.progress import Progress, silent
@@ -123,7 +126,7 @@ def _section(recipe: Recipe, name: str) -> Iterator[None]:
         raise InputError(f"{', '.join(sources)} [{name}]: {exc.message}", exc.hint) from exc
 
 
-def run(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, progress: Progress = silent) -> Any:
+def run(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, progress: Progress = silent) -> CompressResult:
     """Compress as ``recipe`` says into ``out_dir``, which also gets the recipe (``recipe.toml``).
     Paths are made absolute first, for the run and the file alike (the artifacts' metadata names
     the data), so that ``edgetune compress --recipe OUT/recipe.toml`` replays it from anywhere."""

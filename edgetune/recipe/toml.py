@@ -8,10 +8,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from edgetune.resources import tomllib
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
