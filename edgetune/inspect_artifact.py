@@ -132,8 +132,6 @@ def inspect_tflite(path: Path) -> dict[str, Any]:
 
 
 def _walk_tflite(blob: bytes, runner: Any) -> dict[str, Any]:
-    import json
-
     import tflite
 
     from edgetune.profile.agent import delegation
@@ -167,13 +165,6 @@ def _walk_tflite(blob: bytes, runner: Any) -> dict[str, Any]:
     params = sum(int(np.prod(tensors[i].ShapeAsNumpy())) for i in weight_inputs)
     int8 = [t for t in tensors if t.Type() == tflite.TensorType.INT8]
     per_channel = sum(1 for t in tensors if t.Quantization() is not None and t.Quantization().ScaleLength() > 1)
-    metadata = {}
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        data = model.Buffers(entry.Buffer()).DataAsNumpy()
-        text = bytes(data).rstrip(b"\0").decode(errors="replace") if not isinstance(data, int) else ""
-        key = entry.Name().decode()
-        metadata[key] = json.loads(text) if key == "edgetune" else text
     model_in, model_out = tensors[graph.Inputs(0)], tensors[graph.Outputs(0)]
     return {
         "format": "tflite",
@@ -191,5 +182,19 @@ def _walk_tflite(blob: bytes, runner: Any) -> dict[str, Any]:
         "output_type": _TFLITE_TYPES.get(model_out.Type(), str(model_out.Type())),
         "quantization": {"int8_tensors": len(int8), "per_channel_tensors": per_channel},
         "delegation": delegation(runner.interpreter),
-        "metadata": metadata,
+        "metadata": _tflite_metadata(model),
     }
+
+
+def _tflite_metadata(model: Any) -> dict[str, Any]:
+    """The model's metadata entries as text; edgetune's own entry as the JSON it holds."""
+    import json
+
+    metadata: dict[str, Any] = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        data = model.Buffers(entry.Buffer()).DataAsNumpy()
+        text = bytes(data).rstrip(b"\0").decode(errors="replace") if not isinstance(data, int) else ""
+        key = entry.Name().decode()
+        metadata[key] = json.loads(text) if key == "edgetune" else text
+    return metadata

@@ -288,6 +288,7 @@ def test_finetune_command_recovers_a_compressed_model(tmp_path: Path, capsys: py
         "model.tflite",
         "model.edgetune",
         "report.json",
+        "recipe.toml",
     }
 
 

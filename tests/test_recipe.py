@@ -68,7 +68,7 @@ BAD = [
         "line 3: unknown recipe key quantize.ptq_budgt; did you mean quantize.ptq_budget?",
     ),
     ("wrong-type", "[quantize]\nsamples = 'many'\n", [], "line 2: quantize.samples must be a whole number"),
-    ("out-of-range", "[quantize]\nsamples = 0\n", [], "r.toml [quantize]: 0 calibration samples"),
+    ("out-of-range", "[quantize]\nsamples = 0\n", [], "r.toml, line 2: quantize.samples must be in [1, inf), not 0"),
     ("newer-version", "version = 7\n", [], "newer edgetune (recipe version 7)"),
     ("non-finite", "[quantize]\nptq_budget = nan\n", [], "quantize.ptq_budget to a value that is not a finite number"),
     ("set-unknown", "", ["--set", "prune.ratio=0.5"], "--set: unknown recipe key prune.ratio"),

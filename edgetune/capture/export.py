@@ -14,8 +14,6 @@ from edgetune.errors import InputError, UnsupportedOpsError
 from edgetune.ir import Graph, Tensor
 from edgetune.ir.passes import simplify
 
-_IGNORED = {"output", "placeholder", "get_attr"}
-
 
 def export_program(model: nn.Module, sample_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
     example = torch.zeros((1, *sample_shape), dtype=torch.float32)

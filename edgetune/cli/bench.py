@@ -60,7 +60,6 @@ def command(
     plot_dir: Path | None,
     quiet: bool,
     as_json: bool,
-    debug: bool,
 ) -> None:
     """Measure latency (p50/p90/p99, confidence interval of the median) and memory of ARTIFACT
     on this host or on boards, or estimate them for a target that is not attached."""
@@ -138,12 +137,6 @@ def parity_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
         )
         rows.append((name, f"{lsb}, {100 * path['differing_share']:.2f}% of elements differ{agreement}"))
     return rows
-
-
-def _size(count: int) -> str:
-    if not count:
-        return "unknown"
-    return f"{count / 2**20:.0f} MiB" if count >= 2**20 else f"{count / 1024:.0f} KiB"
 
 
 def _measured_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:

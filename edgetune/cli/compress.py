@@ -119,7 +119,7 @@ from edgetune.progress import StderrProgress
 @click.option("--float-tflite", is_flag=True, help="Also write model.fp32.tflite.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @common_options
-def command(out_dir: Path, resume: bool, quiet: bool, as_json: bool, debug: bool, **options: Any) -> None:
+def command(out_dir: Path, resume: bool, quiet: bool, as_json: bool, **options: Any) -> None:
     """Quantize MODEL to int8 and write OUT/model.onnx, OUT/model.fp32.onnx, OUT/model.tflite, OUT/model.edgetune,
     OUT/report.json and OUT/recipe.toml.
 
@@ -133,7 +133,7 @@ def command(out_dir: Path, resume: bool, quiet: bool, as_json: bool, debug: bool
     recipe = recipe_from_options(click.get_current_context(), options)
     result = run(recipe, out_dir, resume=resume, progress=StderrProgress(enabled=not quiet))
     if result.paths:  # under torchrun, the other processes stay silent
-        emit(result.report, as_json, _human)
+        emit(result.report, as_json, human)
 
 
 # The options --help shows; the others still work, but a recipe key is the way to set them.
@@ -221,15 +221,43 @@ def _ptq_text(ptq: dict[str, Any]) -> str:
     return text
 
 
-def _human(report: dict[str, Any]) -> str:
-    model, ev, sizes = report["model"], report["evaluation"], report["sizes"]
-    rows = [
+def human(report: dict[str, Any]) -> str:
+    """The report as a table: a compress run's, or a recovery's (of a compressed model.edgetune)."""
+    if report["command"] == "finetune":
+        return _recovery_human(report)
+    ev = report["evaluation"]
+    rows = [*_model_rows(report), *_evaluation_rows(ev), *_pruning_rows(report)]
+    if "finetune" in report:
+        rows += finetune_rows(report)
+    timings = report["timings_s"]
+    rows.append(("time", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())))
+    worst = sorted((layer for layer in report["layers"] if layer["sqnr_db"] is not None), key=lambda layer: layer["sqnr_db"])[:3]
+    if worst:
+        rows.append(("lowest SQNR", ", ".join(f"{layer['tensor']} {layer['sqnr_db']:.1f} dB" for layer in worst)))
+    if "sensitivity" in report:
+        alone = sorted(report["sensitivity"]["layers"], key=lambda layer: layer["sqnr_db"])[:3]
+        rows.append(("most sensitive", ", ".join(f"{layer['layer']} ({layer['op']}) {layer['sqnr_db']:.1f} dB alone" for layer in alone)))
+    note = f"\nnote: {ev['note']}" if "held-out" in ev["note"] or "calibration samples" in ev["note"] else ""
+    return table(rows) + note + "\nwrote " + ", ".join(report["artifacts"])
+
+
+def _recovery_human(report: dict[str, Any]) -> str:
+    ev = report["evaluation"]
+    rows = [("model", report["model"]["source"]), ("evaluated on", f"{ev['samples']} samples of {ev['data']}")]
+    if "int8_accuracy" in ev:
+        rows.append(
+            ("accuracy", f"int8 {pct(ev['int8_accuracy'])}" + (f", TFLite {pct(ev['tflite']['accuracy'])}" if "tflite" in ev else ""))
+        )
+    rows += finetune_rows(report)
+    return table(rows) + "\nwrote " + ", ".join(report["artifacts"])
+
+
+def _model_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    model, sizes, calibration = report["model"], report["sizes"], report["quantization"]["calibration"]
+    return [
         ("model", f"{model['source']}  ({model['parameters']:,} parameters, {model['macs'] / 1e6:.1f} M MACs)"),
         ("target", f"{report['target']['name']}  (ONNX activations {report['target']['onnx_activations']})"),
-        (
-            "calibration",
-            f"{report['quantization']['calibration']['samples']} samples of {report['quantization']['calibration']['source']}, {_method_text(report)}",
-        ),
+        ("calibration", f"{calibration['samples']} samples of {calibration['source']}, {_method_text(report)}"),
         (
             "size",
             f"ONNX fp32 {sizes['model.fp32.onnx_bytes'] / 1024:.1f} KiB -> int8 {sizes['model.onnx_bytes'] / 1024:.1f} KiB ({sizes['int8_to_fp32']:.2f}x)"
@@ -237,18 +265,17 @@ def _human(report: dict[str, Any]) -> str:
             + (f", ONNX int4 weights {sizes['model.int4.onnx_bytes'] / 1024:.1f} KiB" if "model.int4.onnx_bytes" in sizes else ""),
         ),
         ("post-training", _ptq_text(report["quantization"]["ptq"])),
-        ("evaluated on", f"{ev['samples']} samples of {ev['data']}"),
     ]
+
+
+def _evaluation_rows(ev: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("evaluated on", f"{ev['samples']} samples of {ev['data']}")]
     if "fp32_accuracy" in ev:
         rows.append(
             ("accuracy", f"fp32 {pct(ev['fp32_accuracy'])}, int8 {pct(ev['int8_accuracy'])} (drop {ev['accuracy_drop_pp']:.2f} pp)")
         )
-    rows.append(
-        (
-            "ONNX int8 vs fp32",
-            f"top-1 agreement {pct(ev['int8_vs_fp32']['top1_agreement'])}, SQNR {fmt(ev['int8_vs_fp32']['sqnr_db'], 1, ' dB')}",
-        )
-    )
+    agreement = ev["int8_vs_fp32"]
+    rows.append(("ONNX int8 vs fp32", f"top-1 agreement {pct(agreement['top1_agreement'])}, SQNR {fmt(agreement['sqnr_db'], 1, ' dB')}"))
     if "tflite" in ev:
         tfl = ev["tflite"]
         accuracy = f"accuracy {pct(tfl['accuracy'])}, " if "accuracy" in tfl else ""
@@ -268,43 +295,30 @@ def _human(report: dict[str, Any]) -> str:
                 f" (max {int4['max_lsb_vs_onnx_int8']:g} LSB apart); for 4-bit runtimes: ONNX Runtime's CPU provider runs these layers in float, slower than int8",
             )
         )
-    if "pruning" in report and report["pruning"]["config"]["kind"] == "magnitude":
-        p = report["pruning"]
+    return rows
+
+
+def _pruning_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    if "pruning" not in report:
+        return []
+    p, sizes = report["pruning"], report["sizes"]
+    if p["config"]["kind"] == "magnitude":
         gzip = sizes.get("model.tflite_gzip_bytes", sizes.get("model.onnx_gzip_bytes"))
-        rows.append(
-            (
-                "pruning",
-                f"magnitude {p['config']['ratio']:g} ({p['config']['allocation']}): {100 * p['sparsity']:.1f}% of weights zero; gzip {gzip / 1024:.1f} KiB",
-            )
+        sparsity = f"magnitude {p['config']['ratio']:g} ({p['config']['allocation']}): {100 * p['sparsity']:.1f}% of weights zero"
+        return [("pruning", f"{sparsity}; gzip {gzip / 1024:.1f} KiB"), ("note", p["note"]), *_batchnorm_rows(p)]
+    rows = []
+    skipped = [g for g in p["groups"] if g.get("unsupported")]
+    if skipped:
+        rows.append(("kept whole", "; ".join(f"{', '.join(g['layers'])} (through {', '.join(g['unsupported'])})" for g in skipped)))
+    pruned = sum(1 for g in p["groups"] if g["after"] < g["before"])
+    rows.append(
+        (
+            "pruning",
+            f"{p['config']['criterion']} {p['config']['ratio']:g} of channels in {pruned} of {len(p['groups'])} groups:"
+            f" MACs {p['macs']['ratio']:.2f}x, parameters {p['parameters']['ratio']:.2f}x",
         )
-        rows.append(("note", p["note"]))
-        rows += _batchnorm_rows(p)
-    elif "pruning" in report:
-        p = report["pruning"]
-        skipped = [g for g in p["groups"] if g.get("unsupported")]
-        if skipped:
-            rows.append(("kept whole", "; ".join(f"{', '.join(g['layers'])} (through {', '.join(g['unsupported'])})" for g in skipped)))
-        pruned = sum(1 for g in p["groups"] if g["after"] < g["before"])
-        rows.append(
-            (
-                "pruning",
-                f"{p['config']['criterion']} {p['config']['ratio']:g} of channels in {pruned} of {len(p['groups'])} groups:"
-                f" MACs {p['macs']['ratio']:.2f}x, parameters {p['parameters']['ratio']:.2f}x",
-            )
-        )
-        rows += _batchnorm_rows(p)
-    if "finetune" in report:
-        rows += finetune_rows(report)
-    timings = report["timings_s"]
-    rows.append(("time", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())))
-    worst = sorted((layer for layer in report["layers"] if layer["sqnr_db"] is not None), key=lambda layer: layer["sqnr_db"])[:3]
-    if worst:
-        rows.append(("lowest SQNR", ", ".join(f"{layer['tensor']} {layer['sqnr_db']:.1f} dB" for layer in worst)))
-    if "sensitivity" in report:
-        alone = sorted(report["sensitivity"]["layers"], key=lambda layer: layer["sqnr_db"])[:3]
-        rows.append(("most sensitive", ", ".join(f"{layer['layer']} ({layer['op']}) {layer['sqnr_db']:.1f} dB alone" for layer in alone)))
-    note = f"\nnote: {ev['note']}" if "held-out" in ev["note"] or "calibration samples" in ev["note"] else ""
-    return table(rows) + note + "\nwrote " + ", ".join(report["artifacts"])
+    )
+    return rows + _batchnorm_rows(p)
 
 
 def _batchnorm_rows(pruning: dict[str, Any]) -> list[tuple[str, str]]:

@@ -26,7 +26,7 @@ def group() -> None:
 )
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @common_options
-def setup(kind: str, mirror: str | None, force: bool, archive: Path | None, quiet: bool, as_json: bool, debug: bool) -> None:
+def setup(kind: str, mirror: str | None, force: bool, archive: Path | None, quiet: bool, as_json: bool) -> None:
     """Build and cache the emulated board (qemu user-mode, arm64 Debian userland, the aarch64
     builds of LiteRT and ONNX Runtime) under $EDGETUNE_CACHE (default ~/.cache/edgetune).
     Needs root, qemu-user-static and debootstrap; says what is missing."""

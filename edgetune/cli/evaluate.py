@@ -31,7 +31,6 @@ def command(
     device: str | None,
     ssh_config: str | None,
     as_json: bool,
-    debug: bool,
 ) -> None:
     """Evaluate ARTIFACT (.onnx, .tflite or .edgetune) on DATA."""
     from edgetune.api import evaluate

@@ -19,9 +19,7 @@ from edgetune.cli.output import common_options, emit
 )
 @click.option("--float-tflite", is_flag=True, help="Also write model.fp32.tflite.")
 @common_options
-def command(
-    compressed: Path, out_dir: Path, formats: str, target: str, tflite_io: str | None, float_tflite: bool, as_json: bool, debug: bool
-) -> None:
+def command(compressed: Path, out_dir: Path, formats: str, target: str, tflite_io: str | None, float_tflite: bool, as_json: bool) -> None:
     """Write ONNX and TFLite artifacts from COMPRESSED (a model.edgetune file)."""
     from edgetune.export.config import ExportConfig, parse_formats
     from edgetune.pipeline import export_compressed

@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from edgetune.cli.finetune_options import finetune_config, finetune_options
-from edgetune.cli.output import common_options, emit, pct, table
+from edgetune.cli.compress import human
+from edgetune.cli.finetune_options import finetune_options
+from edgetune.cli.output import common_options, emit
 from edgetune.progress import StderrProgress
 
 
@@ -35,43 +36,21 @@ def command(
     formats: str,
     quiet: bool,
     as_json: bool,
-    debug: bool,
     **tuning: Any,
 ) -> None:
     """Fine-tune COMPRESSED (the model.edgetune that compress wrote) quantization-aware, within a
-    budget, and write OUT/model.onnx, OUT/model.tflite, OUT/model.edgetune and OUT/report.json."""
+    budget, and write OUT/model.onnx, OUT/model.tflite, OUT/model.edgetune, OUT/report.json and
+    OUT/recipe.toml (replay: edgetune compress --recipe OUT/recipe.toml -o OUT2)."""
     from edgetune.errors import InputError
-    from edgetune.export.config import ExportConfig, parse_formats
-    from edgetune.pipeline import finetune_compressed
+    from edgetune.recipe import Recipe, run
+    from edgetune.recipe.options import from_options
+    from edgetune.recipe.recipe import COMMAND_LINE
 
     if not tuning["train_data"]:
         raise InputError("finetune needs training data", "pass --train DATA (e.g. digits:train)")
-    result = finetune_compressed(
-        compressed,
-        tuning["train_data"],
-        out_dir,
-        finetune_config(tuning),
-        teacher=teacher,
-        teacher_weights=teacher_weights,
-        eval_data=eval_data,
-        target=target,
-        export=ExportConfig(parse_formats(formats)),
-        preprocess=preprocess,
-        resume=tuning["resume"],
-        progress=StderrProgress(enabled=not quiet),
-    )
+    options = {**tuning, "model": str(compressed), "teacher": teacher, "teacher_weights": teacher_weights, "eval": eval_data}
+    options |= {"preprocess": preprocess, "target": target, "formats": formats, "qat": True}
+    recipe = Recipe().updated(from_options(options), COMMAND_LINE)
+    result = run(recipe, out_dir, resume=tuning["resume"], progress=StderrProgress(enabled=not quiet))
     if result.paths:  # under torchrun, the other processes stay silent
-        emit(result.report, as_json, _human)
-
-
-def _human(report: dict[str, Any]) -> str:
-    from edgetune.cli.compress import finetune_rows
-
-    ev = report["evaluation"]
-    rows = [("model", report["model"]["source"]), ("evaluated on", f"{ev['samples']} samples of {ev['data']}")]
-    if "int8_accuracy" in ev:
-        rows.append(
-            ("accuracy", f"int8 {pct(ev['int8_accuracy'])}" + (f", TFLite {pct(ev['tflite']['accuracy'])}" if "tflite" in ev else ""))
-        )
-    rows += finetune_rows(report)
-    return table(rows) + "\nwrote " + ", ".join(report["artifacts"])
+        emit(result.report, as_json, human)

@@ -102,13 +102,3 @@ def finetune_options(budget_required: bool) -> Callable[[F], F]:
         )(fn)
 
     return add
-
-
-def finetune_config(options: dict[str, Any]) -> Any:
-    """The FinetuneConfig the options describe, or None without a budget."""
-    from edgetune.recipe import Recipe
-    from edgetune.recipe.build import finetune_config as build
-    from edgetune.recipe.options import from_options
-
-    keys = {key: value for key, value in from_options(options).items() if key.startswith("finetune.")}
-    return build(Recipe().updated(keys, "the options").values)

@@ -49,7 +49,6 @@ def command(
     markdown_path: Path | None,
     quiet: bool,
     as_json: bool,
-    debug: bool,
 ) -> None:
     """Check a release against per-target budgets and a baseline: exit 0 pass, 1 a budget failed,
     2 a usage or input error.

@@ -13,7 +13,7 @@ from edgetune.cli.output import common_options, emit, table
 @click.command("inspect")
 @click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
 @common_options
-def command(artifact: Path, as_json: bool, debug: bool) -> None:
+def command(artifact: Path, as_json: bool) -> None:
     """Show what ARTIFACT (.onnx or .edgetune) holds."""
     from edgetune.inspect_artifact import inspect_path
 

@@ -17,7 +17,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def common_options(fn: F) -> F:
     """``--json`` and ``--debug`` on every command (``--debug`` is read by the error boundary)."""
     fn = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout and nothing else.")(fn)
-    fn = click.option("--debug", is_flag=True, help="Show tracebacks and library warnings.")(fn)
+    fn = click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks and library warnings.")(fn)
     return fn
 
 

@@ -17,7 +17,7 @@ def group() -> None:
 
 @group.command("keys")
 @common_options
-def keys(as_json: bool, debug: bool) -> None:
+def keys(as_json: bool) -> None:
     """Every recipe key, with its type, default and meaning."""
     from edgetune.recipe import KEYS
 
@@ -27,11 +27,17 @@ def keys(as_json: bool, debug: bool) -> None:
 
 @group.command("show")
 @click.argument("file", required=False)
+@click.option("--recipe", "recipe_file", metavar="FILE", help="The recipe file (the same as FILE).")
 @click.option("--set", "sets", metavar="KEY=VALUE", multiple=True, help="Set one key over the file.")
 @common_options
-def show(file: str | None, sets: tuple[str, ...], as_json: bool, debug: bool) -> None:
-    """Print the effective recipe of FILE (or the defaults) with --set applied, as TOML."""
-    recipe = _effective(file, sets)
+def show(file: str | None, recipe_file: str | None, sets: tuple[str, ...], as_json: bool) -> None:
+    """Print the effective recipe of FILE (or the defaults) with --set applied, as TOML. FILE may
+    be a pyproject.toml ([tool.edgetune.recipe]) or an edgetune.toml ([recipe])."""
+    from edgetune.errors import InputError
+
+    if file and recipe_file and file != recipe_file:
+        raise InputError("two recipe files are given", "give FILE or --recipe FILE")
+    recipe = _effective(file or recipe_file, sets)
     if as_json:
         emit({"schema": "edgetune.recipe", "version": 1, "recipe": dict(recipe.values)}, True, str)
     else:
@@ -41,13 +47,12 @@ def show(file: str | None, sets: tuple[str, ...], as_json: bool, debug: bool) ->
 @group.command("check")
 @click.argument("file")
 @common_options
-def check(file: str, as_json: bool, debug: bool) -> None:
+def check(file: str, as_json: bool) -> None:
     """Check FILE: syntax, keys, types and values, as compress would (without running)."""
-    from edgetune.recipe import compress_arguments
+    from edgetune.recipe.build import configs
 
     recipe = _effective(file, ())
-    if recipe["model.source"] is not None and recipe["data.calib"] is not None:
-        compress_arguments(recipe)  # builds every stage's options, which check their values
+    configs(recipe)  # builds every stage's options, which check their values
     document = {"schema": "edgetune.recipe-check", "version": 1, "file": file, "valid": True, "set": recipe.differences()}
     emit(document, as_json, lambda d: f"{d['file']}: valid ({len(d['set'])} keys differ from the defaults)")
 

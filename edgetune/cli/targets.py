@@ -17,7 +17,7 @@ def group() -> None:
 
 @group.command("list")
 @common_options
-def list_targets(as_json: bool, debug: bool) -> None:
+def list_targets(as_json: bool) -> None:
     """List the known targets."""
     from edgetune.targets import all_targets
 
@@ -28,7 +28,7 @@ def list_targets(as_json: bool, debug: bool) -> None:
 @group.command("show")
 @click.argument("name")
 @common_options
-def show(name: str, as_json: bool, debug: bool) -> None:
+def show(name: str, as_json: bool) -> None:
     """Show one target profile."""
     from edgetune.targets import load_target
 
@@ -45,7 +45,7 @@ def show(name: str, as_json: bool, debug: bool) -> None:
 )
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @common_options
-def calibrate(name: str, check: str, quiet: bool, as_json: bool, debug: bool) -> None:
+def calibrate(name: str, check: str, quiet: bool, as_json: bool) -> None:
     """Measure this host's peak figures (micro-benchmarks) and check the latency estimator
     against measured zoo models; writes the host profile to the user's targets folder."""
     from edgetune.profile.calibrate import calibrate_host

@@ -198,7 +198,3 @@ class SmokeRun:
             how = f"died of signal {-code}" if code < 0 else "failed"
             detail = (stderr.strip().splitlines() or [""])[-1]
             raise RuntimeFailure(f"the TFLite interpreter {how} on {self.name}: {detail}", "report this as a bug with the model")
-
-
-def smoke_run(model: bytes, name: str, timeout: float = 120.0) -> None:
-    SmokeRun(model, name, timeout).wait()

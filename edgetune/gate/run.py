@@ -55,22 +55,12 @@ def run_recipe(config: GateConfig, progress: Progress = silent) -> Path:
 
     The table holds recipe keys (``[recipe.quantize]`` ...), or compress's options by their long
     names (the older form: ``model``, ``calib``, ``eval``, ``formats`` ...); ``out`` names the folder."""
-    from edgetune.recipe import Recipe, run
-    from edgetune.recipe.options import OPTION_KEYS, from_options, is_option_table
-    from edgetune.recipe.recipe import flatten
+    from edgetune.recipe import run
+    from edgetune.recipe.recipe import from_table
 
-    table = dict(config.recipe)
-    out = Path(str(table.pop("out", "out/gate")))
+    out = Path(str(config.recipe.get("out", "out/gate")))
     where = f"{config.source} [recipe]"
-    if is_option_table(table):
-        unknown = sorted(name for name in table if name not in OPTION_KEYS)
-        if unknown:
-            raise InputError(f"{where} has unknown options: {', '.join(unknown)}", "use compress's long option names, or recipe keys")
-        changes = from_options(table)
-    else:
-        table.pop("version", None)
-        changes = flatten(table, where)
-    recipe = Recipe().updated(changes, where)
+    recipe = from_table(config.recipe, where, prefix="recipe.")
     if recipe["model.source"] is None or recipe["data.calib"] is None:
         raise InputError(f"{where} needs model and calib", "or pass --report with an existing report.json")
     run(recipe, out, progress=progress)

@@ -21,6 +21,7 @@ delegate 16x8 operators and ONNX Runtime runs them in float, so there float is f
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,6 +143,39 @@ class Precision:
         self.graph.tensors[node.inputs[2]].quant = QParams(bias.scale, bias.zero_point, "int64", bias.axis)
 
 
+def _search(
+    switch: Precision,
+    order: list[str],
+    target: AccuracyTarget,
+    score: Callable[[], dict[str, float]],
+    before: dict[str, float],
+    progress: Progress | None,
+) -> tuple[list[str], dict[str, float]]:
+    """Layers switched one at a time in ``order`` until ``target`` holds, then each but the last
+    tried back in int8; none when the target stays out of reach. Leaves ``switch`` set to the answer."""
+    chosen: list[str] = []
+    current = before
+    for done, name in enumerate(order, 1):
+        if target.met(current):
+            break
+        chosen.append(name)
+        switch.set(set(chosen))
+        current = score()
+        if progress is not None:
+            progress(done, len(order), "fallback search")
+    if not target.met(current):
+        switch.set(set())
+        return [], before
+    for name in reversed(chosen[:-1]):  # the last one added was needed
+        switch.set(set(chosen) - {name})
+        trial = score()
+        if target.met(trial):
+            chosen.remove(name)
+            current = trial
+    switch.set(set(chosen))
+    return chosen, current
+
+
 def choose_fallback(
     graph: Graph,
     x: np.ndarray,
@@ -157,39 +191,19 @@ def choose_fallback(
         raise InputError("an agreement target needs a classifier's output (N x classes)", "give the target as output SQNR, e.g. 30dB")
     switch = Precision(graph, precision)
     order = [row["layer"] for row in sorted(sensitivity, key=lambda row: row["sqnr_db"])]
-    chosen: list[str] = []
-    current = before
     bound = None
     if not target.met(before):  # the bound first: with every layer switched, can the target be met at all?
         switch.set(set(order))
         bound = int8_scores(graph, x, reference)
         if not target.met(bound):
             order = []  # no: skip the search
-    for done, name in enumerate(order, 1):
-        if target.met(current):
-            break
-        chosen.append(name)
-        switch.set(set(chosen))
-        current = int8_scores(graph, x, reference)
-        if progress is not None:
-            progress(done, len(order), "fallback search")
+    chosen, current = _search(switch, order, target, lambda: int8_scores(graph, x, reference), before, progress)
     why = None
     if not target.met(current):  # activations left in int8 keep it out of reach
-        chosen, current = [], before
-        switch.set(set())
         why = f"not reachable: even with every layer tried in {precision} the target is missed, so none is switched" + (
             "; tensors read by adds, pools or the output stay int8"
             + ("; 16x8 layers keep their int8 weights, so --fallback float may get further" if precision == "int16" else "")
         )
-    else:
-        for name in reversed(chosen[:-1]):  # the last one added was needed
-            trial_set = set(chosen) - {name}
-            switch.set(trial_set)
-            trial = int8_scores(graph, x, reference)
-            if target.met(trial):
-                chosen.remove(name)
-                current = trial
-        switch.set(set(chosen))
     nodes = {node.name: node for node in graph.nodes}
     block = {
         "target": str(target),

@@ -127,7 +127,7 @@ def _best_calibration(
     result = equalize(candidate, samples[:EQUALIZE_SAMPLES]).to_dict()
     candidate_records = calibrate(candidate, samples, config, progress)
     kept = _keep_if_better(graph, candidate, "equalize", result, report, judge, baseline)
-    return (candidate_records if "equalize" in report["applied"] else records), float(kept or baseline)
+    return (candidate_records if "equalize" in report["applied"] else records), float(baseline if kept is None else kept)
 
 
 def _adopt(graph: Graph, candidate: Graph) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edgetune import pipeline
 from edgetune.errors import InputError
-
-if TYPE_CHECKING:
-    from edgetune.pipeline import CompressResult
 from edgetune.export.config import ExportConfig
 from edgetune.finetune import FinetuneConfig, parse_augment, parse_budget, parse_memory, parse_strategy
+from edgetune.pipeline import CompressResult, Plan, parse_input_shape
 from edgetune.progress import Progress, silent
 from edgetune.prune.config import PruneConfig, parse_prune
 from edgetune.quantize import QuantConfig
@@ -81,11 +81,22 @@ def export_config(values: Mapping[str, Any]) -> ExportConfig:
     return ExportConfig(tuple(values["export.formats"]), values["export.tflite_io"], values["export.float_tflite"])
 
 
-def compress_arguments(recipe: Recipe) -> dict[str, Any]:
-    """The keyword arguments of :func:`edgetune.pipeline.compress` that the recipe describes."""
-    for name, option in (("model.source", "MODEL"), ("data.calib", "--calib DATA")):
-        if recipe[name] is None:
-            raise InputError(f"no {name} is given", f"pass {option}, or set {name} in the recipe")
+# Plan fields that take a key's value as it is.
+PLAN_KEYS = {
+    "calib": "data.calib",
+    "eval_data": "data.eval",
+    "train_data": "data.train",
+    "preprocess": "data.preprocess",
+    "weights": "model.weights",
+    "prune_steps": "prune.steps",
+    "teacher": "finetune.teacher",
+    "teacher_weights": "finetune.teacher_weights",
+    "sensitivity": "quantize.sensitivity",
+}
+
+
+def configs(recipe: Recipe) -> tuple[Target, QuantConfig, PruneConfig | None, FinetuneConfig | None, ExportConfig]:
+    """Each stage's options, built (and so checked) from the recipe's keys."""
     target = load_target(recipe["target"])
     with _section(recipe, "quantize"):
         quant = quant_config(recipe.values)
@@ -95,22 +106,20 @@ def compress_arguments(recipe: Recipe) -> dict[str, Any]:
         finetune = finetune_config(recipe.values)
     with _section(recipe, "export"):
         export = export_config(recipe.values)
-    return {
-        "model": recipe["model.source"],
-        "calib": recipe["data.calib"],
-        "eval_data": recipe["data.eval"],
-        "train_data": recipe["data.train"],
-        "preprocess": recipe["data.preprocess"],
-        "weights": recipe["model.weights"],
-        "input_shape": recipe["model.input_shape"],
-        "target": target,
-        "quant": quant,
-        "prune": prune,
-        "prune_steps": recipe["prune.steps"],
-        "finetune": finetune,
-        "export": export,
-        "sensitivity": recipe["quantize.sensitivity"],
-    }
+    return target, quant, prune, finetune, export
+
+
+def plan(recipe: Recipe) -> Plan:
+    """The typed run the recipe describes: every key built into its stage's options."""
+    source = recipe["model.source"]
+    if source is None:
+        raise InputError("no model.source is given", "pass MODEL, or set model.source in the recipe")
+    if recipe["data.calib"] is None and not str(source).endswith(".edgetune"):
+        raise InputError("no data.calib is given", "pass --calib DATA, or set data.calib in the recipe")
+    target, quant, prune, finetune, export = configs(recipe)
+    copied: dict[str, Any] = {name: recipe[key] for name, key in PLAN_KEYS.items()}
+    shape = parse_input_shape(recipe["model.input_shape"])
+    return Plan(source, input_shape=shape, target=target, quant=quant, prune=prune, finetune=finetune, export=export, **copied)
 
 
 @contextmanager
@@ -127,11 +136,9 @@ def _section(recipe: Recipe, name: str) -> Iterator[None]:
 
 
 def run(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, progress: Progress = silent) -> CompressResult:
-    """Compress as ``recipe`` says into ``out_dir``, which also gets the recipe (``recipe.toml``).
-    Paths are made absolute first, for the run and the file alike (the artifacts' metadata names
-    the data), so that ``edgetune compress --recipe OUT/recipe.toml`` replays it from anywhere."""
-    from edgetune.pipeline import compress
-
+    """Run ``recipe`` into ``out_dir``, which also gets the recipe (``recipe.toml``). Paths are
+    made absolute first, for the run and the file alike (the artifacts' metadata names the data),
+    so that ``edgetune compress --recipe OUT/recipe.toml`` replays it from anywhere."""
     resolved = recipe.with_absolute_paths()
-    arguments = compress_arguments(resolved)
-    return compress(out_dir=out_dir, resume=resume, progress=progress, extra_files={FILE_NAME: resolved.to_toml().encode()}, **arguments)
+    the_plan = replace(plan(resolved), resume=resume, extra_files={FILE_NAME: resolved.to_toml().encode()})
+    return pipeline.run(the_plan, out_dir, progress)

@@ -19,7 +19,12 @@ class Key:
 
 KEYS: tuple[Key, ...] = (
     Key("target", "str", "host", "hardware target profile: a name from `edgetune targets list`, or a .toml file"),
-    Key("model.source", "str", None, "file.py:callable or module:callable returning an nn.Module, a .pt2 or an fp32 .onnx file"),
+    Key(
+        "model.source",
+        "str",
+        None,
+        "file.py:callable or module:callable returning an nn.Module, a .pt2 or an fp32 .onnx file; or a model.edgetune to recover",
+    ),
     Key("model.weights", "str", None, "state dict for a callable model: .safetensors, .pt or .pth"),
     Key("model.input_shape", "str", None, "input shape, batch first (1x3x224x224), when neither the model nor the data tells it"),
     Key("data.calib", "str", None, "calibration data: a bundled set (digits), an .npz, an image folder or module:callable"),
@@ -57,6 +62,8 @@ KEYS: tuple[Key, ...] = (
     Key("finetune.label_smoothing", "float", 0.0, "label smoothing of the cross-entropy"),
     Key("finetune.early_stop", "int", 0, "stop after this many validations without improvement (0: never)"),
     Key("finetune.seed", "int", 0, "seed of the fine-tune (order, split, augmentation)"),
+    Key("finetune.teacher", "str", None, "the uncompressed model to distil from, when model.source is a compressed model.edgetune"),
+    Key("finetune.teacher_weights", "str", None, "state dict for a callable finetune.teacher"),
     Key("finetune.checkpoint_every", "float", 60.0, "seconds between checkpoints"),
     Key("export.formats", "list", ["onnx", "tflite"], "artifacts to write: onnx, tflite"),
     Key("export.tflite_io", "str", None, "TFLite input/output type: int8 or float (unset: int8 for MCU targets)"),

@@ -50,6 +50,8 @@ OPTION_KEYS = {
     "early_stop": "finetune.early_stop",
     "seed": "finetune.seed",
     "checkpoint_every": "finetune.checkpoint_every",
+    "teacher": "finetune.teacher",
+    "teacher_weights": "finetune.teacher_weights",
     "formats": "export.formats",
     "tflite_io": "export.tflite_io",
     "float_tflite": "export.float_tflite",

@@ -17,6 +17,7 @@ from typing import Any
 
 from edgetune.errors import InputError
 from edgetune.recipe.keys import BY_NAME, KEYS, SECTIONS, Key
+from edgetune.recipe.rules import RULES
 from edgetune.recipe.toml import dump, key_line, parse_value
 from edgetune.resources import read_toml
 
@@ -35,14 +36,16 @@ class Recipe:
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
 
-    def updated(self, changes: Mapping[str, Any], where: str, text: str | None = None) -> Recipe:
+    def updated(self, changes: Mapping[str, Any], where: str, text: str | None = None, prefix: str = "") -> Recipe:
         """This recipe with ``changes`` applied, each key and value checked (``where`` names
-        their origin in errors; ``text``, a file's text, lets them give its line)."""
+        their origin in errors; ``text``, a file's text, lets them give its line; ``prefix``,
+        the table the recipe sits under in that file)."""
         merged, origins = dict(self.values), dict(self.origins)
         for name, value in changes.items():
-            line = key_line(text, name) if text is not None else None
+            line = key_line(text, name, prefix) if text is not None else None
             at = f"{where}, line {line}" if line else where
-            merged[name] = check(name, value, at)
+            # Options given on the command line are checked by their stages, whose errors name the option.
+            merged[name] = check(name, value, at, rules=where != COMMAND_LINE)
             origins[name] = where
         return Recipe(merged, origins)
 
@@ -57,7 +60,8 @@ class Recipe:
 
     def with_absolute_paths(self) -> Recipe:
         """Paths that name files here made absolute, so that the recipe replays from anywhere."""
-        paths = ("model.source", "model.weights", "data.calib", "data.eval", "data.train", "finetune.augment")
+        paths: tuple[str, ...] = ("model.source", "model.weights", "data.calib", "data.eval", "data.train", "finetune.augment")
+        paths += ("finetune.teacher", "finetune.teacher_weights")
         named = ("target", "data.preprocess")  # a bundled name, or a path when it ends in .toml
         changed = {name: _absolute(self.values[name]) for name in paths if self.values[name] is not None}
         changed |= {name: os.path.abspath(self.values[name]) for name in named if str(self.values[name] or "").endswith(".toml")}
@@ -69,19 +73,54 @@ class Recipe:
 
 
 def load(path: str | Path) -> Recipe:
-    """A recipe file, checked: version, sections, keys, types and values."""
+    """A recipe file, checked: version, sections, keys, types and values. A project's
+    ``pyproject.toml`` holds its recipe under ``[tool.edgetune.recipe]``, and an ``edgetune.toml``
+    (the gate's file) under ``[recipe]``."""
     path = Path(path)
     document = read_toml(path, "recipe")
-    text = path.read_text()
-    version = document.pop("version", VERSION)
+    document, prefix = _recipe_table(document, path)
+    return from_table(document, str(path), path.read_text(), prefix)
+
+
+def from_table(table: Mapping[str, Any], where: str, text: str | None = None, prefix: str = "") -> Recipe:
+    """A recipe from a TOML table of its sections; or, in a project file's ``[recipe]``, of
+    compress's long option names (the gate's older form). ``out`` there is the gate's folder."""
+    from edgetune.recipe.options import OPTION_KEYS, from_options, is_option_table
+
+    table = dict(table)
+    if prefix:
+        table.pop("out", None)
+    if prefix and is_option_table(table):
+        unknown = sorted(name for name in table if name not in OPTION_KEYS)
+        if unknown:
+            raise InputError(f"{where} has unknown options: {', '.join(unknown)}", "use compress's long option names, or recipe keys")
+        return Recipe().updated(from_options(table), where)
+    version = table.pop("version", VERSION)
     if not isinstance(version, int) or isinstance(version, bool):
-        raise InputError(f"recipe {path}: version must be a whole number", f"this edgetune writes version {VERSION}")
+        raise InputError(f"recipe {where}: version must be a whole number", f"this edgetune writes version {VERSION}")
     if version > VERSION:
-        raise InputError(f"recipe {path} was written by a newer edgetune (recipe version {version})", "upgrade edgetune")
-    return Recipe().updated(flatten(document, str(path), text), str(path), text)
+        raise InputError(f"recipe {where} was written by a newer edgetune (recipe version {version})", "upgrade edgetune")
+    return Recipe().updated(flatten(table, where, text, prefix), where, text, prefix)
 
 
-def flatten(document: Mapping[str, Any], where: str, text: str | None = None) -> dict[str, Any]:
+def _recipe_table(document: dict[str, Any], path: Path) -> tuple[dict[str, Any], str]:
+    """The recipe inside a project file, and the table prefix its keys sit under."""
+    if path.name == "pyproject.toml":
+        table = document.get("tool", {}).get("edgetune", {}).get("recipe")
+        if not isinstance(table, dict):
+            raise InputError(
+                f"{path} has no [tool.edgetune.recipe] table", "put the recipe's sections under [tool.edgetune.recipe.<section>]"
+            )
+        return dict(table), "tool.edgetune.recipe."
+    if path.name == "edgetune.toml":
+        table = document.get("recipe")
+        if not isinstance(table, dict):
+            raise InputError(f"{path} has no [recipe] table", "put the recipe's sections under [recipe.<section>]")
+        return dict(table), "recipe."
+    return document, ""
+
+
+def flatten(document: Mapping[str, Any], where: str, text: str | None = None, prefix: str = "") -> dict[str, Any]:
     """``{"quantize": {"method": "mse"}}`` to ``{"quantize.method": "mse"}``; unknown sections and
     keys refused, with the line that sets them and the nearest known name."""
     flat: dict[str, Any] = {}
@@ -97,7 +136,7 @@ def flatten(document: Mapping[str, Any], where: str, text: str | None = None) ->
         else:
             flat[name] = value
     for name in flat:
-        line = key_line(text, name)
+        line = key_line(text, name, prefix)
         known(name, f"{where}, line {line}" if line else where)
     return flat
 
@@ -111,8 +150,9 @@ def known(name: str, where: str) -> Key:
     raise InputError(f"{where}: unknown recipe key {name}", hint)
 
 
-def check(name: str, value: Any, where: str) -> Any:
-    """``value`` if it has the type key ``name`` takes, else one error naming both."""
+def check(name: str, value: Any, where: str, rules: bool = True) -> Any:
+    """``value`` if it has the type key ``name`` takes (and, with ``rules``, a value its rule
+    allows), else one error naming the key, where it was set and what it takes."""
     key = known(name, where)
     if value is None:
         return None
@@ -129,7 +169,11 @@ def check(name: str, value: Any, where: str) -> Any:
         wanted = {"str": "a string", "int": "a whole number", "float": "a finite number", "bool": "true or false"}
         wanted |= {"list": "a list of strings", "table": "a table of names to numbers"}
         raise InputError(f"{where}: {name} must be {wanted[key.kind]}, not {value!r}", f"{name}: {key.help}")
-    return float(value) if key.kind == "float" else value
+    value = float(value) if key.kind == "float" else value
+    problem = RULES[name](value) if rules and name in RULES else None
+    if problem is not None:
+        raise InputError(f"{where}: {name} {problem}", f"{name}: {key.help}")
+    return value
 
 
 def parse_sets(items: Iterable[str]) -> dict[str, Any]:

@@ -42,11 +42,12 @@ def dump(values: Mapping[str, Any], sections: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def key_line(text: str | None, dotted: str) -> int | None:
-    """The line (from 1) of ``text`` that sets ``dotted`` (``section.key`` or a top-level key)."""
+def key_line(text: str | None, dotted: str, prefix: str = "") -> int | None:
+    """The line (from 1) of ``text`` that sets ``dotted`` (``section.key`` or a top-level key),
+    in the table ``prefix`` names (``recipe.``: the recipe sits under ``[recipe]``)."""
     if text is None:
         return None
-    section, _, key = dotted.rpartition(".")
+    section, _, key = (prefix + dotted).rpartition(".")
     current = ""
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()

@@ -63,6 +63,17 @@ def write_tflite(graph: Graph, quantized: bool = True, int8_io: bool = False, me
         tensor = b.model.tensors[index]
         tensor.shape_signature = [-1, *tensor.shape[1:]]
     b.model.inputs, b.model.outputs = [model_input], [model_output]
+    # padded to 16 bytes, as the converter pads it
+    b.model.metadata = {
+        "min_runtime_version": b.min_runtime.encode().ljust(16, b"\0"),
+        "edgetune": json.dumps(_metadata(graph, quantized, int8_io, metadata), sort_keys=True).encode(),
+    }
+    b.model.description = f"edgetune {edgetune.__version__}"
+    return b.model.serialize()
+
+
+def _metadata(graph: Graph, quantized: bool, int8_io: bool, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``edgetune`` metadata entry: producer, layout, scheme and I/O quantization, and the caller's."""
     info: dict[str, Any] = {
         "producer": f"edgetune {edgetune.__version__}",
         "layout": "NHWC",
@@ -70,16 +81,10 @@ def write_tflite(graph: Graph, quantized: bool = True, int8_io: bool = False, me
         "io": "int8" if quantized and int8_io else "float32",
     }
     if quantized and int8_io:
-        info["input_quantization"] = quant_spec(graph.tensors[graph_input].quant).__dict__  # type: ignore[arg-type]
-        info["output_quantization"] = quant_spec(graph.tensors[graph_output].quant).__dict__  # type: ignore[arg-type]
-    info.update(metadata or {})
-    # padded to 16 bytes, as the converter pads it
-    b.model.metadata = {
-        "min_runtime_version": b.min_runtime.encode().ljust(16, b"\0"),
-        "edgetune": json.dumps(info, sort_keys=True).encode(),
-    }
-    b.model.description = f"edgetune {edgetune.__version__}"
-    return b.model.serialize()
+        info["input_quantization"] = quant_spec(graph.tensors[graph.inputs[0]].quant).__dict__  # type: ignore[arg-type]
+        info["output_quantization"] = quant_spec(graph.tensors[graph.outputs[0]].quant).__dict__  # type: ignore[arg-type]
+    info.update(extra or {})
+    return info
 
 
 def _scheme(graph: Graph) -> str:

@@ -11,12 +11,11 @@ import numpy as np
 import edgetune
 from edgetune.data import Dataset
 from edgetune.evaluate.metrics import accuracy, agreement, finite_or_none, sqnr_db
-from edgetune.export.config import ExportConfig
 from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.stats import graph_summary
+from edgetune.pipeline.plan import Run
 from edgetune.profile.agent import delegation
-from edgetune.quantize import CalibrationRecord, QuantConfig
-from edgetune.targets import Target
+from edgetune.quantize import QuantConfig
 
 SCHEMA = "edgetune.report"
 VERSION = 1
@@ -174,66 +173,49 @@ def _four_bit_weights(graph: Graph, artifacts: dict[str, int]) -> dict[str, Any]
     return block
 
 
-def compress_report(
-    *,
-    source: str,
-    graph: Graph,
-    target: Target,
-    quant: QuantConfig,
-    calibration: dict[str, Any],
-    records: list[CalibrationRecord],
-    export: ExportConfig,
-    ptq: dict[str, Any] | None = None,
-    sensitivity: dict[str, Any] | None = None,
-    artifacts: dict[str, int],
-    written: list[str],
-    evaluation: dict[str, Any],
-    layers: list[dict[str, Any]],
-    timings: dict[str, float],
-    pruning: dict[str, Any] | None = None,
-    finetune: dict[str, Any] | None = None,
-    recovery: dict[str, Any] | None = None,
-    gzip_sizes: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    summary = graph_summary(graph)
+def compress_report(run: Run) -> dict[str, Any]:
+    """report.json, assembled from the results of the stages that ran (it computes nothing)."""
+    from edgetune.pipeline.evaluation import Evaluated
+    from edgetune.pipeline.outputs import Exported
+    from edgetune.pipeline.stages import Quantized
+
+    graph, quant, target = run.need_graph(), run.plan.quant, run.target
+    exported, evaluated, quantized = run.result(Exported), run.result(Evaluated), run.result(Quantized)
+    written = [*exported.written, *run.files, *run.plan.extra_files]
     document: dict[str, Any] = {
         "schema": SCHEMA,
         "version": VERSION,
-        "command": "compress",
-        "model": {"source": source, **summary},
+        "command": "finetune" if run.plan.from_compressed else "compress",
+        "model": {"source": run.source, **graph_summary(graph)},
         "target": {"name": target.name, "onnx_activations": "uint8" if target.unsigned_activations else "int8"},
-        "quantization": {
-            "config": quant.to_dict(),
-            "scheme": _scheme(quant),
-            "calibration": calibration,
-            "ptq": ptq or {"requested": [], "applied": []},
-            "tensors": [r.to_dict() for r in records],
-        },
-        "export": export.to_dict(),
-        "sizes": {
-            **{f"{name}_bytes": size for name, size in artifacts.items()},
-            **{f"{name}_gzip_bytes": size for name, size in (gzip_sizes or {}).items()},
-            "int8_to_fp32": round(artifacts["model.onnx"] / artifacts["model.fp32.onnx"], 4),
-        },
-        "evaluation": evaluation,
-        "layers": layers,
-        "timings_s": {**timings, "total": round(sum(timings.values()), 4)},
+    }
+    if quantized is not None:
+        document["quantization"] = {"config": quant.to_dict(), "scheme": _scheme(quant), **quantized.to_dict()}
+        if quant.weight_bits == 4:
+            document["quantization"]["weights"] = _four_bit_weights(graph, exported.sizes)
+    document |= {
+        "export": run.plan.export.to_dict(),
+        "sizes": _sizes(exported.sizes, exported.gzip_sizes),
+        "evaluation": evaluated.evaluation,
+        "layers": evaluated.layers,
+        "timings_s": {**{r.name: r.seconds for r in run.records}, "total": round(sum(r.seconds for r in run.records), 4)},
+        "stages": [r.to_dict() for r in run.records],
         "versions": versions(),
         "artifacts": sorted([*written, "report.json"]),
     }
-    if quant.weight_bits == 4:
-        document["quantization"]["weights"] = _four_bit_weights(graph, artifacts)
-    if sensitivity is not None:
-        document["sensitivity"] = sensitivity
-        document["artifacts"] = sorted([*document["artifacts"], *([sensitivity["plot"]] if sensitivity["plot"] else [])])
-    if pruning is not None:
-        document["pruning"] = pruning
-    if finetune is not None:
-        document["finetune"] = finetune
-        if finetune["config"]["qat"]:
-            document["quantization"]["note"] = (
-                "scales were learned by QAT after calibration: the tensors list the calibrated starting ranges"
-            )
-    if recovery is not None:
-        document["recovery"] = recovery
+    for name, key in (("prune", "pruning"), ("sensitivity", "sensitivity"), ("finetune", "finetune"), ("finetune (QAT)", "finetune")):
+        if name in run.results:
+            document[key] = run.results[name].to_dict()
+    if "finetune" in document and document["finetune"]["config"]["qat"] and quantized is not None:
+        document["quantization"]["note"] = "scales were learned by QAT after calibration: the tensors list the calibrated starting ranges"
+    if evaluated.recovery is not None:
+        document["recovery"] = evaluated.recovery
     return document
+
+
+def _sizes(artifacts: dict[str, int], gzip_sizes: dict[str, int]) -> dict[str, Any]:
+    return {
+        **{f"{name}_bytes": size for name, size in artifacts.items()},
+        **{f"{name}_gzip_bytes": size for name, size in gzip_sizes.items()},
+        "int8_to_fp32": round(artifacts["model.onnx"] / artifacts["model.fp32.onnx"], 4),
+    }

@@ -1,0 +1,112 @@
+"""The evaluation stage: the artifacts run on the real runtimes (ONNX Runtime, the TFLite
+interpreter) against the fp32 model, and, after a recovery, the accuracies before and after."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edgetune.data import Dataset
+from edgetune.evaluate.runtime import OnnxRunner
+from edgetune.export.onnx.writer import write_onnx
+from edgetune.ir.graph import Graph
+from edgetune.pipeline import report as reports
+from edgetune.pipeline.outputs import INT4_ONNX
+from edgetune.pipeline.plan import Run
+from edgetune.quantize import calibrate
+from edgetune.targets import usable_cores
+
+HOLDOUT_MAX = 256  # held-out calibration samples used for the report when no --eval data is given
+LAYER_SQNR_SAMPLES = 4  # per-layer SQNR runs both models with every activation as an output
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    evaluation: dict[str, Any]
+    layers: list[dict[str, Any]]  # per-activation SQNR of int8 against fp32
+    recovery: dict[str, Any] | None  # accuracies before compression, after it and after recovery
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"evaluation": self.evaluation, "layers": self.layers, "recovery": self.recovery}
+
+
+class Evaluate:
+    name = "evaluate"
+
+    def wanted(self, run: Run) -> bool:
+        return True
+
+    def __call__(self, run: Run) -> Evaluated:
+        data, note = _evaluation_data(run)
+        graph = run.need_graph()
+        evaluation = evaluate_artifacts(graph, run.artifacts, data, note, run)
+        layers = reports.layer_sqnr(graph, data.x[:LAYER_SQNR_SAMPLES])
+        recovery = _recovery_block(run, evaluation) if run.plan.finetune is not None and not run.plan.from_compressed else None
+        return Evaluated(evaluation, layers, recovery)
+
+
+def _evaluation_data(run: Run) -> tuple[Dataset, str]:
+    if run.eval_set is not None:
+        return run.eval_set, "measured on the --eval data"
+    if run.plan.from_compressed:
+        assert run.train_set is not None
+        return run.train_set.take(HOLDOUT_MAX), "no --eval data: measured on training samples, which flatters the model"
+    if run.holdout is not None:
+        return run.holdout.take(HOLDOUT_MAX), (
+            "no --eval data: agreement and SQNR against fp32 on held-out calibration samples (not used for calibration)"
+        )
+    assert run.calib_part is not None
+    return run.calib_part, "no --eval data and no held-out calibration samples: measured on the calibration samples themselves"
+
+
+def evaluate_artifacts(graph: Graph, artifacts: dict[str, bytes], data: Dataset, note: str, run: Run) -> dict[str, Any]:
+    """The report's evaluation block. The TFLite files' smoke runs (child processes) started
+    at export; they are waited for before this process loads a TFLite file itself, so that an
+    interpreter that aborts takes down the child and becomes an error here."""
+    steps = 2 + ("model.tflite" in artifacts) + (INT4_ONNX in artifacts)
+    run.progress(0, steps, "evaluation")
+    fp32_out = OnnxRunner(artifacts["model.fp32.onnx"], spin=False).run(data.x)
+    run.progress(1, steps, "evaluation")
+    int8_out = OnnxRunner(artifacts["model.onnx"], spin=False).run(data.x)
+    run.progress(2, steps, "evaluation")
+    evaluation = reports.evaluation_block(data, fp32_out, int8_out, note)
+    for smoke in run.smoke:
+        smoke.wait()
+    if "model.tflite" in artifacts:
+        from edgetune.evaluate.tflite_runtime import TfliteRunner
+
+        runner = TfliteRunner(artifacts["model.tflite"], threads=usable_cores())
+        tflite_out = runner.run(data.x)
+        run.progress(3, steps, "evaluation")
+        evaluation["tflite"] = reports.tflite_block(data, fp32_out, int8_out, tflite_out, _output_scale(graph), runner)
+    if INT4_ONNX in artifacts:
+        int4_out = OnnxRunner(artifacts[INT4_ONNX], spin=False).run(data.x)
+        run.progress(steps, steps, "evaluation")
+        evaluation["onnx_int4"] = reports.int4_onnx_block(data, fp32_out, int8_out, int4_out, _output_scale(graph))
+    return evaluation
+
+
+def _output_scale(graph: Graph) -> float:
+    return float(graph.tensors[graph.outputs[0]].quant.scale[0])  # type: ignore[union-attr]
+
+
+def _recovery_block(run: Run, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy before compression (the original in fp32), after compression (int8 without
+    recovery) and after recovery (the artifact), on the --eval data."""
+    block: dict[str, Any] = {"accuracy_before_compression": None, "accuracy_after_compression": None, "accuracy_after_recovery": None}
+    eval_set, teacher, baseline = run.eval_set, run.teacher, run.baseline
+    if teacher is None or baseline is None or eval_set is None or eval_set.y is None or not eval_set.has_classes:
+        block["note"] = "accuracies need labelled --eval data"
+        return block
+    from edgetune.evaluate.metrics import accuracy
+
+    assert run.calib_part is not None
+    calibrate(baseline, run.calib_part.x, run.plan.quant)  # plain calibration: the --ptq techniques are not repeated here
+    before = OnnxRunner(write_onnx(teacher, quantized=False), spin=False).run(eval_set.x)
+    after = OnnxRunner(write_onnx(baseline, quantized=True), spin=False).run(eval_set.x)
+    block.update(
+        accuracy_before_compression=accuracy(before, eval_set.y),
+        accuracy_after_compression=accuracy(after, eval_set.y),
+        accuracy_after_recovery=evaluation.get("int8_accuracy"),
+    )
+    return block

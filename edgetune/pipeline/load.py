@@ -1,0 +1,212 @@
+"""The first stages: load the model and the data sets and check them against each other, then
+capture the model as edgetune's graph. A run that starts from a compressed ``model.edgetune``
+loads that graph instead and skips capture."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from edgetune.capture.models import LoadedModel, load_model
+from edgetune.data import Dataset, load_dataset
+from edgetune.data.dataset import Role
+from edgetune.errors import InputError
+from edgetune.ir.graph import Graph
+from edgetune.ir.stats import graph_summary
+from edgetune.pipeline.outputs import checkpoint_path
+from edgetune.pipeline.plan import DataSpec, ModelSpec, Run
+from edgetune.progress import Progress
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """``1x3x224x224`` (batch first) to the per-sample shape (3, 224, 224)."""
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise InputError(f"input shape {text!r} is not like 1x3x224x224", "give dimensions joined by x, batch first") from None
+    if len(dims) < 2 or any(d <= 0 for d in dims):
+        raise InputError(f"input shape {text!r} needs a batch and at least one positive dimension", "e.g. 1x3x224x224")
+    return dims[1:]
+
+
+def capture_model(loaded: LoadedModel, shape: tuple[int, ...]) -> Graph:
+    if loaded.kind == "onnx":
+        from edgetune.capture.onnx_import import import_onnx
+
+        assert loaded.onnx_path is not None
+        return import_onnx(loaded.onnx_path)
+    from edgetune.capture import capture
+
+    source: Any = loaded.program if loaded.program is not None else loaded.module
+    return capture(source, shape)
+
+
+def load_any(model: ModelSpec, weights: str | None) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, nn.Module):
+        return LoadedModel("module", type(model).__name__, module=model.eval())
+    return load_model(model, weights)
+
+
+def load_compressed(path: str | Path) -> Graph:
+    """A ``model.edgetune`` that compress wrote: a graph with its quantization parameters."""
+    from edgetune.ir.serialize import load_graph
+
+    graph = load_graph(Path(path))
+    if not any(t.quant is not None for t in graph.tensors.values()):
+        raise InputError(f"{path} holds no quantization parameters", "pass the model.edgetune that edgetune compress wrote")
+    return graph
+
+
+@dataclass(frozen=True)
+class Loaded:
+    source: str
+    kind: str  # module, program, onnx or compressed
+    input_shape: tuple[int, ...]
+    data: dict[str, dict[str, Any]]  # role -> source and samples
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "kind": self.kind, "input_shape": list(self.input_shape), "data": self.data}
+
+
+class Load:
+    """The model and every data set, checked against each other before any work."""
+
+    name = "load"
+
+    def wanted(self, run: Run) -> bool:
+        return True
+
+    def __call__(self, run: Run) -> Loaded:
+        plan = run.plan
+        run.source = str(plan.model) if isinstance(plan.model, (str, Path)) else _name(plan.model)
+        if plan.from_compressed:
+            _load_compressed(run)
+        else:
+            _load_model(run)
+        if plan.finetune is not None:
+            run.checkpoint = checkpoint_path(run.out, plan.resume)
+        sets = {"calibration": run.calib_set, "evaluation": run.eval_set, "training": run.train_set}
+        data = {role: {"source": d.source, "samples": len(d)} for role, d in sets.items() if d is not None}
+        return Loaded(run.source, "compressed" if plan.from_compressed else run.loaded.kind if run.loaded else "", run.shape, data)
+
+
+def _load_model(run: Run) -> None:
+    plan = run.plan
+    if plan.calib is None:
+        raise InputError("no calibration data is given", "pass --calib DATA (e.g. digits), or set data.calib in the recipe")
+    run.loaded = load_any(plan.model, plan.weights)
+    run.source = run.loaded.source
+    calib = _data(plan.calib, "calibration", run)
+    assert calib is not None
+    run.calib_set = calib
+    run.eval_set = _data(plan.eval_data, "test", run)
+    run.train_set = _data(plan.train_data, "train", run)
+    _check_recovery_inputs(run)
+    shape = plan.input_shape or run.loaded.declared_input_shape() or calib.sample_shape
+    if calib.sample_shape != shape:
+        raise InputError(
+            f"samples of {calib.source} have shape {_dims(calib.sample_shape)} but the model takes {_dims(shape)}",
+            "give data preprocessed to the model's input shape, or fix --input-shape",
+        )
+    run.shape = shape
+    _check_shapes(run, (run.eval_set, "evaluation"), (run.train_set if plan.finetune is not None else None, "training"))
+
+
+def _load_compressed(run: Run) -> None:
+    """A compressed graph is recovered quantization-aware, on training data."""
+    plan = run.plan
+    if plan.finetune is None:
+        raise InputError(f"{plan.model} is compressed already", "recover it with a fine-tune budget (--finetune 300steps)")
+    if plan.prune is not None:
+        raise InputError(f"{plan.model} is compressed already: it cannot be pruned again", "prune the original model")
+    run.graph = load_compressed(str(plan.model))
+    run.shape = tuple(run.graph.tensors[run.graph.inputs[0]].shape[1:])
+    run.train_set = _data(plan.train_data, "train", run)
+    run.eval_set = _data(plan.eval_data, "test", run)
+    _check_recovery_inputs(run)
+    _check_shapes(run, (run.train_set, "training"), (run.eval_set, "evaluation"))
+    check_labels(run.graph, training=run.train_set, evaluation=run.eval_set)
+    if plan.teacher is not None:
+        run.teacher = capture_model(load_any(plan.teacher, plan.teacher_weights), run.shape)
+
+
+@dataclass(frozen=True)
+class Captured:
+    summary: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.summary
+
+
+class Capture:
+    """The model as edgetune's graph; the data's labels checked against its outputs."""
+
+    name = "capture"
+
+    def wanted(self, run: Run) -> bool:
+        return run.graph is None
+
+    def __call__(self, run: Run) -> Captured:
+        assert run.loaded is not None and run.calib_set is not None
+        graph = capture_model(run.loaded, run.shape)
+        # Calibration labels serve only the gradient pruning criteria; training labels only a fine-tune.
+        check_labels(
+            graph,
+            calibration=run.calib_set if run.plan.prune is not None else None,
+            evaluation=run.eval_set,
+            training=run.train_set if run.plan.finetune is not None else None,
+        )
+        run.graph = graph
+        if run.plan.finetune is not None:
+            run.teacher = copy.deepcopy(graph)  # the uncompressed model teaches the recovery
+        return Captured(graph_summary(graph))
+
+
+def check_labels(graph: Graph, **sets: Dataset | None) -> None:
+    """Every data set's class labels against the model's output size, before any work."""
+    outputs = math.prod(graph.tensors[graph.outputs[0]].shape[1:])
+    for role, data in sets.items():
+        if data is not None:
+            data.check_labels(outputs, role)
+
+
+def _data(spec: DataSpec | None, role: Role, run: Run) -> Dataset | None:
+    if spec is None or isinstance(spec, Dataset):
+        return spec
+    progress: Progress = run.progress
+    return load_dataset(spec, role, run.plan.preprocess, progress=progress)
+
+
+def _check_shapes(run: Run, *sets: tuple[Dataset | None, str]) -> None:
+    for data, role in sets:
+        if data is not None and data.sample_shape != run.shape:
+            raise InputError(
+                f"{role} samples of {data.source} have shape {_dims(data.sample_shape)} but the model takes {_dims(run.shape)}",
+                f"give {role} data preprocessed like the calibration data",
+            )
+
+
+def _check_recovery_inputs(run: Run) -> None:
+    if run.plan.finetune is not None and run.train_set is None:
+        raise InputError("--finetune needs training data", "pass --train DATA (e.g. digits:train)")
+    if run.plan.resume and run.plan.finetune is None:
+        raise InputError(
+            "--resume continues a fine-tune, but there is no --finetune budget", "repeat the interrupted command with --resume"
+        )
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _name(model: Any) -> str:
+    return model.source if isinstance(model, LoadedModel) else type(model).__name__

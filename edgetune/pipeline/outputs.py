@@ -1,0 +1,128 @@
+"""The export stage and the output folder: every artifact from the one quantized graph, and the
+set published in one atomic step (with a fine-tune's checkpoint beside it while it runs)."""
+
+from __future__ import annotations
+
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgetune.artifacts import output_folder, partial_folder, publish_folder
+from edgetune.export.config import ExportConfig
+from edgetune.export.onnx.writer import write_onnx
+from edgetune.ir.graph import Graph
+from edgetune.ir.serialize import graph_to_bytes
+from edgetune.pipeline.plan import Run
+from edgetune.targets import Target, load_target
+
+CHECKPOINT = "finetune.ckpt"  # beside the output folder while a fine-tune runs; in it after Ctrl-C
+INT4_ONNX = "model.int4.onnx"  # with 4-bit weights: the same model, its weights packed as INT4 (opset 21)
+
+
+def export_artifacts(graph: Graph, target: Target, export: ExportConfig) -> dict[str, bytes]:
+    """Every artifact from the one quantized graph. The ONNX pair is always built (the
+    evaluation runs it); TFLite files when asked for."""
+    artifacts = {
+        "model.onnx": write_onnx(graph, quantized=True, unsigned_activations=target.unsigned_activations),
+        "model.fp32.onnx": write_onnx(graph, quantized=False),
+        "model.edgetune": graph_to_bytes(graph),
+    }
+    if graph.meta.get("weight_bits") == 4 and "onnx" in export.formats:
+        artifacts[INT4_ONNX] = write_onnx(graph, quantized=True, unsigned_activations=target.unsigned_activations, int4_weights=True)
+    if "tflite" in export.formats:
+        from edgetune.export.tflite import write_tflite
+
+        info = dict(graph.meta.get("data", {}))
+        artifacts["model.tflite"] = write_tflite(graph, quantized=True, int8_io=export.int8_io(target.device_class), metadata=info)
+        if export.float_tflite:
+            artifacts["model.fp32.tflite"] = write_tflite(graph, quantized=False, metadata=info)
+    return artifacts
+
+
+def names_to_write(export: ExportConfig, artifacts: dict[str, bytes]) -> set[str]:
+    """The artifacts the user asked for, of those built."""
+    names = {"model.edgetune"}
+    if "onnx" in export.formats:
+        names |= {"model.onnx", "model.fp32.onnx", INT4_ONNX}
+    if "tflite" in export.formats:
+        names.add("model.tflite")
+        if export.float_tflite:
+            names.add("model.fp32.tflite")
+    return names & artifacts.keys()
+
+
+def start_smoke_runs(artifacts: dict[str, bytes]) -> list[Any]:
+    """Each TFLite file loaded and run once in a child process, alongside the evaluation."""
+    from edgetune.evaluate.tflite_runtime import SmokeRun
+
+    return [SmokeRun(blob, name) for name, blob in artifacts.items() if name.endswith(".tflite")]
+
+
+@dataclass(frozen=True)
+class Exported:
+    sizes: dict[str, int]  # every artifact built, in bytes
+    gzip_sizes: dict[str, int]  # the int8 artifacts compressed (what a sparse model saves in transit)
+    written: tuple[str, ...]  # the artifacts the user asked for
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sizes": self.sizes, "gzip_sizes": self.gzip_sizes, "written": list(self.written)}
+
+
+class Export:
+    """ONNX (int8 QDQ and fp32), TFLite (int8) and ``model.edgetune`` from the quantized graph;
+    the TFLite files start their smoke runs in child processes."""
+
+    name = "export"
+
+    def wanted(self, run: Run) -> bool:
+        return True
+
+    def __call__(self, run: Run) -> Exported:
+        run.artifacts = export_artifacts(run.need_graph(), run.target, run.plan.export)
+        run.smoke = start_smoke_runs(run.artifacts)
+        compressed: dict[str, int] = {
+            name: len(zlib.compress(run.artifacts[name], 6)) for name in ("model.onnx", "model.tflite") if name in run.artifacts
+        }
+        sizes = {name: len(blob) for name, blob in run.artifacts.items()}
+        return Exported(sizes, compressed, tuple(sorted(names_to_write(run.plan.export, run.artifacts))))
+
+
+def checkpoint_path(out: Path, resume: bool) -> Path:
+    """Where a fine-tune into ``out`` keeps its checkpoint: a hidden sibling folder, so that the
+    output folder only ever holds a complete set. ``--resume`` also takes up the checkpoint that
+    an interrupted run published (``out/finetune.ckpt``)."""
+    checkpoint = partial_folder(out) / CHECKPOINT
+    published = out / CHECKPOINT
+    if resume and not checkpoint.is_file() and published.is_file():
+        checkpoint.parent.mkdir(exist_ok=True)
+        shutil.copyfile(published, checkpoint)
+    return checkpoint
+
+
+def publish(out_dir: str | Path, files: dict[str, bytes], checkpoint: Path | None) -> dict[str, Path]:
+    """The output set in one atomic step; an interrupted fine-tune's checkpoint goes with it."""
+    if checkpoint is not None and checkpoint.is_file():
+        files = {**files, CHECKPOINT: checkpoint.read_bytes()}
+    publish_folder(out_dir, files)
+    if checkpoint is not None:
+        shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    return {name: Path(out_dir) / name for name in files}
+
+
+def export_compressed(
+    compressed: str | Path, out_dir: str | Path, *, target: str | Target = "host", export: ExportConfig | None = None
+) -> dict[str, Path]:
+    """Write artifacts from a saved ``model.edgetune`` (what ``compress`` wrote), without recalibrating."""
+    from edgetune.pipeline.load import load_compressed
+
+    export = export or ExportConfig()
+    output_folder(out_dir)  # a bad -o fails now, not after the work
+    the_target = target if isinstance(target, Target) else load_target(target)
+    graph = load_compressed(compressed)
+    artifacts = export_artifacts(graph, the_target, export)
+    for run in start_smoke_runs(artifacts):
+        run.wait()
+    names = names_to_write(export, artifacts) - {"model.edgetune"}
+    return publish(out_dir, {name: blob for name, blob in artifacts.items() if name in names}, None)
