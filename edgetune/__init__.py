@@ -27,5 +27,9 @@ def __getattr__(name: str) -> Any:
     if name in _API:
         from edgetune import api
 
+        # Loading the API imports the edgetune.evaluate package, which Python then binds as this
+        # module's ``evaluate``; the API's functions are bound over it, so that edgetune.evaluate
+        # is the function from here on (later submodule imports bind to their own packages).
+        globals().update({function: getattr(api, function) for function in _API})
         return getattr(api, name)
     raise AttributeError(f"module 'edgetune' has no attribute {name!r}")

@@ -179,3 +179,18 @@ def test_the_gate_baseline_and_its_artifacts_change_together(sets: dict[str, Any
         points = _sweep(monkeypatch, fault, update["new"], baseline.parent, reset, which)
         assert points >= 3
         assert len(list((baseline.parent / "baseline.artifacts").iterdir())) == 1, "the old artifacts are gone once the new document is in"
+
+
+def test_outputs_take_the_umask_like_any_file(tmp_path: Path) -> None:
+    """0644 files and 0755 folders under umask 022, not the private modes of temporary files."""
+    from edgetune.artifacts import publish_folder, write_file
+
+    previous = os.umask(0o022)
+    try:
+        publish_folder(tmp_path / "out", {"model.onnx": b"x", "report.json": b"{}"})
+        write_file(tmp_path / "baseline.json", b"{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    for path in (tmp_path / "out" / "model.onnx", tmp_path / "out" / "report.json", tmp_path / "baseline.json"):
+        assert path.stat().st_mode & 0o777 == 0o644, path

@@ -77,7 +77,7 @@ from edgetune.progress import StderrProgress
     default=60.0,
     show_default=True,
     metavar="SECONDS",
-    help="Modeled time for AdaRound, or for all of --ptq best (its trials, then AdaRound).",
+    help="Seconds for AdaRound, or for all of --ptq best (its trials, then AdaRound): planned by a cost model, held to the clock.",
 )
 @click.option(
     "--prune",
@@ -254,8 +254,10 @@ def _recovery_human(report: dict[str, Any]) -> str:
 
 def _model_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     model, sizes, calibration = report["model"], report["sizes"], report["quantization"]["calibration"]
+    weights = [("weights", model["note"])] if "note" in model else []
     return [
         ("model", f"{model['source']}  ({model['parameters']:,} parameters, {model['macs'] / 1e6:.1f} M MACs)"),
+        *weights,
         ("target", f"{report['target']['name']}  (ONNX activations {report['target']['onnx_activations']})"),
         ("calibration", f"{calibration['samples']} samples of {calibration['source']}, {_method_text(report)}"),
         (

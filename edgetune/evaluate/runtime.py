@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 
 from edgetune.errors import InputError, RuntimeFailure
+from edgetune.targets import usable_cores
 
 
 def session_options(threads: int | None = None, spin: bool = True):  # type: ignore[no-untyped-def]
@@ -16,6 +18,8 @@ def session_options(threads: int | None = None, spin: bool = True):  # type: ign
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads is None and usable_cores() < (os.cpu_count() or 1):
+        threads = usable_cores()  # pinned to fewer cores than the machine has: no more threads than those
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -37,6 +37,7 @@ from edgetune.finetune.strategy import Strategy, weighted_layers
 from edgetune.ir.graph import Graph
 from edgetune.ir.torch_exec import GraphRunner
 from edgetune.progress import Progress, silent
+from edgetune.targets import fit_torch_threads
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
@@ -382,6 +383,7 @@ def finetune(
     and on Ctrl-C; ``resume`` continues from it. The checkpoint is removed when the run ends
     by itself. Ctrl-C ends the run early with the best model so far.
     """
+    fit_torch_threads()
     if train.y is None and teacher is None:
         raise InputError(f"{train.source} has no labels and there is no model to distil from", "give labelled --train data")
     if val is None:

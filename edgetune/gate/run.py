@@ -61,8 +61,8 @@ def run_recipe(config: GateConfig, progress: Progress = silent) -> Path:
     out = Path(str(config.recipe.get("out", "out/gate")))
     where = f"{config.source} [recipe]"
     recipe = from_table(config.recipe, where, prefix="recipe.")
-    if recipe["model.source"] is None or recipe["data.calib"] is None:
-        raise InputError(f"{where} needs model and calib", "or pass --report with an existing report.json")
+    if recipe["model.source"] is None:
+        raise InputError(f"{where} needs a model", "or pass --report with an existing report.json")
     run(recipe, out, progress=progress)
     return out
 

@@ -61,6 +61,20 @@ def graph_to_bytes(graph: Graph) -> bytes:
     return safetensors_bytes(arrays, metadata)
 
 
+def is_graph_file(path: str | Path) -> bool:
+    """Whether ``path`` holds an edgetune graph (what compress writes as model.edgetune), by its
+    header and whatever its name."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= 2**26:
+                return False
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and isinstance(header.get("__metadata__"), dict) and header["__metadata__"].get("format") == FORMAT
+
+
 def graph_from_bytes(blob: bytes, source: str = "the file") -> Graph:
     from safetensors.numpy import load
 

@@ -8,8 +8,9 @@ that the report assembles. Export writes ONNX (fp32 and int8 QDQ) and TFLite (in
 quantized graph.
 """
 
+from edgetune.numbers import parse_input_shape
 from edgetune.pipeline.compress import STAGES, CompressResult, compress, finetune_compressed, run
-from edgetune.pipeline.load import capture_model, parse_input_shape
+from edgetune.pipeline.load import capture_model
 from edgetune.pipeline.outputs import export_artifacts, export_compressed
 from edgetune.pipeline.plan import Plan, Run, Stage, StageResult
 

@@ -13,8 +13,9 @@ from edgetune.data import Dataset
 from edgetune.export.config import ExportConfig
 from edgetune.finetune import FinetuneConfig
 from edgetune.ir.graph import Graph
+from edgetune.numbers import parse_input_shape
 from edgetune.pipeline.evaluation import Evaluate
-from edgetune.pipeline.load import Capture, Load, parse_input_shape
+from edgetune.pipeline.load import Capture, Load
 from edgetune.pipeline.outputs import Export, publish
 from edgetune.pipeline.plan import Plan, Run, Stage, run_stages
 from edgetune.pipeline.report import compress_report
@@ -22,7 +23,7 @@ from edgetune.pipeline.stages import Prune, Quantize, Recover, Sensitivity
 from edgetune.progress import Progress, silent
 from edgetune.prune import PruneConfig
 from edgetune.quantize import QuantConfig
-from edgetune.targets import Target, load_target
+from edgetune.targets import Target, fit_torch_threads, load_target
 
 # The stages of a run, in their one order. Each says from the plan whether it runs: a fine-tune
 # recovers in float before calibration, or quantization-aware after it; a run that starts from
@@ -51,6 +52,7 @@ def run(plan: Plan, out_dir: str | Path, progress: Progress = silent, stages: tu
     """Run ``plan``'s stages and publish ``out_dir`` in one step: the artifacts, ``report.json``
     and the plan's extra files (``recipe.toml``)."""
     out = output_folder(out_dir)  # a bad -o fails now, not after the work
+    fit_torch_threads()
     target = plan.target or load_target("host")
     state = run_stages(Run(plan, out, target, progress), stages)
     if state.silent_rank:

@@ -21,19 +21,7 @@ from edgetune.ir.stats import graph_summary
 from edgetune.pipeline.outputs import checkpoint_path
 from edgetune.pipeline.plan import DataSpec, ModelSpec, Run
 from edgetune.progress import Progress
-
-
-def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
-    """``1x3x224x224`` (batch first) to the per-sample shape (3, 224, 224)."""
-    if text is None:
-        return None
-    try:
-        dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise InputError(f"input shape {text!r} is not like 1x3x224x224", "give dimensions joined by x, batch first") from None
-    if len(dims) < 2 or any(d <= 0 for d in dims):
-        raise InputError(f"input shape {text!r} needs a batch and at least one positive dimension", "e.g. 1x3x224x224")
-    return dims[1:]
+from edgetune.quantize import QuantConfig
 
 
 def capture_model(loaded: LoadedModel, shape: tuple[int, ...]) -> Graph:
@@ -102,7 +90,11 @@ class Load:
 def _load_model(run: Run) -> None:
     plan = run.plan
     if plan.calib is None:
-        raise InputError("no calibration data is given", "pass --calib DATA (e.g. digits), or set data.calib in the recipe")
+        raise InputError("no data.calib is given", "pass --calib DATA (e.g. digits), or set data.calib in the recipe")
+    if plan.teacher is not None:
+        raise InputError(
+            "a teacher is for recovering a compressed model.edgetune", "drop --teacher: the model being compressed teaches its recovery"
+        )
     run.loaded = load_any(plan.model, plan.weights)
     run.source = run.loaded.source
     calib = _data(plan.calib, "calibration", run)
@@ -126,8 +118,14 @@ def _load_compressed(run: Run) -> None:
     plan = run.plan
     if plan.finetune is None:
         raise InputError(f"{plan.model} is compressed already", "recover it with a fine-tune budget (--finetune 300steps)")
-    if plan.prune is not None:
-        raise InputError(f"{plan.model} is compressed already: it cannot be pruned again", "prune the original model")
+    ignored = {"pruning": plan.prune is not None, "calibration data": plan.calib is not None, "sensitivity": plan.sensitivity}
+    ignored |= {"quantization settings": plan.quant != QuantConfig(), "an input shape": plan.input_shape is not None}
+    ignored |= {"weights": plan.weights is not None}
+    given = [what for what, present in ignored.items() if present]
+    if given:
+        raise InputError(
+            f"{plan.model} is compressed already: {', '.join(given)} would not apply to it", "compress the original model, or drop them"
+        )
     run.graph = load_compressed(str(plan.model))
     run.shape = tuple(run.graph.tensors[run.graph.inputs[0]].shape[1:])
     run.train_set = _data(plan.train_data, "train", run)

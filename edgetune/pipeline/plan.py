@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,9 +50,12 @@ class Plan:
     resume: bool = False
     extra_files: dict[str, bytes] = field(default_factory=dict)  # written beside the artifacts (recipe.toml)
 
-    @property
+    @cached_property
     def from_compressed(self) -> bool:
-        return isinstance(self.model, (str, Path)) and str(self.model).endswith(".edgetune")
+        """Whether the model is a compressed graph (compress's model.edgetune, under any name)."""
+        from edgetune.ir.serialize import is_graph_file
+
+        return isinstance(self.model, (str, Path)) and (str(self.model).endswith(".edgetune") or is_graph_file(self.model))
 
     def recovery(self) -> FinetuneConfig | None:
         """The fine-tune each recovery runs: the budget is shared between the pruning steps (one

@@ -186,9 +186,11 @@ def compress_report(run: Run) -> dict[str, Any]:
         "schema": SCHEMA,
         "version": VERSION,
         "command": "finetune" if run.plan.from_compressed else "compress",
-        "model": {"source": run.source, **graph_summary(graph)},
+        "model": {"source": run.source, "weights": run.plan.weights, **graph_summary(graph)},
         "target": {"name": target.name, "onnx_activations": "uint8" if target.unsigned_activations else "int8"},
     }
+    if run.loaded is not None and run.loaded.kind == "module" and run.plan.weights is None:
+        document["model"]["note"] = "no weights were given: the model is as its callable built it (--weights FILE loads trained ones)"
     if quantized is not None:
         document["quantization"] = {"config": quant.to_dict(), "scheme": _scheme(quant), **quantized.to_dict()}
         if quant.weight_bits == 4:

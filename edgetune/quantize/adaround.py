@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +30,10 @@ import torch.nn.functional as F
 
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, depthwise_multiplier
 from edgetune.ir.quant import levels_of
-from edgetune.ir.stats import graph_macs
+from edgetune.ir.stats import graph_macs, node_macs
 from edgetune.ir.torch_exec import apply_act, run_preact
 from edgetune.progress import Progress
+from edgetune.quantize.deadline import Schedule
 from edgetune.quantize.layerwise import LayerInputs, quantized_constant, walk
 
 ZETA, GAMMA = 1.1, -0.1  # stretch of the rectified sigmoid (paper, eq. 23)
@@ -64,13 +66,16 @@ class Plan:
 @dataclass
 class AdaRoundResult:
     plan: Plan
+    budget_s: float
     layers: int = 0
     skipped: list[str] = field(default_factory=list)
     flipped: float = 0.0  # share of weights rounded away from nearest
     seconds: float = 0.0
+    shortened: list[str] = field(default_factory=list)  # given fewer iterations by the clock
+    nearest: list[str] = field(default_factory=list)  # left at nearest rounding by the clock
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        block: dict[str, Any] = {
             "layers": self.layers,
             "skipped": self.skipped,
             "iterations_per_layer": self.plan.iterations,
@@ -78,9 +83,17 @@ class AdaRoundResult:
             "rounded_away_from_nearest": round(self.flipped, 4),
             "samples": self.plan.samples,
             "positions_per_layer": self.plan.positions,
+            "budget_s": round(self.budget_s, 2),
             "modeled_s": round(self.plan.modeled_s, 2),
             "seconds": round(self.seconds, 2),
+            "clock": {"shortened_layers": self.shortened, "nearest_layers": self.nearest},
         }
+        if self.shortened or self.nearest:
+            block["clock"]["note"] = (
+                f"this machine ran slower than the cost model: {len(self.shortened)} layer(s) got fewer iterations"
+                f" and {len(self.nearest)} kept nearest rounding to hold the budget, so this artifact depends on the machine's speed"
+            )
+        return block
 
 
 class _Layer:
@@ -155,9 +168,11 @@ def round_layer(
     target: torch.Tensor,
     bias: torch.Tensor | None,
     iterations: int,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Learned integer levels of ``weight`` (symmetric, per-channel ``scale`` along axis 0),
-    returned as ``levels * scale``, and the share rounded away from nearest."""
+    returned as ``levels * scale``, and the share rounded away from nearest. ``stop``, asked
+    every few steps, ends the optimisation early (the deadline has passed)."""
     w = torch.from_numpy(weight.astype(np.float32))
     s = torch.from_numpy(scale.astype(np.float32)).reshape((-1,) + (1,) * (weight.ndim - 1))
     floor = torch.floor(w / s)
@@ -168,6 +183,8 @@ def round_layer(
         generator = torch.Generator().manual_seed(0)
         count = target.shape[0]
         for step in range(iterations):
+            if stop is not None and step % STOP_EVERY == 0 and step and stop():
+                break
             rows = torch.randint(0, count, (min(layer.batch, count),), generator=generator)
             h = _soft(v)
             levels = torch.clamp(floor + h, -qmax, qmax)
@@ -224,6 +241,20 @@ def plan(graph: Graph, available: int, budget_s: float) -> Plan:
     return Plan(samples, positions, iterations, setup_s + iterations * per_round)
 
 
+def modeled_layers(graph: Graph, planned: Plan) -> dict[str, float]:
+    """Modeled seconds of each weighted layer, in order: its share of the walk's setup (by its
+    multiply-accumulates) and, when it is rounded, its steps."""
+    macs = {node.name: node_macs(graph, node) for node in graph.nodes if node.op in WEIGHTED_OPS}
+    total = sum(macs.values()) or 1
+    setup = planned.samples * graph_macs(graph) * SETUP_SECONDS_PER_MAC
+    costs = {}
+    for node in graph.nodes:
+        if node.op in WEIGHTED_OPS:
+            steps = _layer_cost(graph, node, planned.samples, planned.positions).step_seconds() * planned.iterations
+            costs[node.name] = setup * macs.get(node.name, 0) / total + (steps if roundable(graph, node) else 0.0)
+    return costs
+
+
 def _layer_cost(graph: Graph, node: Node, samples: int, positions: int) -> LayerCost:
     weights = graph.const(node.inputs[1]).size
     depthwise = depthwise_multiplier(graph, node) > 0
@@ -231,26 +262,33 @@ def _layer_cost(graph: Graph, node: Node, samples: int, positions: int) -> Layer
     return LayerCost(weights, min(DEPTHWISE_BATCH if depthwise else BATCH, positions, available), depthwise)
 
 
-def adaround(graph: Graph, samples: np.ndarray, budget_s: float, progress: Progress | None = None) -> AdaRoundResult:
+def adaround(
+    graph: Graph, samples: np.ndarray, budget_s: float, progress: Progress | None = None, deadline: float | None = None
+) -> AdaRoundResult:
     """Round every plain, depthwise and linear layer's weights in place, within ``budget_s`` seconds.
 
     The budget is turned into a sample count and one iteration count for all layers by a
-    fixed cost model (:func:`plan`), so the result does not depend on the machine's speed;
-    the report gives the seconds actually spent.
+    fixed cost model (:func:`plan`), so the result does not depend on the machine's speed. The
+    clock holds it all the same: ``deadline`` (a ``time.perf_counter()`` value; default: the
+    start plus the budget) is kept by giving the layers left fewer iterations when the machine
+    falls behind the model (:class:`Schedule`); the report gives budget, modeled and actual time.
     """
     start = time.perf_counter()
-    result = AdaRoundResult(plan(graph, len(samples), budget_s))
+    result = AdaRoundResult(plan(graph, len(samples), budget_s), budget_s)
     weighted = [n for n in graph.nodes if n.op in WEIGHTED_OPS]
     total_size = sum(graph.const(n.inputs[1]).size for n in weighted) or 1
     generator = torch.Generator().manual_seed(0)
+    schedule = Schedule(start + budget_s if deadline is None else deadline, modeled_layers(graph, result.plan), start)
 
     def visit(inputs: LayerInputs) -> torch.Tensor | None:
         node = inputs.node
         tensor = graph.tensors[node.inputs[1]]
         weight, q = tensor.int8_source, tensor.quant
         assert weight is not None and q is not None and inputs.x_quant is not None
-        if not roundable(graph, node):
-            result.skipped.append(node.name)  # rounded to nearest
+        iterations = schedule.share(node.name, result.plan.iterations) if roundable(graph, node) else 0
+        if not roundable(graph, node) or iterations < CLOCK_MIN_ITERATIONS:
+            (result.skipped if not roundable(graph, node) else result.nearest).append(node.name)  # rounded to nearest
+            schedule.done(node.name)
             return None
         scale = q.scale if q.axis is not None else np.full(weight.shape[0], q.scale[0], np.float32)
         depthwise = depthwise_multiplier(graph, node) > 0
@@ -258,18 +296,23 @@ def adaround(graph: Graph, samples: np.ndarray, budget_s: float, progress: Progr
         target = apply_act(layer.take(inputs.z_float), node.act)
         bias = quantized_constant(graph, node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         levels = levels_of(graph.meta, node.inputs[1])
-        tensor.qdata, flipped = round_layer(node, weight, scale, levels, layer, target, bias, result.plan.iterations)
+        tensor.qdata, flipped = round_layer(node, weight, scale, levels, layer, target, bias, iterations, schedule.passed)
+        schedule.done(node.name)
         result.layers += 1
         result.flipped += flipped * weight.size
         return run_preact(node, inputs.x_quant, [quantized_constant(graph, n) for n in node.inputs[1:] if n])
 
-    walk(graph, samples[: result.plan.samples], visit, progress=progress, stage="adaround")
+    walk(graph, samples[: result.plan.samples], visit, progress=progress, stage="adaround", stop=schedule.passed)
+    result.nearest += [n.name for n in weighted if n.name in schedule.remaining and roundable(graph, n)]  # not reached in time
+    result.shortened = [name for name in schedule.shortened if name not in result.nearest]
     result.flipped /= total_size
     result.seconds = time.perf_counter() - start
     return result
 
 
 MIN_ITERATIONS, MAX_ITERATIONS = 20, 2000
+CLOCK_MIN_ITERATIONS = 10  # fewer than this, when the clock cuts a layer short, and it keeps nearest rounding
+STOP_EVERY = 8  # steps between looks at the clock inside one layer
 # The budget becomes iterations through a fixed cost model rather than a clock, so the same
 # inputs give the same artifact on any machine. A step costs a fixed overhead, a time per
 # rounding variable (the soft rounding, the regulariser and Adam's update touch each one) and a

@@ -78,13 +78,13 @@ def collect_stats(graph: Graph, samples: np.ndarray, config: QuantConfig, progre
     """
     import onnxruntime as ort
 
+    from edgetune.evaluate.runtime import session_options
     from edgetune.export.onnx.writer import INPUT_NAME, build_onnx
 
     wanted = observed_tensors(graph)
     model, exposed = build_onnx(graph, quantized=False, expose=wanted)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    # No spinning: on a core shared with other work, spinning threads burn the slices they wait in.
+    session = ort.InferenceSession(model.SerializeToString(), session_options(spin=False), providers=["CPUExecutionProvider"])
     fetch = sorted({v for v in exposed.values() if v != INPUT_NAME})
     stats = {name: TensorStats() for name in wanted}
     batch_size = min(config.batch_size, CALIBRATION_BATCH)

@@ -56,9 +56,11 @@ def walk(
     quantized: bool = True,
     progress: Progress | None = None,
     stage: str = "layer-wise pass",
+    stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run ``samples`` through ``graph`` and call ``visit`` at each weighted layer, before its
-    int8-simulated output is computed.
+    int8-simulated output is computed. ``stop``, asked before each weighted layer, ends the walk
+    there (a deadline has passed): the layers left are not visited.
 
     The float side always uses the constants the graph held when the walk began; the
     quantized side reads the graph's constants and parameters at the moment each node
@@ -80,6 +82,8 @@ def walk(
             operands = [name for name in node.inputs if name]
             args_f = [floats[n] if n in floats else float_constants[n] for n in operands]
             z_quant = None
+            if node.op in WEIGHTED_OPS and stop is not None and stop():
+                break
             if node.op in WEIGHTED_OPS:
                 z_float = run_preact(node, args_f[0], args_f[1:])
                 floats[node.outputs[0]] = apply_act(z_float, node.act)

@@ -31,6 +31,7 @@ from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.equalize import equalize
 from edgetune.quantize.observers import METHODS
 from edgetune.quantize.scores import float_outputs, int8_scores
+from edgetune.targets import fit_torch_threads
 
 HELD_OUT = 64  # held-out calibration samples that decide what --ptq best keeps
 # --ptq best's trials in calibration passes over the samples: three range methods, an
@@ -41,6 +42,7 @@ HELD_OUT = 64  # held-out calibration samples that decide what --ptq best keeps
 TRIAL_PASSES = 9.0
 SECONDS_PER_MAC = 5e-11
 SECONDS_PER_NODE = 4e-3
+AFTER_ADAROUND = 3.0  # of the trial passes: bias correction and the two held-out checks after AdaRound
 EQUALIZE_SAMPLES = 128  # the pre-activation ranges that bound equalization under ReLU6: more is safer
 
 
@@ -50,6 +52,7 @@ def quantize(
     """Calibrate ``graph`` in place with the techniques ``config.ptq`` asks for; returns the
     calibration records and a report of what each technique did."""
     started = time.perf_counter()
+    fit_torch_threads()
     steps = set(config.ptq)
     best = "best" in steps
     report: dict[str, Any] = {"requested": list(config.ptq), "applied": [], "budget_s": config.ptq_budget}
@@ -71,22 +74,31 @@ def quantize(
     if best:
         report["trials_modeled_s"] = round(trial_seconds(graph, len(samples)), 2)
         report["adaround_budget_s"] = round(max(config.ptq_budget - report["trials_modeled_s"], 0.0), 2)
+    # best's clock: AdaRound ends early enough to leave the modeled time of what follows it.
+    deadline = started + config.ptq_budget - trial_seconds(graph, len(samples)) * AFTER_ADAROUND / TRIAL_PASSES if best else None
     if best and plan(graph, len(samples), report["adaround_budget_s"]).modeled_s > report["adaround_budget_s"]:
         report["adaround"] = {
             "why": f"skipped: the {report['adaround_budget_s']:g} s that best's trials leave of {config.ptq_budget:g} s"
             " do not buy its fewest samples and iterations (raise --ptq-budget)"
         }
+    elif best and deadline is not None and time.perf_counter() >= deadline:
+        report["adaround"] = {
+            "why": f"skipped: best's trials took {time.perf_counter() - started:.1f} s of the {config.ptq_budget:g} s budget"
+        }
     elif "adaround" in steps or best:
         candidate = copy.deepcopy(graph) if best else graph
         budget = report["adaround_budget_s"] if best else config.ptq_budget
-        result = adaround(candidate, samples, budget, progress).to_dict()
+        result = adaround(candidate, samples, budget, progress, deadline).to_dict()
         baseline = _keep_if_better(graph, candidate, "adaround", result, report, judge, baseline)
-    if "bias-correct" in steps or best:
+    if best and time.perf_counter() >= started + config.ptq_budget:
+        report["bias-correct"] = {"why": f"skipped: the {config.ptq_budget:g} s budget was spent"}
+    elif "bias-correct" in steps or best:
         candidate = copy.deepcopy(graph) if best else graph
         result = correct_biases(candidate, samples, progress).to_dict()
         baseline = _keep_if_better(graph, candidate, "bias-correct", result, report, judge, baseline)
     if config.accuracy_target is not None:
         report["fallback"] = _fallback(graph, samples, check, config.accuracy_target, config.fallback, progress)
+    report["modeled_s"] = round(report.get("trials_modeled_s", 0.0) + report.get("adaround", {}).get("modeled_s", 0.0), 2)
     report["seconds"] = round(time.perf_counter() - started, 2)
     return records, report
 

@@ -114,8 +114,6 @@ def plan(recipe: Recipe) -> Plan:
     source = recipe["model.source"]
     if source is None:
         raise InputError("no model.source is given", "pass MODEL, or set model.source in the recipe")
-    if recipe["data.calib"] is None and not str(source).endswith(".edgetune"):
-        raise InputError("no data.calib is given", "pass --calib DATA, or set data.calib in the recipe")
     target, quant, prune, finetune, export = configs(recipe)
     copied: dict[str, Any] = {name: recipe[key] for name, key in PLAN_KEYS.items()}
     shape = parse_input_shape(recipe["model.input_shape"])

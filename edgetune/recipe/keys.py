@@ -36,7 +36,7 @@ KEYS: tuple[Key, ...] = (
     Key("quantize.per_tensor", "bool", False, "per-tensor weight scales instead of per-channel"),
     Key("quantize.samples", "int", 128, "calibration samples"),
     Key("quantize.ptq", "str", "bias-correct", "post-training techniques: equalize,adaround,bias-correct, best, or none"),
-    Key("quantize.ptq_budget", "float", 60.0, "seconds (modeled) for AdaRound, or for all of best"),
+    Key("quantize.ptq_budget", "float", 60.0, "seconds for AdaRound, or for all of best (planned by a cost model, held to the clock)"),
     Key("quantize.weight_bits", "int", 8, "8, or 4 for 4-bit weight values"),
     Key("quantize.accuracy_target", "str", None, "30dB or 99%: layers fall back until the int8 model reaches it"),
     Key("quantize.fallback", "str", None, "what accuracy_target switches layers to: float or int16"),

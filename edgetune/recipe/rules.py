@@ -39,7 +39,7 @@ def words(*options: str, alone: tuple[str, ...] = ()) -> Rule:
     """A comma-separated list drawn from ``options``; the words in ``alone`` stand by themselves."""
 
     def rule(value: Any) -> str | None:
-        items = [item.strip() for item in str(value).split(",") if item.strip()]
+        items = list(dict.fromkeys(item.strip() for item in str(value).split(",") if item.strip()))
         unknown = [item for item in items if item not in (*options, *alone)]
         if unknown:
             return f"has {unknown[0]!r}: give {' or '.join(alone) + ', or ' if alone else ''}some of {','.join(options)}"
@@ -66,6 +66,8 @@ def parsed(parse: Callable[[Any], Any]) -> Rule:
     """The value as its stage's own parser reads it (the parser's error, without its hint)."""
 
     def rule(value: Any) -> str | None:
+        if value == "":
+            return None  # the same as unset
         try:
             parse(value)
         except InputError as exc:
@@ -110,7 +112,14 @@ def _prune(text: str) -> Any:
     return parse_prune(text)
 
 
+def _input_shape(text: str) -> Any:
+    from edgetune.numbers import parse_input_shape
+
+    return parse_input_shape(text)
+
+
 RULES: dict[str, Rule] = {
+    "model.input_shape": parsed(_input_shape),
     "quantize.method": choice("mse", "percentile", "minmax", "output"),
     "quantize.percentile": number(50, 100, low_open=True),
     "quantize.samples": number(1),

@@ -99,6 +99,17 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def fit_torch_threads() -> None:
+    """Torch's intra-op threads to the cores this process may use. Torch sizes its pool from the
+    machine's cores when it starts; a process pinned to fewer (taskset, a container's cpuset)
+    would run more threads than cores, and they wait for each other a time slice at a time."""
+    import torch
+
+    cores = usable_cores()
+    if torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)
+
+
 def user_dir() -> Path:
     home = os.environ.get("EDGETUNE_HOME")
     return (Path(home) if home else Path.home() / ".config" / "edgetune") / "targets"
