@@ -63,8 +63,7 @@ demo: $(STAMP)
 	$(BIN)/edgetune bench out/demo/model.tflite --runs 200
 	$(BIN)/edgetune bench out/demo/model.fp32.onnx --runs 200
 	$(BIN)/edgetune compress edgetune.zoo:digits_cnn --calib digits --eval digits:test -o out/demo-best --ptq best --ptq-budget 10
-	$(BIN)/edgetune compress edgetune.zoo:digits_cnn --calib digits --eval digits:test -o out/demo-pruned \
-		--prune channel:0.5 --finetune 20s --train digits:train --qat
+	$(BIN)/edgetune compress --recipe examples/recipes/pruned-recovered.toml -o out/demo-pruned
 	@if $(BIN)/python -c "import sys; from edgetune.profile.qemu import board_ready; sys.exit(board_ready() is not None)"; then \
 	  $(BIN)/edgetune eval out/demo/model.tflite --data digits:test --device qemu:raspberry-pi-4; \
 	else echo "note: 'edgetune device setup qemu' (root) adds a check of the artifacts on an emulated Raspberry Pi 4"; fi

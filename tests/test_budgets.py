@@ -35,7 +35,9 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pi
 
 @pytest.fixture
 def busy_core() -> Iterator[None]:
-    before = os.sched_getaffinity(0)
+    import torch
+
+    before, threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, {min(before)})
     neighbours = [subprocess.Popen([sys.executable, "-c", BUSY, str(os.getpid())]) for _ in range(2)]
     try:
@@ -45,6 +47,7 @@ def busy_core() -> Iterator[None]:
             process.kill()
             process.wait()
         os.sched_setaffinity(0, before)
+        torch.set_num_threads(threads)  # the run fitted torch's threads to the one CPU; later tests get them back
 
 
 @pytest.mark.parametrize("ptq", ["adaround", "best"])

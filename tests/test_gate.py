@@ -293,3 +293,26 @@ def test_disturbed_repetitions_are_set_aside_and_more_are_measured(tmp_path: Pat
     assert len(base_reps) == 13 and len(interference_free(base_reps)) == 9, "extended until 9 clean baseline repetitions"
     verdict = latency_regression(base_reps, measured["host"]["model.tflite"]["repetition_ms"])
     assert verdict.regressed and verdict.set_aside == (4, 4) and verdict.slowdown == pytest.approx(0.10, abs=0.01)
+
+
+def test_a_microcontroller_target_is_measured_on_tflite_only_and_a_failing_build_records_no_baseline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], digits_out: Path
+) -> None:
+    """The example's shape: both artifacts, an MCU target with memory budgets. An ONNX file is
+    never a microcontroller's artifact, so it gets no figures there (it used to fail as n/a)."""
+    config = (
+        "[gate]\nartifacts = ['model.onnx', 'model.tflite']\n"
+        "[targets.stm32h7]\nmax_latency_p50_ms = 50\nmax_arena_kb = 256\nmax_flash_kb = 1024\n"
+    )
+    (tmp_path / "edgetune.toml").write_text(config)
+    argv = ["gate", "--config", str(tmp_path / "edgetune.toml"), "--report", str(digits_out / "report.json"), "--json", "--quiet"]
+    assert run([*argv, "--baseline", str(tmp_path / "baseline.json"), "--update-baseline"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert list(doc["measurements"]["stm32h7"]) == ["model.tflite"] and doc["passed"]
+    assert {c["artifact"] for c in doc["checks"]} == {"model.tflite"} and (tmp_path / "baseline.json").is_file()
+
+    (tmp_path / "edgetune.toml").write_text(config.replace("max_arena_kb = 256", "max_arena_kb = 0.001"))
+    assert run([*argv, "--baseline", str(tmp_path / "new-baseline.json"), "--update-baseline"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["failed"] == ["stm32h7: max_arena_kb (model.tflite)"] and "passing build" in doc["baseline_not_written"]
+    assert not (tmp_path / "new-baseline.json").exists()

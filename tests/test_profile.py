@@ -233,3 +233,20 @@ def test_a_profile_without_capacities_says_unknown(artifacts: Path, capsys: pyte
     code, doc, err = bench_json(capsys, [str(artifacts / "model.tflite"), "--runs", "5"])
     assert code == 0, err
     assert doc["memory_plan"]["fits"] is None and doc["memory_plan"]["fits_sram"] is None, "the host profile sets no RAM size"
+
+
+@pytest.mark.parametrize(
+    ("target", "expected", "absent"),
+    [
+        ("stm32h7", "KiB SRAM", "GiB"),
+        ("raspberry-pi-5", "GiB RAM", "KiB SRAM"),
+    ],
+)
+def test_memory_plans_speak_the_boards_units(
+    digits_out: Path, capsys: pytest.CaptureFixture[str], target: str, expected: str, absent: str
+) -> None:
+    from edgetune.cli.main import run
+
+    assert run(["bench", str(digits_out / "model.tflite"), "--target", target]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("memory plan"))
+    assert expected in line and absent not in line and "(0 " not in line, line

@@ -376,3 +376,21 @@ def test_cli_reports_batchnorm_reestimation_and_can_turn_it_off(tmp_path: Path, 
     assert run([*argv, "-o", str(tmp_path / "off"), "--no-prune-bn", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert "batchnorm" not in report["pruning"] and report["pruning"]["config"]["reestimate"] is False
+
+
+def test_a_group_the_channel_multiple_keeps_whole_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--prune", "channel:0.5", "--target", "raspberry-pi-5"]
+    assert run([*argv, "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    kept = [g for g in report["pruning"]["groups"] if g["after"] == g["before"] and not g["kept_whole"]]
+    assert kept and all("channel multiple is 16" in g["why"] for g in kept)
+    assert "not pruned" in text and "channel multiple is 16" in text
+
+
+def test_an_int8_file_larger_than_the_float_one_says_why(tmp_path: Path) -> None:
+    argv = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--prune", "channel:0.75", "-o", str(tmp_path / "out"), "--quiet"]
+    assert run(argv) == 0
+    sizes = json.loads((tmp_path / "out" / "report.json").read_text())["sizes"]
+    assert sizes["int8_to_fp32"] > 1 and "QuantizeLinear/DequantizeLinear" in sizes["note"]
+    assert sizes["model.tflite_bytes"] < sizes["model.onnx_bytes"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -221,7 +222,8 @@ def test_adaround_leaves_depthwise_with_a_channel_multiplier_at_nearest(samples:
     )
     g = capture(model.eval(), SHAPE)
     calibrate(g, samples[:32], QuantConfig(ptq=()))
-    result = adaround(g, samples[:32], budget_s=0.5)
+    # A short plan (0.5 s) and a deadline the clock will not reach: this test is about which layers round.
+    result = adaround(g, samples[:32], budget_s=0.5, deadline=time.perf_counter() + 600)
     assert result.layers == 2 and len(result.skipped) == 1  # the multiplier-2 grouped conv
     assert g.tensors[[n for n in g.nodes if n.name == result.skipped[0]][0].inputs[1]].qdata is None
 

@@ -103,23 +103,33 @@ def _human(doc: dict[str, Any]) -> str:
     else:
         rows += _measured_rows(doc)
     if "memory_plan" in doc:
-        plan = doc["memory_plan"]
-        verdict = {True: "fits", False: "does NOT fit", None: "capacity unknown"}[plan["fits"]]
-        biggest = ", ".join(f"{t['tensor']} {t['bytes'] / 1024:.1f} KiB" for t in plan["largest_tensors"])
-        rows.append(
-            (
-                "memory plan",
-                f"arena {plan['arena_bytes'] / 1024:.1f} KiB (no reuse: {plan['arena_without_reuse_bytes'] / 1024:.1f} KiB),"
-                f" flash {plan['flash_bytes'] / 1024:.1f} KiB: {verdict} in {doc['target']}"
-                f" ({plan['sram_bytes'] / 1024:.0f} KiB SRAM, {plan['flash_capacity_bytes'] / 1024:.0f} KiB flash)"
-                + f"; largest: {biggest}",
-            )
-        )
+        rows.append(("memory plan", _memory_plan_text(doc["memory_plan"], doc["target"])))
     for warning in doc.get("warnings", []):
         rows.append(("warning", warning))
     if doc.get("note"):
         rows.append(("note", doc["note"]))
     return table(rows)
+
+
+def _memory_plan_text(plan: dict[str, Any], target: str) -> str:
+    """A microcontroller's SRAM and flash, in KiB; a board's RAM and storage, in its own units;
+    no capacity where the profile gives none (the host)."""
+    biggest = ", ".join(f"{t['tensor']} {t['bytes'] / 1024:.1f} KiB" for t in plan["largest_tensors"])
+    mcu = plan.get("device_class") == "mcu"
+    sizes = f"arena {plan['arena_bytes'] / 1024:.1f} KiB (no reuse: {plan['arena_without_reuse_bytes'] / 1024:.1f} KiB)"
+    sizes += f", {'flash' if mcu else 'file'} {plan['flash_bytes'] / 1024:.1f} KiB"
+    if plan["fits"] is None:
+        return f"{sizes}; largest: {biggest}"
+    verdict = "fits" if plan["fits"] else "does NOT fit"
+    if mcu:
+        capacity = f"{plan['sram_bytes'] / 1024:.0f} KiB SRAM, {plan['flash_capacity_bytes'] / 1024:.0f} KiB flash"
+    else:
+        capacity = f"{_capacity(plan['sram_bytes'])} RAM, {_capacity(plan['flash_capacity_bytes'])} storage"
+    return f"{sizes}: {verdict} in {target} ({capacity}); largest: {biggest}"
+
+
+def _capacity(size: int) -> str:
+    return f"{size / 2**30:g} GiB" if size >= 2**30 else f"{size / 2**20:g} MiB"
 
 
 def parity_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:

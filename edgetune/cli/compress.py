@@ -266,6 +266,7 @@ def _model_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             + (f", TFLite int8 {sizes['model.tflite_bytes'] / 1024:.1f} KiB" if "model.tflite_bytes" in sizes else "")
             + (f", ONNX int4 weights {sizes['model.int4.onnx_bytes'] / 1024:.1f} KiB" if "model.int4.onnx_bytes" in sizes else ""),
         ),
+        *([("note", sizes["note"])] if "note" in sizes else []),
         ("post-training", _ptq_text(report["quantization"]["ptq"])),
     ]
 
@@ -312,6 +313,9 @@ def _pruning_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     skipped = [g for g in p["groups"] if g.get("unsupported")]
     if skipped:
         rows.append(("kept whole", "; ".join(f"{', '.join(g['layers'])} (through {', '.join(g['unsupported'])})" for g in skipped)))
+    rounded = [g for g in p["groups"] if "why" in g]
+    if rounded:
+        rows.append(("not pruned", f"{', '.join(g['layers'][0] for g in rounded)}: {rounded[0]['why']}"))
     pruned = sum(1 for g in p["groups"] if g["after"] < g["before"])
     rows.append(
         (

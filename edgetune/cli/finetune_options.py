@@ -26,7 +26,8 @@ _OPTIONS: list[Callable[[F], F]] = [
     click.option(
         "--augment",
         metavar="LIST",
-        help="Augmentations: shift:2,crop:2,flip,noise:0.05,cutout:0.25,time_shift:0.1,mixup:0.2, module:callable.",
+        help="Augmentations joined by commas (shift:2,flip,noise:0.05). Kinds: shift:PIXELS crop:PIXELS flip noise:STD"
+        " cutout:SHARE time_shift:SHARE mixup:ALPHA, or module:callable.",
     ),
     click.option(
         "--task",

@@ -96,5 +96,7 @@ def _human(document: dict[str, Any]) -> str:
             text += f"\n{check.target} {check.label}: {check.detail}"
     if document.get("baseline_written"):
         text += f"\nwrote baseline {document['baseline_written']}"
+    if document.get("baseline_not_written"):
+        text += f"\nbaseline not written: {document['baseline_not_written']}"
     verdict = "PASSED" if document["passed"] else f"FAILED: {', '.join(document['failed'])}"
     return text + f"\ngate {verdict}"

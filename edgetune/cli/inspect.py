@@ -14,7 +14,7 @@ from edgetune.cli.output import common_options, emit, table
 @click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
 @common_options
 def command(artifact: Path, as_json: bool) -> None:
-    """Show what ARTIFACT (.onnx or .edgetune) holds."""
+    """Show what ARTIFACT (.onnx, .tflite or .edgetune) holds: ops, parameters, MACs, size and quantization."""
     from edgetune.inspect_artifact import inspect_path
 
     emit(inspect_path(artifact), as_json, _human)

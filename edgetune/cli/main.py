@@ -21,8 +21,10 @@ EXIT_INTERRUPTED = 130
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgetune")
 def cli() -> None:
-    """Compress PyTorch models for edge devices: int8 quantization with calibration,
-    ONNX export, evaluation and on-device-class benchmarks."""
+    """Compress PyTorch models for edge devices: prune, quantize to int8 with calibration data,
+    recover with a budgeted fine-tune, export int8 ONNX and TFLite with the same parameters,
+    evaluate them on the real runtimes, benchmark them per hardware target, and gate releases.
+    Every setting of a run is a recipe key (edgetune recipe keys)."""
 
 
 for command in (

@@ -106,7 +106,9 @@ def gate(
         "baseline": str(baseline) if baseline is not None else None,
         "notes": list(config.notes),
     }
-    if baseline is not None and update_baseline:
+    if baseline is not None and update_baseline and not document["passed"]:
+        document["baseline_not_written"] = "this build fails the gate: a baseline is recorded only from a passing build"
+    elif baseline is not None and update_baseline:
         path = Path(baseline)
         # The artifacts too: later gates re-measure them beside the new build, interleaved.
         kept = {name: (folder / name).read_bytes() for name in config.artifacts if (folder / name).is_file()}

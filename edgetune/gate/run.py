@@ -27,6 +27,7 @@ from edgetune.errors import InputError
 from edgetune.gate.config import GateConfig, TargetBudgets
 from edgetune.gate.stats import interference_free, latency_regression
 from edgetune.progress import Progress, silent
+from edgetune.targets import load_target
 
 BASELINE_SCHEMA = "edgetune.gate.baseline"
 
@@ -56,15 +57,21 @@ def run_recipe(config: GateConfig, progress: Progress = silent) -> Path:
     The table holds recipe keys (``[recipe.quantize]`` ...), or compress's options by their long
     names (the older form: ``model``, ``calib``, ``eval``, ``formats`` ...); ``out`` names the folder."""
     from edgetune.recipe import run
-    from edgetune.recipe.recipe import from_table
 
     out = Path(str(config.recipe.get("out", "out/gate")))
     where = f"{config.source} [recipe]"
-    recipe = from_table(config.recipe, where, prefix="recipe.")
+    recipe = _recipe(config)
     if recipe["model.source"] is None:
         raise InputError(f"{where} needs a model", "or pass --report with an existing report.json")
     run(recipe, out, progress=progress)
     return out
+
+
+def _recipe(config: GateConfig) -> Any:
+    """The config's ``[recipe]`` table as a recipe (recipe keys, or compress's long options)."""
+    from edgetune.recipe.recipe import from_table
+
+    return from_table(config.recipe, f"{config.source} [recipe]", prefix="recipe.")
 
 
 class _Series:
@@ -126,10 +133,13 @@ def _measure_target(
 
     results: dict[str, Any] = {}
     baseline: dict[str, Any] = {}
+    microcontroller = budget.name != "host" and load_target(budget.name).device_class == "mcu"
     for artifact in config.artifacts:
         path = folder / artifact
         if not path.is_file():
             raise InputError(f"{path} is missing", "the recipe writes it; check [gate] artifacts and --formats")
+        if microcontroller and path.suffix != ".tflite":
+            continue  # a microcontroller runs TFLite (Micro) models only: no ONNX figures for it
         devices = (budget.device,) if budget.device else ()
         if budget.device and budget.device.startswith("qemu:"):
             results[artifact] = _parity(budget, path, config, progress)
@@ -179,10 +189,11 @@ def _parity(budget: TargetBudgets, path: Path, config: GateConfig, progress: Pro
 
     device = parse_device(budget.device or "")
     progress(0, 1, f"parity {budget.name} {path.name}")
-    if config.recipe.get("eval"):
+    recipe = _recipe(config)
+    if recipe["data.eval"]:
         from edgetune.data import load_dataset
 
-        dataset = load_dataset(str(config.recipe["eval"]), "test", config.recipe.get("recipe"))
+        dataset = load_dataset(recipe["data.eval"], "test", recipe["data.preprocess"])
         samples, source = dataset.x[: budget.parity_samples], f"{dataset.source} (first {budget.parity_samples})"
     else:
         samples = np.random.default_rng(0).standard_normal((budget.parity_samples, *sample_shape(path))).astype(np.float32)

@@ -54,6 +54,7 @@ def memory_plan(ops: OpList, model_bytes: int, target: Target) -> dict[str, Any]
     fits_flash = model_bytes <= flash if flash else None
     return {
         "kind": "planned",
+        "device_class": target.device_class,
         "arena_bytes": arena,
         "arena_without_reuse_bytes": sum(t.bytes for t in ops.tensors),
         "flash_bytes": model_bytes,

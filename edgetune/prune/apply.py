@@ -160,7 +160,12 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
         if count < channels:
             prune_group(graph, group, keep)
             kept.update({node.name: keep for node in [*group.producers, *group.depthwise]})
-        rows.append({"layers": layers, "before": channels, "after": count, "kept_whole": False})
+        row = {"layers": layers, "before": channels, "after": count, "kept_whole": False}
+        if count == channels and config.channel_multiple > 1:
+            row["why"] = (
+                f"keeps all {channels} channels: the target's channel multiple is {config.channel_multiple}, and the ratio rounds to it as {channels}"
+            )
+        rows.append(row)
     graph.remove_unused()
     report = PruneReport(config, rows, macs_before, graph_macs(graph), params_before, graph.parameter_count(), kept)
     if reference and kept and samples is not None:
