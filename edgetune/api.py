@@ -7,7 +7,7 @@ from typing import Any
 
 from edgetune.data import load_dataset
 from edgetune.errors import InputError
-from edgetune.evaluate.metrics import accuracy, agreement, finite_or_none, sqnr_db
+from edgetune.evaluate.metrics import accuracy, agreement, confusion_matrix, finite_or_none, per_class, sqnr_db
 from edgetune.evaluate.runtime import OnnxRunner
 from edgetune.evaluate.tflite_runtime import TfliteRunner
 from edgetune.inspect_artifact import inspect_path
@@ -88,6 +88,9 @@ def evaluate(
         outputs = _on_device(Path(artifact), device, dataset.x, dataset.source, doc, ssh_config)
     if dataset.y is not None and dataset.has_classes:
         doc["accuracy"] = accuracy(outputs, dataset.y)
+        matrix = confusion_matrix(outputs, dataset.y)
+        doc["per_class"] = per_class(matrix, tuple(dataset.labels))
+        doc["confusion_matrix"] = {"rows": "true class", "columns": "predicted class", "counts": matrix.tolist()}
     if reference_runner is not None:
         reference_runner.check_samples(dataset.x, dataset.source)
         expected = reference_runner.run(dataset.x)

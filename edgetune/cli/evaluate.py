@@ -21,6 +21,7 @@ from edgetune.cli.output import common_options, emit, fmt, pct, table
     help="Run on a board, emulated (edgetune device setup qemu) or over SSH: its accuracy, and parity with this host per kernel path.",
 )
 @click.option("--ssh-config", type=click.Path(dir_okay=False), help="An ssh config file instead of ~/.ssh/config.")
+@click.option("--plot", metavar="FILE.png", help="Draw the confusion matrix (labelled data) to FILE.png (needs matplotlib).")
 @common_options
 def command(
     artifact: str,
@@ -30,13 +31,36 @@ def command(
     threads: int | None,
     device: str | None,
     ssh_config: str | None,
+    plot: str | None,
     as_json: bool,
 ) -> None:
-    """Evaluate ARTIFACT (.onnx, .tflite or .edgetune) on DATA."""
+    """Evaluate ARTIFACT (.onnx, .tflite or .edgetune) on DATA: accuracy, per-class accuracy and
+    precision and the confusion matrix when DATA has labels, and agreement with a reference."""
     from edgetune.api import evaluate
 
     document = evaluate(artifact, data, reference=reference, preprocess=preprocess, threads=threads, device=device, ssh_config=ssh_config)
+    if plot is not None:
+        document["plot"] = _plot(document, plot)
     emit(document, as_json, _human)
+
+
+def _plot(document: dict[str, Any], path: str) -> str:
+    from pathlib import Path
+
+    import numpy as np
+
+    from edgetune.artifacts import write_file
+    from edgetune.errors import InputError
+    from edgetune.evaluate.confusion import confusion_png
+
+    if "confusion_matrix" not in document:
+        raise InputError(
+            f"{document['data']} has no class labels: there is no confusion matrix to plot", "give labelled data, or drop --plot"
+        )
+    names = [str(row["name"]) for row in document["per_class"]]
+    title = f"{Path(document['artifact']).name} on {document['samples']} samples: accuracy {pct(document['accuracy'])}"
+    write_file(Path(path), confusion_png(np.array(document["confusion_matrix"]["counts"]), names, title))
+    return path
 
 
 def _human(doc: dict[str, Any]) -> str:
@@ -44,6 +68,7 @@ def _human(doc: dict[str, Any]) -> str:
     if "accuracy" in doc:
         where = f" on {doc['device']} ({doc['kernels']} kernels)" if "device" in doc else ""
         rows.append(("accuracy", pct(doc["accuracy"]) + where))
+    rows += _class_rows(doc)
     if "reference" in doc:
         ref = doc["reference"]
         rows.append(("reference", ref["artifact"]))
@@ -57,4 +82,34 @@ def _human(doc: dict[str, Any]) -> str:
         rows += [(f"parity {name}" if name not in ("checked on", "inputs") else name, text) for name, text in parity_rows(doc["parity"])]
         rows += [("warning", warning) for warning in doc["parity"].get("warnings", [])]
         rows.append(("note", doc["parity"]["note"]))
-    return table(rows)
+    return table(rows) + _matrix_text(doc)
+
+
+def _class_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each class's accuracy and precision, the weakest first (the five weakest of many classes)."""
+    if "per_class" not in doc:
+        return []
+    present = sorted((row for row in doc["per_class"] if row["samples"]), key=lambda row: row["accuracy"])
+    shown = present if len(present) <= 12 else present[:5]
+    rows = [
+        (f"class {row['name']}", f"accuracy {pct(row['accuracy'])} of {row['samples']}, precision {_share(row['precision'])}")
+        for row in shown
+    ]
+    if len(shown) < len(present):
+        rows.append(("classes", f"the {len(shown)} weakest of {len(present)} shown (--json has them all)"))
+    return rows
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else pct(value)
+
+
+def _matrix_text(doc: dict[str, Any]) -> str:
+    """The confusion matrix as text, for up to 12 classes: true classes down, predicted across."""
+    text = ""
+    if "confusion_matrix" in doc and len(doc["per_class"]) <= 12:
+        names = [str(row["name"]) for row in doc["per_class"]]
+        counts = doc["confusion_matrix"]["counts"]
+        rows = [[name, *map(str, row)] for name, row in zip(names, counts)]
+        text = "\n\nconfusion matrix\n" + table(rows, ["true \\ predicted", *names])
+    return text + (f"\nwrote {doc['plot']}" if doc.get("plot") else "")

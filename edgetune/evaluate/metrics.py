@@ -37,3 +37,30 @@ def sqnr_db(signal: np.ndarray, test: np.ndarray) -> float:
 def finite_or_none(value: float) -> float | None:
     """JSON has no infinities: report them as null."""
     return value if math.isfinite(value) else None
+
+
+def confusion_matrix(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Counts of (true class, predicted class), one row per true class, over the model's classes."""
+    flat = logits.reshape(len(logits), -1)
+    classes = flat.shape[1]
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (labels.astype(np.int64), flat.argmax(axis=1)), 1)
+    return matrix
+
+
+def per_class(matrix: np.ndarray, names: tuple[str, ...] = ()) -> list[dict[str, object]]:
+    """Each class's samples, accuracy (recall: its samples predicted right) and precision
+    (its predictions that were right); None where a class has no samples or no predictions."""
+    rows: list[dict[str, object]] = []
+    for index in range(len(matrix)):
+        samples, predicted, right = int(matrix[index].sum()), int(matrix[:, index].sum()), int(matrix[index, index])
+        rows.append(
+            {
+                "class": index,
+                "name": names[index] if index < len(names) else str(index),
+                "samples": samples,
+                "accuracy": round(right / samples, 4) if samples else None,
+                "precision": round(right / predicted, 4) if predicted else None,
+            }
+        )
+    return rows
