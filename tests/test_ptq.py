@@ -565,3 +565,24 @@ def test_float_fallback_runs_the_ops_between_float_layers_in_float(tmp_path: Pat
     tflite = report["evaluation"]["tflite"]
     assert tflite["max_lsb_vs_onnx_int8"] <= 1 and tflite["delegation"]["not_delegated"] == []
     assert report["evaluation"]["int8_vs_fp32"]["sqnr_db"] > 33
+
+
+def test_keep_float_layers_run_in_float_in_both_artifacts(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import onnx
+
+    base = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test", "--quiet"]
+    assert run([*base, "--keep-float", "conv2d_9", "-o", str(tmp_path / "bad")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no layer named conv2d_9; did you mean conv2d_" in err[0] and not (tmp_path / "bad").exists()
+
+    assert run([*base, "--keep-float", "conv2d,linear", "-o", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["quantization"]["ptq"]["keep_float"]["layers"] == ["conv2d", "linear"]
+    assert report["quantization"]["config"]["keep_float"] == ["conv2d", "linear"]
+    assert report["evaluation"]["tflite"]["top1_agreement_with_onnx_int8"] >= 0.99
+    model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    float_weights = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2}
+    int8_weights = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2}
+    assert len(float_weights) == 2 and int8_weights, "two layers keep float weights, the others int8"
+    effective = (tmp_path / "out" / "recipe.toml").read_text()
+    assert 'keep_float = ["conv2d", "linear"]' in effective

@@ -70,6 +70,7 @@ from edgetune.progress import StderrProgress
     type=click.Choice(["float", "int16"]),
     help="What --accuracy-target switches layers to: float (default), or int16 activations with int8 weights (16x8; integer-only targets).",
 )
+@click.option("--keep-float", metavar="NAME[,NAME]", help="Weighted layers to keep in float in both artifacts (names as in the report).")
 @click.option("--sensitivity", is_flag=True, help="Measure each layer's int8 sensitivity alone; report it and plot OUT/sensitivity.png.")
 @click.option(
     "--ptq-budget",
@@ -206,6 +207,8 @@ def _ptq_text(ptq: dict[str, Any]) -> str:
     scores = ptq.get("held_out_sqnr_db")
     if scores:
         text += " (held-out SQNR " + ", ".join(f"{k} {v:.1f} dB" for k, v in scores.items()) + ")"
+    if ptq.get("keep_float"):
+        text += f"; kept in float as asked: {', '.join(ptq['keep_float']['layers'])}"
     fallback = ptq.get("fallback")
     if fallback:
         precision = fallback.get("precision", "float")

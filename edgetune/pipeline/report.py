@@ -137,6 +137,8 @@ def _scheme(quant: QuantConfig) -> str:
         scheme += "; layers the fallback switches: int16 activations (symmetric, zero point 0) and int64 bias"
     elif quant.accuracy_target is not None:
         scheme += "; layers the fallback switches: float"
+    if quant.keep_float:
+        scheme += f"; kept in float as asked: {', '.join(quant.keep_float)}"
     return scheme
 
 

@@ -31,6 +31,7 @@ class QuantConfig:
     weight_bits: int = 8  # 4: 4-bit values in int8 storage (accuracy and size planning)
     accuracy_target: str | None = None  # "30dB" or "99%": layers fall back until it holds
     fallback: str = "float"  # what those layers fall back to: float, or int16 activations (16x8)
+    keep_float: tuple[str, ...] = ()  # layers the user keeps in float, in both artifacts
 
     def __post_init__(self) -> None:
         if self.method not in ALL_METHODS:
@@ -54,15 +55,20 @@ class QuantConfig:
             AccuracyTarget.parse(self.accuracy_target)
         if self.fallback not in FALLBACKS:
             raise InputError(f"fallback precision {self.fallback!r} is unknown", f"use one of {', '.join(FALLBACKS)}")
+        if self.keep_float and self.accuracy_target is not None:
+            raise InputError(
+                "--keep-float and --accuracy-target both choose float layers", "give one: the layers, or the target that finds them"
+            )
         if self.ptq_budget < 0:
             raise InputError(f"PTQ budget {self.ptq_budget} s", "give a budget of 0 seconds or more")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": 2, **asdict(self), "ptq": list(self.ptq)}
+        return {"version": 2, **asdict(self), "ptq": list(self.ptq), "keep_float": list(self.keep_float)}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> QuantConfig:
         fields = {k: v for k, v in raw.items() if k != "version"}
+        fields["keep_float"] = tuple(fields.get("keep_float", ()))
         if "ptq" in fields:
             fields["ptq"] = tuple(fields["ptq"])
         elif raw.get("version", 1) < 2:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edgetune.ir.graph import Graph
+from edgetune.errors import InputError
+from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.stats import graph_macs
 from edgetune.progress import Progress
 from edgetune.quantize.adaround import adaround, plan
@@ -53,6 +54,7 @@ def quantize(
     calibration records and a report of what each technique did."""
     started = time.perf_counter()
     fit_torch_threads()
+    check_layer_names(graph, config.keep_float, "--keep-float")  # before any work
     steps = set(config.ptq)
     best = "best" in steps
     report: dict[str, Any] = {"requested": list(config.ptq), "applied": [], "budget_s": config.ptq_budget}
@@ -98,9 +100,31 @@ def quantize(
         baseline = _keep_if_better(graph, candidate, "bias-correct", result, report, judge, baseline)
     if config.accuracy_target is not None:
         report["fallback"] = _fallback(graph, samples, check, config.accuracy_target, config.fallback, progress)
+    if config.keep_float:
+        report["keep_float"] = keep_float(graph, config.keep_float)
     report["modeled_s"] = round(report.get("trials_modeled_s", 0.0) + report.get("adaround", {}).get("modeled_s", 0.0), 2)
     report["seconds"] = round(time.perf_counter() - started, 2)
     return records, report
+
+
+def check_layer_names(graph: Graph, names: tuple[str, ...], option: str) -> None:
+    """Every name a weighted layer of ``graph``, or one error that suggests the nearest."""
+    import difflib
+
+    layers = [node.name for node in graph.nodes if node.op in WEIGHTED_OPS]
+    for name in names:
+        if name not in layers:
+            close = difflib.get_close_matches(name, layers, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}?" if close else f"the layers are {', '.join(layers[:6])}{', ...' if len(layers) > 6 else ''}"
+            raise InputError(f"{option}: the model has no layer named {name}", hint)
+
+
+def keep_float(graph: Graph, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named layers switched to float in place (weights, bias, and the tensors between them)."""
+    from edgetune.quantize.fallback import Precision
+
+    Precision(graph, "float").set(set(names))
+    return {"layers": list(names), "float_ops": sorted(n.name for n in graph.nodes if n.in_float)}
 
 
 def trial_seconds(graph: Graph, samples: int) -> float:

@@ -37,6 +37,7 @@ def quant_config(values: Mapping[str, Any]) -> QuantConfig:
         weight_bits=values["quantize.weight_bits"],
         accuracy_target=values["quantize.accuracy_target"],
         fallback=values["quantize.fallback"] or "float",
+        keep_float=tuple(values["quantize.keep_float"]),
     )
 
 

@@ -40,6 +40,7 @@ KEYS: tuple[Key, ...] = (
     Key("quantize.weight_bits", "int", 8, "8, or 4 for 4-bit weight values"),
     Key("quantize.accuracy_target", "str", None, "30dB or 99%: layers fall back until the int8 model reaches it"),
     Key("quantize.fallback", "str", None, "what accuracy_target switches layers to: float or int16"),
+    Key("quantize.keep_float", "list", [], 'weighted layers kept in float in both artifacts, e.g. ["conv2d", "linear"]'),
     Key("quantize.sensitivity", "bool", False, "measure each layer's int8 sensitivity and plot sensitivity.png"),
     Key("prune.method", "str", None, "channel:RATIO[:l1|l2|taylor|obd] or magnitude:RATIO"),
     Key("prune.allocation", "str", "uniform", "uniform (the same share per group) or global (one threshold)"),

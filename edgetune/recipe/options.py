@@ -28,6 +28,7 @@ OPTION_KEYS = {
     "accuracy_target": "quantize.accuracy_target",
     "fallback": "quantize.fallback",
     "sensitivity": "quantize.sensitivity",
+    "keep_float": "quantize.keep_float",
     "prune": "prune.method",
     "prune_allocation": "prune.allocation",
     "prune_protect": "prune.protect",
@@ -81,7 +82,7 @@ def _value(option: str, value: Any) -> Any:
         return int(value)
     if option == "formats":
         return [word.lower() for word in _words(value)]
-    if option == "prune_protect":
+    if option in ("prune_protect", "keep_float"):
         return _words(value)
     if option == "prune_layer":
         return dict(parse_overrides([value] if isinstance(value, str) else list(value)))
