@@ -20,7 +20,6 @@ from edgetune.ir.graph import Graph
 from edgetune.ir.stats import graph_summary
 from edgetune.pipeline.outputs import checkpoint_path
 from edgetune.pipeline.plan import DataSpec, ModelSpec, Run
-from edgetune.progress import Progress
 from edgetune.quantize import QuantConfig
 
 
@@ -75,19 +74,16 @@ class Load:
 
     def __call__(self, run: Run) -> Loaded:
         plan = run.plan
-        run.source = str(plan.model) if isinstance(plan.model, (str, Path)) else _name(plan.model)
-        if plan.from_compressed:
-            _load_compressed(run)
-        else:
-            _load_model(run)
+        kind = _load_compressed(run) if plan.from_compressed else _load_model(run)
         if plan.finetune is not None:
             run.checkpoint = checkpoint_path(run.out, plan.resume)
         sets = {"calibration": run.calib_set, "evaluation": run.eval_set, "training": run.train_set}
         data = {role: {"source": d.source, "samples": len(d)} for role, d in sets.items() if d is not None}
-        return Loaded(run.source, "compressed" if plan.from_compressed else run.loaded.kind if run.loaded else "", run.shape, data)
+        return Loaded(run.source, kind, run.shape, data)
 
 
-def _load_model(run: Run) -> None:
+def _load_model(run: Run) -> str:
+    """The model and its data sets; returns the model's kind."""
     plan = run.plan
     if plan.calib is None:
         raise InputError("no data.calib is given", "pass --calib DATA (e.g. digits), or set data.calib in the recipe")
@@ -111,11 +107,13 @@ def _load_model(run: Run) -> None:
         )
     run.shape = shape
     _check_shapes(run, (run.eval_set, "evaluation"), (run.train_set if plan.finetune is not None else None, "training"))
+    return run.loaded.kind
 
 
-def _load_compressed(run: Run) -> None:
+def _load_compressed(run: Run) -> str:
     """A compressed graph is recovered quantization-aware, on training data."""
     plan = run.plan
+    run.source = str(plan.model)
     if plan.finetune is None:
         raise InputError(f"{plan.model} is compressed already", "recover it with a fine-tune budget (--finetune 300steps)")
     ignored = {"pruning": plan.prune is not None, "calibration data": plan.calib is not None, "sensitivity": plan.sensitivity}
@@ -135,6 +133,7 @@ def _load_compressed(run: Run) -> None:
     check_labels(run.graph, training=run.train_set, evaluation=run.eval_set)
     if plan.teacher is not None:
         run.teacher = capture_model(load_any(plan.teacher, plan.teacher_weights), run.shape)
+    return "compressed"
 
 
 @dataclass(frozen=True)
@@ -180,8 +179,7 @@ def check_labels(graph: Graph, **sets: Dataset | None) -> None:
 def _data(spec: DataSpec | None, role: Role, run: Run) -> Dataset | None:
     if spec is None or isinstance(spec, Dataset):
         return spec
-    progress: Progress = run.progress
-    return load_dataset(spec, role, run.plan.preprocess, progress=progress)
+    return load_dataset(spec, role, run.plan.preprocess, progress=run.progress)
 
 
 def _check_shapes(run: Run, *sets: tuple[Dataset | None, str]) -> None:
@@ -204,7 +202,3 @@ def _check_recovery_inputs(run: Run) -> None:
 
 def _dims(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
-
-
-def _name(model: Any) -> str:
-    return model.source if isinstance(model, LoadedModel) else type(model).__name__

@@ -82,8 +82,9 @@ class Recover:
         block = run_finetune(
             graph, run.train_set, recovery, teacher=run.teacher, progress=run.progress, checkpoint=run.checkpoint, resume=run.plan.resume
         )
-        run.silent_rank = block["world_size"] > 1 and World.current().rank != 0  # under torchrun only the first process writes
-        return Recovered(block)
+        result = Recovered(block)
+        run.silent_rank = result.world_size > 1 and World.current().rank != 0  # under torchrun only the first process writes
+        return result
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def quantize(
         report["trials_modeled_s"] = round(trial_seconds(graph, len(samples)), 2)
         report["adaround_budget_s"] = round(max(config.ptq_budget - report["trials_modeled_s"], 0.0), 2)
     # best's clock: AdaRound ends early enough to leave the modeled time of what follows it.
-    deadline = started + config.ptq_budget - trial_seconds(graph, len(samples)) * AFTER_ADAROUND / TRIAL_PASSES if best else None
+    deadline = started + config.ptq_budget - report["trials_modeled_s"] * AFTER_ADAROUND / TRIAL_PASSES if best else None
     if best and plan(graph, len(samples), report["adaround_budget_s"]).modeled_s > report["adaround_budget_s"]:
         report["adaround"] = {
             "why": f"skipped: the {report['adaround_budget_s']:g} s that best's trials leave of {config.ptq_budget:g} s"
