@@ -27,6 +27,10 @@ def test_host_bench_measures_in_a_child_process(artifacts: Path, capsys: pytest.
     assert low <= doc["p50_ms"] <= high
     assert doc["memory"]["peak_rss_delta_bytes"] > 0
     assert "QLinearConv" in doc["ops"]["ms_by_op_type"], "ORT ran the convolutions on integer kernels"
+    assert doc["ops"]["float_kernels"] == {} and doc["warnings"] == []
+    assert "median" in doc["ops"]["statistic"] and "warm-up" in doc["ops"]["statistic"]
+    by_node = sum(row["ms"] for row in doc["ops"]["ms_by_node"] if row["op"] == "QLinearConv")
+    assert 0 < doc["ops"]["ms_by_op_type"]["QLinearConv"] <= doc["max_ms"] * 5 and by_node > 0
     code, doc, err = bench_json(capsys, [str(artifacts / "model.tflite"), "--runs", "1", "--min-seconds", "0.3"])
     assert code == 0, err
     assert doc["runs"] > 1 and sum(doc["times_ms"]) > 0.2, "it kept timing for the minimum duration"
@@ -250,3 +254,37 @@ def test_memory_plans_speak_the_boards_units(
     assert run(["bench", str(digits_out / "model.tflite"), "--target", target]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("memory plan"))
     assert expected in line and absent not in line and "(0 " not in line, line
+
+
+def test_the_latency_histogram_stays_tight_around_the_runs() -> None:
+    """A few slow outliers (100x) do not stretch the axis over every other run: it ends a little
+    past the 99th percentile, and the runs beyond are counted, not drawn."""
+    from edgetune.profile.plots import latency_range
+
+    times = [0.1 + 0.001 * (i % 10) for i in range(200)] + [12.0]
+    low, high, beyond = latency_range(times)
+    assert low == pytest.approx(0.1) and high < 0.12 and beyond == 1
+    assert latency_range([0.5] * 20)[1] > 0.5  # equal runs still get a range
+
+
+def test_the_sensitivity_plot_names_every_layer_or_the_most_sensitive() -> None:
+    pytest.importorskip("matplotlib")
+    from edgetune.quantize.sensitivity import SHOWN, sensitivity_png, shown_rows
+
+    rows = [{"layer": f"blocks.{i}.conv", "op": "conv2d", "sqnr_db": float(60 - (i * 7) % 53)} for i in range(SHOWN + 20)]
+    kept = shown_rows(rows)
+    assert len(kept) == SHOWN and min(r["sqnr_db"] for r in rows) == min(r["sqnr_db"] for r in kept)
+    assert max(r["sqnr_db"] for r in kept) <= sorted(r["sqnr_db"] for r in rows)[SHOWN - 1]  # the lowest ones
+    assert [r["layer"] for r in kept] == [r["layer"] for r in rows if r in kept]  # still in execution order
+    assert shown_rows(rows[:5]) == rows[:5]
+    assert sensitivity_png(rows, "t")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_convolutions_that_run_in_float_in_an_int8_onnx_are_warned_of(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--keep-float", "expand", "-o", str(tmp_path), "--quiet"]
+    assert run(argv) == 0
+    capsys.readouterr()
+    code, doc, err = bench_json(capsys, [str(tmp_path / "model.onnx"), "--runs", "10", "--op-profile"])
+    assert code == 0, err
+    assert doc["ops"]["float_kernels"] and sum(doc["ops"]["float_kernels"].values()) == 1
+    assert any("ran in float in this int8 model" in w for w in doc["warnings"])

@@ -350,7 +350,7 @@ def test_four_bit_weights_stay_in_range_in_both_artifacts(tmp_path: Path, capsys
     report = json.loads(capsys.readouterr().out)
     weights = report["quantization"]["weights"]
     # 8 bits: the first and the last layer, and the two depthwise ones
-    assert weights["bits"] == 4 and weights["eight_bit_layers"] == ["conv2d", "conv2d_1", "conv2d_4", "linear"]
+    assert weights["bits"] == 4 and weights["eight_bit_layers"] == ["stem.0", "block1.depthwise.0", "block2.depthwise.0", "head.2"]
     assert 0.5 < weights["four_bit_share"] < 1.0
     assert weights["int8_bytes"] // 2 < weights["packed_int4_bytes"] < weights["int8_bytes"]
     assert report["quantization"]["scheme"].startswith("W4A8")
@@ -439,10 +439,10 @@ def test_fallback_keeps_the_fewest_sensitive_layers_in_float_in_both_artifacts(g
     assert block["before"]["sqnr_db"] < 30 <= block["after"]["sqnr_db"] and block["reached"]
     # Floating the projection alone does not help: the depthwise output it reads is what int8
     # cannot hold. With both in float, the tensor between them stays float.
-    assert sorted(block["float_layers"]) == ["conv2d_1", "conv2d_2"]
-    between = next(n for n in g.nodes if n.name == "conv2d_1").outputs[0]
+    assert sorted(block["float_layers"]) == ["dw", "project"]  # named after the modules
+    between = next(n for n in g.nodes if n.name == "dw").outputs[0]
     assert g.tensors[between].quant is None
-    projection = next(n for n in g.nodes if n.name == "conv2d_2")
+    projection = next(n for n in g.nodes if n.name == "project")
     assert projection.in_float and g.tensors[projection.inputs[1]].quant is None
     onnx_int8 = int8(g, samples[64:])
     assert sqnr_db(fp32(graph, samples[64:]), onnx_int8) == pytest.approx(block["after"]["sqnr_db"], abs=0.5)
@@ -452,7 +452,7 @@ def test_fallback_keeps_the_fewest_sensitive_layers_in_float_in_both_artifacts(g
     step = float(g.tensors[g.outputs[0]].quant.scale[0])  # type: ignore[union-attr]
     assert np.abs(runner.run(samples[64:]) - onnx_int8).max() <= step + 1e-6  # the same choice in both artifacts
     again = graph_from_bytes(graph_to_bytes(g))
-    assert next(n for n in again.nodes if n.name == "conv2d_2").in_float
+    assert next(n for n in again.nodes if n.name == "project").in_float
 
 
 def test_fallback_that_cannot_reach_the_target_keeps_int8(graph: Graph, samples: np.ndarray) -> None:
@@ -515,8 +515,8 @@ def test_int16_fallback_widens_the_activations_between_sensitive_layers_in_both_
     _, report = quantize(g, samples[:64], QuantConfig(ptq=(), accuracy_target="35dB", fallback="int16"), samples[64:])
     block = report["fallback"]
     assert block["precision"] == "int16" and block["reached"] and block["before"]["sqnr_db"] < 35 <= block["after"]["sqnr_db"]
-    assert sorted(block["int16_layers"]) == ["conv2d", "conv2d_1"]
-    stem, dw = (next(n for n in g.nodes if n.name == name) for name in ("conv2d", "conv2d_1"))
+    assert sorted(block["int16_layers"]) == ["dw", "stem"]
+    stem, dw = (next(n for n in g.nodes if n.name == name) for name in ("stem", "dw"))
     between = g.tensors[stem.outputs[0]].quant
     assert between is not None and between.dtype == "int16" and int(between.zero_point[0]) == 0
     for node in (stem, dw):  # int8 weights stay; the bias widens to int64
@@ -539,7 +539,7 @@ def test_int16_fallback_widens_the_activations_between_sensitive_layers_in_both_
     assert np.abs(runner.run(x) - onnx_out).max() <= 2 * step + 1e-6
     again = graph_from_bytes(graph_to_bytes(g))
     assert again.tensors[stem.outputs[0]].quant.same_as(between)  # type: ignore[union-attr]
-    assert next(n for n in again.nodes if n.name == "conv2d").attrs["precision"] == "int16"
+    assert next(n for n in again.nodes if n.name == "stem").attrs["precision"] == "int16"
 
 
 def test_cli_fallback_needs_an_accuracy_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -557,9 +557,9 @@ def test_float_fallback_runs_the_ops_between_float_layers_in_float(tmp_path: Pat
     assert run([*argv, "--ptq", "none", "--accuracy-target", "34dB", "--json", "--quiet"]) == 0
     report = json.loads(capsys.readouterr().out)
     block = report["quantization"]["ptq"]["fallback"]
-    assert block["reached"] and "add" in block["float_ops"] and len(block["float_layers"]) < 7
+    assert block["reached"] and "block1.add" in block["float_ops"] and len(block["float_layers"]) < 7
     graph = graph_from_bytes((tmp_path / "out" / "model.edgetune").read_bytes())
-    assert next(n for n in graph.nodes if n.name == "add").in_float
+    assert next(n for n in graph.nodes if n.name == "block1.add").in_float
     floating = [name for name in graph.activations() if graph.tensors[name].quant is None]
     assert floating and all(graph.producers()[name].in_float for name in floating)
     tflite = report["evaluation"]["tflite"]
@@ -571,18 +571,20 @@ def test_keep_float_layers_run_in_float_in_both_artifacts(tmp_path: Path, capfd:
     import onnx
 
     base = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test", "--quiet"]
-    assert run([*base, "--keep-float", "conv2d_9", "-o", str(tmp_path / "bad")]) == 2
+    assert run([*base, "--keep-float", "block1.pointwise.1", "-o", str(tmp_path / "bad")]) == 2
     err = capfd.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no layer named conv2d_9; did you mean conv2d_" in err[0] and not (tmp_path / "bad").exists()
+    assert len(err) == 1 and "no layer named block1.pointwise.1; did you mean block1.pointwise.0?" in err[0]
+    assert not (tmp_path / "bad").exists()
 
-    assert run([*base, "--keep-float", "conv2d,linear", "-o", str(tmp_path / "out")]) == 0
+    # the user's module names: a module (stem, head) picks the weighted layers inside it
+    assert run([*base, "--keep-float", "stem,head", "-o", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["quantization"]["ptq"]["keep_float"]["layers"] == ["conv2d", "linear"]
-    assert report["quantization"]["config"]["keep_float"] == ["conv2d", "linear"]
+    assert report["quantization"]["ptq"]["keep_float"]["layers"] == ["stem.0", "head.2"]
+    assert report["quantization"]["config"]["keep_float"] == ["stem", "head"]
     assert report["evaluation"]["tflite"]["top1_agreement_with_onnx_int8"] >= 0.99
     model = onnx.load(str(tmp_path / "out" / "model.onnx"))
     float_weights = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2}
     int8_weights = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2}
     assert len(float_weights) == 2 and int8_weights, "two layers keep float weights, the others int8"
     effective = (tmp_path / "out" / "recipe.toml").read_text()
-    assert 'keep_float = ["conv2d", "linear"]' in effective
+    assert 'keep_float = ["stem", "head"]' in effective

@@ -262,11 +262,16 @@ def _load(path: Path) -> Any:
             dims = value.type.tensor_type.shape.dim
             if len(dims) > 0 and not dims[0].HasField("dim_value"):
                 dims[0].dim_value = 1
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:
         raise InputError(
             f"{path} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})", "re-export it from its framework"
         ) from None
+    names = [model.graph.name, *(n.name for n in model.graph.node)]
+    names += [name for n in model.graph.node for name in (*n.input, *n.output)]
+    if any(isinstance(name, bytes) for name in names):  # protobuf hands back invalid UTF-8 as bytes
+        raise InputError(f"{path} is not a valid ONNX model (a name is not UTF-8 text)", "re-export it from its framework")
+    return model
 
 
 def import_onnx(path: Path) -> Graph:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch.fx
 
+from edgetune.capture.names import module_path
 from edgetune.ir import Graph, Node, Tensor
 from edgetune.registry import Registry
 
@@ -24,6 +25,7 @@ class LoweringContext:
     constants: dict[str, np.ndarray]
     graph: Graph
     aliases: dict[str, str] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)  # node name -> the module that called it
     _counter: int = 0
 
     def name(self, arg: Any) -> str:
@@ -58,6 +60,7 @@ class LoweringContext:
         out = fx_node.name
         self.graph.tensors[out] = Tensor(out, self.shape(fx_node))
         node = Node(op, fx_node.name, inputs, [out], dict(attrs))
+        self.paths[node.name] = module_path(fx_node)
         self.graph.nodes.append(node)
         return node
 

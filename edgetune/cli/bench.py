@@ -176,6 +176,8 @@ def _measured_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
     if ops.get("ms_by_op_type"):
         top = list(ops["ms_by_op_type"].items())[:5]
         rows.append(("time per op type", ", ".join(f"{k} {v:.3f} ms" for k, v in top)))
+        if ops.get("statistic"):
+            rows.append(("", ops["statistic"]))
     return rows
 
 

@@ -70,7 +70,17 @@ from edgetune.progress import StderrProgress
     type=click.Choice(["float", "int16"]),
     help="What --accuracy-target switches layers to: float (default), or int16 activations with int8 weights (16x8; integer-only targets).",
 )
-@click.option("--keep-float", metavar="NAME[,NAME]", help="Weighted layers to keep in float in both artifacts (names as in the report).")
+@click.option(
+    "--mode",
+    type=click.Choice(["int8", "dynamic-int8", "float16"]),
+    help="int8 (default): static, calibrated, full-integer. dynamic-int8: int8 weights, each layer's input quantized per inference"
+    " (ONNX quantize_dynamic style, TFLite hybrid kernels). float16: float16 weights, float compute. The last two calibrate nothing.",
+)
+@click.option(
+    "--keep-float",
+    metavar="NAME[,NAME]",
+    help="Weighted layers to keep in float in both artifacts: a layer (block.conv1) or a module (all its layers).",
+)
 @click.option("--sensitivity", is_flag=True, help="Measure each layer's int8 sensitivity alone; report it and plot OUT/sensitivity.png.")
 @click.option(
     "--ptq-budget",
@@ -93,9 +103,15 @@ from edgetune.progress import StderrProgress
     show_default=True,
     help="The same share per group or layer, or one threshold across them.",
 )
-@click.option("--prune-protect", metavar="NAME[,NAME]", default="", help="Layers to keep whole ('first' is the first conv).")
 @click.option(
-    "--prune-layer", "prune_layers", metavar="NAME=RATIO", multiple=True, help="Another ratio for one layer's group (repeatable)."
+    "--prune-protect", metavar="NAME[,NAME]", default="", help="Layers (block.conv1) or modules to keep whole; 'first' is the first conv."
+)
+@click.option(
+    "--prune-layer",
+    "prune_layers",
+    metavar="NAME=RATIO",
+    multiple=True,
+    help="Another ratio for one layer's group, or for every group in a module (repeatable).",
 )
 @click.option(
     "--prune-steps",
@@ -118,6 +134,7 @@ from edgetune.progress import StderrProgress
     "--tflite-io", type=click.Choice(["float", "int8"]), help="TFLite model input/output type (default: int8 for MCU targets, else float)."
 )
 @click.option("--float-tflite", is_flag=True, help="Also write model.fp32.tflite.")
+@click.option("--c-array", is_flag=True, help="Also write the TFLite model as a C array for TFLite Micro (model_data.cc and .h).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @common_options
 def command(out_dir: Path, resume: bool, quiet: bool, as_json: bool, **options: Any) -> None:
@@ -229,14 +246,15 @@ def human(report: dict[str, Any]) -> str:
     if report["command"] == "finetune":
         return _recovery_human(report)
     ev = report["evaluation"]
-    rows = [*_model_rows(report), *_evaluation_rows(ev), *_pruning_rows(report)]
+    label = MODE_LABELS[report["quantization"]["config"].get("mode", "int8")]
+    rows = [*_model_rows(report, label), *_evaluation_rows(ev, label), *_pruning_rows(report)]
     if "finetune" in report:
         rows += finetune_rows(report)
     timings = report["timings_s"]
     rows.append(("time", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())))
     worst = sorted((layer for layer in report["layers"] if layer["sqnr_db"] is not None), key=lambda layer: layer["sqnr_db"])[:3]
     if worst:
-        rows.append(("lowest SQNR", ", ".join(f"{layer['tensor']} {layer['sqnr_db']:.1f} dB" for layer in worst)))
+        rows.append(("lowest SQNR", ", ".join(f"{layer.get('layer', layer['tensor'])} {layer['sqnr_db']:.1f} dB" for layer in worst)))
     if "sensitivity" in report:
         alone = sorted(report["sensitivity"]["layers"], key=lambda layer: layer["sqnr_db"])[:3]
         rows.append(("most sensitive", ", ".join(f"{layer['layer']} ({layer['op']}) {layer['sqnr_db']:.1f} dB alone" for layer in alone)))
@@ -255,18 +273,26 @@ def _recovery_human(report: dict[str, Any]) -> str:
     return table(rows) + "\nwrote " + ", ".join(report["artifacts"])
 
 
-def _model_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+MODE_LABELS = {"int8": "int8", "dynamic-int8": "dynamic int8", "float16": "float16"}
+
+
+def _model_rows(report: dict[str, Any], label: str) -> list[tuple[str, str]]:
     model, sizes, calibration = report["model"], report["sizes"], report["quantization"]["calibration"]
     weights = [("weights", model["note"])] if "note" in model else []
     return [
         ("model", f"{model['source']}  ({model['parameters']:,} parameters, {model['macs'] / 1e6:.1f} M MACs)"),
         *weights,
         ("target", f"{report['target']['name']}  (ONNX activations {report['target']['onnx_activations']})"),
-        ("calibration", f"{calibration['samples']} samples of {calibration['source']}, {_method_text(report)}"),
+        (
+            "calibration",
+            f"{calibration['samples']} samples of {calibration['source']}, {_method_text(report)}"
+            if label == "int8"
+            else f"none: {report['quantization']['scheme']}",
+        ),
         (
             "size",
-            f"ONNX fp32 {sizes['model.fp32.onnx_bytes'] / 1024:.1f} KiB -> int8 {sizes['model.onnx_bytes'] / 1024:.1f} KiB ({sizes['int8_to_fp32']:.2f}x)"
-            + (f", TFLite int8 {sizes['model.tflite_bytes'] / 1024:.1f} KiB" if "model.tflite_bytes" in sizes else "")
+            f"ONNX fp32 {sizes['model.fp32.onnx_bytes'] / 1024:.1f} KiB -> {label} {sizes['model.onnx_bytes'] / 1024:.1f} KiB ({sizes['int8_to_fp32']:.2f}x)"
+            + (f", TFLite {label} {sizes['model.tflite_bytes'] / 1024:.1f} KiB" if "model.tflite_bytes" in sizes else "")
             + (f", ONNX int4 weights {sizes['model.int4.onnx_bytes'] / 1024:.1f} KiB" if "model.int4.onnx_bytes" in sizes else ""),
         ),
         *([("note", sizes["note"])] if "note" in sizes else []),
@@ -274,22 +300,29 @@ def _model_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def _evaluation_rows(ev: dict[str, Any]) -> list[tuple[str, str]]:
+def _evaluation_rows(ev: dict[str, Any], label: str = "int8") -> list[tuple[str, str]]:
     rows = [("evaluated on", f"{ev['samples']} samples of {ev['data']}")]
     if "fp32_accuracy" in ev:
         rows.append(
-            ("accuracy", f"fp32 {pct(ev['fp32_accuracy'])}, int8 {pct(ev['int8_accuracy'])} (drop {ev['accuracy_drop_pp']:.2f} pp)")
+            ("accuracy", f"fp32 {pct(ev['fp32_accuracy'])}, {label} {pct(ev['int8_accuracy'])} (drop {ev['accuracy_drop_pp']:.2f} pp)")
         )
     agreement = ev["int8_vs_fp32"]
-    rows.append(("ONNX int8 vs fp32", f"top-1 agreement {pct(agreement['top1_agreement'])}, SQNR {fmt(agreement['sqnr_db'], 1, ' dB')}"))
+    rows.append(
+        (f"ONNX {label} vs fp32", f"top-1 agreement {pct(agreement['top1_agreement'])}, SQNR {fmt(agreement['sqnr_db'], 1, ' dB')}")
+    )
     if "tflite" in ev:
         tfl = ev["tflite"]
         accuracy = f"accuracy {pct(tfl['accuracy'])}, " if "accuracy" in tfl else ""
+        apart = (
+            f"max {tfl['max_lsb_vs_onnx_int8']:g} LSB apart"
+            if tfl.get("max_lsb_vs_onnx_int8") is not None
+            else f"max |difference| {tfl['max_abs_diff_vs_onnx']:.3g}"
+        )
         rows.append(
             (
-                "TFLite int8",
-                f"{accuracy}agreement with fp32 {pct(tfl['top1_agreement_with_fp32'])}, with ONNX int8 {pct(tfl['top1_agreement_with_onnx_int8'])}"
-                f" (max {tfl['max_lsb_vs_onnx_int8']:g} LSB apart), {tfl['runtime']}",
+                f"TFLite {label}",
+                f"{accuracy}agreement with fp32 {pct(tfl['top1_agreement_with_fp32'])}, with ONNX {label} {pct(tfl['top1_agreement_with_onnx_int8'])}"
+                f" ({apart}), {tfl['runtime']}",
             )
         )
     if "onnx_int4" in ev:

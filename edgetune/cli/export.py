@@ -18,13 +18,22 @@ from edgetune.cli.output import common_options, emit
     "--tflite-io", type=click.Choice(["float", "int8"]), help="TFLite model input/output type (default: int8 for MCU targets, else float)."
 )
 @click.option("--float-tflite", is_flag=True, help="Also write model.fp32.tflite.")
+@click.option(
+    "--c-array",
+    is_flag=True,
+    help="Also write the TFLite model as a C array for TFLite Micro: model_data.cc (16-byte aligned) and model_data.h"
+    " (its size, ops, arena estimate and an op resolver).",
+)
 @common_options
-def command(compressed: Path, out_dir: Path, formats: str, target: str, tflite_io: str | None, float_tflite: bool, as_json: bool) -> None:
+def command(
+    compressed: Path, out_dir: Path, formats: str, target: str, tflite_io: str | None, float_tflite: bool, c_array: bool, as_json: bool
+) -> None:
     """Write ONNX and TFLite artifacts from COMPRESSED (a model.edgetune file)."""
     from edgetune.export.config import ExportConfig, parse_formats
     from edgetune.pipeline import export_compressed
 
-    paths = export_compressed(compressed, out_dir, target=target, export=ExportConfig(parse_formats(formats), tflite_io, float_tflite))
+    export = ExportConfig(parse_formats(formats), tflite_io, float_tflite, c_array)
+    paths = export_compressed(compressed, out_dir, target=target, export=export)
     doc = {
         "schema": "edgetune.export",
         "version": 1,

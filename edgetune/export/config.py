@@ -19,12 +19,17 @@ class ExportConfig:
     formats: tuple[str, ...] = FORMATS
     tflite_io: str | None = None
     float_tflite: bool = False
+    c_array: bool = False  # model_data.cc/.h: the TFLite model as a C array, for TFLite Micro
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown or not self.formats:
             raise InputError(
                 f"unknown export format(s) {', '.join(unknown) or '(none given)'}", f"use a comma-separated list of {', '.join(FORMATS)}"
+            )
+        if self.c_array and "tflite" not in self.formats:
+            raise InputError(
+                "--c-array writes the TFLite model as a C array, but the TFLite format is not asked for", "add tflite to --formats"
             )
         if self.tflite_io is not None and self.tflite_io not in TFLITE_IO:
             raise InputError(f"TFLite input/output type {self.tflite_io!r}", f"use one of {', '.join(TFLITE_IO)}")

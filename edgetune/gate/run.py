@@ -157,7 +157,7 @@ def _measure_target(
         limit = config.repetitions * (MAX_EXTENSION if len(sides) > 1 else 1)
         index = 0
         while index < config.repetitions or (index < limit and _short(sides, config.repetitions)):
-            progress(index, config.repetitions, label)
+            progress(min(index, config.repetitions - 1), config.repetitions, label)  # "done" only once, at the end
             for side in list(sides) if index % 2 == 0 else list(reversed(sides)):
                 where, series = sides[side]
                 request = BenchRequest(

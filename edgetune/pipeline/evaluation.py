@@ -40,7 +40,8 @@ class Evaluate:
         data, note = _evaluation_data(run)
         graph = run.need_graph()
         evaluation = evaluate_artifacts(graph, run.artifacts, data, note, run)
-        layers = reports.layer_sqnr(graph, data.x[:LAYER_SQNR_SAMPLES])
+        calibrated = graph.meta.get("mode", "int8") == "int8"
+        layers = reports.layer_sqnr(graph, data.x[:LAYER_SQNR_SAMPLES]) if calibrated else []
         recovery = _recovery_block(run, evaluation) if run.plan.finetune is not None and not run.plan.from_compressed else None
         return Evaluated(evaluation, layers, recovery)
 
@@ -82,12 +83,16 @@ def evaluate_artifacts(graph: Graph, artifacts: dict[str, bytes], data: Dataset,
     if INT4_ONNX in artifacts:
         int4_out = OnnxRunner(artifacts[INT4_ONNX], spin=False).run(data.x)
         run.progress(steps, steps, "evaluation")
-        evaluation["onnx_int4"] = reports.int4_onnx_block(data, fp32_out, int8_out, int4_out, _output_scale(graph))
+        scale = _output_scale(graph)
+        assert scale is not None  # 4-bit weights come with the calibrated int8 mode
+        evaluation["onnx_int4"] = reports.int4_onnx_block(data, fp32_out, int8_out, int4_out, scale)
     return evaluation
 
 
-def _output_scale(graph: Graph) -> float:
-    return float(graph.tensors[graph.outputs[0]].quant.scale[0])  # type: ignore[union-attr]
+def _output_scale(graph: Graph) -> float | None:
+    """The int8 output's step; None for a mode whose output is float."""
+    quant = graph.tensors[graph.outputs[0]].quant
+    return float(quant.scale[0]) if quant is not None and graph.meta.get("mode", "int8") == "int8" else None
 
 
 def _recovery_block(run: Run, evaluation: dict[str, Any]) -> dict[str, Any]:

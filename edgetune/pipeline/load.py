@@ -43,12 +43,19 @@ def load_any(model: ModelSpec, weights: str | None) -> LoadedModel:
     return load_model(model, weights)
 
 
-def load_compressed(path: str | Path) -> Graph:
-    """A ``model.edgetune`` that compress wrote: a graph with its quantization parameters."""
+def load_compressed(path: str | Path, calibrated: bool = False) -> Graph:
+    """A ``model.edgetune`` that compress wrote: a graph with its quantization parameters, or
+    in a mode that calibrates nothing (unless ``calibrated`` asks for the int8 model)."""
     from edgetune.ir.serialize import load_graph
 
     graph = load_graph(Path(path))
-    if not any(t.quant is not None for t in graph.tensors.values()):
+    mode = graph.meta.get("mode", "int8")
+    if mode != "int8" and calibrated:
+        raise InputError(
+            f"{path} was compressed with --mode {mode}: it has no int8 model to fine-tune",
+            "fine-tune the float model, or compress it with --mode int8",
+        )
+    if mode == "int8" and not any(t.quant is not None for t in graph.tensors.values()):
         raise InputError(f"{path} holds no quantization parameters", "pass the model.edgetune that edgetune compress wrote")
     return graph
 
@@ -124,7 +131,7 @@ def _load_compressed(run: Run) -> str:
         raise InputError(
             f"{plan.model} is compressed already: {', '.join(given)} would not apply to it", "compress the original model, or drop them"
         )
-    run.graph = load_compressed(str(plan.model))
+    run.graph = load_compressed(str(plan.model), calibrated=True)
     run.shape = tuple(run.graph.tensors[run.graph.inputs[0]].shape[1:])
     run.train_set = _data(plan.train_data, "train", run)
     run.eval_set = _data(plan.eval_data, "test", run)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.artifacts import output_folder, partial_folder, publish_folder
+from edgetune.errors import InputError
 from edgetune.export.config import ExportConfig
 from edgetune.export.onnx.writer import write_onnx
 from edgetune.ir.graph import Graph
@@ -24,6 +25,9 @@ INT4_ONNX = "model.int4.onnx"  # with 4-bit weights: the same model, its weights
 def export_artifacts(graph: Graph, target: Target, export: ExportConfig) -> dict[str, bytes]:
     """Every artifact from the one quantized graph. The ONNX pair is always built (the
     evaluation runs it); TFLite files when asked for."""
+    mode = graph.meta.get("mode", "int8")
+    if mode != "int8":
+        return _uncalibrated_artifacts(graph, target, export, mode)
     artifacts = {
         "model.onnx": write_onnx(graph, quantized=True, unsigned_activations=target.unsigned_activations),
         "model.fp32.onnx": write_onnx(graph, quantized=False),
@@ -38,7 +42,45 @@ def export_artifacts(graph: Graph, target: Target, export: ExportConfig) -> dict
         artifacts["model.tflite"] = write_tflite(graph, quantized=True, int8_io=export.int8_io(target.device_class), metadata=info)
         if export.float_tflite:
             artifacts["model.fp32.tflite"] = write_tflite(graph, quantized=False, metadata=info)
+        if export.c_array:
+            artifacts.update(c_array_files(artifacts["model.tflite"], target))
     return artifacts
+
+
+def _uncalibrated_artifacts(graph: Graph, target: Target, export: ExportConfig, mode: str) -> dict[str, bytes]:
+    """``model.onnx`` and ``model.tflite`` in a mode without calibration (float input and
+    output), beside the float ``model.fp32.onnx``."""
+    import onnx
+
+    from edgetune.export.onnx import modes
+
+    if export.tflite_io == "int8":
+        raise InputError(
+            f"--tflite-io int8 needs a calibrated input scale, which --mode {mode} has not", "drop --tflite-io, or use --mode int8"
+        )
+    fp32 = write_onnx(graph, quantized=False)
+    model = onnx.load_from_string(fp32)
+    rewritten = modes.float16_weights(model) if mode == "float16" else modes.dynamic_int8(model, graph.meta.get("per_channel", True))
+    artifacts = {"model.onnx": rewritten.SerializeToString(), "model.fp32.onnx": fp32, "model.edgetune": graph_to_bytes(graph)}
+    if "tflite" in export.formats:
+        from edgetune.export.tflite import write_tflite
+
+        info = dict(graph.meta.get("data", {}))
+        artifacts["model.tflite"] = write_tflite(graph, quantized=False, metadata=info, weights=mode)
+        if export.float_tflite:
+            artifacts["model.fp32.tflite"] = write_tflite(graph, quantized=False, metadata=info)
+        if export.c_array:
+            artifacts.update(c_array_files(artifacts["model.tflite"], target))
+    return artifacts
+
+
+def c_array_files(blob: bytes, target: Target) -> dict[str, bytes]:
+    """``model_data.cc`` and ``.h`` for the TFLite model, with the arena the memory plan gives it."""
+    from edgetune.export.tflite.c_array import c_array
+    from edgetune.profile.mcu import memory_plan
+    from edgetune.profile.ops import tflite_ops
+
+    return c_array(blob, planned_bytes=memory_plan(tflite_ops(blob), len(blob), target)["arena_bytes"])
 
 
 def names_to_write(export: ExportConfig, artifacts: dict[str, bytes]) -> set[str]:
@@ -50,6 +92,8 @@ def names_to_write(export: ExportConfig, artifacts: dict[str, bytes]) -> set[str
         names.add("model.tflite")
         if export.float_tflite:
             names.add("model.fp32.tflite")
+        if export.c_array:
+            names |= {"model_data.cc", "model_data.h"}
     return names & artifacts.keys()
 
 

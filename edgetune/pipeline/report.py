@@ -69,7 +69,7 @@ def evaluation_block(data: Dataset, fp32_out: np.ndarray, int8_out: np.ndarray, 
 
 
 def tflite_block(
-    data: Dataset, fp32_out: np.ndarray, onnx_out: np.ndarray, tflite_out: np.ndarray, out_scale: float, runner: Any
+    data: Dataset, fp32_out: np.ndarray, onnx_out: np.ndarray, tflite_out: np.ndarray, out_scale: float | None, runner: Any
 ) -> dict[str, Any]:
     """The TFLite int8 artifact against fp32 and against the ONNX int8 artifact (same parameters)."""
     block: dict[str, Any] = {
@@ -77,7 +77,8 @@ def tflite_block(
         "top1_agreement_with_fp32": agreement(tflite_out, fp32_out),
         "sqnr_db": finite_or_none(sqnr_db(fp32_out, tflite_out)),
         "top1_agreement_with_onnx_int8": agreement(tflite_out, onnx_out),
-        "max_lsb_vs_onnx_int8": round(float(np.abs(tflite_out - onnx_out).max()) / out_scale, 3),
+        "max_lsb_vs_onnx_int8": round(float(np.abs(tflite_out - onnx_out).max()) / out_scale, 3) if out_scale else None,
+        "max_abs_diff_vs_onnx": float(np.abs(tflite_out - onnx_out).max()),
         "delegation": delegation(runner.interpreter),
     }
     if data.y is not None and data.has_classes:
@@ -122,6 +123,7 @@ def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
         layers.append(
             {
                 "tensor": name,
+                "layer": producers[name].name,
                 "op": producers[name].op,
                 "sqnr_db": finite_or_none(round(sqnr_db(outputs["fp32"][name], outputs["int8"][name]), 3)),
             }
@@ -129,8 +131,18 @@ def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
     return layers
 
 
+MODE_SCHEMES = {
+    "dynamic-int8": "dynamic int8: weights int8 (depthwise layers float), symmetric {granularity} (zero point 0); each layer's float input quantized to"
+    " 8 bits per inference (ONNX: DynamicQuantizeLinear with ConvInteger/MatMulInteger; TFLite: hybrid kernels); activations"
+    " float between layers, float bias",
+    "float16": "float16 weights and biases, computed in float32 (ONNX: Cast; TFLite: DEQUANTIZE)",
+}
+
+
 def _scheme(quant: QuantConfig) -> str:
     granularity = "per-channel" if quant.per_channel else "per-tensor"
+    if not quant.calibrated:
+        return MODE_SCHEMES[quant.mode].format(granularity=granularity)
     weights = "int8" if quant.weight_bits == 8 else "4-bit values in [-7, 7] on a searched range (first, last and depthwise layers 8-bit)"
     scheme = f"W{quant.weight_bits}A8: weights {weights}, symmetric {granularity} (zero point 0), activations int8 asymmetric per-tensor, int32 bias"
     if quant.accuracy_target is not None and quant.fallback == "int16":
@@ -192,7 +204,10 @@ def compress_report(run: Run) -> dict[str, Any]:
         "target": {"name": target.name, "onnx_activations": "uint8" if target.unsigned_activations else "int8"},
     }
     if run.loaded is not None and run.loaded.kind == "module" and run.plan.weights is None:
-        document["model"]["note"] = "no weights were given: the model is as its callable built it (--weights FILE loads trained ones)"
+        document["model"]["note"] = (
+            "no weights were given: the model has the weights its callable set (trained only if it loads them itself;"
+            " --weights FILE loads a state dict)"
+        )
     if quantized is not None:
         document["quantization"] = {"config": quant.to_dict(), "scheme": _scheme(quant), **quantized.to_dict()}
         if quant.weight_bits == 4:

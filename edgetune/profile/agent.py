@@ -102,27 +102,36 @@ class OnnxModel:
 
     def ops(self, x, runs: int) -> dict:  # type: ignore[no-untyped-def, type-arg]
         """Kernel time per op type and per node, from ORT's profiler in a separate session
-        (profiling slows the runs it watches, so the timed runs go without it)."""
+        (profiling slows the runs it watches, so the timed runs go without it): the median
+        over ``runs`` profiled runs of each run's total, after one warm-up run that pays for
+        allocations and is left out."""
         session = self._session(profile=True)
         for _ in range(runs + 1):
             session.run(None, {self.input.name: x})
         with open(session.end_profiling()) as handle:
             events = json.load(handle)
-        by_type: dict[str, float] = {}
-        by_node: dict[str, list] = {}  # type: ignore[type-arg]
+        spans = sorted((e["ts"], e["ts"] + e.get("dur", 0)) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+        per_run: list[dict] = [{} for _ in spans]  # type: ignore[type-arg]
+        kinds: dict[str, str] = {}
         for event in events:
-            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-                op = event.get("args", {}).get("op_name", "?")
-                node = event["name"][: -len("_kernel_time")]
-                by_type[op] = by_type.get(op, 0.0) + event.get("dur", 0) / 1e3
-                by_node.setdefault(node, [op, 0.0])[1] += event.get("dur", 0) / 1e3
-        # The first run pays for allocations: the profile divides by all runs, a slight over-count.
-        share = runs + 1
+            if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+                continue
+            which = next((i for i, (start, end) in enumerate(spans) if start <= event["ts"] <= end), None)
+            if which is None:
+                continue
+            node = event["name"][: -len("_kernel_time")]
+            kinds[node] = event.get("args", {}).get("op_name", "?")
+            per_run[which][node] = per_run[which].get(node, 0.0) + event.get("dur", 0) / 1e3
+        timed = per_run[1:] or per_run
+        by_node = {node: _median([run.get(node, 0.0) for run in timed]) for node in kinds}
+        by_type = {op: _median([sum(ms for n, ms in run.items() if kinds[n] == op) for run in timed]) for op in set(kinds.values())}
         return {
             "source": "onnxruntime profiler",
-            "runs": share,
-            "ms_by_op_type": {k: v / share for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])},
-            "ms_by_node": [{"node": n, "op": op, "ms": ms / share} for n, (op, ms) in sorted(by_node.items(), key=lambda kv: -kv[1][1])],
+            "runs": len(timed),
+            "statistic": f"median kernel time per inference over {len(timed)} profiled runs, after 1 warm-up run",
+            "ms_by_op_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
+            "ms_by_node": [{"node": n, "op": kinds[n], "ms": ms} for n, ms in sorted(by_node.items(), key=lambda kv: -kv[1])],
+            "float_kernels": _float_kernels(list(kinds.values())),
         }
 
     def delegation(self) -> None:
@@ -235,6 +244,26 @@ def delegation(interpreter) -> dict:  # type: ignore[no-untyped-def, type-arg]
             frontier.extend(int(t) for t in ops[index]["inputs"])
     kept = sorted(op["op_name"] for op in original if op["index"] not in delegated)
     return {"ops": len(original), "delegated": len(delegated), "partitions": len(ops) - len(original), "not_delegated": kept}
+
+
+FLOAT_COMPUTE = ("Conv", "FusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm", "FusedGemm")
+
+
+def _float_kernels(ops: list) -> dict:  # type: ignore[type-arg]
+    """Float convolution and matrix kernels in a model that also runs int8 ones: layers whose
+    DequantizeLinear/QuantizeLinear pairs ORT did not fuse into int8 kernels on this host."""
+    quantized = any(op.startswith("QLinear") or op in ("QGemm", "DequantizeLinear", "ConvInteger", "MatMulInteger") for op in ops)
+    counts: dict = {}  # type: ignore[type-arg]
+    for op in ops:
+        if quantized and op in FLOAT_COMPUTE:
+            counts[op] = counts.get(op, 0) + 1
+    return counts
+
+
+def _median(values: list) -> float:  # type: ignore[type-arg]
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _random(np, shape, dtype):  # type: ignore[no-untyped-def]

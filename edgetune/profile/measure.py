@@ -175,4 +175,11 @@ def warnings_for(raw: dict[str, Any]) -> list[str]:
         )
     elif delegation and delegation.get("not_delegated"):
         notes.append(f"not delegated to XNNPACK: {', '.join(sorted(set(delegation['not_delegated'])))}")
+    floating = (raw.get("ops") or {}).get("float_kernels")
+    if floating:
+        kernels = ", ".join(f"{count} {op}" for op, count in sorted(floating.items()))
+        notes.append(
+            f"{kernels} ran in float in this int8 model (layers kept in float, or quantize and dequantize pairs that"
+            f" {raw['runtime']} did not fuse into int8 kernels on this host): those layers get no int8 speed-up here"
+        )
     return notes

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgetune.plotting import pyplot
 
 
@@ -24,15 +26,7 @@ def write_plots(document: dict[str, Any], folder: Path) -> list[Path]:
     written = []
     times = document.get("times_ms")
     if times:
-        figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
-        axis.hist(times, bins=min(60, max(10, len(times) // 5)), color="#4c72b0")
-        for key, style in (("p50_ms", "-"), ("p90_ms", "--"), ("p99_ms", ":")):
-            axis.axvline(document[key], color="black", linestyle=style, label=f"{key[:3]} {document[key]:.3f} ms")
-        axis.set_xlabel("latency (ms)")
-        axis.set_ylabel("runs")
-        axis.set_title(f"{Path(document['artifact']).name} on {document['device']} ({document['threads']} thread(s))", fontsize=9)
-        axis.legend(fontsize=8)
-        written.append(_save(plt, figure, folder / f"{_stem(document)}-latency.png"))
+        written.append(_latency_plot(plt, document, times, folder / f"{_stem(document)}-latency.png"))
     by_type = (document.get("ops") or {}).get("ms_by_op_type") or (document.get("estimate") or {}).get("ms_by_op_type")
     if by_type:
         items = sorted(by_type.items(), key=lambda kv: kv[1])[-15:]
@@ -42,6 +36,34 @@ def write_plots(document: dict[str, Any], folder: Path) -> list[Path]:
         axis.set_title(f"time per op type: {Path(document['artifact']).name}", fontsize=9)
         written.append(_save(plt, figure, folder / f"{_stem(document)}-ops.png"))
     return written
+
+
+def latency_range(times: list[float]) -> tuple[float, float, int]:
+    """The histogram's x range: from the fastest run to a little past the 99th percentile, so
+    that a few slow outliers do not squeeze every other run into one bar; and how many runs
+    lie beyond it (said on the plot, not drawn)."""
+    ordered = np.sort(np.asarray(times, dtype=np.float64))
+    low, p99 = float(ordered[0]), float(np.quantile(ordered, 0.99))
+    high = max(p99 + 0.1 * (p99 - low), low * 1.001 + 1e-6)
+    return low, high, int((ordered > high).sum())
+
+
+def _latency_plot(plt: Any, document: dict[str, Any], times: list[float], path: Path) -> Path:
+    low, high, beyond = latency_range(times)
+    figure, axis = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    shown = [t for t in times if t <= high]
+    axis.hist(shown, bins=np.linspace(low, high, min(50, max(10, len(shown) // 5)) + 1), color="#4c72b0")
+    for key, style in (("p50_ms", "-"), ("p90_ms", "--"), ("p99_ms", ":")):
+        axis.axvline(document[key], color="black", linestyle=style, label=f"{key[:3]} {document[key]:.3g} ms")
+    axis.set_xlim(low - 0.02 * (high - low), high)
+    axis.set_xlabel("latency per inference (ms)")
+    axis.set_ylabel("runs")
+    note = f"; {beyond} slower run(s) up to {max(times):.3f} ms not drawn" if beyond else ""
+    axis.set_title(
+        f"{Path(document['artifact']).name} on {document['device']}, {document['threads']} thread(s): {len(times)} runs{note}", fontsize=8
+    )
+    axis.legend(fontsize=8)
+    return _save(plt, figure, path)
 
 
 def _save(plt: Any, figure: Any, path: Path) -> Path:

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgetune.errors import InputError
 from edgetune.ir.graph import Graph, Node, Tensor
+from edgetune.ir.select import select
 from edgetune.ir.stats import graph_macs
 from edgetune.prune.config import PruneConfig
 from edgetune.prune.groups import Group, find_groups
@@ -48,21 +49,21 @@ def kept_count(channels: int, ratio: float, multiple: int) -> int:
     return int(min(channels, max(rounded, min(multiple, channels), 1)))
 
 
-def _apply_protection(graph: Graph, groups: list[Group], config: PruneConfig) -> None:
-    """Keep the groups of protected layers whole; unknown layer names are an error."""
-    names = {node.name for group in groups for node in [*group.producers, *group.depthwise]}
+def _apply_protection(graph: Graph, groups: list[Group], config: PruneConfig) -> dict[str, float]:
+    """Keep the groups of protected layers whole; returns each layer's own ratio. A name is a
+    layer or a module (every layer inside it); a name that picks none is an error."""
+    names = [node.name for node in graph.nodes if any(node in [*g.producers, *g.depthwise] for g in groups)]
     first = next((node.name for node in graph.nodes if node.op == "conv2d"), None)
-    protected = {first if name == "first" else name for name in config.protect}
-    unknown = sorted(n for n in protected | set(config.override_map) if n is not None and n not in names)
-    if unknown:
-        raise InputError(
-            f"no prunable layer named {', '.join(unknown)}",
-            f"use layer names from the report's pruning groups, e.g. {', '.join(sorted(names)[:3])}",
-        )
+    protect = [first if name == "first" else name for name in config.protect]
+    protected = set(select(names, [n for n in protect if n is not None], "--prune-protect", "prunable layer"))
+    ratios: dict[str, float] = {}
+    for name, ratio in sorted(config.overrides, key=lambda item: len(item[0])):  # a layer's own ratio beats its module's
+        ratios.update(dict.fromkeys(select(names, [name], "prune.layers", "prunable layer"), ratio))
     for group in groups:
         if any(node.name in protected for node in [*group.producers, *group.depthwise]):
             group.blocked = True
             group.protected = True
+    return ratios
 
 
 def _global_threshold(scores: list[np.ndarray], ratio: float) -> float | None:
@@ -124,7 +125,7 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
     is an error naming the layers, unless ``config.skip_unsupported`` keeps it whole.
     """
     groups = find_groups(graph)
-    _apply_protection(graph, groups, config)
+    ratios = _apply_protection(graph, groups, config)
     refused = [g for g in groups if g.unsupported and not g.protected]
     if refused and not config.skip_unsupported and config.ratio > 0:
         names = sorted({where for g in refused for where in g.unsupported})
@@ -153,7 +154,7 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
             rows.append(row)
             continue
         importance = scores[id(group)]
-        override = next((config.override_map[n.name] for n in group.producers if n.name in config.override_map), None)
+        override = next((ratios[n.name] for n in group.producers if n.name in ratios), None)
         count = _kept(importance, config, threshold, override)
         # Highest importance first; ties broken by channel index so the result is deterministic.
         keep = np.sort(np.argsort(-importance, kind="stable")[:count])

@@ -14,6 +14,9 @@ DEFAULT_PTQ = ("bias-correct",)
 
 
 FALLBACKS = ("float", "int16")
+# int8: static, full-integer, calibrated. The others calibrate nothing: dynamic-int8 stores int8
+# weights and quantizes activations per inference; float16 stores float16 weights.
+MODES = ("int8", "dynamic-int8", "float16")
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,17 @@ class QuantConfig:
     accuracy_target: str | None = None  # "30dB" or "99%": layers fall back until it holds
     fallback: str = "float"  # what those layers fall back to: float, or int16 activations (16x8)
     keep_float: tuple[str, ...] = ()  # layers the user keeps in float, in both artifacts
+    mode: str = "int8"  # one of MODES
+
+    @property
+    def calibrated(self) -> bool:
+        return self.mode == "int8"
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"quantization mode {self.mode!r} is unknown", f"use one of {', '.join(MODES)}")
+        if not self.calibrated:
+            self._check_uncalibrated()
         if self.method not in ALL_METHODS:
             raise InputError(f"calibration method {self.method!r} is unknown", f"use one of {', '.join(ALL_METHODS)}")
         if self.samples < 1:
@@ -61,6 +73,20 @@ class QuantConfig:
             )
         if self.ptq_budget < 0:
             raise InputError(f"PTQ budget {self.ptq_budget} s", "give a budget of 0 seconds or more")
+
+    def _check_uncalibrated(self) -> None:
+        """What only the calibrated int8 mode has is refused in the others, by option."""
+        given = {
+            "--ptq": self.ptq not in ((), DEFAULT_PTQ),
+            "--accuracy-target": self.accuracy_target is not None,
+            "--keep-float": bool(self.keep_float),
+            "--weight-bits 4": self.weight_bits != 8,
+        }
+        refused = [option for option, set_ in given.items() if set_]
+        if refused:
+            raise InputError(
+                f"{refused[0]} works on the calibrated int8 model, not with --mode {self.mode}", f"drop {refused[0]}, or use --mode int8"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": 2, **asdict(self), "ptq": list(self.ptq), "keep_float": list(self.keep_float)}

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edgetune.errors import InputError
 from edgetune.ir.graph import WEIGHTED_OPS, Graph
+from edgetune.ir.select import select
 from edgetune.ir.stats import graph_macs
 from edgetune.progress import Progress
 from edgetune.quantize.adaround import adaround, plan
@@ -53,6 +53,8 @@ def quantize(
     """Calibrate ``graph`` in place with the techniques ``config.ptq`` asks for; returns the
     calibration records and a report of what each technique did."""
     started = time.perf_counter()
+    if not config.calibrated:
+        return [], uncalibrated(graph, config)
     fit_torch_threads()
     check_layer_names(graph, config.keep_float, "--keep-float")  # before any work
     steps = set(config.ptq)
@@ -107,24 +109,25 @@ def quantize(
     return records, report
 
 
-def check_layer_names(graph: Graph, names: tuple[str, ...], option: str) -> None:
-    """Every name a weighted layer of ``graph``, or one error that suggests the nearest."""
-    import difflib
+def uncalibrated(graph: Graph, config: QuantConfig) -> dict[str, Any]:
+    """A mode without calibration: the graph only records it; the writers do the rest."""
+    graph.meta["mode"], graph.meta["per_channel"] = config.mode, config.per_channel
+    return {"requested": [], "applied": [], "mode": config.mode, "why": f"--mode {config.mode} calibrates nothing", "seconds": 0.0}
 
-    layers = [node.name for node in graph.nodes if node.op in WEIGHTED_OPS]
-    for name in names:
-        if name not in layers:
-            close = difflib.get_close_matches(name, layers, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]}?" if close else f"the layers are {', '.join(layers[:6])}{', ...' if len(layers) > 6 else ''}"
-            raise InputError(f"{option}: the model has no layer named {name}", hint)
+
+def check_layer_names(graph: Graph, names: tuple[str, ...], option: str) -> list[str]:
+    """The weighted layers that ``names`` pick (a layer, or a module for the layers inside it);
+    a name that picks none is one error that suggests the nearest."""
+    return select([node.name for node in graph.nodes if node.op in WEIGHTED_OPS], names, option)
 
 
 def keep_float(graph: Graph, names: tuple[str, ...]) -> dict[str, Any]:
     """The named layers switched to float in place (weights, bias, and the tensors between them)."""
     from edgetune.quantize.fallback import Precision
 
-    Precision(graph, "float").set(set(names))
-    return {"layers": list(names), "float_ops": sorted(n.name for n in graph.nodes if n.in_float)}
+    layers = check_layer_names(graph, names, "--keep-float")
+    Precision(graph, "float").set(set(layers))
+    return {"asked": list(names), "layers": layers, "float_ops": sorted(n.name for n in graph.nodes if n.in_float)}
 
 
 def trial_seconds(graph: Graph, samples: int) -> float:

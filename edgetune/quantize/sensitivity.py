@@ -54,20 +54,37 @@ def layer_sensitivity(graph: Graph, samples: np.ndarray, progress: Progress | No
     return rows
 
 
+SHOWN = 40  # layers a readable plot names; a deeper model shows its most sensitive ones
+
+
+def shown_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows the plot draws, in execution order: all of them, or the ``SHOWN`` lowest."""
+    if len(rows) <= SHOWN:
+        return rows
+    lowest = set(np.argsort([row["sqnr_db"] for row in rows], kind="stable")[:SHOWN].tolist())
+    return [row for index, row in enumerate(rows) if index in lowest]
+
+
 def sensitivity_png(rows: list[dict[str, Any]], title: str) -> bytes:
-    """A bar per layer in execution order (lower is more sensitive); the five lowest named."""
+    """One horizontal bar per weighted layer, named, top to bottom in execution order (a shorter
+    bar is a more sensitive layer); the five most sensitive are labelled with their SQNR."""
     from edgetune.plotting import pyplot
 
     plt = pyplot("sensitivity.png")
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.12 * len(rows) + 2), 3.8), dpi=100)
-    values = [row["sqnr_db"] for row in rows]
-    colours = ["#c44e52" if row["op"] == "depthwise" else "#4c72b0" for row in rows]
-    axis.bar(range(len(rows)), values, color=colours)
-    for index in np.argsort(values)[:5]:
-        axis.annotate(rows[index]["layer"], (index, values[index]), fontsize=6, rotation=90, ha="center", va="bottom")
-    axis.set_xlabel("weighted layer, in execution order (red: depthwise)")
-    axis.set_ylabel("output SQNR with only this layer int8 (dB)")
-    axis.set_title(title, fontsize=9)
+    shown = shown_rows(rows)
+    figure, axis = plt.subplots(figsize=(7.0, 0.24 * len(shown) + 1.6), dpi=100)
+    values = [row["sqnr_db"] for row in shown]
+    colours = ["#c44e52" if row["op"] == "depthwise" else "#4c72b0" for row in shown]
+    positions = np.arange(len(shown))[::-1]  # the first layer on top
+    axis.barh(positions, values, color=colours, height=0.7)
+    axis.set_yticks(positions, [row["layer"] for row in shown], fontsize=7)
+    for index in np.argsort(values, kind="stable")[:5]:
+        axis.annotate(f" {values[index]:.1f} dB", (values[index], positions[index]), fontsize=7, va="center")
+    axis.set_xlim(min(values + [0.0]) * 1.12, max(values + [1.0]) * 1.12)
+    axis.set_xlabel("output SQNR with only this layer in int8 (dB; lower is more sensitive)", fontsize=8)
+    if len(shown) < len(rows):
+        title += f" ({len(shown)} most sensitive of {len(rows)} layers)"
+    axis.set_title(f"{title}\nred: depthwise", fontsize=9)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})

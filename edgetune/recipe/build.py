@@ -38,6 +38,7 @@ def quant_config(values: Mapping[str, Any]) -> QuantConfig:
         accuracy_target=values["quantize.accuracy_target"],
         fallback=values["quantize.fallback"] or "float",
         keep_float=tuple(values["quantize.keep_float"]),
+        mode=values["quantize.mode"],
     )
 
 
@@ -79,7 +80,9 @@ def finetune_config(values: Mapping[str, Any]) -> FinetuneConfig | None:
 
 
 def export_config(values: Mapping[str, Any]) -> ExportConfig:
-    return ExportConfig(tuple(values["export.formats"]), values["export.tflite_io"], values["export.float_tflite"])
+    return ExportConfig(
+        tuple(values["export.formats"]), values["export.tflite_io"], values["export.float_tflite"], values["export.c_array"]
+    )
 
 
 # Plan fields that take a key's value as it is.
@@ -117,6 +120,12 @@ def plan(recipe: Recipe) -> Plan:
         raise InputError("no model.source is given", "pass MODEL, or set model.source in the recipe")
     target, quant, prune, finetune, export = configs(recipe)
     copied: dict[str, Any] = {name: recipe[key] for name, key in PLAN_KEYS.items()}
+    if not quant.calibrated:
+        needs_int8 = {"--qat": finetune is not None and finetune.qat, "--sensitivity": copied["sensitivity"]}
+        for option in (name for name, given in needs_int8.items() if given):
+            raise InputError(
+                f"{option} works on the calibrated int8 model, not with --mode {quant.mode}", f"drop {option}, or use --mode int8"
+            )
     shape = parse_input_shape(recipe["model.input_shape"])
     return Plan(source, input_shape=shape, target=target, quant=quant, prune=prune, finetune=finetune, export=export, **copied)
 

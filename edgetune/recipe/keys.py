@@ -1,5 +1,5 @@
 """Every key a recipe can set: its type, default and meaning. The one reference for
-``edgetune recipe keys``, the README and validation."""
+``edgetune recipe keys``, docs/recipes.md and validation."""
 
 from __future__ import annotations
 
@@ -39,13 +39,16 @@ KEYS: tuple[Key, ...] = (
     Key("quantize.ptq_budget", "float", 60.0, "seconds for AdaRound, or for all of best (planned by a cost model, held to the clock)"),
     Key("quantize.weight_bits", "int", 8, "8, or 4 for 4-bit weight values"),
     Key("quantize.accuracy_target", "str", None, "30dB or 99%: layers fall back until the int8 model reaches it"),
+    Key("quantize.mode", "str", "int8", "int8 (static, calibrated), dynamic-int8 (int8 weights, activations per inference) or float16"),
     Key("quantize.fallback", "str", None, "what accuracy_target switches layers to: float or int16"),
-    Key("quantize.keep_float", "list", [], 'weighted layers kept in float in both artifacts, e.g. ["conv2d", "linear"]'),
+    Key("quantize.keep_float", "list", [], 'weighted layers or modules kept in float in both artifacts, e.g. ["block.conv1", "head"]'),
     Key("quantize.sensitivity", "bool", False, "measure each layer's int8 sensitivity and plot sensitivity.png"),
     Key("prune.method", "str", None, "channel:RATIO[:l1|l2|taylor|obd] or magnitude:RATIO"),
     Key("prune.allocation", "str", "uniform", "uniform (the same share per group) or global (one threshold)"),
-    Key("prune.protect", "list", [], "layers kept whole ('first' is the first conv)"),
-    Key("prune.layers", "table", {}, "another ratio for some layers' groups: { conv2d_3 = 0.25 }"),
+    Key("prune.protect", "list", [], "layers or modules kept whole ('first' is the first conv)"),
+    Key(
+        "prune.layers", "table", {}, "another ratio for some layers' groups, or every group in a module: { block.conv1 = 0.25, head = 0.1 }"
+    ),
     Key("prune.steps", "int", 1, "reach the ratio in this many re-ranked steps"),
     Key("prune.skip_unsupported", "bool", False, "keep layers whose channels pruning cannot follow whole, instead of failing"),
     Key("prune.reestimate_bn", "bool", True, "give folded BatchNorm layers their channel statistics back after pruning"),
@@ -69,6 +72,7 @@ KEYS: tuple[Key, ...] = (
     Key("export.formats", "list", ["onnx", "tflite"], "artifacts to write: onnx, tflite"),
     Key("export.tflite_io", "str", None, "TFLite input/output type: int8 or float (unset: int8 for MCU targets)"),
     Key("export.float_tflite", "bool", False, "also write model.fp32.tflite"),
+    Key("export.c_array", "bool", False, "also write the TFLite model as a C array for TFLite Micro (model_data.cc and .h)"),
 )
 
 BY_NAME = {key.name: key for key in KEYS}

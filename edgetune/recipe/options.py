@@ -29,6 +29,7 @@ OPTION_KEYS = {
     "fallback": "quantize.fallback",
     "sensitivity": "quantize.sensitivity",
     "keep_float": "quantize.keep_float",
+    "mode": "quantize.mode",
     "prune": "prune.method",
     "prune_allocation": "prune.allocation",
     "prune_protect": "prune.protect",
@@ -56,6 +57,7 @@ OPTION_KEYS = {
     "formats": "export.formats",
     "tflite_io": "export.tflite_io",
     "float_tflite": "export.float_tflite",
+    "c_array": "export.c_array",
 }
 # click parameter names that differ from their long option's name.
 PARAMETER_NAMES = {

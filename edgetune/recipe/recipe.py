@@ -156,6 +156,8 @@ def check(name: str, value: Any, where: str, rules: bool = True) -> Any:
     key = known(name, where)
     if value is None:
         return None
+    if key.kind == "table" and isinstance(value, dict):
+        value = dotted(value)
     ok = {
         "str": isinstance(value, str),
         "int": isinstance(value, int) and not isinstance(value, bool),
@@ -174,6 +176,18 @@ def check(name: str, value: Any, where: str, rules: bool = True) -> Any:
     if problem is not None:
         raise InputError(f"{where}: {name} {problem}", f"{name}: {key.help}")
     return value
+
+
+def dotted(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A table whose unquoted dotted keys TOML nested (``{ block.conv1 = 0.25 }``) back to
+    dotted names (``{"block.conv1": 0.25}``)."""
+    flat: dict[str, Any] = {}
+    for name, value in table.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
 
 
 def parse_sets(items: Iterable[str]) -> dict[str, Any]:

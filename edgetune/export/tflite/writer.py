@@ -19,10 +19,13 @@ from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
-def write_tflite(graph: Graph, quantized: bool = True, int8_io: bool = False, metadata: dict[str, Any] | None = None) -> bytes:
+def write_tflite(
+    graph: Graph, quantized: bool = True, int8_io: bool = False, metadata: dict[str, Any] | None = None, weights: str = "float32"
+) -> bytes:
     """TFLite bytes for ``graph``.
 
-    ``quantized``: full-integer int8 from the graph's parameters (else float32).
+    ``quantized``: full-integer int8 from the graph's parameters (else float).
+    ``weights`` (a float model's): ``float32``, ``float16`` or ``dynamic-int8`` (see modes.py).
     ``int8_io``: int8 model input and output (MCU style) instead of float ones wrapped in
     QUANTIZE/DEQUANTIZE (CPU style). Tensors are NHWC: the model's input is the NCHW input
     transposed.
@@ -63,21 +66,33 @@ def write_tflite(graph: Graph, quantized: bool = True, int8_io: bool = False, me
         tensor = b.model.tensors[index]
         tensor.shape_signature = [-1, *tensor.shape[1:]]
     b.model.inputs, b.model.outputs = [model_input], [model_output]
+    if not quantized and weights != "float32":
+        _store_weights(b, weights)
     # padded to 16 bytes, as the converter pads it
     b.model.metadata = {
         "min_runtime_version": b.min_runtime.encode().ljust(16, b"\0"),
-        "edgetune": json.dumps(_metadata(graph, quantized, int8_io, metadata), sort_keys=True).encode(),
+        "edgetune": json.dumps(_metadata(graph, quantized, int8_io, metadata, weights), sort_keys=True).encode(),
     }
     b.model.description = f"edgetune {edgetune.__version__}"
     return b.model.serialize()
 
 
-def _metadata(graph: Graph, quantized: bool, int8_io: bool, extra: dict[str, Any] | None) -> dict[str, Any]:
+def _store_weights(b: TflBuilder, weights: str) -> None:
+    """A float model's layer weights as float16 or int8 (modes.py)."""
+    from edgetune.export.tflite import modes
+
+    if weights == "float16":
+        modes.float16_weights(b.model)
+    else:
+        modes.dynamic_int8(b.model, b.graph.meta.get("per_channel", True))
+
+
+def _metadata(graph: Graph, quantized: bool, int8_io: bool, extra: dict[str, Any] | None, weights: str) -> dict[str, Any]:
     """The ``edgetune`` metadata entry: producer, layout, scheme and I/O quantization, and the caller's."""
     info: dict[str, Any] = {
         "producer": f"edgetune {edgetune.__version__}",
         "layout": "NHWC",
-        "quantization": _scheme(graph) if quantized else "float32",
+        "quantization": _scheme(graph) if quantized else {"float32": "float32", "float16": "float16 weights"}.get(weights, weights),
         "io": "int8" if quantized and int8_io else "float32",
     }
     if quantized and int8_io:
