@@ -129,3 +129,29 @@ def test_unsupported_onnx_ops_are_listed_together(tmp_path: Path, capfd: pytest.
     assert run(["compress", str(tmp_path / "odd.onnx"), "--calib", str(tmp_path / "d.npz"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
     line = capfd.readouterr().err.strip()
     assert line.startswith("error: ") and "Einsum" in line and "Erf" in line and "\n" not in line
+
+
+def test_onnx_activations_import_as_the_captured_ones(tmp_path: Path) -> None:
+    """LeakyRelu, and Gelu (opset 20) in both forms, from a foreign file."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("LeakyRelu", ["c"], ["l"], alpha=0.2),
+        helper.make_node("Gelu", ["l"], ["g"]),
+        helper.make_node("Gelu", ["g"], ["y"], approximate="tanh"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "acts",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 4, 4])],
+        initializer=[w],
+    )
+    path = tmp_path / "acts.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9), str(path))
+    imported = import_onnx(path)
+    assert [n.op for n in imported.nodes] == ["conv2d", "leaky_relu", "gelu", "gelu"]
+    assert [n.attrs.get("approximate") for n in imported.nodes[2:]] == [False, True]
+    x = np.random.default_rng(1).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(run_batches(GraphRunner(imported), x), expected, rtol=1e-4, atol=1e-4)

@@ -394,3 +394,29 @@ def test_an_int8_file_larger_than_the_float_one_says_why(tmp_path: Path) -> None
     sizes = json.loads((tmp_path / "out" / "report.json").read_text())["sizes"]
     assert sizes["int8_to_fp32"] > 1 and "QuantizeLinear/DequantizeLinear" in sizes["note"]
     assert sizes["model.tflite_bytes"] < sizes["model.onnx_bytes"]
+
+
+class MeanPooled(nn.Module):
+    """A CNN that pools with ``x.mean((2, 3))``, as many do instead of a pooling module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3)))
+
+
+def test_a_spatial_mean_keeps_the_channels_it_pools() -> None:
+    from edgetune.evaluate.runtime import OnnxRunner
+    from edgetune.export.onnx import write_onnx
+
+    graph = capture(MeanPooled(), (3, 6, 6))
+    report = prune_channels(graph, PruneConfig(0.5, "l2"))
+    rows = {row["layers"][0]: row for row in report.groups}
+    assert rows["conv2"]["after"] == 8 and not rows["conv2"]["kept_whole"], "the group through the mean is pruned"
+    x = np.random.default_rng(0).standard_normal((4, 3, 6, 6)).astype(np.float32)
+    out = OnnxRunner(write_onnx(graph, quantized=False), spin=False).run(x)
+    np.testing.assert_allclose(out, run_batches(GraphRunner(graph), x), rtol=1e-5, atol=1e-5)
+    assert out.shape == (4, 5)

@@ -89,6 +89,11 @@ OPS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
     "tanh": lambda: (seq(conv(3, 4, 1, 1), nn.Tanh()), (3, 4, 4)),
     "hardswish": lambda: (seq(conv(3, 4, 1, 1), nn.Hardswish()), (3, 4, 4)),
     "relu-standalone": lambda: (seq(conv(3, 4, 1, 1), nn.MaxPool2d(2), nn.ReLU()), (3, 4, 4)),
+    "silu": lambda: (seq(conv(3, 4, 1, 1), nn.SiLU()), (3, 4, 4)),
+    "hardsigmoid": lambda: (seq(conv(3, 4, 1, 1), nn.Hardsigmoid()), (3, 4, 4)),
+    "leaky-relu": lambda: (seq(conv(3, 4, 1, 1), nn.LeakyReLU(0.1)), (3, 4, 4)),
+    "gelu": lambda: (seq(conv(3, 4, 1, 1), nn.GELU()), (3, 4, 4)),
+    "gelu-tanh": lambda: (seq(conv(3, 4, 1, 1), nn.GELU(approximate="tanh")), (3, 4, 4)),
 }
 
 
@@ -111,7 +116,10 @@ def _ort(blob: bytes, x: np.ndarray) -> np.ndarray:
 TWO_LAYER_CASES = {"add-relu", "sub", "mul", "concat"}
 # TFLite and XNNPACK compute int8 tanh and logistic with different fixed-point approximations:
 # up to 2 LSB from exact and from each other.
-APPROXIMATED = {"tanh", "sigmoid"}
+APPROXIMATED = {"tanh", "sigmoid", "silu"}
+# TFLite's reference LEAKY_RELU requantizes the positive side with a multiplier above 1 in two
+# rounding steps: 2 LSB from exact on a few elements (XNNPACK and ONNX Runtime stay within 1).
+APPROXIMATED |= {"leaky-relu"}
 
 
 @pytest.mark.parametrize("case", list(OPS), ids=list(OPS))

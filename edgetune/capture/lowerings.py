@@ -295,6 +295,32 @@ lowers(aten.tanh.default, aten.tanh_.default)(_unary("tanh"))
 lowers(aten.hardswish.default, aten.hardswish_.default)(_unary("hardswish"))
 
 
+@lowers(aten.silu.default, aten.silu_.default)
+def silu(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """x * sigmoid(x), as two ops: the TFLite converter writes SiLU (swish) so, and both
+    runtimes have int8 kernels for each (LOGISTIC's output on the fixed 1/256 grid)."""
+    x = ctx.name(node.args[0])
+    ctx.emit("mul", node, [x, ctx.emit_inner("sigmoid", node, "sigmoid", [x])])
+
+
+@lowers(aten.hardsigmoid.default, aten.hardsigmoid_.default)
+def hardsigmoid(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """relu6(x + 3) / 6, as an add with a fused ReLU6 and a multiply by a constant."""
+    shifted = ctx.emit_inner("add", node, "shifted", [ctx.name(node.args[0]), ctx.name(3.0)], act="relu6")
+    ctx.emit("mul", node, [shifted, ctx.name(1.0 / 6.0)])
+
+
+@lowers(aten.leaky_relu.default, aten.leaky_relu_.default)
+def leaky_relu(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    ctx.emit("leaky_relu", node, [ctx.name(node.args[0])], alpha=float(_arg(node, 1, "negative_slope", 0.01)))
+
+
+@lowers(aten.gelu.default, aten.gelu_.default)
+def gelu(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    approximate = str(node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none"))
+    ctx.emit("gelu", node, [ctx.name(node.args[0])], approximate=approximate == "tanh")
+
+
 @lowers(aten.dropout.default, aten.dropout_.default, aten.clone.default, aten.contiguous.default, aten.alias.default, aten.detach.default)
 def identity(ctx: LoweringContext, node: torch.fx.Node) -> None:
     ctx.alias(node, node.args[0])

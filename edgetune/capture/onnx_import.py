@@ -245,6 +245,17 @@ def unary(ctx: OnnxContext, proto: Any) -> None:
     ctx.emit(proto.op_type.lower(), proto, [ctx.name(proto.input[0])])
 
 
+@imports("LeakyRelu")
+def leaky_relu(ctx: OnnxContext, proto: Any) -> None:
+    ctx.emit("leaky_relu", proto, [ctx.name(proto.input[0])], alpha=float(_attrs(proto).get("alpha", 0.01)))
+
+
+@imports("Gelu")  # opset 20
+def gelu(ctx: OnnxContext, proto: Any) -> None:
+    approximate = _attrs(proto).get("approximate", b"none")
+    ctx.emit("gelu", proto, [ctx.name(proto.input[0])], approximate=approximate in (b"tanh", "tanh"))
+
+
 @imports("Identity", "Dropout")
 def identity(ctx: OnnxContext, proto: Any) -> None:
     ctx.alias(proto, proto.input[0])

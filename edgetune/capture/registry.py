@@ -64,6 +64,15 @@ class LoweringContext:
         self.graph.nodes.append(node)
         return node
 
+    def emit_inner(self, op: str, fx_node: torch.fx.Node, suffix: str, inputs: list[str], **attrs: Any) -> str:
+        """An IR node inside the lowering of ``fx_node`` (one step of a decomposed op), with a
+        tensor of ``fx_node``'s shape; returns that tensor's name."""
+        out = f"{fx_node.name}_{suffix}"
+        self.graph.tensors[out] = Tensor(out, self.shape(fx_node))
+        self.graph.nodes.append(Node(op, out, inputs, [out], dict(attrs)))
+        self.paths[out] = module_path(fx_node)
+        return out
+
     def alias(self, fx_node: torch.fx.Node, source: Any) -> None:
         """The fx node is the same tensor as ``source`` (identity ops such as dropout in eval)."""
         self.aliases[fx_node.name] = self.name(source)

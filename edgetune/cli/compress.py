@@ -15,7 +15,8 @@ from edgetune.progress import StderrProgress
 @click.command(
     "compress",
     epilog="Every other setting is a recipe key: `edgetune recipe keys` lists them with their meaning; give them in a "
-    "--recipe file or with --set. Their older options (--method, --ptq-budget, --qat, --augment, ...) still work.",
+    "--recipe file or with --set. Their options work too: --mode dynamic-int8|float16, --keep-float, --c-array, --method, "
+    "--ptq-budget, --qat, --augment, ... (docs/compress.md).",
 )
 @click.argument("model", required=False)
 @click.option(

@@ -111,6 +111,16 @@ def _hardswish(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return F.hardswish(args[0])
 
 
+@kernel("leaky_relu")
+def _leaky_relu(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.leaky_relu(args[0], node.attrs["alpha"])
+
+
+@kernel("gelu")
+def _gelu(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.gelu(args[0], approximate="tanh" if node.attrs.get("approximate") else "none")
+
+
 @kernel("softmax")
 def _softmax(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return torch.softmax(args[0], node.attrs["axis"])

@@ -1,8 +1,8 @@
 """Channel dependency groups on the IR graph.
 
 Every activation's channel axis (axis 1) is a "channel space". Ops that keep channel c at
-index c (activations, pooling, depthwise convs, elementwise ops between activations, a
-flatten of a 1x1 map) join the spaces of their inputs and outputs; convs and linear layers
+index c (activations, pooling, a mean over spatial axes, depthwise convs, elementwise ops
+between activations, a flatten of a 1x1 map) join the spaces of their inputs and outputs; convs and linear layers
 start a new space at their output and can drop input channels. Spaces touched by anything
 else (graph input and output, concatenation, transposes, softmax, ...) are kept whole.
 """
@@ -15,7 +15,7 @@ import numpy as np
 
 from edgetune.ir.graph import Graph, Node, depthwise_multiplier
 
-PASS_THROUGH = {"relu", "relu6", "clamp", "sigmoid", "tanh", "hardswish", "global_avgpool", "avgpool2d", "maxpool2d"}
+PASS_THROUGH = {"relu", "relu6", "clamp", "sigmoid", "tanh", "hardswish", "leaky_relu", "gelu", "global_avgpool", "avgpool2d", "maxpool2d"}
 
 
 @dataclass
@@ -106,8 +106,9 @@ class _Links:
     def keeps_channels(self, node: Node) -> bool:
         if node.op in PASS_THROUGH:
             return True
-        if node.op == "mean":
-            return 1 not in node.attrs["axes"] and bool(node.attrs["keepdim"])
+        if node.op == "mean":  # over spatial axes (x.mean((2, 3))): axis 1 stays the channels, kept or not
+            axes = node.attrs["axes"]
+            return 1 not in axes and (bool(node.attrs["keepdim"]) or all(axis > 1 for axis in axes))
         if node.op == "pad":
             return bool(node.attrs["pads"][1] == [0, 0])
         return False

@@ -99,6 +99,27 @@ def unary(b: OnnxBuilder, node: Node) -> str:
     return b.node(op_type, [b.read(node.inputs[0])])[0]
 
 
+@onnx_op("leaky_relu")
+def leaky_relu(b: OnnxBuilder, node: Node) -> str:
+    return b.node("LeakyRelu", [b.read(node.inputs[0])], alpha=node.attrs["alpha"])[0]
+
+
+@onnx_op("gelu")
+def gelu(b: OnnxBuilder, node: Node) -> str:
+    """GELU in float between the input's dequantization and the output's quantization (opset
+    17 has no Gelu): 0.5 x (1 + erf(x / sqrt 2)), or the tanh form. TFLite's int8 GELU is a
+    table of the same function on the input's grid, so the two agree to rounding."""
+    x = b.read(node.inputs[0])
+    if node.attrs.get("approximate"):
+        cube = b.node("Mul", [x, b.node("Mul", [x, x])[0]])[0]
+        inner = b.node("Add", [x, b.node("Mul", [cube, b.initializer("gelu_cubic", np.float32(0.044715))])[0]])[0]
+        curve = b.node("Tanh", [b.node("Mul", [inner, b.initializer("gelu_scale", np.float32(np.sqrt(2 / np.pi)))])[0]])[0]
+    else:
+        curve = b.node("Erf", [b.node("Mul", [x, b.initializer("gelu_scale", np.float32(1 / np.sqrt(2)))])[0]])[0]
+    one_plus = b.node("Add", [curve, b.initializer("gelu_one", np.float32(1.0))])[0]
+    return b.node("Mul", [b.node("Mul", [x, one_plus])[0], b.initializer("gelu_half", np.float32(0.5))])[0]
+
+
 @onnx_op("softmax")
 def softmax(b: OnnxBuilder, node: Node) -> str:
     return b.node("Softmax", [b.read(node.inputs[0])], axis=node.attrs["axis"])[0]

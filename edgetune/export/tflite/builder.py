@@ -34,6 +34,8 @@ VERSIONS: dict[int, tuple[int, int]] = {
     tflite.BuiltinOperator.LOGISTIC: (1, 2),
     tflite.BuiltinOperator.TANH: (1, 2),
     tflite.BuiltinOperator.HARD_SWISH: (1, 1),
+    tflite.BuiltinOperator.LEAKY_RELU: (1, 2),
+    tflite.BuiltinOperator.GELU: (1, 2),
     tflite.BuiltinOperator.RELU: (1, 2),
     tflite.BuiltinOperator.RELU6: (1, 2),
     tflite.BuiltinOperator.QUANTIZE: (1, 1),

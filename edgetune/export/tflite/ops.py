@@ -291,6 +291,31 @@ tfl_op("tanh")(_no_options(Op.TANH))
 tfl_op("hardswish")(_no_options(Op.HARD_SWISH))
 
 
+def _unary_with_options(code: int, options_type: int, write: Callable[[flatbuffers.Builder, Node], int]) -> TflOp:
+    """A one-input op whose options table ``write`` fills from the node's attributes."""
+
+    def op(b: TflBuilder, node: Node) -> None:
+        b.op(code, [b.read(node.inputs[0])], [b.define(node.outputs[0])], options_type, lambda fb: write(fb, node))
+
+    return op
+
+
+def _leaky_relu_options(fb: flatbuffers.Builder, node: Node) -> int:
+    tflite.LeakyReluOptionsStart(fb)
+    tflite.LeakyReluOptionsAddAlpha(fb, float(node.attrs["alpha"]))
+    return int(tflite.LeakyReluOptionsEnd(fb))
+
+
+def _gelu_options(fb: flatbuffers.Builder, node: Node) -> int:
+    tflite.GeluOptionsStart(fb)
+    tflite.GeluOptionsAddApproximate(fb, bool(node.attrs.get("approximate")))
+    return int(tflite.GeluOptionsEnd(fb))
+
+
+tfl_op("leaky_relu")(_unary_with_options(Op.LEAKY_RELU, tflite.BuiltinOptions.LeakyReluOptions, _leaky_relu_options))
+tfl_op("gelu")(_unary_with_options(Op.GELU, tflite.BuiltinOptions.GeluOptions, _gelu_options))
+
+
 @tfl_op("softmax")
 def softmax(b: TflBuilder, node: Node) -> None:
     def options(fb: flatbuffers.Builder) -> int:
