@@ -131,6 +131,25 @@ def test_unsupported_onnx_ops_are_listed_together(tmp_path: Path, capfd: pytest.
     assert line.startswith("error: ") and "Einsum" in line and "Erf" in line and "\n" not in line
 
 
+def _imported_as_onnx_runs_it(tmp_path: Path, nodes: list, initializer: list, shapes: tuple[list, list], opset: int):  # type: ignore[no-untyped-def, type-arg]
+    """A foreign ONNX file of ``nodes`` (input x, output y), imported, and checked against ONNX
+    Runtime on the file itself."""
+    graph = helper.make_graph(
+        nodes,
+        "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *shapes[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", *shapes[1]])],
+        initializer=initializer,
+    )
+    path = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9 if opset > 17 else 8), str(path))
+    imported = import_onnx(path)
+    x = np.random.default_rng(1).standard_normal((2, *shapes[0])).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(run_batches(GraphRunner(imported), x), expected, rtol=1e-4, atol=1e-4)
+    return imported
+
+
 def test_onnx_activations_import_as_the_captured_ones(tmp_path: Path) -> None:
     """LeakyRelu, and Gelu (opset 20) in both forms, from a foreign file."""
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
@@ -140,18 +159,28 @@ def test_onnx_activations_import_as_the_captured_ones(tmp_path: Path) -> None:
         helper.make_node("Gelu", ["l"], ["g"]),
         helper.make_node("Gelu", ["g"], ["y"], approximate="tanh"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "acts",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 4, 4])],
-        initializer=[w],
-    )
-    path = tmp_path / "acts.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9), str(path))
-    imported = import_onnx(path)
+    imported = _imported_as_onnx_runs_it(tmp_path, nodes, [w], ([3, 4, 4], [4, 4, 4]), opset=20)
     assert [n.op for n in imported.nodes] == ["conv2d", "leaky_relu", "gelu", "gelu"]
     assert [n.attrs.get("approximate") for n in imported.nodes[2:]] == [False, True]
-    x = np.random.default_rng(1).standard_normal((2, 3, 4, 4)).astype(np.float32)
-    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(run_batches(GraphRunner(imported), x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_resize_imports_as_the_captured_one(tmp_path: Path) -> None:
+    """torch.onnx's Resize forms: nearest (asymmetric, floor) and bilinear (pytorch_half_pixel)."""
+    scales = numpy_helper.from_array(np.asarray([1, 1, 2, 2], np.float32), "scales")
+    nearest = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    nodes = [
+        helper.make_node("Resize", ["x", "", "scales"], ["n"], **nearest),
+        helper.make_node("Resize", ["n", "", "scales"], ["y"], mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),
+    ]
+    imported = _imported_as_onnx_runs_it(tmp_path, nodes, [scales], ([3, 3, 4], [3, 12, 16]), opset=17)
+    assert [(n.op, n.attrs["mode"]) for n in imported.nodes] == [("resize", "nearest"), ("resize", "bilinear")]
+
+
+def test_interpolate_by_a_scale_that_gives_no_whole_size_is_refused() -> None:
+    from torch import nn
+
+    from edgetune.capture import capture
+    from edgetune.errors import InputError
+
+    with pytest.raises(InputError, match="does not give a whole size"):
+        capture(nn.Upsample(scale_factor=1.5), (3, 5, 5))

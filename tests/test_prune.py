@@ -164,16 +164,75 @@ class Concatenating(nn.Module):
         return self.head(torch.cat([self.a(x), self.b(x), torch.relu(self.c(x))], dim=1))
 
 
+class Transposing(nn.Module):
+    """Channels that reach a permutation of the axes: the grouping cannot follow them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head((self.a(x) + self.b(x)).permute(0, 1, 3, 2))
+
+
 def test_unsupported_patterns_fail_naming_the_layers_unless_skipped() -> None:
-    graph = capture(Concatenating(), (3, 6, 6))
-    with pytest.raises(InputError, match=r"cannot follow the channels of a, b, c through concat cat") as info:
+    graph = capture(Transposing(), (3, 6, 6))
+    with pytest.raises(InputError, match=r"cannot follow the channels of a, b through transpose") as info:
         prune_channels(graph, PruneConfig(0.5))
     assert "--prune-skip-unsupported" in info.value.hint
     report = prune_channels(graph, PruneConfig(0.5, skip_unsupported=True))
     kept = [g for g in report.groups if g.get("unsupported")]
-    assert len(kept) == 3 and all(g["after"] == g["before"] for g in kept)
+    assert len(kept) == 1 and all(g["after"] == g["before"] for g in kept)
     x = torch.randn(2, 3, 6, 6)
     assert GraphRunner(graph)(x).shape == (2, 4, 6, 6)
+
+
+def _zeroed(graph: Graph, kept: dict[str, np.ndarray]) -> Graph:
+    """The unpruned graph with every removed output channel's weights and bias set to zero."""
+    zeroed = copy.deepcopy(graph)
+    for node in zeroed.nodes:
+        if node.name in kept and node.op in ("conv2d", "linear"):
+            removed = np.setdiff1d(np.arange(zeroed.const(node.inputs[1]).shape[0]), kept[node.name])
+            for name in node.inputs[1:]:
+                zeroed.tensors[name].data = zeroed.const(name).copy()
+                zeroed.tensors[name].data[removed] = 0.0  # type: ignore[index]
+    return zeroed
+
+
+class UNetLike(nn.Module):
+    """Skip connections concatenated after an upsampling, a concat of a concat, and a
+    part concatenated twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc1, self.enc2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.up = nn.Upsample(scale_factor=2)
+        self.dec = nn.Conv2d(24, 8, 3, padding=1)
+        self.side = nn.Conv2d(3, 4, 1)
+        self.head = nn.Conv2d(8 + 24 + 4 + 4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = torch.relu(self.enc1(x))
+        skip = torch.cat([self.up(torch.relu(self.enc2(e1))), e1], dim=1)
+        side = self.side(x)
+        return self.head(torch.cat([torch.relu(self.dec(skip)), skip, side, side], dim=1))
+
+
+def test_pruning_follows_concatenations() -> None:
+    graph = capture(UNetLike(), (3, 8, 8))
+    original = copy.deepcopy(graph)
+    report = prune_channels(graph, PruneConfig(0.5, "l2"), np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    rows = {row["layers"][0]: row for row in report.groups}
+    assert all(rows[name]["after"] == rows[name]["before"] // 2 for name in ("enc1", "enc2", "dec", "side")), rows
+    assert report.macs_after / report.macs_before < 0.5
+    x = np.random.default_rng(1).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    expected = run_batches(GraphRunner(_zeroed(original, report.kept)), x)
+    np.testing.assert_allclose(run_batches(GraphRunner(graph), x), expected, rtol=1e-4, atol=1e-4)
+    from edgetune.evaluate.runtime import OnnxRunner
+    from edgetune.export.onnx import write_onnx
+
+    np.testing.assert_allclose(OnnxRunner(write_onnx(graph, quantized=False), spin=False).run(x), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_magnitude_pruning_zeroes_weights_that_stay_zero_in_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -94,6 +94,11 @@ OPS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
     "leaky-relu": lambda: (seq(conv(3, 4, 1, 1), nn.LeakyReLU(0.1)), (3, 4, 4)),
     "gelu": lambda: (seq(conv(3, 4, 1, 1), nn.GELU()), (3, 4, 4)),
     "gelu-tanh": lambda: (seq(conv(3, 4, 1, 1), nn.GELU(approximate="tanh")), (3, 4, 4)),
+    "resize-nearest": lambda: (seq(conv(3, 4, 1, 1), nn.Upsample(scale_factor=2)), (3, 3, 4)),
+    "resize-nearest-size": lambda: (Single(lambda x: torch.nn.functional.interpolate(x, size=(7, 5))), (3, 3, 4)),
+    "resize-bilinear": lambda: (seq(conv(3, 4, 1, 1), nn.Upsample(scale_factor=2, mode="bilinear")), (3, 3, 4)),
+    "resize-bilinear-size": lambda: (Single(lambda x: torch.nn.functional.interpolate(x, size=(7, 5), mode="bilinear")), (3, 4, 3)),
+    "resize-bilinear-corners": lambda: (seq(conv(3, 4, 1, 1), nn.Upsample(size=(5, 7), mode="bilinear", align_corners=True)), (3, 3, 4)),
 }
 
 

@@ -321,6 +321,23 @@ def gelu(ctx: LoweringContext, node: torch.fx.Node) -> None:
     ctx.emit("gelu", node, [ctx.name(node.args[0])], approximate=approximate == "tanh")
 
 
+@lowers(aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.vec)
+def upsample(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """``F.interpolate`` and ``nn.Upsample``, nearest or bilinear, to the output's size. A scale
+    factor must give a whole size: the runtimes map output to input pixels by size ratio."""
+    bilinear = node.target == aten.upsample_bilinear2d.vec
+    given = node.args[3] if bilinear and len(node.args) > 3 else (node.args[2] if not bilinear and len(node.args) > 2 else None)
+    scales = [float(s) for s in given] if isinstance(given, (list, tuple)) else None  # type: ignore[arg-type]
+    in_shape, out_shape = ctx.shape(node.args[0]), ctx.shape(node)  # type: ignore[arg-type]
+    if scales is not None and any(abs(i * s - o) > 1e-6 for i, s, o in zip(in_shape[2:], scales, out_shape[2:])):
+        raise InputError(
+            f"interpolate by {scales} from {list(in_shape[2:])} does not give a whole size", "pass size= instead of scale_factor="
+        )
+    align = bool(node.args[2]) if bilinear else False
+    mode = "bilinear" if bilinear else "nearest"
+    ctx.emit("resize", node, [ctx.name(node.args[0])], mode=mode, align_corners=align, size=list(out_shape[2:]))
+
+
 @lowers(aten.dropout.default, aten.dropout_.default, aten.clone.default, aten.contiguous.default, aten.alias.default, aten.detach.default)
 def identity(ctx: LoweringContext, node: torch.fx.Node) -> None:
     ctx.alias(node, node.args[0])

@@ -256,6 +256,29 @@ def gelu(ctx: OnnxContext, proto: Any) -> None:
     ctx.emit("gelu", proto, [ctx.name(proto.input[0])], approximate=approximate in (b"tanh", "tanh"))
 
 
+@imports("Resize", "Upsample")
+def resize(ctx: OnnxContext, proto: Any) -> None:
+    """The Resize forms PyTorch's exporter writes for nearest and bilinear interpolation."""
+    a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in _attrs(proto).items()}
+    mode, transform = a.get("mode", "nearest"), a.get("coordinate_transformation_mode", "half_pixel")
+    nearest = mode == "nearest" and transform == "asymmetric" and a.get("nearest_mode", "round_prefer_floor") == "floor"
+    linear = mode == "linear" and transform in ("pytorch_half_pixel", "half_pixel", "align_corners")
+    if not (nearest or linear):
+        raise InputError(
+            f"{proto.op_type} {proto.name} uses mode {mode} with {transform} coordinates",
+            "export nearest (asymmetric, floor) or bilinear (half-pixel or align_corners) interpolation",
+        )
+    size = list(ctx.shapes[proto.output[0]][2:])
+    ctx.emit(
+        "resize",
+        proto,
+        [ctx.name(proto.input[0])],
+        mode="nearest" if nearest else "bilinear",
+        align_corners=transform == "align_corners",
+        size=size,
+    )
+
+
 @imports("Identity", "Dropout")
 def identity(ctx: OnnxContext, proto: Any) -> None:
     ctx.alias(proto, proto.input[0])

@@ -121,6 +121,13 @@ def _gelu(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return F.gelu(args[0], approximate="tanh" if node.attrs.get("approximate") else "none")
 
 
+@kernel("resize")
+def _resize(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    if node.attrs["mode"] == "nearest":
+        return F.interpolate(args[0], size=tuple(node.attrs["size"]), mode="nearest")
+    return F.interpolate(args[0], size=tuple(node.attrs["size"]), mode="bilinear", align_corners=node.attrs["align_corners"])
+
+
 @kernel("softmax")
 def _softmax(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return torch.softmax(args[0], node.attrs["axis"])

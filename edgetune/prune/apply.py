@@ -104,6 +104,9 @@ def _slice_input(graph: Graph, node: Node, keep: np.ndarray) -> None:
 
 
 def prune_group(graph: Graph, group: Group, keep: np.ndarray) -> None:
+    """Keep channels ``keep`` of ``group``: its layers' weights, its readers' columns, its
+    tensors' shapes, and the columns of every concatenation it is a part of."""
+    composites = [(node, composite, _composite_keep(graph, node, group, keep)) for node, composite in group.feeds]
     for node in group.producers:
         _slice_output(graph, node, keep)
     for node in group.depthwise:
@@ -116,6 +119,19 @@ def prune_group(graph: Graph, group: Group, keep: np.ndarray) -> None:
     for name in group.tensors:
         tensor = graph.tensors[name]
         tensor.shape = (tensor.shape[0], len(keep), *tensor.shape[2:])
+    for _, composite, columns in composites:
+        prune_group(graph, composite, columns)
+
+
+def _composite_keep(graph: Graph, concat: Node, part: Group, keep: np.ndarray) -> np.ndarray:
+    """The concatenation's channels that stay when ``part`` keeps ``keep``: at each place the
+    part's tensor is concatenated, its kept channels, shifted by what comes before."""
+    widths = [int(graph.tensors[name].shape[1]) for name in concat.inputs]
+    columns, offset = [], 0
+    for name, width in zip(concat.inputs, widths):
+        columns.append(offset + keep if name in part.tensors else offset + np.arange(width))
+        offset += width
+    return np.concatenate(columns)
 
 
 def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None = None, labels: np.ndarray | None = None) -> PruneReport:

@@ -3,8 +3,11 @@
 Every activation's channel axis (axis 1) is a "channel space". Ops that keep channel c at
 index c (activations, pooling, a mean over spatial axes, depthwise convs, elementwise ops
 between activations, a flatten of a 1x1 map) join the spaces of their inputs and outputs; convs and linear layers
-start a new space at their output and can drop input channels. Spaces touched by anything
-else (graph input and output, concatenation, transposes, softmax, ...) are kept whole.
+start a new space at their output and can drop input channels. A concatenation along the
+channels starts a composite space: each part is pruned with its own group, and the
+composite's readers drop the matching columns (the part's offset plus its removed channels).
+Spaces touched by anything else (graph input and output, transposes, softmax, ...) are kept
+whole, and so are the parts of a composite that is kept whole.
 """
 
 from __future__ import annotations
@@ -15,10 +18,23 @@ import numpy as np
 
 from edgetune.ir.graph import Graph, Node, depthwise_multiplier
 
-PASS_THROUGH = {"relu", "relu6", "clamp", "sigmoid", "tanh", "hardswish", "leaky_relu", "gelu", "global_avgpool", "avgpool2d", "maxpool2d"}
+PASS_THROUGH = {
+    "relu",
+    "relu6",
+    "clamp",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "leaky_relu",
+    "gelu",
+    "global_avgpool",
+    "avgpool2d",
+    "maxpool2d",
+    "resize",
+}
 
 
-@dataclass
+@dataclass(eq=False)  # groups are compared by identity: they point at each other through feeds
 class Group:
     """Tensors that share channel indices, and the nodes whose weights follow them."""
 
@@ -27,6 +43,7 @@ class Group:
     depthwise: list[Node] = field(default_factory=list)  # depthwise convs inside the group
     consumers: list[Node] = field(default_factory=list)  # conv/linear reading the channels as inputs
     reshapes: list[Node] = field(default_factory=list)  # flattens of a 1x1 map: their target shape follows
+    feeds: list[tuple[Node, Group]] = field(default_factory=list)  # (concat, its composite group) this group is a part of
     blocked: bool = False
     protected: bool = False
     # Nodes whose pattern the grouping cannot follow (concatenation, transpose, ...): their
@@ -68,6 +85,7 @@ class _Links:
     blocked: set[str] = field(default_factory=set)
     unsupported: dict[str, str] = field(default_factory=dict)  # tensor -> the node that blocks it
     roles: list[tuple[str, str, Node]] = field(default_factory=list)  # (tensor, role, node)
+    concats: list[Node] = field(default_factory=list)  # concatenations along the channels
 
     def refuse(self, node: Node, tensors: list[str]) -> None:
         self.blocked.update(tensors)
@@ -120,6 +138,8 @@ class _Links:
             self.linear(node)
         elif node.op in ("add", "sub", "mul"):
             self.elementwise(node)
+        elif node.op == "concat" and node.attrs["axis"] == 1 and all(self.activation(n) for n in node.inputs):
+            self.concats.append(node)  # the output starts its own (composite) space
         elif self.keeps_channels(node):
             self.spaces.union(node.inputs[0], node.outputs[0])
         elif node.op == "softmax":
@@ -165,4 +185,28 @@ def find_groups(graph: Graph) -> list[Group]:
         bucket = {"producer": group.producers, "consumer": group.consumers, "depthwise": group.depthwise, "reshape": group.reshapes}[role]
         if node not in bucket:
             bucket.append(node)
+    _link_composites(links, groups)
     return [g for g in groups.values() if g.producers]
+
+
+def _link_composites(links: _Links, groups: dict[str, Group]) -> None:
+    """Each concatenation's parts learn the composite they feed. A composite that is kept whole
+    (or that a layer also writes into) keeps its parts whole, up through nested ones."""
+    for node in links.concats:
+        composite = groups[links.spaces.find(node.outputs[0])]
+        if composite.producers:  # a layer's own channels added to the composite: no one offset for them
+            composite.blocked = True
+        for name in dict.fromkeys(node.inputs):
+            part = groups[links.spaces.find(name)]
+            if part is composite:
+                composite.blocked = True
+            elif not any(n is node and c is composite for n, c in part.feeds):
+                part.feeds.append((node, composite))
+    changed = True
+    while changed:
+        changed = False
+        for group in groups.values():
+            whole = [composite for _, composite in group.feeds if composite.blocked]
+            if whole and not group.blocked:
+                group.blocked, changed = True, True
+                group.unsupported += [u for c in whole for u in c.unsupported if u not in group.unsupported]

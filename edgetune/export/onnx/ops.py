@@ -166,6 +166,20 @@ def pad(b: OnnxBuilder, node: Node) -> str:
     return b.node("Pad", [b.read(node.inputs[0]), widths, value], mode="constant")[0]
 
 
+@onnx_op("resize")
+def resize(b: OnnxBuilder, node: Node) -> str:
+    """Resize by the size ratio: nearest picks floor(out * in / out) (PyTorch's and TFLite's
+    nearest), bilinear maps pixel centres (align_corners False) or corners."""
+    in_hw = b.graph.tensors[node.inputs[0]].shape[2:]
+    scales = b.initializer("resize_scales", np.asarray([1.0, 1.0, *(o / i for o, i in zip(node.attrs["size"], in_hw))], np.float32))
+    if node.attrs["mode"] == "nearest":
+        attrs: dict[str, Any] = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    else:
+        transform = "align_corners" if node.attrs["align_corners"] else "pytorch_half_pixel"
+        attrs = {"mode": "linear", "coordinate_transformation_mode": transform}
+    return b.node("Resize", [b.read(node.inputs[0]), "", scales], **attrs)[0]
+
+
 @onnx_op("concat")
 def concat(b: OnnxBuilder, node: Node) -> str:
     return b.node("Concat", [b.read(name) for name in node.inputs], axis=node.attrs["axis"])[0]

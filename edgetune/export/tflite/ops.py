@@ -430,6 +430,30 @@ def pad(b: TflBuilder, node: Node) -> None:
     b.op(Op.PAD, [b.read(node.inputs[0]), widths], [b.define(node.outputs[0])])
 
 
+@tfl_op("resize")
+def resize(b: TflBuilder, node: Node) -> None:
+    """RESIZE_NEAREST_NEIGHBOR (no half-pixel centres: floor of out * in / out, as PyTorch's
+    nearest) or RESIZE_BILINEAR (half-pixel centres, or aligned corners)."""
+    nearest = node.attrs["mode"] == "nearest"
+    align, half_pixel = bool(node.attrs["align_corners"]), not nearest and not node.attrs["align_corners"]
+
+    def options(fb: flatbuffers.Builder) -> int:
+        if nearest:
+            tflite.ResizeNearestNeighborOptionsStart(fb)
+            tflite.ResizeNearestNeighborOptionsAddAlignCorners(fb, align)
+            return int(tflite.ResizeNearestNeighborOptionsEnd(fb))
+        tflite.ResizeBilinearOptionsStart(fb)
+        tflite.ResizeBilinearOptionsAddAlignCorners(fb, align)
+        tflite.ResizeBilinearOptionsAddHalfPixelCenters(fb, half_pixel)
+        return int(tflite.ResizeBilinearOptionsEnd(fb))
+
+    code = Op.RESIZE_NEAREST_NEIGHBOR if nearest else Op.RESIZE_BILINEAR
+    kind = Options.ResizeNearestNeighborOptions if nearest else Options.ResizeBilinearOptions
+    size = b.int32_const(f"{node.name}_size", list(node.attrs["size"]))
+    version = 3 if half_pixel else None  # op_version.cc: half-pixel centres take version 3
+    b.op(code, [b.read(node.inputs[0]), size], [b.define(node.outputs[0])], kind, options, version)
+
+
 @tfl_op("concat")
 def concat(b: TflBuilder, node: Node) -> None:
     rank = len(b.graph.tensors[node.outputs[0]].shape)
