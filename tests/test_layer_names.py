@@ -65,7 +65,7 @@ def test_captured_nodes_are_named_after_their_modules() -> None:
     assert ("conv2d", "stem") in names and ("conv2d", "block.conv1") in names and ("conv2d", "layers.1.conv2") in names
     assert ("add", "block.add") in names and ("linear", "fc") in names and ("global_avgpool", "pool") in names
     twice = [(n.op, n.name) for n in capture(Twice(), (1, 8, 8)).nodes]
-    assert ("sigmoid", "act") in twice and ("sigmoid", "act_1") in twice and ("linear", "head.1") in twice
+    assert ("sigmoid", "act") in twice and ("sigmoid", "act#2") in twice and ("linear", "head.1") in twice
     assert len({name for _, name in twice}) == len(twice)
 
 
@@ -129,3 +129,38 @@ def test_a_recipe_names_modules_with_dotted_keys(net: str, tmp_path: Path, capsy
     )
     assert run(["recipe", "show", "--recipe", str(recipe), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["recipe"]["prune.layers"] == {"layers.1": 0.25}
+
+
+class Suffixes(nn.Module):
+    """A module called twice beside a module whose own name ends in _1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.conv_1 = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.conv_1(self.conv(self.conv(x)))
+
+
+def test_a_second_call_never_takes_another_modules_name() -> None:
+    from edgetune.ir.select import select
+
+    graph = capture(Suffixes(), (4, 3, 3))
+    names = [n.name for n in graph.nodes if n.op == "conv2d"]
+    assert names == ["conv", "conv#2", "conv_1"]
+    assert select(names, ["conv_1"], "--keep-float") == ["conv_1"]
+    assert select(names, ["conv"], "--keep-float") == ["conv", "conv#2"], "a module's name picks its every call"
+
+
+def test_a_layers_own_ratio_beats_its_modules_within_a_group() -> None:
+    from edgetune.prune import PruneConfig, prune_channels
+
+    namespace: dict[str, object] = {}
+    exec(compile(NET, "net.py", "exec"), namespace)  # noqa: S102  (the test's own source)
+    graph = capture(namespace["Net"](), (1, 8, 8))  # type: ignore[operator]
+    # the residual stream is one group: stem, block.conv2, layers.0.conv2, layers.1.conv2
+    report = prune_channels(graph, PruneConfig(0.0, overrides=(("layers", 0.25), ("layers.1.conv2", 0.5))))
+    rows = {layer: row for row in report.groups for layer in row["layers"]}
+    assert rows["layers.1.conv2"]["after"] == kept_count(16, 0.5, 1), "the layer's own ratio, not its module's"
+    assert rows["layers.0.conv1"]["after"] == kept_count(16, 0.25, 1)

@@ -19,7 +19,7 @@ BASE = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "d
 @pytest.fixture(scope="module", params=["dynamic-int8", "float16"])
 def moded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict]:  # type: ignore[type-arg]
     out = tmp_path_factory.mktemp(request.param) / "out"
-    assert run([*BASE, "--mode", request.param, "--c-array", "-o", str(out)]) == 0
+    assert run([*BASE, "--mode", request.param, "-o", str(out)]) == 0
     return request.param, out, json.loads((out / "report.json").read_text())
 
 
@@ -41,7 +41,6 @@ def test_both_artifacts_keep_the_float_models_accuracy(moded: tuple[str, Path, d
     assert ev["tflite"]["delegation"]["not_delegated"] == [], "XNNPACK takes every op"
     ratio = report["sizes"]["model.onnx_bytes"] / report["sizes"]["model.fp32.onnx_bytes"]
     assert ratio < (0.65 if mode == "float16" else 0.55)
-    assert (out / "model_data.cc").is_file()
 
 
 def test_the_onnx_file_is_the_modes(moded: tuple[str, Path, dict]) -> None:  # type: ignore[type-arg]
@@ -77,8 +76,8 @@ def test_the_tflite_file_is_the_modes(moded: tuple[str, Path, dict]) -> None:  #
 
 def test_the_same_inputs_give_the_same_bytes(moded: tuple[str, Path, dict], tmp_path: Path) -> None:  # type: ignore[type-arg]
     mode, out, _ = moded
-    assert run([*BASE, "--mode", mode, "--c-array", "-o", str(tmp_path / "again")]) == 0
-    for name in ("model.onnx", "model.tflite", "model_data.cc"):
+    assert run([*BASE, "--mode", mode, "-o", str(tmp_path / "again")]) == 0
+    for name in ("model.onnx", "model.tflite", "model.edgetune"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
 
 
@@ -97,6 +96,7 @@ def test_export_of_the_compressed_model_keeps_the_mode(moded: tuple[str, Path, d
         (["--mode", "float16", "--tflite-io", "int8"], "--tflite-io int8 needs a calibrated input scale"),
         (["--mode", "float16", "--finetune", "5steps", "--train", "digits:train", "--qat"], "--qat works on the calibrated int8 model"),
         (["--mode", "float32"], "Invalid value for '--mode'"),
+        (["--mode", "dynamic-int8", "--c-array"], "--c-array is for TFLite Micro, which runs neither float16 nor hybrid models"),
     ],
 )
 def test_what_needs_calibration_is_refused(tmp_path: Path, capfd: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:

@@ -479,3 +479,33 @@ def test_a_spatial_mean_keeps_the_channels_it_pools() -> None:
     out = OnnxRunner(write_onnx(graph, quantized=False), spin=False).run(x)
     np.testing.assert_allclose(out, run_batches(GraphRunner(graph), x), rtol=1e-5, atol=1e-5)
     assert out.shape == (4, 5)
+
+
+class Joined(nn.Module):
+    """Two concatenations added together (SqueezeNet's bypass), and a part that reaches a
+    concatenation twice (directly and through a nested one): kept whole, not mis-sliced."""
+
+    def __init__(self, nested: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c, self.d = (nn.Conv2d(3, 8, 1) for _ in range(4))
+        self.head, self.nested = nn.Conv2d(24 if nested else 16, 2, 1), nested
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.nested:
+            a = self.a(x)
+            return self.head(torch.cat([torch.relu(torch.cat([a, self.b(x)], dim=1)), a], dim=1))
+        return self.head(torch.cat([self.a(x), self.b(x)], dim=1) + torch.cat([self.c(x), self.d(x)], dim=1))
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_concatenation_reached_by_two_routes_stays_whole(nested: bool) -> None:
+    graph = capture(Joined(nested), (3, 4, 4))
+    original = copy.deepcopy(graph)
+    with pytest.raises(InputError, match="through concat"):
+        prune_channels(graph, PruneConfig(0.5, "l2"))
+    report = prune_channels(graph, PruneConfig(0.5, "l2", skip_unsupported=True))
+    rows = {row["layers"][0]: row for row in report.groups}
+    assert rows["a"]["kept_whole"] and rows["b"]["kept_whole"]
+    x = np.random.default_rng(1).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_batches(GraphRunner(graph), x), run_batches(GraphRunner(original), x), rtol=1e-5, atol=1e-5)

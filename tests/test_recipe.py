@@ -35,10 +35,15 @@ def test_an_output_folder_replays_byte_for_byte_from_its_recipe(tmp_path: Path, 
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert run(["compress", "--recipe", str(work / "first" / "recipe.toml"), "-o", "second", "--quiet"]) == 0
-    for name in ("model.onnx", "model.tflite", "model.edgetune", "recipe.toml"):
+    reports = [json.loads((folder / "report.json").read_text()) for folder in (work / "first", elsewhere / "second")]
+    # --ptq best holds its budget on the clock: a run the machine slowed (a busy neighbour) cuts
+    # AdaRound short, says so, and only then may give other bytes.
+    clocks = [r["quantization"]["ptq"].get("adaround", {}).get("clock", {}) for r in reports]
+    slowed = [c for c in clocks if c.get("shortened_layers") or c.get("nearest_layers")]
+    assert all("depends on the machine" in c["note"] for c in slowed)
+    for name in ("recipe.toml",) if slowed else ("model.onnx", "model.tflite", "model.edgetune", "recipe.toml"):
         assert (work / "first" / name).read_bytes() == (elsewhere / "second" / name).read_bytes(), name
-    report = json.loads((elsewhere / "second" / "report.json").read_text())
-    assert "recipe.toml" in report["artifacts"]
+    assert "recipe.toml" in reports[1]["artifacts"]
 
 
 def test_the_recipe_file_then_the_options_then_set(tmp_path: Path) -> None:

@@ -98,6 +98,21 @@ OPS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
     "resize-nearest-size": lambda: (Single(lambda x: torch.nn.functional.interpolate(x, size=(7, 5))), (3, 3, 4)),
     "resize-bilinear": lambda: (seq(conv(3, 4, 1, 1), nn.Upsample(scale_factor=2, mode="bilinear")), (3, 3, 4)),
     "resize-bilinear-size": lambda: (Single(lambda x: torch.nn.functional.interpolate(x, size=(7, 5), mode="bilinear")), (3, 4, 3)),
+    "chunk-gate": lambda: (Single(lambda x: (lambda a, b: a * torch.sigmoid(b))(*x.chunk(2, dim=1))), (4, 4, 4)),
+    "split-swap": lambda: (Single(lambda x: torch.cat(torch.split(x, [1, 3], dim=1)[::-1], dim=1)), (4, 3, 3)),
+    "slice-spatial": lambda: (seq(conv(3, 4, 1, 1), Single(lambda x: x[:, :, 1:4])), (3, 5, 4)),
+    "slice-channels": lambda: (Single(lambda x: x[:, 1:3] * 2.0), (4, 3, 3)),
+    "slice-step": lambda: (Single(lambda x: x[:, :, ::2]), (3, 5, 4)),
+    "narrow": lambda: (Single(lambda x: x.narrow(3, 1, 2)), (3, 4, 5)),
+    "resize-odd-sizes": lambda: (
+        Single(
+            lambda x: (
+                torch.nn.functional.interpolate(torch.nn.functional.max_pool2d(x, 2), size=(25, 25), mode="bilinear")
+                + torch.nn.functional.interpolate(x, size=(1, 1), mode="bilinear")
+            )
+        ),
+        (3, 25, 25),
+    ),
     "resize-bilinear-corners": lambda: (seq(conv(3, 4, 1, 1), nn.Upsample(size=(5, 7), mode="bilinear", align_corners=True)), (3, 3, 4)),
 }
 

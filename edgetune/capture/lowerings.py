@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+import numpy as np
 import torch.fx
 
 from edgetune.capture.registry import LoweringContext, lowers
@@ -115,6 +116,11 @@ def _emit_batch_norm(ctx: LoweringContext, node: torch.fx.Node, x: Any, weight: 
 @lowers(operator.getitem)
 def getitem(ctx: LoweringContext, node: torch.fx.Node) -> None:
     source, index = node.args
+    if isinstance(source, torch.fx.Node) and source.name in ctx.splits:
+        axis, pieces = ctx.splits[source.name]
+        start, end = pieces[int(index)]  # type: ignore[arg-type, call-overload]
+        ctx.emit("slice", node, [ctx.name(source.args[0])], axis=axis, start=start, end=end, step=1)
+        return
     if index != 0 or not isinstance(source, torch.fx.Node) or "batch_norm" not in str(source.target):
         raise InputError(f"unsupported multi-output node {source}", "simplify the model's forward()")
     ctx.alias(node, source)
@@ -336,6 +342,52 @@ def upsample(ctx: LoweringContext, node: torch.fx.Node) -> None:
     align = bool(node.args[2]) if bilinear else False
     mode = "bilinear" if bilinear else "nearest"
     ctx.emit("resize", node, [ctx.name(node.args[0])], mode=mode, align_corners=align, size=list(out_shape[2:]))
+
+
+def _sliced_axis(ctx: LoweringContext, node: torch.fx.Node, dim: Any) -> int:
+    rank = len(ctx.shape(node.args[0]))  # type: ignore[arg-type]
+    axis = _axis(_int(dim), rank)
+    if axis == 0:
+        raise InputError(f"{node.name} slices the batch axis", "keep axis 0 whole")
+    return axis
+
+
+@lowers(aten.split_with_sizes.default, aten.split.Tensor, aten.chunk.default)
+def split(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """No node of its own: each piece its model reads (a getitem) becomes a slice."""
+    axis = _sliced_axis(ctx, node, _arg(node, 2, "dim", 0))
+    length = ctx.shape(node.args[0])[axis]  # type: ignore[arg-type]
+    if node.target == aten.split_with_sizes.default:
+        sizes = _ints(node.args[1])
+    else:
+        count = _int(node.args[1])
+        step = -(-length // count) if node.target == aten.chunk.default else count
+        sizes = [min(step, length - start) for start in range(0, length, step)]
+    starts = np.cumsum([0, *sizes]).tolist()
+    ctx.splits[node.name] = (axis, [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])])
+
+
+@lowers(aten.slice.Tensor, aten.narrow.default)
+def slice_(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """``x[:, 2:5]``, ``x[..., ::2]`` and ``narrow``: a slice of one axis (not the batch's)."""
+    rank = len(ctx.shape(node.args[0]))  # type: ignore[arg-type]
+    axis = _axis(_int(_arg(node, 1, "dim", 0)), rank)
+    length = ctx.shape(node.args[0])[axis]  # type: ignore[arg-type]
+    if node.target == aten.narrow.default:
+        start = _int(node.args[2]) % length
+        end, step = start + _int(node.args[3]), 1
+    else:
+        start, end = _arg(node, 2, "start", None), _arg(node, 3, "end", None)
+        step = _int(_arg(node, 4, "step", 1))
+        start = 0 if start is None else max(min(_int(start) + (length if _int(start) < 0 else 0), length), 0)
+        end = length if end is None else max(min(_int(end) + (length if _int(end) < 0 else 0), length), 0)
+    if step < 1:
+        raise InputError(f"{node.name} slices with step {step}", "slice with a positive step")
+    if (start, end, step) == (0, length, 1):
+        ctx.alias(node, node.args[0])
+        return
+    _sliced_axis(ctx, node, axis)  # a real slice of the batch axis is refused
+    ctx.emit("slice", node, [ctx.name(node.args[0])], axis=axis, start=start, end=end, step=step)
 
 
 @lowers(aten.dropout.default, aten.dropout_.default, aten.clone.default, aten.contiguous.default, aten.alias.default, aten.detach.default)

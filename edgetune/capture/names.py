@@ -5,13 +5,13 @@ torch.export records, on each node, the stack of modules whose ``forward`` made 
 is named after its innermost module:
 
 - a leaf module whose nodes are all one op (a ``Conv2d``, a ``ReLU``) gives its path, and a
-  second call of the same module gets ``_1``, ``_2``, ... (``block.relu``, ``block.relu_1``);
+  second call of the same module gets ``#2``, ``#3``, ... (``block.relu``, ``block.relu#2``);
 - an op that a module with children, or with several ops, calls itself (a residual block's
   ``x + y``) gives ``path.op`` (``block.add``), so a module's path names its layers only;
 - an op in the top-level ``forward`` keeps torch.export's name (``mean``, ``flatten``).
 
-Names stay unique across the graph's nodes and tensors; a clash gets the next free ``_N``
-suffix. A node's output tensor takes the node's new name.
+Names stay unique across the graph's nodes and tensors; a clash gets the next free ``#N``
+suffix. ``#`` is in no module path, so a suffixed name never takes a real module's name. A node's output tensor takes the node's new name.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def name_after_modules(graph: Graph, paths: dict[str, str]) -> None:
         base = path if leaf else f"{path}.{node.op}"
         count = seen[base]
         seen[base] += 1
-        new = _free(base if count == 0 else f"{base}_{count}", taken)
+        new = _free(base if count == 0 else f"{base}#{count + 1}", taken)
         taken.add(new)
         if node.outputs == [node.name]:
             renamed[node.name] = new
@@ -77,7 +77,7 @@ def _rename_tensors(graph: Graph, renamed: dict[str, str]) -> None:
 def _free(name: str, taken: set[str]) -> str:
     if name not in taken:
         return name
-    suffix = 1
-    while f"{name}_{suffix}" in taken:
+    suffix = 2
+    while f"{name}#{suffix}" in taken:
         suffix += 1
-    return f"{name}_{suffix}"
+    return f"{name}#{suffix}"

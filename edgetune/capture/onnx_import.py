@@ -260,7 +260,12 @@ def gelu(ctx: OnnxContext, proto: Any) -> None:
 def resize(ctx: OnnxContext, proto: Any) -> None:
     """The Resize forms PyTorch's exporter writes for nearest and bilinear interpolation."""
     a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in _attrs(proto).items()}
-    mode, transform = a.get("mode", "nearest"), a.get("coordinate_transformation_mode", "half_pixel")
+    if proto.op_type == "Upsample" or "coordinate_transformation_mode" not in a or a.get("antialias", 0):
+        # Upsample and Resize before opset 11 map pixels their own way; antialias filters
+        raise InputError(
+            f"{proto.op_type} {proto.name} is an older or antialiased resize", "export with opset 11 or later, without antialias"
+        )
+    mode, transform = a.get("mode", "nearest"), a["coordinate_transformation_mode"]
     nearest = mode == "nearest" and transform == "asymmetric" and a.get("nearest_mode", "round_prefer_floor") == "floor"
     linear = mode == "linear" and transform in ("pytorch_half_pixel", "half_pixel", "align_corners")
     if not (nearest or linear):
@@ -268,7 +273,10 @@ def resize(ctx: OnnxContext, proto: Any) -> None:
             f"{proto.op_type} {proto.name} uses mode {mode} with {transform} coordinates",
             "export nearest (asymmetric, floor) or bilinear (half-pixel or align_corners) interpolation",
         )
-    size = list(ctx.shapes[proto.output[0]][2:])
+    shape = ctx.shapes.get(proto.output[0])
+    if shape is None:
+        raise InputError(f"ONNX shape inference found no shape for {proto.output[0]} (Resize)", "export the model with static shapes")
+    size = list(shape[2:])
     ctx.emit(
         "resize",
         proto,

@@ -26,6 +26,8 @@ class LoweringContext:
     graph: Graph
     aliases: dict[str, str] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)  # node name -> the module that called it
+    # split/chunk nodes -> (axis, [(start, end), ...]): their getitem users become slices
+    splits: dict[str, tuple[int, list[tuple[int, int]]]] = field(default_factory=dict)
     _counter: int = 0
 
     def name(self, arg: Any) -> str:

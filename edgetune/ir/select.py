@@ -9,8 +9,9 @@ from edgetune.errors import InputError
 
 
 def inside(layer: str, name: str) -> bool:
-    """``layer`` is ``name`` or lies in the module ``name`` (``block`` holds ``block.conv1``)."""
-    return layer == name or layer.startswith(f"{name}.")
+    """``layer`` is ``name``, a later call of it (``act#2``), or lies in the module ``name``
+    (``block`` holds ``block.conv1``)."""
+    return layer == name or layer.startswith((f"{name}.", f"{name}#"))
 
 
 def select(layers: Sequence[str], names: Iterable[str], option: str, what: str = "layer") -> list[str]:
@@ -27,6 +28,7 @@ def select(layers: Sequence[str], names: Iterable[str], option: str, what: str =
 
 def unknown(name: str, layers: Sequence[str], option: str, what: str = "layer") -> InputError:
     modules = {layer.rsplit(".", depth)[0] for layer in layers for depth in range(1, layer.count(".") + 1)}
+    modules |= {layer.split("#")[0] for layer in layers}
     close = difflib.get_close_matches(name, [*layers, *sorted(modules)], n=1, cutoff=0.5)
     hint = f"did you mean {close[0]}?" if close else f"the {what}s are {', '.join(layers[:6])}{', ...' if len(layers) > 6 else ''}"
     return InputError(f"{option}: the model has no {what} named {name}", hint)

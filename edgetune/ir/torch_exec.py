@@ -128,6 +128,13 @@ def _resize(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return F.interpolate(args[0], size=tuple(node.attrs["size"]), mode="bilinear", align_corners=node.attrs["align_corners"])
 
 
+@kernel("slice")
+def _slice(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    index = [slice(None)] * args[0].dim()
+    index[node.attrs["axis"]] = slice(node.attrs["start"], node.attrs["end"], node.attrs["step"])
+    return args[0][tuple(index)]
+
+
 @kernel("softmax")
 def _softmax(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return torch.softmax(args[0], node.attrs["axis"])

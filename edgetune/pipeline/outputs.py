@@ -58,6 +58,8 @@ def _uncalibrated_artifacts(graph: Graph, target: Target, export: ExportConfig, 
         raise InputError(
             f"--tflite-io int8 needs a calibrated input scale, which --mode {mode} has not", "drop --tflite-io, or use --mode int8"
         )
+    if export.c_array:
+        raise InputError(f"--c-array is for TFLite Micro, which runs neither float16 nor hybrid models (--mode {mode})", "use --mode int8")
     fp32 = write_onnx(graph, quantized=False)
     model = onnx.load_from_string(fp32)
     rewritten = modes.float16_weights(model) if mode == "float16" else modes.dynamic_int8(model, graph.meta.get("per_channel", True))

@@ -49,16 +49,16 @@ def kept_count(channels: int, ratio: float, multiple: int) -> int:
     return int(min(channels, max(rounded, min(multiple, channels), 1)))
 
 
-def _apply_protection(graph: Graph, groups: list[Group], config: PruneConfig) -> dict[str, float]:
+def _apply_protection(graph: Graph, groups: list[Group], config: PruneConfig) -> dict[str, tuple[int, float]]:
     """Keep the groups of protected layers whole; returns each layer's own ratio. A name is a
     layer or a module (every layer inside it); a name that picks none is an error."""
     names = [node.name for node in graph.nodes if any(node in [*g.producers, *g.depthwise] for g in groups)]
     first = next((node.name for node in graph.nodes if node.op == "conv2d"), None)
     protect = [first if name == "first" else name for name in config.protect]
     protected = set(select(names, [n for n in protect if n is not None], "--prune-protect", "prunable layer"))
-    ratios: dict[str, float] = {}
+    ratios: dict[str, tuple[int, float]] = {}  # layer -> (how specific the name that gave it was, ratio)
     for name, ratio in sorted(config.overrides, key=lambda item: len(item[0])):  # a layer's own ratio beats its module's
-        ratios.update(dict.fromkeys(select(names, [name], "prune.layers", "prunable layer"), ratio))
+        ratios.update(dict.fromkeys(select(names, [name], "prune.layers", "prunable layer"), (len(name), ratio)))
     for group in groups:
         if any(node.name in protected for node in [*group.producers, *group.depthwise]):
             group.blocked = True
@@ -170,7 +170,8 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
             rows.append(row)
             continue
         importance = scores[id(group)]
-        override = next((ratios[n.name] for n in group.producers if n.name in ratios), None)
+        # of the group's layers' ratios, the one given by the most specific name
+        override = max((ratios[n.name] for n in group.producers if n.name in ratios), default=(0, None))[1]
         count = _kept(importance, config, threshold, override)
         # Highest importance first; ties broken by channel index so the result is deterministic.
         keep = np.sort(np.argsort(-importance, kind="stable")[:count])

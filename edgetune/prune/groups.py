@@ -127,6 +127,8 @@ class _Links:
         if node.op == "mean":  # over spatial axes (x.mean((2, 3))): axis 1 stays the channels, kept or not
             axes = node.attrs["axes"]
             return 1 not in axes and (bool(node.attrs["keepdim"]) or all(axis > 1 for axis in axes))
+        if node.op == "slice":  # a spatial crop keeps the channels; a slice of them is refused
+            return bool(node.attrs["axis"] != 1)
         if node.op == "pad":
             return bool(node.attrs["pads"][1] == [0, 0])
         return False
@@ -192,17 +194,21 @@ def find_groups(graph: Graph) -> list[Group]:
 def _link_composites(links: _Links, groups: dict[str, Group]) -> None:
     """Each concatenation's parts learn the composite they feed. A composite that is kept whole
     (or that a layer also writes into) keeps its parts whole, up through nested ones."""
-    for node in links.concats:
-        composite = groups[links.spaces.find(node.outputs[0])]
-        if composite.producers:  # a layer's own channels added to the composite: no one offset for them
+    spaces = [links.spaces.find(node.outputs[0]) for node in links.concats]
+    for node, space in zip(links.concats, spaces):
+        composite = groups[space]
+        # A layer's own channels added to the composite, or two concatenations joined (by an
+        # add): no one offset maps each part's channels. Kept whole.
+        if composite.producers or spaces.count(space) > 1 or _reached_twice(links, groups, node):
             composite.blocked = True
+            composite.unsupported.append(f"concat {node.name}")
         for name in dict.fromkeys(node.inputs):
             part = groups[links.spaces.find(name)]
             if part is composite:
                 composite.blocked = True
             elif not any(n is node and c is composite for n, c in part.feeds):
                 part.feeds.append((node, composite))
-    changed = True
+    changed = True  # a composite kept whole keeps its parts whole, through nested ones
     while changed:
         changed = False
         for group in groups.values():
@@ -210,3 +216,19 @@ def _link_composites(links: _Links, groups: dict[str, Group]) -> None:
             if whole and not group.blocked:
                 group.blocked, changed = True, True
                 group.unsupported += [u for c in whole for u in c.unsupported if u not in group.unsupported]
+
+
+def _reached_twice(links: _Links, groups: dict[str, Group], concat: Node) -> bool:
+    """Whether some group reaches ``concat`` by two routes (directly and through a nested
+    concatenation, or through two): its columns would be cut twice."""
+    composite_of = {links.spaces.find(node.outputs[0]): node for node in links.concats}
+
+    def parts(node: Node) -> list[int]:
+        found = []
+        for root in dict.fromkeys(links.spaces.find(name) for name in node.inputs):
+            inner = composite_of.get(root)
+            found += parts(inner) if inner is not None and inner is not node else [id(groups[root])]
+        return found
+
+    reached = parts(concat)
+    return len(reached) != len(set(reached))

@@ -170,14 +170,30 @@ def pad(b: OnnxBuilder, node: Node) -> str:
 def resize(b: OnnxBuilder, node: Node) -> str:
     """Resize by the size ratio: nearest picks floor(out * in / out) (PyTorch's and TFLite's
     nearest), bilinear maps pixel centres (align_corners False) or corners."""
-    in_hw = b.graph.tensors[node.inputs[0]].shape[2:]
-    scales = b.initializer("resize_scales", np.asarray([1.0, 1.0, *(o / i for o, i in zip(node.attrs["size"], in_hw))], np.float32))
+    x = b.read(node.inputs[0])
+    # Sizes, not scales: a float scale such as 25/12 can floor to one pixel short. The batch and
+    # channel sizes come from the input, so the batch stays free.
+    leading = b.node(
+        "Slice",
+        [b.node("Shape", [x])[0], b.initializer("zero", np.asarray([0], np.int64)), b.initializer("two", np.asarray([2], np.int64))],
+    )[0]
+    sizes = b.node("Concat", [leading, b.initializer("resize_hw", np.asarray(node.attrs["size"], np.int64))], axis=0)[0]
     if node.attrs["mode"] == "nearest":
         attrs: dict[str, Any] = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     else:
-        transform = "align_corners" if node.attrs["align_corners"] else "pytorch_half_pixel"
+        transform = "align_corners" if node.attrs["align_corners"] else "half_pixel"
         attrs = {"mode": "linear", "coordinate_transformation_mode": transform}
-    return b.node("Resize", [b.read(node.inputs[0]), "", scales], **attrs)[0]
+    return b.node("Resize", [x, "", "", sizes], **attrs)[0]
+
+
+@onnx_op("slice")
+def slice_(b: OnnxBuilder, node: Node) -> str:
+    a = node.attrs
+    values = {
+        part: b.initializer(f"slice_{part}", np.asarray([a[key]], np.int64))
+        for part, key in (("starts", "start"), ("ends", "end"), ("axes", "axis"), ("steps", "step"))
+    }
+    return b.node("Slice", [b.read(node.inputs[0]), values["starts"], values["ends"], values["axes"], values["steps"]])[0]
 
 
 @onnx_op("concat")

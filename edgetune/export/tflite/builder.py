@@ -37,6 +37,7 @@ VERSIONS: dict[int, tuple[int, int]] = {
     tflite.BuiltinOperator.LEAKY_RELU: (1, 2),
     tflite.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR: (1, 2),
     tflite.BuiltinOperator.RESIZE_BILINEAR: (1, 2),
+    tflite.BuiltinOperator.STRIDED_SLICE: (1, 2),
     tflite.BuiltinOperator.GELU: (1, 2),
     tflite.BuiltinOperator.RELU: (1, 2),
     tflite.BuiltinOperator.RELU6: (1, 2),

@@ -19,6 +19,7 @@ SOURCE = "model_data.cc"
 HEADER = "model_data.h"
 ALIGNMENT = 16
 BYTES_PER_LINE = 12
+LARGEST_ARENA = 256 << 20  # the largest arena tried: far beyond any microcontroller
 
 
 IRREGULAR = {"PADV2": "AddPadV2", "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM"}
@@ -63,10 +64,10 @@ def measured_arena(blob: bytes) -> int | None:
 
     low, high = 0, max(len(blob), 1 << 16)
     with native_logs_silenced():  # each arena too small is a line on stderr
+        if not runs(LARGEST_ARENA):
+            return None  # not an arena problem: TFLite Micro cannot run this model
         while not runs(high):
-            if high > 1 << 30:
-                return None
-            low, high = high, high * 2
+            low, high = high, min(high * 2, LARGEST_ARENA)
         while high - low > 16:
             middle = (low + high) // 2
             low, high = (low, middle) if runs(middle) else (middle, high)

@@ -454,6 +454,25 @@ def resize(b: TflBuilder, node: Node) -> None:
     b.op(code, [b.read(node.inputs[0]), size], [b.define(node.outputs[0])], kind, options, version)
 
 
+@tfl_op("slice")
+def slice_(b: TflBuilder, node: Node) -> None:
+    """STRIDED_SLICE of one axis (SLICE would fix the batch axis at one: its constant size
+    does not follow a resized input)."""
+    shape = list(b.graph.tensors[node.inputs[0]].shape)
+    rank, a = len(shape), node.attrs
+    axis = layout.nhwc_axis(a["axis"], rank)
+    begin, end, strides = [0] * rank, layout.nhwc_shape(shape), [1] * rank
+    begin[axis], end[axis], strides[axis] = a["start"], a["end"], a["step"]
+
+    def options(fb: flatbuffers.Builder) -> int:
+        tflite.StridedSliceOptionsStart(fb)
+        tflite.StridedSliceOptionsAddEndMask(fb, 1)  # the batch axis runs to its end
+        return int(tflite.StridedSliceOptionsEnd(fb))
+
+    consts = [b.int32_const(f"{node.name}_{part}", values) for part, values in (("begin", begin), ("end", end), ("strides", strides))]
+    b.op(Op.STRIDED_SLICE, [b.read(node.inputs[0]), *consts], [b.define(node.outputs[0])], Options.StridedSliceOptions, options)
+
+
 @tfl_op("concat")
 def concat(b: TflBuilder, node: Node) -> None:
     rank = len(b.graph.tensors[node.outputs[0]].shape)

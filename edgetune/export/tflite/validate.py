@@ -22,7 +22,7 @@ FIXED_OUTPUTS = {"softmax": (1.0 / 256, -128), "sigmoid": (1.0 / 256, -128), "ta
 REQUANTIZATION_RANGE = (2.0**-32, 256.0)
 # Ops whose int8 input and output must share scale and zero point.
 # (AVERAGE_POOL_2D and MAX_POOL_2D do not rescale: different parameters give wrong values.)
-SAME_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", "concat", "resize"}
+SAME_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", "concat", "resize", "slice"}
 
 
 def _between(graph: Graph, switched: Callable[[Node], bool]) -> set[str]:
