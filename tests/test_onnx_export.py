@@ -19,7 +19,7 @@ from edgetune.export.onnx import write_onnx
 from edgetune.ir.torch_exec import GraphRunner, run_batches
 from edgetune.quantize import QuantConfig, calibrate
 
-MODELS = ["digits_cnn", "resnet8", "ds_cnn", "efficientnet_lite0", "mobilenet_v2"]
+MODELS = ["digits_cnn", "resnet8", "ds_cnn", "efficientnet_lite0", "mobilenet_v2", "tiny_detector", "tiny_unet"]
 
 
 def _samples(shape: tuple[int, ...], count: int, seed: int) -> np.ndarray:
@@ -76,6 +76,8 @@ SIMULATION_PARITY = {
     "ds_cnn": (None, 1.0, 0.999),
     "efficientnet_lite0": (6, 3.0, 0.999),
     "mobilenet_v2": (6, 3.0, 0.999),
+    "tiny_detector": (None, 3.0, 0.99),
+    "tiny_unet": (None, 3.0, 0.99),
 }
 
 

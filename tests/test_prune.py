@@ -23,7 +23,7 @@ from edgetune.prune import PruneConfig, parse_prune, prune_channels
 from edgetune.prune.apply import kept_count
 from edgetune.prune.groups import find_groups
 
-ZOO = ["digits_cnn", "resnet8", "ds_cnn", "efficientnet_lite0", "mobilenet_v2"]
+ZOO = ["digits_cnn", "resnet8", "ds_cnn", "efficientnet_lite0", "mobilenet_v2", "tiny_detector", "tiny_unet"]
 
 
 @pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
@@ -509,3 +509,17 @@ def test_a_concatenation_reached_by_two_routes_stays_whole(nested: bool) -> None
     assert rows["a"]["kept_whole"] and rows["b"]["kept_whole"]
     x = np.random.default_rng(1).standard_normal((2, 3, 4, 4)).astype(np.float32)
     np.testing.assert_allclose(run_batches(GraphRunner(graph), x), run_batches(GraphRunner(original), x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny_detector", "tiny_unet"])
+def test_half_the_channels_of_a_detector_and_a_segmenter(name: str) -> None:
+    """Necks and skips join channels by concatenation: 50% pruning reaches through them."""
+    entry = zoo.ZOO[name]
+    graph = capture(entry.build(), entry.input_shape)
+    original = copy.deepcopy(graph)
+    report = prune_channels(graph, PruneConfig(0.5, "l2"))
+    assert report.macs_after / report.macs_before <= 0.55
+    assert not any(row.get("unsupported") for row in report.groups)
+    x = np.random.default_rng(1).standard_normal((2, *entry.input_shape)).astype(np.float32)
+    expected = run_batches(GraphRunner(_zeroed(original, report.kept)), x)
+    np.testing.assert_allclose(run_batches(GraphRunner(graph), x), expected, rtol=1e-3, atol=1e-4)

@@ -175,6 +175,10 @@ MODELS = {
     "ds_cnn": (None, 1.0),
     "efficientnet_lite0": (6, 2.0),
     "mobilenet_v2": (6, 2.0),
+    # Untrained and deep: a 1-LSB step (LOGISTIC's fixed point in SiLU, requantization)
+    # compounds (5 LSB at the neck, 98% of outputs within 1): compared over its first block.
+    "tiny_detector": (22, 2.0),  # SiLU (LOGISTIC and MUL) and the first CSP block with its concat
+    "tiny_unet": (None, 4.0),  # bilinear upsampling, concatenated skips
 }
 # XNNPACK has no int8 SOFTMAX: the one op of the zoo that stays on TFLite's own kernels.
 XNNPACK_INT8_UNSUPPORTED = {"SOFTMAX"}

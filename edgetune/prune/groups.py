@@ -76,6 +76,12 @@ def _is_flatten_of_1x1(graph: Graph, node: Node) -> bool:
     return len(in_shape) >= 2 and len(out_shape) == 2 and int(np.prod(in_shape[2:])) == 1 and out_shape[1] == in_shape[1]
 
 
+def _keeps_leading_axes(graph: Graph, node: Node) -> bool:
+    """A reshape of the axes after the channels only (``x.flatten(2)``): channel c stays at c."""
+    in_shape, out_shape = graph.tensors[node.inputs[0]].shape, graph.tensors[node.outputs[0]].shape
+    return len(in_shape) >= 3 and len(out_shape) >= 3 and tuple(in_shape[:2]) == tuple(out_shape[:2])
+
+
 @dataclass
 class _Links:
     """What the walk over the graph found: joined spaces, kept-whole tensors, member roles."""
@@ -150,7 +156,9 @@ class _Links:
             self.spaces.union(node.inputs[0], node.outputs[0])
             if node.attrs["axis"] == 1:
                 self.refuse(node, [node.inputs[0], node.outputs[0]])
-        elif node.op == "reshape" and _is_flatten_of_1x1(self.graph, node):
+        elif node.op == "concat" and node.attrs["axis"] != 1 and all(self.activation(n) for n in node.inputs):
+            self.spaces.union(*node.inputs, node.outputs[0])  # joined along another axis: the same channels
+        elif node.op == "reshape" and (_is_flatten_of_1x1(self.graph, node) or _keeps_leading_axes(self.graph, node)):
             self.spaces.union(node.inputs[0], node.outputs[0])
             self.roles.append((node.outputs[0], "reshape", node))
         else:

@@ -193,13 +193,35 @@ def _quantize_operand_constants(graph: Graph, inputs: list[str]) -> None:
 
 def unify_concat_ranges(graph: Graph, records: dict[str, CalibrationRecord]) -> None:
     """TFLite int8 CONCATENATION needs one scale for all its inputs and its output: give
-    them all the union of their ranges, before any parameters are derived from them."""
-    for node in graph.nodes:
-        if node.op != "concat":
-            continue
-        members = [records[name] for name in [*node.inputs, *node.outputs] if name in records]
-        union = (min(r.chosen[0] for r in members), max(r.chosen[1] for r in members))
-        for record in members:
+    them all the union of their ranges, before any parameters are derived from them. An input
+    made by an op that shares its input's parameters (a resize, a reshape, a pool) is its
+    source's range; concatenations that share a tensor share one range."""
+    producers = graph.producers()
+
+    def owner(name: str) -> str:
+        node = producers.get(name)
+        while node is not None and node.op in SHARES_INPUT_PARAMS:
+            name = node.inputs[0]
+            node = producers.get(name)
+        return name
+
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    for node in (n for n in graph.nodes if n.op == "concat"):
+        members = [find(owner(name)) for name in [*node.inputs, *node.outputs] if owner(name) in records]
+        for name in members[1:]:
+            parent[find(name)] = find(members[0])
+    classes: dict[str, list[CalibrationRecord]] = {}
+    for name in parent:
+        classes.setdefault(find(name), []).append(records[name])
+    for shared in classes.values():
+        union = (min(r.chosen[0] for r in shared), max(r.chosen[1] for r in shared))
+        for record in shared:
             record.chosen = union
 
 

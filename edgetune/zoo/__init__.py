@@ -57,6 +57,18 @@ def ds_cnn() -> nn.Module:
     return _untrained(DSCNN, DSCNN.input_shape)
 
 
+def tiny_detector() -> nn.Module:
+    from edgetune.zoo.dense import TinyDetector
+
+    return _untrained(TinyDetector, TinyDetector.input_shape)
+
+
+def tiny_unet() -> nn.Module:
+    from edgetune.zoo.dense import TinyUNet
+
+    return _untrained(TinyUNet, TinyUNet.input_shape)
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
@@ -74,5 +86,7 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("mobilenet_v2", mobilenet_v2, (3, 224, 224), False, "sample-images"),
         ZooEntry("resnet8", resnet8, (3, 32, 32), False, None),
         ZooEntry("ds_cnn", ds_cnn, (1, 49, 10), False, None),
+        ZooEntry("tiny_detector", tiny_detector, (3, 64, 64), False, None),
+        ZooEntry("tiny_unet", tiny_unet, (3, 64, 64), False, None),
     ]
 }
