@@ -71,8 +71,6 @@ def _uncalibrated_artifacts(graph: Graph, target: Target, export: ExportConfig, 
         artifacts["model.tflite"] = write_tflite(graph, quantized=False, metadata=info, weights=mode)
         if export.float_tflite:
             artifacts["model.fp32.tflite"] = write_tflite(graph, quantized=False, metadata=info)
-        if export.c_array:
-            artifacts.update(c_array_files(artifacts["model.tflite"], target))
     return artifacts
 
 

@@ -74,7 +74,7 @@ def dynamic_int8(model: onnx.ModelProto, per_channel: bool = True) -> onnx.Model
 
 
 def _plain_gemm(node: onnx.NodeProto) -> bool:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = _attrs(node)
     return attrs.get("transB", 0) == 1 and not attrs.get("transA", 0) and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
 
 
