@@ -94,6 +94,7 @@ $(BENCH_PKGS)/.installed-2: $(STAMP)
 bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP) $(BENCH_PKGS)/.installed-2
 	$(BIN)/python bench/ptq.py
 	$(BIN)/python bench/modes.py
+	$(BIN)/python bench/coverage.py
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/tflite_export.py
 	$(BIN)/python bench/prune.py

@@ -7,7 +7,7 @@ from edgetune import zoo
 from edgetune.capture import capture
 from edgetune.ir.torch_exec import GraphRunner
 
-ZOO = ["digits_cnn", "resnet8", "ds_cnn", "efficientnet_lite0", "mobilenet_v2", "tiny_detector", "tiny_unet"]
+ZOO = list(zoo.ZOO)
 
 
 @pytest.fixture(scope="module", params=ZOO)

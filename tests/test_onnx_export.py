@@ -19,7 +19,7 @@ from edgetune.export.onnx import write_onnx
 from edgetune.ir.torch_exec import GraphRunner, run_batches
 from edgetune.quantize import QuantConfig, calibrate
 
-MODELS = ["digits_cnn", "resnet8", "ds_cnn", "efficientnet_lite0", "mobilenet_v2", "tiny_detector", "tiny_unet"]
+MODELS = list(zoo.ZOO)
 
 
 def _samples(shape: tuple[int, ...], count: int, seed: int) -> np.ndarray:
@@ -78,6 +78,10 @@ SIMULATION_PARITY = {
     "mobilenet_v2": (6, 3.0, 0.999),
     "tiny_detector": (None, 3.0, 0.99),
     "tiny_unet": (None, 3.0, 0.99),
+    "mobilenet_v3_small": (6, 3.0, 0.999),
+    "shufflenet_v2": (30, 3.0, 0.99),
+    "gru_kws": (None, 3.0, 0.99),
+    "audio_conv1d": (None, 1.0, 0.999),
 }
 
 

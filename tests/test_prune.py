@@ -23,7 +23,9 @@ from edgetune.prune import PruneConfig, parse_prune, prune_channels
 from edgetune.prune.apply import kept_count
 from edgetune.prune.groups import find_groups
 
-ZOO = ["digits_cnn", "resnet8", "ds_cnn", "efficientnet_lite0", "mobilenet_v2", "tiny_detector", "tiny_unet"]
+# Every zoo model but the GRU keyword spotter: its hidden units feed gate slices, which
+# channel pruning keeps whole (test_recurrent_model_refuses_pruning_in_one_line).
+ZOO = [name for name in zoo.ZOO if name != "gru_kws"]
 
 
 @pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
@@ -33,13 +35,14 @@ def test_zoo_prunes_and_keeps_its_output_shape(name: str, ratio: float) -> None:
     graph = capture(entry.build(), entry.input_shape)
     x = torch.randn(2, *entry.input_shape, generator=torch.Generator().manual_seed(0))
     before = GraphRunner(graph)(x)
-    report = prune_channels(graph, PruneConfig(ratio, channel_multiple=4))
+    # ShuffleNetV2's channel shuffle is not followed yet: the groups it touches stay whole.
+    report = prune_channels(graph, PruneConfig(ratio, channel_multiple=4, skip_unsupported=name == "shufflenet_v2"))
     after = GraphRunner(graph)(x)
     assert after.shape == before.shape
     assert report.macs_after < report.macs_before and report.params_after < report.params_before
     for node in graph.nodes:  # residual adds stay consistent: both operands keep the same channels
         if node.op == "add":
-            shapes = {graph.tensors[name].shape for name in node.inputs}
+            shapes = {graph.tensors[name].shape for name in node.inputs if graph.tensors[name].data is None}
             assert len(shapes) == 1, f"{node.name}: {shapes}"
 
 
@@ -523,3 +526,12 @@ def test_half_the_channels_of_a_detector_and_a_segmenter(name: str) -> None:
     x = np.random.default_rng(1).standard_normal((2, *entry.input_shape)).astype(np.float32)
     expected = run_batches(GraphRunner(_zeroed(original, report.kept)), x)
     np.testing.assert_allclose(run_batches(GraphRunner(graph), x), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_recurrent_model_refuses_pruning_in_one_line() -> None:
+    entry = zoo.ZOO["gru_kws"]
+    graph = capture(entry.build(), entry.input_shape)
+    with pytest.raises(InputError, match=r"through slice gru\.\S+, .* and \d+ more$"):
+        prune_channels(graph, PruneConfig(0.5))
+    report = prune_channels(graph, PruneConfig(0.5, skip_unsupported=True))
+    assert report.macs_after == report.macs_before

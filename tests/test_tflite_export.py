@@ -33,6 +33,29 @@ class Single(nn.Module):
         return self.fn(x)
 
 
+class Recurrent(nn.Module):
+    """Layers in sequence; a recurrent one's output read as a user would: the last step, the
+    whole sequence, or the last layer's final state."""
+
+    def __init__(self, *layers: nn.Module, take: str = "all") -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        for layer in layers:  # seeded weights, whatever ran before
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        self.layers = nn.ModuleList(layers)
+        self.take = take
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            if isinstance(layer, (nn.GRU, nn.LSTM)):
+                sequence, state = layer(x)
+                state = state[0] if isinstance(state, tuple) else state
+                return {"last": sequence[:, -1], "sequence": sequence, "state": state[-1]}[self.take]
+            x = layer(x)
+        return x
+
+
 def _case(build: Callable[[], tuple[nn.Module, tuple[int, ...]]]) -> Callable[[], tuple[nn.Module, tuple[int, ...]]]:
     return build
 
@@ -114,6 +137,24 @@ OPS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
         (3, 25, 25),
     ),
     "resize-bilinear-corners": lambda: (seq(conv(3, 4, 1, 1), nn.Upsample(size=(5, 7), mode="bilinear", align_corners=True)), (3, 3, 4)),
+    "transpose-swap": lambda: (seq(conv(3, 4, 1, 1), Single(lambda x: x.transpose(2, 3))), (3, 4, 5)),
+    "channel-shuffle": lambda: (
+        seq(conv(3, 8, 1, 1), Single(lambda x: x.view(-1, 2, 4, 3, 3).transpose(1, 2).reshape(-1, 8, 3, 3))),
+        (3, 3, 3),
+    ),
+    "grouped-conv": lambda: (seq(conv(4, 6, 3, 1, 1, groups=2), nn.ReLU()), (4, 5, 5)),
+    "maxpool-padded": lambda: (seq(conv(3, 4, 3, 2, 1), nn.MaxPool2d(3, 2, 1)), (3, 12, 12)),
+    "conv1d-bn-relu": lambda: (Recurrent(nn.Conv1d(6, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU()), (6, 10)),
+    "conv1d-strided-dilated": lambda: (Recurrent(nn.Conv1d(6, 8, 3, stride=2, dilation=2), nn.ReLU6()), (6, 13)),
+    "pools1d": lambda: (Recurrent(nn.Conv1d(4, 4, 1), nn.MaxPool1d(2), nn.AvgPool1d(3, 1, 1), nn.AdaptiveAvgPool1d(1)), (4, 12)),
+    "gru": lambda: (Recurrent(nn.GRU(5, 6, batch_first=True), take="last"), (4, 5)),
+    "lstm": lambda: (Recurrent(nn.LSTM(5, 6, batch_first=True), take="sequence"), (4, 5)),
+    "lstm-2-layers-bidirectional": lambda: (
+        Recurrent(nn.LSTM(5, 4, num_layers=2, bidirectional=True, batch_first=True), take="last"),
+        (3, 5),
+    ),
+    "gru-final-state": lambda: (Recurrent(nn.GRU(5, 6, num_layers=2, batch_first=True), take="state"), (3, 5)),
+    "select": lambda: (Single(lambda x: x[:, 1] * 2.0), (3, 4, 5)),
 }
 
 
@@ -140,6 +181,10 @@ APPROXIMATED = {"tanh", "sigmoid", "silu"}
 # TFLite's reference LEAKY_RELU requantizes the positive side with a multiplier above 1 in two
 # rounding steps: 2 LSB from exact on a few elements (XNNPACK and ONNX Runtime stay within 1).
 APPROXIMATED |= {"leaky-relu"}
+# Unrolled recurrent layers: LOGISTIC and TANH at every step, the state carried through them,
+# so a 1-LSB step can become 2 on a few more outputs than elsewhere (these outputs are small).
+RECURRENT = {"gru", "lstm", "lstm-2-layers-bidirectional", "gru-final-state"}
+APPROXIMATED |= RECURRENT
 
 
 @pytest.mark.parametrize("case", list(OPS), ids=list(OPS))
@@ -161,7 +206,8 @@ def test_op_parity_across_runtimes(case: str) -> None:
         lsb = np.abs(other - (xnnpack if name != "reference kernels vs simulation" else reference)) / scale
         limit = 2.0 if case in TWO_LAYER_CASES | APPROXIMATED else 1.0
         assert lsb.max() <= limit + 1e-3, f"{case}: {name} differ by {lsb.max():.1f} LSB"
-        assert np.mean(lsb <= 1.0 + 1e-3) >= 0.99, f"{case}: {name} differ by more than 1 LSB too often"
+        share = 0.95 if case in RECURRENT else 0.99
+        assert np.mean(lsb <= 1.0 + 1e-3) >= share, f"{case}: {name} differ by more than 1 LSB too often"
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(TfliteRunner(write_tflite(graph, quantized=False)).run(x), expected, rtol=1e-4, atol=1e-4)
@@ -179,9 +225,14 @@ MODELS = {
     # compounds (5 LSB at the neck, 98% of outputs within 1): compared over its first block.
     "tiny_detector": (22, 2.0),  # SiLU (LOGISTIC and MUL) and the first CSP block with its concat
     "tiny_unet": (None, 4.0),  # bilinear upsampling, concatenated skips
+    "mobilenet_v3_small": (6, 2.0),  # hardswish and the first squeeze-excite (mean, hardsigmoid, mul)
+    "shufflenet_v2": (30, 2.0),  # the padded max-pool stem, two units with split, concat and shuffle
+    "gru_kws": (None, 2.0),  # 49 steps of two GRU layers
+    "audio_conv1d": (None, 1.0),
 }
-# XNNPACK has no int8 SOFTMAX: the one op of the zoo that stays on TFLite's own kernels.
-XNNPACK_INT8_UNSUPPORTED = {"SOFTMAX"}
+# XNNPACK has no int8 SOFTMAX or HARD_SWISH (MobileNetV3): the ops of the zoo that stay on
+# TFLite's own kernels.
+XNNPACK_INT8_UNSUPPORTED = {"SOFTMAX", "HARD_SWISH"}
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -255,6 +306,6 @@ def test_writer_refuses_broken_quantization() -> None:
 
 
 def test_unsupported_ops_are_listed_before_writing() -> None:
-    graph = _quantized(seq(conv(4, 8, 3, 1, 1, groups=2), nn.Flatten(), nn.Linear(8 * 16, 4)), (4, 4, 4))
-    with pytest.raises(UnsupportedOpsError, match="conv2d with groups"):
+    graph = _quantized(seq(nn.ConstantPad2d(1, 0.5), conv(4, 8, 3, 1, 1), nn.Softmax(dim=-1)), (4, 4, 4))
+    with pytest.raises(UnsupportedOpsError, match="pad with a non-zero value.*softmax on a tensor of rank other than 2|softmax.*pad"):
         write_tflite(graph)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgetune.capture import lowerings  # noqa: F401  (registers the lowerings)
+from edgetune.capture import lowerings, lowerings_1d, recurrent  # noqa: F401  (register the lowerings)
 from edgetune.capture.names import name_after_modules
 from edgetune.capture.registry import LOWERINGS, LoweringContext
 from edgetune.errors import InputError, UnsupportedOpsError
@@ -82,5 +82,5 @@ def lower_program(program: torch.export.ExportedProgram) -> Graph:
             graph.outputs = [ctx.name(r) for r in results]
     if len(graph.outputs) != 1:
         raise InputError(f"the model returns {len(graph.outputs)} tensors", "edgetune handles models with exactly one output tensor")
-    name_after_modules(graph, ctx.paths)
+    name_after_modules(graph, ctx.paths, ctx.helpers)
     return graph

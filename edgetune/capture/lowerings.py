@@ -82,6 +82,11 @@ def _emit_conv(
 
 @lowers(aten.linear.default)
 def linear(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    rank = len(ctx.shape(node.args[0]))  # type: ignore[arg-type]
+    if rank != 2:
+        raise InputError(
+            f"{node.name}: a linear layer on a rank-{rank} tensor", "flatten to [batch, features] first, or use a 1x1 Conv1d over the steps"
+        )
     bias = _arg(node, 2, "bias", None)
     inputs = [ctx.name(node.args[0]), ctx.name(node.args[1])]
     if bias is not None:
@@ -120,6 +125,9 @@ def getitem(ctx: LoweringContext, node: torch.fx.Node) -> None:
         axis, pieces = ctx.splits[source.name]
         start, end = pieces[int(index)]  # type: ignore[arg-type, call-overload]
         ctx.emit("slice", node, [ctx.name(source.args[0])], axis=axis, start=start, end=end, step=1)
+        return
+    if isinstance(source, torch.fx.Node) and source.name in ctx.tuples:  # a recurrent layer's (output, h_n, ...)
+        ctx.aliases[node.name] = ctx.tuples[source.name][_int(index)]
         return
     if index != 0 or not isinstance(source, torch.fx.Node) or "batch_norm" not in str(source.target):
         raise InputError(f"unsupported multi-output node {source}", "simplify the model's forward()")
@@ -268,6 +276,48 @@ def cat(ctx: LoweringContext, node: torch.fx.Node) -> None:
     if axis == 0:
         raise InputError("concatenation along the batch axis", "concatenate along channels or space")
     ctx.emit("concat", node, [ctx.name(p) for p in parts], axis=axis)
+
+
+@lowers(aten.transpose.int)
+def transpose(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    rank = len(ctx.shape(node))
+    first, second = _axis(_int(node.args[1]), rank), _axis(_int(node.args[2]), rank)
+    perm = list(range(rank))
+    perm[first], perm[second] = second, first
+    if first == second:
+        ctx.alias(node, node.args[0])
+    elif 0 in (first, second):
+        raise InputError(f"{node.name} swaps the batch axis", "keep axis 0 as the batch axis (batch_first=True for recurrent layers)")
+    else:
+        ctx.emit("transpose", node, [ctx.name(node.args[0])], perm=perm)
+
+
+@lowers(aten.select.int)
+def select(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """``x[:, i]``: a slice of one index, without its axis. Indexing a recurrent layer's
+    stacked final states (``h_n[-1]``) or its output sequence reads that step's tensor."""
+    source = node.args[0]
+    resolved = ctx.resolve(source)
+    shape = ctx.shape(source)  # type: ignore[arg-type]
+    axis = _axis(_int(node.args[1]), len(shape))
+    index = _int(node.args[2]) % shape[axis]
+    if resolved in ctx.stacks and axis == 0:
+        ctx.aliases[node.name] = ctx.stacks[resolved][index]
+        return
+    if resolved in ctx.sequences and axis == 1:
+        ctx.aliases[node.name] = ctx.sequences[resolved][index]
+        return
+    if axis == 0:
+        raise InputError(f"{node.name} indexes the batch axis", "keep axis 0 whole")
+    kept = tuple(1 if i == axis else d for i, d in enumerate(shape))
+    one = ctx.emit_inner("slice", node, "slice", [ctx.name(source)], tensor_shape=kept, axis=axis, start=index, end=index + 1, step=1)
+    ctx.emit("reshape", node, [one], shape=list(ctx.shape(node)[1:]))
+
+
+@lowers(aten.zeros.default)
+def zeros(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """A constant (a recurrent layer's zero initial state, usually)."""
+    ctx.constants[node.name] = np.zeros(_ints(node.args[0]), np.float32)
 
 
 @lowers(aten.permute.default)

@@ -33,15 +33,17 @@ def module_path(fx_node: torch.fx.Node) -> str:
     return str(path[0]) if isinstance(path, (tuple, list)) and path else ""
 
 
-def name_after_modules(graph: Graph, paths: dict[str, str]) -> None:
+def name_after_modules(graph: Graph, paths: dict[str, str], helpers: dict[str, str] | None = None) -> None:
     """Rename the nodes of a freshly lowered graph after their modules, and each node's output
     tensor with it (torch.export names a node's output after the node).
 
     ``paths`` maps a node's torch.export name to its module path; nodes without one keep
-    their name."""
+    their name. ``helpers`` (the reshapes around a Conv1d lowered as a 2-D conv, the steps of an
+    unrolled GRU) are named ``path.suffix`` and leave the module's own name to the op they wrap."""
+    helpers = helpers or {}
     by_path: dict[str, list[str]] = defaultdict(list)
     for node in graph.nodes:
-        if paths.get(node.name):
+        if paths.get(node.name) and node.name not in helpers:
             by_path[paths[node.name]].append(node.op)
     taken = {node.name for node in graph.nodes if not paths.get(node.name)} | set(graph.tensors)
     seen: dict[str, int] = defaultdict(int)
@@ -50,8 +52,8 @@ def name_after_modules(graph: Graph, paths: dict[str, str]) -> None:
         path = paths.get(node.name)
         if not path:
             continue
-        leaf = len(set(by_path[path])) == 1 and not any(other.startswith(f"{path}.") for other in by_path)
-        base = path if leaf else f"{path}.{node.op}"
+        leaf = node.name not in helpers and len(set(by_path[path])) == 1 and not any(other.startswith(f"{path}.") for other in by_path)
+        base = path if leaf else f"{path}.{helpers.get(node.name, node.op)}"
         count = seen[base]
         seen[base] += 1
         new = _free(base if count == 0 else f"{base}#{count + 1}", taken)

@@ -10,6 +10,7 @@ import numpy as np
 import torch.fx
 
 from edgetune.capture.names import module_path
+from edgetune.errors import InputError
 from edgetune.ir import Graph, Node, Tensor
 from edgetune.registry import Registry
 
@@ -28,12 +29,23 @@ class LoweringContext:
     paths: dict[str, str] = field(default_factory=dict)  # node name -> the module that called it
     # split/chunk nodes -> (axis, [(start, end), ...]): their getitem users become slices
     splits: dict[str, tuple[int, list[tuple[int, int]]]] = field(default_factory=dict)
+    # multi-output nodes (a GRU's (output, h_n)) -> what each getitem of them names
+    tuples: dict[str, list[str]] = field(default_factory=dict)
+    # final states stacked over layers (h_n): only indexing one of them is supported
+    stacks: dict[str, list[str]] = field(default_factory=dict)
+    # per-step tensors of a sequence output (``sequences[y][t]`` is y[:, t]): y[:, t] reads them
+    sequences: dict[str, list[str]] = field(default_factory=dict)
+    # nodes inside a decomposed op that must not take the module's own name -> the suffix they
+    # are named by instead (``rnn.l0t3_gx``, ``conv.reshape``)
+    helpers: dict[str, str] = field(default_factory=dict)
     _counter: int = 0
 
     def name(self, arg: Any) -> str:
         """The IR tensor name of an fx argument (a node or a Python scalar constant)."""
         if isinstance(arg, torch.fx.Node):
             name = self.aliases.get(arg.name, arg.name)
+            if name in self.stacks:
+                raise InputError(f"{arg.name} stacks a recurrent layer's final states", "read one of them (h_n[-1]) or the output sequence")
             if name in self.constants and name not in self.graph.tensors:
                 data = self.constants[name]
                 self.graph.tensors[name] = Tensor(name, tuple(data.shape), data)
@@ -45,6 +57,21 @@ class LoweringContext:
             self.graph.tensors[name] = Tensor(name, (), data)
             return name
         raise TypeError(f"unsupported argument {arg!r}")
+
+    def resolve(self, arg: Any) -> str:
+        """The IR name an fx node stands for, without registering a constant or checking stacks."""
+        name = str(arg.name) if isinstance(arg, torch.fx.Node) else str(arg)
+        return self.aliases.get(name, name)
+
+    def constant(self, name: str, data: np.ndarray) -> str:
+        """A new constant tensor (a reshaped weight, a per-step bias), under ``name`` or, when
+        that is taken, a numbered variant of it."""
+        base = name
+        while name in self.graph.tensors or name in self.constants:
+            self._counter += 1
+            name = f"{base}_{self._counter}"
+        self.graph.tensors[name] = Tensor(name, tuple(data.shape), np.ascontiguousarray(data, dtype=np.float32))
+        return name
 
     def const(self, arg: Any) -> np.ndarray | None:
         if isinstance(arg, torch.fx.Node):
@@ -58,21 +85,36 @@ class LoweringContext:
             raise TypeError(f"{node.name} carries no shape")
         return tuple(int(d) for d in value.shape)
 
-    def emit(self, op: str, fx_node: torch.fx.Node, inputs: list[str], **attrs: Any) -> Node:
+    def emit(self, op: str, fx_node: torch.fx.Node, inputs: list[str], *, helper: bool = False, **attrs: Any) -> Node:
         out = fx_node.name
         self.graph.tensors[out] = Tensor(out, self.shape(fx_node))
         node = Node(op, fx_node.name, inputs, [out], dict(attrs))
         self.paths[node.name] = module_path(fx_node)
         self.graph.nodes.append(node)
+        if helper:
+            self.helpers[node.name] = op
         return node
 
-    def emit_inner(self, op: str, fx_node: torch.fx.Node, suffix: str, inputs: list[str], **attrs: Any) -> str:
+    def emit_inner(
+        self,
+        op: str,
+        fx_node: torch.fx.Node,
+        suffix: str,
+        inputs: list[str],
+        *,
+        tensor_shape: tuple[int, ...] | None = None,
+        helper: bool | str = False,
+        **attrs: Any,
+    ) -> str:
         """An IR node inside the lowering of ``fx_node`` (one step of a decomposed op), with a
-        tensor of ``fx_node``'s shape; returns that tensor's name."""
+        tensor of ``fx_node``'s shape unless ``tensor_shape`` is given; returns that tensor's name.
+        A ``helper`` is named after its op (or the given suffix), never as the module itself."""
         out = f"{fx_node.name}_{suffix}"
-        self.graph.tensors[out] = Tensor(out, self.shape(fx_node))
+        self.graph.tensors[out] = Tensor(out, self.shape(fx_node) if tensor_shape is None else tuple(tensor_shape))
         self.graph.nodes.append(Node(op, out, inputs, [out], dict(attrs)))
         self.paths[out] = module_path(fx_node)
+        if helper:
+            self.helpers[out] = op if helper is True else str(helper)
         return out
 
     def alias(self, fx_node: torch.fx.Node, source: Any) -> None:

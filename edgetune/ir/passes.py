@@ -117,7 +117,92 @@ def clamps_to_activations(graph: Graph) -> None:
                 node.op, node.attrs = "relu6", {}
 
 
-PASSES: list[Callable[[Graph], None]] = [fold_batchnorm, fold_zero_pad, clamps_to_activations, fuse_activations]
+# Ops that treat every element alike (or per channel, on axis 1), whatever the tensor's rank.
+POINTWISE = {"batch_norm", "relu", "relu6", "clamp", "sigmoid", "tanh", "hardswish", "leaky_relu", "gelu", "add", "sub", "mul"}
+
+
+def _squeezes_height(graph: Graph, node: Node | None) -> bool:
+    """A reshape [N, C, 1, L] -> [N, C, L]: the way back from a 1-D layer lowered as a 2-D one."""
+    if node is None or node.op != "reshape":
+        return False
+    before, after = graph.tensors[node.inputs[0]].shape, graph.tensors[node.outputs[0]].shape
+    return len(before) == 4 and before[2] == 1 and tuple(after) == (before[0], before[1], before[3])
+
+
+def _free_name(graph: Graph, base: str) -> str:
+    taken = set(graph.tensors) | {n.name for n in graph.nodes}
+    name, suffix = base, 2
+    while name in taken:
+        name, suffix = f"{base}#{suffix}", suffix + 1
+    return name
+
+
+def _lift_across_reshape(graph: Graph, node: Node, producers: dict[str, Node]) -> bool:
+    """Run a pointwise ``node`` before the reshapes [N, C, 1, L] -> [N, C, L] that feed it, when
+    they all start from one shape, and reshape its result instead. Scalars only as
+    constant operands (a per-channel constant would broadcast differently at the other rank)."""
+    acts = [name for name in node.inputs[: 1 if node.op == "batch_norm" else None] if graph.tensors[name].data is None]
+    constants = [graph.tensors[name].data for name in node.inputs if name not in acts and name]
+    if node.op != "batch_norm" and any(c is not None and c.size > 1 for c in constants):
+        return False
+    feeding = {name: producers.get(name) for name in acts}
+    if not acts or not all(_squeezes_height(graph, r) for r in feeding.values()):
+        return False
+    shapes = {graph.tensors[r.inputs[0]].shape for r in feeding.values() if r is not None}
+    if len(shapes) != 1:
+        return False
+    out = node.outputs[0]
+    squeezed = _free_name(graph, f"{node.name}.reshape")
+    graph.tensors[squeezed] = Tensor(squeezed, graph.tensors[out].shape)
+    graph.rename_input(out, squeezed)  # the op's readers (and the graph's outputs) now read the reshape
+    graph.tensors[out].shape = shapes.pop()
+    node.inputs = [r.inputs[0] if (r := feeding.get(name)) is not None else name for name in node.inputs]
+    back = Node("reshape", squeezed, [out], [squeezed], {"shape": list(graph.tensors[squeezed].shape[1:])})
+    graph.nodes.insert(graph.nodes.index(node) + 1, back)
+    return True
+
+
+def _merge_reshapes(graph: Graph) -> bool:
+    """reshape(reshape(x)) -> reshape(x), and a reshape back to x's own shape -> x."""
+    producers = graph.producers()
+    for node in graph.nodes:
+        first = producers.get(node.inputs[0])
+        if node.op != "reshape" or first is None or first.op != "reshape":
+            continue
+        node.inputs = [first.inputs[0]]
+        if graph.tensors[node.outputs[0]].shape == graph.tensors[first.inputs[0]].shape and node.outputs[0] not in graph.outputs:
+            graph.rename_input(node.outputs[0], first.inputs[0])
+            graph.nodes.remove(node)
+        return True
+    return False
+
+
+def _drop_dead(graph: Graph) -> None:
+    """Remove nodes whose outputs nothing reads (a sequence output no one uses, a bypassed reshape)."""
+    while True:
+        used = set(graph.outputs) | {name for node in graph.nodes for name in node.inputs}
+        dead = [node for node in graph.nodes if not any(out in used for out in node.outputs)]
+        if not dead:
+            break
+        for node in dead:
+            graph.nodes.remove(node)
+    graph.remove_unused()
+
+
+def drop_unit_reshapes(graph: Graph) -> None:
+    """Keep chains of 1-D layers (lowered as 2-D ops between unit reshapes) in 4-D: move
+    pointwise ops and BatchNorm across the reshapes, then cancel back-to-back pairs. TFLite
+    keeps 4-D tensors in NHWC and others in the IR's order, so each reshape left between two
+    2-D ops would cost two transposes."""
+    changed = True
+    while changed:
+        producers = graph.producers()
+        changed = any(_lift_across_reshape(graph, node, producers) for node in list(graph.nodes) if node.op in POINTWISE)
+        changed = _merge_reshapes(graph) or changed
+        _drop_dead(graph)
+
+
+PASSES: list[Callable[[Graph], None]] = [drop_unit_reshapes, fold_batchnorm, fold_zero_pad, clamps_to_activations, fuse_activations]
 
 
 def simplify(graph: Graph) -> None:

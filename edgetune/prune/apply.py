@@ -49,6 +49,12 @@ def kept_count(channels: int, ratio: float, multiple: int) -> int:
     return int(min(channels, max(rounded, min(multiple, channels), 1)))
 
 
+def _listed(names: list[str], shown: int = 6) -> str:
+    """A few names and how many more (an unrolled GRU has hundreds of steps)."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def _apply_protection(graph: Graph, groups: list[Group], config: PruneConfig) -> dict[str, tuple[int, float]]:
     """Keep the groups of protected layers whole; returns each layer's own ratio. A name is a
     layer or a module (every layer inside it); a name that picks none is an error."""
@@ -147,7 +153,7 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
         names = sorted({where for g in refused for where in g.unsupported})
         layers = sorted({n.name for g in refused for n in g.producers})
         raise InputError(
-            f"channel pruning cannot follow the channels of {', '.join(layers)} through {', '.join(names)}",
+            f"channel pruning cannot follow the channels of {_listed(layers)} through {_listed(names)}",
             "pass --prune-skip-unsupported to keep those layers whole",
         )
     macs_before, params_before = graph_macs(graph), graph.parameter_count()

@@ -10,7 +10,7 @@ import torch
 
 from edgetune.errors import InputError
 from edgetune.ir import quant as params
-from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, depthwise_multiplier
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, QParams, depthwise_multiplier
 from edgetune.progress import Progress
 from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.observers import METHODS, OUTPUT_METHOD, TensorStats, percentile_range
@@ -120,6 +120,7 @@ def assign_params(graph: Graph, records: dict[str, CalibrationRecord], config: Q
     """Attach QParams to every activation, weight and bias in execution order."""
     for name in graph.inputs:
         graph.tensors[name].quant = params.activation_params(*records[name].chosen)
+    shared: dict[str, QParams] = {}  # weight -> its parameters so far (the steps of a GRU read one weight)
     for node in graph.nodes:
         out = graph.tensors[node.outputs[0]]
         if node.op in SHARES_INPUT_PARAMS:
@@ -129,9 +130,25 @@ def assign_params(graph: Graph, records: dict[str, CalibrationRecord], config: Q
         else:
             out.quant = params.activation_params(*records[out.name].chosen)
         if node.op in WEIGHTED_OPS:
-            _quantize_weights(graph, node.inputs, config)
+            _quantize_weights(graph, node.inputs, config, shared.get(node.inputs[1]))
+            shared[node.inputs[1]] = graph.tensors[node.inputs[1]].quant  # type: ignore[assignment]
         else:
             _quantize_operand_constants(graph, node.inputs)
+    _settle_shared_weights(graph)
+
+
+def _settle_shared_weights(graph: Graph) -> None:
+    """A weight read by several layers ends with the widest scales any of their biases needed:
+    every bias grid is derived again from it (input scale x weight scale, TFLite's rule)."""
+    readers: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        if node.op in WEIGHTED_OPS:
+            readers.setdefault(node.inputs[1], []).append(node)
+    for nodes in readers.values():
+        for node in nodes if len(nodes) > 1 else []:
+            if len(node.inputs) > 2 and node.inputs[2]:
+                weight_q, input_q = graph.tensors[node.inputs[1]].quant, graph.tensors[node.inputs[0]].quant
+                graph.tensors[node.inputs[2]].quant = params.bias_params(input_q, weight_q)  # type: ignore[arg-type]
 
 
 def weight_levels_by_layer(graph: Graph, bits: int) -> dict[str, int]:
@@ -153,14 +170,16 @@ def weight_levels_by_layer(graph: Graph, bits: int) -> dict[str, int]:
     return levels
 
 
-def _quantize_weights(graph: Graph, inputs: list[str], config: QuantConfig) -> None:
+def _quantize_weights(graph: Graph, inputs: list[str], config: QuantConfig, earlier: QParams | None = None) -> None:
+    """A layer's weight and bias parameters; ``earlier`` is what another layer reading the same
+    weight chose, to widen from rather than start over."""
     x, weight_name = inputs[0], inputs[1]
     weight = graph.const(weight_name)
     input_q = graph.tensors[x].quant
     assert input_q is not None, "inputs are quantized before their consumers"
     levels = params.levels_of(graph.meta, weight_name)
     # 4-bit weights: a searched range (clipping the few largest) beats the largest magnitude.
-    weight_q = params.weight_params(weight, config.per_channel, axis=0, levels=levels, search=levels < params.WEIGHT_MAX)
+    weight_q = earlier or params.weight_params(weight, config.per_channel, axis=0, levels=levels, search=levels < params.WEIGHT_MAX)
     if len(inputs) > 2:
         bias = graph.const(inputs[2])
         weight_q = params.widen_for_bias(weight_q, bias, float(input_q.scale[0]))

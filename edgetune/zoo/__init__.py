@@ -69,6 +69,30 @@ def tiny_unet() -> nn.Module:
     return _untrained(TinyUNet, TinyUNet.input_shape)
 
 
+def mobilenet_v3_small() -> nn.Module:
+    from edgetune.zoo.mobile import MobileNetV3Small
+
+    return _untrained(MobileNetV3Small, MobileNetV3Small.input_shape)
+
+
+def shufflenet_v2() -> nn.Module:
+    from edgetune.zoo.mobile import ShuffleNetV2
+
+    return _untrained(ShuffleNetV2, ShuffleNetV2.input_shape)
+
+
+def gru_kws() -> nn.Module:
+    from edgetune.zoo.sequence import GRUKeywordSpotter
+
+    return _untrained(GRUKeywordSpotter, GRUKeywordSpotter.input_shape)
+
+
+def audio_conv1d() -> nn.Module:
+    from edgetune.zoo.sequence import AudioConv1d
+
+    return _untrained(AudioConv1d, AudioConv1d.input_shape)
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
@@ -88,5 +112,9 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("ds_cnn", ds_cnn, (1, 49, 10), False, None),
         ZooEntry("tiny_detector", tiny_detector, (3, 64, 64), False, None),
         ZooEntry("tiny_unet", tiny_unet, (3, 64, 64), False, None),
+        ZooEntry("mobilenet_v3_small", mobilenet_v3_small, (3, 224, 224), False, "sample-images"),
+        ZooEntry("shufflenet_v2", shufflenet_v2, (3, 224, 224), False, "sample-images"),
+        ZooEntry("gru_kws", gru_kws, (49, 10), False, None),
+        ZooEntry("audio_conv1d", audio_conv1d, (40, 96), False, None),
     ]
 }

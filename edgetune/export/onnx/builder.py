@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgetune.ir.graph import Graph, QParams
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, QParams
 from edgetune.ir.quant import dequantize_array, levels_of, quantize_array
 
 INT4_MAX = 7  # weights whose levels fit [-7, 7] are 4-bit ones
@@ -27,6 +27,7 @@ class OnnxBuilder:
     names: dict[str, str] = field(default_factory=dict)  # IR tensor -> ONNX value to read
     levels: dict[str, str] = field(default_factory=dict)  # IR activation -> its quantized (integer) ONNX value
     _taken: set[str] = field(default_factory=set)
+    _cache: dict[str, set[str]] = field(default_factory=dict)
 
     def fresh(self, base: str) -> str:
         name, index = base, 1
@@ -63,11 +64,20 @@ class OnnxBuilder:
             if self.int4_weights and levels_of(self.graph.meta, tensor) <= INT4_MAX:
                 self.names[tensor] = self._dequantize_int4(tensor, levels, ir_tensor.quant)
                 return self.names[tensor]
-            stored = self.initializer(f"{tensor}_quantized", levels)
-            self.names[tensor] = self._dequantize(stored, ir_tensor.quant, f"{tensor}_dq", constant=True)
+            # An elementwise op's constant operand (hardsigmoid's +3) takes the activations' type:
+            # ONNX Runtime fuses an Add or Mul into QLinearAdd/QLinearMul only when both match.
+            operand = ir_tensor.quant.dtype == "int8" and self.unsigned_activations and tensor not in self._weights()
+            stored = self.initializer(f"{tensor}_quantized", (levels.astype(np.int16) + 128).astype(np.uint8) if operand else levels)
+            self.names[tensor] = self._dequantize(stored, ir_tensor.quant, f"{tensor}_dq", constant=not operand)
         else:
             self.names[tensor] = self.initializer(tensor, ir_tensor.data.astype(np.float32))
         return self.names[tensor]
+
+    def _weights(self) -> set[str]:
+        """The weight tensors of weighted layers (int8 symmetric, whatever the activations' type)."""
+        if "weights" not in self._cache:
+            self._cache["weights"] = {node.inputs[1] for node in self.graph.nodes if node.op in WEIGHTED_OPS}
+        return self._cache["weights"]
 
     def write(self, tensor: str, value: str) -> None:
         """Publish ``value`` (float) as IR tensor ``tensor``: quantize-dequantize it when quantized."""

@@ -29,6 +29,7 @@ VERSIONS: dict[int, tuple[int, int]] = {
     tflite.BuiltinOperator.MEAN: (1, 2),
     tflite.BuiltinOperator.RESHAPE: (1, 1),
     tflite.BuiltinOperator.PAD: (1, 2),
+    tflite.BuiltinOperator.PADV2: (1, 2),
     tflite.BuiltinOperator.TRANSPOSE: (1, 2),
     tflite.BuiltinOperator.SOFTMAX: (1, 2),
     tflite.BuiltinOperator.LOGISTIC: (1, 2),
@@ -62,6 +63,9 @@ class TflBuilder:
     quantized: bool
     model: TflModel = field(default_factory=TflModel)
     index: dict[str, int] = field(default_factory=dict)  # IR activation -> TFLite tensor
+    # (IR weight, stored type) -> TFLite tensor: the steps of an unrolled GRU share one weight
+    weights: dict[tuple[str, int], int] = field(default_factory=dict)
+    shapes: dict[tuple[int, ...], int] = field(default_factory=dict)  # int32 operands (perms, slice bounds), shared by value
     # The oldest TFLite with every operator version written so far: for int8, CONV_2D v3 and
     # FULLY_CONNECTED v4 arrived in 1.14; the 16x8 fallback raises it.
     min_runtime: str = "1.14.0"
@@ -110,7 +114,10 @@ class TflBuilder:
         return self.model.add_tensor(TflTensor(name, list(array.shape), dtype, array_bytes(array), quant))
 
     def int32_const(self, name: str, values: list[int]) -> int:
-        return self.const(name, np.asarray(values, np.int32), tflite.TensorType.INT32)
+        key = tuple(int(v) for v in values)
+        if key not in self.shapes:
+            self.shapes[key] = self.const(name, np.asarray(values, np.int32), tflite.TensorType.INT32)
+        return self.shapes[key]
 
     def read(self, name: str) -> int:
         """The tensor of an IR input: an activation, or a constant operand of an elementwise op."""

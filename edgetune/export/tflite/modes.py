@@ -62,6 +62,8 @@ def dynamic_int8(model: TflModel, per_channel_conv: bool = True) -> None:
         tensor = model.tensors[index]
         if tensor.data is None or tensor.dtype != tflite.TensorType.FLOAT32:
             continue
+        if operator.code == tflite.BuiltinOperator.CONV_2D and tensor.shape[3] != model.tensors[operator.inputs[0]].shape[3]:
+            continue  # grouped: no hybrid kernel takes it, so it stays float like the depthwise layers
         weight = np.frombuffer(tensor.data, np.float32).reshape(tensor.shape)
         axis = CHANNEL_AXIS[operator.code]
         # Per-channel hybrid FULLY_CONNECTED is newer than the runtimes boards run (tflite-runtime

@@ -31,20 +31,17 @@ Options = tflite.BuiltinOptions
 INT16_VERSIONS = {Op.CONV_2D: 4, Op.DEPTHWISE_CONV_2D: 5, Op.FULLY_CONNECTED: 7}
 PAD_INT16_VERSION = 3
 VERSIONS_INT16_QUANTIZE = 2  # QUANTIZE with an int16 output
+GROUPED_CONV_VERSION = 6
 
 
 def unsupported(graph: Graph, node: Node) -> str | None:
     """Why ``node`` cannot be written to TFLite, or None."""
     if node.op not in TFLITE_OPS:
         return node.op
-    if node.op == "conv2d" and node.attrs["groups"] != 1 and not depthwise_multiplier(graph, node):
-        return "conv2d with groups other than 1 or the channel count"
     if node.op == "softmax" and len(graph.tensors[node.inputs[0]].shape) != 2:
         return "softmax on a tensor of rank other than 2"
     if node.op == "pad" and node.attrs["value"] != 0.0:
         return "pad with a non-zero value"
-    if node.op == "maxpool2d" and any(node.attrs["pads"]) and _same_or_none(graph, node, node.attrs["kernel"], [1, 1]) is None:
-        return "max_pool2d with padding other than TF SAME"
     return None
 
 
@@ -84,13 +81,46 @@ def _pad_explicitly(b: TflBuilder, node: Node) -> tuple[int, int]:
     return padded, int(tflite.Padding.VALID)
 
 
+def _nonnegative(graph: Graph, name: str) -> bool:
+    """A tensor after a ReLU or ReLU6 (a ResNet stem's max pool reads one): zero padding is as
+    low as any of its values, so a max pool may pad with PAD, which XNNPACK delegates."""
+    producer = graph.producers().get(name)
+    return producer is not None and (producer.act in ("relu", "relu6") or producer.op in ("relu", "relu6"))
+
+
+def _pad_with_lowest(b: TflBuilder, node: Node) -> int:
+    """PADV2 with the lowest value of the input's type (int8 level -128, which no real value
+    exceeds from below): a max pool over it ignores the padding, as PyTorch's does, for the
+    pads (a ResNet stem's 3x3/2 with padding 1) that TF SAME cannot express."""
+    x = b.read(node.inputs[0])
+    top, left, bottom, right = node.attrs["pads"]
+    source = b.model.tensors[x]
+    n, h, w, c = source.shape
+    padded = b.like(f"{node.name}_padded", [n, h + top + bottom, w + left + right, c], x)
+    widths = b.const(f"{node.name}_pads", np.asarray([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32), tflite.TensorType.INT32)
+    if source.dtype in (tflite.TensorType.INT8, tflite.TensorType.INT16):
+        dtype = np.int8 if source.dtype == tflite.TensorType.INT8 else np.int16
+        lowest = b.const(f"{node.name}_lowest", np.asarray([np.iinfo(dtype).min], dtype), source.dtype, source.quant)
+    else:
+        lowest = b.const(f"{node.name}_lowest", np.asarray([np.finfo(np.float32).min], np.float32), source.dtype)
+    b.op(Op.PADV2, [x, widths, lowest], [padded])
+    return padded
+
+
 def _weights(b: TflBuilder, name: str, laid_out: Callable[[np.ndarray], np.ndarray], dimension: int) -> int:
+    """A layer's weight tensor, written once however many layers read it."""
     tensor = b.graph.tensors[name]
     assert tensor.data is not None
-    if b.quantized and tensor.quant is not None:
+    stored = tflite.TensorType.INT8 if b.quantized and tensor.quant is not None else tflite.TensorType.FLOAT32
+    if (name, stored) in b.weights:
+        return b.weights[(name, stored)]
+    if stored == tflite.TensorType.INT8:
         levels = laid_out(quantize_array(tensor.int8_source, tensor.quant))  # type: ignore[arg-type]
-        return b.const(name, levels, tflite.TensorType.INT8, quant_spec(tensor.quant, dimension))
-    return b.const(name, laid_out(tensor.data).astype(np.float32), tflite.TensorType.FLOAT32)
+        index = b.const(name, levels, stored, quant_spec(tensor.quant, dimension))  # type: ignore[arg-type]
+    else:
+        index = b.const(name, laid_out(tensor.data).astype(np.float32), stored)
+    b.weights[(name, stored)] = index
+    return index
 
 
 def _bias(b: TflBuilder, node: Node) -> int:
@@ -230,7 +260,11 @@ def conv2d(b: TflBuilder, node: Node) -> None:
         tflite.Conv2DOptionsAddDilationHFactor(fb, dilation[0])
         return int(tflite.Conv2DOptionsEnd(fb))
 
-    b.op(Op.CONV_2D, inputs, [out], Options.Conv2DOptions, conv_options, island.version(Op.CONV_2D))
+    version = island.version(Op.CONV_2D)
+    if node.attrs["groups"] > 1:  # a grouped filter [O, kh, kw, I / groups]: op_version.cc gives it version 6
+        version = max(version, GROUPED_CONV_VERSION)
+        b.require_runtime("2.9.0")
+    b.op(Op.CONV_2D, inputs, [out], Options.Conv2DOptions, conv_options, version)
     island.finish(out)
 
 
@@ -357,6 +391,10 @@ def pool2d(b: TflBuilder, node: Node) -> None:
         x, padding = b.read(node.inputs[0]), int(tflite.Padding.VALID)
         if any(node.attrs["pads"]):
             x, padding = _pad_explicitly(b, node)
+    elif _same_or_none(b.graph, node, kernel, [1, 1]) is None:
+        x, padding = (
+            _pad_explicitly(b, node) if _nonnegative(b.graph, node.inputs[0]) else (_pad_with_lowest(b, node), int(tflite.Padding.VALID))
+        )
     else:
         x, padding = _padded_input(b, node, kernel, [1, 1])
 
@@ -418,7 +456,11 @@ def transpose(b: TflBuilder, node: Node) -> None:
     if len(perm) == 4:
         perm = layout.compose_nchw_perm(perm)
     x = b.read(node.inputs[0])
-    b.op(Op.TRANSPOSE, [x, b.int32_const(f"{node.name}_perm", perm)], [b.define(node.outputs[0])])
+    version = None
+    if len(perm) > 4:  # a channel shuffle's 5-D transpose: op_version.cc gives version 4 (TFLite 2.3)
+        version = max(b.version(Op.TRANSPOSE), 4)
+        b.require_runtime("2.3.0")
+    b.op(Op.TRANSPOSE, [x, b.int32_const(f"{node.name}_perm", perm)], [b.define(node.outputs[0])], version=version)
 
 
 @tfl_op("pad")
