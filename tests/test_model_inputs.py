@@ -164,6 +164,32 @@ def test_onnx_activations_import_as_the_captured_ones(tmp_path: Path) -> None:
     assert [n.attrs.get("approximate") for n in imported.nodes[2:]] == [False, True]
 
 
+def test_onnx_conv_transpose_and_prelu_import_as_the_captured_ones(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((3, 4, 3, 3)).astype(np.float32), "w")  # [in, out, kh, kw]
+    bias = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
+    slope = numpy_helper.from_array(np.full((4, 1, 1), 0.25, np.float32), "slope")
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w", "b"], ["t"], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),
+        helper.make_node("PRelu", ["t", "slope"], ["y"]),
+    ]
+    imported = _imported_as_onnx_runs_it(tmp_path, nodes, [w, bias, slope], ([3, 4, 5], [4, 8, 10]), opset=17)
+    assert [n.op for n in imported.nodes] == ["conv_transpose2d", "prelu"]
+
+
+def test_onnx_conv1d_imports_as_a_2d_chain(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((6, 4, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((5, 6, 3)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1], strides=[2]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"], dilations=[2]),
+    ]
+    imported = _imported_as_onnx_runs_it(tmp_path, nodes, [w1, w2], ([4, 16], [5, 4]), opset=17)
+    assert [n.op for n in imported.nodes] == ["reshape", "conv2d", "conv2d", "reshape"]
+
+
 def test_onnx_resize_imports_as_the_captured_one(tmp_path: Path) -> None:
     """torch.onnx's Resize forms: nearest (asymmetric, floor) and bilinear (pytorch_half_pixel)."""
     scales = numpy_helper.from_array(np.asarray([1, 1, 2, 2], np.float32), "scales")

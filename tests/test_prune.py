@@ -194,7 +194,7 @@ def _zeroed(graph: Graph, kept: dict[str, np.ndarray]) -> Graph:
     """The unpruned graph with every removed output channel's weights and bias set to zero."""
     zeroed = copy.deepcopy(graph)
     for node in zeroed.nodes:
-        if node.name in kept and node.op in ("conv2d", "linear"):
+        if node.name in kept and node.op in ("conv2d", "linear", "conv_transpose2d"):
             removed = np.setdiff1d(np.arange(zeroed.const(node.inputs[1]).shape[0]), kept[node.name])
             for name in node.inputs[1:]:
                 zeroed.tensors[name].data = zeroed.const(name).copy()
@@ -535,3 +535,18 @@ def test_recurrent_model_refuses_pruning_in_one_line() -> None:
         prune_channels(graph, PruneConfig(0.5))
     report = prune_channels(graph, PruneConfig(0.5, skip_unsupported=True))
     assert report.macs_after == report.macs_before
+
+
+def test_transposed_convolutions_and_prelu_slopes_follow_the_pruned_channels() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.PReLU(8, init=0.1), nn.ConvTranspose2d(8, 6, 2, 2), nn.ReLU(), nn.Conv2d(6, 2, 1)
+    ).eval()
+    graph = capture(model, (3, 6, 6))
+    original = copy.deepcopy(graph)
+    report = prune_channels(graph, PruneConfig(0.5, "l2"))
+    widths = {node.op: graph.const(node.inputs[1]).shape for node in graph.nodes if node.op in ("prelu", "conv_transpose2d")}
+    assert widths["prelu"][0] == 4 and widths["conv_transpose2d"][:2] == (3, 4), widths
+    x = np.random.default_rng(2).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    expected = run_batches(GraphRunner(_zeroed(original, report.kept)), x)
+    np.testing.assert_allclose(run_batches(GraphRunner(graph), x), expected, rtol=1e-4, atol=1e-5)

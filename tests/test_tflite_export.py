@@ -65,6 +65,11 @@ def conv(cin: int, cout: int, k: int, s: int, p: int | str = 0, groups: int = 1)
     return nn.Conv2d(cin, cout, k, s, p, groups=groups)
 
 
+def deconv(cin: int, cout: int, k: int, s: int, p: int = 0, output_padding: int = 0) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.ConvTranspose2d(cin, cout, k, s, p, output_padding)
+
+
 def seq(*layers: nn.Module) -> nn.Module:
     return nn.Sequential(*layers)
 
@@ -155,6 +160,12 @@ OPS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
     ),
     "gru-final-state": lambda: (Recurrent(nn.GRU(5, 6, num_layers=2, batch_first=True), take="state"), (3, 5)),
     "select": lambda: (Single(lambda x: x[:, 1] * 2.0), (3, 4, 5)),
+    "prelu": lambda: (seq(conv(3, 4, 1, 1), nn.PReLU(4, init=0.2)), (3, 4, 4)),
+    "prelu-shared": lambda: (seq(conv(3, 4, 1, 1), nn.PReLU(init=-0.3)), (3, 4, 4)),
+    "conv-transpose-k2s2": lambda: (seq(conv(3, 4, 1, 1), deconv(4, 6, 2, 2)), (3, 4, 5)),
+    "conv-transpose-k4s2p1": lambda: (seq(deconv(3, 5, 4, 2, 1), nn.ReLU()), (3, 4, 4)),
+    "conv-transpose-k3s2p1op1": lambda: (seq(deconv(3, 4, 3, 2, 1, 1)), (3, 5, 3)),
+    "conv-transpose-k3s1p1": lambda: (seq(deconv(3, 4, 3, 1, 1)), (3, 4, 4)),
 }
 
 
@@ -179,8 +190,9 @@ TWO_LAYER_CASES = {"add-relu", "sub", "mul", "concat"}
 # up to 2 LSB from exact and from each other.
 APPROXIMATED = {"tanh", "sigmoid", "silu"}
 # TFLite's reference LEAKY_RELU requantizes the positive side with a multiplier above 1 in two
-# rounding steps: 2 LSB from exact on a few elements (XNNPACK and ONNX Runtime stay within 1).
-APPROXIMATED |= {"leaky-relu"}
+# rounding steps: 2 LSB from exact on a few elements (XNNPACK and ONNX Runtime stay within 1);
+# its PRELU does the same.
+APPROXIMATED |= {"leaky-relu", "prelu", "prelu-shared"}  # PRELU: the same two-step requantization
 # Unrolled recurrent layers: LOGISTIC and TANH at every step, the state carried through them,
 # so a 1-LSB step can become 2 on a few more outputs than elsewhere (these outputs are small).
 RECURRENT = {"gru", "lstm", "lstm-2-layers-bidirectional", "gru-final-state"}

@@ -80,6 +80,24 @@ def _emit_conv(
     ctx.emit("conv2d", node, inputs, stride=list(stride), pads=list(pads), dilation=list(dilation), groups=groups)
 
 
+@lowers(aten.conv_transpose2d.input)
+def conv_transpose2d(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """``nn.ConvTranspose2d``: the weight stored [out, in, kh, kw] (see WEIGHTED_OPS)."""
+    weight = ctx.const(node.args[1])
+    if weight is None:
+        raise InputError(f"{node.name}: a transposed convolution with a computed weight", "give ConvTranspose2d its own parameter")
+    stride, padding = _pair(_arg(node, 3, "stride", 1)), _pair(_arg(node, 4, "padding", 0))
+    output_padding = _pair(_arg(node, 5, "output_padding", 0))
+    if int(_arg(node, 6, "groups", 1)) != 1 or _pair(_arg(node, 7, "dilation", 1)) != (1, 1):
+        raise InputError(f"{node.name}: a grouped or dilated ConvTranspose2d", "use groups=1 and dilation=1")
+    inputs = [ctx.name(node.args[0]), ctx.constant(f"{ctx.resolve(node.args[1])}_oihw", np.swapaxes(weight, 0, 1))]
+    bias = _arg(node, 2, "bias", None)
+    if bias is not None:
+        inputs.append(ctx.name(bias))
+    pads = [padding[0], padding[1], padding[0], padding[1]]
+    ctx.emit("conv_transpose2d", node, inputs, stride=list(stride), pads=pads, output_padding=list(output_padding), groups=1)
+
+
 @lowers(aten.linear.default)
 def linear(ctx: LoweringContext, node: torch.fx.Node) -> None:
     rank = len(ctx.shape(node.args[0]))  # type: ignore[arg-type]
@@ -369,6 +387,19 @@ def hardsigmoid(ctx: LoweringContext, node: torch.fx.Node) -> None:
 @lowers(aten.leaky_relu.default, aten.leaky_relu_.default)
 def leaky_relu(ctx: LoweringContext, node: torch.fx.Node) -> None:
     ctx.emit("leaky_relu", node, [ctx.name(node.args[0])], alpha=float(_arg(node, 1, "negative_slope", 0.01)))
+
+
+@lowers(aten.prelu.default)
+def prelu(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """max(0, x) + alpha * min(0, x), alpha one value or one per channel (axis 1), stored
+    shaped to broadcast over the input: (C, 1, 1) for an image."""
+    alpha = ctx.const(node.args[1])
+    if alpha is None:
+        raise InputError(f"{node.name}: PReLU with a computed slope", "give nn.PReLU its own parameter")
+    rank = len(ctx.shape(node.args[0]))  # type: ignore[arg-type]
+    shaped = alpha.reshape(-1, *([1] * (rank - 2))) if alpha.size > 1 and rank > 2 else alpha.reshape(-1)
+    slope = ctx.constant(f"{ctx.resolve(node.args[1])}_slope", shaped)
+    ctx.emit("prelu", node, [ctx.name(node.args[0]), slope])
 
 
 @lowers(aten.gelu.default, aten.gelu_.default)

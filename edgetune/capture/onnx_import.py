@@ -79,8 +79,12 @@ def conv(ctx: OnnxContext, proto: Any) -> None:
     a = _attrs(proto)
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise InputError(f"Conv {proto.name} uses auto_pad", "export with explicit pads")
-    if ctx.const(proto.input[1]) is None or len(ctx.shapes.get(proto.input[1], ())) != 4:
-        raise InputError(f"Conv {proto.name} has a non-constant or non-2-D weight", "export a 2-D convolution with constant weights")
+    weight = ctx.const(proto.input[1])
+    if weight is None or weight.ndim not in (3, 4):
+        raise InputError(f"Conv {proto.name} has a non-constant weight or is not 1-D or 2-D", "export a convolution with constant weights")
+    if weight.ndim == 3:
+        _conv1d(ctx, proto, a, weight)
+        return
     inputs = [ctx.name(i) for i in proto.input if i]
     ctx.emit(
         "conv2d",
@@ -90,6 +94,48 @@ def conv(ctx: OnnxContext, proto: Any) -> None:
         pads=_pads4(a.get("pads")),
         dilation=list(a.get("dilations", [1, 1])),
         groups=int(a.get("group", 1)),
+    )
+
+
+def _conv1d(ctx: OnnxContext, proto: Any, a: dict[str, Any], weight: np.ndarray) -> None:
+    """A 1-D Conv as the capture lowers Conv1d: reshape to a unit height, conv2d, reshape back."""
+    x, out = ctx.name(proto.input[0]), proto.output[0]
+    (n, c, length), out_shape = ctx.shapes[proto.input[0]], ctx.shapes[out]
+    tall = f"{out}_in2d"
+    ctx.graph.tensors[tall] = Tensor(tall, (n, c, 1, length))
+    ctx.graph.nodes.append(Node("reshape", tall, [x], [tall], {"shape": [c, 1, length]}))
+    inputs = [tall, ctx.add_const(f"{proto.input[1]}_2d", weight[:, :, None, :])]
+    inputs += [ctx.name(proto.input[2])] if len(proto.input) > 2 and proto.input[2] else []
+    pads = list(a.get("pads", [0, 0]))
+    wide = f"{out}_2d"
+    ctx.graph.tensors[wide] = Tensor(wide, (out_shape[0], out_shape[1], 1, out_shape[2]))
+    attrs = {"stride": [1, a.get("strides", [1])[0]], "pads": [0, pads[0], 0, pads[1]], "dilation": [1, a.get("dilations", [1])[0]]}
+    ctx.graph.nodes.append(Node("conv2d", proto.name or out, inputs, [wide], {**attrs, "groups": int(a.get("group", 1))}))
+    ctx.graph.tensors[out] = Tensor(out, tuple(out_shape))
+    ctx.graph.nodes.append(Node("reshape", f"{out}_1d", [wide], [out], {"shape": list(out_shape[1:])}))
+
+
+@imports("ConvTranspose")
+def conv_transpose(ctx: OnnxContext, proto: Any) -> None:
+    a = _attrs(proto)
+    weight = ctx.const(proto.input[1])
+    if weight is None or weight.ndim != 4 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise InputError(f"ConvTranspose {proto.name} is not 2-D with a constant weight and explicit pads", "export ConvTranspose2d")
+    if int(a.get("group", 1)) != 1 or list(a.get("dilations", [1, 1])) != [1, 1] or "output_shape" in a:
+        raise InputError(f"ConvTranspose {proto.name} is grouped, dilated or sized by output_shape", "use groups=1, dilation=1 and pads")
+    pads = _pads4(a.get("pads"))
+    if pads[:2] != pads[2:]:
+        raise InputError(f"ConvTranspose {proto.name} pads its sides unequally", "use PyTorch's symmetric padding")
+    inputs = [ctx.name(proto.input[0]), ctx.add_const(f"{proto.input[1]}_oihw", np.swapaxes(weight, 0, 1))]
+    inputs += [ctx.name(proto.input[2])] if len(proto.input) > 2 and proto.input[2] else []
+    ctx.emit(
+        "conv_transpose2d",
+        proto,
+        inputs,
+        stride=list(a.get("strides", [1, 1])),
+        pads=pads,
+        output_padding=list(a.get("output_padding", [0, 0])),
+        groups=1,
     )
 
 
@@ -248,6 +294,16 @@ def unary(ctx: OnnxContext, proto: Any) -> None:
 @imports("LeakyRelu")
 def leaky_relu(ctx: OnnxContext, proto: Any) -> None:
     ctx.emit("leaky_relu", proto, [ctx.name(proto.input[0])], alpha=float(_attrs(proto).get("alpha", 0.01)))
+
+
+@imports("PRelu")
+def prelu(ctx: OnnxContext, proto: Any) -> None:
+    slope = ctx.const(proto.input[1])
+    if slope is None:
+        raise InputError(f"PRelu {proto.name} with a computed slope", "export the slope as a constant")
+    rank = len(ctx.shapes[proto.input[0]]) if proto.input[0] in ctx.shapes else 4
+    shaped = slope.reshape(-1, *([1] * (rank - 2))) if slope.size > 1 and rank > 2 else slope.reshape(-1)
+    ctx.emit("prelu", proto, [ctx.name(proto.input[0]), ctx.add_const(f"{proto.input[1]}_slope", shaped)])
 
 
 @imports("Gelu")  # opset 20

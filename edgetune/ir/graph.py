@@ -10,7 +10,9 @@ import numpy as np
 
 # Ops that carry a weight (inputs[1]) and an optional bias (inputs[2]): the layers that
 # quantization, pruning, fine-tuning and the exporters treat as layers.
-WEIGHTED_OPS = frozenset({"conv2d", "linear"})
+# A transposed convolution keeps its weight as [out, in, kh, kw] (PyTorch stores [in, out, ...]),
+# so that every pass finds a layer's output channels on axis 0.
+WEIGHTED_OPS = frozenset({"conv2d", "linear", "conv_transpose2d"})
 
 
 @dataclass

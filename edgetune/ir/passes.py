@@ -12,7 +12,7 @@ import numpy as np
 from edgetune.errors import InputError
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
 
-FUSABLE_PRODUCERS = {"conv2d", "linear", "add", "sub", "mul"}
+FUSABLE_PRODUCERS = {"conv2d", "conv_transpose2d", "linear", "add", "sub", "mul"}
 FUSABLE_ACTIVATIONS = {"relu", "relu6"}
 
 

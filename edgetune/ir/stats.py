@@ -16,6 +16,9 @@ def node_macs(graph: Graph, node: Node) -> int:
         out_elems = int(np.prod(graph.tensors[node.outputs[0]].shape[1:]))
         weight = graph.tensors[node.inputs[1]].shape  # O, I/groups, kh, kw
         return out_elems * int(np.prod(weight[1:]))
+    if node.op == "conv_transpose2d":  # each input position meets every weight once
+        in_positions = int(np.prod(graph.tensors[node.inputs[0]].shape[2:]))
+        return in_positions * int(np.prod(graph.tensors[node.inputs[1]].shape))
     if node.op == "linear":
         out_features, in_features = graph.tensors[node.inputs[1]].shape
         rows = int(np.prod(graph.tensors[node.outputs[0]].shape[1:-1]))

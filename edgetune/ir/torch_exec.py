@@ -68,6 +68,15 @@ def _conv2d(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return apply_act(y, node.act)
 
 
+@kernel("conv_transpose2d")
+def _conv_transpose2d(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    x, weight = args[0], args[1]
+    bias = args[2] if len(args) > 2 else None
+    top, left = node.attrs["pads"][:2]
+    y = F.conv_transpose2d(x, weight.transpose(0, 1), bias, tuple(node.attrs["stride"]), (top, left), tuple(node.attrs["output_padding"]))
+    return apply_act(y, node.act)
+
+
 @kernel("linear")
 def _linear(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return apply_act(F.linear(args[0], args[1], args[2] if len(args) > 2 else None), node.act)
@@ -114,6 +123,11 @@ def _hardswish(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
 @kernel("leaky_relu")
 def _leaky_relu(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return F.leaky_relu(args[0], node.attrs["alpha"])
+
+
+@kernel("prelu")
+def _prelu(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return torch.where(args[0] >= 0, args[0], args[0] * args[1])
 
 
 @kernel("gelu")

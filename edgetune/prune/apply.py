@@ -122,6 +122,8 @@ def prune_group(graph: Graph, group: Group, keep: np.ndarray) -> None:
         _slice_input(graph, node, keep)
     for node in group.reshapes:
         node.attrs["shape"] = [len(keep), *node.attrs["shape"][1:]]
+    for node in group.channelwise:
+        node.inputs[1] = _set(graph, f"{node.name}.slope.pruned", graph.const(node.inputs[1])[keep])
     for name in group.tensors:
         tensor = graph.tensors[name]
         tensor.shape = (tensor.shape[0], len(keep), *tensor.shape[2:])

@@ -43,6 +43,7 @@ class Group:
     depthwise: list[Node] = field(default_factory=list)  # depthwise convs inside the group
     consumers: list[Node] = field(default_factory=list)  # conv/linear reading the channels as inputs
     reshapes: list[Node] = field(default_factory=list)  # flattens of a 1x1 map: their target shape follows
+    channelwise: list[Node] = field(default_factory=list)  # ops with a constant per channel (a PReLU's slopes)
     feeds: list[tuple[Node, Group]] = field(default_factory=list)  # (concat, its composite group) this group is a part of
     blocked: bool = False
     protected: bool = False
@@ -140,12 +141,16 @@ class _Links:
         return False
 
     def link(self, node: Node) -> None:
-        if node.op == "conv2d":
+        if node.op in ("conv2d", "conv_transpose2d"):  # a transposed conv's weight is [out, in, ...] too
             self.conv(node)
         elif node.op == "linear":
             self.linear(node)
         elif node.op in ("add", "sub", "mul"):
             self.elementwise(node)
+        elif node.op == "prelu":
+            self.spaces.union(node.inputs[0], node.outputs[0])
+            if self.graph.const(node.inputs[1]).size > 1:
+                self.roles.append((node.outputs[0], "channelwise", node))
         elif node.op == "concat" and node.attrs["axis"] == 1 and all(self.activation(n) for n in node.inputs):
             self.concats.append(node)  # the output starts its own (composite) space
         elif self.keeps_channels(node):
@@ -192,7 +197,13 @@ def find_groups(graph: Graph) -> list[Group]:
             groups[root].unsupported.append(where)
     for tensor, role, node in links.roles:
         group = groups[links.spaces.find(tensor)]
-        bucket = {"producer": group.producers, "consumer": group.consumers, "depthwise": group.depthwise, "reshape": group.reshapes}[role]
+        bucket = {
+            "producer": group.producers,
+            "consumer": group.consumers,
+            "depthwise": group.depthwise,
+            "reshape": group.reshapes,
+            "channelwise": group.channelwise,
+        }[role]
         if node not in bucket:
             bucket.append(node)
     _link_composites(links, groups)

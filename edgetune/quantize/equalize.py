@@ -73,8 +73,8 @@ def find_pairs(graph: Graph) -> list[Pair]:
     producers = graph.producers()
     pairs = []
     for second in graph.nodes:
-        if second.op not in WEIGHTED_OPS:
-            continue
+        if second.op not in WEIGHTED_OPS or second.op == "conv_transpose2d":
+            continue  # a transposed conv sums a varying number of taps per output: no bias to absorb into
         first = producers.get(second.inputs[0])
         if first is None or first.op != second.op or first.act not in ("none", "relu", "relu6"):
             continue

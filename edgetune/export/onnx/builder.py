@@ -73,6 +73,19 @@ class OnnxBuilder:
             self.names[tensor] = self.initializer(tensor, ir_tensor.data.astype(np.float32))
         return self.names[tensor]
 
+    def read_swapped_weight(self, tensor: str) -> str:
+        """A weight with its first two axes swapped ([O, I, kh, kw] -> [I, O, kh, kw], the layout
+        of ConvTranspose), dequantized per output channel, now axis 1."""
+        ir_tensor = self.graph.tensors[tensor]
+        assert ir_tensor.data is not None
+        if not (self.quantized and ir_tensor.quant is not None):
+            return self.initializer(tensor, np.swapaxes(ir_tensor.data, 0, 1).astype(np.float32))
+        q = ir_tensor.quant
+        levels = np.swapaxes(quantize_array(ir_tensor.int8_source, q), 0, 1)  # type: ignore[arg-type]
+        stored = self.initializer(f"{tensor}_quantized", np.ascontiguousarray(levels))
+        swapped = QParams(q.scale, q.zero_point, q.dtype, None if q.axis is None else 1)
+        return self._dequantize(stored, swapped, f"{tensor}_dq", constant=True)
+
     def _weights(self) -> set[str]:
         """The weight tensors of weighted layers (int8 symmetric, whatever the activations' type)."""
         if "weights" not in self._cache:

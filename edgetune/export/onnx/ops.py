@@ -65,6 +65,22 @@ def conv2d(b: OnnxBuilder, node: Node) -> str:
     return _activation(b, out, node)
 
 
+@onnx_op("conv_transpose2d")
+def conv_transpose2d(b: OnnxBuilder, node: Node) -> str:
+    weight = b.graph.tensors[node.inputs[1]]
+    first = b.read_for_float_layer(node.inputs[0]) if node.in_float else b.read(node.inputs[0])
+    inputs = [first, b.read_swapped_weight(node.inputs[1]), *(b.read(name) for name in node.inputs[2:])]
+    out = b.node(
+        "ConvTranspose",
+        inputs,
+        kernel_shape=list(weight.shape[2:]),
+        strides=node.attrs["stride"],
+        pads=node.attrs["pads"],
+        output_padding=node.attrs["output_padding"],
+    )[0]
+    return _activation(b, out, node)
+
+
 @onnx_op("linear")
 def linear(b: OnnxBuilder, node: Node) -> str:
     out = b.node("Gemm", _layer_inputs(b, node), transB=1)[0]
@@ -102,6 +118,13 @@ def unary(b: OnnxBuilder, node: Node) -> str:
 @onnx_op("leaky_relu")
 def leaky_relu(b: OnnxBuilder, node: Node) -> str:
     return b.node("LeakyRelu", [b.read(node.inputs[0])], alpha=node.attrs["alpha"])[0]
+
+
+@onnx_op("prelu")
+def prelu(b: OnnxBuilder, node: Node) -> str:
+    """PRelu with the slope shaped to broadcast (C, 1, 1); in float between DQ and Q, which
+    ONNX Runtime keeps (it has no integer PRelu)."""
+    return b.node("PRelu", [b.read(node.inputs[0]), b.read(node.inputs[1])])[0]
 
 
 @onnx_op("gelu")

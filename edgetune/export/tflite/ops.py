@@ -34,10 +34,16 @@ VERSIONS_INT16_QUANTIZE = 2  # QUANTIZE with an int16 output
 GROUPED_CONV_VERSION = 6
 
 
+# op -> a check naming what a node of that op needs that TFLite lacks (ops in other modules plug in)
+UNSUPPORTED_CHECKS: dict[str, Callable[[Graph, Node], str | None]] = {}
+
+
 def unsupported(graph: Graph, node: Node) -> str | None:
     """Why ``node`` cannot be written to TFLite, or None."""
     if node.op not in TFLITE_OPS:
         return node.op
+    if node.op in UNSUPPORTED_CHECKS:
+        return UNSUPPORTED_CHECKS[node.op](graph, node)
     if node.op == "softmax" and len(graph.tensors[node.inputs[0]].shape) != 2:
         return "softmax on a tensor of rank other than 2"
     if node.op == "pad" and node.attrs["value"] != 0.0:
@@ -323,6 +329,12 @@ tfl_op("relu6")(_no_options(Op.RELU6))
 tfl_op("sigmoid")(_no_options(Op.LOGISTIC))
 tfl_op("tanh")(_no_options(Op.TANH))
 tfl_op("hardswish")(_no_options(Op.HARD_SWISH))
+
+
+@tfl_op("prelu")
+def prelu(b: TflBuilder, node: Node) -> None:
+    """PRELU: the slope an int8 constant with its own scale, broadcast over NHWC's last axis."""
+    b.op(Op.PRELU, [b.read(node.inputs[0]), b.read(node.inputs[1])], [b.define(node.outputs[0])])
 
 
 def _unary_with_options(code: int, options_type: int, write: Callable[[flatbuffers.Builder, Node], int]) -> TflOp:
