@@ -190,6 +190,24 @@ def test_onnx_conv1d_imports_as_a_2d_chain(tmp_path: Path) -> None:
     assert [n.op for n in imported.nodes] == ["reshape", "conv2d", "conv2d", "reshape"]
 
 
+def test_onnx_layer_norm_and_matmul_import_as_the_captured_ones(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    consts = [
+        numpy_helper.from_array(rng.standard_normal((6, 6)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "beta"),
+        numpy_helper.from_array(np.asarray([0, 2, 1], np.int64), "perm"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["p"]),
+        helper.make_node("LayerNormalization", ["p", "gamma", "beta"], ["n"], axis=-1, epsilon=1e-5),
+        helper.make_node("Transpose", ["n"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["n", "t"], ["y"]),
+    ]
+    imported = _imported_as_onnx_runs_it(tmp_path, nodes, consts[:3], ([4, 6], [4, 4]), opset=17)
+    assert [n.op for n in imported.nodes] == ["linear", "layer_norm", "transpose", "matmul"]
+
+
 def test_onnx_resize_imports_as_the_captured_one(tmp_path: Path) -> None:
     """torch.onnx's Resize forms: nearest (asymmetric, floor) and bilinear (pytorch_half_pixel)."""
     scales = numpy_helper.from_array(np.asarray([1, 1, 2, 2], np.float32), "scales")

@@ -59,6 +59,8 @@ def _optimized_ops(blob: bytes, tmp_path: Path) -> collections.Counter[str]:
 def test_uint8_artifact_runs_every_conv_and_gemm_on_integer_kernels(quantized: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
     name, _, graph, _ = quantized
     ops = _optimized_ops(write_onnx(graph, quantized=True, unsigned_activations=True), tmp_path)
+    # GELU is computed in float between its DequantizeLinear and QuantizeLinear (1 + erf, or the tanh form's two Adds)
+    ops["Add"] -= sum(2 if node.attrs.get("approximate") else 1 for node in graph.nodes if node.op == "gelu")
     float_compute = {op: ops[op] for op in ("Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool") if ops[op]}
     assert not float_compute, f"{name}: float ops left after ORT's QDQ fusion: {float_compute}"
     convs = sum(1 for node in graph.nodes if node.op == "conv2d")
@@ -82,6 +84,7 @@ SIMULATION_PARITY = {
     "shufflenet_v2": (30, 3.0, 0.99),
     "gru_kws": (None, 3.0, 0.99),
     "audio_conv1d": (None, 1.0, 0.999),
+    "tiny_vit": (40, 3.0, 0.99),  # the patches, tokens and the first block
 }
 
 

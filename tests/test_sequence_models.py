@@ -60,6 +60,6 @@ def test_recurrent_layers_refuse_what_they_cannot_unroll(options: dict[str, obje
         capture(_WithState(**options).eval(), (6, 4))
 
 
-def test_linear_over_steps_is_refused_with_the_way_out() -> None:
-    with pytest.raises(InputError, match="a linear layer on a rank-3 tensor"):
-        capture(nn.Sequential(nn.Linear(4, 3)).eval(), (6, 4))
+def test_linear_over_a_map_is_refused_with_the_way_out() -> None:
+    with pytest.raises(InputError, match="a linear layer on a rank-4 tensor"):
+        capture(nn.Sequential(nn.Linear(4, 3)).eval(), (2, 6, 4))

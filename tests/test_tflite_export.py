@@ -56,6 +56,31 @@ class Recurrent(nn.Module):
         return x
 
 
+class Tokens(nn.Module):
+    """Patches as tokens, a class token in front, a position embedding added."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(3, 6, 2, 2)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 6))
+        self.pos_embed = nn.Parameter(torch.randn(1, 5, 6) * 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x)[0]
+
+
 def _case(build: Callable[[], tuple[nn.Module, tuple[int, ...]]]) -> Callable[[], tuple[nn.Module, tuple[int, ...]]]:
     return build
 
@@ -63,6 +88,14 @@ def _case(build: Callable[[], tuple[nn.Module, tuple[int, ...]]]) -> Callable[[]
 def conv(cin: int, cout: int, k: int, s: int, p: int | str = 0, groups: int = 1) -> nn.Module:
     torch.manual_seed(0)
     return nn.Conv2d(cin, cout, k, s, p, groups=groups)
+
+
+def seeded(module: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    for layer in module.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    return module
 
 
 def deconv(cin: int, cout: int, k: int, s: int, p: int = 0, output_padding: int = 0) -> nn.Module:
@@ -166,6 +199,13 @@ OPS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
     "conv-transpose-k4s2p1": lambda: (seq(deconv(3, 5, 4, 2, 1), nn.ReLU()), (3, 4, 4)),
     "conv-transpose-k3s2p1op1": lambda: (seq(deconv(3, 4, 3, 2, 1, 1)), (3, 5, 3)),
     "conv-transpose-k3s1p1": lambda: (seq(deconv(3, 4, 3, 1, 1)), (3, 4, 4)),
+    "layer-norm": lambda: (seq(nn.Linear(8, 8), nn.LayerNorm(8)), (5, 8)),
+    "linear-over-steps": lambda: (seq(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)), (5, 6)),
+    "attention-scores": lambda: (Single(lambda x: torch.bmm(x, x.transpose(1, 2)).softmax(-1)), (5, 4)),
+    "attention-values": lambda: (Single(lambda x: torch.bmm(x.transpose(1, 2), x)), (5, 4)),
+    "class-token-and-positions": lambda: (Tokens(), (3, 4, 4)),
+    "multihead-attention": lambda: (SelfAttention(8, 2), (5, 8)),
+    "transformer-encoder-layer": lambda: (seeded(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)), (5, 8)),
 }
 
 
@@ -196,6 +236,8 @@ APPROXIMATED |= {"leaky-relu", "prelu", "prelu-shared"}  # PRELU: the same two-s
 # Unrolled recurrent layers: LOGISTIC and TANH at every step, the state carried through them,
 # so a 1-LSB step can become 2 on a few more outputs than elsewhere (these outputs are small).
 RECURRENT = {"gru", "lstm", "lstm-2-layers-bidirectional", "gru-final-state"}
+# Attention: the softmax's fixed 1/256 grid feeds a second product, two rounding steps.
+TWO_LAYER_CASES |= {"attention-scores", "multihead-attention", "transformer-encoder-layer"}
 APPROXIMATED |= RECURRENT
 
 
@@ -241,10 +283,11 @@ MODELS = {
     "shufflenet_v2": (30, 2.0),  # the padded max-pool stem, two units with split, concat and shuffle
     "gru_kws": (None, 2.0),  # 49 steps of two GRU layers
     "audio_conv1d": (None, 1.0),
+    "tiny_vit": (40, 3.0),  # the patches, tokens and the first block: LayerNorm islands, attention, GELU
 }
-# XNNPACK has no int8 SOFTMAX or HARD_SWISH (MobileNetV3): the ops of the zoo that stay on
-# TFLite's own kernels.
-XNNPACK_INT8_UNSUPPORTED = {"SOFTMAX", "HARD_SWISH"}
+# XNNPACK has no int8 SOFTMAX, HARD_SWISH (MobileNetV3), GELU or BATCH_MATMUL (the ViT): the
+# ops of the zoo that stay on TFLite's own kernels.
+XNNPACK_INT8_UNSUPPORTED = {"SOFTMAX", "HARD_SWISH", "GELU", "BATCH_MATMUL"}
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -319,5 +362,5 @@ def test_writer_refuses_broken_quantization() -> None:
 
 def test_unsupported_ops_are_listed_before_writing() -> None:
     graph = _quantized(seq(nn.ConstantPad2d(1, 0.5), conv(4, 8, 3, 1, 1), nn.Softmax(dim=-1)), (4, 4, 4))
-    with pytest.raises(UnsupportedOpsError, match="pad with a non-zero value.*softmax on a tensor of rank other than 2|softmax.*pad"):
+    with pytest.raises(UnsupportedOpsError, match="pad with a non-zero value.*softmax on a 4-D tensor|softmax.*pad"):
         write_tflite(graph)

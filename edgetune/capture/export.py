@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgetune.capture import lowerings, lowerings_1d, recurrent  # noqa: F401  (register the lowerings)
+from edgetune.capture import attention, lowerings, lowerings_1d, recurrent  # noqa: F401  (register the lowerings)
+from edgetune.capture.attention import with_headwise_attention
 from edgetune.capture.names import name_after_modules
 from edgetune.capture.registry import LOWERINGS, LoweringContext
 from edgetune.errors import InputError, UnsupportedOpsError
@@ -18,7 +19,7 @@ from edgetune.ir.passes import simplify
 
 def export_program(model: nn.Module, sample_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
     example = torch.zeros((1, *sample_shape), dtype=torch.float32)
-    model = model.eval()
+    model = with_headwise_attention(model.eval())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

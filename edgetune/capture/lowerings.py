@@ -101,10 +101,8 @@ def conv_transpose2d(ctx: LoweringContext, node: torch.fx.Node) -> None:
 @lowers(aten.linear.default)
 def linear(ctx: LoweringContext, node: torch.fx.Node) -> None:
     rank = len(ctx.shape(node.args[0]))  # type: ignore[arg-type]
-    if rank != 2:
-        raise InputError(
-            f"{node.name}: a linear layer on a rank-{rank} tensor", "flatten to [batch, features] first, or use a 1x1 Conv1d over the steps"
-        )
+    if rank > 3:
+        raise InputError(f"{node.name}: a linear layer on a rank-{rank} tensor", "give it [batch, features] or [batch, steps, features]")
     bias = _arg(node, 2, "bias", None)
     inputs = [ctx.name(node.args[0]), ctx.name(node.args[1])]
     if bias is not None:
@@ -293,7 +291,37 @@ def cat(ctx: LoweringContext, node: torch.fx.Node) -> None:
     axis = _axis(_int(_arg(node, 1, "dim", 0)), rank)
     if axis == 0:
         raise InputError("concatenation along the batch axis", "concatenate along channels or space")
+    if any(ctx.const(p) is not None for p in parts):
+        _concat_constants(ctx, node, parts, axis)
+        return
     ctx.emit("concat", node, [ctx.name(p) for p in parts], axis=axis)
+
+
+def _concat_constants(ctx: LoweringContext, node: torch.fx.Node, parts: list[Any], axis: int) -> None:
+    """One activation joined with constants (a class token before the patches): the activation
+    zero-padded along the axis, plus a constant holding the other parts' values. Both
+    broadcast over the batch, which a concatenation of a batch-1 constant would not."""
+    activations = [p for p in parts if ctx.const(p) is None]
+    if len(activations) != 1:
+        raise InputError(
+            f"{node.name} concatenates constants with {len(activations)} activations", "join constants to one tensor at a time"
+        )
+    sizes = [ctx.shape(p)[axis] for p in parts]
+    where = parts.index(activations[0])
+    out_shape = ctx.shape(node)
+    pairs = [[0, 0] for _ in out_shape]
+    pairs[axis] = [int(sum(sizes[:where])), int(sum(sizes[where + 1 :]))]
+    padded = ctx.emit_inner("pad", node, "padded", [ctx.name(activations[0])], tensor_shape=out_shape, pads=pairs, value=0.0)
+    filler = np.zeros((1, *out_shape[1:]), np.float32)
+    offset = 0
+    for part, size in zip(parts, sizes):
+        value = ctx.const(part)
+        if value is not None:
+            index = [slice(None)] * len(out_shape)
+            index[axis] = slice(offset, offset + size)
+            filler[tuple(index)] = value[:1]
+        offset += size
+    ctx.emit("add", node, [padded, ctx.constant(f"{node.name}.constant_rows", filler)])
 
 
 @lowers(aten.transpose.int)

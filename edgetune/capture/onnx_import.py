@@ -157,14 +157,6 @@ def gemm(ctx: OnnxContext, proto: Any) -> None:
     ctx.emit("linear", proto, inputs)
 
 
-@imports("MatMul")
-def matmul(ctx: OnnxContext, proto: Any) -> None:
-    weight = ctx.const(proto.input[1])
-    if weight is None or weight.ndim != 2:
-        raise InputError(f"MatMul {proto.name} multiplies two activations", "edgetune imports MatMul by a constant matrix only")
-    ctx.emit("linear", proto, [ctx.name(proto.input[0]), ctx.add_const(f"{proto.input[1]}_linear", weight.T.copy())])
-
-
 @imports("BatchNormalization")
 def batch_norm(ctx: OnnxContext, proto: Any) -> None:
     x, scale, bias, mean, var = proto.input[:5]
@@ -304,6 +296,31 @@ def prelu(ctx: OnnxContext, proto: Any) -> None:
     rank = len(ctx.shapes[proto.input[0]]) if proto.input[0] in ctx.shapes else 4
     shaped = slope.reshape(-1, *([1] * (rank - 2))) if slope.size > 1 and rank > 2 else slope.reshape(-1)
     ctx.emit("prelu", proto, [ctx.name(proto.input[0]), ctx.add_const(f"{proto.input[1]}_slope", shaped)])
+
+
+@imports("LayerNormalization")  # opset 17
+def layer_norm(ctx: OnnxContext, proto: Any) -> None:
+    a, rank = _attrs(proto), len(ctx.shapes[proto.input[0]])
+    if int(a.get("axis", -1)) % rank != rank - 1:
+        raise InputError(f"LayerNormalization {proto.name} over more than the last axis", "normalize over the last axis only")
+    gamma = ctx.const(proto.input[1])
+    beta = ctx.const(proto.input[2]) if len(proto.input) > 2 and proto.input[2] else np.zeros_like(gamma)
+    if gamma is None or beta is None:
+        raise InputError(f"LayerNormalization {proto.name} with computed scales", "export its scale and bias as constants")
+    inputs = [ctx.name(proto.input[0]), ctx.add_const(f"{proto.input[1]}_gamma", gamma), ctx.add_const(f"{proto.output[0]}_beta", beta)]
+    ctx.emit("layer_norm", proto, inputs, eps=float(a.get("epsilon", 1e-5)))
+
+
+@imports("MatMul")
+def matmul(ctx: OnnxContext, proto: Any) -> None:
+    """A product with a constant matrix is a linear layer; of two activations, a matmul."""
+    weight = ctx.const(proto.input[1])
+    if weight is not None and weight.ndim == 2:
+        ctx.emit("linear", proto, [ctx.name(proto.input[0]), ctx.add_const(f"{proto.input[1]}_linear", np.ascontiguousarray(weight.T))])
+        return
+    if any(len(ctx.shapes.get(name, ())) != 3 for name in proto.input) or weight is not None:
+        raise InputError(f"MatMul {proto.name} of other than two [batch, rows, cols] activations", "multiply 3-D activations")
+    ctx.emit("matmul", proto, [ctx.name(proto.input[0]), ctx.name(proto.input[1])])
 
 
 @imports("Gelu")  # opset 20

@@ -130,6 +130,16 @@ def _prelu(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return torch.where(args[0] >= 0, args[0], args[0] * args[1])
 
 
+@kernel("layer_norm")
+def _layer_norm(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.layer_norm(args[0], (args[0].shape[-1],), args[1], args[2], node.attrs["eps"])
+
+
+@kernel("matmul")
+def _matmul(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return torch.matmul(args[0], args[1])
+
+
 @kernel("gelu")
 def _gelu(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return F.gelu(args[0], approximate="tanh" if node.attrs.get("approximate") else "none")

@@ -114,6 +114,9 @@ class _Links:
             self.refuse(node, [node.inputs[0], out])
 
     def linear(self, node: Node) -> None:
+        if len(self.graph.tensors[node.outputs[0]].shape) != 2:  # over steps: its features are on the last axis
+            self.refuse(node, [node.inputs[0], node.outputs[0]])
+            return
         self.roles.append((node.outputs[0], "producer", node))
         if len(self.graph.tensors[node.inputs[0]].shape) == 2:
             self.roles.append((node.inputs[0], "consumer", node))

@@ -220,8 +220,8 @@ def learning_rate(iterations: int) -> float:
 def roundable(graph: Graph, node: Node) -> bool:
     """Linear layers, plain convolutions and depthwise ones without a channel multiplier;
     other grouped convolutions keep their nearest rounding."""
-    if node.op != "conv2d":
-        return node.op == "linear"
+    if node.op != "conv2d":  # a linear layer over steps keeps nearest rounding (its samples are not rows)
+        return node.op == "linear" and len(graph.tensors[node.inputs[0]].shape) == 2
     weight_shape = graph.tensors[node.inputs[1]].shape
     groups = node.attrs["groups"]
     return bool(groups == 1 or (weight_shape[1] == 1 and weight_shape[0] == groups))

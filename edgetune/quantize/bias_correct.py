@@ -57,6 +57,9 @@ def correct_biases(graph: Graph, samples: np.ndarray, progress: Progress | None 
         weight_q = graph.tensors[node.inputs[1]].quant
         actual = run_preact(node, inputs.x_quant, quant_args)
         per_sample = (expected - actual).to(torch.float64)
+        features_last = node.op == "linear" and per_sample.ndim > 2  # a linear layer over steps
+        if features_last:
+            per_sample = per_sample.movedim(-1, 1)
         if per_sample.ndim > 2:
             per_sample = per_sample.mean(dim=list(range(2, per_sample.ndim)))
         measured = per_sample.mean(dim=0).numpy()
@@ -78,7 +81,9 @@ def correct_biases(graph: Graph, samples: np.ndarray, progress: Progress | None 
         result.layers += 1
         if not had_bias or not graph.tensors[node.inputs[1]].quant.same_as(weight_q):  # type: ignore[union-attr]
             return run_preact(node, inputs.x_quant, [quantized_constant(graph, n) for n in node.inputs[1:] if n])
-        step = (quantized_constant(graph, bias_name) - old_bias).reshape([-1] + [1] * (actual.ndim - 2))
+        step = quantized_constant(graph, bias_name) - old_bias
+        if not features_last:
+            step = step.reshape([-1] + [1] * (actual.ndim - 2))
         return actual + step
 
     result.samples = stat_sample_count(samples)

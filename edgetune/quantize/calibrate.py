@@ -19,6 +19,9 @@ from edgetune.quantize.output_error import choose_by_output
 # Ops whose int8 output reuses the input's parameters: TFLite's kernels for them move or
 # average values without rescaling, so different parameters would give wrong results.
 SHARES_INPUT_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", "resize", "slice"}
+# Ops whose constant operands stay float: both writers compute them in float between the
+# input's dequantization and the output's quantization (TFLite has no int8 LayerNorm).
+FLOAT_OPERANDS = {"layer_norm"}
 # Ops with fixed output parameters in the TFLite int8 specification.
 FIXED_OUTPUT_PARAMS = {"softmax": (1.0 / 256, -128), "sigmoid": (1.0 / 256, -128), "tanh": (1.0 / 128, 0)}
 # Every activation of a calibration batch is materialised as an output, so batches stay small.
@@ -132,7 +135,7 @@ def assign_params(graph: Graph, records: dict[str, CalibrationRecord], config: Q
         if node.op in WEIGHTED_OPS:
             _quantize_weights(graph, node.inputs, config, shared.get(node.inputs[1]))
             shared[node.inputs[1]] = graph.tensors[node.inputs[1]].quant  # type: ignore[assignment]
-        else:
+        elif node.op not in FLOAT_OPERANDS:
             _quantize_operand_constants(graph, node.inputs)
     _settle_shared_weights(graph)
 

@@ -80,6 +80,8 @@ def find_pairs(graph: Graph) -> list[Pair]:
             continue
         if second.inputs[0] in graph.outputs or len(consumers[second.inputs[0]]) != 1:
             continue
+        if any(len(graph.tensors[n.outputs[0]].shape) == 3 for n in (first, second)):
+            continue  # features on the last axis: the per-channel statistics read axis 1
         if _plain_or_depthwise(first, graph) and _plain_or_depthwise(second, graph):
             pairs.append(Pair(first, second))
     return pairs

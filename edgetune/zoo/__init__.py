@@ -93,6 +93,12 @@ def audio_conv1d() -> nn.Module:
     return _untrained(AudioConv1d, AudioConv1d.input_shape)
 
 
+def tiny_vit() -> nn.Module:
+    from edgetune.zoo.vit import TinyViT
+
+    return _untrained(TinyViT, TinyViT.input_shape)
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
@@ -116,5 +122,6 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("shufflenet_v2", shufflenet_v2, (3, 224, 224), False, "sample-images"),
         ZooEntry("gru_kws", gru_kws, (49, 10), False, None),
         ZooEntry("audio_conv1d", audio_conv1d, (40, 96), False, None),
+        ZooEntry("tiny_vit", tiny_vit, (3, 32, 32), False, None),
     ]
 }

@@ -83,8 +83,28 @@ def conv_transpose2d(b: OnnxBuilder, node: Node) -> str:
 
 @onnx_op("linear")
 def linear(b: OnnxBuilder, node: Node) -> str:
-    out = b.node("Gemm", _layer_inputs(b, node), transB=1)[0]
-    return _activation(b, out, node)
+    """Gemm; over [batch, steps, features], between two Reshapes (Gemm takes matrices), which
+    ONNX Runtime's QDQ propagation moves out of the way of the integer QGemm."""
+    shape = b.graph.tensors[node.inputs[0]].shape
+    inputs = _layer_inputs(b, node)
+    if len(shape) == 2:
+        return _activation(b, b.node("Gemm", inputs, transB=1)[0], node)
+    rows = b.node("Reshape", [inputs[0], b.initializer(f"{node.name}_rows", np.asarray([-1, shape[-1]], np.int64))])[0]
+    out = b.node("Gemm", [rows, *inputs[1:]], transB=1)[0]
+    out_shape = np.asarray([-1, *b.graph.tensors[node.outputs[0]].shape[1:]], np.int64)
+    return _activation(b, b.node("Reshape", [out, b.initializer(f"{node.name}_shape", out_shape)])[0], node)
+
+
+@onnx_op("matmul")
+def matmul(b: OnnxBuilder, node: Node) -> str:
+    return b.node("MatMul", [b.read(node.inputs[0]), b.read(node.inputs[1])])[0]
+
+
+@onnx_op("layer_norm")
+def layer_norm(b: OnnxBuilder, node: Node) -> str:
+    """LayerNormalization (opset 17) in float between DequantizeLinear and QuantizeLinear."""
+    inputs = [b.read(name) for name in node.inputs]
+    return b.node("LayerNormalization", inputs, axis=-1, epsilon=node.attrs["eps"])[0]
 
 
 @onnx_op("add", "sub", "mul")

@@ -121,13 +121,14 @@ class TflBuilder:
             self.shapes[key] = self.const(name, np.asarray(values, np.int32), tflite.TensorType.INT32)
         return self.shapes[key]
 
-    def read(self, name: str) -> int:
-        """The tensor of an IR input: an activation, or a constant operand of an elementwise op."""
+    def read(self, name: str, rank: int = 4) -> int:
+        """The tensor of an IR input: an activation, or a constant operand of an elementwise op
+        on activations of ``rank`` (only those of rank 4 are laid out NHWC)."""
         if name in self.index:
             return self.index[name]
         tensor = self.graph.tensors[name]
         data = self.graph.const(name)
-        if data.ndim == 3:  # a (C, 1, 1) operand broadcast over NCHW is (1, 1, C) in NHWC
+        if data.ndim == 3 and rank == 4:  # a (C, 1, 1) operand broadcast over NCHW is (1, 1, C) in NHWC
             data = data.transpose(1, 2, 0)
         elif data.ndim == 4:
             data = data.transpose(0, 2, 3, 1)

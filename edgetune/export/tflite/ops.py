@@ -44,8 +44,8 @@ def unsupported(graph: Graph, node: Node) -> str | None:
         return node.op
     if node.op in UNSUPPORTED_CHECKS:
         return UNSUPPORTED_CHECKS[node.op](graph, node)
-    if node.op == "softmax" and len(graph.tensors[node.inputs[0]].shape) != 2:
-        return "softmax on a tensor of rank other than 2"
+    if node.op == "softmax" and len(graph.tensors[node.inputs[0]].shape) > 3:
+        return "softmax on a 4-D tensor (its last axis is not NHWC's)"
     if node.op == "pad" and node.attrs["value"] != 0.0:
         return "pad with a non-zero value"
     return None
@@ -280,13 +280,21 @@ def linear(b: TflBuilder, node: Node) -> None:
     inputs = [island.input(b.read(node.inputs[0])), _weights(b, node.inputs[1], lambda w: w, 0), _bias(b, node)]
     act = ACTIVATIONS[node.act]
 
+    steps = len(b.graph.tensors[node.inputs[0]].shape) > 2  # [batch, steps, features]: the steps stay
+
     def options(fb: flatbuffers.Builder) -> int:
         tflite.FullyConnectedOptionsStart(fb)
         tflite.FullyConnectedOptionsAddFusedActivationFunction(fb, act)
+        if steps:
+            tflite.FullyConnectedOptionsAddKeepNumDims(fb, True)
         return int(tflite.FullyConnectedOptionsEnd(fb))
 
     out = island.output()
-    b.op(Op.FULLY_CONNECTED, inputs, [out], Options.FullyConnectedOptions, options, island.version(Op.FULLY_CONNECTED))
+    version = island.version(Op.FULLY_CONNECTED)
+    if steps:  # op_version.cc: keep_num_dims is version 5 (TFLite 2.2)
+        version = max(version, 5)
+        b.require_runtime("2.2.0")
+    b.op(Op.FULLY_CONNECTED, inputs, [out], Options.FullyConnectedOptions, options, version)
     island.finish(out)
 
 
@@ -300,7 +308,8 @@ _ELEMENTWISE = {
 @tfl_op("add", "sub", "mul")
 def elementwise(b: TflBuilder, node: Node) -> None:
     code, options_type, start, add_act, end = _ELEMENTWISE[node.op]
-    inputs = [b.read(name) for name in node.inputs]
+    rank = len(b.graph.tensors[node.outputs[0]].shape)
+    inputs = [b.read(name, rank) for name in node.inputs]
     out = b.define(node.outputs[0])
     act = ACTIVATIONS[node.act]
 
@@ -334,7 +343,8 @@ tfl_op("hardswish")(_no_options(Op.HARD_SWISH))
 @tfl_op("prelu")
 def prelu(b: TflBuilder, node: Node) -> None:
     """PRELU: the slope an int8 constant with its own scale, broadcast over NHWC's last axis."""
-    b.op(Op.PRELU, [b.read(node.inputs[0]), b.read(node.inputs[1])], [b.define(node.outputs[0])])
+    rank = len(b.graph.tensors[node.inputs[0]].shape)
+    b.op(Op.PRELU, [b.read(node.inputs[0]), b.read(node.inputs[1], rank)], [b.define(node.outputs[0])])
 
 
 def _unary_with_options(code: int, options_type: int, write: Callable[[flatbuffers.Builder, Node], int]) -> TflOp:

@@ -9,7 +9,7 @@ import tflite
 
 import edgetune
 from edgetune.errors import UnsupportedOpsError
-from edgetune.export.tflite import deconv  # noqa: F401  (registers the transposed convolution)
+from edgetune.export.tflite import deconv, transformer  # noqa: F401  (register their ops)
 from edgetune.export.tflite.builder import TflBuilder, quant_spec
 from edgetune.export.tflite.layout import nhwc_shape
 from edgetune.export.tflite.model import TflTensor

@@ -1,0 +1,124 @@
+"""Transformer parts: LayerNorm, batched matrix products, and ``nn.MultiheadAttention``.
+
+``nn.MultiheadAttention`` moves the batch axis inside its ``forward`` (it works sequence-first
+and folds the heads into the batch), which no edge runtime's int8 graph can follow with a
+free batch axis. Before capture, each one (``batch_first=True``) is replaced by
+:class:`HeadwiseAttention`: the same weights and the same function, computed head by head on
+[batch, steps, features] tensors, with the query scaling folded into the query projection.
+The user's model is not modified: the replacement happens on a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.fx
+from torch import nn
+
+from edgetune.capture.lowerings import _arg, _ints
+from edgetune.capture.registry import LoweringContext, lowers
+from edgetune.errors import InputError
+
+aten = torch.ops.aten
+
+
+def _projection(weight: torch.Tensor, bias: torch.Tensor | None, scale: float = 1.0) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(weight * scale)
+        if bias is not None:
+            layer.bias.copy_(bias * scale)
+    return layer
+
+
+class HeadwiseAttention(nn.Module):
+    """``nn.MultiheadAttention(batch_first=True)`` without masks, head by head."""
+
+    def __init__(self, source: nn.MultiheadAttention) -> None:
+        super().__init__()
+        dim, heads = source.embed_dim, source.num_heads
+        if not source.batch_first or not source._qkv_same_embed_dim or source.bias_k is not None or source.add_zero_attn:
+            raise InputError(
+                "nn.MultiheadAttention without batch_first, with separate key/value sizes, bias_k or add_zero_attn",
+                "use batch_first=True and the default options",
+            )
+        weight = source.in_proj_weight.detach()
+        bias = source.in_proj_bias.detach() if source.in_proj_bias is not None else None
+        part = [slice(i * dim, (i + 1) * dim) for i in range(3)]
+        self.q_proj = _projection(weight[part[0]], None if bias is None else bias[part[0]], (dim // heads) ** -0.5)
+        self.k_proj = _projection(weight[part[1]], None if bias is None else bias[part[1]])
+        self.v_proj = _projection(weight[part[2]], None if bias is None else bias[part[2]])
+        self.out_proj = _projection(
+            source.out_proj.weight.detach(), None if source.out_proj.bias is None else source.out_proj.bias.detach()
+        )
+        self.heads, self.head_dim = heads, dim // heads
+        # What nn.TransformerEncoderLayer reads before calling its attention: without an in_proj_bias
+        # it takes its plain path (its fused fast path would skip this module).
+        self.batch_first, self._qkv_same_embed_dim, self.in_proj_bias = True, True, None
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, None]:
+        if key_padding_mask is not None or attn_mask is not None or is_causal:
+            raise InputError("nn.MultiheadAttention with a mask", "export the model without attention masks")
+        q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        heads = []
+        for head in range(self.heads):
+            cols = slice(head * self.head_dim, (head + 1) * self.head_dim)
+            scores = torch.bmm(q[..., cols], k[..., cols].transpose(1, 2))
+            heads.append(torch.bmm(scores.softmax(-1), v[..., cols]))
+        return self.out_proj(torch.cat(heads, -1)), None
+
+
+def with_headwise_attention(model: nn.Module) -> nn.Module:
+    """``model``, or a copy of it whose ``nn.MultiheadAttention`` modules are headwise."""
+    if not any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.MultiheadAttention):
+                setattr(module, child_name, HeadwiseAttention(child))
+    return model
+
+
+@lowers(aten.layer_norm.default)
+def layer_norm(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    shape = _ints(node.args[1])
+    if len(shape) != 1:
+        raise InputError(f"{node.name}: LayerNorm over {len(shape)} axes", "normalize over the last axis only")
+    weight, bias = _arg(node, 2, "weight", None), _arg(node, 3, "bias", None)
+    gamma = ctx.const(weight) if weight is not None else np.ones(shape, np.float32)
+    beta = ctx.const(bias) if bias is not None else np.zeros(shape, np.float32)
+    if gamma is None or beta is None:
+        raise InputError(f"{node.name}: LayerNorm with computed scales", "give LayerNorm its own parameters")
+    inputs = [ctx.name(node.args[0]), ctx.constant(f"{node.name}.weight", gamma), ctx.constant(f"{node.name}.bias", beta)]
+    ctx.emit("layer_norm", node, inputs, eps=float(_arg(node, 4, "eps", 1e-5)))
+
+
+@lowers(aten.bmm.default, aten.matmul.default)
+def matmul(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    shapes = [ctx.shape(arg) for arg in node.args[:2]]  # type: ignore[arg-type]
+    if any(len(s) != 3 for s in shapes) or any(ctx.const(arg) is not None for arg in node.args[:2]):
+        raise InputError(f"{node.name}: a matrix product of {[list(s) for s in shapes]}", "multiply two [batch, rows, cols] activations")
+    ctx.emit("matmul", node, [ctx.name(node.args[0]), ctx.name(node.args[1])])
+
+
+@lowers(aten.expand.default)
+def expand(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """A constant repeated over the batch (a class token): a constant of batch 1, which the
+    concatenation that reads it adds in."""
+    source = ctx.const(node.args[0])
+    if source is None:
+        raise InputError(f"{node.name}: expand of an activation", "expand constants only (a class token)")
+    ctx.constants[node.name] = np.broadcast_to(source, ctx.shape(node)).astype(np.float32).copy()
