@@ -63,3 +63,13 @@ def test_recurrent_layers_refuse_what_they_cannot_unroll(options: dict[str, obje
 def test_linear_over_a_map_is_refused_with_the_way_out() -> None:
     with pytest.raises(InputError, match="a linear layer on a rank-4 tensor"):
         capture(nn.Sequential(nn.Linear(4, 3)).eval(), (2, 6, 4))
+
+
+def test_a_permute_of_the_batch_axis_is_refused_unless_indexed_at_once() -> None:
+    with pytest.raises(InputError, match="moves the batch axis"):
+        capture(_Permuted().eval(), (6, 4))
+
+
+class _Permuted(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(1, 0, 2) * 2.0

@@ -81,6 +81,26 @@ class SelfAttention(nn.Module):
         return self.attn(x, x, x)[0]
 
 
+class HeadsAttention(nn.Module):
+    """Attention as timm writes it: one qkv projection split into [batch, heads, steps, dim]
+    by a permute that moves the batch axis and an unbind, then either explicit products or
+    F.scaled_dot_product_attention."""
+
+    def __init__(self, sdpa: bool, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv, self.proj, self.heads, self.sdpa = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), heads, sdpa
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, steps, dim = x.shape
+        q, k, v = self.qkv(x).reshape(batch, steps, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.sdpa:
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            y = ((q @ k.transpose(-2, -1)) * (dim // self.heads) ** -0.5).softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(batch, steps, dim))
+
+
 def _case(build: Callable[[], tuple[nn.Module, tuple[int, ...]]]) -> Callable[[], tuple[nn.Module, tuple[int, ...]]]:
     return build
 
@@ -205,6 +225,8 @@ OPS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
     "attention-values": lambda: (Single(lambda x: torch.bmm(x.transpose(1, 2), x)), (5, 4)),
     "class-token-and-positions": lambda: (Tokens(), (3, 4, 4)),
     "multihead-attention": lambda: (SelfAttention(8, 2), (5, 8)),
+    "attention-4d-heads": lambda: (HeadsAttention(sdpa=False), (5, 8)),
+    "scaled-dot-product-attention": lambda: (HeadsAttention(sdpa=True), (5, 8)),
     "transformer-encoder-layer": lambda: (seeded(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)), (5, 8)),
 }
 
@@ -237,7 +259,8 @@ APPROXIMATED |= {"leaky-relu", "prelu", "prelu-shared"}  # PRELU: the same two-s
 # so a 1-LSB step can become 2 on a few more outputs than elsewhere (these outputs are small).
 RECURRENT = {"gru", "lstm", "lstm-2-layers-bidirectional", "gru-final-state"}
 # Attention: the softmax's fixed 1/256 grid feeds a second product, two rounding steps.
-TWO_LAYER_CASES |= {"attention-scores", "multihead-attention", "transformer-encoder-layer"}
+TWO_LAYER_CASES |= {"attention-scores", "multihead-attention", "transformer-encoder-layer", "attention-4d-heads"}
+TWO_LAYER_CASES |= {"scaled-dot-product-attention"}
 APPROXIMATED |= RECURRENT
 
 
@@ -362,5 +385,5 @@ def test_writer_refuses_broken_quantization() -> None:
 
 def test_unsupported_ops_are_listed_before_writing() -> None:
     graph = _quantized(seq(nn.ConstantPad2d(1, 0.5), conv(4, 8, 3, 1, 1), nn.Softmax(dim=-1)), (4, 4, 4))
-    with pytest.raises(UnsupportedOpsError, match="pad with a non-zero value.*softmax on a 4-D tensor|softmax.*pad"):
+    with pytest.raises(UnsupportedOpsError, match="pad with a non-zero value, softmax over the last axis of an image"):
         write_tflite(graph)

@@ -108,10 +108,36 @@ def layer_norm(ctx: LoweringContext, node: torch.fx.Node) -> None:
 
 @lowers(aten.bmm.default, aten.matmul.default)
 def matmul(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """Two activations of one rank (3 or 4), or an activation times a constant matrix (a
+    linear layer without bias)."""
     shapes = [ctx.shape(arg) for arg in node.args[:2]]  # type: ignore[arg-type]
-    if any(len(s) != 3 for s in shapes) or any(ctx.const(arg) is not None for arg in node.args[:2]):
-        raise InputError(f"{node.name}: a matrix product of {[list(s) for s in shapes]}", "multiply two [batch, rows, cols] activations")
+    weight = ctx.const(node.args[1])
+    if weight is not None and weight.ndim == 2 and ctx.const(node.args[0]) is None:
+        ctx.emit("linear", node, [ctx.name(node.args[0]), ctx.constant(f"{ctx.resolve(node.args[1])}_t", weight.T)])
+        return
+    if len(shapes[0]) != len(shapes[1]) or len(shapes[0]) not in (3, 4) or any(ctx.const(a) is not None for a in node.args[:2]):
+        raise InputError(f"{node.name}: a matrix product of {[list(s) for s in shapes]}", "multiply two activations of rank 3 or 4")
     ctx.emit("matmul", node, [ctx.name(node.args[0]), ctx.name(node.args[1])])
+
+
+@lowers(aten.scaled_dot_product_attention.default)
+def scaled_dot_product_attention(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """softmax(q k^T * scale) v, as matmul, multiply, softmax, matmul."""
+    q, k, v = node.args[:3]
+    if _arg(node, 3, "attn_mask", None) is not None or _arg(node, 5, "is_causal", False):
+        raise InputError(f"{node.name}: attention with a mask", "export the model without attention masks")
+    q_shape, k_shape = ctx.shape(q), ctx.shape(k)  # type: ignore[arg-type]
+    scale = _arg(node, 6, "scale", None)
+    scale = float(scale) if scale is not None else float(q_shape[-1]) ** -0.5
+    rank = len(k_shape)
+    keys_t = (*k_shape[:-2], k_shape[-1], k_shape[-2])
+    perm = [*range(rank - 2), rank - 1, rank - 2]
+    k_t = ctx.emit_inner("transpose", node, "keys_t", [ctx.name(k)], tensor_shape=keys_t, perm=perm)
+    scores_shape = (*q_shape[:-1], k_shape[-2])
+    scores = ctx.emit_inner("matmul", node, "scores", [ctx.name(q), k_t], tensor_shape=scores_shape)
+    scaled = ctx.emit_inner("mul", node, "scaled", [scores, ctx.name(scale)], tensor_shape=scores_shape)
+    weights = ctx.emit_inner("softmax", node, "weights", [scaled], tensor_shape=scores_shape, axis=rank - 1)
+    ctx.emit("matmul", node, [weights, ctx.name(v)])
 
 
 @lowers(aten.expand.default)

@@ -142,6 +142,9 @@ def getitem(ctx: LoweringContext, node: torch.fx.Node) -> None:
         start, end = pieces[int(index)]  # type: ignore[arg-type, call-overload]
         ctx.emit("slice", node, [ctx.name(source.args[0])], axis=axis, start=start, end=end, step=1)
         return
+    if isinstance(source, torch.fx.Node) and source.name in ctx.unbinds:
+        _select(ctx, node, source.args[0], ctx.unbinds[source.name], _int(index))
+        return
     if isinstance(source, torch.fx.Node) and source.name in ctx.tuples:  # a recurrent layer's (output, h_n, ...)
         ctx.aliases[node.name] = ctx.tuples[source.name][_int(index)]
         return
@@ -342,11 +345,34 @@ def transpose(ctx: LoweringContext, node: torch.fx.Node) -> None:
 def select(ctx: LoweringContext, node: torch.fx.Node) -> None:
     """``x[:, i]``: a slice of one index, without its axis. Indexing a recurrent layer's
     stacked final states (``h_n[-1]``) or its output sequence reads that step's tensor."""
-    source = node.args[0]
+    _select(ctx, node, node.args[0], _int(node.args[1]), _int(node.args[2]))
+
+
+@lowers(aten.unbind.int)
+def unbind(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """No node of its own: each piece its model reads (a getitem) becomes a select."""
+    ctx.unbinds[node.name] = _int(_arg(node, 1, "dim", 0))
+
+
+def _select(ctx: LoweringContext, node: torch.fx.Node, source: Any, dim: int, position: int) -> None:
     resolved = ctx.resolve(source)
-    shape = ctx.shape(source)  # type: ignore[arg-type]
-    axis = _axis(_int(node.args[1]), len(shape))
-    index = _int(node.args[2]) % shape[axis]
+    shape = ctx.shape(source)
+    axis = _axis(dim, len(shape))
+    index = position % shape[axis]
+    if resolved in ctx.batch_permutes and axis == 0:  # q, k, v = qkv.permute(2, 0, 3, 1, 4): pick, then permute the rest
+        origin, perm = ctx.batch_permutes[resolved]
+        rest = [p - (p > perm[0]) for p in perm[1:]]
+        kept = tuple(1 if i == perm[0] else d for i, d in enumerate(ctx.shape(origin)))
+        one = ctx.emit_inner(
+            "slice", node, "slice", [ctx.name(origin)], tensor_shape=kept, axis=perm[0], start=index, end=index + 1, step=1
+        )
+        dropped = tuple(d for i, d in enumerate(ctx.shape(origin)) if i != perm[0])
+        picked = ctx.emit_inner("reshape", node, "picked", [one], tensor_shape=dropped, shape=list(dropped[1:]))
+        if rest == sorted(rest):
+            ctx.aliases[node.name] = picked
+        else:
+            ctx.emit("transpose", node, [picked], perm=rest)
+        return
     if resolved in ctx.stacks and axis == 0:
         ctx.aliases[node.name] = ctx.stacks[resolved][index]
         return
@@ -370,8 +396,11 @@ def zeros(ctx: LoweringContext, node: torch.fx.Node) -> None:
 def permute(ctx: LoweringContext, node: torch.fx.Node) -> None:
     rank = len(ctx.shape(node))
     perm = [_axis(d, rank) for d in _ints(node.args[1])]
-    if perm[0] != 0:
-        raise InputError("a permutation that moves the batch axis", "keep axis 0 as the batch axis")
+    if perm[0] != 0:  # allowed only when its first axis is indexed right away (see _select)
+        if 0 not in perm[1:] or perm.index(0) != 1:
+            raise InputError("a permutation that moves the batch axis", "keep axis 0 as the batch axis")
+        ctx.batch_permutes[node.name] = (node.args[0], perm)
+        return
     ctx.emit("transpose", node, [ctx.name(node.args[0])], perm=perm)
 
 

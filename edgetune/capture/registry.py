@@ -35,6 +35,10 @@ class LoweringContext:
     stacks: dict[str, list[str]] = field(default_factory=dict)
     # per-step tensors of a sequence output (``sequences[y][t]`` is y[:, t]): y[:, t] reads them
     sequences: dict[str, list[str]] = field(default_factory=dict)
+    # unbind nodes -> their axis: each getitem of them is a select
+    unbinds: dict[str, int] = field(default_factory=dict)
+    # permutes that move the batch axis -> (source, perm): only indexing their first axis is supported
+    batch_permutes: dict[str, tuple[Any, list[int]]] = field(default_factory=dict)
     # nodes inside a decomposed op that must not take the module's own name -> the suffix they
     # are named by instead (``rnn.l0t3_gx``, ``conv.reshape``)
     helpers: dict[str, str] = field(default_factory=dict)
@@ -44,6 +48,8 @@ class LoweringContext:
         """The IR tensor name of an fx argument (a node or a Python scalar constant)."""
         if isinstance(arg, torch.fx.Node):
             name = self.aliases.get(arg.name, arg.name)
+            if name in self.batch_permutes:
+                raise InputError(f"{arg.name} moves the batch axis", "keep axis 0 as the batch axis, or index the permuted axis 0 at once")
             if name in self.stacks:
                 raise InputError(f"{arg.name} stacks a recurrent layer's final states", "read one of them (h_n[-1]) or the output sequence")
             if name in self.constants and name not in self.graph.tensors:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tflite
 
-from edgetune.export.tflite.layout import nhwc_shape
+from edgetune.export.tflite.layout import nhwc_shape, plain_tensors
 from edgetune.export.tflite.model import OptionsWriter, QuantSpec, TflModel, TflOperator, TflTensor, array_bytes
 from edgetune.ir.graph import Graph, QParams
 from edgetune.ir.quant import activation_params, quantize_array
@@ -68,6 +68,20 @@ class TflBuilder:
     # (IR weight, stored type) -> TFLite tensor: the steps of an unrolled GRU share one weight
     weights: dict[tuple[str, int], int] = field(default_factory=dict)
     shapes: dict[tuple[int, ...], int] = field(default_factory=dict)  # int32 operands (perms, slice bounds), shared by value
+    plain: set[str] = field(default_factory=set)  # 4-D activations kept in the IR's order (attention's)
+
+    def __post_init__(self) -> None:
+        self.plain = plain_tensors(self.graph)
+
+    def nhwc(self, name: str) -> bool:
+        """Whether IR tensor ``name`` is stored NHWC (a 4-D image) in the file."""
+        return len(self.graph.tensors[name].shape) == 4 and name not in self.plain
+
+    def shape(self, name: str) -> list[int]:
+        """IR tensor ``name``'s shape as the file stores it."""
+        shape = list(self.graph.tensors[name].shape)
+        return nhwc_shape(shape) if self.nhwc(name) else shape
+
     # The oldest TFLite with every operator version written so far: for int8, CONV_2D v3 and
     # FULLY_CONNECTED v4 arrived in 1.14; the 16x8 fallback raises it.
     min_runtime: str = "1.14.0"
@@ -104,7 +118,7 @@ class TflBuilder:
         dtype = self.act_dtype if quant is not None or not self.quantized else tflite.TensorType.FLOAT32
         if quant is not None and tensor.quant is not None and tensor.quant.dtype == "int16":
             dtype = tflite.TensorType.INT16
-        self.index[name] = self.model.add_tensor(TflTensor(name, nhwc_shape(tensor.shape), dtype, quant=quant))
+        self.index[name] = self.model.add_tensor(TflTensor(name, self.shape(name), dtype, quant=quant))
         return self.index[name]
 
     def like(self, name: str, shape: list[int], template: int) -> int:
@@ -121,16 +135,16 @@ class TflBuilder:
             self.shapes[key] = self.const(name, np.asarray(values, np.int32), tflite.TensorType.INT32)
         return self.shapes[key]
 
-    def read(self, name: str, rank: int = 4) -> int:
+    def read(self, name: str, nhwc: bool = True) -> int:
         """The tensor of an IR input: an activation, or a constant operand of an elementwise op
-        on activations of ``rank`` (only those of rank 4 are laid out NHWC)."""
+        whose activations are stored NHWC (``nhwc``) or in the IR's order."""
         if name in self.index:
             return self.index[name]
         tensor = self.graph.tensors[name]
         data = self.graph.const(name)
-        if data.ndim == 3 and rank == 4:  # a (C, 1, 1) operand broadcast over NCHW is (1, 1, C) in NHWC
+        if data.ndim == 3 and nhwc:  # a (C, 1, 1) operand broadcast over NCHW is (1, 1, C) in NHWC
             data = data.transpose(1, 2, 0)
-        elif data.ndim == 4:
+        elif data.ndim == 4 and nhwc:
             data = data.transpose(0, 2, 3, 1)
         if self.quantized:
             q = tensor.quant or activation_params(float(data.min()), float(data.max()))

@@ -1,8 +1,36 @@
-"""NCHW (the IR, PyTorch) to NHWC (TFLite) layout."""
+"""NCHW (the IR, PyTorch) to NHWC (TFLite) layout.
+
+4-D activations are images and go NHWC, but for those of attention ([batch, heads, steps,
+features], read by a matrix product or a softmax over the last axis): :func:`plain_tensors`
+finds them, and the TFLite file keeps them in the IR's order. Reshapes and transposes convert
+between the two.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+from edgetune.ir.graph import Graph
+
+# Ops whose input and output share a layout, whichever it is.
+SAME_LAYOUT = {
+    "relu",
+    "relu6",
+    "clamp",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "leaky_relu",
+    "gelu",
+    "add",
+    "sub",
+    "mul",
+    "slice",
+    "concat",
+    "mean",
+}
+# Ops that only make sense on images: their tensors are NHWC.
+SPATIAL = {"conv2d", "conv_transpose2d", "maxpool2d", "avgpool2d", "global_avgpool", "resize", "pad", "prelu", "batch_norm"}
 
 NCHW_TO_NHWC = (0, 2, 3, 1)
 NHWC_TO_NCHW = (0, 3, 1, 2)
@@ -39,3 +67,33 @@ def compose_nchw_perm(perm: list[int]) -> list[int]:
     # numpy convention, y axis i = x axis p[i]: going NHWC -> NCHW -> perm -> NHWC composes to
     # y_nhwc axis i = x_nhwc axis NHWC_TO_NCHW[perm[NCHW_TO_NHWC[i]]].
     return [NHWC_TO_NCHW[perm[NCHW_TO_NHWC[i]]] for i in range(4)]
+
+
+def plain_tensors(graph: Graph) -> set[str]:
+    """The 4-D activations the TFLite file keeps in the IR's order: those a matrix product or a
+    softmax reads or writes, and those joined to them by ops that keep a layout; never a
+    tensor an image op touches."""
+
+    def four_d(name: str) -> bool:
+        tensor = graph.tensors.get(name)
+        return tensor is not None and tensor.data is None and len(tensor.shape) == 4
+
+    plain = {name for node in graph.nodes if node.op in ("matmul", "softmax") for name in [*node.inputs, *node.outputs] if four_d(name)}
+    changed = bool(plain)
+    while changed:
+        changed = False
+        for node in graph.nodes:
+            names = [name for name in [*node.inputs, *node.outputs] if four_d(name)]
+            if node.op in SAME_LAYOUT and any(n in plain for n in names) and not all(n in plain for n in names):
+                plain.update(names)
+                changed = True
+    images = {name for node in graph.nodes if node.op in SPATIAL for name in [*node.inputs, *node.outputs]}
+    return plain - images
+
+
+def transpose_perm(perm: list[int], in_nhwc: bool, out_nhwc: bool) -> list[int]:
+    """The TFLite permutation for an IR (NCHW-order) permutation of a 4-D tensor, each side
+    stored NHWC or in the IR's order."""
+    out_axes = NCHW_TO_NHWC if out_nhwc else tuple(range(4))
+    position = (lambda axis: NCHW_TO_NHWC.index(axis)) if in_nhwc else (lambda axis: axis)
+    return [position(perm[out_axes[j]]) for j in range(4)]

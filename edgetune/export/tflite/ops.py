@@ -44,8 +44,8 @@ def unsupported(graph: Graph, node: Node) -> str | None:
         return node.op
     if node.op in UNSUPPORTED_CHECKS:
         return UNSUPPORTED_CHECKS[node.op](graph, node)
-    if node.op == "softmax" and len(graph.tensors[node.inputs[0]].shape) > 3:
-        return "softmax on a 4-D tensor (its last axis is not NHWC's)"
+    if node.op == "softmax" and len(graph.tensors[node.inputs[0]].shape) == 4 and node.inputs[0] not in layout.plain_tensors(graph):
+        return "softmax over the last axis of an image (NHWC's last axis is its channels)"
     if node.op == "pad" and node.attrs["value"] != 0.0:
         return "pad with a non-zero value"
     return None
@@ -308,8 +308,7 @@ _ELEMENTWISE = {
 @tfl_op("add", "sub", "mul")
 def elementwise(b: TflBuilder, node: Node) -> None:
     code, options_type, start, add_act, end = _ELEMENTWISE[node.op]
-    rank = len(b.graph.tensors[node.outputs[0]].shape)
-    inputs = [b.read(name, rank) for name in node.inputs]
+    inputs = [b.read(name, b.nhwc(node.outputs[0])) for name in node.inputs]
     out = b.define(node.outputs[0])
     act = ACTIVATIONS[node.act]
 
@@ -343,8 +342,7 @@ tfl_op("hardswish")(_no_options(Op.HARD_SWISH))
 @tfl_op("prelu")
 def prelu(b: TflBuilder, node: Node) -> None:
     """PRELU: the slope an int8 constant with its own scale, broadcast over NHWC's last axis."""
-    rank = len(b.graph.tensors[node.inputs[0]].shape)
-    b.op(Op.PRELU, [b.read(node.inputs[0]), b.read(node.inputs[1], rank)], [b.define(node.outputs[0])])
+    b.op(Op.PRELU, [b.read(node.inputs[0]), b.read(node.inputs[1], b.nhwc(node.inputs[0]))], [b.define(node.outputs[0])])
 
 
 def _unary_with_options(code: int, options_type: int, write: Callable[[flatbuffers.Builder, Node], int]) -> TflOp:
@@ -400,7 +398,7 @@ def global_avgpool(b: TflBuilder, node: Node) -> None:
 
 @tfl_op("mean")
 def mean(b: TflBuilder, node: Node) -> None:
-    rank = len(b.graph.tensors[node.inputs[0]].shape)
+    rank = len(b.graph.tensors[node.inputs[0]].shape) if b.nhwc(node.inputs[0]) else 0  # rank 0: axes as they are
     _mean(b, node, sorted(layout.nhwc_axis(a, rank) for a in node.attrs["axes"]), bool(node.attrs["keepdim"]))
 
 
@@ -459,12 +457,11 @@ def _reshape_op(b: TflBuilder, x: int, out_shape: list[int], out: int, name: str
 def reshape(b: TflBuilder, node: Node) -> None:
     """Reshape in the IR's NCHW order: transpose to NCHW first and back after, unless no byte moves."""
     x = b.read(node.inputs[0])
-    in_shape = list(b.graph.tensors[node.inputs[0]].shape)
     out_shape = list(b.graph.tensors[node.outputs[0]].shape)
-    if len(in_shape) == 4 and not layout.is_memory_noop(b.model.tensors[x].shape, list(layout.NHWC_TO_NCHW)):
+    if b.nhwc(node.inputs[0]) and not layout.is_memory_noop(b.model.tensors[x].shape, list(layout.NHWC_TO_NCHW)):
         x = _transpose(b, x, list(layout.NHWC_TO_NCHW), f"{node.name}_to_nchw")
     out = b.define(node.outputs[0])
-    if len(out_shape) == 4 and not layout.is_memory_noop(out_shape, list(layout.NCHW_TO_NHWC)):
+    if b.nhwc(node.outputs[0]) and not layout.is_memory_noop(out_shape, list(layout.NCHW_TO_NHWC)):
         nchw = b.like(f"{node.name}_nchw", out_shape, out)
         _reshape_op(b, x, out_shape, nchw, node.name)
         b.op(Op.TRANSPOSE, [nchw, b.int32_const(f"{node.name}_perm", list(layout.NCHW_TO_NHWC))], [out])
@@ -476,7 +473,7 @@ def reshape(b: TflBuilder, node: Node) -> None:
 def transpose(b: TflBuilder, node: Node) -> None:
     perm = list(node.attrs["perm"])
     if len(perm) == 4:
-        perm = layout.compose_nchw_perm(perm)
+        perm = layout.transpose_perm(perm, b.nhwc(node.inputs[0]), b.nhwc(node.outputs[0]))
     x = b.read(node.inputs[0])
     version = None
     if len(perm) > 4:  # a channel shuffle's 5-D transpose: op_version.cc gives version 4 (TFLite 2.3)
@@ -488,7 +485,7 @@ def transpose(b: TflBuilder, node: Node) -> None:
 @tfl_op("pad")
 def pad(b: TflBuilder, node: Node) -> None:
     pairs = node.attrs["pads"]
-    if len(pairs) == 4:
+    if b.nhwc(node.inputs[0]):
         pairs = [pairs[i] for i in layout.NCHW_TO_NHWC]
     widths = b.const(f"{node.name}_pads", np.asarray(pairs, np.int32), tflite.TensorType.INT32)
     b.op(Op.PAD, [b.read(node.inputs[0]), widths], [b.define(node.outputs[0])])
@@ -524,8 +521,8 @@ def slice_(b: TflBuilder, node: Node) -> None:
     does not follow a resized input)."""
     shape = list(b.graph.tensors[node.inputs[0]].shape)
     rank, a = len(shape), node.attrs
-    axis = layout.nhwc_axis(a["axis"], rank)
-    begin, end, strides = [0] * rank, layout.nhwc_shape(shape), [1] * rank
+    axis = layout.nhwc_axis(a["axis"], rank) if b.nhwc(node.inputs[0]) else a["axis"]
+    begin, end, strides = [0] * rank, b.shape(node.inputs[0]), [1] * rank
     begin[axis], end[axis], strides[axis] = a["start"], a["end"], a["step"]
 
     def options(fb: flatbuffers.Builder) -> int:
@@ -540,7 +537,7 @@ def slice_(b: TflBuilder, node: Node) -> None:
 @tfl_op("concat")
 def concat(b: TflBuilder, node: Node) -> None:
     rank = len(b.graph.tensors[node.outputs[0]].shape)
-    axis = layout.nhwc_axis(node.attrs["axis"], rank)
+    axis = layout.nhwc_axis(node.attrs["axis"], rank) if b.nhwc(node.outputs[0]) else node.attrs["axis"]
 
     def options(fb: flatbuffers.Builder) -> int:
         tflite.ConcatenationOptionsStart(fb)

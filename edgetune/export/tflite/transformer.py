@@ -15,6 +15,7 @@ import numpy as np
 import tflite
 
 from edgetune.export.tflite.builder import TflBuilder
+from edgetune.export.tflite.layout import plain_tensors
 from edgetune.export.tflite.model import TflTensor
 from edgetune.export.tflite.ops import UNSUPPORTED_CHECKS, Op, Options, tfl_op
 from edgetune.ir.graph import Graph, Node
@@ -86,10 +87,11 @@ def matmul(b: TflBuilder, node: Node) -> None:
     b.op(Op.BATCH_MATMUL, inputs, [b.define(node.outputs[0])], Options.BatchMatMulOptions, options, version)
 
 
-def _rank3(graph: Graph, node: Node) -> str | None:
-    if any(len(graph.tensors[name].shape) != 3 for name in node.inputs):
-        return "a matrix product of tensors other than [batch, rows, cols]"
+def _batched(graph: Graph, node: Node) -> str | None:
+    ranks = [len(graph.tensors[name].shape) for name in node.inputs]
+    if ranks[0] != ranks[1] or ranks[0] not in (3, 4) or (ranks[0] == 4 and not set(node.inputs) <= plain_tensors(graph)):
+        return "a matrix product of tensors other than [batch, rows, cols] or [batch, heads, rows, cols]"
     return None
 
 
-UNSUPPORTED_CHECKS["matmul"] = _rank3
+UNSUPPORTED_CHECKS["matmul"] = _batched

@@ -11,7 +11,6 @@ import edgetune
 from edgetune.errors import UnsupportedOpsError
 from edgetune.export.tflite import deconv, transformer  # noqa: F401  (register their ops)
 from edgetune.export.tflite.builder import TflBuilder, quant_spec
-from edgetune.export.tflite.layout import nhwc_shape
 from edgetune.export.tflite.model import TflTensor
 from edgetune.export.tflite.ops import TFLITE_OPS, unsupported
 from edgetune.export.tflite.validate import check_quantization, check_requantization
@@ -40,10 +39,9 @@ def write_tflite(
     b = TflBuilder(graph, quantized)
     (graph_input,) = graph.inputs
     (graph_output,) = graph.outputs
-    in_tensor = graph.tensors[graph_input]
     wrap = quantized and not int8_io
     if wrap:
-        model_input = b.model.add_tensor(TflTensor(INPUT_NAME, nhwc_shape(in_tensor.shape), tflite.TensorType.FLOAT32))
+        model_input = b.model.add_tensor(TflTensor(INPUT_NAME, b.shape(graph_input), tflite.TensorType.FLOAT32))
         b.op(tflite.BuiltinOperator.QUANTIZE, [model_input], [b.define(graph_input)])
     else:
         model_input = b.define(graph_input)
@@ -55,8 +53,7 @@ def write_tflite(
             TFLITE_OPS[node.op](b, node)
     last = b.index[graph_output]
     if wrap:
-        out_tensor = graph.tensors[graph_output]
-        model_output = b.model.add_tensor(TflTensor(OUTPUT_NAME, nhwc_shape(out_tensor.shape), tflite.TensorType.FLOAT32))
+        model_output = b.model.add_tensor(TflTensor(OUTPUT_NAME, b.shape(graph_output), tflite.TensorType.FLOAT32))
         b.op(tflite.BuiltinOperator.DEQUANTIZE, [last], [model_output])
     else:
         model_output = last
