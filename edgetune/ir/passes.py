@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edgetune.errors import InputError
-from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
+from edgetune.ir.graph import ACTIVATION_OPS, WEIGHTED_OPS, Graph, Node, Tensor
 
 FUSABLE_PRODUCERS = {"conv2d", "conv_transpose2d", "linear", "add", "sub", "mul"}
 FUSABLE_ACTIVATIONS = {"relu", "relu6"}
@@ -118,7 +118,7 @@ def clamps_to_activations(graph: Graph) -> None:
 
 
 # Ops that treat every element alike (or per channel, on axis 1), whatever the tensor's rank.
-POINTWISE = {"batch_norm", "relu", "relu6", "clamp", "sigmoid", "tanh", "hardswish", "leaky_relu", "gelu", "add", "sub", "mul"}
+POINTWISE = ACTIVATION_OPS | {"batch_norm", "add", "sub", "mul"}
 
 
 def _squeezes_height(graph: Graph, node: Node | None) -> bool:

@@ -16,22 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgetune.ir.graph import Graph, Node, depthwise_multiplier
+from edgetune.ir.graph import ACTIVATION_OPS, Graph, Node, depthwise_multiplier
 
-PASS_THROUGH = {
-    "relu",
-    "relu6",
-    "clamp",
-    "sigmoid",
-    "tanh",
-    "hardswish",
-    "leaky_relu",
-    "gelu",
-    "global_avgpool",
-    "avgpool2d",
-    "maxpool2d",
-    "resize",
-}
+PASS_THROUGH = ACTIVATION_OPS | {"global_avgpool", "avgpool2d", "maxpool2d", "resize"}
 
 
 @dataclass(eq=False)  # groups are compared by identity: they point at each other through feeds

@@ -10,25 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import ACTIVATION_OPS, Graph
 
 # Ops whose input and output share a layout, whichever it is.
-SAME_LAYOUT = {
-    "relu",
-    "relu6",
-    "clamp",
-    "sigmoid",
-    "tanh",
-    "hardswish",
-    "leaky_relu",
-    "gelu",
-    "add",
-    "sub",
-    "mul",
-    "slice",
-    "concat",
-    "mean",
-}
+SAME_LAYOUT = ACTIVATION_OPS | {"add", "sub", "mul", "slice", "concat", "mean"}
 # Ops that only make sense on images: their tensors are NHWC.
 SPATIAL = {"conv2d", "conv_transpose2d", "maxpool2d", "avgpool2d", "global_avgpool", "resize", "pad", "prelu", "batch_norm"}
 
