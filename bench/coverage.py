@@ -3,7 +3,8 @@
 Per model: whether both artifacts were written, int8-versus-fp32 output cosine (the TFLite file
 against PyTorch), TFLite-versus-ONNX int8 cosine, the share of TFLite operators XNNPACK
 delegates, single-thread latency of both int8 artifacts (median of interleaved rounds), and 50%
-channel pruning: the MAC ratio, or why it was refused. The models are untrained (but the
+channel pruning (l2; groups it cannot follow kept whole): the MAC ratio and the pruned int8
+TFLite file's latency over the unpruned one's, timed in the same interleaved rounds. The models are untrained (but the
 digits CNN), fed seeded Gaussian inputs, calibrated with minmax+ defaults on 64 of them.
 
     python bench/coverage.py [--quick] [--models a,b]
@@ -48,15 +49,22 @@ def _onnx_session(blob: bytes) -> Any:
     return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
 
 
-def _pruning(name: str) -> str:
+def _pruned(name: str, calib: np.ndarray) -> tuple[bytes | None, str]:
+    """50% of the channels (l2), calibrated and written: the TFLite file and the MAC ratio, or
+    None and why nothing could be pruned."""
     entry = zoo.ZOO[name]
     graph = capture(entry.build(), entry.input_shape)
+    note = ""
     try:
         report = prune_channels(graph, PruneConfig(0.5, "l2"))
     except EdgetuneError as exc:
-        kept = prune_channels(graph, PruneConfig(0.5, "l2", skip_unsupported=True))
-        return f"{kept.macs_after / kept.macs_before:.2f} (some kept whole: {str(exc).split(' through ')[-1][:40]})"
-    return f"{report.macs_after / report.macs_before:.2f}"
+        report = prune_channels(graph, PruneConfig(0.5, "l2", skip_unsupported=True))
+        note = f" (some kept whole: {str(exc).split(' through ')[-1][:30]})"
+    ratio = report.macs_after / report.macs_before
+    if ratio >= 1.0:
+        return None, f"1.00{note}"
+    calibrate(graph, calib, QuantConfig(samples=len(calib)))
+    return write_tflite(graph), f"{ratio:.2f}{note}"
 
 
 def measure(name: str, rounds: int) -> dict[str, Any]:
@@ -78,9 +86,12 @@ def measure(name: str, rounds: int) -> dict[str, Any]:
     tflite_out = runner.run(x)
     onnx_out = np.concatenate([session.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
     share = delegation(runner.interpreter)
-    latency = interleaved(
-        {"tflite": lambda: runner.run(x[:1]), "onnx": lambda: session.run(None, {"input": x[:1]})}, rounds=rounds, runs=20, warmup=5
-    )
+    pruned_blob, macs = _pruned(name, calib)
+    contenders = {"tflite": lambda: runner.run(x[:1]), "onnx": lambda: session.run(None, {"input": x[:1]})}
+    if pruned_blob is not None:
+        pruned = TfliteRunner(pruned_blob)
+        contenders["pruned"] = lambda: pruned.run(x[:1])
+    latency = interleaved(contenders, rounds=rounds, runs=20, warmup=5)
     return {
         "model": name,
         "compressed": True,
@@ -91,9 +102,14 @@ def measure(name: str, rounds: int) -> dict[str, Any]:
         "not_delegated": sorted(set(share["not_delegated"])),
         "tflite_ms": latency["tflite"]["median_ms"],
         "onnx_ms": latency["onnx"]["median_ms"],
-        "prune_50_macs": _pruning(name),
+        "prune_50_macs": macs,
+        "prune_50_latency": latency["pruned"]["median_ms"] / latency["tflite"]["median_ms"] if "pruned" in latency else None,
         "tflite_kb": len(tflite_blob) / 1024,
     }
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def main() -> None:
@@ -108,14 +124,31 @@ def main() -> None:
             rows.append(measure(name, 3 if args.quick else 7))
         except EdgetuneError as exc:
             rows.append({"model": name, "compressed": False, "error": str(exc)})
-    header = ["model", "both int8", "cos int8/fp32", "cos tflite/onnx", "XNNPACK", "TFLite ms", "ONNX ms", "prune 50% MACs", "TFLite KB"]
+    header = [
+        "model",
+        "both int8",
+        "cos int8/fp32",
+        "cos tflite/onnx",
+        "XNNPACK",
+        "TFLite ms",
+        "ONNX ms",
+        "prune 50%: MACs",
+        "latency",
+        "TFLite KB",
+    ]
     print(
         table(
             [
                 [r["model"], "yes", f"{r['cosine_int8_fp32']:.4f}", f"{r['cosine_tflite_onnx']:.4f}", r["xnnpack_delegated"]]
-                + [f"{r['tflite_ms']:.2f}", f"{r['onnx_ms']:.2f}", r["prune_50_macs"], f"{r['tflite_kb']:.0f}"]
+                + [
+                    f"{r['tflite_ms']:.2f}",
+                    f"{r['onnx_ms']:.2f}",
+                    r["prune_50_macs"],
+                    _ratio(r["prune_50_latency"]),
+                    f"{r['tflite_kb']:.0f}",
+                ]
                 if r["compressed"]
-                else [r["model"], "no: " + r["error"][:60], "", "", "", "", "", "", ""]
+                else [r["model"], "no: " + r["error"][:60], "", "", "", "", "", "", "", ""]
                 for r in rows
             ],
             header,

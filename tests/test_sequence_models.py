@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +75,15 @@ def test_a_permute_of_the_batch_axis_is_refused_unless_indexed_at_once() -> None
 class _Permuted(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(1, 0, 2) * 2.0
+
+
+def test_the_report_names_the_ops_computed_in_float_and_why(tmp_path: Path) -> None:
+    import edgetune
+
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    result = edgetune.compress("edgetune.zoo:tiny_vit", str(calib), str(tmp_path / "out"))
+    floats = {entry["op"]: entry for entry in result.report["quantization"]["float_ops"]}
+    assert set(floats) == {"layer_norm", "gelu"}
+    assert len(floats["layer_norm"]["layers"]) == 7 and floats["layer_norm"]["files"] == "both"
+    assert "no LayerNorm operator" in floats["layer_norm"]["why"]

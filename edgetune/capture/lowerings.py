@@ -423,7 +423,6 @@ def _unary(op: str):  # type: ignore[no-untyped-def]
 
 lowers(aten.sigmoid.default, aten.sigmoid_.default)(_unary("sigmoid"))
 lowers(aten.tanh.default, aten.tanh_.default)(_unary("tanh"))
-lowers(aten.hardswish.default, aten.hardswish_.default)(_unary("hardswish"))
 
 
 @lowers(aten.silu.default, aten.silu_.default)
@@ -439,6 +438,18 @@ def hardsigmoid(ctx: LoweringContext, node: torch.fx.Node) -> None:
     """relu6(x + 3) / 6, as an add with a fused ReLU6 and a multiply by a constant."""
     shifted = ctx.emit_inner("add", node, "shifted", [ctx.name(node.args[0]), ctx.name(3.0)], act="relu6")
     ctx.emit("mul", node, [shifted, ctx.name(1.0 / 6.0)])
+
+
+@lowers(aten.hardswish.default, aten.hardswish_.default)
+def hardswish(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """x * relu6(x + 3) / 6, as an add with a fused ReLU6 and two multiplies. XNNPACK has no
+    int8 HARD_SWISH: each one left to TFLite's kernels splits the delegated graph, and
+    MobileNetV3-small ran 3.1x slower so (5.1 ms against 1.6 ms, bench/coverage.py's model);
+    the output agrees with the fp32 model as closely (cosine 0.994 either way)."""
+    x = ctx.name(node.args[0])
+    shifted = ctx.emit_inner("add", node, "shifted", [x, ctx.name(3.0)], act="relu6")
+    gate = ctx.emit_inner("mul", node, "gate", [shifted, ctx.name(1.0 / 6.0)])
+    ctx.emit("mul", node, [x, gate])
 
 
 @lowers(aten.leaky_relu.default, aten.leaky_relu_.default)

@@ -278,9 +278,22 @@ def softmax(ctx: OnnxContext, proto: Any) -> None:
     ctx.emit("softmax", proto, [ctx.name(proto.input[0])], axis=axis)
 
 
-@imports("Sigmoid", "Tanh", "HardSwish")
+@imports("Sigmoid", "Tanh")
 def unary(ctx: OnnxContext, proto: Any) -> None:
     ctx.emit(proto.op_type.lower(), proto, [ctx.name(proto.input[0])])
+
+
+@imports("HardSwish")
+def hardswish(ctx: OnnxContext, proto: Any) -> None:
+    """x * relu6(x + 3) / 6, as the capture lowers it (XNNPACK has no int8 HARD_SWISH)."""
+    x, out = ctx.name(proto.input[0]), proto.output[0]
+    shifted, gate = f"{out}_shifted", f"{out}_gate"
+    for name in (shifted, gate):
+        ctx.graph.tensors[name] = Tensor(name, ctx.shapes[out])
+    three, sixth = ctx.add_const(f"{out}_three", np.asarray(3.0)), ctx.add_const(f"{out}_sixth", np.asarray(1.0 / 6.0))
+    ctx.graph.nodes.append(Node("add", shifted, [x, three], [shifted], {"act": "relu6"}))
+    ctx.graph.nodes.append(Node("mul", gate, [shifted, sixth], [gate]))
+    ctx.emit("mul", proto, [x, gate])
 
 
 @imports("LeakyRelu")

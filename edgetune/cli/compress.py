@@ -256,6 +256,8 @@ def human(report: dict[str, Any]) -> str:
     worst = sorted((layer for layer in report["layers"] if layer["sqnr_db"] is not None), key=lambda layer: layer["sqnr_db"])[:3]
     if worst:
         rows.append(("lowest SQNR", ", ".join(f"{layer.get('layer', layer['tensor'])} {layer['sqnr_db']:.1f} dB" for layer in worst)))
+    for entry in report["quantization"].get("float_ops", []):
+        rows.append((f"float {entry['op']}", f"{len(entry['layers'])} in {entry['files']} int8 files: {entry['why']}"))
     if "sensitivity" in report:
         alone = sorted(report["sensitivity"]["layers"], key=lambda layer: layer["sqnr_db"])[:3]
         rows.append(("most sensitive", ", ".join(f"{layer['layer']} ({layer['op']}) {layer['sqnr_db']:.1f} dB alone" for layer in alone)))

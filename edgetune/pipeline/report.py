@@ -11,6 +11,7 @@ import numpy as np
 import edgetune
 from edgetune.data import Dataset
 from edgetune.evaluate.metrics import accuracy, agreement, finite_or_none, sqnr_db
+from edgetune.export.float_ops import float_ops
 from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.stats import graph_summary
 from edgetune.pipeline.plan import Run
@@ -210,6 +211,8 @@ def compress_report(run: Run) -> dict[str, Any]:
         )
     if quantized is not None:
         document["quantization"] = {"config": quant.to_dict(), "scheme": _scheme(quant), **quantized.to_dict()}
+        if quant.calibrated and (computed_in_float := float_ops(graph)):
+            document["quantization"]["float_ops"] = computed_in_float
         if quant.weight_bits == 4:
             document["quantization"]["weights"] = _four_bit_weights(graph, exported.sizes)
     document |= {

@@ -1,0 +1,28 @@
+"""Ops the int8 artifacts compute in float by design, and why: the report lists them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgetune.ir.graph import Graph
+
+# op -> (which files, why)
+FLOAT_BY_DESIGN = {
+    "layer_norm": (
+        "both",
+        "TFLite has no LayerNorm operator and requantizing each of its steps loses the most accuracy of any transformer op:"
+        " it runs in float between the int8 input and output",
+    ),
+    "gelu": ("ONNX", "opset 17 has no Gelu: float between DequantizeLinear and QuantizeLinear (TFLite's int8 GELU is a table of it)"),
+    "prelu": ("ONNX", "ONNX Runtime has no integer PRelu: float between DequantizeLinear and QuantizeLinear"),
+}
+
+
+def float_ops(graph: Graph) -> list[dict[str, Any]]:
+    """Per op the int8 files compute in float: the layers, which files, and why."""
+    found = []
+    for op, (where, why) in FLOAT_BY_DESIGN.items():
+        layers = [node.name for node in graph.nodes if node.op == op]
+        if layers:
+            found.append({"op": op, "layers": layers, "files": where, "why": why})
+    return found
