@@ -227,6 +227,21 @@ OPS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
     "multihead-attention": lambda: (SelfAttention(8, 2), (5, 8)),
     "attention-4d-heads": lambda: (HeadsAttention(sdpa=False), (5, 8)),
     "scaled-dot-product-attention": lambda: (HeadsAttention(sdpa=True), (5, 8)),
+    "sum-steps": lambda: (Single(lambda x: x.sum(1)), (4, 6)),
+    "sum-spatial": lambda: (seq(conv(3, 4, 1, 1), Single(lambda x: x.sum((2, 3), keepdim=True))), (3, 4, 4)),
+    "amax-spatial": lambda: (seq(conv(3, 4, 1, 1), Single(lambda x: x.amax((2, 3)))), (3, 4, 4)),
+    "adaptive-max-pool": lambda: (seq(conv(3, 4, 1, 1), nn.AdaptiveMaxPool2d(2)), (3, 4, 6)),
+    "maxpool-ceil-mode": lambda: (seq(conv(3, 4, 1, 1), nn.MaxPool2d(2, ceil_mode=True)), (3, 5, 5)),
+    "negate-and-rsub": lambda: (Single(lambda x: (1.0 - x) * -x), (6,)),
+    "square": lambda: (Single(lambda x: x**2), (6,)),
+    "log-softmax": lambda: (seq(nn.Linear(6, 4), nn.LogSoftmax(-1)), (6,)),
+    "pixel-shuffle": lambda: (seq(conv(3, 8, 1, 1), nn.PixelShuffle(2)), (3, 3, 4)),
+    "normalize-features": lambda: (seq(nn.Linear(6, 8), Single(lambda x: torch.nn.functional.normalize(x, dim=1))), (6,)),
+    "normalize-channels": lambda: (seq(conv(3, 8, 1, 1), Single(lambda x: torch.nn.functional.normalize(x, dim=1))), (3, 3, 3)),
+    "elu": lambda: (seq(conv(3, 4, 1, 1), nn.ELU()), (3, 4, 4)),
+    "elu-alpha": lambda: (seq(conv(3, 4, 1, 1), nn.ELU(0.5)), (3, 4, 4)),
+    "softplus": lambda: (seq(conv(3, 4, 1, 1), nn.Softplus()), (3, 4, 4)),
+    "mish": lambda: (seq(conv(3, 4, 1, 1), nn.Mish()), (3, 4, 4)),
     "transformer-encoder-layer": lambda: (seeded(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)), (5, 8)),
 }
 
@@ -260,7 +275,10 @@ APPROXIMATED |= {"leaky-relu", "prelu", "prelu-shared"}  # PRELU: the same two-s
 RECURRENT = {"gru", "lstm", "lstm-2-layers-bidirectional", "gru-final-state"}
 # Attention: the softmax's fixed 1/256 grid feeds a second product, two rounding steps.
 TWO_LAYER_CASES |= {"attention-scores", "multihead-attention", "transformer-encoder-layer", "attention-4d-heads"}
-TWO_LAYER_CASES |= {"scaled-dot-product-attention"}
+TWO_LAYER_CASES |= {"scaled-dot-product-attention", "negate-and-rsub", "sum-steps", "sum-spatial"}
+# Float islands after a conv whose output grid is coarser than theirs: the reference conv's
+# 1-LSB step (XNNPACK's agrees with the simulation exactly) spans 2 of the island's output LSB.
+TWO_LAYER_CASES |= {"elu", "elu-alpha", "softplus", "mish"}
 APPROXIMATED |= RECURRENT
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgetune.capture import attention, lowerings, lowerings_1d, recurrent  # noqa: F401  (register the lowerings)
+from edgetune.capture import attention, lowerings, lowerings_1d, lowerings_math, recurrent  # noqa: F401  (register the lowerings)
 from edgetune.capture.attention import with_headwise_attention
 from edgetune.capture.names import name_after_modules
 from edgetune.capture.registry import LOWERINGS, LoweringContext

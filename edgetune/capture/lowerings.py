@@ -193,7 +193,11 @@ def mul(ctx: LoweringContext, node: torch.fx.Node) -> None:
 
 @lowers(aten.div.Tensor)
 def div(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    from edgetune.capture.lowerings_math import normalized  # F.normalize's division (that module imports this one)
+
     divisor = node.args[1]
+    if normalized(ctx, node):
+        return
     if not isinstance(divisor, (int, float)):
         raise InputError("division by a tensor", "divide by a Python number, or multiply by a reciprocal")
     ctx.emit("mul", node, [ctx.name(node.args[0]), ctx.name(1.0 / float(divisor))])
@@ -233,9 +237,14 @@ def max_pool2d(ctx: LoweringContext, node: torch.fx.Node) -> None:
     kernel = _pair(node.args[1])
     stride = _pair(_arg(node, 2, "stride", []) or kernel)
     pad = _pair(_arg(node, 3, "padding", 0))
-    if _pair(_arg(node, 4, "dilation", 1)) != (1, 1) or _arg(node, 5, "ceil_mode", False):
-        raise InputError("max_pool2d with dilation or ceil_mode", "use the defaults")
-    ctx.emit("maxpool2d", node, [ctx.name(node.args[0])], kernel=list(kernel), stride=list(stride), pads=[pad[0], pad[1], pad[0], pad[1]])
+    if _pair(_arg(node, 4, "dilation", 1)) != (1, 1):
+        raise InputError("max_pool2d with dilation", "use dilation 1")
+    # ceil_mode: the last window may hang over the bottom or right edge, which extra padding
+    # (ignored by a max, as PyTorch ignores it) expresses
+    in_size, out_size = ctx.shape(node.args[0])[2:], ctx.shape(node)[2:]  # type: ignore[arg-type]
+    extra = [max(0, (out_size[i] - 1) * stride[i] + kernel[i] - in_size[i] - 2 * pad[i]) for i in range(2)]
+    pads = [pad[0], pad[1], pad[0] + extra[0], pad[1] + extra[1]]
+    ctx.emit("maxpool2d", node, [ctx.name(node.args[0])], kernel=list(kernel), stride=list(stride), pads=pads)
 
 
 @lowers(aten.mean.dim)

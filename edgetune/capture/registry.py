@@ -39,6 +39,8 @@ class LoweringContext:
     unbinds: dict[str, int] = field(default_factory=dict)
     # permutes that move the batch axis -> (source, perm): only indexing their first axis is supported
     batch_permutes: dict[str, tuple[Any, list[int]]] = field(default_factory=dict)
+    # F.normalize's norm (and its clamp and expansion) -> (the normalized tensor, axis, eps)
+    norms: dict[str, tuple[str, int, float]] = field(default_factory=dict)
     # nodes inside a decomposed op that must not take the module's own name -> the suffix they
     # are named by instead (``rnn.l0t3_gx``, ``conv.reshape``)
     helpers: dict[str, str] = field(default_factory=dict)

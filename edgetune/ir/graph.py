@@ -13,8 +13,11 @@ import numpy as np
 # A transposed convolution keeps its weight as [out, in, kh, kw] (PyTorch stores [in, out, ...]),
 # so that every pass finds a layer's output channels on axis 0.
 WEIGHTED_OPS = frozenset({"conv2d", "linear", "conv_transpose2d"})
+# Activations without an int8 kernel in either runtime: both files compute them in float between
+# the int8 input and output (TFLite: DEQUANTIZE, float ops, QUANTIZE).
+FLOAT_ACTIVATIONS = frozenset({"elu", "softplus", "mish"})
 # One input, one output, every element on its own: activations, whatever the tensor's rank.
-ACTIVATION_OPS = frozenset({"relu", "relu6", "clamp", "sigmoid", "tanh", "hardswish", "leaky_relu", "gelu"})
+ACTIVATION_OPS = frozenset({"relu", "relu6", "clamp", "sigmoid", "tanh", "hardswish", "leaky_relu", "gelu"}) | FLOAT_ACTIVATIONS
 
 
 @dataclass

@@ -22,6 +22,15 @@ INT32_MAX = 2**31 - 1
 # The smallest scale edgetune writes: an all-zero tensor still needs a positive scale.
 MIN_SCALE = np.float32(1e-9)
 
+# Ops with fixed output parameters (scale, zero point) in the TFLite int8 specification.
+FIXED_OUTPUT_PARAMS = {
+    "softmax": (1.0 / 256, -128),
+    "sigmoid": (1.0 / 256, -128),
+    "tanh": (1.0 / 128, 0),
+    "log_softmax": (16.0 / 256, 127),
+    "l2_normalize": (1.0 / 128, 0),
+}
+
 
 def activation_params(low: float, high: float) -> QParams:
     """Asymmetric int8 parameters whose grid covers [low, high] and holds 0 exactly."""

@@ -159,6 +159,36 @@ def _slice(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return args[0][tuple(index)]
 
 
+@kernel("log_softmax")
+def _log_softmax(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.log_softmax(args[0], dim=node.attrs["axis"])
+
+
+@kernel("elu")
+def _elu(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.elu(args[0], node.attrs["alpha"])
+
+
+@kernel("softplus")
+def _softplus(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.softplus(args[0])
+
+
+@kernel("mish")
+def _mish(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.mish(args[0])
+
+
+@kernel("l2_normalize")
+def _l2_normalize(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.normalize(args[0], dim=node.attrs["axis"], eps=node.attrs["eps"])
+
+
+@kernel("depth_to_space")
+def _depth_to_space(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.pixel_shuffle(args[0], node.attrs["block"])
+
+
 @kernel("softmax")
 def _softmax(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return torch.softmax(args[0], node.attrs["axis"])
@@ -177,8 +207,12 @@ def _avgpool2d(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
 
 @kernel("maxpool2d")
 def _maxpool2d(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
-    top, left, _, _ = node.attrs["pads"]
-    return F.max_pool2d(args[0], node.attrs["kernel"], node.attrs["stride"], (top, left))
+    top, left, bottom, right = node.attrs["pads"]
+    if (top, left) == (bottom, right):
+        return F.max_pool2d(args[0], node.attrs["kernel"], node.attrs["stride"], (top, left))
+    # uneven (ceil_mode's extra row and column): pad with -inf, which no window's max takes
+    padded = F.pad(args[0], (left, right, top, bottom), value=float("-inf"))
+    return F.max_pool2d(padded, node.attrs["kernel"], node.attrs["stride"])
 
 
 @kernel("mean")

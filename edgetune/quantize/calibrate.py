@@ -18,12 +18,11 @@ from edgetune.quantize.output_error import choose_by_output
 
 # Ops whose int8 output reuses the input's parameters: TFLite's kernels for them move or
 # average values without rescaling, so different parameters would give wrong results.
-SHARES_INPUT_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", "resize", "slice"}
+SHARES_INPUT_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", "resize", "slice", "depth_to_space"}
 # Ops whose constant operands stay float: both writers compute them in float between the
 # input's dequantization and the output's quantization (TFLite has no int8 LayerNorm).
 FLOAT_OPERANDS = {"layer_norm"}
-# Ops with fixed output parameters in the TFLite int8 specification.
-FIXED_OUTPUT_PARAMS = {"softmax": (1.0 / 256, -128), "sigmoid": (1.0 / 256, -128), "tanh": (1.0 / 128, 0)}
+FIXED_OUTPUT_PARAMS = params.FIXED_OUTPUT_PARAMS
 # Every activation of a calibration batch is materialised as an output, so batches stay small.
 CALIBRATION_BATCH = 8
 

@@ -168,6 +168,38 @@ def softmax(b: OnnxBuilder, node: Node) -> str:
     return b.node("Softmax", [b.read(node.inputs[0])], axis=node.attrs["axis"])[0]
 
 
+@onnx_op("elu", "softplus", "mish")
+def float_activation(b: OnnxBuilder, node: Node) -> str:
+    """In float between DequantizeLinear and QuantizeLinear (ONNX Runtime has no integer kernel
+    for them): Elu, Softplus, and Mish as x * tanh(softplus(x)) (Mish arrived in opset 18)."""
+    x = b.read(node.inputs[0])
+    if node.op == "elu":
+        return b.node("Elu", [x], alpha=node.attrs["alpha"])[0]
+    soft = b.node("Softplus", [x])[0]
+    return soft if node.op == "softplus" else b.node("Mul", [x, b.node("Tanh", [soft])[0]])[0]
+
+
+@onnx_op("depth_to_space")
+def depth_to_space(b: OnnxBuilder, node: Node) -> str:
+    """DepthToSpace in CRD order: PyTorch's pixel_shuffle."""
+    return b.node("DepthToSpace", [b.read(node.inputs[0])], blocksize=node.attrs["block"], mode="CRD")[0]
+
+
+@onnx_op("l2_normalize")
+def l2_normalize(b: OnnxBuilder, node: Node) -> str:
+    """x / max(||x||, eps) over the axis, in float between DequantizeLinear and QuantizeLinear."""
+    x = b.read(node.inputs[0])
+    norm = b.node("ReduceL2", [x], axes=[node.attrs["axis"]], keepdims=1)[0]
+    floor = b.node("Max", [norm, b.initializer(f"{node.name}_eps", np.float32(node.attrs["eps"]))])[0]
+    return b.node("Div", [x, floor])[0]
+
+
+@onnx_op("log_softmax")
+def log_softmax(b: OnnxBuilder, node: Node) -> str:
+    """In float between DequantizeLinear and QuantizeLinear, onto TFLite's fixed grid (16/256, 127)."""
+    return b.node("LogSoftmax", [b.read(node.inputs[0])], axis=node.attrs["axis"])[0]
+
+
 @onnx_op("global_avgpool")
 def global_avgpool(b: OnnxBuilder, node: Node) -> str:
     return b.node("GlobalAveragePool", [b.read(node.inputs[0])])[0]

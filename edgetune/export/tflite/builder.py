@@ -33,6 +33,8 @@ VERSIONS: dict[int, tuple[int, int]] = {
     tflite.BuiltinOperator.DEPTH_TO_SPACE: (1, 1),
     tflite.BuiltinOperator.TRANSPOSE: (1, 2),
     tflite.BuiltinOperator.SOFTMAX: (1, 2),
+    tflite.BuiltinOperator.LOG_SOFTMAX: (1, 2),
+    tflite.BuiltinOperator.L2_NORMALIZATION: (1, 2),
     tflite.BuiltinOperator.LOGISTIC: (1, 2),
     tflite.BuiltinOperator.TANH: (1, 2),
     tflite.BuiltinOperator.HARD_SWISH: (1, 1),

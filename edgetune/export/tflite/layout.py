@@ -15,7 +15,18 @@ from edgetune.ir.graph import ACTIVATION_OPS, Graph
 # Ops whose input and output share a layout, whichever it is.
 SAME_LAYOUT = ACTIVATION_OPS | {"add", "sub", "mul", "slice", "concat", "mean"}
 # Ops that only make sense on images: their tensors are NHWC.
-SPATIAL = {"conv2d", "conv_transpose2d", "maxpool2d", "avgpool2d", "global_avgpool", "resize", "pad", "prelu", "batch_norm"}
+SPATIAL = {
+    "conv2d",
+    "conv_transpose2d",
+    "maxpool2d",
+    "avgpool2d",
+    "global_avgpool",
+    "resize",
+    "pad",
+    "prelu",
+    "batch_norm",
+    "depth_to_space",
+}
 
 NCHW_TO_NHWC = (0, 2, 3, 1)
 NHWC_TO_NCHW = (0, 3, 1, 2)
@@ -63,7 +74,13 @@ def plain_tensors(graph: Graph) -> set[str]:
         tensor = graph.tensors.get(name)
         return tensor is not None and tensor.data is None and len(tensor.shape) == 4
 
-    plain = {name for node in graph.nodes if node.op in ("matmul", "softmax") for name in [*node.inputs, *node.outputs] if four_d(name)}
+    plain = {
+        name
+        for node in graph.nodes
+        if node.op in ("matmul", "softmax", "log_softmax")
+        for name in [*node.inputs, *node.outputs]
+        if four_d(name)
+    }
     changed = bool(plain)
     while changed:
         changed = False

@@ -44,7 +44,11 @@ def unsupported(graph: Graph, node: Node) -> str | None:
         return node.op
     if node.op in UNSUPPORTED_CHECKS:
         return UNSUPPORTED_CHECKS[node.op](graph, node)
-    if node.op == "softmax" and len(graph.tensors[node.inputs[0]].shape) == 4 and node.inputs[0] not in layout.plain_tensors(graph):
+    if (
+        node.op in ("softmax", "log_softmax")
+        and len(graph.tensors[node.inputs[0]].shape) == 4
+        and node.inputs[0] not in layout.plain_tensors(graph)
+    ):
         return "softmax over the last axis of an image (NHWC's last axis is its channels)"
     if node.op == "pad" and node.attrs["value"] != 0.0:
         return "pad with a non-zero value"
@@ -378,6 +382,17 @@ def softmax(b: TflBuilder, node: Node) -> None:
         return int(tflite.SoftmaxOptionsEnd(fb))
 
     b.op(Op.SOFTMAX, [b.read(node.inputs[0])], [b.define(node.outputs[0])], Options.SoftmaxOptions, options)
+
+
+@tfl_op("log_softmax")
+def log_softmax(b: TflBuilder, node: Node) -> None:
+    """LOG_SOFTMAX: int8 output on the fixed grid (scale 16/256, zero point 127)."""
+
+    def options(fb: flatbuffers.Builder) -> int:
+        tflite.LogSoftmaxOptionsStart(fb)
+        return int(tflite.LogSoftmaxOptionsEnd(fb))
+
+    b.op(Op.LOG_SOFTMAX, [b.read(node.inputs[0])], [b.define(node.outputs[0])], Options.LogSoftmaxOptions, options)
 
 
 def _mean(b: TflBuilder, node: Node, axes: list[int], keep: bool) -> None:

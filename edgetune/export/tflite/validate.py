@@ -13,16 +13,17 @@ import numpy as np
 
 from edgetune.errors import EdgetuneError, InputError
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
+from edgetune.ir.quant import FIXED_OUTPUT_PARAMS
 
 # TFLite's int8 kernels require these output parameters (scale, zero point).
-FIXED_OUTPUTS = {"softmax": (1.0 / 256, -128), "sigmoid": (1.0 / 256, -128), "tanh": (1.0 / 128, 0)}
+FIXED_OUTPUTS = FIXED_OUTPUT_PARAMS
 # XNNPACK's int8 convolution and fully-connected operators accept a requantization scale
 # (input scale x weight scale / output scale) in [2^-32, 256); outside it, the interpreter
 # aborts the process while preparing the model.
 REQUANTIZATION_RANGE = (2.0**-32, 256.0)
 # Ops whose int8 input and output must share scale and zero point.
 # (AVERAGE_POOL_2D and MAX_POOL_2D do not rescale: different parameters give wrong values.)
-SAME_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", "concat", "resize", "slice"}
+SAME_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", "concat", "resize", "slice", "depth_to_space"}
 
 
 def _between(graph: Graph, switched: Callable[[Node], bool]) -> set[str]:
