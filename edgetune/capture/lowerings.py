@@ -413,13 +413,15 @@ def permute(ctx: LoweringContext, node: torch.fx.Node) -> None:
     ctx.emit("transpose", node, [ctx.name(node.args[0])], perm=perm)
 
 
-@lowers(aten.softmax.int, aten._softmax.default)
+@lowers(aten.softmax.int, aten._softmax.default, aten.log_softmax.int, aten._log_softmax.default)
 def softmax(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """softmax or log_softmax (TFLite's LOG_SOFTMAX, int8 on its fixed grid) over the last axis."""
+    op = "log_softmax" if "log_softmax" in str(node.target) else "softmax"
     rank = len(ctx.shape(node))
     axis = _axis(_int(node.args[1]), rank)
     if axis != rank - 1:
-        raise InputError("softmax over an axis other than the last", "apply softmax over the last axis")
-    ctx.emit("softmax", node, [ctx.name(node.args[0])], axis=axis)
+        raise InputError(f"{op} over an axis other than the last", f"apply {op} over the last axis")
+    ctx.emit(op, node, [ctx.name(node.args[0])], axis=axis)
 
 
 def _unary(op: str):  # type: ignore[no-untyped-def]

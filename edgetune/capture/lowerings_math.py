@@ -1,8 +1,8 @@
 """Small reductions and arithmetic, written with the IR's existing ops where one exists:
 ``sum`` is a mean times the count, ``amax`` and adaptive max pooling a max pool over the map,
-``-x`` and ``c - x`` a multiply and a subtract, ``x ** 2`` a multiply, and ``log_softmax``
-TFLite's LOG_SOFTMAX (int8 on a fixed grid). ``F.normalize`` (a norm, clamped, expanded and
-divided by) becomes one L2 normalization, and ``pixel_shuffle`` a depth-to-space."""
+``-x`` and ``c - x`` a multiply and a subtract, ``x ** 2`` a multiply. ``F.normalize`` (a norm,
+clamped, expanded and divided by) becomes one L2 normalization, ``pixel_shuffle`` a
+depth-to-space, and ELU, Softplus and Mish the float-computed activations."""
 
 from __future__ import annotations
 
@@ -84,15 +84,6 @@ def pow_(ctx: LoweringContext, node: torch.fx.Node) -> None:
         raise InputError(f"{node.name}: a power of {node.args[1]}", "use x * x (squares are supported)")
     x = ctx.name(node.args[0])
     ctx.emit("mul", node, [x, x])
-
-
-@lowers(aten.log_softmax.int, aten._log_softmax.default)
-def log_softmax(ctx: LoweringContext, node: torch.fx.Node) -> None:
-    rank = len(ctx.shape(node))
-    axis = _axis(_int(node.args[1]), rank)
-    if axis != rank - 1:
-        raise InputError("log_softmax over an axis other than the last", "apply log_softmax over the last axis")
-    ctx.emit("log_softmax", node, [ctx.name(node.args[0])], axis=axis)
 
 
 @lowers(aten.linalg_vector_norm.default)

@@ -164,19 +164,11 @@ def _log_softmax(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return F.log_softmax(args[0], dim=node.attrs["axis"])
 
 
-@kernel("elu")
-def _elu(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
-    return F.elu(args[0], node.attrs["alpha"])
-
-
-@kernel("softplus")
-def _softplus(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
-    return F.softplus(args[0])
-
-
-@kernel("mish")
-def _mish(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
-    return F.mish(args[0])
+@kernel("elu", "softplus", "mish")
+def _float_activation(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    if node.op == "elu":
+        return F.elu(args[0], node.attrs["alpha"])
+    return F.softplus(args[0]) if node.op == "softplus" else F.mish(args[0])
 
 
 @kernel("l2_normalize")
