@@ -208,6 +208,21 @@ def test_onnx_layer_norm_and_matmul_import_as_the_captured_ones(tmp_path: Path) 
     assert [n.op for n in imported.nodes] == ["linear", "layer_norm", "transpose", "matmul"]
 
 
+def test_onnx_activations_and_rearrangements_import_as_the_captured_ones(tmp_path: Path) -> None:
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 1, 1)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Elu", ["c"], ["e"], alpha=0.5),
+        helper.make_node("Softplus", ["e"], ["s"]),
+        helper.make_node("Mish", ["s"], ["m"]),
+        helper.make_node("Neg", ["m"], ["n"]),
+        helper.make_node("DepthToSpace", ["n"], ["d"], blocksize=2, mode="CRD"),
+        helper.make_node("GlobalMaxPool", ["d"], ["y"]),
+    ]
+    imported = _imported_as_onnx_runs_it(tmp_path, nodes, [w], ([3, 4, 4], [2, 1, 1]), opset=18)
+    assert [n.op for n in imported.nodes] == ["conv2d", "elu", "softplus", "mish", "mul", "depth_to_space", "maxpool2d"]
+
+
 def test_onnx_resize_imports_as_the_captured_one(tmp_path: Path) -> None:
     """torch.onnx's Resize forms: nearest (asymmetric, floor) and bilinear (pytorch_half_pixel)."""
     scales = numpy_helper.from_array(np.asarray([1, 1, 2, 2], np.float32), "scales")

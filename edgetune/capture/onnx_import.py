@@ -269,18 +269,42 @@ def concat(ctx: OnnxContext, proto: Any) -> None:
     ctx.emit("concat", proto, [ctx.name(i) for i in proto.input], axis=int(_attrs(proto)["axis"]) % rank)
 
 
-@imports("Softmax")
+@imports("Softmax", "LogSoftmax")
 def softmax(ctx: OnnxContext, proto: Any) -> None:
     rank = len(ctx.shapes[proto.output[0]])
     axis = int(_attrs(proto).get("axis", -1)) % rank
     if axis != rank - 1:
-        raise InputError(f"Softmax {proto.name} over axis {axis}", "apply softmax over the last axis")
-    ctx.emit("softmax", proto, [ctx.name(proto.input[0])], axis=axis)
+        raise InputError(f"{proto.op_type} {proto.name} over axis {axis}", "apply it over the last axis")
+    ctx.emit("softmax" if proto.op_type == "Softmax" else "log_softmax", proto, [ctx.name(proto.input[0])], axis=axis)
 
 
-@imports("Sigmoid", "Tanh")
+@imports("Sigmoid", "Tanh", "Softplus", "Mish")
 def unary(ctx: OnnxContext, proto: Any) -> None:
     ctx.emit(proto.op_type.lower(), proto, [ctx.name(proto.input[0])])
+
+
+@imports("Elu")
+def elu(ctx: OnnxContext, proto: Any) -> None:
+    ctx.emit("elu", proto, [ctx.name(proto.input[0])], alpha=float(_attrs(proto).get("alpha", 1.0)))
+
+
+@imports("Neg")
+def neg(ctx: OnnxContext, proto: Any) -> None:
+    ctx.emit("mul", proto, [ctx.name(proto.input[0]), ctx.add_const(f"{proto.output[0]}_minus_one", np.asarray(-1.0))])
+
+
+@imports("GlobalMaxPool")
+def global_maxpool(ctx: OnnxContext, proto: Any) -> None:
+    height, width = ctx.shapes[proto.input[0]][2:]
+    ctx.emit("maxpool2d", proto, [ctx.name(proto.input[0])], kernel=[height, width], stride=[height, width], pads=[0, 0, 0, 0])
+
+
+@imports("DepthToSpace")
+def depth_to_space(ctx: OnnxContext, proto: Any) -> None:
+    a = _attrs(proto)
+    if a.get("mode", b"DCR") not in (b"CRD", "CRD"):
+        raise InputError(f"DepthToSpace {proto.name} in DCR order", "export PyTorch's pixel_shuffle (CRD order)")
+    ctx.emit("depth_to_space", proto, [ctx.name(proto.input[0])], block=int(a["blocksize"]))
 
 
 @imports("HardSwish")
