@@ -238,6 +238,8 @@ OPS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
     "pixel-shuffle": lambda: (seq(conv(3, 8, 1, 1), nn.PixelShuffle(2)), (3, 3, 4)),
     "normalize-features": lambda: (seq(nn.Linear(6, 8), Single(lambda x: torch.nn.functional.normalize(x, dim=1))), (6,)),
     "normalize-channels": lambda: (seq(conv(3, 8, 1, 1), Single(lambda x: torch.nn.functional.normalize(x, dim=1))), (3, 3, 3)),
+    "group-norm": lambda: (seq(conv(3, 8, 1, 1), nn.GroupNorm(2, 8)), (3, 4, 4)),
+    "instance-norm": lambda: (seq(conv(3, 4, 1, 1), nn.InstanceNorm2d(4, affine=True)), (3, 4, 4)),
     "elu": lambda: (seq(conv(3, 4, 1, 1), nn.ELU()), (3, 4, 4)),
     "elu-alpha": lambda: (seq(conv(3, 4, 1, 1), nn.ELU(0.5)), (3, 4, 4)),
     "softplus": lambda: (seq(conv(3, 4, 1, 1), nn.Softplus()), (3, 4, 4)),
@@ -278,7 +280,7 @@ TWO_LAYER_CASES |= {"attention-scores", "multihead-attention", "transformer-enco
 TWO_LAYER_CASES |= {"scaled-dot-product-attention", "negate-and-rsub", "sum-steps", "sum-spatial"}
 # Float islands after a conv whose output grid is coarser than theirs: the reference conv's
 # 1-LSB step (XNNPACK's agrees with the simulation exactly) spans 2 of the island's output LSB.
-TWO_LAYER_CASES |= {"elu", "elu-alpha", "softplus", "mish"}
+TWO_LAYER_CASES |= {"elu", "elu-alpha", "softplus", "mish", "group-norm", "instance-norm"}
 APPROXIMATED |= RECURRENT
 
 

@@ -11,13 +11,14 @@ The user's model is not modified: the replacement happens on a copy.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
 import torch.fx
 from torch import nn
 
-from edgetune.capture.lowerings import _arg, _ints
+from edgetune.capture.lowerings import _arg, _int, _ints
 from edgetune.capture.registry import LoweringContext, lowers
 from edgetune.errors import InputError
 
@@ -104,6 +105,41 @@ def layer_norm(ctx: LoweringContext, node: torch.fx.Node) -> None:
         raise InputError(f"{node.name}: LayerNorm with computed scales", "give LayerNorm its own parameters")
     inputs = [ctx.name(node.args[0]), ctx.constant(f"{node.name}.weight", gamma), ctx.constant(f"{node.name}.bias", beta)]
     ctx.emit("layer_norm", node, inputs, eps=float(_arg(node, 4, "eps", 1e-5)))
+
+
+@lowers(aten.group_norm.default)
+def group_norm(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """GroupNorm over [N, C, H, W] (or [N, C, L]): statistics per sample and group of channels."""
+    shape = ctx.shape(node.args[0])  # type: ignore[arg-type]
+    groups = _int(node.args[1])
+    _emit_group_norm(
+        ctx, node, shape, groups, _arg(node, 2, "weight", None), _arg(node, 3, "bias", None), float(_arg(node, 4, "eps", 1e-5))
+    )
+
+
+@lowers(aten.instance_norm.default)
+def instance_norm(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """InstanceNorm: GroupNorm with a group per channel (running statistics are refused)."""
+    if not _arg(node, 5, "use_input_stats", True):
+        raise InputError(f"{node.name}: InstanceNorm with track_running_stats", "use BatchNorm, or InstanceNorm without running statistics")
+    shape = ctx.shape(node.args[0])  # type: ignore[arg-type]
+    _emit_group_norm(
+        ctx, node, shape, shape[1], _arg(node, 1, "weight", None), _arg(node, 2, "bias", None), float(_arg(node, 7, "eps", 1e-5))
+    )
+
+
+def _emit_group_norm(
+    ctx: LoweringContext, node: torch.fx.Node, shape: tuple[int, ...], groups: int, weight: Any, bias: Any, eps: float
+) -> None:
+    if len(shape) != 4:
+        raise InputError(f"{node.name}: group or instance norm over a rank-{len(shape)} tensor", "normalize [N, C, H, W] feature maps")
+    channels = shape[1]
+    gamma = ctx.const(weight) if weight is not None else np.ones(channels, np.float32)
+    beta = ctx.const(bias) if bias is not None else np.zeros(channels, np.float32)
+    if gamma is None or beta is None or channels % groups:
+        raise InputError(f"{node.name}: a group norm with computed scales or uneven groups", "give it its own parameters")
+    inputs = [ctx.name(node.args[0]), ctx.constant(f"{node.name}.weight", gamma), ctx.constant(f"{node.name}.bias", beta)]
+    ctx.emit("group_norm", node, inputs, groups=groups, eps=eps)
 
 
 @lowers(aten.bmm.default, aten.matmul.default)

@@ -13,6 +13,7 @@ FLOAT_BY_DESIGN = {
         "TFLite has no LayerNorm operator and requantizing each of its steps loses the most accuracy of any transformer op:"
         " it runs in float between the int8 input and output",
     ),
+    "group_norm": ("both", "no GroupNorm or InstanceNorm operator with int8 kernels: float between the int8 input and output"),
     "gelu": ("ONNX", "opset 17 has no Gelu: float between DequantizeLinear and QuantizeLinear (TFLite's int8 GELU is a table of it)"),
     "prelu": ("ONNX", "ONNX Runtime has no integer PRelu: float between DequantizeLinear and QuantizeLinear"),
     **{op: ("both", "no int8 kernel in either runtime: float between the int8 input and output") for op in ("elu", "softplus", "mish")},

@@ -135,6 +135,11 @@ def _layer_norm(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return F.layer_norm(args[0], (args[0].shape[-1],), args[1], args[2], node.attrs["eps"])
 
 
+@kernel("group_norm")
+def _group_norm(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return F.group_norm(args[0], node.attrs["groups"], args[1], args[2], node.attrs["eps"])
+
+
 @kernel("matmul")
 def _matmul(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return torch.matmul(args[0], args[1])

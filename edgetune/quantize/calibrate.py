@@ -21,7 +21,7 @@ from edgetune.quantize.output_error import choose_by_output
 SHARES_INPUT_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", "resize", "slice", "depth_to_space"}
 # Ops whose constant operands stay float: both writers compute them in float between the
 # input's dequantization and the output's quantization (TFLite has no int8 LayerNorm).
-FLOAT_OPERANDS = {"layer_norm"}
+FLOAT_OPERANDS = {"layer_norm", "group_norm"}
 FIXED_OUTPUT_PARAMS = params.FIXED_OUTPUT_PARAMS
 # Every activation of a calibration batch is materialised as an output, so batches stay small.
 CALIBRATION_BATCH = 8

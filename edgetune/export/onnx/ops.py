@@ -100,6 +100,24 @@ def matmul(b: OnnxBuilder, node: Node) -> str:
     return b.node("MatMul", [b.read(node.inputs[0]), b.read(node.inputs[1])])[0]
 
 
+@onnx_op("group_norm")
+def group_norm(b: OnnxBuilder, node: Node) -> str:
+    """Opset 17 has no GroupNormalization: the channels reshaped into [N, groups, rest],
+    InstanceNormalization with unit scale, reshaped back, then the per-channel scale and shift.
+    In float between DequantizeLinear and QuantizeLinear."""
+    shape = list(b.graph.tensors[node.inputs[0]].shape)
+    groups = node.attrs["groups"]
+    grouped = b.node("Reshape", [b.read(node.inputs[0]), b.initializer(f"{node.name}_groups", np.asarray([0, groups, -1], np.int64))])[0]
+    ones, zeros = (
+        b.initializer(f"{node.name}_{part}", np.full(groups, value, np.float32)) for part, value in (("one", 1.0), ("zero", 0.0))
+    )
+    normalized = b.node("InstanceNormalization", [grouped, ones, zeros], epsilon=node.attrs["eps"])[0]
+    restored = b.node("Reshape", [normalized, b.initializer(f"{node.name}_shape", np.asarray([-1, *shape[1:]], np.int64))])[0]
+    gamma = b.initializer(f"{node.name}_gamma", b.graph.const(node.inputs[1]).reshape(-1, 1, 1).astype(np.float32))
+    beta = b.initializer(f"{node.name}_beta", b.graph.const(node.inputs[2]).reshape(-1, 1, 1).astype(np.float32))
+    return b.node("Add", [b.node("Mul", [restored, gamma])[0], beta])[0]
+
+
 @onnx_op("layer_norm")
 def layer_norm(b: OnnxBuilder, node: Node) -> str:
     """LayerNormalization (opset 17) in float between DequantizeLinear and QuantizeLinear."""

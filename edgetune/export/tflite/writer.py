@@ -9,7 +9,7 @@ import tflite
 
 import edgetune
 from edgetune.errors import UnsupportedOpsError
-from edgetune.export.tflite import deconv, float_activations, rearrange, transformer  # noqa: F401  (register their ops)
+from edgetune.export.tflite import deconv, float_activations, matmul, norms, rearrange  # noqa: F401  (register their ops)
 from edgetune.export.tflite.builder import TflBuilder, quant_spec
 from edgetune.export.tflite.model import TflTensor
 from edgetune.export.tflite.ops import TFLITE_OPS, unsupported
