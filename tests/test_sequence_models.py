@@ -87,3 +87,26 @@ def test_the_report_names_the_ops_computed_in_float_and_why(tmp_path: Path) -> N
     assert set(floats) == {"layer_norm", "gelu"}
     assert len(floats["layer_norm"]["layers"]) == 7 and floats["layer_norm"]["files"] == "both"
     assert "no LayerNorm operator" in floats["layer_norm"]["why"]
+
+
+def test_the_fallback_switches_every_step_that_shares_a_weight() -> None:
+    from edgetune.export.tflite import write_tflite
+    from edgetune.quantize import QuantConfig, calibrate
+    from edgetune.quantize.fallback import Precision
+
+    graph = capture(_LastStep().eval(), (6, 4))
+    calibrate(graph, np.random.default_rng(0).standard_normal((16, 6, 4)).astype(np.float32), QuantConfig(samples=16))
+    precision = Precision(graph, "float")
+    precision.set({"gru.l0t5_gx"})
+    steps = [node for node in graph.nodes if node.op == "linear" and node.name.endswith("_gx")]  # they read W_ih
+    assert all(node.attrs.get("precision") == "float" for node in steps), "one weight, one precision"
+    write_tflite(graph)  # every step's weight is float: the writer accepts it
+
+
+class _LastStep(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(4, 5, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gru(x)[0][:, -1]

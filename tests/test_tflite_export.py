@@ -101,6 +101,31 @@ class HeadsAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(batch, steps, dim))
 
 
+class LayerNorm2d(nn.Module):
+    """timm's LayerNorm2d: channels last, LayerNorm, channels first, between two convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.norm, self.b = nn.Conv2d(4, 4, 1), nn.LayerNorm(4), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.norm(self.a(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
+class CosineHead(nn.Module):
+    """An embedding normalized and scored against normalized class weights (ArcFace-style)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.classes = nn.Linear(8, 6), nn.Parameter(torch.randn(5, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.nn.functional
+        return f.linear(f.normalize(self.embed(x)), f.normalize(self.classes))
+
+
 def _case(build: Callable[[], tuple[nn.Module, tuple[int, ...]]]) -> Callable[[], tuple[nn.Module, tuple[int, ...]]]:
     return build
 
@@ -240,6 +265,8 @@ OPS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
     "normalize-channels": lambda: (seq(conv(3, 8, 1, 1), Single(lambda x: torch.nn.functional.normalize(x, dim=1))), (3, 3, 3)),
     "group-norm": lambda: (seq(conv(3, 8, 1, 1), nn.GroupNorm(2, 8)), (3, 4, 4)),
     "instance-norm": lambda: (seq(conv(3, 4, 1, 1), nn.InstanceNorm2d(4, affine=True)), (3, 4, 4)),
+    "layer-norm-channels-last": lambda: (LayerNorm2d(), (4, 3, 5)),
+    "cosine-classifier": lambda: (CosineHead(), (8,)),
     "elu": lambda: (seq(conv(3, 4, 1, 1), nn.ELU()), (3, 4, 4)),
     "elu-alpha": lambda: (seq(conv(3, 4, 1, 1), nn.ELU(0.5)), (3, 4, 4)),
     "softplus": lambda: (seq(conv(3, 4, 1, 1), nn.Softplus()), (3, 4, 4)),
@@ -280,7 +307,7 @@ TWO_LAYER_CASES |= {"attention-scores", "multihead-attention", "transformer-enco
 TWO_LAYER_CASES |= {"scaled-dot-product-attention", "negate-and-rsub", "sum-steps", "sum-spatial"}
 # Float islands after a conv whose output grid is coarser than theirs: the reference conv's
 # 1-LSB step (XNNPACK's agrees with the simulation exactly) spans 2 of the island's output LSB.
-TWO_LAYER_CASES |= {"elu", "elu-alpha", "softplus", "mish", "group-norm", "instance-norm"}
+TWO_LAYER_CASES |= {"elu", "elu-alpha", "softplus", "mish", "group-norm", "instance-norm", "layer-norm-channels-last"}
 APPROXIMATED |= RECURRENT
 
 
@@ -405,5 +432,20 @@ def test_writer_refuses_broken_quantization() -> None:
 
 def test_unsupported_ops_are_listed_before_writing() -> None:
     graph = _quantized(seq(nn.ConstantPad2d(1, 0.5), conv(4, 8, 3, 1, 1), nn.Softmax(dim=-1)), (4, 4, 4))
-    with pytest.raises(UnsupportedOpsError, match="pad with a non-zero value, softmax over the last axis of an image"):
+    with pytest.raises(
+        UnsupportedOpsError, match="pad with a non-zero value, softmax .* over the last axis of a tensor joined to an image"
+    ):
+        write_tflite(graph)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [lambda y: (y + y * 0.5).softmax(-1), lambda y: y[:, :2] @ y[:, 2:].transpose(-1, -2)],
+    ids=["softmax-after-add", "matmul-of-channel-halves"],
+)
+def test_last_axis_ops_on_an_image_are_refused_not_miscomputed(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """NHWC's last axis is the channels: softmax or a product over an image's last axis (its
+    width in PyTorch) would be computed over the wrong axis, so it is refused."""
+    graph = _quantized(seq(conv(4, 4, 1, 1), Single(fn)), (4, 4, 4))
+    with pytest.raises(UnsupportedOpsError, match="over the last axis of a tensor joined to an image"):
         write_tflite(graph)

@@ -148,7 +148,7 @@ def matmul(ctx: LoweringContext, node: torch.fx.Node) -> None:
     linear layer without bias)."""
     shapes = [ctx.shape(arg) for arg in node.args[:2]]  # type: ignore[arg-type]
     weight = ctx.const(node.args[1])
-    if weight is not None and weight.ndim == 2 and ctx.const(node.args[0]) is None:
+    if weight is not None and weight.ndim == 2 and ctx.const(node.args[0]) is None and len(shapes[0]) <= 3:
         ctx.emit("linear", node, [ctx.name(node.args[0]), ctx.constant(f"{ctx.resolve(node.args[1])}_t", weight.T)])
         return
     if len(shapes[0]) != len(shapes[1]) or len(shapes[0]) not in (3, 4) or any(ctx.const(a) is not None for a in node.args[:2]):

@@ -100,6 +100,8 @@ def conv_transpose2d(ctx: LoweringContext, node: torch.fx.Node) -> None:
 
 @lowers(aten.linear.default)
 def linear(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    if ctx.const(node.args[1]) is None:
+        raise InputError(f"{node.name}: a linear layer whose weight is computed", "give it a constant weight (a parameter)")
     rank = len(ctx.shape(node.args[0]))  # type: ignore[arg-type]
     if rank > 3:
         raise InputError(f"{node.name}: a linear layer on a rank-{rank} tensor", "give it [batch, features] or [batch, steps, features]")

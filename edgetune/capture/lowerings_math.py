@@ -54,6 +54,7 @@ def adaptive_max_pool2d(ctx: LoweringContext, node: torch.fx.Node) -> None:
     node.meta["val"] = node.meta["val"][0]
     _max_over_map(ctx, node, _pair(node.args[1]), keep_map=True)
     ctx.tuples[node.name] = [node.name, f"{node.name}_indices"]
+    ctx.unreadable[f"{node.name}_indices"] = "a max pool's indices, which edgetune does not compute"
 
 
 @lowers(aten.amax.default)
@@ -102,7 +103,7 @@ def norm_guard(ctx: LoweringContext, node: torch.fx.Node) -> None:
     if source not in ctx.norms:
         raise InputError(f"{node.name}: {node.target} outside F.normalize", "use F.normalize, or torch.clamp")
     x, axis, eps = ctx.norms[source]
-    if node.target == aten.clamp_min.default:
+    if node.target == aten.clamp_min.default:  # F.normalize clamps its norm away from zero
         eps = float(node.args[1])  # type: ignore[arg-type]
     ctx.norms[node.name] = (x, axis, eps)
 
@@ -115,6 +116,11 @@ def normalized(ctx: LoweringContext, node: torch.fx.Node) -> bool:
     x, axis, eps = ctx.norms[ctx.resolve(divisor)]
     if x != ctx.resolve(node.args[0]):
         return False
+    value = ctx.const(node.args[0])
+    if value is not None:  # a normalized constant (a cosine classifier's weight): computed now
+        norm = np.sqrt((value.astype(np.float64) ** 2).sum(axis=axis, keepdims=True))
+        ctx.constants[node.name] = (value / np.maximum(norm, eps)).astype(np.float32)
+        return True
     ctx.emit("l2_normalize", node, [ctx.name(node.args[0])], axis=axis, eps=eps)
     return True
 
@@ -133,8 +139,8 @@ def elu(ctx: LoweringContext, node: torch.fx.Node) -> None:
 
 @lowers(aten.softplus.default)
 def softplus(ctx: LoweringContext, node: torch.fx.Node) -> None:
-    if float(_arg(node, 1, "beta", 1.0)) != 1.0:
-        raise InputError(f"{node.name}: softplus with beta other than 1", "use nn.Softplus()")
+    if float(_arg(node, 1, "beta", 1.0)) != 1.0 or float(_arg(node, 2, "threshold", 20.0)) < 15.0:
+        raise InputError(f"{node.name}: softplus with beta other than 1 or a low threshold", "use nn.Softplus()")
     ctx.emit("softplus", node, [ctx.name(node.args[0])])
 
 

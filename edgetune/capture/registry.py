@@ -41,6 +41,8 @@ class LoweringContext:
     batch_permutes: dict[str, tuple[Any, list[int]]] = field(default_factory=dict)
     # F.normalize's norm (and its clamp and expansion) -> (the normalized tensor, axis, eps)
     norms: dict[str, tuple[str, int, float]] = field(default_factory=dict)
+    # outputs nothing may read (a max pool's indices) -> why
+    unreadable: dict[str, str] = field(default_factory=dict)
     # nodes inside a decomposed op that must not take the module's own name -> the suffix they
     # are named by instead (``rnn.l0t3_gx``, ``conv.reshape``)
     helpers: dict[str, str] = field(default_factory=dict)
@@ -50,6 +52,10 @@ class LoweringContext:
         """The IR tensor name of an fx argument (a node or a Python scalar constant)."""
         if isinstance(arg, torch.fx.Node):
             name = self.aliases.get(arg.name, arg.name)
+            if name in self.unreadable:
+                raise InputError(f"{arg.name} is {self.unreadable[name]}", "use the values only")
+            if name in self.norms:
+                raise InputError(f"{arg.name} is a vector norm used other than by F.normalize", "use F.normalize(x, dim=...)")
             if name in self.batch_permutes:
                 raise InputError(f"{arg.name} moves the batch axis", "keep axis 0 as the batch axis, or index the permuted axis 0 at once")
             if name in self.stacks:

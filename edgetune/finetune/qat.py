@@ -28,7 +28,7 @@ from edgetune.errors import InputError
 from edgetune.ir import quant as params
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, QParams
 from edgetune.ir.torch_exec import GraphRunner, Observer, fake_quant
-from edgetune.quantize.calibrate import FIXED_OUTPUT_PARAMS, SHARES_INPUT_PARAMS
+from edgetune.quantize.calibrate import FIXED_OUTPUT_PARAMS, SHARES_INPUT_PARAMS, settle_shared_weights
 
 SCALE_PREFIX = "scale:"
 
@@ -192,6 +192,7 @@ class QatRunner(GraphRunner):
             widened += int(wide is not weight_q)
             self.graph.tensors[weight].quant = wide
             self.graph.tensors[name].quant = params.bias_params(input_q, wide)
+        settle_shared_weights(self.graph)  # one step's widening reaches the steps that share the weight
         return widened
 
 

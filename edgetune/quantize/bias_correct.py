@@ -23,7 +23,7 @@ import torch
 from edgetune.ir.graph import Graph
 from edgetune.ir.torch_exec import run_preact, stat_sample_count
 from edgetune.progress import Progress
-from edgetune.quantize.calibrate import requantize_bias
+from edgetune.quantize.calibrate import requantize_bias, settle_shared_weights
 from edgetune.quantize.equalize import ensure_bias
 from edgetune.quantize.layerwise import LayerInputs, quantized_constant, walk
 
@@ -88,4 +88,5 @@ def correct_biases(graph: Graph, samples: np.ndarray, progress: Progress | None 
 
     result.samples = stat_sample_count(samples)
     walk(graph, samples[: result.samples], visit, progress=progress, stage="bias correction")
+    settle_shared_weights(graph)  # a step of a GRU may have widened the weight the other steps read
     return result

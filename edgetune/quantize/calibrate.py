@@ -136,12 +136,13 @@ def assign_params(graph: Graph, records: dict[str, CalibrationRecord], config: Q
             shared[node.inputs[1]] = graph.tensors[node.inputs[1]].quant  # type: ignore[assignment]
         elif node.op not in FLOAT_OPERANDS:
             _quantize_operand_constants(graph, node.inputs)
-    _settle_shared_weights(graph)
+    settle_shared_weights(graph)
 
 
-def _settle_shared_weights(graph: Graph) -> None:
+def settle_shared_weights(graph: Graph) -> None:
     """A weight read by several layers ends with the widest scales any of their biases needed:
-    every bias grid is derived again from it (input scale x weight scale, TFLite's rule)."""
+    every bias grid is derived again from it (input scale x weight scale, TFLite's rule). Run
+    after anything that may widen a weight for its bias (calibration, bias correction, QAT)."""
     readers: dict[str, list[Node]] = {}
     for node in graph.nodes:
         if node.op in WEIGHTED_OPS:
@@ -150,7 +151,11 @@ def _settle_shared_weights(graph: Graph) -> None:
         for node in nodes if len(nodes) > 1 else []:
             if len(node.inputs) > 2 and node.inputs[2]:
                 weight_q, input_q = graph.tensors[node.inputs[1]].quant, graph.tensors[node.inputs[0]].quant
-                graph.tensors[node.inputs[2]].quant = params.bias_params(input_q, weight_q)  # type: ignore[arg-type]
+                bias = graph.tensors[node.inputs[2]]
+                if weight_q is None or input_q is None or bias.quant is None:
+                    continue  # a layer the fallback keeps in float
+                grid = params.bias_params(input_q, weight_q)
+                bias.quant = QParams(grid.scale, grid.zero_point, bias.quant.dtype, grid.axis)  # int64 under int16 activations
 
 
 def weight_levels_by_layer(graph: Graph, bits: int) -> dict[str, int]:

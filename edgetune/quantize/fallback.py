@@ -86,12 +86,19 @@ class Precision:
         self.consumers = graph.consumers()
         self.producers = graph.producers()
         self.weighted = {n.name: n for n in graph.nodes if n.op in WEIGHTED_OPS}
+        # layers that read one weight (the steps of an unrolled GRU) switch together
+        self.tied: dict[str, set[str]] = {}
+        for node in self.weighted.values():
+            self.tied.setdefault(node.inputs[1], set()).add(node.name)
 
     def region(self, layers: set[str]) -> set[str]:
         """The switched layers and, in float, every other op all of whose inputs they (or such
         ops) produce: an add or a pool between float layers runs in float, so the tensors
         around it can stay float too."""
         switched = set(layers)
+        for name in layers:
+            if name in self.weighted:
+                switched |= self.tied[self.weighted[name].inputs[1]]
         if self.precision != "float":
             return switched
         for node in self.graph.nodes:

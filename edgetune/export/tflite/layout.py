@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgetune.ir.graph import ACTIVATION_OPS, Graph
+from edgetune.ir.graph import ACTIVATION_OPS, Graph, Node
 
 # Ops whose input and output share a layout, whichever it is.
 SAME_LAYOUT = ACTIVATION_OPS | {"add", "sub", "mul", "slice", "concat", "mean"}
@@ -65,32 +65,49 @@ def compose_nchw_perm(perm: list[int]) -> list[int]:
     return [NHWC_TO_NCHW[perm[NCHW_TO_NHWC[i]]] for i in range(4)]
 
 
+# Ops that need their 4-D tensors in PyTorch's order (their axes are not an image's).
+PLAIN = {"matmul", "softmax", "log_softmax", "layer_norm", "linear"}
+
+
 def plain_tensors(graph: Graph) -> set[str]:
-    """The 4-D activations the TFLite file keeps in the IR's order: those a matrix product or a
-    softmax reads or writes, and those joined to them by ops that keep a layout; never a
-    tensor an image op touches."""
+    """The 4-D activations the TFLite file keeps in the IR's order. 4-D tensors joined by ops
+    that keep a layout form one group, stored one way: in PyTorch's order when an op of
+    :data:`PLAIN` touches the group and no image op does, NHWC otherwise (then the writer
+    refuses the PLAIN op rather than compute it over the wrong axes)."""
 
     def four_d(name: str) -> bool:
         tensor = graph.tensors.get(name)
         return tensor is not None and tensor.data is None and len(tensor.shape) == 4
 
-    plain = {
-        name
-        for node in graph.nodes
-        if node.op in ("matmul", "softmax", "log_softmax")
-        for name in [*node.inputs, *node.outputs]
-        if four_d(name)
-    }
-    changed = bool(plain)
-    while changed:
-        changed = False
-        for node in graph.nodes:
-            names = [name for name in [*node.inputs, *node.outputs] if four_d(name)]
-            if node.op in SAME_LAYOUT and any(n in plain for n in names) and not all(n in plain for n in names):
-                plain.update(names)
-                changed = True
-    images = {name for node in graph.nodes if node.op in SPATIAL for name in [*node.inputs, *node.outputs]}
-    return plain - images
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        parent.setdefault(name, name)
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for node in graph.nodes:
+        names = [name for name in [*node.inputs, *node.outputs] if four_d(name)]
+        if node.op in SAME_LAYOUT:
+            for name in names[1:]:
+                parent[find(name)] = find(names[0])
+    touched = {find(name) for node in graph.nodes if node.op in PLAIN for name in [*node.inputs, *node.outputs] if four_d(name)}
+    images = {find(name) for node in graph.nodes if node.op in SPATIAL for name in [*node.inputs, *node.outputs] if four_d(name)}
+    plain_groups = touched - images
+    return {name for name in graph.activations() if four_d(name) and find(name) in plain_groups}
+
+
+def needs_plain(graph: Graph, node: Node) -> str | None:
+    """Why a node of :data:`PLAIN` cannot be written: its 4-D tensors share a layout group with
+    an image's, so they are NHWC and its last axis would be the channels."""
+    names = [name for name in [*node.inputs, *node.outputs] if name in graph.tensors and graph.tensors[name].data is None]
+    if any(len(graph.tensors[name].shape) == 4 for name in names) and not {
+        n for n in names if len(graph.tensors[n].shape) == 4
+    } <= plain_tensors(graph):
+        return f"{node.op} {node.name} over the last axis of a tensor joined to an image (transpose it to [batch, ..., features] first)"
+    return None
 
 
 def transpose_perm(perm: list[int], in_nhwc: bool, out_nhwc: bool) -> list[int]:

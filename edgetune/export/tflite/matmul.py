@@ -8,7 +8,7 @@ import flatbuffers
 import tflite
 
 from edgetune.export.tflite.builder import TflBuilder
-from edgetune.export.tflite.layout import plain_tensors
+from edgetune.export.tflite.layout import needs_plain
 from edgetune.export.tflite.ops import UNSUPPORTED_CHECKS, Op, Options, tfl_op
 from edgetune.ir.graph import Graph, Node
 
@@ -30,9 +30,9 @@ def matmul(b: TflBuilder, node: Node) -> None:
 
 def _batched(graph: Graph, node: Node) -> str | None:
     ranks = [len(graph.tensors[name].shape) for name in node.inputs]
-    if ranks[0] != ranks[1] or ranks[0] not in (3, 4) or (ranks[0] == 4 and not set(node.inputs) <= plain_tensors(graph)):
+    if ranks[0] != ranks[1] or ranks[0] not in (3, 4):
         return "a matrix product of tensors other than [batch, rows, cols] or [batch, heads, rows, cols]"
-    return None
+    return needs_plain(graph, node)
 
 
 UNSUPPORTED_CHECKS["matmul"] = _batched

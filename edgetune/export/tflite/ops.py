@@ -44,12 +44,8 @@ def unsupported(graph: Graph, node: Node) -> str | None:
         return node.op
     if node.op in UNSUPPORTED_CHECKS:
         return UNSUPPORTED_CHECKS[node.op](graph, node)
-    if (
-        node.op in ("softmax", "log_softmax")
-        and len(graph.tensors[node.inputs[0]].shape) == 4
-        and node.inputs[0] not in layout.plain_tensors(graph)
-    ):
-        return "softmax over the last axis of an image (NHWC's last axis is its channels)"
+    if node.op in layout.PLAIN and (reason := layout.needs_plain(graph, node)):
+        return reason
     if node.op == "pad" and node.attrs["value"] != 0.0:
         return "pad with a non-zero value"
     return None
