@@ -4,8 +4,10 @@ Per model: whether both artifacts were written, int8-versus-fp32 output cosine (
 against PyTorch), TFLite-versus-ONNX int8 cosine, the share of TFLite operators XNNPACK
 delegates, single-thread latency of both int8 artifacts (median of interleaved rounds), and 50%
 channel pruning (l2; groups it cannot follow kept whole): the MAC ratio and the pruned int8
-TFLite file's latency over the unpruned one's, timed in the same interleaved rounds. The models are untrained (but the
-digits CNN), fed seeded Gaussian inputs, calibrated with minmax+ defaults on 64 of them.
+TFLite file's latency over the unpruned one's, timed in the same interleaved rounds; and whether
+the model's fp32 ``.onnx`` file (PyTorch's TorchScript exporter, a dynamic batch axis) imports,
+matches PyTorch and compresses too. The models are untrained (but the digits CNN), fed seeded
+Gaussian inputs, calibrated with minmax+ defaults on 64 of them.
 
     python bench/coverage.py [--quick] [--models a,b]
 
@@ -67,6 +69,33 @@ def _pruned(name: str, calib: np.ndarray) -> tuple[bytes | None, str]:
     return write_tflite(graph), f"{ratio:.2f}{note}"
 
 
+def _from_onnx(name: str, calib: np.ndarray, x: np.ndarray, reference: np.ndarray) -> str:
+    """The model exported to an fp32 ``.onnx`` file, imported, run in float against PyTorch and
+    written to int8 TFLite: "yes" and the largest difference, or the import's error."""
+    import tempfile
+    import warnings
+
+    import torch
+
+    from edgetune.capture.onnx_import import import_onnx
+    from edgetune.ir.torch_exec import GraphRunner, run_batches
+
+    entry = zoo.ZOO[name]
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(folder) / "model.onnx"
+        sample = torch.zeros(1, *entry.input_shape)
+        torch.onnx.export(entry.build(), (sample,), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+        try:
+            graph = import_onnx(path)
+        except EdgetuneError as exc:
+            return "no: " + str(exc)[:70]
+    difference = float(np.abs(run_batches(GraphRunner(graph), x) - reference).max())
+    calibrate(graph, calib, QuantConfig(samples=len(calib)))
+    write_tflite(graph)
+    return f"yes ({difference:.0e})"
+
+
 def measure(name: str, rounds: int) -> dict[str, Any]:
     import torch
 
@@ -105,6 +134,7 @@ def measure(name: str, rounds: int) -> dict[str, Any]:
         "prune_50_macs": macs,
         "prune_50_latency": latency["pruned"]["median_ms"] / latency["tflite"]["median_ms"] if "pruned" in latency else None,
         "tflite_kb": len(tflite_blob) / 1024,
+        "from_onnx": _from_onnx(name, calib, x, reference),
     }
 
 
@@ -135,6 +165,7 @@ def main() -> None:
         "prune 50%: MACs",
         "latency",
         "TFLite KB",
+        "from .onnx (max diff)",
     ]
     print(
         table(
@@ -146,9 +177,10 @@ def main() -> None:
                     r["prune_50_macs"],
                     _ratio(r["prune_50_latency"]),
                     f"{r['tflite_kb']:.0f}",
+                    r["from_onnx"],
                 ]
                 if r["compressed"]
-                else [r["model"], "no: " + r["error"][:60], "", "", "", "", "", "", "", ""]
+                else [r["model"], "no: " + r["error"][:60], "", "", "", "", "", "", "", "", ""]
                 for r in rows
             ],
             header,

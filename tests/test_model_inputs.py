@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -243,3 +244,169 @@ def test_interpolate_by_a_scale_that_gives_no_whole_size_is_refused() -> None:
 
     with pytest.raises(InputError, match="does not give a whole size"):
         capture(nn.Upsample(scale_factor=1.5), (3, 5, 5))
+
+
+def _torch_onnx(model: torch.nn.Module, shape: tuple[int, ...], path: Path, opset: int = 17) -> Path:
+    """The file PyTorch's TorchScript exporter writes, with a dynamic batch axis."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(1, *shape),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "b"}},
+            opset_version=opset,
+        )
+    return path
+
+
+def _matches_torch(model: torch.nn.Module, shape: tuple[int, ...], path: Path) -> Any:
+    imported = import_onnx(path)
+    x = np.random.default_rng(1).standard_normal((3, *shape)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run_batches(GraphRunner(imported), x), expected, rtol=1e-4, atol=1e-4)
+    return imported
+
+
+@pytest.mark.parametrize("name", ["ds_cnn", "mobilenet_v3_small", "shufflenet_v2", "audio_conv1d"])
+def test_exported_zoo_models_import_and_match_pytorch(tmp_path: Path, name: str) -> None:
+    """F.pad's computed pads (DS-CNN), HardSigmoid (MobileNetV3), chunk's computed bounds and
+    the channel shuffle (ShuffleNetV2), 1-D pools (the audio CNN)."""
+    entry = zoo.ZOO[name]
+    model = entry.build().eval()
+    imported = _matches_torch(model, entry.input_shape, _torch_onnx(model, entry.input_shape, tmp_path / "m.onnx"))
+    from collections import Counter
+
+    from edgetune.capture import capture
+
+    def ops(graph: Any) -> Counter[str]:  # an average over the whole map is written either way, and
+        # the import folds a constant added to a conv's output into its bias (HardSigmoid's + 3)
+        return Counter("avgpool2d" if node.op == "global_avgpool" else node.op for node in graph.nodes if node.op != "add")
+
+    assert ops(imported) == ops(capture(model, entry.input_shape)), "imports as the captured graph"
+
+
+class _GeluMlp(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(self.fc(x))
+
+
+def test_gelu_spelled_with_erf_imports_as_one_gelu(tmp_path: Path) -> None:
+    model = _GeluMlp()
+    imported = _matches_torch(model, (4, 6), _torch_onnx(model, (4, 6), tmp_path / "g.onnx"))
+    assert [node.op for node in imported.nodes] == ["linear", "gelu"]
+
+
+def test_gelu_with_the_half_taken_first_and_a_reciprocal_imports_as_one_gelu(tmp_path: Path) -> None:
+    consts = [
+        numpy_helper.from_array(np.asarray(1 / np.sqrt(2), np.float32), "inv_sqrt2"),
+        numpy_helper.from_array(np.asarray(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.asarray(0.5, np.float32), "half"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["x", "inv_sqrt2"], ["s"]),
+        helper.make_node("Erf", ["s"], ["e"]),
+        helper.make_node("Add", ["one", "e"], ["p"]),
+        helper.make_node("Mul", ["x", "half"], ["h"]),
+        helper.make_node("Mul", ["h", "p"], ["y"]),
+    ]
+    imported = _imported_as_onnx_runs_it(tmp_path, nodes, consts, ([5], [5]), opset=17)
+    assert [node.op for node in imported.nodes] == ["gelu"]
+
+
+class _Attention(torch.nn.Module):
+    """timm's attention: one qkv projection reshaped, permuted with the batch moved, unbound."""
+
+    def __init__(self, unbind: bool, sdpa: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv, self.proj, self.unbind, self.sdpa = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16), unbind, sdpa
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, steps, width = x.shape
+        qkv = self.qkv(x).reshape(batch, steps, 3, 2, width // 2).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0) if self.unbind else (qkv[0], qkv[1], qkv[2])
+        if self.sdpa:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            out = ((q @ k.transpose(-2, -1)) * (width // 2) ** -0.5).softmax(-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(batch, steps, width))
+
+
+@pytest.mark.parametrize(("unbind", "sdpa"), [(True, False), (False, True)])
+def test_onnx_attention_that_picks_q_k_v_from_a_batch_moving_permute_imports(tmp_path: Path, unbind: bool, sdpa: bool) -> None:
+    from edgetune.export.tflite import write_tflite
+    from edgetune.quantize import QuantConfig, calibrate
+
+    model = _Attention(unbind, sdpa)
+    imported = _matches_torch(model, (5, 16), _torch_onnx(model, (5, 16), tmp_path / "a.onnx"))
+    assert sum(node.op == "matmul" for node in imported.nodes) == 2
+    calibrate(imported, np.random.default_rng(0).standard_normal((8, 5, 16)).astype(np.float32), QuantConfig(samples=8))
+    assert write_tflite(imported)
+
+
+def test_onnx_multihead_attention_fails_in_one_line_with_the_way_out(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    class _SelfAttention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    path = _torch_onnx(_SelfAttention(), (5, 16), tmp_path / "mha.onnx")
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 5, 16), np.float32))
+    assert run(["compress", str(path), "--calib", str(tmp_path / "d.npz"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    line = capfd.readouterr().err.strip()
+    assert line.startswith("error: ") and "\n" not in line and "moves the batch axis" in line and "PyTorch model" in line
+
+
+def test_onnx_split_and_keras_hardsigmoid_import_like_onnx_runtime(tmp_path: Path) -> None:
+    sizes = numpy_helper.from_array(np.asarray([2, 4], np.int64), "sizes")
+    nodes = [
+        helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=1),
+        helper.make_node("HardSigmoid", ["a"], ["ha"], alpha=0.2, beta=0.5),
+        helper.make_node("HardSigmoid", ["b"], ["hb"]),
+        helper.make_node("Concat", ["hb", "ha"], ["y"], axis=1),
+    ]
+    imported = _imported_as_onnx_runs_it(tmp_path, nodes, [sizes], ([6, 3, 3], [6, 3, 3]), opset=17)
+    assert [node.op for node in imported.nodes].count("slice") == 2
+
+
+def test_a_hardsigmoid_after_a_conv_keeps_its_clamp_when_its_shift_joins_the_bias(tmp_path: Path) -> None:
+    w = numpy_helper.from_array(5.0 * np.random.default_rng(0).standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("HardSigmoid", ["c"], ["y"], alpha=1 / 6, beta=0.5)]
+    imported = _imported_as_onnx_runs_it(tmp_path, nodes, [w], ([3, 4, 4], [4, 4, 4]), opset=17)
+    assert [(node.op, node.act) for node in imported.nodes] == [("conv2d", "relu6"), ("mul", "none")]
+
+
+def test_a_constant_too_large_to_fold_is_refused_without_being_allocated(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A ConstantOfShape of 2**33 floats (32 GB) is left unfolded and refused in one line."""
+    shape = numpy_helper.from_array(np.asarray([1, 1 << 33], np.int64), "shape")
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["c"], value=one),
+        helper.make_node("ReduceMean", ["c"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Add", ["x", "m"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "huge",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[shape],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(tmp_path / "huge.onnx"))
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 4), np.float32))
+    assert run(["compress", str(tmp_path / "huge.onnx"), "--calib", str(tmp_path / "d.npz"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    line = capfd.readouterr().err.strip()
+    assert line.startswith("error: ") and "ConstantOfShape" in line and "\n" not in line

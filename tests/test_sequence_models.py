@@ -110,3 +110,156 @@ class _LastStep(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gru(x)[0][:, -1]
+
+
+class _Recurrent(nn.Module):
+    """A batch-first GRU or LSTM read at its last step, or at its last layer's final state."""
+
+    def __init__(self, kind: type[nn.Module], layers: int = 1, bidirectional: bool = False, read: str = "last") -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = kind(4, 10, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(20 if bidirectional else 10, 3)
+        self.read = read
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, state = self.rnn(x)
+        state = state[0] if isinstance(state, tuple) else state
+        return self.head(out[:, -1] if self.read == "last" else state[-1])
+
+
+def _exported(model: nn.Module, path: Path, steps: int = 7) -> Path:
+    """The file PyTorch's TorchScript exporter writes: GRU/LSTM ops, a dynamic batch axis."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), (torch.zeros(1, steps, 4),), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}}
+        )
+    return path
+
+
+RECURRENT_FILES = {
+    "gru-2-layers-state": (nn.GRU, 2, False, "state"),
+    "gru-bidirectional": (nn.GRU, 1, True, "last"),
+    "lstm-2-layers": (nn.LSTM, 2, False, "last"),
+    "lstm-2-layers-bidirectional": (nn.LSTM, 2, True, "last"),
+}
+
+
+@pytest.mark.parametrize("case", list(RECURRENT_FILES))
+def test_onnx_gru_and_lstm_import_as_steps_that_share_their_weights(tmp_path: Path, case: str) -> None:
+    import onnxruntime as ort
+
+    from edgetune.capture.onnx_import import import_onnx
+
+    kind, layers, bidirectional, read = RECURRENT_FILES[case]
+    model = _Recurrent(kind, layers, bidirectional, read)
+    path = _exported(model, tmp_path / "rnn.onnx")
+    graph = import_onnx(path)
+    x = np.random.default_rng(1).standard_normal((3, 7, 4)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(expected, model(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_batches(GraphRunner(graph), x), expected, rtol=1e-5, atol=1e-5)
+    linears = [node for node in graph.nodes if node.op == "linear"]
+    directions = 2 if bidirectional else 1
+    unread = 1 if bidirectional else 0  # out[:, -1] is the last layer's reverse pass at its first step: R never runs
+    assert len({node.inputs[1] for node in linears}) == 2 * layers * directions + 1 - unread, "W and R per layer and direction, the head's"
+    assert not any(node.op in ("transpose", "gather") for node in graph.nodes), "the time-major tensors leave no op behind"
+
+
+def test_an_onnx_lstm_compresses_and_prunes_to_both_int8_formats(tmp_path: Path) -> None:
+    import edgetune
+    from edgetune.evaluate.runtime import OnnxRunner
+    from edgetune.evaluate.tflite_runtime import TfliteRunner
+
+    path = _exported(_Recurrent(nn.LSTM, 2), tmp_path / "lstm.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((32, 7, 4)).astype(np.float32))
+    result = edgetune.compress(str(path), str(tmp_path / "calib.npz"), tmp_path / "out", prune=0.5)
+    assert result.report["pruning"]["macs"]["ratio"] <= 0.6, result.report["pruning"]["macs"]
+    x = rng.standard_normal((16, 7, 4)).astype(np.float32)
+    tflite = TfliteRunner((tmp_path / "out" / "model.tflite").read_bytes()).run(x)
+    onnx_int8 = OnnxRunner(tmp_path / "out" / "model.onnx", spin=False).run(x)
+    assert result.graph is not None
+    lsb = np.abs(tflite - onnx_int8) / float(result.graph.tensors[result.graph.outputs[0]].quant.scale[0])
+    assert lsb.max() <= 2.0 + 1e-3 and np.mean(lsb <= 1.0 + 1e-3) >= 0.95
+
+
+def _gru_file(path: Path, **options: object) -> Path:
+    """A hand-written GRU file, batch-first input [N, 5, 3], hidden 4, reading its last state."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    consts = [
+        numpy_helper.from_array(rng.standard_normal((1, 12, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((1, 12, 4)).astype(np.float32), "r"),
+        numpy_helper.from_array(np.asarray([0], np.int64), "zero"),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+        helper.make_node("GRU", ["t", "w", "r"], ["seq", "h"], hidden_size=4, **options),
+        helper.make_node("Squeeze", ["h", "zero"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gru",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=consts,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+def test_a_hand_written_onnx_gru_matches_onnx_runtime(tmp_path: Path) -> None:
+    """ONNX's own gate order (z, r, h) and a missing bias, not only what PyTorch writes."""
+    import onnxruntime as ort
+
+    from edgetune.capture.onnx_import import import_onnx
+
+    path = _gru_file(tmp_path / "gru.onnx", linear_before_reset=1, direction="reverse")
+    x = np.random.default_rng(1).standard_normal((2, 5, 3)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(run_batches(GraphRunner(import_onnx(path)), x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "GRU .* uses linear_before_reset=0"),
+        ({"linear_before_reset": 1, "activations": ["Relu", "Tanh"]}, "uses other activations than the defaults"),
+        ({"linear_before_reset": 1, "clip": 3.0}, "uses a clip"),
+    ],
+)
+def test_an_onnx_gru_the_steps_cannot_compute_fails_in_one_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], options: dict[str, object], message: str
+) -> None:
+    from edgetune.cli.main import run
+
+    path = _gru_file(tmp_path / "gru.onnx", **options)
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 5, 3), np.float32))
+    assert run(["compress", str(path), "--calib", str(tmp_path / "d.npz"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    line = capfd.readouterr().err.strip()
+    assert line.startswith("error: ") and "\n" not in line
+    assert __import__("re").search(message, line), line
+    assert not (tmp_path / "o").exists()
+
+
+class _WholeSequence(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(4, 10, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gru(x)[0]
+
+
+def test_an_onnx_file_whose_output_is_the_whole_sequence_is_refused(tmp_path: Path) -> None:
+    from edgetune.capture.onnx_import import import_onnx
+
+    with pytest.raises(InputError, match="whole time-major sequence|reads a GRU or LSTM's whole"):
+        import_onnx(_exported(_WholeSequence(), tmp_path / "seq.onnx"))

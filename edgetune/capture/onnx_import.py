@@ -1,9 +1,10 @@
-"""Import an fp32 ONNX model into the IR (quantization only: no pruning or fine-tune).
+"""Import an fp32 ONNX model into the IR.
 
-One function per ONNX op family, registered by op type. Nodes that only compute shapes
-(Shape, Gather, Unsqueeze on int64 values, ...) are dropped: ONNX shape inference gives
-the static shapes the IR needs, and a Reshape whose target is computed takes the inferred
-output shape. Unsupported ops are collected and reported together.
+One function per ONNX op family, registered by op type. Nodes that read only constants and
+shapes (Shape, Gather, Concat, Cast, ... computing pads, bounds and targets) are evaluated
+first (:mod:`edgetune.capture.onnx_fold`); ONNX shape inference gives the static shapes the IR
+needs, and a Reshape whose target is computed takes the inferred output shape. Unsupported
+ops are collected and reported together.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from edgetune.capture.onnx_fold import fold_constants, folded_model
+from edgetune.capture.onnx_patterns import fuse_gelu
 from edgetune.errors import InputError, UnsupportedOpsError
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
 from edgetune.ir.passes import simplify
@@ -31,6 +34,10 @@ class OnnxContext:
         self.shapes = shapes
         self.graph = graph
         self.aliases: dict[str, str] = {}
+        self.sequences: dict[str, Any] = {}  # time-major tensors, held per step (onnx_recurrent.Sequence)
+        self.readers: dict[str, list[str]] = {}  # tensor name -> the op types that read it
+        self.batch_permutes: dict[str, tuple[str, list[int]]] = {}  # held-back Transposes (onnx_indexing)
+        self.picked: set[str] = set()  # Split parts of a held permutation, their unit axis already dropped
 
     def name(self, value: str) -> str:
         value = self.aliases.get(value, value)
@@ -97,22 +104,31 @@ def conv(ctx: OnnxContext, proto: Any) -> None:
     )
 
 
-def _conv1d(ctx: OnnxContext, proto: Any, a: dict[str, Any], weight: np.ndarray) -> None:
-    """A 1-D Conv as the capture lowers Conv1d: reshape to a unit height, conv2d, reshape back."""
+def _on_unit_height(ctx: OnnxContext, proto: Any, op: str, extra: list[str], attrs: dict[str, Any]) -> None:
+    """A 1-D op as the capture lowers one: reshape [N, C, L] to a unit height, the 2-D op,
+    reshape back (the reshapes between two 1-D layers cancel in ``simplify``)."""
     x, out = ctx.name(proto.input[0]), proto.output[0]
     (n, c, length), out_shape = ctx.shapes[proto.input[0]], ctx.shapes[out]
-    tall = f"{out}_in2d"
+    tall, wide = f"{out}_in2d", f"{out}_2d"
     ctx.graph.tensors[tall] = Tensor(tall, (n, c, 1, length))
     ctx.graph.nodes.append(Node("reshape", tall, [x], [tall], {"shape": [c, 1, length]}))
-    inputs = [tall, ctx.add_const(f"{proto.input[1]}_2d", weight[:, :, None, :])]
-    inputs += [ctx.name(proto.input[2])] if len(proto.input) > 2 and proto.input[2] else []
-    pads = list(a.get("pads", [0, 0]))
-    wide = f"{out}_2d"
     ctx.graph.tensors[wide] = Tensor(wide, (out_shape[0], out_shape[1], 1, out_shape[2]))
-    attrs = {"stride": [1, a.get("strides", [1])[0]], "pads": [0, pads[0], 0, pads[1]], "dilation": [1, a.get("dilations", [1])[0]]}
-    ctx.graph.nodes.append(Node("conv2d", proto.name or out, inputs, [wide], {**attrs, "groups": int(a.get("group", 1))}))
+    ctx.graph.nodes.append(Node(op, proto.name or out, [tall, *extra], [wide], attrs))
     ctx.graph.tensors[out] = Tensor(out, tuple(out_shape))
     ctx.graph.nodes.append(Node("reshape", f"{out}_1d", [wide], [out], {"shape": list(out_shape[1:])}))
+
+
+def _lifted(a: dict[str, Any], kernel: list[int] | None = None) -> dict[str, Any]:
+    """1-D window attributes as 2-D ones over a unit height."""
+    pads = list(a.get("pads", [0, 0]))
+    attrs = {"stride": [1, a.get("strides", kernel or [1])[0]], "pads": [0, pads[0], 0, pads[1]]}
+    return {**attrs, "kernel": [1, kernel[0]]} if kernel else {**attrs, "dilation": [1, a.get("dilations", [1])[0]]}
+
+
+def _conv1d(ctx: OnnxContext, proto: Any, a: dict[str, Any], weight: np.ndarray) -> None:
+    extra = [ctx.add_const(f"{proto.input[1]}_2d", weight[:, :, None, :])]
+    extra += [ctx.name(proto.input[2])] if len(proto.input) > 2 and proto.input[2] else []
+    _on_unit_height(ctx, proto, "conv2d", extra, {**_lifted(a), "groups": int(a.get("group", 1))})
 
 
 @imports("ConvTranspose")
@@ -201,6 +217,9 @@ def binary(ctx: OnnxContext, proto: Any) -> None:
 
 @imports("GlobalAveragePool")
 def global_avgpool(ctx: OnnxContext, proto: Any) -> None:
+    if len(ctx.shapes[proto.input[0]]) == 3:
+        _on_unit_height(ctx, proto, "global_avgpool", [], {})
+        return
     ctx.emit("global_avgpool", proto, [ctx.name(proto.input[0])])
 
 
@@ -211,6 +230,9 @@ def pool(ctx: OnnxContext, proto: Any) -> None:
         raise InputError(f"{proto.op_type} {proto.name} uses ceil_mode or excludes padding from the average", "export with the defaults")
     kernel = list(a["kernel_shape"])
     op = "avgpool2d" if proto.op_type == "AveragePool" else "maxpool2d"
+    if len(kernel) == 1:
+        _on_unit_height(ctx, proto, op, [], _lifted(a, kernel))
+        return
     ctx.emit(op, proto, [ctx.name(proto.input[0])], kernel=kernel, stride=list(a.get("strides", kernel)), pads=_pads4(a.get("pads")))
 
 
@@ -233,7 +255,7 @@ def reduce_mean(ctx: OnnxContext, proto: Any) -> None:
 def reshape(ctx: OnnxContext, proto: Any) -> None:
     out_shape = ctx.shapes[proto.output[0]]
     in_shape = ctx.shapes[proto.input[0]]
-    if in_shape == out_shape:
+    if in_shape == out_shape or (proto.input[0] in ctx.picked and out_shape == in_shape[1:]):
         ctx.alias(proto, proto.input[0])
     else:
         ctx.emit("reshape", proto, [ctx.name(proto.input[0])], shape=list(out_shape[1:]))
@@ -242,8 +264,18 @@ def reshape(ctx: OnnxContext, proto: Any) -> None:
 @imports("Transpose")
 def transpose(ctx: OnnxContext, proto: Any) -> None:
     perm = list(_attrs(proto)["perm"])
+    from edgetune.capture.onnx_indexing import hold_batch_permute
+    from edgetune.capture.onnx_recurrent import steps_of
+
+    if perm[0] != 0 and steps_of(ctx, proto):  # a batch-first input made time-major for a GRU or LSTM
+        return
+    if perm[0] != 0 and hold_batch_permute(ctx, proto, perm):  # q, k, v picked from a qkv permutation
+        return
     if perm[0] != 0:
-        raise InputError(f"Transpose {proto.name} moves the batch axis", "keep axis 0 as the batch axis")
+        raise InputError(
+            f"Transpose {proto.name} moves the batch axis",
+            "keep axis 0 as the batch axis (nn.MultiheadAttention's export folds the batch into the heads: give edgetune the PyTorch model)",
+        )
     ctx.emit("transpose", proto, [ctx.name(proto.input[0])], perm=perm)
 
 
@@ -295,6 +327,10 @@ def neg(ctx: OnnxContext, proto: Any) -> None:
 
 @imports("GlobalMaxPool")
 def global_maxpool(ctx: OnnxContext, proto: Any) -> None:
+    if len(ctx.shapes[proto.input[0]]) == 3:
+        length = ctx.shapes[proto.input[0]][2]
+        _on_unit_height(ctx, proto, "maxpool2d", [], {"kernel": [1, length], "stride": [1, length], "pads": [0, 0, 0, 0]})
+        return
     height, width = ctx.shapes[proto.input[0]][2:]
     ctx.emit("maxpool2d", proto, [ctx.name(proto.input[0])], kernel=[height, width], stride=[height, width], pads=[0, 0, 0, 0])
 
@@ -318,6 +354,26 @@ def hardswish(ctx: OnnxContext, proto: Any) -> None:
     ctx.graph.nodes.append(Node("add", shifted, [x, three], [shifted], {"act": "relu6"}))
     ctx.graph.nodes.append(Node("mul", gate, [shifted, sixth], [gate]))
     ctx.emit("mul", proto, [x, gate])
+
+
+@imports("HardSigmoid")
+def hardsigmoid(ctx: OnnxContext, proto: Any) -> None:
+    """clip(alpha * x + beta, 0, 1): PyTorch's (alpha 1/6, beta 1/2) as the capture lowers it,
+    relu6(x + 3) / 6; other slopes (Keras' 0.2) as a multiply, an add and a clamp."""
+    a = _attrs(proto)
+    alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+    x, out = ctx.name(proto.input[0]), proto.output[0]
+    shifted = f"{out}_shifted"
+    ctx.graph.tensors[shifted] = Tensor(shifted, ctx.shapes[out])
+    if abs(alpha * 6.0 - 1.0) < 1e-6 and abs(beta - 0.5) < 1e-6:
+        ctx.graph.nodes.append(Node("add", shifted, [x, ctx.add_const(f"{out}_three", np.asarray(3.0))], [shifted], {"act": "relu6"}))
+        ctx.emit("mul", proto, [shifted, ctx.add_const(f"{out}_sixth", np.asarray(1.0 / 6.0))])
+        return
+    scaled = f"{out}_scaled"
+    ctx.graph.tensors[scaled] = Tensor(scaled, ctx.shapes[out])
+    ctx.graph.nodes.append(Node("mul", scaled, [x, ctx.add_const(f"{out}_alpha", np.asarray(alpha))], [scaled]))
+    ctx.graph.nodes.append(Node("add", shifted, [scaled, ctx.add_const(f"{out}_beta", np.asarray(beta))], [shifted]))
+    ctx.emit("clamp", proto, [shifted], min=0.0, max=1.0)
 
 
 @imports("LeakyRelu")
@@ -355,8 +411,9 @@ def matmul(ctx: OnnxContext, proto: Any) -> None:
     if weight is not None and weight.ndim == 2:
         ctx.emit("linear", proto, [ctx.name(proto.input[0]), ctx.add_const(f"{proto.input[1]}_linear", np.ascontiguousarray(weight.T))])
         return
-    if any(len(ctx.shapes.get(name, ())) != 3 for name in proto.input) or weight is not None:
-        raise InputError(f"MatMul {proto.name} of other than two [batch, rows, cols] activations", "multiply 3-D activations")
+    ranks = {len(ctx.shapes.get(name, ())) for name in proto.input}
+    if len(ranks) != 1 or not ranks <= {3, 4} or weight is not None or ctx.const(proto.input[0]) is not None:
+        raise InputError(f"MatMul {proto.name} of other than two activations of rank 3 or 4", "multiply two activations of one rank")
     ctx.emit("matmul", proto, [ctx.name(proto.input[0]), ctx.name(proto.input[1])])
 
 
@@ -426,39 +483,86 @@ def _load(path: Path) -> Any:
     return model
 
 
-def import_onnx(path: Path) -> Graph:
+def _import_node(ctx: OnnxContext, proto: Any) -> None:
+    """A recurrent layer's time-major tensors go to the sequence ops; all else to IMPORTERS."""
+    from edgetune.capture import onnx_recurrent
+
+    sequence = next((seq for name in proto.input if (seq := onnx_recurrent.sequence_of(ctx, name)) is not None), None)
+    if sequence is not None and proto.op_type not in ("GRU", "LSTM"):
+        onnx_recurrent.import_sequence_op(ctx, proto, sequence)
+    else:
+        IMPORTERS[proto.op_type](ctx, proto)
+
+
+def _constants(model: Any, path: Path) -> dict[str, np.ndarray]:
     from onnx import TensorProto, numpy_helper
 
-    model = _load(path)
-    onnx_graph = model.graph
-    if any(t.data_type not in (TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32) for t in onnx_graph.initializer):
+    if any(t.data_type not in (TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32) for t in model.graph.initializer):
         raise InputError(f"{path} holds non-float weights (already quantized?)", "give edgetune the fp32 model")
     try:
-        constants = {t.name: numpy_helper.to_array(t) for t in onnx_graph.initializer}
-        for proto in onnx_graph.node:
-            if proto.op_type == "Constant":
+        constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        for proto in model.graph.node:
+            if proto.op_type == "Constant" and proto.attribute[0].name == "value":
                 constants[proto.output[0]] = numpy_helper.to_array(proto.attribute[0].t)
     except (ValueError, IndexError, TypeError) as exc:
         raise InputError(f"{path} holds a constant whose data does not fit its shape ({str(exc)[:120]})", "re-export the model") from None
+    return constants
+
+
+def _shapes(model: Any, constants: dict[str, np.ndarray]) -> tuple[dict[str, tuple[int, ...]], dict[str, int], set[str]]:
+    """Every tensor's inferred shape (an unknown dimension read as 1), its element type, and
+    the names whose every dimension is known."""
     types: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...]] = {}
-    for info in [*onnx_graph.value_info, *onnx_graph.input, *onnx_graph.output]:
+    exact: set[str] = set(constants)
+    for info in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
         tensor_type = info.type.tensor_type
         types[info.name] = tensor_type.elem_type
         if tensor_type.HasField("shape"):
-            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim)
+            dims = tensor_type.shape.dim
+            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in dims)
+            if all(d.HasField("dim_value") for d in dims):
+                exact.add(info.name)
     for name, data in constants.items():
         shapes[name] = tuple(data.shape)
-    inputs = [i for i in onnx_graph.input if i.name not in constants]
-    if len(inputs) != 1 or len(onnx_graph.output) != 1:
+    return shapes, types, exact
+
+
+def _fold(model: Any, constants: dict[str, np.ndarray]) -> Any:
+    """Fold constant subgraphs until none is left: a shape becomes known once the pads or
+    bounds before it are folded, and a Shape of it folds in the next round."""
+    for _ in range(len(model.graph.node) + 1):
+        shapes, _, exact = _shapes(model, constants)
+        folded = fold_constants(model, constants, {name: shapes[name] for name in exact if name in shapes})
+        if not folded:
+            break
+        try:
+            model = folded_model(model, constants, folded)
+        except Exception as exc:  # shape inference of the folded model: a malformed file
+            raise InputError(f"the ONNX model's shapes do not add up ({str(exc).splitlines()[0][:160]})", "re-export the model") from None
+    return model
+
+
+def import_onnx(path: Path) -> Graph:
+    from onnx import TensorProto
+
+    from edgetune.capture import onnx_indexing, onnx_recurrent  # noqa: F401  (register Gather, Slice, Split, GRU, LSTM)
+
+    model = _load(path)
+    constants = _constants(model, path)
+    inputs = [i for i in model.graph.input if i.name not in constants]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
         raise InputError(
-            f"{path} has {len(inputs)} inputs and {len(onnx_graph.output)} outputs", "edgetune handles one input and one output"
+            f"{path} has {len(inputs)} inputs and {len(model.graph.output)} outputs", "edgetune handles one input and one output"
         )
+    model = _fold(model, constants)
+    shapes, types, _ = _shapes(model, constants)
+    fuse_gelu(model, constants)  # after shape inference: opsets before 20 have no Gelu to infer
 
     def computes_shapes(proto: Any) -> bool:
         return proto.op_type in SHAPE_ONLY and all(types.get(o) in (TensorProto.INT64, TensorProto.INT32) for o in proto.output)
 
-    compute = [p for p in onnx_graph.node if p.op_type != "Constant" and not computes_shapes(p)]
+    compute = [p for p in model.graph.node if p.op_type != "Constant" and not computes_shapes(p)]
     missing = IMPORTERS.missing(p.op_type for p in compute)
     if missing:
         raise UnsupportedOpsError(missing, "edgetune's ONNX import")
@@ -466,8 +570,16 @@ def import_onnx(path: Path) -> Graph:
     graph.tensors[inputs[0].name] = Tensor(inputs[0].name, shapes[inputs[0].name])
     ctx = OnnxContext(constants, shapes, graph)
     for proto in compute:
-        IMPORTERS[proto.op_type](ctx, proto)
-    graph.outputs = [ctx.name(onnx_graph.output[0].name)]
+        for name in proto.input:
+            ctx.readers.setdefault(name, []).append(proto.op_type)
+    for proto in compute:
+        _import_node(ctx, proto)
+    output = model.graph.output[0].name
+    if output in ctx.sequences:
+        raise InputError(
+            f"{path}'s output is a recurrent layer's whole time-major sequence", "read one step (out[:, -1]) or the final state (h_n[-1])"
+        )
+    graph.outputs = [ctx.name(output)]
     fold_constant_bias(graph)
     simplify(graph)
     return graph
@@ -494,6 +606,8 @@ def fold_constant_bias(graph: Graph) -> None:
         name = f"{source.name}.bias_folded"
         graph.tensors[name] = Tensor(name, (channels,), (bias + addend).astype(np.float32))
         source.inputs[2:] = [name]
+        if node.act != "none":  # relu6(conv(x) + 3) of a HardSigmoid: the conv takes the activation
+            source.attrs["act"] = node.act
         graph.rename_input(node.outputs[0], source.outputs[0])
         graph.nodes.remove(node)
     graph.remove_unused()

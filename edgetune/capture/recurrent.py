@@ -28,8 +28,9 @@ aten = torch.ops.aten
 
 
 @dataclass
-class _Cell:
-    """One direction of one layer: weights [G*H, F], [G*H, H] and biases [G*H]."""
+class Cell:
+    """One direction of one layer: weights [G*H, F], [G*H, H] and biases [G*H], gates in
+    PyTorch's order (GRU: r, z, n; LSTM: i, f, g, o)."""
 
     kind: str  # "gru" or "lstm"
     w_ih: str
@@ -40,24 +41,39 @@ class _Cell:
     prefix: str
 
 
-class _Steps:
-    """Emits the IR nodes of one recurrent lowering, with names unique per step."""
+class Steps:
+    """Emits the IR nodes of one recurrent layer, with names unique per step: each importer
+    (PyTorch capture, ONNX import) says how a node and a constant are made."""
 
+    batch: int
+
+    def op(self, op: str, suffix: str, inputs: list[str], width: int, **attrs: Any) -> str:
+        """A node with one [batch, width] output; returns the output's name."""
+        raise NotImplementedError
+
+    def constant(self, name: str, data: np.ndarray) -> str:
+        raise NotImplementedError
+
+    def cols(self, x: str, start: int, end: int, suffix: str) -> str:
+        return self.op("slice", suffix, [x], end - start, axis=1, start=start, end=end, step=1)
+
+    def project(self, x: str, weight: str, bias: np.ndarray, suffix: str) -> str:
+        bias_name = self.constant(f"{suffix}.bias", bias)
+        return self.op("linear", suffix, [x, weight, bias_name], bias.size)
+
+
+class _FxSteps(Steps):
     def __init__(self, ctx: LoweringContext, node: torch.fx.Node, batch: int) -> None:
         self.ctx, self.node, self.batch = ctx, node, batch
 
     def op(self, op: str, suffix: str, inputs: list[str], width: int, **attrs: Any) -> str:
         return self.ctx.emit_inner(op, self.node, suffix, inputs, tensor_shape=(self.batch, width), helper=suffix, **attrs)
 
-    def cols(self, x: str, start: int, end: int, suffix: str) -> str:
-        return self.op("slice", suffix, [x], end - start, axis=1, start=start, end=end, step=1)
-
-    def project(self, x: str, weight: str, bias: np.ndarray, suffix: str) -> str:
-        bias_name = self.ctx.constant(f"{suffix}.bias", bias)
-        return self.op("linear", suffix, [x, weight, bias_name], bias.size)
+    def constant(self, name: str, data: np.ndarray) -> str:
+        return self.ctx.constant(name, data)
 
 
-def _gru_step(s: _Steps, cell: _Cell, x: str, h: str | None, tag: str) -> tuple[str, None]:
+def _gru_step(s: Steps, cell: Cell, x: str, h: str | None, tag: str) -> tuple[str, None]:
     """r, z = sigmoid(W_i x + b_i + W_h h + b_h); n = tanh(W_in x + b_in + r * (W_hn h + b_hn));
     h' = n + z * (h - n)."""
     size = cell.hidden
@@ -65,7 +81,7 @@ def _gru_step(s: _Steps, cell: _Cell, x: str, h: str | None, tag: str) -> tuple[
         gx = s.project(x, cell.w_ih, cell.b_ih + np.concatenate([cell.b_hh[: 2 * size], np.zeros(size, np.float32)]), f"{tag}_gx")
         rz = s.op("sigmoid", f"{tag}_rz", [s.cols(gx, 0, 2 * size, f"{tag}_gx_rz")], 2 * size)
         r = s.cols(rz, 0, size, f"{tag}_r")
-        recurrent = s.op("mul", f"{tag}_rn", [r, s.ctx.constant(f"{tag}.b_hn", cell.b_hh[2 * size :])], size)
+        recurrent = s.op("mul", f"{tag}_rn", [r, s.constant(f"{tag}.b_hn", cell.b_hh[2 * size :])], size)
     else:
         gx = s.project(x, cell.w_ih, cell.b_ih, f"{tag}_gx")
         gh = s.project(h, cell.w_hh, cell.b_hh, f"{tag}_gh")
@@ -81,7 +97,7 @@ def _gru_step(s: _Steps, cell: _Cell, x: str, h: str | None, tag: str) -> tuple[
     return s.op("add", f"{tag}_h", [n, change], size), None
 
 
-def _lstm_step(s: _Steps, cell: _Cell, x: str, h: str | None, c: str | None, tag: str) -> tuple[str, str]:
+def _lstm_step(s: Steps, cell: Cell, x: str, h: str | None, c: str | None, tag: str) -> tuple[str, str]:
     """i, f, o = sigmoid(.), g = tanh(.) of W_i x + b_i + W_h h + b_h; c' = f * c + i * g;
     h' = o * tanh(c')."""
     size = cell.hidden
@@ -102,7 +118,7 @@ def _lstm_step(s: _Steps, cell: _Cell, x: str, h: str | None, c: str | None, tag
     return s.op("mul", f"{tag}_h", [o, s.op("tanh", f"{tag}_tc", [cell_state], size)], size), cell_state
 
 
-def _cells(ctx: LoweringContext, node: torch.fx.Node, kind: str, layers: int, directions: int, biases: bool) -> list[_Cell]:
+def _cells(ctx: LoweringContext, node: torch.fx.Node, kind: str, layers: int, directions: int, biases: bool) -> list[Cell]:
     params = list(node.args[2])  # type: ignore[arg-type]
     per_cell = 4 if biases else 2
     cells = []
@@ -118,7 +134,7 @@ def _cells(ctx: LoweringContext, node: torch.fx.Node, kind: str, layers: int, di
         b_ih = ctx.const(group[2]) if biases else zeros
         b_hh = ctx.const(group[3]) if biases else zeros
         prefix = f"l{index // directions}{'r' if index % directions else ''}"
-        cells.append(_Cell(kind, ctx.name(group[0]), ctx.name(group[1]), np.asarray(b_ih), np.asarray(b_hh), int(w_hh.shape[1]), prefix))
+        cells.append(Cell(kind, ctx.name(group[0]), ctx.name(group[1]), np.asarray(b_ih), np.asarray(b_hh), int(w_hh.shape[1]), prefix))
     return cells
 
 
@@ -127,7 +143,7 @@ def _zero_state(ctx: LoweringContext, state: Any) -> bool:
     return all((value := ctx.const(s)) is not None and not np.any(value) for s in states)
 
 
-def _run_layer(s: _Steps, cell: _Cell, inputs: list[str], reverse: bool) -> tuple[list[str], str, str | None]:
+def run_layer(s: Steps, cell: Cell, inputs: list[str], reverse: bool) -> tuple[list[str], str, str | None]:
     h: str | None = None
     c: str | None = None
     outputs: list[str] = [""] * len(inputs)
@@ -143,7 +159,7 @@ def _run_layer(s: _Steps, cell: _Cell, inputs: list[str], reverse: bool) -> tupl
     return outputs, h, c
 
 
-def _step_input(s: _Steps, x: str, t: int, features: int) -> str:
+def _step_input(s: _FxSteps, x: str, t: int, features: int) -> str:
     """x[:, t] as a [N, F] tensor."""
     step = s.ctx.emit_inner(
         "slice", s.node, f"x{t}_3d", [x], tensor_shape=(s.batch, 1, features), helper=f"x{t}", axis=1, start=t, end=t + 1, step=1
@@ -151,7 +167,7 @@ def _step_input(s: _Steps, x: str, t: int, features: int) -> str:
     return s.op("reshape", f"x{t}", [step], features, shape=[features])
 
 
-def _publish(s: _Steps, kind: str, outputs: list[str], finals: list[str], cell_finals: list[str]) -> None:
+def _publish(s: _FxSteps, kind: str, outputs: list[str], finals: list[str], cell_finals: list[str]) -> None:
     """What the getitems of the node read: the output sequence [N, T, W] (each step reshaped to
     [N, 1, W] and concatenated; unused when only some steps are read), h_n and, for an LSTM, c_n."""
     width = s.ctx.graph.tensors[outputs[0]].shape[1]
@@ -181,12 +197,12 @@ def recurrent(ctx: LoweringContext, node: torch.fx.Node) -> None:
     batch, steps, features = ctx.shape(node.args[0])  # type: ignore[arg-type]
     directions = 2 if bidirectional else 1
     cells = _cells(ctx, node, kind, layers, directions, biases)
-    s = _Steps(ctx, node, batch)
+    s = _FxSteps(ctx, node, batch)
     inputs = [_step_input(s, ctx.name(node.args[0]), t, features) for t in range(steps)]
     finals: list[str] = []
     cell_finals: list[str] = []
     for layer in range(layers):
-        runs = [_run_layer(s, cells[layer * directions + d], inputs, reverse=d == 1) for d in range(directions)]
+        runs = [run_layer(s, cells[layer * directions + d], inputs, reverse=d == 1) for d in range(directions)]
         finals += [final for _, final, _ in runs]
         cell_finals += [c for _, _, c in runs if c is not None]
         if directions == 1:

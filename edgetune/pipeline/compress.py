@@ -75,7 +75,7 @@ def compress(
     input_shape: str | tuple[int, ...] | None = None,
     preprocess: str | None = None,
     export: ExportConfig | None = None,
-    prune: PruneConfig | None = None,
+    prune: PruneConfig | float | None = None,
     prune_steps: int = 1,
     finetune: FinetuneConfig | None = None,
     train_data: str | Dataset | None = None,
@@ -90,8 +90,11 @@ def compress(
     Writes ``model.onnx`` (int8 QDQ) and ``model.fp32.onnx``, ``model.tflite`` (full-integer
     int8), ``model.edgetune`` (the quantized graph, which later commands reload) and
     ``report.json``; with ``sensitivity``, also the per-layer sensitivity in the report and
-    ``sensitivity.png`` (when matplotlib is installed).
+    ``sensitivity.png`` (when matplotlib is installed). ``prune`` is a :class:`PruneConfig`, or
+    the share of channels to remove.
     """
+    if isinstance(prune, (int, float)):
+        prune = PruneConfig(float(prune))
     plan = Plan(
         model,
         calib,

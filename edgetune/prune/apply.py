@@ -1,4 +1,4 @@
-"""Physical channel removal: slice weights, biases and shapes of every member of a group."""
+"""Channel pruning: rank each group's units, choose what stays, and report; ``cut`` removes the rest."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 
 from edgetune.errors import InputError
-from edgetune.ir.graph import Graph, Node, Tensor
+from edgetune.ir.graph import Graph
 from edgetune.ir.select import select
 from edgetune.ir.stats import graph_macs
 from edgetune.prune.config import PruneConfig
+from edgetune.prune.cut import remove_units
 from edgetune.prune.groups import Group, find_groups
 from edgetune.prune.importance import GRADIENT, group_importance, weight_scores
 from edgetune.prune.reestimate import reestimate, reference_stats
@@ -94,58 +95,44 @@ def _kept(importance: np.ndarray, config: PruneConfig, threshold: float | None, 
     return kept_count(channels, config.ratio, config.channel_multiple)
 
 
-def _set(graph: Graph, name: str, data: np.ndarray) -> str:
-    graph.tensors[name] = Tensor(name, tuple(data.shape), np.ascontiguousarray(data, dtype=np.float32))
-    return name
+def _select(importance: np.ndarray, group: Group, count: int) -> np.ndarray | None:
+    """The indices of the units kept: the most important ``count``, ties broken by index so
+    the result is deterministic. A group whose units reach different slices keeps each
+    stratum's share (at least one); None if a grouped conv's segments would then keep
+    unequal counts."""
+    order = np.argsort(-importance, kind="stable")
+    if len(group.strata) <= 1:
+        return np.sort(order[:count])
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    share = count / len(group.units)
+    keep = np.sort(np.concatenate([sorted(s, key=lambda unit: rank[unit])[: max(1, int(round(len(s) * share)))] for s in group.strata]))
+    for segments in group.segments:
+        if len({len(np.intersect1d(segment, keep)) for segment in segments}) > 1:
+            return None
+    return keep
 
 
-def _slice_output(graph: Graph, node: Node, keep: np.ndarray) -> None:
-    node.inputs[1] = _set(graph, f"{node.name}.weight.pruned", graph.const(node.inputs[1])[keep])
-    if len(node.inputs) > 2:
-        node.inputs[2] = _set(graph, f"{node.name}.bias.pruned", graph.const(node.inputs[2])[keep])
+def _layers(group: Group) -> list[str]:
+    return [node.name for node in [*group.producers, *group.depthwise]]
 
 
-def _slice_input(graph: Graph, node: Node, keep: np.ndarray) -> None:
-    node.inputs[1] = _set(graph, f"{node.name}.weight.in_pruned", graph.const(node.inputs[1])[:, keep])
-
-
-def prune_group(graph: Graph, group: Group, keep: np.ndarray) -> None:
-    """Keep channels ``keep`` of ``group``: its layers' weights, its readers' columns, its
-    tensors' shapes, and the columns of every concatenation it is a part of."""
-    composites = [(node, composite, _composite_keep(graph, node, group, keep)) for node, composite in group.feeds]
-    for node in group.producers:
-        _slice_output(graph, node, keep)
-    for node in group.depthwise:
-        _slice_output(graph, node, keep)
-        node.attrs["groups"] = len(keep)
-    for node in group.consumers:
-        _slice_input(graph, node, keep)
-    for node in group.reshapes:
-        node.attrs["shape"] = [len(keep), *node.attrs["shape"][1:]]
-    for node in group.channelwise:
-        node.inputs[1] = _set(graph, f"{node.name}.slope.pruned", graph.const(node.inputs[1])[keep])
-    for name in group.tensors:
-        tensor = graph.tensors[name]
-        tensor.shape = (tensor.shape[0], len(keep), *tensor.shape[2:])
-    for _, composite, columns in composites:
-        prune_group(graph, composite, columns)
-
-
-def _composite_keep(graph: Graph, concat: Node, part: Group, keep: np.ndarray) -> np.ndarray:
-    """The concatenation's channels that stay when ``part`` keeps ``keep``: at each place the
-    part's tensor is concatenated, its kept channels, shifted by what comes before."""
-    widths = [int(graph.tensors[name].shape[1]) for name in concat.inputs]
-    columns, offset = [], 0
-    for name, width in zip(concat.inputs, widths):
-        columns.append(offset + keep if name in part.tensors else offset + np.arange(width))
-        offset += width
-    return np.concatenate(columns)
+def _whole(group: Group, why: str | None = None) -> dict[str, Any]:
+    """The report row of a group kept whole."""
+    row: dict[str, Any] = {"layers": _layers(group), "before": len(group.units), "after": len(group.units), "kept_whole": True}
+    if group.protected:
+        row["protected"] = True
+    if group.unsupported:
+        row["unsupported"] = group.unsupported
+    if why is not None:
+        row["why"] = why
+    return row
 
 
 def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None = None, labels: np.ndarray | None = None) -> PruneReport:
     """Remove ``config.ratio`` of the channels of every prunable group of ``graph``, in place.
 
-    A group the grouping cannot follow (its channels reach a concatenation, a transpose, ...)
+    A group the grouping cannot follow (its channels reach a transpose, a strided slice, ...)
     is an error naming the layers, unless ``config.skip_unsupported`` keeps it whole.
     """
     groups = find_groups(graph)
@@ -160,38 +147,32 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
         )
     macs_before, params_before = graph_macs(graph), graph.parameter_count()
     reference = reference_stats(graph, samples) if config.reestimate and samples is not None else None
-    kept: dict[str, np.ndarray] = {}
+    removed: set[int] = set()
     free = [g for g in groups if not g.blocked]
     saliency = weight_scores(graph, config.criterion, samples, labels) if config.criterion in GRADIENT else None
     scores = {id(g): group_importance(graph, g, config.criterion, saliency) for g in free}
     threshold = _global_threshold([scores[id(g)] for g in free], config.ratio) if config.allocation == "global" else None
     rows = []
     for group in groups:
-        channels = group.channels(graph)
-        layers = [node.name for node in [*group.producers, *group.depthwise]]
         if group.blocked:
-            row: dict[str, Any] = {"layers": layers, "before": channels, "after": channels, "kept_whole": True}
-            if group.protected:
-                row["protected"] = True
-            if group.unsupported:
-                row["unsupported"] = group.unsupported
-            rows.append(row)
+            rows.append(_whole(group))
             continue
         importance = scores[id(group)]
         # of the group's layers' ratios, the one given by the most specific name
         override = max((ratios[n.name] for n in group.producers if n.name in ratios), default=(0, None))[1]
         count = _kept(importance, config, threshold, override)
-        # Highest importance first; ties broken by channel index so the result is deterministic.
-        keep = np.sort(np.argsort(-importance, kind="stable")[:count])
-        if count < channels:
-            prune_group(graph, group, keep)
-            kept.update({node.name: keep for node in [*group.producers, *group.depthwise]})
-        row = {"layers": layers, "before": channels, "after": count, "kept_whole": False}
-        if count == channels and config.channel_multiple > 1:
+        keep = _select(importance, group, count)
+        if keep is None:
+            rows.append(_whole(group, "its grouped convolutions would keep unequal channels per group"))
+            continue
+        removed.update(np.delete(np.array(group.units, dtype=np.int64), keep).tolist())
+        row: dict[str, Any] = {"layers": _layers(group), "before": len(group.units), "after": len(keep), "kept_whole": False}
+        if count == len(group.units) and config.channel_multiple > 1:
             row["why"] = (
-                f"keeps all {channels} channels: the target's channel multiple is {config.channel_multiple}, and the ratio rounds to it as {channels}"
+                f"keeps all {count} channels: the target's channel multiple is {config.channel_multiple}, and the ratio rounds to it as {count}"
             )
         rows.append(row)
+    kept = remove_units(graph, groups[0].cmap, removed) if removed else {}
     graph.remove_unused()
     report = PruneReport(config, rows, macs_before, graph_macs(graph), params_before, graph.parameter_count(), kept)
     if reference and kept and samples is not None:

@@ -63,9 +63,10 @@ def weight_scores(
 
 
 def group_importance(graph: Graph, group: Group, criterion: str, scores: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """Per channel, the sum over the group's producing convs/linears and depthwise convs of the
-    channel's saliency, each layer normalised by its mean so that no layer's scale dominates."""
-    total = np.zeros(group.channels(graph))
+    """Per unit of the group, the sum over the group's producing convs/linears and depthwise
+    convs of its channels' saliency, each layer normalised by its mean so that no layer's
+    scale dominates."""
+    total = np.zeros(len(group.units))
     for node in [*group.producers, *group.depthwise]:
         weight = node.inputs[1]
         if scores is not None:
@@ -75,5 +76,7 @@ def group_importance(graph: Graph, group: Group, criterion: str, scores: dict[st
         else:
             per_channel = np.sqrt((_rows(graph.const(weight)) ** 2).sum(axis=1))
         mean = per_channel.mean()
-        total += per_channel / mean if mean > 0 else per_channel
+        normalized = per_channel / mean if mean > 0 else per_channel
+        index = group.indices(node.outputs[0])
+        np.add.at(total, index[index >= 0], normalized[index >= 0])
     return total
