@@ -263,3 +263,31 @@ def test_an_onnx_file_whose_output_is_the_whole_sequence_is_refused(tmp_path: Pa
 
     with pytest.raises(InputError, match="whole time-major sequence|reads a GRU or LSTM's whole"):
         import_onnx(_exported(_WholeSequence(), tmp_path / "seq.onnx"))
+
+
+def test_an_onnx_gru_with_a_dynamic_sequence_length_takes_the_length_of_the_data(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import json
+    import warnings
+
+    import onnxruntime as ort
+
+    from edgetune.capture.onnx_import import import_onnx
+    from edgetune.cli.main import run
+
+    model, path = _Recurrent(nn.GRU).eval(), tmp_path / "gru.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = {"x": {0: "batch", 1: "steps"}}
+        torch.onnx.export(model, (torch.zeros(1, 7, 4),), str(path), dynamo=False, input_names=["x"], dynamic_axes=axes)
+    with pytest.raises(InputError, match=r"dynamic dimensions \[\?,4\]") as raised:
+        import_onnx(path)
+    assert "--input-shape" in raised.value.one_line()
+    with pytest.raises(InputError, match=r"takes samples of shape \[\?,4\], not \[9, 5\]"):
+        import_onnx(path, (9, 5))
+    x = np.random.default_rng(1).standard_normal((2, 11, 4)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(run_batches(GraphRunner(import_onnx(path, (11, 4))), x), expected, rtol=1e-5, atol=1e-5)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((16, 11, 4)).astype(np.float32))
+    assert run(["compress", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "o"), "--json", "--quiet"]) == 0
+    report = json.loads(capfd.readouterr().out)
+    assert report["model"]["input_shape"] == [1, 11, 4], report["model"]

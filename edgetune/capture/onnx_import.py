@@ -459,18 +459,41 @@ def identity(ctx: OnnxContext, proto: Any) -> None:
     ctx.alias(proto, proto.input[0])
 
 
-def _load(path: Path) -> Any:
+def _fix_input_shape(path: Path, model: Any, sample_shape: tuple[int, ...] | None) -> None:
+    """Give the input a batch of one and the sample's shape, so shape inference (with data
+    propagation: Shape -> Gather -> Concat) gives every tensor a static shape."""
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in initializers or len(dims) == 0:
+            continue
+        if not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
+        declared = [d.dim_value if d.HasField("dim_value") else None for d in dims[1:]]
+        if sample_shape is None and None in declared:
+            shown = ",".join("?" if d is None else str(d) for d in declared)
+            raise InputError(f"{path}'s input has dynamic dimensions [{shown}]", "pass --input-shape with a sample's shape")
+        if sample_shape is None:
+            continue
+        if len(sample_shape) != len(declared) or any(d is not None and d != s for d, s in zip(declared, sample_shape)):
+            shown = ",".join("?" if d is None else str(d) for d in declared)
+            raise InputError(f"{path} takes samples of shape [{shown}], not {list(sample_shape)}", "give data or --input-shape that fits")
+        for dim, size in zip(dims[1:], sample_shape):
+            dim.dim_value = int(size)
+
+
+def _load(path: Path, sample_shape: tuple[int, ...] | None = None) -> Any:
     import onnx
 
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
-        # Infer with a batch of one and data propagation, so computed Reshape targets
-        # (Shape -> Gather -> Concat) resolve to static shapes.
-        for value in model.graph.input:
-            dims = value.type.tensor_type.shape.dim
-            if len(dims) > 0 and not dims[0].HasField("dim_value"):
-                dims[0].dim_value = 1
+    except Exception as exc:
+        raise InputError(
+            f"{path} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})", "re-export it from its framework"
+        ) from None
+    _fix_input_shape(path, model, sample_shape)
+    try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:
         raise InputError(
@@ -543,12 +566,14 @@ def _fold(model: Any, constants: dict[str, np.ndarray]) -> Any:
     return model
 
 
-def import_onnx(path: Path) -> Graph:
+def import_onnx(path: Path, sample_shape: tuple[int, ...] | None = None) -> Graph:
+    """The IR graph of an fp32 ONNX file; ``sample_shape`` (a sample's shape, without the
+    batch) fixes the input's dynamic dimensions and must agree with its fixed ones."""
     from onnx import TensorProto
 
     from edgetune.capture import onnx_indexing, onnx_recurrent  # noqa: F401  (register Gather, Slice, Split, GRU, LSTM)
 
-    model = _load(path)
+    model = _load(path, sample_shape)
     constants = _constants(model, path)
     inputs = [i for i in model.graph.input if i.name not in constants]
     if len(inputs) != 1 or len(model.graph.output) != 1:

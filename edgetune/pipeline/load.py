@@ -28,7 +28,7 @@ def capture_model(loaded: LoadedModel, shape: tuple[int, ...]) -> Graph:
         from edgetune.capture.onnx_import import import_onnx
 
         assert loaded.onnx_path is not None
-        return import_onnx(loaded.onnx_path)
+        return import_onnx(loaded.onnx_path, shape)
     from edgetune.capture import capture
 
     source: Any = loaded.program if loaded.program is not None else loaded.module
