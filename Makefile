@@ -95,6 +95,7 @@ bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP) $(BENCH_PKGS)/.installed-2
 	$(BIN)/python bench/ptq.py
 	$(BIN)/python bench/modes.py
 	$(BIN)/python bench/coverage.py
+	$(BIN)/python bench/unseen.py
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/tflite_export.py
 	$(BIN)/python bench/prune.py

@@ -291,3 +291,49 @@ def test_an_onnx_gru_with_a_dynamic_sequence_length_takes_the_length_of_the_data
     assert run(["compress", str(path), "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "o"), "--json", "--quiet"]) == 0
     report = json.loads(capfd.readouterr().out)
     assert report["model"]["input_shape"] == [1, 11, 4], report["model"]
+
+
+class _CausalTcn(nn.Module):
+    """A causal TCN block: a padded dilated Conv1d cropped back to causal, then BatchNorm1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.norm1 = nn.Conv1d(4, 8, 3, padding=4, dilation=2), nn.BatchNorm1d(8)
+        self.conv2, self.norm2 = nn.Conv1d(8, 8, 3, padding=2), nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, 3)
+        with torch.no_grad():
+            for norm in (self.norm1, self.norm2):
+                norm.running_mean.uniform_(-1, 1)
+                norm.running_var.uniform_(0.5, 2)
+                norm.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.norm1(self.conv1(x)[:, :, :-4]))
+        x = torch.relu(self.norm2(self.conv2(x)[:, :, :-2]))
+        return self.head(x.mean(2))
+
+
+def test_batchnorm1d_after_a_causal_crop_is_a_scale_and_shift_in_both_formats() -> None:
+    from edgetune.evaluate.runtime import OnnxRunner
+    from edgetune.evaluate.tflite_runtime import TfliteRunner
+    from edgetune.export.onnx import write_onnx
+    from edgetune.export.tflite import write_tflite
+    from edgetune.prune import PruneConfig, prune_channels
+    from edgetune.quantize import QuantConfig, calibrate
+
+    model = _CausalTcn().eval()
+    graph = capture(model, (4, 20))
+    assert "batch_norm" not in [node.op for node in graph.nodes]
+    x = np.random.default_rng(1).standard_normal((8, 4, 20)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run_batches(GraphRunner(graph), x), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(TfliteRunner(write_tflite(graph, quantized=False)).run(x), expected, rtol=1e-4, atol=1e-4)
+    report = prune_channels(graph, PruneConfig(0.5))
+    assert report.macs_after / report.macs_before <= 0.6
+    calibrate(graph, np.random.default_rng(2).standard_normal((32, 4, 20)).astype(np.float32), QuantConfig(samples=32))
+    tflite_int8 = TfliteRunner(write_tflite(graph)).run(x)
+    onnx_int8 = OnnxRunner(write_onnx(graph, quantized=True), spin=False).run(x)
+    lsb = np.abs(tflite_int8 - onnx_int8) / float(graph.tensors[graph.outputs[0]].quant.scale[0])
+    assert lsb.max() <= 2.0 + 1e-3

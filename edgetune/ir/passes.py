@@ -56,6 +56,9 @@ def fold_batchnorm(graph: Graph) -> None:
             graph.nodes.remove(bn)
             continue
         rank = len(graph.tensors[bn.inputs[0]].shape)
+        if rank in (2, 3):
+            _batchnorm_as_scale_and_shift(graph, bn, scale, shift)
+            continue
         if rank != 4:
             raise InputError(
                 f"BatchNorm {bn.name} on a rank-{rank} tensor not fed by a linear layer",
@@ -70,6 +73,19 @@ def fold_batchnorm(graph: Graph) -> None:
         ]
         bn.attrs = {"stride": [1, 1], "pads": [0, 0, 0, 0], "dilation": [1, 1], "groups": channels, "batchnorm": True}
     graph.remove_unused()
+
+
+def _batchnorm_as_scale_and_shift(graph: Graph, bn: Node, scale: np.ndarray, shift: np.ndarray) -> None:
+    """A BatchNorm1d on [N, C] or [N, C, L] that no layer feeds alone (after a causal crop, say):
+    a multiply and an add by per-channel constants, in place of the BatchNorm."""
+    rank = len(graph.tensors[bn.inputs[0]].shape)
+    shape = (-1,) + (1,) * (rank - 2)
+    scaled = f"{bn.outputs[0]}_scaled"
+    graph.tensors[scaled] = Tensor(scaled, graph.tensors[bn.outputs[0]].shape)
+    add = Node("add", f"{bn.name}.shift", [scaled, _set_const(graph, f"{bn.name}.shift", shift.reshape(shape))], list(bn.outputs), {})
+    bn.op, bn.outputs, bn.attrs = "mul", [scaled], {}
+    bn.inputs = [bn.inputs[0], _set_const(graph, f"{bn.name}.scale", scale.reshape(shape))]
+    graph.nodes.insert(graph.nodes.index(bn) + 1, add)
 
 
 def fold_zero_pad(graph: Graph) -> None:
