@@ -39,15 +39,16 @@ $(PI_STAMP):
 
 install: $(STAMP)
 
-# Debian's OpenSSH server (a real sshd on loopback serves the remote-bench tests), the adb
+# Debian's OpenSSH server (a real sshd on loopback serves the remote-bench tests), PostgreSQL
+# (the distributed-search tests start a server on loopback with initdb), the adb
 # client (its no-device paths are tested), and qemu-user-static with debootstrap (the tests
 # build the emulated arm64 board into ~/.cache/edgetune), installed when missing and when
 # apt-get may run.
-TEST_DEBS := openssh-server adb qemu-user-static debootstrap debian-archive-keyring
+TEST_DEBS := openssh-server adb qemu-user-static debootstrap debian-archive-keyring postgresql
 test-tools:
 	@if [ ! -x /usr/sbin/sshd ] || ! command -v adb >/dev/null 2>&1 || \
 	    ! command -v qemu-aarch64-static >/dev/null 2>&1 || [ ! -x /usr/sbin/debootstrap ] || \
-	    [ ! -f /usr/share/keyrings/debian-archive-keyring.gpg ]; then \
+	    [ ! -f /usr/share/keyrings/debian-archive-keyring.gpg ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(TEST_DEBS) >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(TEST_DEBS) >/dev/null; }; \

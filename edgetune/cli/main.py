@@ -11,7 +11,7 @@ import warnings
 import click
 
 from edgetune import __version__
-from edgetune.cli import bench, compress, device, evaluate, export, finetune, gate, inspect, recipe, targets
+from edgetune.cli import bench, compress, device, evaluate, export, finetune, gate, inspect, recipe, search, targets
 from edgetune.errors import EdgetuneError
 
 EXIT_USAGE = 2
@@ -32,6 +32,7 @@ for command in (
     finetune.command,
     export.command,
     gate.command,
+    search.command,
     evaluate.command,
     bench.command,
     inspect.command,

@@ -112,7 +112,7 @@ def _unknown(keys: set[str], allowed: set[str], where: str) -> None:
         raise InputError(f"{where} has unknown keys: {', '.join(extra)}", f"use {', '.join(sorted(allowed))}")
 
 
-def _target(name: str, raw: Any, where: str) -> TargetBudgets:
+def parse_target(name: str, raw: Any, where: str) -> TargetBudgets:
     if not isinstance(raw, dict):
         raise InputError(f"{where}: [targets.{name}] is not a table", "give budgets as key = value lines")
     _unknown(set(raw), TARGET_KEYS, f"{where} [targets.{name}]")
@@ -160,7 +160,7 @@ def load_config(explicit: str | Path | None = None) -> GateConfig:
     _unknown(set(raw), {"recipe", "gate", "targets"}, where)
     gate = raw.get("gate", {})
     _unknown(set(gate), GATE_KEYS, f"{where} [gate]")
-    targets = tuple(_target(name, body, where) for name, body in raw.get("targets", {}).items())
+    targets = tuple(parse_target(name, body, where) for name, body in raw.get("targets", {}).items())
     if not targets:
         raise InputError(f"{where} sets no budgets", "add a [targets.host] table with at least one budget")
     config = GateConfig(

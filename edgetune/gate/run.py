@@ -181,6 +181,26 @@ def _measure_target(
     return results, baseline
 
 
+def measure_briefly(budget: TargetBudgets, path: Path, repetitions: int = 3, seconds: float = 0.3) -> dict[str, Any]:
+    """One artifact's figures on one target, without a baseline and in a few short
+    repetitions (a search's trial; the gate's own runs are longer): the target's estimate when
+    it has no device, else measured on this host or the board."""
+    from edgetune.profile import BenchRequest, bench
+
+    if budget.name != "host" and not budget.device:
+        document = bench(BenchRequest(path, budget.name, threads=budget.threads))[0]
+        return {"kind": "estimated", "p50_ms": document["estimate"]["p50_ms"], "memory_plan": document.get("memory_plan")}
+    if budget.device and budget.device.startswith("qemu:"):
+        raise InputError(f"{budget.device} is an emulated board: it checks parity, not speed", "search against host or a real board")
+    series = _Series(0.5)
+    devices = (budget.device,) if budget.device else ()
+    ssh_config = Path(budget.ssh_config) if budget.ssh_config else None
+    for _ in range(repetitions):
+        request = BenchRequest(path, budget.name, devices, budget.threads, runs=5, warmup=5, min_seconds=seconds, ssh_config=ssh_config)
+        series.add(bench(request)[0])
+    return series.figures()
+
+
 def _parity(budget: TargetBudgets, path: Path, config: GateConfig, progress: Progress) -> dict[str, Any]:
     """Parity of the artifact on the target's board (emulated, or over SSH) with this host, on
     the recipe's evaluation data (its first ``parity_samples``), or on seeded random inputs
@@ -216,7 +236,7 @@ def measure(
     return measured, baseline
 
 
-def _report_checks(budget: TargetBudgets, report: dict[str, Any], folder: Path) -> list[Check]:
+def report_checks(budget: TargetBudgets, report: dict[str, Any], folder: Path) -> list[Check]:
     evaluation, checks = report.get("evaluation", {}), []
     tflite = evaluation.get("tflite", {})
     figures = {
@@ -250,7 +270,7 @@ def _unavailable(target: str, name: str, artifact: str, limit: Any, why: str) ->
     return Check(target, name, artifact, None, limit, False, "unavailable", why)
 
 
-def _measurement_checks(budget: TargetBudgets, measured: dict[str, Any]) -> list[Check]:
+def measurement_checks(budget: TargetBudgets, measured: dict[str, Any]) -> list[Check]:
     checks = []
     for artifact, figures in measured.items():
         kind = figures["kind"]
@@ -348,8 +368,8 @@ def evaluate_gate(
 ) -> list[Check]:
     checks: list[Check] = []
     for budget in config.targets:
-        checks += _report_checks(budget, report, folder)
-        checks += _measurement_checks(budget, measured.get(budget.name, {}))
+        checks += report_checks(budget, report, folder)
+        checks += measurement_checks(budget, measured.get(budget.name, {}))
     if baseline is not None:
         checks += _baseline_checks(config, report, measured, baseline, same_run or {})
     return checks

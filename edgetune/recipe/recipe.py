@@ -88,6 +88,7 @@ def from_table(table: Mapping[str, Any], where: str, text: str | None = None, pr
     from edgetune.recipe.options import OPTION_KEYS, from_options, is_option_table
 
     table = dict(table)
+    table.pop("search", None)  # the search command's settings (edgetune.search.config)
     if prefix:
         table.pop("out", None)
     if prefix and is_option_table(table):

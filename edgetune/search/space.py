@@ -1,0 +1,145 @@
+"""The search space: which recipe keys a search varies, and over what.
+
+Written in a recipe file's ``[search.space]`` table, or given as ``--space KEY=SPEC``:
+
+    [search.space]
+    "prune.ratio" = [0.0, 0.7]                           # numbers: a range (whole numbers: ints)
+    "quantize.method" = ["mse", "percentile", "minmax"]  # strings: a choice
+    "finetune.lr" = { low = 1e-4, high = 1e-2, log = true }
+
+Every name is a recipe key (``edgetune recipe keys``), or one of two that build
+``prune.method``: ``prune.ratio`` (the share of channels removed; 0 prunes nothing) and
+``prune.criterion`` (l1, l2, taylor or obd). Each choice and each end of a range is checked
+against the key's rule when the space is read, so a bad space fails before any trial runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edgetune.errors import InputError
+from edgetune.recipe import Recipe
+from edgetune.recipe.recipe import check, known
+from edgetune.recipe.toml import parse_value
+
+PRUNE_KEYS = {"prune.ratio": "the share of channels pruning removes (0: none)", "prune.criterion": "l1, l2, taylor or obd"}
+CRITERIA = ("l1", "l2", "taylor", "obd")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One varied key: a float or int range (``log``: sampled on a log scale), or choices."""
+
+    key: str
+    kind: str  # "float", "int" or "choice"
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+    step: float | None = None  # a float range on a grid (prune.ratio: 0.01)
+
+    def suggest(self, trial: Any) -> Any:
+        """The value an Optuna trial picks for this key."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return " | ".join(str(choice) for choice in self.choices)
+        return f"{self.low:g} .. {self.high:g}" + (" (log)" if self.log else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "choice":
+            return {"key": self.key, "choices": list(self.choices)}
+        return {"key": self.key, "kind": self.kind, "low": self.low, "high": self.high, "log": self.log}
+
+
+def _checked_value(key: str, value: Any, where: str) -> Any:
+    if key == "prune.ratio":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+            raise InputError(f"{where}: prune.ratio takes numbers from 0 up to (not including) 1, not {value!r}", "e.g. [0.0, 0.7]")
+        return value
+    if key == "prune.criterion":
+        if value not in CRITERIA:
+            raise InputError(f"{where}: prune.criterion {value!r} is not a criterion", f"use {', '.join(CRITERIA)}")
+        return value
+    return check(key, value, where)
+
+
+def dimension(key: str, spec: Any, where: str) -> Dimension:
+    """One key's range or choices, checked."""
+    if key not in PRUNE_KEYS:
+        known(key, where)
+    at = f"{where}: {key}"
+    if isinstance(spec, Mapping):
+        unknown = sorted(set(spec) - {"low", "high", "log"})
+        if unknown or "low" not in spec or "high" not in spec:
+            raise InputError(
+                f"{at} must be {{ low = A, high = B }} (and log = true)", "give a range as [A, B] or { low = A, high = B, log = true }"
+            )
+        low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+    elif isinstance(spec, list) and len(spec) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec):
+        (low, high), log = spec, False
+    elif isinstance(spec, list) and spec:
+        choices = tuple(dict.fromkeys(_checked_value(key, value, at) for value in spec))
+        return Dimension(key, "choice", choices=choices)
+    else:
+        raise InputError(f"{at} has an empty or unreadable range ({spec!r})", "give [low, high] numbers or a list of choices")
+    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or not low < high:
+        raise InputError(f"{at}: the range [{low!r}, {high!r}] is empty", "give low < high")
+    if log and low <= 0:
+        raise InputError(f"{at}: a log range must start above 0, not at {low!r}", "give low > 0, or drop log")
+    _checked_value(key, low, at)
+    _checked_value(key, high, at)
+    if key == "prune.ratio":  # pruning takes ratios to the hundredth: a grid keeps trials apart
+        return Dimension(key, "float", float(low), float(high), step=None if log else 0.01, log=log)
+    whole = isinstance(low, int) and isinstance(high, int) and known(key, at).kind == "int"
+    return Dimension(key, "int" if whole else "float", float(low), float(high), log)
+
+
+def parse_space(table: Mapping[str, Any], where: str) -> tuple[Dimension, ...]:
+    if "prune.criterion" in table and "prune.ratio" not in table:
+        raise InputError(f"{where}: prune.criterion varies but prune.ratio does not", 'add "prune.ratio" = [0.0, 0.7] to the space')
+    return tuple(dimension(key, spec, where) for key, spec in table.items())
+
+
+def parse_space_items(items: tuple[str, ...]) -> dict[str, Any]:
+    """``--space KEY=SPEC`` items, SPEC in TOML (``prune.ratio=[0.0,0.7]``)."""
+    table: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--space {item!r} is not KEY=SPEC", "e.g. --space 'prune.ratio=[0.0, 0.7]'")
+        table[key.strip()] = parse_value(text.strip())
+    return table
+
+
+def default_space(recipe: Recipe) -> tuple[Dimension, ...]:
+    """What a search varies when told nothing: the pruning ratio and criterion, the activation
+    range method and the post-training techniques; the fine-tune's learning rate when the
+    recipe recovers with a budget."""
+    table: dict[str, Any] = {
+        "prune.ratio": [0.0, 0.7],
+        "prune.criterion": ["l2", "l1"],
+        "quantize.method": ["mse", "percentile", "minmax"],
+        "quantize.ptq": ["bias-correct", "none", "equalize,bias-correct"],
+    }
+    if recipe["finetune.budget"]:
+        table["finetune.lr"] = {"low": 3e-4, "high": 1e-2, "log": True}
+    return parse_space(table, "the default search space")
+
+
+def apply(recipe: Recipe, params: Mapping[str, Any], where: str) -> Recipe:
+    """``recipe`` with a trial's values set; ``prune.ratio`` and ``prune.criterion`` become
+    ``prune.method`` (channel pruning; a ratio below 0.005 prunes nothing)."""
+    changes = {key: value for key, value in params.items() if key not in PRUNE_KEYS}
+    if "prune.ratio" in params:
+        ratio = round(float(params["prune.ratio"]), 2)
+        criterion = params.get("prune.criterion", "l2")
+        changes["prune.method"] = f"channel:{ratio:g}:{criterion}" if ratio > 0 else None
+    return recipe.updated(changes, where)

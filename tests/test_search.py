@@ -1,0 +1,130 @@
+"""edgetune search: Optuna over recipe keys on SQLite, budgets as the gate checks them."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from edgetune.cli.main import run
+
+RECIPE = """version = 1
+target = "host"
+
+[model]
+source = "edgetune.zoo:digits_cnn"
+
+[data]
+calib = "digits"
+
+[quantize]
+method = "minmax"
+ptq = "none"
+
+[search]
+trials = 4
+seed = 3
+
+[search.space]
+"prune.ratio" = [0.0, 0.6]
+"quantize.method" = ["minmax", "mse"]
+"""
+
+
+@pytest.fixture()
+def recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "digits.toml"
+    path.write_text(RECIPE)
+    return path
+
+
+def _search(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    code = run(["search", *argv, "--json"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if captured.out.strip() else {}, captured.err
+
+
+def test_search_keeps_the_best_trial_that_meets_the_budgets_and_its_recipe_replays(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "search"
+    code, summary, err = _search(capsys, [str(recipe), "-o", str(out), "--budget", "min_accuracy=0.8", "--budget", "max_artifact_kb=64"])
+    assert code == 0, err
+    assert summary["counts"]["trials"] == 4 and summary["met"]
+    assert err.count("search ") == 4, "one progress line per trial"
+    trials = {trial["number"]: trial for trial in summary["trials"]}
+    best = summary["best"]
+    feasible = [t for t in trials.values() if t["feasible"]]
+    assert best["quality"] == max(t["quality"] for t in feasible) and best["quality"] >= 0.8
+    for trial in trials.values():  # a trial is feasible exactly when every check passed, and the checks are the budgets
+        assert {c["name"] for c in trial["checks"]} == {"min_accuracy", "max_artifact_kb"}
+        assert trial["feasible"] == all(c["passed"] for c in trial["checks"])
+        assert trial["latency_kind"] == "measured" and trial["latency_ms"] > 0
+    assert set(summary["front"]) <= set(trials) and best["number"] in summary["front"]
+    assert (out / "search.db").is_file() and json.loads((out / "search.json").read_text())["best"]["number"] == best["number"]
+    replay = tmp_path / "replay"
+    assert run(["compress", "--recipe", str(out / "best" / "recipe.toml"), "-o", str(replay), "--quiet"]) == 0
+    assert (replay / "model.tflite").read_bytes() == (out / "best" / "model.tflite").read_bytes()
+
+
+def test_no_trial_meeting_the_budgets_exits_1_with_the_closest(tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "search"
+    code, summary, _ = _search(capsys, [str(recipe), "-o", str(out), "--trials", "2", "--budget", "max_artifact_kb=1"])
+    assert code == 1 and not summary["met"] and summary["best"] is None
+    sizes = {t["number"]: t["size_kb"] for t in summary["trials"]}
+    assert summary["closest"]["number"] == min(sizes, key=lambda n: sizes[n]), "the closest overshoots the size budget least"
+    assert (out / "best" / "model.tflite").is_file() and (out / "best" / "recipe.toml").is_file()
+
+
+def test_a_stopped_search_resumes_where_it_stopped_and_the_seed_repeats_it(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert _search(capsys, [str(recipe), "-o", str(first), "--trials", "2"])[0] == 0
+    code, _, err = _search(capsys, [str(recipe), "-o", str(first), "--trials", "3"])
+    assert code == 2 and "holds a search already" in err and "--resume" in err
+    code, summary, err = _search(capsys, [str(recipe), "-o", str(first), "--trials", "3", "--resume"])
+    assert code == 0, err
+    assert [t["number"] for t in summary["trials"]] == [0, 1, 2], "continued: one more trial, none repeated"
+    code, straight, _ = _search(capsys, [str(recipe), "-o", str(again), "--trials", "3"])
+    assert [t["params"] for t in straight["trials"]] == [t["params"] for t in summary["trials"]], "the same seed, the same trials"
+    code, _, err = _search(capsys, [str(recipe), "-o", str(first), "--resume", "--space", "prune.ratio=[0.1, 0.5]"])
+    assert code == 2 and "another space" in err and "--study" in err
+
+
+def test_the_time_budget_holds_even_inside_a_trial(tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    slow = tmp_path / "slow.toml"
+    slow.write_text(RECIPE.replace('ptq = "none"', 'ptq = "adaround"\nptq_budget = 60.0'))
+    start = time.monotonic()
+    code, summary, _ = _search(capsys, [str(slow), "-o", str(tmp_path / "s"), "--time", "4s", "--trials", "50"])
+    elapsed = time.monotonic() - start
+    assert summary["stopped"] == "time" and elapsed < 4 + 3.0, elapsed  # the budget, and the results written after it
+    assert summary["time"]["budget_s"] == 4.0 and summary["time"]["elapsed_s"] <= 4.5
+    stopped = [t for t in summary["trials"] if t["failure"] == "stopped at the search's time budget"]
+    assert len(stopped) == 1 and not (tmp_path / "s" / "trials" / f"{stopped[0]['number']:04d}").exists()
+    assert code == 1 or summary["met"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--space", 'quantize.metod=["mse"]'], "unknown recipe key quantize.metod; did you mean quantize.method?"),
+        (["--space", "prune.ratio=[0.5, 0.5]"], "the range [0.5, 0.5] is empty"),
+        (["--space", 'quantize.method=["mse", "best"]'], "quantize.method"),
+        (["--budget", "max_latency_p50_ms=2", "--budget", "max_latency_p90_ms=1"], "below max_latency_p50_ms"),
+        (["--budget", "max_parity_lsb=1"], "max_parity_lsb cannot be checked in a search"),
+        (
+            ["--storage", "postgresql://edgetune:hunter2@127.0.0.1:9/search"],
+            "cannot open the search storage postgresql://edgetune:***@127.0.0.1:9/search",
+        ),
+    ],
+)
+def test_bad_search_settings_fail_in_one_line_before_any_trial(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, _, err = _search(capsys, [str(recipe), "-o", str(tmp_path / "s"), *argv])
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and "hunter2" not in err
+    assert not (tmp_path / "s" / "trials").exists()
