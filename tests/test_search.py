@@ -128,3 +128,26 @@ def test_bad_search_settings_fail_in_one_line_before_any_trial(
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err and "hunter2" not in err
     assert not (tmp_path / "s" / "trials").exists()
+
+
+def test_ctrl_c_keeps_the_finished_trials_and_resume_goes_on(tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "search"
+    argv = [sys.executable, "-m", "edgetune", "search", str(recipe), "-o", str(out), "--trials", "4"]
+    child = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert child.stderr is not None
+    line = child.stderr.readline()  # the first trial's progress line: it has finished
+    assert line.startswith("search 1/4"), line
+    child.send_signal(signal.SIGINT)
+    rest = child.stderr.read()
+    assert child.wait(timeout=60) == 130
+    errors = [text for text in rest.splitlines() if text.startswith("error: ")]
+    assert errors and "--resume" in errors[0] and len(rest.splitlines()) <= 2, rest
+    kept = json.loads((out / "search.json").read_text())
+    assert kept["stopped"] == "interrupted" and kept["trials"][0]["failure"] is None
+    code, summary, err = _search(capsys, [str(recipe), "-o", str(out), "--trials", "4", "--resume"])
+    assert code in (0, 1), err
+    assert len(summary["trials"]) == 4 and summary["trials"][0]["params"] == kept["trials"][0]["params"]

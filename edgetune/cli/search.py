@@ -8,8 +8,15 @@ from typing import Any
 import click
 
 from edgetune.cli.output import common_options, emit, fmt, table
+from edgetune.errors import EdgetuneError
 
 EXIT_NOT_MET = 1
+
+
+class Interrupted(EdgetuneError):
+    """Ctrl-C during a search: unlike other commands, it leaves the trials it finished."""
+
+    exit_code = 130
 
 
 def _pairs(items: tuple[str, ...], option: str) -> dict[str, Any]:
@@ -98,7 +105,12 @@ def command(recipe_file: str, out_dir: str, budgets: tuple[str, ...], space: tup
         raise InputError("--worker joins a study on a shared storage", "give --storage postgresql://user@host/db (and --study NAME)")
     resume = options["resume"] or options["worker"]
     config = with_storage(search_config(recipe, table_, recipe_file, **given), options["storage"], resume)
-    summary = search_loop(recipe.with_absolute_paths(), config, out_dir, progress)
+    try:
+        summary = search_loop(recipe.with_absolute_paths(), config, out_dir, progress)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; the finished trials are in {out_dir}/search.json", "run the same command with --resume to go on"
+        ) from None
     emit(summary, options["as_json"], _human)
     if not summary["met"]:
         raise click.exceptions.Exit(EXIT_NOT_MET)

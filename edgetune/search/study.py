@@ -292,9 +292,9 @@ def search_loop(recipe: Recipe, config: SearchConfig, out_dir: str | Path, progr
             if stopped is not None:
                 break
     except KeyboardInterrupt:
-        if trial is not None:
-            trial.set_user_attr("outcome", Outcome(trial.number, dict(trial.params), "", failure="interrupted").to_dict())
+        if trial is not None:  # not counted: its keys are queued, and --resume runs it first
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(dict(trial.params), user_attrs={"requeued_from": trial.number})
         write_results(out, summarize(config, recipe, [t.user_attrs["outcome"] for t in finished(optuna, study)], "interrupted"))
         raise
     summary = summarize(config, recipe, [t.user_attrs["outcome"] for t in finished(optuna, study)], stopped)
