@@ -16,7 +16,7 @@ from edgetune.progress import Progress, silent
 from edgetune.recipe import Recipe, load
 from edgetune.resources import read_toml
 from edgetune.search.config import SearchConfig, search_config, with_storage
-from edgetune.search.space import Dimension, parse_space_items
+from edgetune.search.space import Dimension
 
 __all__ = ["Dimension", "SearchConfig", "run", "search_config", "search_table"]
 
@@ -47,7 +47,3 @@ def run(
     base = recipe if isinstance(recipe, Recipe) else load(recipe)
     config = with_storage(search_config(base, table, where, **settings), storage, resume)
     return search_loop(base.with_absolute_paths(), config, out_dir, progress)
-
-
-def space_from_items(items: tuple[str, ...]) -> dict[str, Any]:
-    return parse_space_items(items)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgetune.errors import InputError
@@ -66,7 +66,6 @@ class SearchConfig:
     resume: bool = False  # continue the folder's study, or join a shared storage's (--worker)
     sampler: str = "auto"
     heartbeat: float = 10.0  # seconds between a worker's heartbeats on a shared storage; 3 missed: its trial runs again
-    notes: list[str] = field(default_factory=list)
 
     def directions(self) -> list[str]:
         return [OBJECTIVES[name] for name in self.objectives]

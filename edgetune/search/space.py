@@ -22,7 +22,6 @@ from typing import Any
 from edgetune.errors import InputError
 from edgetune.recipe import Recipe
 from edgetune.recipe.recipe import check, known
-from edgetune.recipe.toml import parse_value
 
 PRUNE_KEYS = {"prune.ratio": "the share of channels pruning removes (0: none)", "prune.criterion": "l1, l2, taylor or obd"}
 CRITERIA = ("l1", "l2", "taylor", "obd")
@@ -106,17 +105,6 @@ def parse_space(table: Mapping[str, Any], where: str) -> tuple[Dimension, ...]:
     if "prune.criterion" in table and "prune.ratio" not in table:
         raise InputError(f"{where}: prune.criterion varies but prune.ratio does not", 'add "prune.ratio" = [0.0, 0.7] to the space')
     return tuple(dimension(key, spec, where) for key, spec in table.items())
-
-
-def parse_space_items(items: tuple[str, ...]) -> dict[str, Any]:
-    """``--space KEY=SPEC`` items, SPEC in TOML (``prune.ratio=[0.0,0.7]``)."""
-    table: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--space {item!r} is not KEY=SPEC", "e.g. --space 'prune.ratio=[0.0, 0.7]'")
-        table[key.strip()] = parse_value(text.strip())
-    return table
 
 
 def default_space(recipe: Recipe) -> tuple[Dimension, ...]:
