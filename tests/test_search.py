@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -151,3 +152,73 @@ def test_ctrl_c_keeps_the_finished_trials_and_resume_goes_on(tmp_path: Path, rec
     code, summary, err = _search(capsys, [str(recipe), "-o", str(out), "--trials", "4", "--resume"])
     assert code in (0, 1), err
     assert len(summary["trials"]) == 4 and summary["trials"][0]["params"] == kept["trials"][0]["params"]
+
+
+PRUNED_RECIPE = """version = 1
+target = "host"
+
+[model]
+source = "edgetune.zoo:digits_cnn"
+
+[data]
+calib = "digits"
+train = "digits"
+
+[quantize]
+method = "minmax"
+ptq = "none"
+
+[finetune]
+budget = "100steps"
+
+[search]
+trials = 9
+seed = 1
+
+[search.space]
+"prune.ratio" = [0.0, 0.9]
+"finetune.lr" = { low = 1e-5, high = 1e-2, log = true }
+"""
+
+
+def test_hopeless_trials_stop_early_on_the_fine_tune_curve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import optuna
+
+    path = tmp_path / "finetune.toml"
+    path.write_text(PRUNED_RECIPE)
+    out = tmp_path / "search"
+    code, summary, err = _search(capsys, [str(path), "-o", str(out), "--budget", "min_accuracy=0.5"])
+    assert code == 0, err
+    assert summary["pruner"] == "median", "one objective and a fine-tune: the median rule by default"
+    stopped = [trial for trial in summary["trials"] if trial["stopped_early"]]
+    assert stopped and summary["counts"]["stopped_early"] == len(stopped) and summary["counts"]["failed"] == 0
+    study = optuna.load_study(study_name="edgetune", storage=f"sqlite:///{out / 'search.db'}")
+    by_number = {trial.number: trial for trial in study.trials}
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    for record in stopped:
+        trial = by_number[record["number"]]
+        assert trial.state == optuna.trial.TrialState.PRUNED and not Path(record["folder"]).exists()
+        step = trial.last_step
+        assert step < max(t.last_step for t in finished), "stopped before its fine-tune ended"
+        rivals = [  # the finished trials that met the budgets before this one stopped, at the same validation
+            max(v for s, v in t.intermediate_values.items() if s <= step)
+            for t in finished
+            if t.number < trial.number and t.user_attrs["outcome"]["feasible"]
+        ]
+        assert len(rivals) >= 4 and max(trial.intermediate_values.values()) < statistics.median(rivals)
+        assert record["failure"].startswith(f"stopped at validation {step}")
+    assert all(not t["stopped_early"] for t in summary["trials"] if t["feasible"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--pruner", "median", "--objective", "quality", "--objective", "latency"], "one objective"),
+        (["--pruner", "halving"], "does not fine-tune"),
+    ],
+)
+def test_a_pruner_that_cannot_apply_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], needle: str) -> None:
+    path = tmp_path / "finetune.toml"
+    path.write_text(PRUNED_RECIPE if "latency" in extra else RECIPE)
+    code, _, err = _search(capsys, [str(path), "-o", str(tmp_path / "out"), *extra])
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err

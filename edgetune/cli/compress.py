@@ -136,6 +136,17 @@ from edgetune.progress import StderrProgress
 )
 @click.option("--float-tflite", is_flag=True, help="Also write model.fp32.tflite.")
 @click.option("--c-array", is_flag=True, help="Also write the TFLite model as a C array for TFLite Micro (model_data.cc and .h).")
+@click.option(
+    "--until",
+    "until",
+    metavar="NAME=VALUE",
+    multiple=True,
+    help="Prune step by step until the model meets this budget (gate names: max_latency_p50_ms=5, max_artifact_kb=300).",
+)
+@click.option(
+    "--until-step", type=FiniteFloat(), default=0.1, show_default=True, help="Share of a group's channels one --until cut removes."
+)
+@click.option("--device", metavar="URL", help="With --until: measure on this board (ssh://user@host or adb:SERIAL), not this host.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @common_options
 def command(out_dir: Path, resume: bool, quiet: bool, as_json: bool, **options: Any) -> None:
@@ -149,15 +160,72 @@ def command(out_dir: Path, resume: bool, quiet: bool, as_json: bool, **options: 
     """
     from edgetune.recipe import run
 
+    until, step, device = options.pop("until"), options.pop("until_step"), options.pop("device")
     recipe = recipe_from_options(click.get_current_context(), options)
+    if until:
+        _until(recipe, until, step, device, out_dir, quiet, as_json)
+        return
+    if device:
+        from edgetune.errors import InputError
+
+        raise InputError("--device measures the steps of --until", "add --until NAME=VALUE, or use edgetune bench --device")
     result = run(recipe, out_dir, resume=resume, progress=StderrProgress(enabled=not quiet))
     if result.paths:  # under torchrun, the other processes stay silent
         emit(result.report, as_json, human)
 
 
+def _until(recipe: Any, until: tuple[str, ...], step: float, device: str | None, out_dir: Path, quiet: bool, as_json: bool) -> None:
+    """``--until``: the least-pruned model that meets the budgets (edgetune.search.netadapt)."""
+    import sys
+
+    from edgetune.cli.output import pairs
+    from edgetune.cli.search import EXIT_NOT_MET
+    from edgetune.search.netadapt import tighten, until_config
+
+    config = until_config(recipe, pairs(until, "--until"), "--until", step, device)
+
+    def progress(done: int, total: int, label: str) -> None:
+        if not quiet:
+            print(f"until: {label}", file=sys.stderr, flush=True)
+
+    summary = tighten(recipe.with_absolute_paths(), config, out_dir, progress)
+    document = {**summary.pop("report"), "until": summary}
+    emit(document, as_json, _until_human)
+    if not summary["met"]:
+        raise click.exceptions.Exit(EXIT_NOT_MET)
+
+
+def _until_human(document: dict[str, Any]) -> str:
+    until = document["until"]
+    rows = []
+    for step in until["steps"]:
+        chosen = step["chosen"] or {}
+        faster = f"{sum(not c['note'] for c in step['candidates'])}/{len(step['candidates'])}" if step["step"] else "-"
+        figure = chosen.get("figures", {}).get(until["shown"])
+        rows.append(
+            [
+                step["step"],
+                chosen.get("group") or ("start" if step["step"] == 0 else "none kept"),
+                fmt(chosen.get("quality"), 4),
+                fmt(figure, 4),
+                faster,
+            ]
+        )
+    failed = [f"{c['name']} {fmt(c['value'], 4)} (limit {c['limit']})" for c in until["checks"] if not c["passed"]]
+    verdict = "meets every budget" if until["met"] else f"misses {', '.join(failed)}"
+    lines = [
+        human(document),
+        "",
+        f"until ({until['compressions']} compressions, stopped: {until['stopped']}):",
+        table(rows, ["step", "cut", "quality", f"{until['shown']}", "lower cuts"]),
+        f"result: {verdict}",
+    ]
+    return "\n".join(lines)
+
+
 # The options --help shows; the others still work, but a recipe key is the way to set them.
 EVERYDAY = {"recipe_file", "sets", "calib", "eval_data", "weights", "out_dir", "target", "ptq", "prune", "finetune_budget"}
-EVERYDAY |= {"train_data", "formats", "as_json", "debug"}
+EVERYDAY |= {"train_data", "formats", "as_json", "debug", "until"}
 for _param in command.params:
     if isinstance(_param, click.Option) and _param.name not in EVERYDAY:
         _param.hidden = True
@@ -356,10 +424,12 @@ def _pruning_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if rounded:
         rows.append(("not pruned", f"{', '.join(g['layers'][0] for g in rounded)}: {rounded[0]['why']}"))
     pruned = sum(1 for g in p["groups"] if g["after"] < g["before"])
+    overrides = p["config"].get("overrides") or []
+    share = f"{p['config']['ratio']:g}" + (f" (and {len(overrides)} layers' own)" if overrides else "")
     rows.append(
         (
             "pruning",
-            f"{p['config']['criterion']} {p['config']['ratio']:g} of channels in {pruned} of {len(p['groups'])} groups:"
+            f"{p['config']['criterion']} {share} of channels in {pruned} of {len(p['groups'])} groups:"
             f" MACs {p['macs']['ratio']:.2f}x, parameters {p['parameters']['ratio']:.2f}x",
         )
     )

@@ -66,3 +66,17 @@ class FiniteFloat(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
+
+
+def pairs(items: tuple[str, ...], option: str) -> dict[str, Any]:
+    """``NAME=VALUE`` items (budgets, space entries) as a dict, each value read as TOML."""
+    from edgetune.errors import InputError
+    from edgetune.recipe.toml import parse_value
+
+    pairs: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"{option} {item!r} is not NAME=VALUE", f"e.g. {option} max_latency_p50_ms=0.5")
+        pairs[name.strip()] = parse_value(text.strip())
+    return pairs

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgetune.cli.output import common_options, emit, fmt, table
+from edgetune.cli.output import common_options, emit, fmt, pairs, table
 from edgetune.errors import EdgetuneError
 
 EXIT_NOT_MET = 1
@@ -17,19 +17,6 @@ class Interrupted(EdgetuneError):
     """Ctrl-C during a search: unlike other commands, it leaves the trials it finished."""
 
     exit_code = 130
-
-
-def _pairs(items: tuple[str, ...], option: str) -> dict[str, Any]:
-    from edgetune.errors import InputError
-    from edgetune.recipe.toml import parse_value
-
-    pairs: dict[str, Any] = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip():
-            raise InputError(f"{option} {item!r} is not NAME=VALUE", f"e.g. {option} max_latency_p50_ms=0.5")
-        pairs[name.strip()] = parse_value(text.strip())
-    return pairs
 
 
 @click.command("search")
@@ -54,6 +41,11 @@ def _pairs(items: tuple[str, ...], option: str) -> dict[str, Any]:
 @click.option("--seed", type=int, help="Sampler seed (default 0).")
 @click.option(
     "--sampler", type=click.Choice(["auto", "tpe", "nsga2", "random"]), help="Default auto: TPE, or NSGA-II for several objectives."
+)
+@click.option(
+    "--pruner",
+    type=click.Choice(["auto", "median", "halving", "none"]),
+    help="Stop hopeless trials on the fine-tune's validation curve (auto: median with one objective and a fine-tune).",
 )
 @click.option("--set", "sets", metavar="KEY=VALUE", multiple=True, help="Set one recipe key over the file.")
 @click.option("--storage", metavar="URL", help="An Optuna storage URL (default: sqlite in the search folder).")
@@ -86,9 +78,10 @@ def command(recipe_file: str, out_dir: str, budgets: tuple[str, ...], space: tup
         "device": options["device"],
         "seed": options["seed"],
         "sampler": options["sampler"],
+        "pruner": options["pruner"],
         "study": options["study"],
-        "budgets": {**table_.get("budgets", {}), **_pairs(budgets, "--budget")} if budgets else None,
-        "space": {**table_.get("space", {}), **_pairs(space, "--space")} if space else None,
+        "budgets": {**table_.get("budgets", {}), **pairs(budgets, "--budget")} if budgets else None,
+        "space": {**table_.get("space", {}), **pairs(space, "--space")} if space else None,
     }
     quiet = options["quiet"]
 
@@ -118,9 +111,10 @@ def command(recipe_file: str, out_dir: str, budgets: tuple[str, ...], space: tup
 
 def _human(summary: dict[str, Any]) -> str:
     counts = summary["counts"]
+    early = f", {counts['stopped_early']} stopped early by the {summary['pruner']} pruner" if summary["pruner"] != "none" else ""
     lines = [
         f"search {summary['study']} on {summary['target']}: {counts['trials']} trials, {counts['feasible']} meet the budgets,"
-        f" {counts['failed']} failed (stopped by {summary['stopped']})"
+        f" {counts['failed']} failed{early} (stopped by {summary['stopped']})"
     ]
     by_number = {trial["number"]: trial for trial in summary["trials"]}
     rows = [

@@ -406,13 +406,17 @@ def finetune(
 def _loop(run: _Run, progress: Progress, checkpoint: Path | None) -> str:
     """Train until the budget is spent; returns how the run ended."""
     detail = getattr(progress, "detail", None)
+    validation = getattr(progress, "validation", None)  # a search reads the curve to stop hopeless trials
     saved = time.perf_counter()
     with _Interrupt() as interrupt:
         try:
             while run.spent() < 1.0:
                 run.train_step()
                 if run.step % run.config.eval_every == 0:
-                    run.best.offer(run.validate(), run.params, run.step)
+                    metric = run.validate()
+                    run.best.offer(metric, run.params, run.step)
+                    if validation is not None:
+                        validation(metric[0])
                     if run.config.patience and run.step - run.best.step >= run.config.patience * run.config.eval_every:
                         raise _EarlyStop
                 if detail is not None:

@@ -4,7 +4,9 @@
 ``[search]`` table (budgets in the gate's words, objectives, trial and time limits);
 ``trial.py`` compresses one recipe and checks it as the gate would; ``study.py`` runs the
 Optuna study (TPE, or NSGA-II for several objectives) on SQLite or any Optuna storage;
-``results.py`` writes the front, the chosen recipe's folder and the plot.
+``results.py`` writes the front, the chosen recipe's folder and the plot; ``pruning.py`` stops
+hopeless trials on their fine-tune curve; ``netadapt.py`` is ``compress --until``, pruning
+tightened one measured cut at a time until a budget is met.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from edgetune.resources import read_toml
 from edgetune.search.config import SearchConfig, search_config, with_storage
 from edgetune.search.space import Dimension
 
-__all__ = ["Dimension", "SearchConfig", "run", "search_config", "search_table"]
+__all__ = ["Dimension", "SearchConfig", "run", "search_config", "search_table", "until"]
 
 
 def search_table(path: str | Path) -> dict[str, Any]:
@@ -47,3 +49,23 @@ def run(
     base = recipe if isinstance(recipe, Recipe) else load(recipe)
     config = with_storage(search_config(base, table, where, **settings), storage, resume)
     return search_loop(base.with_absolute_paths(), config, out_dir, progress)
+
+
+def until(
+    recipe: Recipe | str | Path,
+    out_dir: str | Path,
+    budgets: dict[str, Any],
+    *,
+    step: float = 0.1,
+    device: str | None = None,
+    progress: Progress = silent,
+) -> dict[str, Any]:
+    """Prune ``recipe``'s model step by step until it meets ``budgets`` (the gate's names, e.g.
+    ``{"max_latency_p50_ms": 5}``) on the recipe's target; the least-pruned model that meets
+    them is written to ``out_dir``. The summary: ``met``, ``steps`` (every candidate cut) and
+    ``report`` (the kept model's)."""
+    from edgetune.search.netadapt import tighten, until_config
+
+    base = recipe if isinstance(recipe, Recipe) else load(recipe)
+    config = until_config(base, budgets, "until", step, device)
+    return tighten(base.with_absolute_paths(), config, out_dir, progress)

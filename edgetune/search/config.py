@@ -27,13 +27,14 @@ from typing import Any
 from edgetune.errors import InputError
 from edgetune.gate.config import TargetBudgets, parse_target
 from edgetune.recipe import Recipe
+from edgetune.search.pruning import PRUNERS
 from edgetune.search.space import Dimension, default_space, parse_space
 
 OBJECTIVES = {"quality": "maximize", "latency": "minimize", "size": "minimize"}
 METRICS = ("accuracy", "sqnr", "agreement")
 ARTIFACTS = ("model.tflite", "model.onnx")
 SEARCH_KEYS = {"trials", "time", "objectives", "metric", "artifact", "seed", "device", "threads", "budgets", "space", "study", "heartbeat"}
-SEARCH_KEYS |= {"sampler"}
+SEARCH_KEYS |= {"sampler", "pruner"}
 SAMPLERS = ("auto", "tpe", "nsga2", "random")  # auto: TPE for one objective, NSGA-II for several
 # Budgets a trial can be checked against (parity needs a board run the search does not make)
 SEARCH_BUDGETS = {
@@ -66,6 +67,7 @@ class SearchConfig:
     resume: bool = False  # continue the folder's study, or join a shared storage's (--worker)
     sampler: str = "auto"
     heartbeat: float = 10.0  # seconds between a worker's heartbeats on a shared storage; 3 missed: its trial runs again
+    pruner: str = "none"  # median or halving: hopeless trials stop early on the fine-tune's validation curve
 
     def directions(self) -> list[str]:
         return [OBJECTIVES[name] for name in self.objectives]
@@ -87,7 +89,7 @@ def parse_seconds(text: Any, where: str) -> float:
     return seconds
 
 
-def _budget(recipe: Recipe, table: Mapping[str, Any], where: str) -> TargetBudgets:
+def search_budget(recipe: Recipe, table: Mapping[str, Any], where: str) -> TargetBudgets:
     budgets = dict(table.get("budgets", {}))
     unknown = sorted(set(budgets) - SEARCH_BUDGETS)
     if unknown:
@@ -120,6 +122,20 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str, where: str) -> str:
     return str(value)
 
 
+def _pruner(recipe: Recipe, config: SearchConfig, asked: str, where: str) -> str:
+    """auto: the median rule when there is one objective and a fine-tune curve to read."""
+    curve = bool(recipe["finetune.budget"]) or any(dimension.key == "finetune.budget" for dimension in config.space)
+    if asked == "auto":
+        return "median" if curve and len(config.objectives) == 1 else "none"
+    if asked != "none" and len(config.objectives) > 1:
+        raise InputError(f"{where}: pruner {asked} stops trials of one objective only", "drop the pruner, or search one objective")
+    if asked != "none" and not curve:
+        raise InputError(
+            f"{where}: pruner {asked} reads the fine-tune's validation curve, but the recipe does not fine-tune", "set finetune.budget"
+        )
+    return asked
+
+
 def search_config(recipe: Recipe, table: Mapping[str, Any], where: str, **given: Any) -> SearchConfig:
     """The settings of a search: ``table`` (a recipe file's ``[search]``) under the options
     ``given`` on the command line (those not None win)."""
@@ -142,7 +158,7 @@ def search_config(recipe: Recipe, table: Mapping[str, Any], where: str, **given:
     space = parse_space(space_table, where) if space_table else default_space(recipe)
     config = SearchConfig(
         space,
-        _budget(recipe, table, where),
+        search_budget(recipe, table, where),
         objectives,
         _choice(table.get("metric", "accuracy"), METRICS, "metric", where),
         _choice(table.get("artifact", "model.tflite"), ARTIFACTS, "artifact", where),
@@ -153,6 +169,7 @@ def search_config(recipe: Recipe, table: Mapping[str, Any], where: str, **given:
         sampler=_choice(table.get("sampler", "auto"), SAMPLERS, "sampler", where),
         heartbeat=_positive(table.get("heartbeat", 10.0), "heartbeat", where),
     )
+    config = replace(config, pruner=_pruner(recipe, config, _choice(table.get("pruner", "auto"), PRUNERS, "pruner", where), where))
     if config.artifact.removeprefix("model.") not in recipe["export.formats"]:
         raise InputError(f"{where}: the search measures {config.artifact} but the recipe does not write it", "add it to export.formats")
     return config

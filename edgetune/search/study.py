@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import statistics
 import threading
@@ -21,11 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edgetune.artifacts import output_folder
+from edgetune.artifacts import output_folder, partial_folder
 from edgetune.errors import InputError
 from edgetune.progress import Progress, silent
 from edgetune.recipe import Recipe
 from edgetune.search.config import SearchConfig
+from edgetune.search.pruning import CurveReporter, TrialStopped, make_pruner
 from edgetune.search.space import apply
 from edgetune.search.trial import Outcome, run_trial
 
@@ -94,8 +96,9 @@ def _create(optuna: Any, config: SearchConfig, url: str) -> Any:
     if config.storage is not None and not config.resume and config.study in optuna.study.get_all_study_names(storage):
         raise InputError(f"study {config.study} exists in {masked(url)}", "pass --worker to join it, or name a new one with --study")
     sampler = _sampler(optuna, config)
+    pruner = make_pruner(optuna, config.pruner)
     return optuna.create_study(
-        storage=storage, study_name=config.study, directions=config.directions(), sampler=sampler, load_if_exists=True
+        storage=storage, study_name=config.study, directions=config.directions(), sampler=sampler, pruner=pruner, load_if_exists=True
     )
 
 
@@ -143,7 +146,7 @@ def _requeue_stale(optuna: Any, study: Any) -> int:
 
 
 def finished(optuna: Any, study: Any) -> list[Any]:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
     return [trial for trial in study.get_trials(deepcopy=False, states=states) if "outcome" in trial.user_attrs]
 
 
@@ -159,7 +162,9 @@ def _tell(optuna: Any, study: Any, trial: Any, config: SearchConfig, outcome: Ou
         outcome.failure = f"the report has no {config.metric} figure for {config.artifact}"
     trial.set_constraint("budgets", max(outcome.violations, default=0.0))  # <= 0: every budget met
     trial.set_user_attr("outcome", outcome.to_dict())
-    if values is None:
+    if outcome.stopped:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    elif values is None:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
     else:
         study.tell(trial, values)
@@ -243,6 +248,7 @@ def heartbeat(study: Any, trial: Any, config: SearchConfig) -> Iterator[None]:
 
 def _one_trial(trial: Any, recipe: Recipe, config: SearchConfig, out: Path, started: float) -> tuple[Outcome, str | None]:
     """The asked trial's recipe compressed and measured; "time" when the budget ran out in it."""
+    begun = time.monotonic()
     params = {dimension.key: dimension.suggest(trial) for dimension in config.space}
     outcome = Outcome(trial.number, params, str(out / "trials" / f"{trial.number:04d}"))
     try:
@@ -251,12 +257,18 @@ def _one_trial(trial: Any, recipe: Recipe, config: SearchConfig, out: Path, star
         outcome.failure = exc.one_line().removeprefix("error: ")
         return outcome, None
     left = None if config.seconds is None else config.seconds - (time.monotonic() - started)
+    reporter = CurveReporter(trial, trial.study.pruner) if config.pruner != "none" else silent
     with deadline(left):
         try:
-            run_trial(trial_recipe, outcome, config.budget, config.metric, config.artifact)
+            run_trial(trial_recipe, outcome, config.budget, config.metric, config.artifact, reporter)
         except OutOfTime:
             outcome.failure = "stopped at the search's time budget"
             return outcome, "time"
+        except TrialStopped as stop:
+            outcome.failure, outcome.stopped = stop.reason, True
+        finally:
+            outcome.seconds = max(outcome.seconds, time.monotonic() - begun)
+            shutil.rmtree(partial_folder(Path(outcome.folder)), ignore_errors=True)  # a stopped fine-tune's checkpoint
     return outcome, None
 
 
@@ -307,7 +319,9 @@ def search_loop(recipe: Recipe, config: SearchConfig, out_dir: str | Path, progr
 
 
 def _line(outcome: Outcome, config: SearchConfig, started: float) -> str:
-    if outcome.failure:
+    if outcome.stopped:
+        what = (outcome.failure or "")[:110]
+    elif outcome.failure:
         what = f"failed: {outcome.failure[:80]}"
     else:
         quality = f"{config.metric} {outcome.quality:.4g}" if outcome.quality is not None else "no quality"

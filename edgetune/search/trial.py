@@ -39,6 +39,7 @@ class Outcome:
     checks: list[dict[str, Any]] = field(default_factory=list)
     violations: list[float] = field(default_factory=list)  # per budget: > 0 broken, by that share of its limit
     failure: str | None = None
+    stopped: bool = False  # the pruner stopped it on its fine-tune curve
     seconds: float = 0.0
 
     @property
@@ -57,6 +58,7 @@ class Outcome:
             "feasible": self.feasible,
             "checks": self.checks,
             "failure": self.failure,
+            "stopped_early": self.stopped,
             "seconds": round(self.seconds, 2),
         }
 
