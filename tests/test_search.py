@@ -222,3 +222,58 @@ def test_a_pruner_that_cannot_apply_is_one_line(tmp_path: Path, capsys: pytest.C
     path.write_text(PRUNED_RECIPE if "latency" in extra else RECIPE)
     code, _, err = _search(capsys, [str(path), "-o", str(tmp_path / "out"), *extra])
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_grid_search_runs_each_point_once_and_ends_with_the_grid(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "grid"
+    space = ["--space", "prune.ratio=[0.0, 0.4]", "--space", 'quantize.method=["minmax"]']
+    code, summary, err = _search(capsys, [str(recipe), "-o", str(out), "--sampler", "grid", "--trials", "50", *space])
+    assert code == 0, err
+    ratios = sorted(trial["params"]["prune.ratio"] for trial in summary["trials"])
+    assert ratios == [0.0, 0.1, 0.2, 0.3, 0.4], "five evenly spaced values, each once, then the search ends"
+    assert summary["stopped"] == "trials"
+
+
+def test_each_layer_group_can_get_its_own_ratio(tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgetune.prune.apply import kept_count
+
+    out = tmp_path / "layers"
+    space = [
+        "--space",
+        "prune.layers.stem.0=[0.0, 0.6]",
+        "--space",
+        "prune.layers.expand.0=[0.0, 0.6]",
+        "--space",
+        "prune.layers.nope=[0.1, 0.2]",
+    ]
+    code, summary, err = _search(capsys, [str(recipe), "-o", str(out), "--trials", "2", "--sampler", "random", *space])
+    assert code == 1 and summary["counts"]["failed"] == 2, err
+    assert all("prune.layers" in t["failure"] and "nope" in t["failure"] for t in summary["trials"]), (
+        "an unknown layer fails the trial, in one line"
+    )
+    out = tmp_path / "layers2"
+    code, summary, err = _search(capsys, [str(recipe), "-o", str(out), "--trials", "3", "--sampler", "random", *space[:4]])
+    assert code == 0, err
+    for trial in summary["trials"]:
+        report = json.loads((Path(trial["folder"]) / "report.json").read_text())
+        multiple = report["pruning"]["config"]["channel_multiple"]
+        for group in report["pruning"]["groups"]:
+            if group["layers"][0] in ("stem.0", "expand.0"):
+                ratio = trial["params"][f"prune.layers.{group['layers'][0]}"]
+                assert group["after"] == kept_count(group["before"], ratio, multiple)
+
+
+def test_agreement_of_a_pruned_trial_is_against_the_model_as_given(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "agree"
+    argv = [str(recipe), "-o", str(out), "--trials", "3", "--metric", "agreement", "--space", "prune.ratio=[0.4, 0.6]"]
+    code, summary, err = _search(capsys, argv)
+    assert code == 0, err
+    for trial in summary["trials"]:
+        evaluation = json.loads((Path(trial["folder"]) / "report.json").read_text())["evaluation"]
+        assert trial["quality"] == evaluation["vs_original"]["tflite"]["top1_agreement"]
+        # against its own fp32 the pruned model looks far better than it is
+        assert evaluation["tflite"]["top1_agreement_with_fp32"] > trial["quality"] + 0.2

@@ -3,96 +3,31 @@ three worker processes on one study, one of them killed in the middle of a trial
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import pwd
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres_server import Unavailable, free_port, running_postgres
 from test_search import RECIPE as SEARCH_RECIPE
 
 # the search tests' recipe: six trials over the pruning ratio, heartbeats every second
 RECIPE = SEARCH_RECIPE.replace("trials = 4\nseed = 3", "trials = 6\nheartbeat = 1").replace('"quantize.method" = ["minmax", "mse"]\n', "")
 
 
-def _postgres_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(os.path.realpath(found)).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(candidates[-1]).parent if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _as_server_user() -> dict[str, str]:
-    """initdb and postgres refuse to run as root: as root, run them as Debian's postgres user."""
-    return {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
-    binaries = _postgres_bin()
-    if binaries is None or (os.geteuid() == 0 and not _has_user("postgres")):
-        if os.environ.get("CI"):
-            pytest.fail("CI needs Debian's postgresql (make test installs it)")
-        pytest.skip("needs Debian's postgresql (make test installs it)")
-    folder = Path(tempfile.mkdtemp(prefix="edgetune-pg-"))  # pytest's own folders are closed to the postgres user
-    data, sockets = folder / "data", folder / "run"
-    sockets.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-        shutil.chown(sockets, "postgres")
-    password = folder / "pw"
-    password.write_text("s3cret\n")
-    os.chmod(password, 0o644)
-    init = [str(binaries / "initdb"), "-D", str(data), "-U", "edgetune", "--auth=scram-sha-256", f"--pwfile={password}", "-E", "UTF8"]
-    subprocess.run(init, check=True, capture_output=True, **_as_server_user())
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(binaries / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets), "-c", "listen_addresses=127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        **_as_server_user(),
-    )
-    url = f"postgresql+psycopg2://edgetune:s3cret@127.0.0.1:{port}/postgres"
-    _wait_for(port)
-    yield url
-    server.send_signal(signal.SIGINT)  # fast shutdown
-    server.wait(timeout=30)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _has_user(name: str) -> bool:
     try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _wait_for(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                time.sleep(0.5)
-                return
-        time.sleep(0.2)
-    raise RuntimeError("PostgreSQL did not start")
+        with running_postgres() as url:
+            yield url
+    except Unavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI {exc}")
+        pytest.skip(str(exc))
 
 
 def _worker(recipe: Path, out: Path, url: str, study: str) -> subprocess.Popen[bytes]:
@@ -162,7 +97,7 @@ def test_three_workers_share_one_study_and_a_killed_worker_loses_no_trial(tmp_pa
 def test_an_unreachable_database_is_one_line_with_the_password_masked(tmp_path: Path) -> None:
     recipe = tmp_path / "digits.toml"
     recipe.write_text(RECIPE)
-    url = f"postgresql+psycopg2://edgetune:s3cret@127.0.0.1:{_free_port()}/postgres"
+    url = f"postgresql+psycopg2://edgetune:s3cret@127.0.0.1:{free_port()}/postgres"
     done = subprocess.run(
         [sys.executable, "-m", "edgetune", "search", str(recipe), "-o", str(tmp_path / "o"), "--storage", url, "--worker"],
         capture_output=True,

@@ -16,7 +16,8 @@ from edgetune.progress import StderrProgress
     "compress",
     epilog="Every other setting is a recipe key: `edgetune recipe keys` lists them with their meaning; give them in a "
     "--recipe file or with --set. Their options work too: --mode dynamic-int8|float16, --keep-float, --c-array, --method, "
-    "--ptq-budget, --qat, --augment, ... (docs/compress.md).",
+    "--ptq-budget, --qat, --augment, ... (docs/compress.md). --until max_latency_p50_ms=5 prunes one measured cut at a time "
+    "until the model meets that budget (docs/search.md).",
 )
 @click.argument("model", required=False)
 @click.option(
@@ -225,7 +226,7 @@ def _until_human(document: dict[str, Any]) -> str:
 
 # The options --help shows; the others still work, but a recipe key is the way to set them.
 EVERYDAY = {"recipe_file", "sets", "calib", "eval_data", "weights", "out_dir", "target", "ptq", "prune", "finetune_budget"}
-EVERYDAY |= {"train_data", "formats", "as_json", "debug", "until"}
+EVERYDAY |= {"train_data", "formats", "as_json", "debug"}
 for _param in command.params:
     if isinstance(_param, click.Option) and _param.name not in EVERYDAY:
         _param.hidden = True
@@ -394,6 +395,16 @@ def _evaluation_rows(ev: dict[str, Any], label: str = "int8") -> list[tuple[str,
                 f"TFLite {label}",
                 f"{accuracy}agreement with fp32 {pct(tfl['top1_agreement_with_fp32'])}, with ONNX {label} {pct(tfl['top1_agreement_with_onnx_int8'])}"
                 f" ({apart}), {tfl['runtime']}",
+            )
+        )
+    if "vs_original" in ev:
+        original = ev["vs_original"]
+        shown = original.get("tflite") or original["onnx_int8"]
+        rows.append(
+            (
+                "vs the original",
+                f"{'TFLite' if 'tflite' in original else 'ONNX'} {label} against the model as given (before pruning and fine-tune):"
+                f" top-1 agreement {pct(shown['top1_agreement'])}, SQNR {fmt(shown['sqnr_db'], 1, ' dB')}",
             )
         )
     if "onnx_int4" in ev:

@@ -40,7 +40,9 @@ class Interrupted(EdgetuneError):
 @click.option("--device", metavar="URL", help="Measure on this board: ssh://user@host or adb:SERIAL.")
 @click.option("--seed", type=int, help="Sampler seed (default 0).")
 @click.option(
-    "--sampler", type=click.Choice(["auto", "tpe", "nsga2", "random"]), help="Default auto: TPE, or NSGA-II for several objectives."
+    "--sampler",
+    type=click.Choice(["auto", "tpe", "nsga2", "random", "grid"]),
+    help="Default auto: TPE, or NSGA-II for several objectives; random and grid (5 values per range) to compare with.",
 )
 @click.option(
     "--pruner",

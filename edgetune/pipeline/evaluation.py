@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from edgetune.data import Dataset
 from edgetune.evaluate.runtime import OnnxRunner
 from edgetune.export.onnx.writer import write_onnx
@@ -73,6 +75,7 @@ def evaluate_artifacts(graph: Graph, artifacts: dict[str, bytes], data: Dataset,
     evaluation = reports.evaluation_block(data, fp32_out, int8_out, note)
     for smoke in run.smoke:
         smoke.wait()
+    tflite_out = None
     if "model.tflite" in artifacts:
         from edgetune.evaluate.tflite_runtime import TfliteRunner
 
@@ -80,6 +83,8 @@ def evaluate_artifacts(graph: Graph, artifacts: dict[str, bytes], data: Dataset,
         tflite_out = runner.run(data.x)
         run.progress(3, steps, "evaluation")
         evaluation["tflite"] = reports.tflite_block(data, fp32_out, int8_out, tflite_out, _output_scale(graph), runner)
+    if run.teacher is not None:
+        evaluation["vs_original"] = _vs_original(run.teacher, data, fp32_out, int8_out, tflite_out)
     if INT4_ONNX in artifacts:
         int4_out = OnnxRunner(artifacts[INT4_ONNX], spin=False).run(data.x)
         run.progress(steps, steps, "evaluation")
@@ -87,6 +92,22 @@ def evaluate_artifacts(graph: Graph, artifacts: dict[str, bytes], data: Dataset,
         assert scale is not None  # 4-bit weights come with the calibrated int8 mode
         evaluation["onnx_int4"] = reports.int4_onnx_block(data, fp32_out, int8_out, int4_out, scale)
     return evaluation
+
+
+def _vs_original(
+    original: Graph, data: Dataset, fp32_out: np.ndarray, int8_out: np.ndarray, tflite_out: np.ndarray | None
+) -> dict[str, Any]:
+    """The artifacts against the model as it was given, before pruning or a fine-tune changed
+    it: without labels, the only measure of what those cost (int8 against fp32 compares the
+    compressed model with itself)."""
+    from edgetune.evaluate.metrics import agreement, finite_or_none, sqnr_db
+
+    reference = OnnxRunner(write_onnx(original, quantized=False), spin=False).run(data.x)
+    outputs = {"fp32": fp32_out, "onnx_int8": int8_out, **({"tflite": tflite_out} if tflite_out is not None else {})}
+    return {
+        name: {"top1_agreement": agreement(out, reference), "sqnr_db": finite_or_none(sqnr_db(reference, out))}
+        for name, out in outputs.items()
+    }
 
 
 def _output_scale(graph: Graph) -> float | None:

@@ -170,8 +170,9 @@ class Capture:
             training=run.train_set if run.plan.finetune is not None else None,
         )
         run.graph = graph
-        if run.plan.finetune is not None:
-            run.teacher = copy.deepcopy(graph)  # the uncompressed model teaches the recovery
+        if run.plan.finetune is not None or run.plan.prune is not None:
+            # the uncompressed model teaches the recovery, and the report compares the artifacts with it
+            run.teacher = copy.deepcopy(graph)
         return Captured(graph_summary(graph))
 
 

@@ -28,14 +28,14 @@ from edgetune.errors import InputError
 from edgetune.gate.config import TargetBudgets, parse_target
 from edgetune.recipe import Recipe
 from edgetune.search.pruning import PRUNERS
-from edgetune.search.space import Dimension, default_space, parse_space
+from edgetune.search.space import Dimension, default_space, grid_size, parse_space
 
 OBJECTIVES = {"quality": "maximize", "latency": "minimize", "size": "minimize"}
 METRICS = ("accuracy", "sqnr", "agreement")
 ARTIFACTS = ("model.tflite", "model.onnx")
 SEARCH_KEYS = {"trials", "time", "objectives", "metric", "artifact", "seed", "device", "threads", "budgets", "space", "study", "heartbeat"}
 SEARCH_KEYS |= {"sampler", "pruner"}
-SAMPLERS = ("auto", "tpe", "nsga2", "random")  # auto: TPE for one objective, NSGA-II for several
+SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")  # auto: TPE for one objective, NSGA-II for several
 # Budgets a trial can be checked against (parity needs a board run the search does not make)
 SEARCH_BUDGETS = {
     "min_accuracy",
@@ -170,6 +170,8 @@ def search_config(recipe: Recipe, table: Mapping[str, Any], where: str, **given:
         heartbeat=_positive(table.get("heartbeat", 10.0), "heartbeat", where),
     )
     config = replace(config, pruner=_pruner(recipe, config, _choice(table.get("pruner", "auto"), PRUNERS, "pruner", where), where))
+    if config.sampler == "grid":  # a grid ends when every point has run
+        config = replace(config, trials=min(config.trials or grid_size(space), grid_size(space)))
     if config.artifact.removeprefix("model.") not in recipe["export.formats"]:
         raise InputError(f"{where}: the search measures {config.artifact} but the recipe does not write it", "add it to export.formats")
     return config

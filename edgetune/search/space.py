@@ -9,7 +9,9 @@ Written in a recipe file's ``[search.space]`` table, or given as ``--space KEY=S
 
 Every name is a recipe key (``edgetune recipe keys``), or one of two that build
 ``prune.method``: ``prune.ratio`` (the share of channels removed; 0 prunes nothing) and
-``prune.criterion`` (l1, l2, taylor or obd). Each choice and each end of a range is checked
+``prune.criterion`` (l1, l2, taylor or obd), or ``prune.layers.NAME``: the share removed from
+the groups of one layer or module (an entry of the ``prune.layers`` table), so that a search
+can give each part of the model its own ratio. Each choice and each end of a range is checked
 against the key's rule when the space is read, so a bad space fails before any trial runs.
 """
 
@@ -58,10 +60,13 @@ class Dimension:
         return {"key": self.key, "kind": self.kind, "low": self.low, "high": self.high, "log": self.log}
 
 
+LAYER_PREFIX = "prune.layers."
+
+
 def _checked_value(key: str, value: Any, where: str) -> Any:
-    if key == "prune.ratio":
+    if key == "prune.ratio" or key.startswith(LAYER_PREFIX):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-            raise InputError(f"{where}: prune.ratio takes numbers from 0 up to (not including) 1, not {value!r}", "e.g. [0.0, 0.7]")
+            raise InputError(f"{where}: {key} takes numbers from 0 up to (not including) 1, not {value!r}", "e.g. [0.0, 0.7]")
         return value
     if key == "prune.criterion":
         if value not in CRITERIA:
@@ -72,7 +77,10 @@ def _checked_value(key: str, value: Any, where: str) -> Any:
 
 def dimension(key: str, spec: Any, where: str) -> Dimension:
     """One key's range or choices, checked."""
-    if key not in PRUNE_KEYS:
+    if key.startswith(LAYER_PREFIX):
+        if not key.removeprefix(LAYER_PREFIX):
+            raise InputError(f"{where}: {key} names no layer", 'e.g. "prune.layers.block1" = [0.0, 0.7]')
+    elif key not in PRUNE_KEYS:
         known(key, where)
     at = f"{where}: {key}"
     if isinstance(spec, Mapping):
@@ -95,9 +103,9 @@ def dimension(key: str, spec: Any, where: str) -> Dimension:
         raise InputError(f"{at}: a log range must start above 0, not at {low!r}", "give low > 0, or drop log")
     _checked_value(key, low, at)
     _checked_value(key, high, at)
-    if key == "prune.ratio":  # pruning takes ratios to the hundredth: a grid keeps trials apart
+    if key == "prune.ratio" or key.startswith(LAYER_PREFIX):  # ratios to the hundredth: a grid keeps trials apart
         return Dimension(key, "float", float(low), float(high), step=None if log else 0.01, log=log)
-    whole = isinstance(low, int) and isinstance(high, int) and known(key, at).kind == "int"
+    whole = isinstance(low, int) and isinstance(high, int) and not key.startswith(LAYER_PREFIX) and known(key, at).kind == "int"
     return Dimension(key, "int" if whole else "float", float(low), float(high), log)
 
 
@@ -125,9 +133,45 @@ def default_space(recipe: Recipe) -> tuple[Dimension, ...]:
 def apply(recipe: Recipe, params: Mapping[str, Any], where: str) -> Recipe:
     """``recipe`` with a trial's values set; ``prune.ratio`` and ``prune.criterion`` become
     ``prune.method`` (channel pruning; a ratio below 0.005 prunes nothing)."""
-    changes = {key: value for key, value in params.items() if key not in PRUNE_KEYS}
+    changes = {key: value for key, value in params.items() if key not in PRUNE_KEYS and not key.startswith(LAYER_PREFIX)}
+    layers = {key.removeprefix(LAYER_PREFIX): round(float(value), 2) for key, value in params.items() if key.startswith(LAYER_PREFIX)}
     if "prune.ratio" in params:
         ratio = round(float(params["prune.ratio"]), 2)
         criterion = params.get("prune.criterion", "l2")
-        changes["prune.method"] = f"channel:{ratio:g}:{criterion}" if ratio > 0 else None
+        changes["prune.method"] = f"channel:{ratio:g}:{criterion}" if ratio > 0 or layers else None
+    elif layers and not recipe["prune.method"]:
+        changes["prune.method"] = "channel:0"  # only the named layers' groups are cut
+    if layers:
+        changes["prune.layers"] = {**recipe["prune.layers"], **layers}
     return recipe.updated(changes, where)
+
+
+GRID_POINTS = 5  # values per numeric range in a grid search
+
+
+def grid_values(dimension: Dimension, points: int = GRID_POINTS) -> list[Any]:
+    """The values a grid search tries for one key: every choice, or ``points`` evenly spaced
+    values of a range (geometrically, on a log scale; whole numbers without repeats)."""
+    if dimension.kind == "choice":
+        return list(dimension.choices)
+    low, high = dimension.low, dimension.high
+    if dimension.log:
+        values = [low * (high / low) ** (i / (points - 1)) for i in range(points)]
+    else:
+        values = [low + (high - low) * i / (points - 1) for i in range(points)]
+    if dimension.kind == "int":
+        return list(dict.fromkeys(int(round(value)) for value in values))
+    if dimension.step is not None:
+        return list(dict.fromkeys(round(round(value / dimension.step) * dimension.step, 10) for value in values))
+    return [float(f"{value:.6g}") for value in values]
+
+
+def grid(space: tuple[Dimension, ...]) -> dict[str, list[Any]]:
+    return {dimension.key: grid_values(dimension) for dimension in space}
+
+
+def grid_size(space: tuple[Dimension, ...]) -> int:
+    size = 1
+    for values in grid(space).values():
+        size *= len(values)
+    return size

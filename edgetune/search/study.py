@@ -28,7 +28,7 @@ from edgetune.progress import Progress, silent
 from edgetune.recipe import Recipe
 from edgetune.search.config import SearchConfig
 from edgetune.search.pruning import CurveReporter, TrialStopped, make_pruner
-from edgetune.search.space import apply
+from edgetune.search.space import apply, grid
 from edgetune.search.trial import Outcome, run_trial
 
 DATABASE = "search.db"
@@ -59,6 +59,14 @@ def _sampler(optuna: Any, config: SearchConfig, trials_so_far: int = 0) -> Any:
     seed = config.seed * 1_000_003 + trials_so_far
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if config.sampler == "grid":  # the grid's points in a seeded order, none twice (the storage tells which ran)
+
+        class Grid(optuna.samplers.GridSampler):  # type: ignore[misc]
+            def after_trial(self, *args: Any) -> None:
+                """Optuna's grid stops the study from inside optimize(); here the trial count
+                (the grid's size) ends the search."""
+
+        return Grid(grid(config.space), seed=config.seed)  # one order for the whole study: trial N runs point N
     if config.sampler == "tpe" or (config.sampler == "auto" and len(config.objectives) == 1):
         startup = max(3, min(10, (config.trials or 30) // 3))
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)

@@ -18,11 +18,14 @@ from edgetune.progress import Progress, silent
 from edgetune.recipe import Recipe
 
 # Quality figures from the compress report, per artifact: their path in report["evaluation"]
+# Without labels, a trial that pruned or fine-tuned is compared with the model as given
+# (report["evaluation"]["vs_original"]): against its own fp32 it would only show the int8 cost.
 QUALITY: dict[str, dict[str, tuple[str, ...]]] = {
     "accuracy": {"model.onnx": ("int8_accuracy",), "model.tflite": ("tflite", "accuracy")},
     "sqnr": {"model.onnx": ("int8_vs_fp32", "sqnr_db"), "model.tflite": ("tflite", "sqnr_db")},
     "agreement": {"model.onnx": ("int8_vs_fp32", "top1_agreement"), "model.tflite": ("tflite", "top1_agreement_with_fp32")},
 }
+ORIGINAL = {"model.onnx": "onnx_int8", "model.tflite": "tflite"}
 
 
 @dataclass
@@ -64,8 +67,13 @@ class Outcome:
 
 
 def quality_of(report: dict[str, Any], metric: str, artifact: str) -> float | None:
-    """The trial's quality figure from its report; accuracy falls back to agreement with fp32
-    when the evaluation data has no labels."""
+    """The trial's quality figure from its report; accuracy falls back to agreement when the
+    evaluation data has no labels. Agreement and SQNR are against the model as given when the
+    trial pruned or fine-tuned it."""
+    original = report.get("evaluation", {}).get("vs_original", {}).get(ORIGINAL[artifact])
+    if metric != "accuracy" and original is not None:
+        figure = original.get("sqnr_db" if metric == "sqnr" else "top1_agreement")
+        return float(figure) if isinstance(figure, (int, float)) else None
     value: Any = report.get("evaluation", {})
     for part in QUALITY[metric][artifact]:
         value = value.get(part) if isinstance(value, dict) else None
