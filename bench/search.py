@@ -6,11 +6,11 @@ pruning, for the stm32h7 target. That target has no board attached, so its laten
 edgetune's estimate, which follows the multiply-accumulates: deterministic, so the samplers are
 compared without timer noise. (On this host the 8x8 model runs in microseconds and its latency
 is per-op overhead: no recipe in the space reaches 60% of it.) Budgets: 60% of the unpruned
-int8 model's estimated p50 (``--latency-share``) and accuracy within 1.0 pp of the fp32
-model's. The space gives each of the two prunable groups its own ratio (0 to 0.7) and varies
+int8 model's estimated p50, then 80% (``--latency-share``), and accuracy within 1.0 pp of the
+fp32 model's. The space gives each of the two prunable groups its own ratio (0 to 0.7) and varies
 the fine-tune's learning rate. TPE, random search and a grid (5 values per range, seeded order)
 run with seeds 0, 1 and 2 and ``--trials`` trials each, interleaved; ``compress --until`` runs
-once (it is deterministic here). For each: the trials (or compressions) and seconds until the
+once with each screening (it is deterministic here). For each: the trials (or compressions) and seconds until the
 first model met both budgets, and the best accuracy among those that did.
 
 Part 2 (``--workers 1,2,4``): a PostgreSQL server on loopback (Debian's postgresql), one study
@@ -24,7 +24,8 @@ many of its points meet the budget (80% of the unpruned latency), each exported 
 
     python bench/search.py [--trials 12] [--seeds 0,1,2] [--workers 1,2,4] [--efficientnet --time 30m]
 
-Prints tables and writes bench/results/search.json.
+Prints tables and writes bench/results/search.json (part 1), search-workers.json and
+search-efficientnet.json.
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ def _sampler_run(sampler: str, seed: int, trials: int, budgets: dict[str, float]
     )
     feasible = [t for t in summary["trials"] if t["feasible"]]
     first = min((t["number"] for t in feasible), default=None)
+    fast = [t for t in summary["trials"] if any(c["name"] == "max_latency_p50_ms" and c["passed"] for c in t["checks"])]
     return {
         "method": sampler,
+        "best_under_latency": max((t["quality"] for t in fast if t["quality"] is not None), default=None),
         "seed": seed,
         "runs": len(summary["trials"]),
         "feasible": len(feasible),
@@ -113,11 +116,12 @@ def _sampler_run(sampler: str, seed: int, trials: int, budgets: dict[str, float]
     }
 
 
-def _until_run(budgets: dict[str, float], folder: Path) -> dict[str, Any]:
+def _until_run(budgets: dict[str, float], folder: Path, screen: str) -> dict[str, Any]:
     start = time.monotonic()
-    summary = search.until(Recipe().updated(BASE, "bench"), folder / "until", budgets)
+    summary = search.until(Recipe().updated(BASE, "bench"), folder / f"until-{screen}", budgets, screen=screen)
     return {
-        "method": "until",
+        "method": f"until ({screen})",
+        "best_under_latency": summary["chosen"]["quality"] if summary["resources_met"] else None,
         "seed": "-",
         "runs": summary["compressions"],
         "feasible": int(summary["met"]),
@@ -134,40 +138,57 @@ def _until_run(budgets: dict[str, float], folder: Path) -> dict[str, Any]:
 
 def samplers(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     latency, accuracy = _reference(folder)
-    budgets = {"max_latency_p50_ms": round(args.latency_share * latency, 6), "min_accuracy": round(accuracy - 0.01, 4)}
-    log(f"search: unpruned int8 {latency:.4f} ms estimated on {TARGET}, fp32 accuracy {accuracy:.4f}; budgets {budgets}")
-    runs = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for sampler in ("tpe", "random", "grid"):  # interleaved: a slower machine later slows all of them
-            log(f"search: {sampler} seed {seed}")
-            runs.append(_sampler_run(sampler, seed, args.trials, budgets, folder))
-    log("search: compress --until")
-    runs.append(_until_run(budgets, folder))
+    document: dict[str, Any] = {"reference_ms": latency, "fp32_accuracy": accuracy, "shares": {}}
+    for share in (float(s) for s in args.latency_share.split(",")):
+        budgets = {"max_latency_p50_ms": round(share * latency, 6), "min_accuracy": round(accuracy - 0.01, 4)}
+        log(f"search: unpruned int8 {latency:.4f} ms estimated on {TARGET}, fp32 accuracy {accuracy:.4f}; budgets {budgets}")
+        runs = []
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for sampler in ("tpe", "random", "grid"):  # interleaved: a slower machine later slows all of them
+                log(f"search: {sampler} seed {seed}")
+                runs.append(_sampler_run(sampler, seed, args.trials, budgets, folder / f"{share}"))
+        for screen in ("quick", "recover"):
+            log(f"search: compress --until --until-screen {screen}")
+            runs.append(_until_run(budgets, folder / f"{share}", screen))
+        _print_runs(share, runs)
+        document["shares"][str(share)] = {"budgets": budgets, "runs": runs, "median_first": _medians(runs, args.trials)}
+    return document
+
+
+def _print_runs(share: float, runs: list[dict[str, Any]]) -> None:
+    def number(value: float | None, digits: str) -> str:
+        return format(value, digits) if value is not None else "-"
+
     rows = [
-        [r["method"], r["seed"], r["runs"], r["feasible"], r["first_feasible"] or "-"]
-        + [f"{r['seconds_to_first']:.0f}" if r["seconds_to_first"] else "-", f"{r['best_accuracy']:.4f}" if r["best_accuracy"] else "-"]
-        + [f"{r['seconds']:.0f}"]
+        [f"{share:g}", r["method"], r["seed"], r["runs"], r["feasible"], r["first_feasible"] or "-", number(r["seconds_to_first"], ".0f")]
+        + [number(r["best_accuracy"], ".4f"), number(r["best_under_latency"], ".4f"), f"{r['seconds']:.0f}"]
         for r in runs
     ]
-    print(table(rows, ["method", "seed", "trials", "meet budgets", "first meeting (trial)", "s to first", "best accuracy", "s"]))
+    header = ["share", "method", "seed", "trials", "meet both", "first meeting (trial)", "s to first", "best accuracy"]
+    print(table(rows, [*header, "best accuracy under the latency budget", "s"]))
+
+
+def _medians(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
     medians = {}
     for method in ("tpe", "random", "grid"):
         chosen = [r for r in runs if r["method"] == method]
-        firsts = [r["first_feasible"] or args.trials + 1 for r in chosen]
+        firsts = [r["first_feasible"] or trials + 1 for r in chosen]
         seconds = [r["seconds_to_first"] or r["seconds"] for r in chosen]
         medians[method] = {"trials": statistics.median(firsts), "seconds": statistics.median(seconds)}
         print(
             f"{method}: median trials to the first recipe meeting the budgets {medians[method]['trials']}"
-            f" ({medians[method]['seconds']:.0f} s; none: counted as {args.trials + 1} trials and the whole run)"
+            f" ({medians[method]['seconds']:.0f} s; none: counted as {trials + 1} trials and the whole run)"
         )
-    return {"budgets": budgets, "reference_ms": latency, "fp32_accuracy": accuracy, "runs": runs, "median_first": medians}
+    return medians
 
 
 def _worker_recipe(trials: int) -> str:
     """The search tests' digits recipe over the pruning ratio alone, with ``trials`` trials."""
     from test_search import RECIPE
 
-    return RECIPE.replace("trials = 4\nseed = 3", f"trials = {trials}\nheartbeat = 2").replace('"quantize.method" = ["minmax", "mse"]\n', "")
+    return RECIPE.replace("trials = 4\nseed = 3", f"trials = {trials}\nheartbeat = 2").replace(
+        '"quantize.method" = ["minmax", "mse"]\n', ""
+    )
 
 
 def _study(url: str, name: str, workers: int, trials: int, folder: Path) -> dict[str, Any]:
@@ -264,9 +285,9 @@ def efficientnet(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--latency-share", type=float, default=0.6, help="the budget: this share of the unpruned latency")
+    parser.add_argument("--latency-share", default="0.6,0.8", help="the budgets: these shares of the unpruned latency")
     parser.add_argument("--workers", default="", help="worker counts for the PostgreSQL part, e.g. 1,2,4")
     parser.add_argument("--worker-trials", type=int, default=16)
     parser.add_argument("--efficientnet", action="store_true")
@@ -274,17 +295,12 @@ def main() -> None:
     parser.add_argument("--lite-trials", type=int, default=60)
     parser.add_argument("--skip-samplers", action="store_true")
     args = parser.parse_args()
-    document: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as name:
+    with tempfile.TemporaryDirectory() as name:  # each part writes its own file
         folder = Path(name)
-        if not args.skip_samplers:
-            document["samplers"] = samplers(args, folder)
-        if args.workers:
-            document["workers"] = workers(args, folder)
-        if args.efficientnet:
-            document["efficientnet_lite0"] = efficientnet(args, folder)
-    path = write_json("search", document)
-    log(f"wrote {path}")
+        parts = [("search", samplers, not args.skip_samplers), ("search-workers", workers, bool(args.workers))]
+        for file, part, wanted in [*parts, ("search-efficientnet", efficientnet, args.efficientnet)]:
+            if wanted:
+                log(f"wrote {write_json(file, part(args, folder))}")
 
 
 if __name__ == "__main__":

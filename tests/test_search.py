@@ -277,3 +277,27 @@ def test_agreement_of_a_pruned_trial_is_against_the_model_as_given(
         assert trial["quality"] == evaluation["vs_original"]["tflite"]["top1_agreement"]
         # against its own fp32 the pruned model looks far better than it is
         assert evaluation["tflite"]["top1_agreement_with_fp32"] > trial["quality"] + 0.2
+
+
+def test_a_point_asked_again_is_not_compressed_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, path = tmp_path / "again", tmp_path / "two-points.toml"
+    path.write_text(RECIPE.replace('"prune.ratio" = [0.0, 0.6]\n', ""))
+    argv = [str(path), "-o", str(out), "--trials", "5", "--sampler", "random", "--objective", "quality", "--objective", "size"]
+    code, summary, err = _search(capsys, [*argv, "--budget", "max_artifact_kb=64"])
+    assert code == 0, err
+    trials = {trial["number"]: trial for trial in summary["trials"]}
+    repeats = [trial for trial in trials.values() if trial["repeat_of"] is not None]
+    distinct = {json.dumps(trial["params"], sort_keys=True) for trial in trials.values()}
+    assert len(trials) == 5 and len(repeats) == 5 - len(distinct) >= 3, "two points at most, five trials: the rest repeat"
+    for trial in repeats:
+        first = trials[trial["repeat_of"]]
+        assert first["repeat_of"] is None and first["params"] == trial["params"]
+        assert (trial["quality"], trial["size_kb"], trial["folder"], trial["feasible"]) == (
+            first["quality"],
+            first["size_kb"],
+            first["folder"],
+            first["feasible"],
+        )
+    assert len(list((out / "trials").iterdir())) == len(distinct)
+    vectors = [(trials[n]["quality"], trials[n]["size_kb"]) for n in summary["front"]]
+    assert len(vectors) == len(set(vectors)), "a point reached again shows once on the front"

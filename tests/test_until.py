@@ -89,3 +89,15 @@ def test_the_pick_weighs_quality_lost_against_latency_saved() -> None:
     assert _pick(start, [steep, cheap], config) is cheap
     assert _pick(start, [steep, _cut("c", 0.95, 1.0, note="no lower")], config) is steep, "a cut marked not lower is never kept"
     assert _pick(start, [_cut("d", 0.9, 2.0, note="no lower")], config) is None
+
+
+def test_recover_screening_fine_tunes_every_candidate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    argv = ["--train", "digits", "--finetune", "20steps", "-o", str(out), "--until", "max_latency_p50_ms=0.62", "--until-screen", "recover"]
+    code, document, err = _compress(capsys, argv)
+    assert code == 0, err
+    until = document["until"]
+    assert until["screen"] == "recover" and len(until["steps"]) == 2
+    # the start, then every candidate with its fine-tune: the chosen one is not compressed again
+    assert until["compressions"] == 1 + len(until["steps"][1]["candidates"])
+    assert document["finetune"]["steps"] == 20

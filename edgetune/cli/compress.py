@@ -147,6 +147,13 @@ from edgetune.progress import StderrProgress
 @click.option(
     "--until-step", type=FiniteFloat(), default=0.1, show_default=True, help="Share of a group's channels one --until cut removes."
 )
+@click.option(
+    "--until-screen",
+    type=click.Choice(["quick", "recover"]),
+    default="quick",
+    show_default=True,
+    help="--until candidates judged without the fine-tune (quick), or each after it (recover: slower, closer to NetAdapt).",
+)
 @click.option("--device", metavar="URL", help="With --until: measure on this board (ssh://user@host or adb:SERIAL), not this host.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @common_options
@@ -161,10 +168,10 @@ def command(out_dir: Path, resume: bool, quiet: bool, as_json: bool, **options: 
     """
     from edgetune.recipe import run
 
-    until, step, device = options.pop("until"), options.pop("until_step"), options.pop("device")
+    until, step, device, screen = options.pop("until"), options.pop("until_step"), options.pop("device"), options.pop("until_screen")
     recipe = recipe_from_options(click.get_current_context(), options)
     if until:
-        _until(recipe, until, step, device, out_dir, quiet, as_json)
+        _until(recipe, until, (step, screen), device, out_dir, quiet, as_json)
         return
     if device:
         from edgetune.errors import InputError
@@ -175,7 +182,9 @@ def command(out_dir: Path, resume: bool, quiet: bool, as_json: bool, **options: 
         emit(result.report, as_json, human)
 
 
-def _until(recipe: Any, until: tuple[str, ...], step: float, device: str | None, out_dir: Path, quiet: bool, as_json: bool) -> None:
+def _until(
+    recipe: Any, until: tuple[str, ...], how: tuple[float, str], device: str | None, out_dir: Path, quiet: bool, as_json: bool
+) -> None:
     """``--until``: the least-pruned model that meets the budgets (edgetune.search.netadapt)."""
     import sys
 
@@ -183,7 +192,7 @@ def _until(recipe: Any, until: tuple[str, ...], step: float, device: str | None,
     from edgetune.cli.search import EXIT_NOT_MET
     from edgetune.search.netadapt import tighten, until_config
 
-    config = until_config(recipe, pairs(until, "--until"), "--until", step, device)
+    config = until_config(recipe, pairs(until, "--until"), "--until", how[0], device, how[1])
 
     def progress(done: int, total: int, label: str) -> None:
         if not quiet:

@@ -57,6 +57,7 @@ def until(
     budgets: dict[str, Any],
     *,
     step: float = 0.1,
+    screen: str = "quick",
     device: str | None = None,
     progress: Progress = silent,
 ) -> dict[str, Any]:
@@ -67,5 +68,5 @@ def until(
     from edgetune.search.netadapt import tighten, until_config
 
     base = recipe if isinstance(recipe, Recipe) else load(recipe)
-    config = until_config(base, budgets, "until", step, device)
+    config = until_config(base, budgets, "until", step, device, screen)
     return tighten(base.with_absolute_paths(), config, out_dir, progress)

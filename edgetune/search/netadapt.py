@@ -10,7 +10,9 @@ saved, then compresses it with the recipe's recovery (its fine-tune, when it has
 checks every budget. The loop stops at the first model that meets the resource budgets: the
 least compressed one the steps reach.
 
-Candidates are screened without the fine-tune; only the step's chosen model recovers. Every
+Candidates are screened without the fine-tune, and only the step's chosen model recovers
+(``screen="quick"``), or each candidate recovers before it is judged (``"recover"``: NetAdapt's
+short-term fine-tune, one fine-tune per group and step). Every
 step starts from the original weights with the cuts so far (``prune.layers`` in its
 ``recipe.toml``), so the model the loop returns replays byte for byte from its recipe. On a
 target with a device (this host, a board), latency is measured, so the path the steps take
@@ -45,6 +47,7 @@ RESOURCES = {
     "max_peak_memory_mb": "MB",
 }
 HISTORY = "until.json"
+SCREENS = ("quick", "recover")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class UntilConfig:
     max_steps: int = 50
     artifact: str = "model.tflite"
     metric: str = "accuracy"
+    screen: str = "quick"  # candidates compressed without the fine-tune (quick), or with it (recover)
 
     @property
     def primary(self) -> str:
@@ -62,7 +66,9 @@ class UntilConfig:
         return next(name for name in self.budget.budgets if name in RESOURCES)
 
 
-def until_config(recipe: Recipe, budgets: dict[str, Any], where: str, step: float = 0.1, device: str | None = None) -> UntilConfig:
+def until_config(
+    recipe: Recipe, budgets: dict[str, Any], where: str, step: float = 0.1, device: str | None = None, screen: str = "quick"
+) -> UntilConfig:
     """The loop's settings; one line when no budget is one pruning can meet, or when the recipe
     prunes in a way the loop cannot tighten."""
     table: dict[str, Any] = {"budgets": budgets, **({"device": device} if device else {})}
@@ -74,8 +80,10 @@ def until_config(recipe: Recipe, budgets: dict[str, Any], where: str, step: floa
     method = recipe["prune.method"]
     if method and not str(method).startswith("channel:"):
         raise InputError(f"{where} tightens channel pruning, but the recipe prunes by {method}", "drop prune.method, or use channel:RATIO")
+    if screen not in SCREENS:
+        raise InputError(f"{where}: screening {screen!r} is unknown", f"use {' or '.join(SCREENS)}")
     artifact = "model.tflite" if "tflite" in recipe["export.formats"] else "model.onnx"
-    return UntilConfig(budget, step=step, artifact=artifact)
+    return UntilConfig(budget, step=step, artifact=artifact, screen=screen)
 
 
 @dataclass
@@ -197,7 +205,7 @@ def _candidates(
         if share is None:
             continue
         ratios = {**current.ratios, group["layers"][0]: share}
-        outcome, _ = _measure(base, ratios, config, space, recover=False)
+        outcome, _ = _measure(base, ratios, config, space, recover=config.screen == "recover")
         cut = Cut(ratios, outcome, group["layers"][0])
         before, after = current.load(), cut.load()
         if outcome.failure is not None:
@@ -251,7 +259,7 @@ def _step(
     chosen = _pick(current, cuts, config)
     if chosen is None:
         return None, report, cuts
-    if recipe["finetune.budget"] or recipe["finetune.qat"]:
+    if (recipe["finetune.budget"] or recipe["finetune.qat"]) and config.screen == "quick":
         outcome, report = _measure(recipe, chosen.ratios, config, space, recover=True)
         if outcome.failure is not None:
             chosen.note = f"recovery failed: {outcome.failure}"
@@ -300,6 +308,7 @@ def _summary(config: UntilConfig, current: Cut, steps: list[dict[str, Any]], sto
         "target": config.budget.name,
         "budgets": config.budget.budgets,
         "artifact": config.artifact,
+        "screen": config.screen,
         "shown": config.primary,
         "unit": RESOURCES[config.primary],
         "stopped": stopped,

@@ -32,8 +32,11 @@ def pareto_front(config: SearchConfig, trials: list[dict[str, Any]]) -> list[dic
     def beaten(values: list[float]) -> bool:
         return any(all(o <= v for o, v in zip(other, values)) and other != values for _, other in points)
 
-    front = [trial for trial, values in points if not beaten(values)]
-    return sorted(front, key=lambda trial: _key(config, trial, "latency"))
+    front: dict[tuple[float, ...], dict[str, Any]] = {}
+    for trial, values in sorted(points, key=lambda point: point[0]["number"]):
+        if not beaten(values):
+            front.setdefault(tuple(values), trial)  # a point reached again (the same keys) shows once, as its first trial
+    return sorted(front.values(), key=lambda trial: _key(config, trial, "latency"))
 
 
 def _worst_overshoot(trial: dict[str, Any]) -> float:

@@ -170,6 +170,7 @@ def _tell(optuna: Any, study: Any, trial: Any, config: SearchConfig, outcome: Ou
         outcome.failure = f"the report has no {config.metric} figure for {config.artifact}"
     trial.set_constraint("budgets", max(outcome.violations, default=0.0))  # <= 0: every budget met
     trial.set_user_attr("outcome", outcome.to_dict())
+    trial.set_user_attr("violations", outcome.violations)
     if outcome.stopped:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     elif values is None:
@@ -259,6 +260,9 @@ def _one_trial(trial: Any, recipe: Recipe, config: SearchConfig, out: Path, star
     begun = time.monotonic()
     params = {dimension.key: dimension.suggest(trial) for dimension in config.space}
     outcome = Outcome(trial.number, params, str(out / "trials" / f"{trial.number:04d}"))
+    earlier = _same_keys(trial, params)
+    if earlier is not None:
+        return earlier, None
     try:
         trial_recipe = apply(recipe, params, f"search trial {trial.number}")
     except InputError as exc:
@@ -280,6 +284,31 @@ def _one_trial(trial: Any, recipe: Recipe, config: SearchConfig, out: Path, star
     return outcome, None
 
 
+def _same_keys(trial: Any, params: dict[str, Any]) -> Outcome | None:
+    """The outcome of an earlier finished trial with the same keys (a sampler may ask for a
+    point again, NSGA-II often does), reused instead of compressing the same recipe twice."""
+    for other in trial.study.get_trials(deepcopy=False):
+        record = other.user_attrs.get("outcome")
+        if other.number != trial.number and record and record["params"] == params and not record.get("stopped_early"):
+            if record["failure"] == "stopped at the search's time budget" or record.get("repeat_of") is not None:
+                continue
+            fallback = [0.0 if check["passed"] else 1.0 for check in record["checks"]]  # a study from before violations were kept
+            return Outcome(
+                trial.number,
+                params,
+                record["folder"],
+                quality=record["quality"],
+                latency_ms=record["latency_ms"],
+                size_kb=record["size_kb"],
+                latency_kind=record["latency_kind"],
+                checks=record["checks"],
+                violations=list(other.user_attrs.get("violations", fallback)),
+                failure=record["failure"],
+                repeat_of=other.number,
+            )
+    return None
+
+
 def search_loop(recipe: Recipe, config: SearchConfig, out_dir: str | Path, progress: Progress = silent) -> dict[str, Any]:
     """Run trials until the trial count or the time budget is spent; the search's summary (see
     :func:`edgetune.search.results.summarize`), with its files written into ``out_dir``."""
@@ -291,7 +320,9 @@ def search_loop(recipe: Recipe, config: SearchConfig, out_dir: str | Path, progr
     study = open_study(optuna, config, recipe, out)
     requeued = _requeue_stale(optuna, study) if config.storage is None else 0
     started = time.monotonic()
-    durations = [float(t.user_attrs["outcome"]["seconds"]) for t in finished(optuna, study)]
+    durations = [
+        float(t.user_attrs["outcome"]["seconds"]) for t in finished(optuna, study) if t.user_attrs["outcome"].get("repeat_of") is None
+    ]
     stopped, trial = None, None
     try:
         while (stopped := _should_stop(config, len(finished(optuna, study)), started, durations)) is None:
@@ -307,7 +338,8 @@ def search_loop(recipe: Recipe, config: SearchConfig, out_dir: str | Path, progr
             with heartbeat(study, trial, config):  # from the first moment: a worker that dies now loses nothing
                 outcome, stopped = _one_trial(trial, recipe, config, out, started)
                 _tell(optuna, study, trial, config, outcome)
-            trial, durations = None, [*durations, outcome.seconds]
+            trial = None
+            durations += [] if outcome.repeat_of is not None else [outcome.seconds]
             progress(len(finished(optuna, study)), config.trials or 0, _line(outcome, config, started))
             if stopped is not None:
                 break
@@ -327,7 +359,9 @@ def search_loop(recipe: Recipe, config: SearchConfig, out_dir: str | Path, progr
 
 
 def _line(outcome: Outcome, config: SearchConfig, started: float) -> str:
-    if outcome.stopped:
+    if outcome.repeat_of is not None:
+        what = f"the keys of trial {outcome.repeat_of} again: its figures, not compressed twice"
+    elif outcome.stopped:
         what = (outcome.failure or "")[:110]
     elif outcome.failure:
         what = f"failed: {outcome.failure[:80]}"

@@ -44,6 +44,7 @@ class Outcome:
     failure: str | None = None
     stopped: bool = False  # the pruner stopped it on its fine-tune curve
     seconds: float = 0.0
+    repeat_of: int | None = None  # the earlier trial with the same keys, whose figures it took
 
     @property
     def feasible(self) -> bool:
@@ -63,6 +64,7 @@ class Outcome:
             "failure": self.failure,
             "stopped_early": self.stopped,
             "seconds": round(self.seconds, 2),
+            "repeat_of": self.repeat_of,
         }
 
 
