@@ -101,3 +101,20 @@ def test_recover_screening_fine_tunes_every_candidate(tmp_path: Path, capsys: py
     # the start, then every candidate with its fine-tune: the chosen one is not compressed again
     assert until["compressions"] == 1 + len(until["steps"][1]["candidates"])
     assert document["finetune"]["steps"] == 20
+
+
+def test_the_steps_keep_only_the_current_candidates_on_disk(tmp_path: Path) -> None:
+    from edgetune.recipe import Recipe
+    from edgetune.search import until
+
+    out = tmp_path / "out"
+    seen: list[int] = []
+
+    def progress(done: int, total: int, label: str) -> None:
+        seen.extend(len(list(workspace.iterdir())) for workspace in tmp_path.glob(".out.until.*"))
+
+    recipe = Recipe().updated({"model.source": "edgetune.zoo:digits_cnn", "data.calib": "digits", "target": "stm32h7"}, "test")
+    summary = until(recipe, out, {"max_latency_p50_ms": 0.45}, progress=progress)
+    assert summary["met"] and len(summary["steps"]) >= 4 and summary["compressions"] >= 7
+    assert seen and max(seen) <= 3, "the model the step starts from and this step's two candidates, no more"
+    assert not list(tmp_path.glob(".out.until.*"))

@@ -209,7 +209,7 @@ def _candidates(
         cut = Cut(ratios, outcome, group["layers"][0])
         before, after = current.load(), cut.load()
         if outcome.failure is not None:
-            cut.note = "failed"
+            cut.note = f"failed: {outcome.failure}"
         elif before is not None and after is not None and after >= before:
             cut.note = f"no lower: {_figures(cut, config)}"
         keeps = kept_count(int(group["before"]), share, multiple)
@@ -284,9 +284,14 @@ def tighten(recipe: Recipe, config: UntilConfig, out_dir: str | Path, progress: 
                 break
             chosen, report, cuts = _step(recipe, current, report, config, space, progress)
             steps.append({"step": number, "chosen": chosen.to_dict() if chosen else None, "candidates": [c.to_dict() for c in cuts]})
+            kept = {current.outcome.folder, chosen.outcome.folder if chosen else ""}
+            for dropped in {cut.outcome.folder for cut in cuts} - kept:  # a large model's candidates fill a disk
+                shutil.rmtree(dropped, ignore_errors=True)
             if chosen is None:
                 stopped = "no cut lowers it" if cuts else "every group is at its floor"
                 break
+            if current.outcome.folder != chosen.outcome.folder:
+                shutil.rmtree(current.outcome.folder, ignore_errors=True)
             current = chosen
             progress(number, 0, f"step {number}: cut {chosen.group}: {_figures(current, config)}")
             stopped = "met" if resources_met(current.outcome) else "steps"
