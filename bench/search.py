@@ -17,15 +17,19 @@ Part 2 (``--workers 1,2,4``): a PostgreSQL server on loopback (Debian's postgres
 of ``--worker-trials`` trials of the digits recipe (no fine-tune) per worker count, each worker
 an ``edgetune search --worker`` process; trials per minute, and per core (this machine has 2).
 
+Part 2b (``--pruners``): TPE on the 80% budget with and without the median pruner (stopping
+trials whose fine-tune trails the trials that met the budgets): wall time, trials stopped early,
+and the best accuracy.
+
 Part 3 (``--efficientnet``): EfficientNet-Lite0 (random weights) at 224x224 on crops of
 scikit-learn's sample photos, raspberry-pi-4 estimated latency, NSGA-II on quality (SQNR of the
 TFLite artifact against the unpruned fp32 model) and latency within ``--time``: the front, how
 many of its points meet the budget (80% of the unpruned latency), each exported in both formats.
 
-    python bench/search.py [--trials 12] [--seeds 0,1,2] [--workers 1,2,4] [--efficientnet --time 30m]
+    python bench/search.py [--trials 24] [--seeds 0,1,2] [--pruners] [--workers 1,2,4] [--efficientnet --time 30m]
 
-Prints tables and writes bench/results/search.json (part 1), search-workers.json and
-search-efficientnet.json.
+Prints tables and writes bench/results/search.json (part 1), search-pruners.json,
+search-workers.json and search-efficientnet.json.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def _reference(folder: Path) -> tuple[float, float]:
     return _estimate(folder / "reference" / "model.tflite", TARGET), float(result.report["evaluation"]["fp32_accuracy"])
 
 
-def _sampler_run(sampler: str, seed: int, trials: int, budgets: dict[str, float], folder: Path) -> dict[str, Any]:
+def _sampler_run(sampler: str, seed: int, trials: int, budgets: dict[str, float], folder: Path, pruner: str = "none") -> dict[str, Any]:
     start = time.monotonic()
     met_at: list[float] = []
 
@@ -91,20 +95,22 @@ def _sampler_run(sampler: str, seed: int, trials: int, budgets: dict[str, float]
 
     summary = search.run(
         Recipe().updated(BASE, "bench"),
-        folder / f"{sampler}-{seed}",
+        folder / f"{sampler}-{pruner}-{seed}",
         progress=progress,
         trials=trials,
         seed=seed,
         sampler=sampler,
         budgets=budgets,
         space=SPACE,
-        pruner="none",
+        pruner=pruner,
     )
     feasible = [t for t in summary["trials"] if t["feasible"]]
     first = min((t["number"] for t in feasible), default=None)
     fast = [t for t in summary["trials"] if any(c["name"] == "max_latency_p50_ms" and c["passed"] for c in t["checks"])]
     return {
         "method": sampler,
+        "pruner": pruner,
+        "stopped_early": summary["counts"]["stopped_early"],
         "best_under_latency": max((t["quality"] for t in fast if t["quality"] is not None), default=None),
         "seed": seed,
         "runs": len(summary["trials"]),
@@ -180,6 +186,27 @@ def _medians(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
             f" ({medians[method]['seconds']:.0f} s; none: counted as {trials + 1} trials and the whole run)"
         )
     return medians
+
+
+def pruners(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """TPE with and without the median pruner, seeds interleaved, on the 80% latency budget."""
+    latency, accuracy = _reference(folder)
+    budgets = {"max_latency_p50_ms": round(0.8 * latency, 6), "min_accuracy": round(accuracy - 0.01, 4)}
+    runs = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for pruner in ("none", "median"):
+            log(f"search: tpe, pruner {pruner}, seed {seed}")
+            runs.append(_sampler_run("tpe", seed, args.trials, budgets, folder / "pruners", pruner))
+    rows = [
+        [r["pruner"], r["seed"], r["runs"], r["stopped_early"], r["feasible"], f"{r['best_accuracy']:.4f}" if r["best_accuracy"] else "-"]
+        + [f"{r['seconds']:.0f}"]
+        for r in runs
+    ]
+    print(table(rows, ["pruner", "seed", "trials", "stopped early", "meet both", "best accuracy", "s"]))
+    for pruner in ("none", "median"):
+        chosen = [r for r in runs if r["pruner"] == pruner]
+        print(f"pruner {pruner}: {sum(r['seconds'] for r in chosen):.0f} s in all, best accuracies {[r['best_accuracy'] for r in chosen]}")
+    return {"budgets": budgets, "runs": runs}
 
 
 def _worker_recipe(trials: int) -> str:
@@ -291,13 +318,15 @@ def main() -> None:
     parser.add_argument("--workers", default="", help="worker counts for the PostgreSQL part, e.g. 1,2,4")
     parser.add_argument("--worker-trials", type=int, default=16)
     parser.add_argument("--efficientnet", action="store_true")
+    parser.add_argument("--pruners", action="store_true", help="TPE with and without stopping hopeless trials")
     parser.add_argument("--time", default="30m", help="the EfficientNet search's time budget")
     parser.add_argument("--lite-trials", type=int, default=60)
     parser.add_argument("--skip-samplers", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:  # each part writes its own file
         folder = Path(name)
-        parts = [("search", samplers, not args.skip_samplers), ("search-workers", workers, bool(args.workers))]
+        parts = [("search", samplers, not args.skip_samplers), ("search-pruners", pruners, args.pruners)]
+        parts += [("search-workers", workers, bool(args.workers))]
         for file, part, wanted in [*parts, ("search-efficientnet", efficientnet, args.efficientnet)]:
             if wanted:
                 log(f"wrote {write_json(file, part(args, folder))}")
