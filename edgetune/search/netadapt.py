@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,7 @@ class Cut:
     outcome: Outcome
     group: str | None = None  # the group this cut tightened (None: the starting model)
     note: str = ""
+    report: dict[str, Any] = field(default_factory=dict)  # its compress report (empty when it failed)
 
     @property
     def quality(self) -> float | None:
@@ -117,7 +118,7 @@ class Cut:
         return max(shares) if shares else None
 
     def to_dict(self) -> dict[str, Any]:
-        o = self.outcome
+        o, load = self.outcome, self.load()
         return {
             "group": self.group,
             "layers": dict(sorted(self.ratios.items())),
@@ -125,7 +126,7 @@ class Cut:
             "latency_ms": o.latency_ms,
             "latency_kind": o.latency_kind,
             "size_kb": None if o.size_kb is None else round(o.size_kb, 2),
-            "budget_load": None if self.load() is None else round(float(self.load() or 0.0), 4),
+            "budget_load": None if load is None else round(load, 4),
             "figures": {check["name"]: self.value(check["name"]) for check in o.checks},
             "failure": o.failure,
             "note": self.note,
@@ -179,37 +180,35 @@ class _Workspace:
 
 
 def _measure(
-    base: Recipe, ratios: dict[str, float], config: UntilConfig, space: _Workspace, recover: bool
-) -> tuple[Outcome, dict[str, Any]]:
+    base: Recipe, ratios: dict[str, float], config: UntilConfig, space: _Workspace, recover: bool, group: str | None = None
+) -> Cut:
+    """``ratios`` compressed (with the recipe's recovery, or without) and measured."""
     outcome = Outcome(space.count, {}, space.folder())
     recipe = _recipe(base, ratios, recover, "compress --until")
     run_trial(recipe, outcome, config.budget, config.metric, config.artifact)
     report = json.loads((Path(outcome.folder) / "report.json").read_text()) if outcome.failure is None else {}
-    return outcome, report
+    return Cut(ratios, outcome, group, report=report)
 
 
 def resources_met(outcome: Outcome) -> bool:
     return all(check["passed"] for check in outcome.checks if check["name"] in RESOURCES)
 
 
-def _candidates(
-    base: Recipe, current: Cut, report: dict[str, Any], config: UntilConfig, space: _Workspace, progress: Progress
-) -> list[Cut]:
+def _candidates(base: Recipe, current: Cut, config: UntilConfig, space: _Workspace, progress: Progress) -> list[Cut]:
     """One cut per group that can give more channels, each compressed (no fine-tune) and
     measured; those that did not lower the driving figure are marked so."""
-    multiple = int(report.get("pruning", {}).get("config", {}).get("channel_multiple", 1))
-    groups = _groups(report)
+    multiple = int(current.report.get("pruning", {}).get("config", {}).get("channel_multiple", 1))
+    groups = _groups(current.report)
     cuts = []
     for index, group in enumerate(groups):
         share = _next_share(group, int(group["after"]), config.step, config.floor, multiple)
         if share is None:
             continue
         ratios = {**current.ratios, group["layers"][0]: share}
-        outcome, _ = _measure(base, ratios, config, space, recover=config.screen == "recover")
-        cut = Cut(ratios, outcome, group["layers"][0])
+        cut = _measure(base, ratios, config, space, config.screen == "recover", group["layers"][0])
         before, after = current.load(), cut.load()
-        if outcome.failure is not None:
-            cut.note = f"failed: {outcome.failure}"
+        if cut.outcome.failure is not None:
+            cut.note = f"failed: {cut.outcome.failure}"
         elif before is not None and after is not None and after >= before:
             cut.note = f"no lower: {_figures(cut, config)}"
         keeps = kept_count(int(group["before"]), share, multiple)
@@ -243,29 +242,25 @@ def _pick(current: Cut, cuts: list[Cut], config: UntilConfig) -> Cut | None:
     return min(kept, key=cost)
 
 
-def _start(recipe: Recipe, config: UntilConfig, space: _Workspace) -> tuple[Cut, dict[str, Any]]:
-    outcome, report = _measure(recipe, {}, config, space, recover=True)
-    if outcome.failure is not None:
-        what, _, fix = outcome.failure.partition("; ")
+def _start(recipe: Recipe, config: UntilConfig, space: _Workspace) -> Cut:
+    start = _measure(recipe, {}, config, space, recover=True)
+    if start.outcome.failure is not None:
+        what, _, fix = start.outcome.failure.partition("; ")
         raise InputError(what, fix or "fix the recipe")
-    return Cut({}, outcome), report
+    return start
 
 
-def _step(
-    recipe: Recipe, current: Cut, report: dict[str, Any], config: UntilConfig, space: _Workspace, progress: Progress
-) -> tuple[Cut | None, dict[str, Any], list[Cut]]:
+def _step(recipe: Recipe, current: Cut, config: UntilConfig, space: _Workspace, progress: Progress) -> tuple[Cut | None, list[Cut]]:
     """One step: the candidates, the chosen cut recovered (when the recipe fine-tunes)."""
-    cuts = _candidates(recipe, current, report, config, space, progress)
+    cuts = _candidates(recipe, current, config, space, progress)
     chosen = _pick(current, cuts, config)
-    if chosen is None:
-        return None, report, cuts
-    if (recipe["finetune.budget"] or recipe["finetune.qat"]) and config.screen == "quick":
-        outcome, report = _measure(recipe, chosen.ratios, config, space, recover=True)
-        if outcome.failure is not None:
-            chosen.note = f"recovery failed: {outcome.failure}"
-            return None, report, cuts
-        return Cut(chosen.ratios, outcome, chosen.group), report, cuts
-    return chosen, json.loads((Path(chosen.outcome.folder) / "report.json").read_text()), cuts
+    if chosen is None or not (recipe["finetune.budget"] or recipe["finetune.qat"]) or config.screen == "recover":
+        return chosen, cuts
+    recovered = _measure(recipe, chosen.ratios, config, space, True, chosen.group)
+    if recovered.outcome.failure is not None:
+        chosen.note = f"recovery failed: {recovered.outcome.failure}"
+        return None, cuts
+    return recovered, cuts
 
 
 def tighten(recipe: Recipe, config: UntilConfig, out_dir: str | Path, progress: Progress = silent) -> dict[str, Any]:
@@ -275,14 +270,14 @@ def tighten(recipe: Recipe, config: UntilConfig, out_dir: str | Path, progress: 
     out = output_folder(out_dir)
     space = _Workspace(out)
     try:
-        current, report = _start(recipe, config, space)
+        current = _start(recipe, config, space)
         steps: list[dict[str, Any]] = [{"step": 0, "chosen": current.to_dict(), "candidates": []}]
         progress(0, 0, f"start: {_figures(current, config)}")
         stopped = "met" if resources_met(current.outcome) else "steps"
         for number in range(1, config.max_steps + 1):
             if stopped == "met":
                 break
-            chosen, report, cuts = _step(recipe, current, report, config, space, progress)
+            chosen, cuts = _step(recipe, current, config, space, progress)
             steps.append({"step": number, "chosen": chosen.to_dict() if chosen else None, "candidates": [c.to_dict() for c in cuts]})
             kept = {current.outcome.folder, chosen.outcome.folder if chosen else ""}
             for dropped in {cut.outcome.folder for cut in cuts} - kept:  # a large model's candidates fill a disk
@@ -299,7 +294,7 @@ def tighten(recipe: Recipe, config: UntilConfig, out_dir: str | Path, progress: 
         folder = Path(current.outcome.folder)
         files = {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
         publish_folder(out, {**files, HISTORY: json_bytes(summary)})
-        summary["report"] = json.loads(files["report.json"])
+        summary["report"] = current.report
         return summary
     finally:
         space.close()
