@@ -99,6 +99,7 @@ bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP) $(BENCH_PKGS)/.installed-2
 	$(BIN)/python bench/unseen.py
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/tflite_export.py
+	$(BIN)/python bench/compress_speed.py
 	$(BIN)/python bench/prune.py
 	$(BIN)/python bench/recover.py
 	$(BIN)/python bench/search.py --pruners --workers 1,2,4 --efficientnet --time 30m

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -83,6 +85,18 @@ def write_json(name: str, document: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
+
+
+def run_peer(argv: list[str], cwd: Path, peers: Path) -> float:
+    """A peer tool's command in its own environment (``peers``: the venv), timed from start to
+    exit; its output tail is the error when it fails."""
+    env = {**os.environ, "PATH": f"{peers / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{Path(argv[0]).name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return wall
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, log, table, timed, write_json  # noqa: E402
+from common import interleaved, log, run_peer, table, timed, write_json  # noqa: E402
 
 from edgetune.data import load_dataset  # noqa: E402
 from edgetune.evaluate.metrics import accuracy, agreement, sqnr_db  # noqa: E402
@@ -61,13 +59,7 @@ def onnx2tf(fp32_onnx: Path, calib_nchw: np.ndarray, work: Path) -> tuple[Path, 
     mean, std = "[[[[" + ",".join(["0.0"] * channels) + "]]]]", "[[[[" + ",".join(["1.0"] * channels) + "]]]]"
     argv = [str(PEERS / "bin" / "onnx2tf"), "-i", str(source), "-o", str(work / "out"), "-oiqt", "-qt", "per-channel"]
     argv += ["-cind", "input", str(work / "calib.npy"), mean, std]
-    env = {**os.environ, "PATH": f"{PEERS / 'bin'}{os.pathsep}{os.environ['PATH']}"}
-    start = time.perf_counter()
-    done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"onnx2tf failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return work / "out" / "model_integer_quant.tflite", wall
+    return work / "out" / "model_integer_quant.tflite", run_peer(argv, work, PEERS)
 
 
 def bench_case(name: str, case: dict[str, str], work: Path, rounds: int) -> dict[str, Any]:

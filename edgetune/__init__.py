@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgetune import timing  # noqa: F401  (first: it notes when edgetune was imported, for --profile)
+
 __version__ = "0.1.0"
 
 _API = ("benchmark", "compress", "evaluate", "inspect_artifact")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgetune.data import load_dataset
 from edgetune.errors import InputError
@@ -11,8 +11,9 @@ from edgetune.evaluate.metrics import accuracy, agreement, confusion_matrix, fin
 from edgetune.evaluate.runtime import OnnxRunner
 from edgetune.evaluate.tflite_runtime import TfliteRunner
 from edgetune.inspect_artifact import inspect_path
-from edgetune.pipeline import CompressResult
-from edgetune.pipeline import compress as compress_with
+
+if TYPE_CHECKING:
+    from edgetune.pipeline import CompressResult
 
 __all__ = ["CompressResult", "benchmark", "compress", "evaluate", "inspect_artifact"]
 
@@ -22,7 +23,9 @@ def compress(model: Any, calib: Any = None, out_dir: str | Path | None = None, *
     :class:`edgetune.recipe.Recipe` or a recipe file's path (the folder gets ``recipe.toml``);
     or from the keyword arguments of :func:`edgetune.pipeline.compress`, as before:
     ``compress("net.py:build", "calib.npz", "out/", eval_data="test.npz")``."""
-    from edgetune.recipe import Recipe, load, run
+    from edgetune.pipeline import compress as compress_with
+    from edgetune.recipe import Recipe, load
+    from edgetune.recipe.build import run
 
     if isinstance(model, Recipe) or (isinstance(model, (str, Path)) and str(model).endswith(".toml")):
         if out_dir is None or calib is not None or options:
@@ -165,3 +168,11 @@ def benchmark(
 
 def inspect_artifact(artifact: str | Path) -> dict[str, Any]:
     return inspect_path(Path(artifact))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CompressResult":  # the pipeline imports torch: only when it is asked for
+        from edgetune.pipeline import CompressResult
+
+        return CompressResult
+    raise AttributeError(f"module 'edgetune.api' has no attribute {name!r}")

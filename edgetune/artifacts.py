@@ -231,3 +231,16 @@ def json_text(document: Any) -> str:
 
 def json_bytes(document: Any) -> bytes:
     return (json_text(document) + "\n").encode()
+
+
+def cache_dir() -> Path:
+    """edgetune's cache (the emulated board, captured graphs): ``$EDGETUNE_CACHE``, else
+    ``~/.cache/edgetune`` of the user, also under ``sudo`` (the board is built as root but used
+    as the user who asked for it)."""
+    configured = os.environ.get("EDGETUNE_CACHE")
+    if configured:
+        return Path(configured)
+    user = os.environ.get("SUDO_USER")
+    if user and hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path(os.path.expanduser(f"~{user}")) / ".cache" / "edgetune"
+    return Path.home() / ".cache" / "edgetune"

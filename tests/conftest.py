@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+# The capture cache of this test session: fresh each run, so that no test reads an entry an
+# earlier run left, and shared by the session's compress runs (and the CLI processes they start).
+if "EDGETUNE_CAPTURE_CACHE" not in os.environ:
+    os.environ["EDGETUNE_CAPTURE_CACHE"] = tempfile.mkdtemp(prefix="edgetune-capture-")
+    atexit.register(shutil.rmtree, os.environ["EDGETUNE_CAPTURE_CACHE"], True)
 
 # Two cores in CI: keep torch from oversubscribing them when ORT runs in the same process.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

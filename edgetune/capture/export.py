@@ -15,8 +15,10 @@ from edgetune.capture.registry import LOWERINGS, LoweringContext
 from edgetune.errors import InputError, UnsupportedOpsError
 from edgetune.ir import Graph, Tensor
 from edgetune.ir.passes import simplify
+from edgetune.timing import step, timed
 
 
+@timed("torch.export")
 def export_program(model: nn.Module, sample_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
     example = torch.zeros((1, *sample_shape), dtype=torch.float32)
     model = with_headwise_attention(model.eval())
@@ -38,9 +40,18 @@ def capture(model: nn.Module | torch.export.ExportedProgram, sample_shape: tuple
     else:
         if sample_shape is None:
             raise InputError("the model's input shape is unknown", "pass --input-shape, e.g. 1x3x224x224")
-        program = export_program(model, sample_shape)
-    graph = lower_program(program)
-    simplify(graph)
+        from edgetune.capture.cache import cached_capture
+
+        shape = sample_shape
+        return cached_capture(model.eval(), shape, lambda: _lowered(export_program(model, shape)))
+    return _lowered(program)
+
+
+def _lowered(program: torch.export.ExportedProgram) -> Graph:
+    with step("lower"):
+        graph = lower_program(program)
+    with step("simplify"):
+        simplify(graph)
     return graph
 
 

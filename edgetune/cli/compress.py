@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from edgetune.progress import StderrProgress
     epilog="Every other setting is a recipe key: `edgetune recipe keys` lists them with their meaning; give them in a "
     "--recipe file or with --set. Their options work too: --mode dynamic-int8|float16, --keep-float, --c-array, --method, "
     "--ptq-budget, --qat, --augment, ... (docs/compress.md). --until max_latency_p50_ms=5 prunes one measured cut at a time "
-    "until the model meets that budget (docs/search.md).",
+    "until the model meets that budget (docs/search.md). --profile prints where the time went, start-up and imports included.",
 )
 @click.argument("model", required=False)
 @click.option(
@@ -156,8 +157,9 @@ from edgetune.progress import StderrProgress
 )
 @click.option("--device", metavar="URL", help="With --until: measure on this board (ssh://user@host or adb:SERIAL), not this host.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--profile", is_flag=True, help="Print on stderr where the time went: start-up, imports, each stage and its steps.")
 @common_options
-def command(out_dir: Path, resume: bool, quiet: bool, as_json: bool, **options: Any) -> None:
+def command(out_dir: Path, resume: bool, quiet: bool, profile: bool, as_json: bool, **options: Any) -> None:
     """Quantize MODEL to int8 and write OUT/model.onnx, OUT/model.fp32.onnx, OUT/model.tflite, OUT/model.edgetune,
     OUT/report.json and OUT/recipe.toml.
 
@@ -180,6 +182,33 @@ def command(out_dir: Path, resume: bool, quiet: bool, as_json: bool, **options: 
     result = run(recipe, out_dir, resume=resume, progress=StderrProgress(enabled=not quiet))
     if result.paths:  # under torchrun, the other processes stay silent
         emit(result.report, as_json, human)
+        if profile:
+            click.echo(profile_table(result.report["profile"]), err=True)
+
+
+def profile_table(profile: dict[str, Any]) -> str:
+    """The report's profile as an indented table, with the process's whole wall time: what
+    the stages do not cover (the report, publishing the folder) is the remainder."""
+    from edgetune import timing
+
+    process = profile["process"]
+    rows: list[tuple[str, str, str]] = []
+    if process["startup"] is not None:
+        rows.append(("start-up (interpreter, before edgetune)", f"{process['startup']:.2f}", ""))
+    rows.append(("imports and options", f"{process['imports']:.2f}", ""))
+
+    def add(span: dict[str, Any], depth: int) -> None:
+        calls = f"x{span['calls']}" if span.get("calls", 1) > 1 else ""
+        rows.append(("  " * depth + span["name"], f"{span['seconds']:.2f}", calls))
+        for child in span.get("steps", []):
+            add(child, depth + 1)
+
+    for span in profile["stages"]:
+        add(span, 0)
+    inside = (process["startup"] or 0.0) + process["imports"] + sum(span["seconds"] for span in profile["stages"])
+    wall = (process["startup"] or 0.0) + time.perf_counter() - timing.IMPORTED
+    rows += [("report and publish", f"{max(wall - inside, 0.0):.2f}", ""), ("wall", f"{wall:.2f}", "")]
+    return table(rows, ["step", "seconds", "calls"])
 
 
 def _until(

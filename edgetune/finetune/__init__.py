@@ -5,10 +5,15 @@ the exporters' own int8 quantizer with learned scales. Distillation from the unc
 model mixes with the task loss; the best model on a validation split is kept.
 """
 
-from edgetune.finetune.augment import Augmentation, parse_augment
+from __future__ import annotations
+
+from typing import Any
+
 from edgetune.finetune.budget import Budget, parse_budget, parse_memory
 from edgetune.finetune.strategy import Strategy, parse_strategy
-from edgetune.finetune.train import FinetuneConfig, finetune
+
+# Imported on first use: they import torch, which the recipe commands never need.
+_LAZY = {"Augmentation": "augment", "parse_augment": "augment", "FinetuneConfig": "train", "finetune": "train"}
 
 __all__ = [
     "Augmentation",
@@ -21,3 +26,11 @@ __all__ = [
     "parse_memory",
     "parse_strategy",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"edgetune.finetune.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'edgetune.finetune' has no attribute {name!r}")

@@ -17,6 +17,7 @@ from edgetune.pipeline.outputs import INT4_ONNX
 from edgetune.pipeline.plan import Run
 from edgetune.quantize import calibrate
 from edgetune.targets import usable_cores
+from edgetune.timing import step
 
 HOLDOUT_MAX = 256  # held-out calibration samples used for the report when no --eval data is given
 LAYER_SQNR_SAMPLES = 4  # per-layer SQNR runs both models with every activation as an output
@@ -43,7 +44,8 @@ class Evaluate:
         graph = run.need_graph()
         evaluation = evaluate_artifacts(graph, run.artifacts, data, note, run)
         calibrated = graph.meta.get("mode", "int8") == "int8"
-        layers = reports.layer_sqnr(graph, data.x[:LAYER_SQNR_SAMPLES]) if calibrated else []
+        with step("per-layer SQNR"):
+            layers = reports.layer_sqnr(graph, data.x[:LAYER_SQNR_SAMPLES]) if calibrated else []
         recovery = _recovery_block(run, evaluation) if run.plan.finetune is not None and not run.plan.from_compressed else None
         return Evaluated(evaluation, layers, recovery)
 
@@ -68,23 +70,28 @@ def evaluate_artifacts(graph: Graph, artifacts: dict[str, bytes], data: Dataset,
     interpreter that aborts takes down the child and becomes an error here."""
     steps = 2 + ("model.tflite" in artifacts) + (INT4_ONNX in artifacts)
     run.progress(0, steps, "evaluation")
-    fp32_out = OnnxRunner(artifacts["model.fp32.onnx"], spin=False).run(data.x)
+    with step("ONNX fp32"):
+        fp32_out = OnnxRunner(artifacts["model.fp32.onnx"], spin=False).run(data.x)
     run.progress(1, steps, "evaluation")
-    int8_out = OnnxRunner(artifacts["model.onnx"], spin=False).run(data.x)
+    with step("ONNX int8"):
+        int8_out = OnnxRunner(artifacts["model.onnx"], spin=False).run(data.x)
     run.progress(2, steps, "evaluation")
     evaluation = reports.evaluation_block(data, fp32_out, int8_out, note)
-    for smoke in run.smoke:
-        smoke.wait()
+    with step("TFLite smoke runs awaited"):
+        for smoke in run.smoke:
+            smoke.wait()
     tflite_out = None
     if "model.tflite" in artifacts:
         from edgetune.evaluate.tflite_runtime import TfliteRunner
 
-        runner = TfliteRunner(artifacts["model.tflite"], threads=usable_cores())
-        tflite_out = runner.run(data.x)
+        with step("TFLite int8"):
+            runner = TfliteRunner(artifacts["model.tflite"], threads=usable_cores())
+            tflite_out = runner.run(data.x)
         run.progress(3, steps, "evaluation")
         evaluation["tflite"] = reports.tflite_block(data, fp32_out, int8_out, tflite_out, _output_scale(graph), runner)
     if run.teacher is not None:
-        evaluation["vs_original"] = _vs_original(run.teacher, data, fp32_out, int8_out, tflite_out)
+        with step("vs the original model"):
+            evaluation["vs_original"] = _vs_original(run.teacher, data, fp32_out, int8_out, tflite_out)
     if INT4_ONNX in artifacts:
         int4_out = OnnxRunner(artifacts[INT4_ONNX], spin=False).run(data.x)
         run.progress(steps, steps, "evaluation")

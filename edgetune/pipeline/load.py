@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from edgetune.background import in_background
 from edgetune.capture.models import LoadedModel, load_model
 from edgetune.data import Dataset, load_dataset
 from edgetune.data.dataset import Role
@@ -19,8 +20,9 @@ from edgetune.errors import InputError
 from edgetune.ir.graph import Graph
 from edgetune.ir.stats import graph_summary
 from edgetune.pipeline.outputs import checkpoint_path
-from edgetune.pipeline.plan import DataSpec, ModelSpec, Run
+from edgetune.pipeline.plan import DataSpec, ModelSpec, Plan, Run
 from edgetune.quantize import QuantConfig
+from edgetune.timing import step
 
 
 def capture_model(loaded: LoadedModel, shape: tuple[int, ...]) -> Graph:
@@ -98,13 +100,16 @@ def _load_model(run: Run) -> str:
         raise InputError(
             "a teacher is for recovering a compressed model.edgetune", "drop --teacher: the model being compressed teaches its recovery"
         )
-    run.loaded = load_any(plan.model, plan.weights)
+    # The data sets load in a thread while the model is built: decoding and resizing images
+    # waits on little that building a model holds. An error in either is raised in this order.
+    sets = in_background(lambda: [_data(spec, role, run) for spec, role in _roles(plan)], "load-data")
+    with step("model"):
+        run.loaded = load_any(plan.model, plan.weights)
     run.source = run.loaded.source
-    calib = _data(plan.calib, "calibration", run)
+    with step("data (the part not overlapped with the model)"):
+        calib, run.eval_set, run.train_set = sets.result()
     assert calib is not None
     run.calib_set = calib
-    run.eval_set = _data(plan.eval_data, "test", run)
-    run.train_set = _data(plan.train_data, "train", run)
     _check_recovery_inputs(run)
     shape = plan.input_shape or run.loaded.declared_input_shape() or calib.sample_shape
     if calib.sample_shape != shape:
@@ -172,7 +177,8 @@ class Capture:
         run.graph = graph
         if run.plan.finetune is not None or run.plan.prune is not None:
             # the uncompressed model teaches the recovery, and the report compares the artifacts with it
-            run.teacher = copy.deepcopy(graph)
+            with step("copy for the teacher"):
+                run.teacher = copy.deepcopy(graph)
         return Captured(graph_summary(graph))
 
 
@@ -184,10 +190,15 @@ def check_labels(graph: Graph, **sets: Dataset | None) -> None:
             data.check_labels(outputs, role)
 
 
+def _roles(plan: Plan) -> list[tuple[DataSpec | None, Role]]:
+    return [(plan.calib, "calibration"), (plan.eval_data, "test"), (plan.train_data, "train")]
+
+
 def _data(spec: DataSpec | None, role: Role, run: Run) -> Dataset | None:
     if spec is None or isinstance(spec, Dataset):
         return spec
-    return load_dataset(spec, role, run.plan.preprocess, progress=run.progress)
+    with step(f"data ({role})"):
+        return load_dataset(spec, role, run.plan.preprocess, progress=run.progress)
 
 
 def _check_shapes(run: Run, *sets: tuple[Dataset | None, str]) -> None:

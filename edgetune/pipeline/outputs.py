@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import shutil
 import zlib
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgetune.artifacts import output_folder, partial_folder, publish_folder
+from edgetune.background import in_background
 from edgetune.errors import InputError
 from edgetune.export.config import ExportConfig
 from edgetune.export.onnx.writer import write_onnx
@@ -17,6 +19,7 @@ from edgetune.ir.graph import Graph
 from edgetune.ir.serialize import graph_to_bytes
 from edgetune.pipeline.plan import Run
 from edgetune.targets import Target, load_target
+from edgetune.timing import step
 
 CHECKPOINT = "finetune.ckpt"  # beside the output folder while a fine-tune runs; in it after Ctrl-C
 INT4_ONNX = "model.int4.onnx"  # with 4-bit weights: the same model, its weights packed as INT4 (opset 21)
@@ -28,18 +31,21 @@ def export_artifacts(graph: Graph, target: Target, export: ExportConfig) -> dict
     mode = graph.meta.get("mode", "int8")
     if mode != "int8":
         return _uncalibrated_artifacts(graph, target, export, mode)
-    artifacts = {
-        "model.onnx": write_onnx(graph, quantized=True, unsigned_activations=target.unsigned_activations),
-        "model.fp32.onnx": write_onnx(graph, quantized=False),
-        "model.edgetune": graph_to_bytes(graph),
-    }
+    artifacts: dict[str, bytes] = {}
+    with step("ONNX int8"):
+        artifacts["model.onnx"] = write_onnx(graph, quantized=True, unsigned_activations=target.unsigned_activations)
+    with step("ONNX fp32"):
+        artifacts["model.fp32.onnx"] = write_onnx(graph, quantized=False)
+    with step("model.edgetune"):
+        artifacts["model.edgetune"] = graph_to_bytes(graph)
     if graph.meta.get("weight_bits") == 4 and "onnx" in export.formats:
         artifacts[INT4_ONNX] = write_onnx(graph, quantized=True, unsigned_activations=target.unsigned_activations, int4_weights=True)
     if "tflite" in export.formats:
         from edgetune.export.tflite import write_tflite
 
         info = dict(graph.meta.get("data", {}))
-        artifacts["model.tflite"] = write_tflite(graph, quantized=True, int8_io=export.int8_io(target.device_class), metadata=info)
+        with step("TFLite int8"):
+            artifacts["model.tflite"] = write_tflite(graph, quantized=True, int8_io=export.int8_io(target.device_class), metadata=info)
         if export.float_tflite:
             artifacts["model.fp32.tflite"] = write_tflite(graph, quantized=False, metadata=info)
         if export.c_array:
@@ -107,8 +113,12 @@ def start_smoke_runs(artifacts: dict[str, bytes]) -> list[Any]:
 @dataclass(frozen=True)
 class Exported:
     sizes: dict[str, int]  # every artifact built, in bytes
-    gzip_sizes: dict[str, int]  # the int8 artifacts compressed (what a sparse model saves in transit)
+    gzipped: Future[dict[str, int]]  # the int8 artifacts compressed (what a sparse model saves in transit)
     written: tuple[str, ...]  # the artifacts the user asked for
+
+    @property
+    def gzip_sizes(self) -> dict[str, int]:
+        return self.gzipped.result()
 
     def to_dict(self) -> dict[str, Any]:
         return {"sizes": self.sizes, "gzip_sizes": self.gzip_sizes, "written": list(self.written)}
@@ -125,12 +135,17 @@ class Export:
 
     def __call__(self, run: Run) -> Exported:
         run.artifacts = export_artifacts(run.need_graph(), run.target, run.plan.export)
-        run.smoke = start_smoke_runs(run.artifacts)
-        compressed: dict[str, int] = {
-            name: len(zlib.compress(run.artifacts[name], 6)) for name in ("model.onnx", "model.tflite") if name in run.artifacts
-        }
+        with step("TFLite smoke runs started"):
+            run.smoke = start_smoke_runs(run.artifacts)
         sizes = {name: len(blob) for name, blob in run.artifacts.items()}
-        return Exported(sizes, compressed, tuple(sorted(names_to_write(run.plan.export, run.artifacts))))
+        return Exported(sizes, _gzip_sizes_behind(run.artifacts), tuple(sorted(names_to_write(run.plan.export, run.artifacts))))
+
+
+def _gzip_sizes_behind(artifacts: dict[str, bytes]) -> Future[dict[str, int]]:
+    """The int8 artifacts' compressed sizes, computed in a thread while the evaluation runs
+    (zlib lets go of the GIL; the report waits for them)."""
+    blobs = {name: artifacts[name] for name in ("model.onnx", "model.tflite") if name in artifacts}
+    return in_background(lambda: {name: len(zlib.compress(blob, 6)) for name, blob in blobs.items()}, "gzip-sizes")
 
 
 def checkpoint_path(out: Path, resume: bool) -> Path:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from edgetune import timing
 from edgetune.capture.models import LoadedModel
 from edgetune.data import Dataset
 from edgetune.export.config import ExportConfig
@@ -100,6 +101,8 @@ class Run:
     smoke: list[Any] = field(default_factory=list)  # TFLite smoke runs in child processes
     results: dict[str, StageResult] = field(default_factory=dict)  # by stage name, in order
     records: list[StageRecord] = field(default_factory=list)
+    spans: list[timing.Span] = field(default_factory=list)  # each stage's steps, for the report's profile
+    started: float = field(default_factory=time.perf_counter)  # when the run began, after the command's imports
     silent_rank: bool = False  # a torchrun process other than the first: it writes nothing
 
     def result(self, kind: type[Any]) -> Any:
@@ -142,9 +145,10 @@ def run_stages(run: Run, stages: tuple[Stage, ...]) -> Run:
         if not stage.wanted(run):
             continue
         scope = "stage" if _reset_peak() else "process"
-        started = time.perf_counter()
-        result = stage(run)
-        run.records.append(StageRecord(stage.name, round(time.perf_counter() - started, 4), _peak(), scope))
+        with timing.stage(stage.name) as span:
+            result = stage(run)
+        run.spans.append(span)
+        run.records.append(StageRecord(stage.name, round(span.seconds, 4), _peak(), scope))
         if result is not None:
             run.results[stage.name] = result
     return run

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 import edgetune
+from edgetune import timing
 from edgetune.data import Dataset
 from edgetune.evaluate.metrics import accuracy, agreement, finite_or_none, sqnr_db
 from edgetune.export.float_ops import float_ops
@@ -222,6 +223,7 @@ def compress_report(run: Run) -> dict[str, Any]:
         "layers": evaluated.layers,
         "timings_s": {**{r.name: r.seconds for r in run.records}, "total": round(sum(r.seconds for r in run.records), 4)},
         "stages": [r.to_dict() for r in run.records],
+        "profile": {"process": timing.process_times(run.started), "stages": [span.to_dict() for span in run.spans]},
         "versions": versions(),
         "artifacts": sorted([*written, "report.json"]),
     }

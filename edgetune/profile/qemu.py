@@ -25,13 +25,13 @@ Facts this rests on (qemu 7.2, as Debian bookworm ships it):
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgetune.artifacts import cache_dir
 from edgetune.errors import InputError
 from edgetune.profile.measure import AGENT, parse_agent_output
 from edgetune.targets import load_target
@@ -72,18 +72,6 @@ CORES: dict[str, Core] = {
         "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
     ),
 }
-
-
-def cache_dir() -> Path:
-    """``$EDGETUNE_CACHE``, else ``~/.cache/edgetune`` of the user, also under ``sudo`` (the
-    board is built as root but used as the user who asked for it)."""
-    configured = os.environ.get("EDGETUNE_CACHE")
-    if configured:
-        return Path(configured)
-    user = os.environ.get("SUDO_USER")
-    if user and hasattr(os, "geteuid") and os.geteuid() == 0:
-        return Path(os.path.expanduser(f"~{user}")) / ".cache" / "edgetune"
-    return Path.home() / ".cache" / "edgetune"
 
 
 def board_dir() -> Path:

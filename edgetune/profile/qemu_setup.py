@@ -155,7 +155,7 @@ def _smoke(partial: Path) -> dict[str, str]:
 
 
 def _owner() -> tuple[int, int] | None:
-    """The user behind ``sudo``, whose cache the board goes to (see ``qemu.cache_dir``)."""
+    """The user behind ``sudo``, whose cache the board goes to (see ``edgetune.artifacts.cache_dir``)."""
     name = os.environ.get("SUDO_USER")
     if not name or os.environ.get("EDGETUNE_CACHE") or not hasattr(os, "geteuid") or os.geteuid() != 0:
         return None

@@ -35,6 +35,7 @@ from edgetune.ir.torch_exec import apply_act, run_preact
 from edgetune.progress import Progress
 from edgetune.quantize.deadline import Schedule
 from edgetune.quantize.layerwise import LayerInputs, quantized_constant, walk
+from edgetune.timing import timed
 
 ZETA, GAMMA = 1.1, -0.1  # stretch of the rectified sigmoid (paper, eq. 23)
 REG_WEIGHT = 0.01  # lambda of the rounding regulariser
@@ -262,6 +263,7 @@ def _layer_cost(graph: Graph, node: Node, samples: int, positions: int) -> Layer
     return LayerCost(weights, min(DEPTHWISE_BATCH if depthwise else BATCH, positions, available), depthwise)
 
 
+@timed("adaround")
 def adaround(
     graph: Graph, samples: np.ndarray, budget_s: float, progress: Progress | None = None, deadline: float | None = None
 ) -> AdaRoundResult:

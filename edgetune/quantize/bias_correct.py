@@ -26,6 +26,7 @@ from edgetune.progress import Progress
 from edgetune.quantize.calibrate import requantize_bias, settle_shared_weights
 from edgetune.quantize.equalize import ensure_bias
 from edgetune.quantize.layerwise import LayerInputs, quantized_constant, walk
+from edgetune.timing import timed
 
 
 @dataclass
@@ -46,6 +47,7 @@ class BiasCorrection:
         }
 
 
+@timed("bias correction")
 def correct_biases(graph: Graph, samples: np.ndarray, progress: Progress | None = None) -> BiasCorrection:
     """Correct every weighted layer's bias in place (the graph is calibrated)."""
     result = BiasCorrection()

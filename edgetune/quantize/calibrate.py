@@ -15,6 +15,7 @@ from edgetune.progress import Progress
 from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.observers import METHODS, OUTPUT_METHOD, TensorStats, percentile_range
 from edgetune.quantize.output_error import choose_by_output
+from edgetune.timing import step, timed
 
 # Ops whose int8 output reuses the input's parameters: TFLite's kernels for them move or
 # average values without rescaling, so different parameters would give wrong results.
@@ -84,23 +85,29 @@ def collect_stats(graph: Graph, samples: np.ndarray, config: QuantConfig, progre
     from edgetune.export.onnx.writer import INPUT_NAME, build_onnx
 
     wanted = observed_tensors(graph)
-    model, exposed = build_onnx(graph, quantized=False, expose=wanted)
+    with step("fp32 ONNX with every activation"):
+        model, exposed = build_onnx(graph, quantized=False, expose=wanted)
+        blob = model.SerializeToString()
     # No spinning: on a core shared with other work, spinning threads burn the slices they wait in.
-    session = ort.InferenceSession(model.SerializeToString(), session_options(spin=False), providers=["CPUExecutionProvider"])
+    with step("onnxruntime session"):
+        session = ort.InferenceSession(blob, session_options(spin=False), providers=["CPUExecutionProvider"])
     fetch = sorted({v for v in exposed.values() if v != INPUT_NAME})
     stats = {name: TensorStats() for name in wanted}
     batch_size = min(config.batch_size, CALIBRATION_BATCH)
     starts = range(0, len(samples), batch_size)
     for done, start in enumerate(starts, 1):
         batch = np.ascontiguousarray(samples[start : start + batch_size])
-        values = dict(zip(fetch, session.run(fetch, {INPUT_NAME: batch})))
+        with step("onnxruntime runs"):
+            values = dict(zip(fetch, session.run(fetch, {INPUT_NAME: batch})))
         values[INPUT_NAME] = batch
-        for name in wanted:
-            stats[name].update(torch.from_numpy(values[exposed[name]]))
+        with step("histograms"):
+            for name in wanted:
+                stats[name].update(torch.from_numpy(values[exposed[name]]))
         if progress is not None:
             progress(done, len(starts), "calibration")
-    for tensor_stats in stats.values():
-        tensor_stats.finish()
+    with step("histograms"):
+        for tensor_stats in stats.values():
+            tensor_stats.finish()
     return stats
 
 
@@ -251,18 +258,23 @@ def unify_concat_ranges(graph: Graph, records: dict[str, CalibrationRecord]) -> 
             record.chosen = union
 
 
+@timed("calibration")
 def calibrate(graph: Graph, samples: np.ndarray, config: QuantConfig, progress: Progress | None = None) -> list[CalibrationRecord]:
     """Observe ``samples`` and set quantization parameters on ``graph`` in place."""
     graph.meta["weight_bits"] = config.weight_bits
     graph.meta["weight_levels"] = weight_levels_by_layer(graph, config.weight_bits)  # AdaRound and QAT keep to these
-    stats = collect_stats(graph, samples, config, progress)
-    records = choose_ranges(stats, config)
+    with step("observe"):
+        stats = collect_stats(graph, samples, config, progress)
+    with step("ranges"):
+        records = choose_ranges(stats, config)
     if config.method == OUTPUT_METHOD:
         choose_by_output(graph, records, samples, progress)
-    unify_concat_ranges(graph, records)
-    for name, record in records.items():
-        record.audit = audit(stats[name], record.chosen)
-    assign_params(graph, records, config)
+    with step("ranges"):
+        unify_concat_ranges(graph, records)
+        for name, record in records.items():
+            record.audit = audit(stats[name], record.chosen)
+    with step("parameters"):
+        assign_params(graph, records, config)
     check_input_resolution(graph, samples)
     return [records[name] for name in observed_tensors(graph)]
 

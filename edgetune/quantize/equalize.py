@@ -29,6 +29,7 @@ import torch
 
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor, depthwise_multiplier
 from edgetune.quantize.layerwise import LayerInputs, walk
+from edgetune.timing import timed
 
 ROUNDS = 20
 # A channel below the ReLU6 clamp may be scaled up until its largest calibration value,
@@ -149,6 +150,7 @@ def _scale_bounds(first: Node, high: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return low, top
 
 
+@timed("equalization")
 def equalize(graph: Graph, samples: np.ndarray, absorb: bool = True) -> EqualizeResult:
     """Equalize every eligible layer pair in place; returns what was done."""
     result = EqualizeResult()

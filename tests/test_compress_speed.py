@@ -1,0 +1,238 @@
+"""Issue 22: the capture cache (same artifacts, never a stale or foreign entry, a broken cache
+never stops a compress), the profile of a run, and commands that start without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgetune import zoo
+from edgetune.capture import cache as capture_cache
+from edgetune.capture import capture
+from edgetune.cli.main import run
+from edgetune.ir.graph import Graph
+
+ARTIFACTS = ("model.onnx", "model.fp32.onnx", "model.tflite", "model.edgetune")
+
+
+def _same_graph(a: Graph, b: Graph) -> None:
+    assert a.inputs == b.inputs and a.outputs == b.outputs and a.meta == b.meta
+    assert [(n.op, n.name, n.inputs, n.outputs) for n in a.nodes] == [(n.op, n.name, n.inputs, n.outputs) for n in b.nodes]
+    for x, y in zip(a.nodes, b.nodes):
+        assert x.attrs == y.attrs and [type(v) for v in x.attrs.values()] == [type(v) for v in y.attrs.values()], x.name
+    assert a.tensors.keys() == b.tensors.keys()
+    for name, t in a.tensors.items():
+        u = b.tensors[name]
+        assert t.shape == u.shape and type(t.shape) is type(u.shape)
+        assert (t.data is None) == (u.data is None)
+        if t.data is not None:
+            assert t.data.dtype == u.data.dtype and np.array_equal(t.data, u.data), name
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "mobilenet_v3_small", "tiny_detector", "ds_cnn", "gru_kws", "audio_conv1d", "tiny_vit"])
+def test_a_cached_capture_is_the_captured_graph(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    build = getattr(zoo, name, None)
+    if build is None:
+        pytest.skip(f"no zoo model {name}")
+    model = build()
+    shape = tuple(getattr(model, "input_shape", (1, 8, 8)))
+    monkeypatch.setenv("EDGETUNE_CAPTURE_CACHE", "off")
+    fresh = capture(model, shape)
+    monkeypatch.setenv("EDGETUNE_CAPTURE_CACHE", str(tmp_path))
+    stored = capture(model, shape)  # captured again, and stored
+    assert len(list(tmp_path.glob("*.edgetune"))) == 1
+    cached = capture(model, shape)  # read back
+    _same_graph(fresh, stored)
+    _same_graph(fresh, cached)
+
+
+def test_the_key_follows_weights_attributes_shape_and_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = zoo.digits_cnn()
+    key = capture_cache.capture_key(model, (1, 8, 8))
+    assert capture_cache.capture_key(model, (1, 8, 8)) == key
+    assert capture_cache.capture_key(model, (1, 16, 16)) != key
+    other = zoo.digits_cnn()
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3
+    assert capture_cache.capture_key(other, (1, 8, 8)) != key
+    changed = zoo.digits_cnn()
+    changed.extra_setting = 2  # a plain attribute forward() might read
+    assert capture_cache.capture_key(changed, (1, 8, 8)) != key
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    assert capture_cache.capture_key(model, (1, 8, 8)) != key
+
+
+def test_a_model_defined_where_no_file_holds_it_is_never_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGETUNE_CAPTURE_CACHE", str(tmp_path))
+    namespace: dict[str, object] = {"nn": nn, "__name__": "__main__"}
+    exec("class Net(nn.Module):\n    def forward(self, x):\n        return x * 2\n", namespace)  # a notebook's class
+    net = namespace["Net"]()  # type: ignore[operator]
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", None, raising=False)
+    capture(net, (4,))
+    assert not list(tmp_path.glob("*.edgetune"))
+
+
+def _compress(out: Path, *extra: str) -> tuple[int, str, dict]:  # type: ignore[type-arg]
+    argv = [sys.executable, "-m", "edgetune", "compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "-o", str(out), "--quiet"]
+    done = subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=300)
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
+    return done.returncode, done.stderr, report
+
+
+def _steps(report: dict) -> list[str]:  # type: ignore[type-arg]
+    capture_stage = next(s for s in report["profile"]["stages"] if s["name"] == "capture")
+    return [s["name"] for s in capture_stage.get("steps", [])]
+
+
+def test_a_warm_compress_skips_torch_export_and_writes_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGETUNE_CAPTURE_CACHE", "off")
+    code, err, plain = _compress(tmp_path / "plain")
+    assert code == 0, err
+    assert "torch.export" in _steps(plain) and not (tmp_path / "cache").exists()
+    monkeypatch.setenv("EDGETUNE_CAPTURE_CACHE", str(tmp_path / "cache"))
+    code, err, cold = _compress(tmp_path / "cold")
+    assert code == 0, err
+    assert "torch.export" in _steps(cold) and "capture cache write" in _steps(cold)
+    code, err, warm = _compress(tmp_path / "warm")
+    assert code == 0 and err == "", err
+    assert "capture cache read" in _steps(warm) and "torch.export" not in _steps(warm)
+    for name in ARTIFACTS:
+        blob = (tmp_path / "plain" / name).read_bytes()
+        assert (tmp_path / "cold" / name).read_bytes() == blob, name
+        assert (tmp_path / "warm" / name).read_bytes() == blob, name
+
+
+def test_an_entry_from_another_torch_or_edgetune_is_never_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGETUNE_CAPTURE_CACHE", str(tmp_path))
+    model = zoo.digits_cnn()
+    capture(model, (1, 8, 8))
+    entry = next(tmp_path.glob("*.edgetune"))
+    graph, written_by = capture_cache.graph_from_cache_bytes(entry.read_bytes())
+    graph.nodes[0].attrs["poisoned"] = True  # were the entry used, the graph would show it
+    monkeypatch.setattr(capture_cache, "versions", lambda: {**written_by, "torch": "9.9.9"})
+    entry.write_bytes(capture_cache.graph_bytes(graph))  # same key, written by "another torch"
+    monkeypatch.undo()
+    monkeypatch.setenv("EDGETUNE_CAPTURE_CACHE", str(tmp_path))
+    again = capture(model, (1, 8, 8))
+    assert "poisoned" not in again.nodes[0].attrs
+
+
+def test_a_damaged_entry_is_said_once_and_the_compress_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGETUNE_CAPTURE_CACHE", str(cache))
+    code, err, _ = _compress(tmp_path / "first")
+    assert code == 0, err
+    entry = next(cache.glob("*.edgetune"))
+    entry.write_bytes(entry.read_bytes()[:1000])  # cut short
+    code, err, report = _compress(tmp_path / "second")
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("note: the capture cache entry") and "damaged" in lines[0], err
+    assert "torch.export" in _steps(report)
+    assert (tmp_path / "second" / "model.tflite").read_bytes() == (tmp_path / "first" / "model.tflite").read_bytes()
+
+
+def test_an_unwritable_cache_is_said_once_and_the_compress_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("EDGETUNE_CAPTURE_CACHE", str(blocker / "capture"))
+    code, err, report = _compress(tmp_path / "out")
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("note: the capture cache") and "cannot be written" in lines[0], err
+    assert report["artifacts"]
+
+
+def test_the_cache_keeps_the_most_recent_entries_within_its_limit(tmp_path: Path) -> None:
+    for index in range(4):
+        path = tmp_path / f"{index}.edgetune"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 + index, 1000 + index))
+    capture_cache._evict(tmp_path, 250)
+    assert sorted(p.name for p in tmp_path.glob("*.edgetune")) == ["2.edgetune", "3.edgetune"]
+
+
+def test_profile_prints_where_the_time_went(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "-o", str(tmp_path / "out"), "--quiet", "--profile", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)  # stdout stays one JSON document
+    profile = report["profile"]
+    assert profile["process"]["imports"] >= 0
+    stages = {s["name"]: s for s in profile["stages"]}
+    assert list(stages) == [s["name"] for s in report["stages"]]
+    calibrate = {s["name"]: s for s in stages["calibrate"]["steps"]}
+    assert {"calibration", "bias correction"} <= calibrate.keys()
+    observe = next(s for s in calibrate["calibration"]["steps"] if s["name"] == "observe")
+    assert any(s["name"] == "onnxruntime runs" and s["calls"] >= 1 for s in observe["steps"])
+    for stage in stages.values():
+        assert sum(s["seconds"] for s in stage.get("steps", [])) <= stage["seconds"] + 1e-3
+    table = captured.err
+    for row in ("imports and options", "calibrate", "  bias correction", "    observe", "report and publish", "wall"):
+        assert f"\n{row}" in table, row
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["inspect", "{tflite}"],
+        ["targets", "list"],
+        ["recipe", "keys"],
+        ["gate", "--help"],
+        ["eval", "{tflite}", "--data", "digits:test"],
+    ]
+    + [["bench", "{tflite}", "--runs", "3", "--warmup", "1", "--quiet"], ["recipe", "show", "{recipe}"]],
+)
+def test_light_commands_never_import_torch(argv: list[str], artifacts: Path) -> None:
+    paths = {"tflite": str(artifacts / "model.tflite"), "recipe": str(artifacts / "recipe.toml")}
+    args = [a.format(**paths) for a in argv]
+    script = (
+        "import sys\nfrom edgetune.cli.main import run\ncode = run(sys.argv[1:])\n"
+        "print('torch' in sys.modules, file=sys.stderr)\nsys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "False", f"edgetune {' '.join(args)} imported torch"
+
+
+class Wrap(nn.Module):
+    def __init__(self, fn: object) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)  # type: ignore[operator]
+
+
+def test_the_key_follows_the_code_a_module_holds() -> None:
+    """Two wrappers of different lambdas print alike and have no weights: the code tells them apart."""
+    keys = {
+        capture_cache.capture_key(Wrap(fn), (4, 3, 3))
+        for fn in (lambda x: x[:, 1:3] * 2.0, lambda x: x[:, 1:3] * 3.0, lambda x: x[:, 0:3] * 2.0, torch.sigmoid, torch.relu)
+    }
+    assert len(keys) == 5
+    closures = [capture_cache.capture_key(Wrap((lambda s: lambda x: x * s)(v)), (4,)) for v in (2.0, 3.0)]
+    assert closures[0] != closures[1], "the same code with another value in its closure"
+
+
+def test_a_module_holding_what_the_key_cannot_describe_is_captured_each_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGETUNE_CAPTURE_CACHE", str(tmp_path))
+
+    class Settings:  # a user object: its state is unknown to the key
+        factor = 2.0
+
+    net = Wrap(lambda x: x * 2.0)
+    net.settings = Settings()
+    capture(net, (4,))
+    assert not list(tmp_path.glob("*.edgetune"))
+    capture(Wrap(lambda x: x * 2.0), (4,))
+    assert len(list(tmp_path.glob("*.edgetune"))) == 1
