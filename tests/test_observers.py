@@ -45,3 +45,36 @@ def test_one_sided_ranges_keep_zero_as_the_low_end(rng: np.random.Generator) -> 
         low, _ = method(_stats(values))
         assert low == pytest.approx(values.min(), abs=1e-3) or low == 0.0
     assert METHODS["mse"](_stats(values))[0] == 0.0
+
+
+def test_summaries_from_onnx_runtime_are_what_the_whole_tensors_give(rng: np.random.Generator) -> None:
+    """Calibration fetches min, max and a strided sample of each activation from ONNX Runtime
+    instead of the activation: the same numbers as TensorStats.update on the whole tensor."""
+    import onnxruntime as ort
+
+    from edgetune.capture import capture
+    from edgetune.export.onnx.writer import INPUT_NAME, build_onnx
+    from edgetune.quantize.calibrate import observed_tensors
+    from edgetune.quantize.observers import SAMPLE_PER_BATCH
+    from edgetune.quantize.summaries import add_summaries
+    from edgetune.zoo import mobilenet_v3_small
+
+    model = mobilenet_v3_small()
+    graph = capture(model, tuple(model.input_shape))
+    wanted = observed_tensors(graph)
+    plain, exposed = build_onnx(graph, quantized=False, expose=wanted)
+    summarized, _ = build_onnx(graph, quantized=False, expose=wanted)
+    values = sorted({v for v in exposed.values() if v != INPUT_NAME})
+    summaries = add_summaries(summarized, values, SAMPLE_PER_BATCH)
+    x = rng.normal(size=(3, *model.input_shape)).astype(np.float32)
+    whole = dict(zip(values, ort.InferenceSession(plain.SerializeToString()).run(values, {INPUT_NAME: x})))
+    fetch = [n for s in summaries.values() for n in (s.low, s.high, s.kept)]
+    small = dict(zip(fetch, ort.InferenceSession(summarized.SerializeToString()).run(fetch, {INPUT_NAME: x})))
+    strides = set()
+    for value, summary in summaries.items():
+        reference = TensorStats()
+        reference.update(torch.from_numpy(whole[value]))
+        assert float(small[summary.low]) == reference.low and float(small[summary.high]) == reference.high, value
+        assert np.array_equal(small[summary.kept], reference.kept[0].numpy()), value
+        strides.add(max(1, whole[value].size // SAMPLE_PER_BATCH))
+    assert 1 in strides and max(strides) > 1, "both a whole small tensor and a strided large one were compared"

@@ -13,8 +13,9 @@ from edgetune.ir import quant as params
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, QParams, depthwise_multiplier
 from edgetune.progress import Progress
 from edgetune.quantize.config import QuantConfig
-from edgetune.quantize.observers import METHODS, OUTPUT_METHOD, TensorStats, percentile_range
+from edgetune.quantize.observers import METHODS, OUTPUT_METHOD, SAMPLE_PER_BATCH, TensorStats, percentile_range
 from edgetune.quantize.output_error import choose_by_output
+from edgetune.quantize.summaries import add_summaries
 from edgetune.timing import step, timed
 
 # Ops whose int8 output reuses the input's parameters: TFLite's kernels for them move or
@@ -85,13 +86,14 @@ def collect_stats(graph: Graph, samples: np.ndarray, config: QuantConfig, progre
     from edgetune.export.onnx.writer import INPUT_NAME, build_onnx
 
     wanted = observed_tensors(graph)
-    with step("fp32 ONNX with every activation"):
+    with step("fp32 ONNX with every activation summarized"):
         model, exposed = build_onnx(graph, quantized=False, expose=wanted)
+        summaries = add_summaries(model, sorted({v for v in exposed.values() if v != INPUT_NAME}), SAMPLE_PER_BATCH)
         blob = model.SerializeToString()
     # No spinning: on a core shared with other work, spinning threads burn the slices they wait in.
     with step("onnxruntime session"):
         session = ort.InferenceSession(blob, session_options(spin=False), providers=["CPUExecutionProvider"])
-    fetch = sorted({v for v in exposed.values() if v != INPUT_NAME})
+    fetch = [name for s in summaries.values() for name in (s.low, s.high, s.kept)]
     stats = {name: TensorStats() for name in wanted}
     batch_size = min(config.batch_size, CALIBRATION_BATCH)
     starts = range(0, len(samples), batch_size)
@@ -99,10 +101,13 @@ def collect_stats(graph: Graph, samples: np.ndarray, config: QuantConfig, progre
         batch = np.ascontiguousarray(samples[start : start + batch_size])
         with step("onnxruntime runs"):
             values = dict(zip(fetch, session.run(fetch, {INPUT_NAME: batch})))
-        values[INPUT_NAME] = batch
         with step("histograms"):
             for name in wanted:
-                stats[name].update(torch.from_numpy(values[exposed[name]]))
+                if exposed[name] == INPUT_NAME:
+                    stats[name].update(torch.from_numpy(batch))
+                else:
+                    summary = summaries[exposed[name]]
+                    stats[name].add(float(values[summary.low]), float(values[summary.high]), torch.from_numpy(values[summary.kept]))
         if progress is not None:
             progress(done, len(starts), "calibration")
     with step("histograms"):

@@ -32,11 +32,16 @@ class TensorStats:
 
     def update(self, value: torch.Tensor) -> None:
         low, high = torch.aminmax(value)
-        self.low = min(self.low, float(low))
-        self.high = max(self.high, float(high))
         flat = value.reshape(-1)
         stride = max(1, flat.numel() // SAMPLE_PER_BATCH)
-        self.kept.append(flat[::stride].clone())
+        self.add(float(low), float(high), flat[::stride].clone())
+
+    def add(self, low: float, high: float, kept: torch.Tensor) -> None:
+        """A batch's summary: its minimum, maximum and every ``max(1, size // SAMPLE_PER_BATCH)``-th
+        value (what :meth:`update` takes of a whole batch; ONNX Runtime can compute it too)."""
+        self.low = min(self.low, low)
+        self.high = max(self.high, high)
+        self.kept.append(kept)
 
     def finish(self) -> None:
         """Build the histogram over [low, high] from the kept values."""
