@@ -236,3 +236,24 @@ def test_a_module_holding_what_the_key_cannot_describe_is_captured_each_time(tmp
     assert not list(tmp_path.glob("*.edgetune"))
     capture(Wrap(lambda x: x * 2.0), (4,))
     assert len(list(tmp_path.glob("*.edgetune"))) == 1
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_the_no_grad_fake_quantizer_is_torchs_bit_for_bit(signed: bool) -> None:
+    from edgetune.ir.graph import QParams
+    from edgetune.ir.torch_exec import fake_quant
+
+    rng = np.random.default_rng(3)
+    qmin, qmax = (-128, 127) if signed else (0, 255)
+    for trial in range(40):
+        scale = float(np.float32(2.0 ** rng.integers(-8, 3) if trial % 3 == 0 else 10 ** rng.uniform(-5, 1)))
+        zero_point = int(rng.integers(qmin, qmax + 1))
+        q = QParams(np.array([scale], np.float32), np.array([zero_point], np.int64), "int8" if signed else "uint8")
+        spread = scale * rng.uniform(1, 300)
+        ties = (rng.integers(-300, 300, size=500) + 0.5) * scale  # halfway between two steps
+        x = np.concatenate([rng.normal(size=20_000) * spread, ties, [0.0, -0.0, 1e6 * scale, -1e6 * scale]]).astype(np.float32)
+        tensor = torch.from_numpy(x)
+        expected = torch.fake_quantize_per_tensor_affine(tensor, scale, zero_point, qmin, qmax)
+        with torch.no_grad():
+            got = fake_quant(tensor, q)
+        assert torch.equal(got.view(torch.int32), expected.view(torch.int32)), (scale, zero_point)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
 import traceback
 import warnings
+from typing import NoReturn
 
 import click
 
@@ -99,7 +101,22 @@ def _internal(exc: BaseException, debug: bool) -> int:
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    exit_now(run(sys.argv[1:]))
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown. After a compress, freeing every
+    module and array one by one and the native libraries' destructors take about 0.6 s
+    (EfficientNet-Lite0 on this machine class) and do nothing a finished command needs. The
+    exit handlers still run first (temporary folders, child processes), and the standard
+    streams are flushed."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (| head): nothing more can reach it
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":
