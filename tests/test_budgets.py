@@ -1,6 +1,6 @@
 """A time budget is a promise on a busy machine too: the post-training budget (AdaRound, or all
-of --ptq best) and a wall-clock fine-tune end within 10% of their budget, plus a step, while two
-busy loops share this process's core (each process gets about a third of it)."""
+of --ptq best) and a wall-clock fine-tune end within 10% of their budget, plus a step, while four
+busy loops share this process's core (each process gets about a fifth of it)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from edgetune.finetune import FinetuneConfig, finetune, parse_budget
 from edgetune.quantize import QuantConfig, quantize
 
 BUDGET_S = 10.0
-SLACK_S = 1.0  # one layer's (or one training) step at a third of a core, and the clock's look every few steps
+SLACK_S = 1.0  # one layer's (or one training) step at a fifth of a core, and the clock's look every few steps
 
 # A busy loop that ends with this process, should a killed test run leave it behind.
 BUSY = """
@@ -39,7 +39,9 @@ def busy_core() -> Iterator[None]:
 
     before, threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, {min(before)})
-    neighbours = [subprocess.Popen([sys.executable, "-c", BUSY, str(os.getpid())]) for _ in range(2)]
+    # Four neighbours: with two (a third of the core each), a run whose setup got faster than
+    # the cost model assumes could fit its budget without the clock, and test nothing.
+    neighbours = [subprocess.Popen([sys.executable, "-c", BUSY, str(os.getpid())]) for _ in range(4)]
     try:
         yield
     finally:
@@ -52,8 +54,8 @@ def busy_core() -> Iterator[None]:
 
 @pytest.mark.parametrize("ptq", ["adaround", "best"])
 def test_the_ptq_budget_is_held_on_a_busy_core(busy_core: None, ptq: str) -> None:
-    """ResNet-8 at 32x32: the cost model plans about 10 s of AdaRound; a third of a core would
-    take about three times that without the clock."""
+    """ResNet-8 at 32x32: the cost model plans about 10 s of AdaRound; a fifth of a core would
+    take several times that without the clock."""
     graph = capture(zoo.resnet8(), (3, 32, 32))
     samples = np.random.default_rng(0).standard_normal((128, 3, 32, 32)).astype(np.float32)
     _, report = quantize(graph, samples, QuantConfig(ptq=(ptq,), ptq_budget=BUDGET_S))

@@ -257,3 +257,22 @@ def test_the_no_grad_fake_quantizer_is_torchs_bit_for_bit(signed: bool) -> None:
         with torch.no_grad():
             got = fake_quant(tensor, q)
         assert torch.equal(got.view(torch.int32), expected.view(torch.int32)), (scale, zero_point)
+
+
+def test_a_data_callable_loads_in_the_main_thread_within_its_time_limit(tmp_path: Path) -> None:
+    """Files and bundled sets load beside the model's build; a callable does not, since its
+    time limit is a SIGALRM timer that only the main thread gets."""
+    from edgetune.pipeline import compress
+
+    data = tmp_path / "calib_data.py"
+    data.write_text(
+        "import threading\nimport numpy as np\n"
+        f"SEEN = {str(tmp_path / 'thread.txt')!r}\n"
+        "def batches():\n"
+        "    open(SEEN, 'w').write(str(threading.current_thread() is threading.main_thread()))\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    for _ in range(4):\n"
+        "        yield rng.normal(size=(32, 1, 8, 8)).astype(np.float32)\n"
+    )
+    compress("edgetune.zoo:digits_cnn", f"{data}:batches", tmp_path / "out", export=None)
+    assert (tmp_path / "thread.txt").read_text() == "True"

@@ -54,6 +54,15 @@ def load_dataset(
     return data.take(limit) if limit is not None else data
 
 
+def runs_user_code(spec: str) -> bool:
+    """Whether loading ``spec`` calls a ``module:callable``: such a load belongs in the main
+    thread, the only one its time limit (a SIGALRM timer) can interrupt."""
+    name = spec.partition(":")[0]
+    if name in bundled_recipes() and not Path(spec).exists():
+        return False
+    return not Path(spec).exists() and looks_like_callable(spec)
+
+
 def _load(spec: str, role: Role, recipe: str | None, limits: CallableLimits, progress: Progress) -> Dataset:
     name, _, split = spec.partition(":")
     if name in bundled_recipes() and not Path(spec).exists():

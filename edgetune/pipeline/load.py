@@ -16,6 +16,7 @@ from edgetune.background import in_background
 from edgetune.capture.models import LoadedModel, load_model
 from edgetune.data import Dataset, load_dataset
 from edgetune.data.dataset import Role
+from edgetune.data.sources import runs_user_code
 from edgetune.errors import InputError
 from edgetune.ir.graph import Graph
 from edgetune.ir.stats import graph_summary
@@ -100,14 +101,20 @@ def _load_model(run: Run) -> str:
         raise InputError(
             "a teacher is for recovering a compressed model.edgetune", "drop --teacher: the model being compressed teaches its recovery"
         )
+
     # The data sets load in a thread while the model is built: decoding and resizing images
     # waits on little that building a model holds. An error in either is raised in this order.
-    sets = in_background(lambda: [_data(spec, role, run) for spec, role in _roles(plan)], "load-data")
+    # A data callable loads in this thread instead, after the model, within its time limit.
+    def load_sets() -> list[Dataset | None]:
+        return [_data(spec, role, run) for spec, role in _roles(plan)]
+
+    callables = any(isinstance(spec, str) and runs_user_code(spec) for spec, _ in _roles(plan))
+    sets = None if callables else in_background(load_sets, "load-data")
     with step("model"):
         run.loaded = load_any(plan.model, plan.weights)
     run.source = run.loaded.source
-    with step("data (the part not overlapped with the model)"):
-        calib, run.eval_set, run.train_set = sets.result()
+    with step("data" if sets is None else "data (beyond the model's build)"):
+        calib, run.eval_set, run.train_set = sets.result() if sets is not None else load_sets()
     assert calib is not None
     run.calib_set = calib
     _check_recovery_inputs(run)
