@@ -10,6 +10,7 @@ would not finish in the time left.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -232,6 +233,39 @@ def _shared_turn(optuna: Any, study: Any, config: SearchConfig, done: int) -> st
     return "wait" if running else "trials"
 
 
+def _claim(optuna: Any, study: Any, config: SearchConfig) -> tuple[str, Any]:
+    """The next turn (see :func:`_shared_turn`) and, on "ask", the trial asked for. Workers
+    sharing a study look and ask under one lock: otherwise two could both see the last trial
+    missing and both start it (a seventh trial of six)."""
+    with _workers_lock(study, config):
+        turn = "ask" if config.storage is None else _shared_turn(optuna, study, config, len(finished(optuna, study)))
+        if turn != "ask":
+            return turn, None
+        study.sampler = _sampler(optuna, config, len(study.get_trials(deepcopy=False)))
+        return turn, study.ask()
+
+
+@contextmanager
+def _workers_lock(study: Any, config: SearchConfig) -> Iterator[None]:
+    """A PostgreSQL advisory lock named after the study, held on a connection of its own; the
+    server lets go of it should the worker die. Other databases get no lock: there, workers that
+    ask at the same moment can run a trial or two beyond the count."""
+    backend = getattr(study._storage, "_backend", study._storage)  # Optuna wraps RDBStorage in a cache
+    engine = getattr(backend, "engine", None)
+    if config.storage is None or engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    from sqlalchemy import text
+
+    key = int.from_bytes(hashlib.sha256(f"edgetune-search:{study.study_name}".encode()).digest()[:8], "big", signed=True)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+
 @contextmanager
 def heartbeat(study: Any, trial: Any, config: SearchConfig) -> Iterator[None]:
     """Record the trial's heartbeat while it runs, on a storage shared by workers."""
@@ -326,15 +360,13 @@ def search_loop(recipe: Recipe, config: SearchConfig, out_dir: str | Path, progr
     stopped, trial = None, None
     try:
         while (stopped := _should_stop(config, len(finished(optuna, study)), started, durations)) is None:
-            turn = "ask" if config.storage is None else _shared_turn(optuna, study, config, len(finished(optuna, study)))
+            turn, trial = _claim(optuna, study, config)
             if turn == "trials":
                 stopped = turn
                 break
             if turn == "wait":
                 time.sleep(max(0.5, config.heartbeat / 2))
                 continue
-            study.sampler = _sampler(optuna, config, len(study.get_trials(deepcopy=False)))
-            trial = study.ask()
             with heartbeat(study, trial, config):  # from the first moment: a worker that dies now loses nothing
                 outcome, stopped = _one_trial(trial, recipe, config, out, started)
                 _tell(optuna, study, trial, config, outcome)
