@@ -111,9 +111,7 @@ def _hash_code(digest: Any, model: nn.Module) -> None:
     of it) counts only when it defines one of the model's classes, so that the key is the same
     from the CLI, ``python -m`` and the API; a class defined where no file holds it (a
     notebook) makes the model uncacheable."""
-    package = Path(edgetune.__file__).parent
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(_edgetune_source())
     paths = sysconfig.get_paths()
     installed = tuple(os.path.realpath(paths[name]) + os.sep for name in ("stdlib", "platstdlib", "purelib", "platlib"))
     outside: dict[str, bool] = {}  # top-level package -> installed (or Python's own)
@@ -137,6 +135,16 @@ def _hash_code(digest: Any, model: nn.Module) -> None:
         digest.update(Path(file).read_bytes())
     tops = sorted({name.partition(".")[0] for name in modules} - {"edgetune", "__main__", "__mp_main__"})
     digest.update(json.dumps({top: str(getattr(sys.modules.get(top), "__version__", "")) for top in tops}).encode())
+
+
+@functools.cache
+def _edgetune_source() -> bytes:
+    """A digest of edgetune's own files, read once a process (a search captures every trial)."""
+    package = Path(edgetune.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.digest()
 
 
 def _hash_model(digest: Any, model: nn.Module) -> None:
