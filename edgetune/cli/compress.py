@@ -312,10 +312,15 @@ def finetune_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _memory_text(memory: dict[str, Any]) -> str:
     text = f"peak RSS +{memory['peak_rss_delta_bytes'] / 2**20:.0f} MiB"
+    plan = memory["plan"]
     if memory["budget_bytes"]:
-        plan = memory["plan"]
-        text += f" (budget {memory['budget_bytes'] / 2**20:.0f} MiB; planned {plan['estimate_bytes'] / 2**20:.0f} MiB,"
-        text += f" batch {plan['batch_size']}, {plan['frozen_input_layers']} input-side layers frozen)"
+        text += f" (budget {memory['budget_bytes'] / 2**20:.0f} MiB; planned {memory['predicted_bytes'] / 2**20:.0f} MiB"
+        text += f", {plan['frozen_input_layers']} input-side layers frozen)" if plan else ")"
+    state = memory.get("training_state")
+    if state:
+        budget = f"budget {state['budget_bytes'] / 1e3:.1f} KB, " if state["budget_bytes"] else ""
+        text += f"; training state {state['measured_bytes'] / 1e3:.1f} KB ({budget}predicted {state['predicted_bytes'] / 1e3:.1f} KB)"
+        text += " OVER its budget" if state["budget_bytes"] and state["measured_bytes"] > state["budget_bytes"] else ""
     return text
 
 

@@ -54,4 +54,4 @@ def parse_memory(text: str) -> int:
     match = _MEMORY.match(text.lower())
     if not match or float(match[1]) <= 0:
         raise InputError(f"memory budget {text!r} is not like 512MB or 1GB", "give a positive number and a unit (KB, MB, GB, MiB, GiB)")
-    return int(float(match[1]) * _MEMORY_UNITS[match[2]])
+    return round(float(match[1]) * _MEMORY_UNITS[match[2]])

@@ -138,3 +138,111 @@ def plan(graph: Graph, budget: int, batch_size: int, qat: bool, teacher: bool) -
             return MemoryPlan(batch, frozen, ckpt, needed)
     batch, frozen, ckpt = candidates[-1]
     return MemoryPlan(batch, frozen, ckpt, estimate(graph, batch, frozen, qat, teacher, ckpt))
+
+
+# Parameter-efficient strategies (strategy.py: bias, lora:R, sparse:MEMORY) are planned on the
+# training state itself, the way an on-device training engine counts it (MCUNetV3's 256 KB),
+# not on the process: what a sparse:MEMORY budget bounds, and what TensorMemory measures.
+# - each trained parameter: its value, gradient and two Adam moments;
+# - a layer whose weight (or a low-rank or sparse update of it) trains keeps its input for the
+#   weight gradient: one float per input element and sample;
+# - the gradient flows back to the earliest layer that trains anything, and every activation
+#   from there on keeps about BACKPROP_COPIES floats per element and sample (the saved outputs
+#   and masks of the nonlinearities); twice that under QAT (the fake quantizers' masks).
+# The frozen weights, the interpreter and the allocator are the process's, not training's:
+# process_estimate adds them for --finetune-memory, which bounds the process's RSS.
+STATE_PER_PARAMETER = 4 * FLOAT
+BACKPROP_COPIES = 1.0
+LOSS_COPIES = 2.0
+FROZEN_PER_PARAMETER = 2 * FLOAT  # a frozen weight: the runner's copy and the best model's
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """A conv or linear layer as the memory model sees it."""
+
+    name: str
+    index: int  # position in graph.nodes
+    channels: int  # output channels (axis 0 of the weight)
+    per_channel: int  # weight elements per output channel
+    bias: int  # bias elements (0: none)
+    inputs: int  # input activation elements per sample
+
+    @property
+    def weights(self) -> int:
+        return self.channels * self.per_channel
+
+
+def layer_costs(graph: Graph) -> list[LayerCost]:
+    costs = []
+    for index, node in enumerate(graph.nodes):
+        if node.op in WEIGHTED_OPS:
+            weight = graph.const(node.inputs[1])
+            bias = graph.const(node.inputs[2]).size if len(node.inputs) > 2 and node.inputs[2] else 0
+            inputs = math.prod(graph.tensors[node.inputs[0]].shape[1:])
+            costs.append(LayerCost(node.name, index, weight.shape[0], weight.size // weight.shape[0], bias, inputs))
+    return costs
+
+
+def _after(graph: Graph, index: int) -> int:
+    """Activation elements per sample written by graph.nodes[index:] (the backward pass's reach)."""
+    return sum(math.prod(graph.tensors[node.outputs[0]].shape[1:]) for node in graph.nodes[index:])
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a parameter-efficient run trains: parameters per layer, and the layers whose input
+    is kept for a weight gradient."""
+
+    parameters: dict[str, int]  # layer -> trained parameter elements (weights, updates, bias)
+    saved_inputs: frozenset[str]
+
+
+def efficient_estimate(graph: Graph, costs: list[LayerCost], trained: Trained, batch: int, qat: bool) -> int:
+    """Bytes of training state of a parameter-efficient fine-tune (see the model above)."""
+    by_name = {cost.name: cost for cost in costs}
+    first = min((by_name[name].index for name in trained.parameters), default=len(graph.nodes))
+    copies = BACKPROP_COPIES * (2.0 if qat else 1.0)
+    saved = copies * _after(graph, first) + sum(by_name[name].inputs for name in trained.saved_inputs)
+    if trained.parameters:  # the loss keeps the outputs and its softmax
+        saved += LOSS_COPIES * math.prod(graph.tensors[graph.outputs[0]].shape[1:])
+    activations = batch * FLOAT * saved
+    return sum(trained.parameters.values()) * STATE_PER_PARAMETER + int(activations)
+
+
+def process_estimate(graph: Graph, costs: list[LayerCost], trained: Trained, batch: int, qat: bool, teacher: bool) -> int:
+    """What the process adds for the same run (--finetune-memory's measure): the training state,
+    the frozen weights' copies, the best model's copy of what trains, inference passes, slack."""
+    state = efficient_estimate(graph, costs, trained, batch, qat)
+    frozen = sum(cost.weights + cost.bias for cost in costs) * FROZEN_PER_PARAMETER
+    widest = max(math.prod(graph.tensors[n.outputs[0]].shape[1:]) for n in graph.nodes) * FLOAT
+    inference = widest * 3 * (2 + int(teacher)) * batch
+    return max(state, inference) + frozen + sum(trained.parameters.values()) * FLOAT + OVERHEAD
+
+
+class TensorMemory:
+    """The training state measured tensor by tensor on a step: what autograd saves for the
+    backward pass (each storage once, the model's own weights aside), the gradients, the
+    optimizer's state and the values that train. Unlike the process's RSS, it does not depend
+    on the allocator or on what ran before in the process."""
+
+    def __init__(self, constants: list[Any]) -> None:
+        self.excluded = {int(t.untyped_storage().data_ptr()) for t in constants}
+        self.saved: dict[int, int] = {}
+        self.peak = 0
+
+    def pack(self, tensor: Any) -> Any:
+        storage = tensor.untyped_storage()
+        pointer = int(storage.data_ptr())
+        if pointer not in self.excluded:
+            self.saved[pointer] = int(storage.nbytes())
+        return tensor
+
+    def finish(self, params: list[Any], optimizer: Any) -> None:
+        """After the optimizer's step: the step's total, kept when it is the largest so far."""
+        trained = [p for p in params if p.requires_grad]
+        values = sum(p.numel() * p.element_size() for p in trained)
+        grads = sum(p.grad.numel() * p.grad.element_size() for p in trained if p.grad is not None)
+        state = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if hasattr(v, "numel") and v.dim())
+        self.peak = max(self.peak, sum(self.saved.values()) + values + grads + state)
+        self.saved.clear()

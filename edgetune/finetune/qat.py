@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from edgetune.errors import InputError
+from edgetune.finetune.peft import Peft
 from edgetune.ir import quant as params
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, QParams
 from edgetune.ir.torch_exec import GraphRunner, Observer, fake_quant
@@ -113,14 +114,18 @@ class QatRunner(GraphRunner):
 
     def parameters_by_name(self) -> dict[str, nn.Parameter]:
         """Weights and biases under their tensor names, then the log scales as ``scale:<tensor>``."""
-        return {**self.trainable, **{SCALE_PREFIX + name: p for name, p in self.log_scales.items()}}
+        updates = self.peft.params if self.peft is not None else {}
+        return {**self.trainable, **{SCALE_PREFIX + name: p for name, p in self.log_scales.items()}, **updates}
 
     def scale(self, owner: str) -> torch.Tensor:
         return torch.exp(self.log_scales[owner])
 
+    peft: Peft | None = None  # parameter-efficient updates added to the weights
+
     def constant(self, name: str) -> torch.Tensor:
         if name in self.weights:
-            return self._weight(name, self.constants[name])
+            base = self.constants[name]
+            return self._weight(name, base if self.peft is None else self.peft.weight(name, base))
         if name in self.biases:
             x, weight = self.biases[name]
             bound = params.INT64_BIAS_MAX if self.graph.tensors[name].quant.dtype == "int64" else params.INT32_MAX  # type: ignore[union-attr]
@@ -157,13 +162,26 @@ class QatRunner(GraphRunner):
             observe(name, value)
         return value
 
+    def _scale_value(self, owner: str, log_scale: torch.Tensor) -> np.ndarray:
+        """A learned scale; one that never moved (frozen under a parameter-efficient strategy)
+        keeps its calibrated value bit for bit rather than exp(log(scale))."""
+        q = self.graph.tensors[owner].quant
+        assert q is not None
+        if torch.equal(log_scale, torch.log(torch.from_numpy(q.scale.copy()))):
+            return q.scale.copy()
+        return torch.exp(log_scale).numpy()
+
     def commit(self, values: dict[str, torch.Tensor]) -> int:
         """Write trained weights and scales (``parameters_by_name`` keys) into the graph.
 
         Returns how many weight scales had to widen so that a bias fits int32 (0 normally:
         then the artifacts reproduce the trained model's quantization exactly).
         """
-        scales = {name[len(SCALE_PREFIX) :]: torch.exp(v).numpy() for name, v in values.items() if name.startswith(SCALE_PREFIX)}
+        scales = {
+            name[len(SCALE_PREFIX) :]: self._scale_value(name[len(SCALE_PREFIX) :], v)
+            for name, v in values.items()
+            if name.startswith(SCALE_PREFIX)
+        }
         for name, owner in self.key.items():
             q = self.graph.tensors[name].quant
             assert q is not None

@@ -9,13 +9,14 @@ from ``augment.py``, checkpoints from ``checkpoint.py``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,29 @@ from edgetune.finetune.augment import Augmentation, mixup_pairs
 from edgetune.finetune.budget import Budget
 from edgetune.finetune.distributed import World
 from edgetune.finetune.losses import TASKS, mixed_loss, validation_score
-from edgetune.finetune.memory import MemoryPlan, PeakRss, checkpoint_segments, plan
+from edgetune.finetune.memory import (
+    MemoryPlan,
+    PeakRss,
+    TensorMemory,
+    Trained,
+    checkpoint_segments,
+    efficient_estimate,
+    estimate,
+    layer_costs,
+    plan,
+    process_estimate,
+)
+from edgetune.finetune.peft import Peft, add_zero_biases
 from edgetune.finetune.qat import SCALE_PREFIX, QatRunner
+from edgetune.finetune.sparse import SCORE_SAMPLES, SparsePlan, channel_scores, choose, scoring_batch
 from edgetune.finetune.strategy import Strategy, weighted_layers
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.torch_exec import GraphRunner
 from edgetune.progress import Progress, silent
 from edgetune.targets import fit_torch_threads
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+MEASURED_STEPS = 3  # steps whose training state is counted tensor by tensor (the first has no optimizer state yet)
 
 
 @dataclass(frozen=True)
@@ -93,8 +108,14 @@ class FloatRunner(GraphRunner):
         self.trainable = {name: nn.Parameter(self.constants[name].clone()) for name in dict.fromkeys(names)}
         self.constants.update(self.trainable)
 
+    peft: Peft | None = None  # parameter-efficient updates added to the weights
+
     def parameters_by_name(self) -> dict[str, nn.Parameter]:
-        return dict(self.trainable)
+        return {**self.trainable, **(self.peft.params if self.peft is not None else {})}
+
+    def constant(self, name: str) -> torch.Tensor:
+        base = self.constants[name]
+        return base if self.peft is None else self.peft.weight(name, base)
 
     def commit(self, values: dict[str, torch.Tensor]) -> int:
         for name, value in values.items():
@@ -150,6 +171,35 @@ def _forward(runner: GraphRunner, x: np.ndarray, chunk: int) -> torch.Tensor:
         return torch.cat([runner(torch.from_numpy(x[i : i + chunk])).reshape(len(x[i : i + chunk]), -1) for i in range(0, len(x), chunk)])
 
 
+def _unpack(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+class _Scorer:
+    """The sparse update's gradients: training samples in a seeded order, ``count`` at a time,
+    forward and backward through every weight and bias (no optimizer, nothing changes)."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run, self.position, self.batch = run, 0, 0
+        self.order = torch.randperm(len(run.x_all), generator=torch.Generator().manual_seed(run.config.seed + 7))
+
+    def __call__(self, count: int) -> dict[str, np.ndarray]:
+        run, self.batch = self.run, max(self.batch, count)
+        index = self.order[self.position : self.position + count]
+        if len(index) < count:
+            self.position, index = 0, self.order[:count]
+        self.position += count
+        x, params = run.x_all[index], run.runner.trainable
+        out = run.runner(x).reshape(len(x), -1)
+        with torch.no_grad():
+            soft = run.teacher(x).reshape(len(x), -1) if run.teacher is not None else None
+        targets = None if run.y_all is None else run.y_all[index]
+        config = run.config
+        loss = mixed_loss(out, targets, soft, run.task, config.distill_weight, config.temperature, config.label_smoothing)
+        grads = torch.autograd.grad(loss * len(x), list(params.values()), allow_unused=True)
+        return {name: (g.numpy() if g is not None else np.zeros(params[name].shape, np.float32)) for name, g in zip(params, grads)}
+
+
 class _Best:
     """The best weights seen on the validation split, and when."""
 
@@ -200,27 +250,32 @@ class _Run:
         self.graph, self.train, self.val, self.config = graph, train, val, config
         self.task = _task(config, train)
         self.world = World.current()
+        self.zero_biases = add_zero_biases(graph) if config.strategy.bias else []
         self.runner: FloatRunner | QatRunner = QatRunner(graph) if config.qat else FloatRunner(graph)
-        self.params = self.runner.parameters_by_name()
-        self.origin = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in self.params.values())).hexdigest()
         self.teacher = GraphRunner(teacher) if teacher is not None else None
         self.layers = weighted_layers(graph)
-        self.plan: MemoryPlan | None = (
-            plan(graph, config.memory, config.batch_size, config.qat, teacher is not None) if config.memory is not None else None
-        )
-        self.batch_size = self.plan.batch_size if self.plan else config.batch_size
-        self.frozen_inputs = self.plan.frozen_inputs if self.plan else 0
-        if self.plan is not None and self.plan.checkpointing:
-            self.runner.checkpoint_segments = checkpoint_segments(graph)
+        self.plan: MemoryPlan | None = None
+        self.batch_size, self.frozen_inputs = config.batch_size, 0
+        self.x_all = torch.from_numpy(train.x)
+        self.y_all = None if train.y is None else torch.from_numpy(train.y)
+        self.sparse: SparsePlan | None = None
+        if config.strategy.efficient:
+            self._set_up_updates()
+        elif config.memory is not None:
+            self.plan = plan(graph, config.memory, config.batch_size, config.qat, teacher is not None)
+            self.batch_size, self.frozen_inputs = self.plan.batch_size, self.plan.frozen_inputs
+            if self.plan.checkpointing:
+                self.runner.checkpoint_segments = checkpoint_segments(graph)
+        self.params = self.runner.parameters_by_name()
+        self.origin = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in self.params.values())).hexdigest()
         self.model = self.world.wrap(self.runner, partial=config.strategy.kind != "full" or self.frozen_inputs > 0)
         self.optimizer = _optimizer(config, self.params)
+        self.tensors = TensorMemory([*self.runner.constants.values(), *self.params.values()])
         self.steps_per_epoch = max(1, math.ceil(len(train) / (self.batch_size * self.world.size)))
         kind, amount = config.budget.kind, int(config.budget.amount)
         self.total_steps = {"steps": amount, "epochs": amount * self.steps_per_epoch}.get(kind)
         self.order_generator = torch.Generator().manual_seed(config.seed)
         self.augment_generator = torch.Generator().manual_seed(config.seed + 1 + self.world.rank)
-        self.x_all = torch.from_numpy(train.x)
-        self.y_all = None if train.y is None else torch.from_numpy(train.y)
         self.reference = self._validation_reference()
         self.order: torch.Tensor | None = None
         self.position = self.step = 0
@@ -229,6 +284,53 @@ class _Run:
         self.losses: list[float] = []
         self.start_metric = self.validate()
         self.best = _Best(self.start_metric, self.params)
+
+    # -- parameter-efficient updates -------------------------------------------------------
+    def full_layers(self, spent: float) -> list[str]:
+        """Layers the strategy's selector trains in full at ``spent`` of the budget."""
+        count = self.config.strategy.trainable_layers(len(self.layers), spent, self.frozen_inputs)
+        return [name for name, _ in self.layers[len(self.layers) - count :]]
+
+    def _set_up_updates(self) -> None:
+        """bias, lora:R and sparse:MEMORY: the updates, and the batch that fits a memory budget."""
+        config, graph = self.config, self.graph
+        full = set(self.full_layers(0.0))
+        if config.strategy.sparse is not None:
+            budget, costs = config.strategy.sparse, layer_costs(graph)
+            fixed = {cost.name: cost.weights + cost.bias for cost in costs if cost.name in full}
+            scorer = _Scorer(self)
+            scores = channel_scores(graph, scorer, SCORE_SAMPLES, scoring_batch(graph, costs, budget, self.batch_size))
+            self.sparse = replace(choose(graph, scores, budget, self.batch_size, fixed, config.qat), scoring_batch=scorer.batch)
+            self.batch_size = self.sparse.batch_size
+        self.runner.peft = Peft(graph, config.strategy, full, self.sparse, config.seed)
+        while config.memory is not None and self.batch_size > 1 and self.predicted()[0] > config.memory:
+            self.batch_size //= 2
+
+    def trained(self) -> Trained:
+        """What trains at the start, as the memory model counts it."""
+        peft, costs = self.runner.peft, layer_costs(self.graph)
+        full = set(self.full_layers(0.0))
+        live = peft.live if peft is not None else set()
+        parameters, saved = {}, set()
+        for cost, node in zip(costs, (n for n in self.graph.nodes if n.op in WEIGHTED_OPS)):
+            weight, bias = node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else ""
+            update = sum(p.numel() for name, p in peft.params.items() if name.endswith(":" + weight)) if peft is not None else 0
+            whole = cost.weights if cost.name in full or weight in live else 0
+            count = whole + update + (cost.bias if cost.name in full or bias in live else 0)
+            if count:
+                parameters[cost.name] = count
+            if whole or update:
+                saved.add(cost.name)
+        return Trained(parameters, frozenset(saved))
+
+    def predicted(self) -> tuple[int, int]:
+        """The memory model's bytes for this run: the process's, and the training state's."""
+        costs, trained, teacher = layer_costs(self.graph), self.trained(), self.teacher is not None
+        state = efficient_estimate(self.graph, costs, trained, self.batch_size, self.config.qat)
+        if self.runner.peft is not None:
+            return process_estimate(self.graph, costs, trained, self.batch_size, self.config.qat, teacher), state
+        checkpointing = self.plan is not None and self.plan.checkpointing
+        return estimate(self.graph, self.batch_size, self.frozen_inputs, self.config.qat, teacher, checkpointing), state
 
     # -- budget ---------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -282,9 +384,24 @@ class _Run:
     def set_trainable(self, spent: float) -> None:
         count = self.config.strategy.trainable_layers(len(self.layers), spent, self.frozen_inputs)
         live = {name for _, layer in self.layers[len(self.layers) - count :] for name in layer}
+        scales = None
+        if self.runner.peft is not None:
+            live |= self.runner.peft.live
+            scales = self._scales_in_reach(live | self.runner.peft.updated)
         for name, param in self.params.items():
+            if scales is not None and name.startswith(SCALE_PREFIX):
+                param.requires_grad_(name[len(SCALE_PREFIX) :] in scales)
+                continue
             tensor = name[len(SCALE_PREFIX) :] if name.startswith(SCALE_PREFIX) else name
             param.requires_grad_(tensor in live or tensor not in self.runner.trainable)
+
+    def _scales_in_reach(self, training: set[str]) -> set[str]:
+        """QAT under a parameter-efficient strategy: the scales that learn are those of the
+        weights that train and of the activations from the earliest training layer on, so
+        that the backward pass (and its memory) stops where the updates do, as planned."""
+        nodes = self.graph.nodes
+        first = min((i for i, node in enumerate(nodes) if any(name in training for name in node.inputs[1:])), default=len(nodes))
+        return {node.outputs[0] for node in nodes[first:]} | {name for name in training if name in self.graph.tensors}
 
     def train_step(self) -> None:
         spent = self.spent()
@@ -300,13 +417,15 @@ class _Run:
         if self.config.augment.mixup:
             partner, lam = mixup_pairs(len(x), self.config.augment.mixup, self.augment_generator)
             x = lam.reshape(-1, *[1] * (x.ndim - 1)) * x + (1 - lam.reshape(-1, *[1] * (x.ndim - 1))) * x[partner]
-        out = self.model(x).reshape(len(x), -1)
-        with torch.no_grad():
-            soft = self.teacher(x).reshape(len(x), -1) if self.teacher is not None else None
-        config = self.config
-        loss = mixed_loss(
-            out, self.targets(index, partner, lam), soft, self.task, config.distill_weight, config.temperature, config.label_smoothing
-        )
+        measuring = self.step < MEASURED_STEPS
+        with torch.autograd.graph.saved_tensors_hooks(self.tensors.pack, _unpack) if measuring else contextlib.nullcontext():
+            out = self.model(x).reshape(len(x), -1)
+            with torch.no_grad():
+                soft = self.teacher(x).reshape(len(x), -1) if self.teacher is not None else None
+            config = self.config
+            loss = mixed_loss(
+                out, self.targets(index, partner, lam), soft, self.task, config.distill_weight, config.temperature, config.label_smoothing
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for param in self.params.values():
@@ -314,6 +433,8 @@ class _Run:
                 param.grad = None  # frozen for now (DDP may have filled in zeros)
         torch.nn.utils.clip_grad_norm_([p for p in self.params.values() if p.grad is not None], config.clip)
         self.optimizer.step()
+        if measuring:
+            self.tensors.finish(list(self.params.values()), self.optimizer)
         self.losses.append(float(loss.item()))
         self.step += 1
 
@@ -397,7 +518,8 @@ def finetune(
             resumed_from = run.step
         outcome = _loop(run, progress, checkpoint)
         run.best.offer(run.validate(), run.params, run.step)
-        widened = run.runner.commit(run.best.weights)
+        peft = run.runner.peft
+        widened = run.runner.commit(peft.merged(run.best.weights) if peft is not None else run.best.weights)
     if checkpoint is not None and outcome != "interrupted" and run.world.rank == 0:
         checkpoint.unlink(missing_ok=True)
     return _report(run, outcome, resumed_from, widened, memory)
@@ -450,6 +572,7 @@ def _report(run: _Run, outcome: str, resumed_from: int | None, widened: int, mem
     config, val = run.config, run.val
     metric = "mse" if run.task == "regression" else "accuracy" if val.y is not None else "top-1 agreement with the unpruned model"
     sign = -1.0 if run.task == "regression" else 1.0
+    predicted, state = run.predicted()
     report: dict[str, Any] = {
         "config": config.to_dict(),
         "task": run.task,
@@ -469,8 +592,16 @@ def _report(run: _Run, outcome: str, resumed_from: int | None, widened: int, mem
         "resumed_from_step": resumed_from,
         "memory": {
             "budget_bytes": config.memory,
+            "predicted_bytes": predicted,
             "peak_rss_delta_bytes": memory.delta,
             "plan": run.plan.to_dict() if run.plan else None,
+            "training_state": {
+                "budget_bytes": config.strategy.sparse,
+                "predicted_bytes": state,
+                "measured_bytes": run.tensors.peak,
+                "note": "saved activations, gradients, optimizer state and trained values, counted tensor by tensor on the"
+                f" first {MEASURED_STEPS} steps",
+            },
         },
         "world_size": run.world.size,
         "deterministic": config.budget.deterministic and outcome != "interrupted",
@@ -478,6 +609,10 @@ def _report(run: _Run, outcome: str, resumed_from: int | None, widened: int, mem
         if config.budget.deterministic
         else "a wall-clock budget is not repeatable: the step count depends on machine load",
     }
+    if run.runner.peft is not None:
+        report["updates"] = {**run.runner.peft.describe(), "zero_biases_added": len(run.zero_biases)}
+        if run.sparse is not None:
+            report["updates"]["sparse"] = run.sparse.to_dict(layer_costs(run.graph))
     if config.qat:
         report["qat"] = {
             "learned_scales": len(run.runner.log_scales) if isinstance(run.runner, QatRunner) else 0,

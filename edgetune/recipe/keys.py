@@ -54,7 +54,7 @@ KEYS: tuple[Key, ...] = (
     Key("prune.reestimate_bn", "bool", True, "give folded BatchNorm layers their channel statistics back after pruning"),
     Key("finetune.budget", "str", None, "recovery budget: 90s, 5m, 500steps or 3epochs (unset: no fine-tune)"),
     Key("finetune.qat", "bool", False, "quantization-aware training after calibration"),
-    Key("finetune.strategy", "str", "full", "which layers train: full, head, last:K or gradual"),
+    Key("finetune.strategy", "str", "full", "what trains: full, head, last:K or gradual, joined with + to bias, lora:R or sparse:MEMORY"),
     Key("finetune.memory", "str", None, "training-memory budget, e.g. 512MB"),
     Key("finetune.augment", "str", None, "augmentations, e.g. shift:2,flip,noise:0.05,mixup:0.2, or module:callable"),
     Key("finetune.task", "str", "auto", "auto, classification or regression"),
