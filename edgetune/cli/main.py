@@ -13,7 +13,7 @@ from typing import NoReturn
 import click
 
 from edgetune import __version__
-from edgetune.cli import bench, compress, device, evaluate, export, finetune, gate, inspect, recipe, search, targets
+from edgetune.cli import bench, compress, device, evaluate, export, fewshot, finetune, gate, inspect, recipe, search, targets
 from edgetune.errors import EdgetuneError
 
 EXIT_USAGE = 2
@@ -32,6 +32,8 @@ def cli() -> None:
 for command in (
     compress.command,
     finetune.command,
+    fewshot.meta_init_command,
+    fewshot.adapt_command,
     export.command,
     gate.command,
     search.command,

@@ -13,8 +13,6 @@ import contextlib
 import hashlib
 import json
 import math
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -48,6 +46,7 @@ from edgetune.finetune.peft import Peft, add_zero_biases
 from edgetune.finetune.qat import SCALE_PREFIX, QatRunner
 from edgetune.finetune.sparse import SCORE_SAMPLES, SparsePlan, channel_scores, choose, scoring_batch
 from edgetune.finetune.strategy import Strategy, weighted_layers
+from edgetune.interrupt import StopRequest
 from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.torch_exec import GraphRunner
 from edgetune.progress import Progress, silent
@@ -219,28 +218,6 @@ class _EarlyStop(Exception):
 
 class _StopAtStep(Exception):
     """Ctrl-C was seen; the loop stops at the end of the step."""
-
-
-class _Interrupt:
-    """Ctrl-C sets a flag that the loop reads between steps (a second Ctrl-C interrupts at once)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _Interrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 class _Run:
@@ -530,7 +507,7 @@ def _loop(run: _Run, progress: Progress, checkpoint: Path | None) -> str:
     detail = getattr(progress, "detail", None)
     validation = getattr(progress, "validation", None)  # a search reads the curve to stop hopeless trials
     saved = time.perf_counter()
-    with _Interrupt() as interrupt:
+    with StopRequest() as interrupt:
         try:
             while run.spent() < 1.0:
                 run.train_step()

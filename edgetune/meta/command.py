@@ -1,0 +1,121 @@
+"""What ``edgetune adapt`` runs: the support set drawn, the model adapted, quantized when it
+was float, both artifacts written and evaluated, and the folder published in one step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetune.data import Dataset, load_dataset
+from edgetune.errors import InputError
+from edgetune.meta.adapt import AdaptConfig, adapt
+from edgetune.meta.episodes import parse_classes
+from edgetune.progress import Progress
+
+
+def draw(data: Dataset, classes: tuple[int, ...] | None, shot: int | None, seed: int) -> tuple[Dataset, np.ndarray]:
+    """``data`` kept to ``classes``, ``shot`` examples of each drawn when asked; also the
+    indices (into ``data``) of the examples taken."""
+    if data.y is None or not data.has_classes:
+        raise InputError(f"{data.source} has no class labels", "adaptation needs labelled examples of the new classes")
+    keep = np.isin(data.y, classes) if classes is not None else np.ones(len(data.y), bool)
+    if classes is not None:
+        for c in classes:
+            if not (data.y == c).any():
+                raise InputError(f"class {c} of --classes has no example in {data.source}", "pick classes that the data holds")
+    index = np.flatnonzero(keep)
+    if shot is not None:
+        rng, picked = np.random.default_rng(seed), []
+        for c in sorted(int(c) for c in np.unique(data.y[index])):
+            members = index[data.y[index] == c]
+            if len(members) < shot:
+                raise InputError(f"class {c} of {data.source} has {len(members)} example(s), fewer than --shot {shot}", "lower --shot")
+            picked.append(rng.choice(members, size=shot, replace=False))
+        index = np.sort(np.concatenate(picked))
+    return Dataset(data.x[index], data.y[index], f"{data.source} ({len(index)} examples)", data.labels, data.preprocess), index
+
+
+def load_graph_for(model: str, weights: str | None, sample_shape: tuple[int, ...]) -> Any:
+    """A model as edgetune's graph: a ``model.edgetune`` (compressed, or meta-initialized) as
+    it is, anything else captured at the data's sample shape."""
+    from edgetune.ir.serialize import is_graph_file, load_graph
+    from edgetune.pipeline.load import capture_model, load_any
+
+    if is_graph_file(model):
+        if weights is not None:
+            from edgetune.errors import InputError
+
+            raise InputError("--weights goes with a Python model callable", f"{model} carries its weights")
+        return load_graph(Path(model))
+    loaded = load_any(model, weights)
+    return capture_model(loaded, loaded.declared_input_shape() or sample_shape)
+
+
+def run_adapt(model: str, out_dir: Path, options: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    from edgetune.finetune import parse_memory
+
+    classes = parse_classes(options["classes"])
+    full = load_dataset(options["support"], "train", progress=progress)
+    support, taken = draw(full, classes, options["shot"], options["seed"])
+    graph = load_graph_for(model, None, support.sample_shape)
+    memory = parse_memory(options["memory"]) if options["memory"] else None
+    config = AdaptConfig(options["steps"], options["lr"], options["seconds"], memory, options["strategy"])
+    calibrated = bool(graph.inputs) and graph.tensors[graph.inputs[0]].quant is not None
+    if not calibrated and not options["calib"]:
+        raise InputError(
+            f"{model} is a float model", "give --calib DATA to quantize it after adapting, or adapt a compressed model.edgetune"
+        )
+    report: dict[str, Any] = {"model": model, "support": support.source, "adapt": adapt(graph, support, config)}
+    if not calibrated:
+        from edgetune.quantize import QuantConfig, quantize
+
+        calib = load_dataset(options["calib"], "calibration", progress=progress)
+        quantize(graph, calib.x, QuantConfig())
+        report["calibration"] = calib.source
+    built, files = _artifacts(graph, options)
+    if options["eval_data"]:
+        same = options["eval_data"] == options["support"]
+        report["evaluation"] = _evaluate(
+            built, load_dataset(options["eval_data"], "test"), report["adapt"]["classes"], taken if same else None
+        )
+    from edgetune.artifacts import json_bytes, publish_folder
+
+    report["written"] = sorted([*files, "report.json"])
+    publish_folder(out_dir, {**files, "report.json": json_bytes(report)})
+    return report
+
+
+def _artifacts(graph: Any, options: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """Every artifact built, and those to write."""
+    from edgetune.export.config import ExportConfig
+    from edgetune.pipeline.outputs import export_artifacts, names_to_write
+    from edgetune.targets import load_target
+
+    export = ExportConfig(formats=tuple(f.strip() for f in options["formats"].split(",")))
+    artifacts = export_artifacts(graph, load_target(options["target"]), export)
+    return artifacts, {name: artifacts[name] for name in names_to_write(export, artifacts)}
+
+
+def _evaluate(files: dict[str, bytes], data: Dataset, labels: list[int], exclude: np.ndarray | None) -> dict[str, Any]:
+    """The int8 artifacts on ``data``'s examples of the adapted classes (outputs mapped back)."""
+    from edgetune.evaluate.runtime import OnnxRunner
+
+    assert data.y is not None
+    keep = np.isin(data.y, labels)
+    if exclude is not None:
+        keep[exclude] = False  # the support examples, when evaluation reads the same data
+    x, y = data.x[keep], np.searchsorted(labels, data.y[keep])
+    if not len(x):
+        raise InputError(f"{data.source} holds no example of the classes {labels}", "give --eval data of the adapted classes")
+    onnx_top = OnnxRunner(files["model.onnx"]).run(x).reshape(len(x), -1).argmax(1)
+    result: dict[str, Any] = {"data": data.source, "samples": int(len(x)), "onnx_accuracy": float((onnx_top == y).mean())}
+    if exclude is not None:
+        result["note"] = "the support examples were left out"
+    if "model.tflite" in files:
+        from edgetune.evaluate.tflite_runtime import TfliteRunner
+
+        tflite_top = TfliteRunner(files["model.tflite"]).run(x).reshape(len(x), -1).argmax(1)
+        result |= {"tflite_accuracy": float((tflite_top == y).mean()), "agreement": float((tflite_top == onnx_top).mean())}
+    return result
