@@ -99,15 +99,15 @@ def test_lora_updates_have_the_rank_asked_for_and_merge_into_the_weights() -> No
 
 
 def test_the_sparse_update_trains_only_the_channels_it_chose_within_its_budget() -> None:
-    graph, before, report = _tune("sparse:150kb")
+    graph, before, report = _tune("sparse:40kb")
     after, sparse = _weights(graph), report["updates"]["sparse"]
     chosen = sparse["layers"]
-    assert chosen and sum(chosen.values()) < len(before), "a 150 KB budget cannot train every layer of the pruned CNN"
+    assert chosen and sum(chosen.values()) < len(before), "40 KB cannot train every channel of the pruned CNN"
     for name, (weight, _) in before.items():
         changed = np.abs(after[name][0] - weight).reshape(len(weight), -1).max(1) > 0
         assert changed.sum() <= round(chosen.get(name, 0.0) * len(weight)), name
     state = report["memory"]["training_state"]
-    assert state["measured_bytes"] <= state["budget_bytes"] == 150_000
+    assert state["measured_bytes"] <= state["budget_bytes"] == 40_000
     assert 0.5 <= state["predicted_bytes"] / state["measured_bytes"] <= 2.0, state
 
 
@@ -115,7 +115,7 @@ def test_a_sparse_update_needs_a_fraction_of_full_fine_tuning_memory() -> None:
     _, _, full = _tune("full", "5steps")
     _, _, sparse = _tune("sparse:150kb", "5steps")
     assert sparse["memory"]["training_state"]["measured_bytes"] < 0.3 * full["memory"]["training_state"]["measured_bytes"]
-    assert full["batch_size"] == sparse["batch_size"]
+    assert full["batch_size"] == sparse["batch_size"], "the optimizer sees the same batch (in micro-batches when the plan cuts it)"
 
 
 def test_sparse_choice_goes_where_the_gradient_is() -> None:

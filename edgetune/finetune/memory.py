@@ -196,6 +196,7 @@ class Trained:
 
     parameters: dict[str, int]  # layer -> trained parameter elements (weights, updates, bias)
     saved_inputs: frozenset[str]
+    derived: frozenset[str] = frozenset()  # layers whose weight is computed each step (weight plus update)
 
 
 def efficient_estimate(graph: Graph, costs: list[LayerCost], trained: Trained, batch: int, qat: bool) -> int:
@@ -207,7 +208,10 @@ def efficient_estimate(graph: Graph, costs: list[LayerCost], trained: Trained, b
     if trained.parameters:  # the loss keeps the outputs and its softmax
         saved += LOSS_COPIES * math.prod(graph.tensors[graph.outputs[0]].shape[1:])
     activations = batch * FLOAT * saved
-    return sum(trained.parameters.values()) * STATE_PER_PARAMETER + int(activations)
+    # A weight computed each step (an update added; under QAT, fake-quantized) is kept for the
+    # backward pass like an activation, once whatever the batch.
+    derived = sum(c.weights for c in costs if c.name in trained.derived or qat and c.index >= first) * FLOAT
+    return sum(trained.parameters.values()) * STATE_PER_PARAMETER + int(activations) + derived
 
 
 def process_estimate(graph: Graph, costs: list[LayerCost], trained: Trained, batch: int, qat: bool, teacher: bool) -> int:
@@ -229,6 +233,7 @@ class TensorMemory:
     def __init__(self, constants: list[Any]) -> None:
         self.excluded = {int(t.untyped_storage().data_ptr()) for t in constants}
         self.saved: dict[int, int] = {}
+        self.saved_peak = 0  # the largest micro-batch's saved tensors
         self.peak = 0
 
     def pack(self, tensor: Any) -> Any:
@@ -238,11 +243,17 @@ class TensorMemory:
             self.saved[pointer] = int(storage.nbytes())
         return tensor
 
+    def chunk_done(self) -> None:
+        """A micro-batch's backward pass is over: its saved tensors are freed."""
+        self.saved_peak = max(self.saved_peak, sum(self.saved.values()))
+        self.saved.clear()
+
     def finish(self, params: list[Any], optimizer: Any) -> None:
         """After the optimizer's step: the step's total, kept when it is the largest so far."""
         trained = [p for p in params if p.requires_grad]
         values = sum(p.numel() * p.element_size() for p in trained)
         grads = sum(p.grad.numel() * p.grad.element_size() for p in trained if p.grad is not None)
         state = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if hasattr(v, "numel") and v.dim())
-        self.peak = max(self.peak, sum(self.saved.values()) + values + grads + state)
-        self.saved.clear()
+        self.chunk_done()
+        self.peak = max(self.peak, self.saved_peak + values + grads + state)
+        self.saved_peak = 0

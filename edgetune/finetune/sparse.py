@@ -34,7 +34,7 @@ SHARES = (0.125, 0.25, 0.5, 1.0)
 class SparsePlan:
     channels: dict[str, np.ndarray]  # layer -> output channels whose weights train
     biases: frozenset[str]  # layers whose bias trains
-    batch_size: int
+    micro_batch: int  # samples forward and backward at a time (gradients accumulate over the batch)
     estimate: int  # bytes
     score_share: float  # of the summed channel scores, the share the chosen channels carry
     scoring_batch: int
@@ -46,7 +46,7 @@ class SparsePlan:
             "from_layer": reach[0] if reach else None,
             "layers": {name: round(len(index) / total[name], 3) for name, index in self.channels.items()},
             "bias_layers": len(self.biases),
-            "batch_size": self.batch_size,
+            "micro_batch": self.micro_batch,
             "estimate_bytes": self.estimate,
             "score_share": round(self.score_share, 4),
             "scored_on": f"{SCORE_SAMPLES} training samples, {self.scoring_batch} at a time",
@@ -88,24 +88,30 @@ def scoring_batch(graph: Graph, costs: list[LayerCost], budget: int, batch: int)
 
 
 def choose(graph: Graph, scores: dict[str, np.ndarray], budget: int, batch: int, fixed: dict[str, int], qat: bool) -> SparsePlan:
-    """The best sparse update within ``budget``: the largest batch (halving from ``batch``) at
-    which any update fits, then the most score. ``fixed``: layers trained anyway (a ``head``
-    selector) with their parameter counts."""
+    """The best sparse update within ``budget``. Activations scale with the samples that go
+    forward and backward together, so the batch may be cut into micro-batches (halving from
+    ``batch``; gradients accumulate, the optimizer sees the same batch): the plan with the most
+    score wins, at the largest micro-batch that reaches it. ``fixed``: layers trained anyway
+    (a ``head`` selector) with their parameter counts."""
     costs = layer_costs(graph)
-    size = batch
-    while True:
-        plan = _best_at(graph, costs, scores, budget, size, fixed, qat)
-        if plan is not None:
-            return plan
-        if size == 1:
-            break
-        size //= 2
+    plans = [_best_at(graph, costs, scores, budget, size, fixed, qat) for size in _halvings(batch)]
+    found = [plan for plan in plans if plan is not None]
+    if found:
+        best = max(plan.score_share for plan in found)
+        return next(plan for plan in found if plan.score_share >= best * (1 - 1e-9))
     need = _smallest(graph, costs, fixed, qat)
     raise InputError(
         f"a training-memory budget of {budget / 1e3:.0f} KB is below what even the sparse update needs ({need / 1e3:.0f} KB"
-        " for the last layer's bias at batch 1)",
+        " for the last layer's bias, one sample at a time)",
         f"raise sparse:MEMORY to at least {-(-need // 1000)}KB",
     )
+
+
+def _halvings(batch: int) -> list[int]:
+    sizes = [batch]
+    while sizes[-1] > 1:
+        sizes.append(sizes[-1] // 2)
+    return sizes
 
 
 def _smallest(graph: Graph, costs: list[LayerCost], fixed: dict[str, int], qat: bool) -> int:
@@ -150,8 +156,8 @@ def _trained(region: list[LayerCost], shares: dict[str, float], fixed: dict[str,
     parameters = dict(fixed)
     for cost in region:
         parameters[cost.name] = cost.bias + _count(cost, shares[cost.name]) * cost.per_channel
-    saved = frozenset([*fixed, *(c.name for c in region if shares[c.name])])
-    return Trained(parameters, saved)
+    updated = frozenset(c.name for c in region if shares[c.name])
+    return Trained(parameters, frozenset([*fixed, *updated]), updated)
 
 
 def _greedy(
@@ -183,7 +189,8 @@ def _greedy(
             higher = [s for s in SHARES if s > old]
             for share in higher[:1] if old else higher:
                 rows = _count(cost, share) - _count(cost, old)
-                extra = rows * cost.per_channel * STATE_PER_PARAMETER + (0 if old else cost.inputs * batch * FLOAT)
+                first_step = 0 if old else cost.inputs * batch * FLOAT + cost.weights * FLOAT  # its input, its updated weight
+                extra = rows * cost.per_channel * STATE_PER_PARAMETER + first_step
                 gain = float(scores[cost.name][order[cost.name][_count(cost, old) : _count(cost, share)]].sum())
                 if now + extra <= budget and extra > 0 and gain / extra > best_ratio:
                     best, best_ratio, best_extra = (cost.name, share), gain / extra, extra

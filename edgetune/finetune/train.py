@@ -236,6 +236,7 @@ class _Run:
         self.x_all = torch.from_numpy(train.x)
         self.y_all = None if train.y is None else torch.from_numpy(train.y)
         self.sparse: SparsePlan | None = None
+        self.micro_batch: int | None = None  # forward and backward this many samples at a time, gradients accumulated
         if config.strategy.efficient:
             self._set_up_updates()
         elif config.memory is not None:
@@ -278,7 +279,7 @@ class _Run:
             scorer = _Scorer(self)
             scores = channel_scores(graph, scorer, SCORE_SAMPLES, scoring_batch(graph, costs, budget, self.batch_size))
             self.sparse = replace(choose(graph, scores, budget, self.batch_size, fixed, config.qat), scoring_batch=scorer.batch)
-            self.batch_size = self.sparse.batch_size
+            self.micro_batch = self.sparse.micro_batch if self.sparse.micro_batch < self.batch_size else None
         self.runner.peft = Peft(graph, config.strategy, full, self.sparse, config.seed)
         while config.memory is not None and self.batch_size > 1 and self.predicted()[0] > config.memory:
             self.batch_size //= 2
@@ -288,7 +289,7 @@ class _Run:
         peft, costs = self.runner.peft, layer_costs(self.graph)
         full = set(self.full_layers(0.0))
         live = peft.live if peft is not None else set()
-        parameters, saved = {}, set()
+        parameters, saved, derived = {}, set(), set()
         for cost, node in zip(costs, (n for n in self.graph.nodes if n.op in WEIGHTED_OPS)):
             weight, bias = node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else ""
             update = sum(p.numel() for name, p in peft.params.items() if name.endswith(":" + weight)) if peft is not None else 0
@@ -298,12 +299,14 @@ class _Run:
                 parameters[cost.name] = count
             if whole or update:
                 saved.add(cost.name)
-        return Trained(parameters, frozenset(saved))
+            if update:
+                derived.add(cost.name)
+        return Trained(parameters, frozenset(saved), frozenset(derived))
 
     def predicted(self) -> tuple[int, int]:
         """The memory model's bytes for this run: the process's, and the training state's."""
         costs, trained, teacher = layer_costs(self.graph), self.trained(), self.teacher is not None
-        state = efficient_estimate(self.graph, costs, trained, self.batch_size, self.config.qat)
+        state = efficient_estimate(self.graph, costs, trained, self.micro_batch or self.batch_size, self.config.qat)
         if self.runner.peft is not None:
             return process_estimate(self.graph, costs, trained, self.batch_size, self.config.qat, teacher), state
         checkpointing = self.plan is not None and self.plan.checkpointing
@@ -394,26 +397,39 @@ class _Run:
         if self.config.augment.mixup:
             partner, lam = mixup_pairs(len(x), self.config.augment.mixup, self.augment_generator)
             x = lam.reshape(-1, *[1] * (x.ndim - 1)) * x + (1 - lam.reshape(-1, *[1] * (x.ndim - 1))) * x[partner]
-        measuring = self.step < MEASURED_STEPS
-        with torch.autograd.graph.saved_tensors_hooks(self.tensors.pack, _unpack) if measuring else contextlib.nullcontext():
-            out = self.model(x).reshape(len(x), -1)
-            with torch.no_grad():
-                soft = self.teacher(x).reshape(len(x), -1) if self.teacher is not None else None
-            config = self.config
-            loss = mixed_loss(
-                out, self.targets(index, partner, lam), soft, self.task, config.distill_weight, config.temperature, config.label_smoothing
-            )
+        targets = self.targets(index, partner, lam)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses = [self._forward_backward(x[part], None if targets is None else targets[part], len(x)) for part in self._parts(len(x))]
+        config = self.config
         for param in self.params.values():
             if not param.requires_grad:
                 param.grad = None  # frozen for now (DDP may have filled in zeros)
         torch.nn.utils.clip_grad_norm_([p for p in self.params.values() if p.grad is not None], config.clip)
         self.optimizer.step()
-        if measuring:
+        if self.step < MEASURED_STEPS:
             self.tensors.finish(list(self.params.values()), self.optimizer)
-        self.losses.append(float(loss.item()))
+        self.losses.append(sum(losses))
         self.step += 1
+
+    def _parts(self, size: int) -> list[slice]:
+        """The batch in micro-batches (a sparse plan's, to fit its budget), else whole."""
+        micro = self.micro_batch or size
+        return [slice(start, start + micro) for start in range(0, size, micro)]
+
+    def _forward_backward(self, x: torch.Tensor, targets: torch.Tensor | None, batch: int) -> float:
+        """One micro-batch's share of the batch's loss, its gradients added to the parameters'."""
+        config, measuring = self.config, self.step < MEASURED_STEPS
+        with torch.autograd.graph.saved_tensors_hooks(self.tensors.pack, _unpack) if measuring else contextlib.nullcontext():
+            out = self.model(x).reshape(len(x), -1)
+            with torch.no_grad():
+                soft = self.teacher(x).reshape(len(x), -1) if self.teacher is not None else None
+            loss = mixed_loss(out, targets, soft, self.task, config.distill_weight, config.temperature, config.label_smoothing)
+            if len(x) != batch:
+                loss = loss * (len(x) / batch)
+        loss.backward()
+        if measuring:
+            self.tensors.chunk_done()
+        return float(loss.item())
 
     def validate(self) -> tuple[float, float]:
         return validation_score(_forward(self.runner, self.val.x, 2 * self.batch_size), self.reference, self.task)
@@ -557,6 +573,7 @@ def _report(run: _Run, outcome: str, resumed_from: int | None, widened: int, mem
         "epochs": round(run.step / run.steps_per_epoch, 2),
         "seconds": round(run.elapsed(), 3),
         "batch_size": run.batch_size,
+        "micro_batch": run.micro_batch,
         "validation": {"data": val.source, "samples": len(val), "metric": metric},
         "metric_before": sign * run.start_metric[0],
         "metric_best": sign * run.best.metric[0],
