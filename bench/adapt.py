@@ -113,6 +113,7 @@ def untrained() -> Graph:
 
 def initializations(budget: str) -> dict[str, dict[str, Any]]:
     train = load_dataset("digits", "train")
+    assert train.y is not None
     inits: dict[str, dict[str, Any]] = {"untrained": {"graph": untrained(), "seconds": 0.0}}
     seen = np.isin(train.y, SEEN)
     graph = untrained()
@@ -180,14 +181,7 @@ def plot(rows: list[dict[str, Any]], full: int) -> Path | None:
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="fine-tune steps per strategy (default 300)")
-    parser.add_argument("--meta-budget", default="3m", help="meta-training (and pretraining) time per initialization (default 3m)")
-    parser.add_argument("--episodes", type=int, default=50, help="test episodes per setting (default 50)")
-    args = parser.parse_args()
-    started = time.perf_counter()
-    rows = strategies(args.steps)
+def strategy_table(rows: list[dict[str, Any]], steps: int) -> None:
     full = next(r for r in rows if r["strategy"] == "full")
     lines = [
         [
@@ -204,28 +198,44 @@ def main() -> None:
     ]
     header = ["strategy", "lr", "int8 acc %", "vs full pp", "TFLite acc %", "state KB", "predicted KB", "x full"]
     print(table(lines, header))
-    print(f"digits CNN, 50% of channels pruned, int8; {args.steps} steps; after compression {100 * full['after_compression']:.2f}%")
-    picture = plot(rows, full["state_measured"])
-    inits = initializations(args.meta_budget)
-    shots = few_shot(inits, args.episodes)
+    print(f"digits CNN, 50% of channels pruned, int8; {steps} steps; after compression {100 * full['after_compression']:.2f}%")
+
+
+def few_shot_tables(inits: dict[str, dict[str, Any]], shots: list[dict[str, Any]], budget: str, episodes: int) -> None:
     lines = [[r["init"], r["shot"], f"{r['lr']:g} {r['strategy']}", *(f"{100 * r['accuracy'][s]:.1f}" for s in (1, 5, 10))] for r in shots]
     print(table(lines, ["initialization", "K", "adapt lr, what", "1 step %", "5 steps %", "10 steps %"]))
-    print(
-        f"4-way episodes on held-out classes 6-9 (digits test split, {args.episodes} per row); initializations trained {args.meta_budget} on 0-5"
-    )
+    print(f"4-way episodes on held-out classes 6-9 (digits test split, {episodes} per row); initializations trained {budget} on 0-5")
     meta = [
         [name, init.get("steps", 0), f"{init['seconds']:.0f}", f"{100 * init['validation']:.1f}" if "validation" in init else "-"]
         for name, init in inits.items()
     ]
     print(table(meta, ["initialization", "steps", "seconds", "validation % (classes 0-5)"]))
-    document = {
-        "strategies": rows,
-        "few_shot": shots,
-        "initializations": {name: {k: v for k, v in init.items() if k != "graph"} for name, init in inits.items()},
-        "plot": str(picture) if picture else None,
-        "seconds": time.perf_counter() - started,
-    }
-    print(f"wrote {write_json('adapt', document)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300, help="fine-tune steps per strategy (default 300)")
+    parser.add_argument("--meta-budget", default="3m", help="meta-training (and pretraining) time per initialization (default 3m)")
+    parser.add_argument("--episodes", type=int, default=50, help="test episodes per setting (default 50)")
+    parser.add_argument("--only", choices=["strategies", "few-shot"], help="run one part (its own JSON file)")
+    args = parser.parse_args()
+    started, document = time.perf_counter(), dict[str, Any]()
+    if args.only != "few-shot":
+        rows = strategies(args.steps)
+        strategy_table(rows, args.steps)
+        full = next(r for r in rows if r["strategy"] == "full")
+        picture = plot(rows, full["state_measured"])
+        document |= {"strategies": rows, "plot": str(picture) if picture else None}
+    if args.only != "strategies":
+        inits = initializations(args.meta_budget)
+        shots = few_shot(inits, args.episodes)
+        few_shot_tables(inits, shots, args.meta_budget, args.episodes)
+        document |= {
+            "few_shot": shots,
+            "initializations": {name: {k: v for k, v in init.items() if k != "graph"} for name, init in inits.items()},
+        }
+    name = "adapt" if args.only is None else f"adapt_{args.only.replace('-', '_')}"
+    print(f"wrote {write_json(name, {**document, 'seconds': time.perf_counter() - started})}")
 
 
 if __name__ == "__main__":

@@ -184,9 +184,14 @@ def layer_costs(graph: Graph) -> list[LayerCost]:
     return costs
 
 
-def _after(graph: Graph, index: int) -> int:
-    """Activation elements per sample written by graph.nodes[index:] (the backward pass's reach)."""
-    return sum(math.prod(graph.tensors[node.outputs[0]].shape[1:]) for node in graph.nodes[index:])
+# Ops that keep more than their output for the backward pass, in floats per output element:
+# max pooling keeps the int64 position of each maximum.
+SAVED_EXTRA = {"maxpool2d": 2.0}
+
+
+def _after(graph: Graph, index: int) -> float:
+    """Activation floats per sample kept from graph.nodes[index:] on (the backward pass's reach)."""
+    return sum(math.prod(graph.tensors[node.outputs[0]].shape[1:]) * (1.0 + SAVED_EXTRA.get(node.op, 0.0)) for node in graph.nodes[index:])
 
 
 @dataclass(frozen=True)
