@@ -25,6 +25,7 @@ from typing import Any
 
 from edgetune.artifacts import output_folder, partial_folder
 from edgetune.errors import InputError
+from edgetune.interrupt import CtrlC
 from edgetune.progress import Progress, silent
 from edgetune.recipe import Recipe
 from edgetune.search.config import SearchConfig
@@ -357,24 +358,26 @@ def search_loop(recipe: Recipe, config: SearchConfig, out_dir: str | Path, progr
     durations = [
         float(t.user_attrs["outcome"]["seconds"]) for t in finished(optuna, study) if t.user_attrs["outcome"].get("repeat_of") is None
     ]
-    stopped, trial = None, None
+    stopped, trial, ctrl_c = None, None, CtrlC()
     try:
-        while (stopped := _should_stop(config, len(finished(optuna, study)), started, durations)) is None:
-            turn, trial = _claim(optuna, study, config)
-            if turn == "trials":
-                stopped = turn
-                break
-            if turn == "wait":
-                time.sleep(max(0.5, config.heartbeat / 2))
-                continue
-            with heartbeat(study, trial, config):  # from the first moment: a worker that dies now loses nothing
-                outcome, stopped = _one_trial(trial, recipe, config, out, started)
-                _tell(optuna, study, trial, config, outcome)
-            trial = None
-            durations += [] if outcome.repeat_of is not None else [outcome.seconds]
-            progress(len(finished(optuna, study)), config.trials or 0, _line(outcome, config, started))
-            if stopped is not None:
-                break
+        with ctrl_c:
+            while (stopped := _should_stop(config, len(finished(optuna, study)), started, durations)) is None:
+                turn, trial = _claim(optuna, study, config)
+                if turn == "trials":
+                    stopped = turn
+                    break
+                if turn == "wait":
+                    time.sleep(max(0.5, config.heartbeat / 2))
+                    continue
+                with heartbeat(study, trial, config):  # from the first moment: a worker that dies now loses nothing
+                    outcome, stopped = _one_trial(trial, recipe, config, out, started)
+                    _tell(optuna, study, trial, config, outcome)
+                trial = None
+                durations += [] if outcome.repeat_of is not None else [outcome.seconds]
+                progress(len(finished(optuna, study)), config.trials or 0, _line(outcome, config, started))
+                ctrl_c.check()  # a Ctrl-C whose exception a finalizer swallowed
+                if stopped is not None:
+                    break
     except KeyboardInterrupt:
         if trial is not None:  # not counted: its keys are queued, and --resume runs it first
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
