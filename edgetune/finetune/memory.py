@@ -248,6 +248,12 @@ class TensorMemory:
             self.saved[pointer] = int(storage.nbytes())
         return tensor
 
+    def recording(self) -> Any:
+        """A context in which the tensors autograd saves are counted (torch's saved-tensor hooks)."""
+        import torch
+
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, _unchanged)
+
     def chunk_done(self) -> None:
         """A micro-batch's backward pass is over: its saved tensors are freed."""
         self.saved_peak = max(self.saved_peak, sum(self.saved.values()))
@@ -262,3 +268,7 @@ class TensorMemory:
         self.chunk_done()
         self.peak = max(self.peak, self.saved_peak + values + grads + state)
         self.saved_peak = 0
+
+
+def _unchanged(tensor: Any) -> Any:
+    return tensor

@@ -118,15 +118,12 @@ class Peft:
                 out[name] = self.weight(name, values[name], values)
         return out
 
-    def counts(self) -> dict[str, int]:
-        return {
+    def describe(self) -> dict[str, Any]:
+        report: dict[str, Any] = {
             "update_parameters": sum(p.numel() for p in self.params.values()),
             "lora_layers": len(self.rank),
             "sparse_layers": len(self.rows),
         }
-
-    def describe(self) -> dict[str, Any]:
-        report: dict[str, Any] = self.counts()
         if self.full_rank:
             report["lora_full_rank_layers"] = self.full_rank
         return report

@@ -24,7 +24,7 @@ import numpy as np
 
 from edgetune.errors import InputError
 from edgetune.finetune.memory import FLOAT, STATE_PER_PARAMETER, LayerCost, Trained, efficient_estimate, layer_costs
-from edgetune.ir.graph import Graph
+from edgetune.ir.graph import WEIGHTED_OPS, Graph
 
 SCORE_SAMPLES = 64
 # The plan fills this share of the budget: the memory model has been within 5% of the measured
@@ -70,7 +70,7 @@ def channel_scores(graph: Graph, gradients: Callable[[int], dict[str, np.ndarray
         seen += count
     scores = {}
     for node in graph.nodes:
-        if node.op in ("conv2d", "linear", "conv_transpose2d"):
+        if node.op in WEIGHTED_OPS:
             weight = total[node.inputs[1]] / seen
             score = (weight.reshape(len(weight), -1) ** 2).sum(1)
             if len(node.inputs) > 2 and node.inputs[2]:

@@ -170,10 +170,6 @@ def _forward(runner: GraphRunner, x: np.ndarray, chunk: int) -> torch.Tensor:
         return torch.cat([runner(torch.from_numpy(x[i : i + chunk])).reshape(len(x[i : i + chunk]), -1) for i in range(0, len(x), chunk)])
 
 
-def _unpack(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
-
-
 class _Scorer:
     """The sparse update's gradients: training samples in a seeded order, ``count`` at a time,
     forward and backward through every weight and bias (no optimizer, nothing changes)."""
@@ -419,7 +415,7 @@ class _Run:
     def _forward_backward(self, x: torch.Tensor, targets: torch.Tensor | None, batch: int) -> float:
         """One micro-batch's share of the batch's loss, its gradients added to the parameters'."""
         config, measuring = self.config, self.step < MEASURED_STEPS
-        with torch.autograd.graph.saved_tensors_hooks(self.tensors.pack, _unpack) if measuring else contextlib.nullcontext():
+        with self.tensors.recording() if measuring else contextlib.nullcontext():
             out = self.model(x).reshape(len(x), -1)
             with torch.no_grad():
                 soft = self.teacher(x).reshape(len(x), -1) if self.teacher is not None else None

@@ -109,7 +109,7 @@ def adapt(graph: Graph, support: Dataset, config: AdaptConfig) -> dict[str, Any]
         if config.seconds is not None and time.perf_counter() - started >= config.seconds:
             break
         leaves = {name: value.detach().requires_grad_() for name, value in trained.items()}
-        with torch.autograd.graph.saved_tensors_hooks(memory.pack, _same) if index == 0 else contextlib.nullcontext():
+        with memory.recording() if index == 0 else contextlib.nullcontext():
             loss = runner.loss({**fixed, **leaves}, x, y)
         grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
         if index == 0:  # the saved activations, each trained value and its gradient (SGD keeps no state)
@@ -138,7 +138,3 @@ def adapt(graph: Graph, support: Dataset, config: AdaptConfig) -> dict[str, Any]
 def _accuracy(runner: MetaRunner, weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return float((runner.logits(weights, x).argmax(1) == y).float().mean())
-
-
-def _same(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
