@@ -52,6 +52,8 @@ STRATEGIES = [
     "head",
     "bias",
     "head+bias",
+    "bias+lite",
+    "head+bias+lite",
     "lora:2",
     "lora:4",
     "lora:8",

@@ -183,3 +183,112 @@ def test_adapting_a_meta_initialization_uses_its_inner_loop() -> None:
     keep = np.isin(test.y, [7, 8, 9])
     report = adapt(copy.deepcopy(graph), Dataset(test.x[keep][:30], test.y[keep][:30], "digits 7-9"), AdaptConfig())
     assert report["meta_initialized"] and report["steps"] == 4 and report["lr"] == 0.05 and report["classes"] == [7, 8, 9]
+
+
+@pytest.fixture(scope="module")
+def few_shot_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A meta-initialization of the digits CNN (3-way, on 0-5), 5 examples each of 6-9, and the rest of 6-9."""
+    from edgetune.ir.serialize import graph_to_bytes
+
+    folder = tmp_path_factory.mktemp("few-shot")
+    graph = _untrained_digits()
+    config = MetaConfig(parse_budget("20steps"), algo="reptile", way=3, shot=3, inner_steps=3, inner_lr=0.05, classes=(0, 1, 2, 3, 4, 5))
+    meta_train(graph, load_dataset("digits", "train"), config)
+    (folder / "meta.edgetune").write_bytes(graph_to_bytes(graph))
+    test = load_dataset("digits", "test")
+    rng = np.random.default_rng(0)
+    support = np.concatenate([rng.choice(np.flatnonzero(test.y == c), 5, replace=False) for c in (6, 7, 8, 9)])
+    np.savez(folder / "support.npz", x=test.x[support], y=test.y[support])
+    rest = np.setdiff1d(np.arange(len(test.x)), support)
+    np.savez(folder / "eval.npz", x=test.x[rest], y=test.y[rest])
+    return folder
+
+
+def _from_init(folder: Path, out: Path, *extra: str) -> list[str]:
+    argv = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--train", str(folder / "support.npz")]
+    return [*argv, "--eval", str(folder / "eval.npz"), "--set", f"finetune.init={folder / 'meta.edgetune'}", *extra, "-o", str(out)]
+
+
+def test_a_recipe_fine_tune_starts_from_a_meta_initialization(
+    few_shot_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([*_from_init(few_shot_files, tmp_path / "a"), "--quiet", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    init, adapted, evaluation = report["meta_init"], report["adapt"], report["evaluation"]
+    from edgetune.ir.serialize import load_graph
+
+    assert init["parameters"] == _weights(load_graph(few_shot_files / "meta.edgetune")).size and init["way"] == 3
+    assert adapted["meta_initialized"]
+    assert adapted["steps"] == 3 and adapted["lr"] == 0.05 and adapted["classes"] == [6, 7, 8, 9], "the inner loop's settings"
+    assert adapted["support_accuracy"]["after"] > adapted["support_accuracy"]["before"]
+    test = load_dataset("digits", "test")
+    assert evaluation["samples"] == min(256, int(np.isin(test.y, [6, 7, 8, 9]).sum()) - 20) and "as 0-3" in evaluation["data"]
+    assert evaluation["int8_accuracy"] > 0.4 and evaluation["tflite"]["top1_agreement_with_onnx_int8"] >= 0.98
+    assert onnx.load(tmp_path / "a" / "model.onnx").graph.output[0].type.tensor_type.shape.dim[-1].dim_value == 4
+    recipe = (tmp_path / "a" / "recipe.toml").read_text()
+    assert 'budget = "3steps"' in recipe and "lr = 0.05" in recipe, "the written recipe names the adaptation it ran"
+    assert run(["compress", "--recipe", str(tmp_path / "a" / "recipe.toml"), "-o", str(tmp_path / "b"), "--quiet"]) == 0
+    for name in ("model.onnx", "model.tflite"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), f"{name} replays to the byte"
+
+
+def test_a_meta_initialization_adapts_int8_with_qat_and_its_own_budget(
+    few_shot_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = ["--qat", "--finetune", "7steps", "--finetune-lr", "0.02", "--finetune-strategy", "bias", "--quiet", "--json"]
+    assert run([*_from_init(few_shot_files, tmp_path / "a"), *extra]) == 0
+    adapted = json.loads(capsys.readouterr().out)["adapt"]
+    assert adapted["int8"] and adapted["steps"] == 7 and adapted["lr"] == 0.02 and adapted["strategy"] == "bias"
+
+
+def _other_model_init(folder: Path, tmp_path: Path) -> Path:
+    """The meta-initialization with its first conv cut to half its channels."""
+    from edgetune.ir.serialize import graph_to_bytes, load_graph
+
+    graph = load_graph(folder / "meta.edgetune")
+    stem = next(node for node in graph.nodes if node.op in WEIGHTED_OPS)
+    tensor = graph.tensors[stem.inputs[1]]
+    assert tensor.data is not None
+    tensor.data = tensor.data[: len(tensor.data) // 2].copy()
+    tensor.shape = tensor.data.shape
+    (tmp_path / "other.edgetune").write_bytes(graph_to_bytes(graph))
+    return tmp_path / "other.edgetune"
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("lora", "finetune.strategy head+lora:4 has no few-shot form"),
+        ("no train", "finetune.init adapts to data.train's classes, and no data.train is given"),
+        ("missing", "does not exist; give the meta.edgetune that edgetune meta-init wrote"),
+        ("not meta", "holds no meta-initialization; write one with edgetune meta-init"),
+        ("other model", "was meta-trained on another model: stem.0 has a 8x1x3x3 weight there, 16x1x3x3 here"),
+    ],
+)
+def test_meta_initialization_errors_are_one_line(
+    few_shot_files: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
+    argv = _from_init(few_shot_files, tmp_path / "a", "--quiet")
+    if case == "lora":
+        argv += ["--finetune-strategy", "head+lora:4"]
+    elif case == "no train":
+        at = argv.index("--train")
+        del argv[at : at + 2]
+    else:
+        init = {"missing": tmp_path / "none.edgetune", "not meta": _compressed(tmp_path), "other model": None}[case]
+        init = init or _other_model_init(few_shot_files, tmp_path)
+        argv[argv.index(f"finetune.init={few_shot_files / 'meta.edgetune'}")] = f"finetune.init={init}"
+    capfd.readouterr()
+    assert run(argv) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert not (tmp_path / "a").exists()
+
+
+def test_adapted_artifacts_name_the_adapted_classes(few_shot_files: Path, tmp_path: Path) -> None:
+    from edgetune.ir.serialize import load_graph
+
+    assert run([*_from_init(few_shot_files, tmp_path / "a"), "--quiet"]) == 0
+    data = load_graph(tmp_path / "a" / "model.edgetune").meta["data"]
+    assert data["labels"] == ["6", "7", "8", "9"] and data["adapted"], data
+    assert b'"labels": ["6", "7", "8", "9"]' in (tmp_path / "a" / "model.tflite").read_bytes()

@@ -49,7 +49,10 @@ def _tune(strategy: str, steps: str = "150steps", **options: object) -> tuple[Gr
 
 @pytest.mark.parametrize(
     "text",
-    ["bias", "head+bias", "lora:8", "head+lora:4", "bias+lora:2", "last:2+lora:4", "gradual+lora:2", "sparse:256kb", "head+sparse:1.5MB"],
+    [
+        *("bias", "head+bias", "lora:8", "head+lora:4", "bias+lora:2", "last:2+lora:4", "gradual+lora:2", "sparse:256kb"),
+        *("head+sparse:1.5MB", "bias+lite", "head+bias+lite", "lite"),
+    ],
 )
 def test_strategies_parse_and_print_back(text: str) -> None:
     strategy = parse_strategy(text)
@@ -57,12 +60,16 @@ def test_strategies_parse_and_print_back(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["full+bias", "lora:0", "lora:x", "bias+bias", "head+last:2", "sparse:lots", "lora:4+sparse:1MB", "adapter:4"]
+    "text",
+    [
+        *("full+bias", "lora:0", "lora:x", "bias+bias", "head+last:2", "sparse:lots", "lora:4+sparse:1MB", "adapter:4"),
+        *("lite+lora:4", "lite:2", "full+lite", "sparse:1MB+lite"),
+    ],
 )
 def test_bad_strategies_are_one_error(text: str) -> None:
     with pytest.raises(InputError) as error:
         parse_strategy(text)
-    assert "bias, lora:R or sparse" in error.value.hint or "sparse" in str(error.value) or "memory" in str(error.value)
+    assert any(word in str(error.value) + error.value.hint for word in ("bias, lora:R, sparse", "sparse", "memory", "lite"))
 
 
 def test_bias_only_trains_biases_and_nothing_else() -> None:
@@ -191,3 +198,63 @@ def test_lora_runs_repeat_to_the_byte() -> None:
     runs = [_tune("head+lora:4", "40steps")[0] for _ in range(2)]
     first, second = (_weights(graph) for graph in runs)
     assert all(np.array_equal(first[name][0], second[name][0]) for name in first)
+
+
+def test_lite_residual_branches_start_at_zero_and_join_each_residual_block() -> None:
+    import torch
+
+    from edgetune.finetune.lite import add_lite_residuals
+    from edgetune.ir.torch_exec import GraphRunner
+
+    graph, _ = _pruned_digits()
+    x = torch.from_numpy(load_dataset("digits", "test").x[:16])
+    before = GraphRunner(copy.deepcopy(graph))(x).detach().numpy()
+    layers = add_lite_residuals(graph, seed=0)
+    assert layers == ["block1.add.lite.conv1", "block1.add.lite.conv2", "block2.add.lite.conv1", "block2.add.lite.conv2"]
+    assert np.array_equal(GraphRunner(graph)(x).detach().numpy(), before), "a zero 1x1 convolution: the model is unchanged"
+    ops = [node.op for node in graph.nodes if node.name.startswith("block1.add.lite")]
+    assert ops == ["avgpool2d", "conv2d", "conv2d", "resize", "add"]
+    assert add_lite_residuals(graph, seed=0) == layers and sum(node.op == "avgpool2d" for node in graph.nodes) == 2, "added once"
+
+
+def test_a_model_without_residual_blocks_gets_branches_on_its_convolutions() -> None:
+    import torch
+
+    from edgetune.finetune.lite import add_lite_residuals
+
+    layers = [torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, padding=1, stride=2), torch.nn.ReLU()]
+    layers += [torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(16 * 16, 10)]
+    graph = capture(torch.nn.Sequential(*layers).eval(), (1, 8, 8))
+    add_lite_residuals(graph, seed=0)
+    branches = {node.name: node.op for node in graph.nodes if ".lite." in node.name}
+    assert {name.split(".lite.")[0] for name in branches} == {"2", "4"}, "every conv after the first; 4x4 -> 2x2 still halves"
+    assert "2.lite.up" not in branches and branches["4.lite.up"] == "resize", "a strided block needs no upsampling"
+    assert graph.tensors[graph.outputs[0]].shape == (1, 10)
+
+
+def test_bias_and_lite_train_the_branches_and_leave_the_model_frozen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """TinyTL: the frozen model's weights stay, its biases and the branches train, and the
+    branches stay in both artifacts, which agree."""
+    base = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test", "--quiet", "--json"]
+    base += ["--prune", "channel:0.5", "--finetune", "150steps", "--train", "digits:train", "--finetune-lr", "0.03"]
+    reports = {}
+    for name in ("bias", "bias+lite"):
+        assert run([*base, "--finetune-strategy", name, "-o", str(tmp_path / name)]) == 0
+        reports[name] = json.loads(capsys.readouterr().out)
+    lite = reports["bias+lite"]
+    assert lite["finetune"]["updates"]["lite_residual"]["modules"] == 2
+    assert lite["finetune"]["metric_best"] > reports["bias"]["finetune"]["metric_best"], "the branches add capacity"
+    assert lite["evaluation"]["tflite"]["top1_agreement_with_onnx_int8"] >= 0.98
+    ops = [n.op_type for n in onnx.load(tmp_path / "bias+lite" / "model.onnx").graph.node]
+    assert ops.count("AveragePool") == 2 and ops.count("Resize") == 2
+    from edgetune.ir.serialize import load_graph
+
+    plain, tuned = load_graph(tmp_path / "bias" / "model.edgetune"), load_graph(tmp_path / "bias+lite" / "model.edgetune")
+    stem = next(node for node in plain.nodes if node.op in WEIGHTED_OPS).inputs[1]
+    assert np.array_equal(plain.const(stem), tuned.const(stem)), "frozen weights are the pruned model's in both runs"
+    assert np.abs(tuned.const("block2.add.lite.conv2.weight")).max() > 0
+
+
+def test_lite_modules_refuse_a_fine_tune_of_the_int8_model() -> None:
+    with pytest.raises(InputError, match="lite residual modules join the float model before calibration"):
+        FinetuneConfig(parse_budget("5steps"), qat=True, strategy=parse_strategy("bias+lite"))

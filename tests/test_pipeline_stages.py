@@ -20,7 +20,10 @@ PACKAGE = Path(__file__).parents[1] / "edgetune"
 
 def test_the_stages_run_in_their_one_order() -> None:
     names = [stage.name for stage in STAGES]
-    assert names == ["load", "capture", "prune", "finetune", "calibrate", "finetune (QAT)", "sensitivity", "export", "evaluate"]
+    assert names == [
+        *("load", "capture", "meta-init", "prune", "finetune", "adapt", "calibrate"),
+        *("finetune (QAT)", "adapt (int8)", "sensitivity", "export", "evaluate"),
+    ]
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,9 @@ def meta_init_command(
     from edgetune.data import load_dataset
     from edgetune.finetune import parse_budget
     from edgetune.ir.serialize import graph_to_bytes
-    from edgetune.meta.command import load_graph_for
     from edgetune.meta.episodes import parse_classes
     from edgetune.meta.learn import MetaConfig, meta_train
+    from edgetune.pipeline.adapt import load_graph_for
 
     budget = parse_budget(options.pop("budget"))
     config = MetaConfig(budget, classes=parse_classes(classes), **options)
@@ -97,7 +97,7 @@ def adapt_command(model: str, out_dir: Path, quiet: bool, as_json: bool, **optio
     --support within a step, time and memory budget, and write OUT/model.onnx, OUT/model.tflite
     (int8), OUT/model.edgetune and OUT/report.json. Output i of the adapted model is the i-th
     smallest class label of the support set."""
-    from edgetune.meta.command import run_adapt
+    from edgetune.pipeline.adapt import run_adapt
 
     report = run_adapt(model, out_dir, options, StderrProgress(enabled=not quiet))
     emit(report, as_json, _adapt_text)

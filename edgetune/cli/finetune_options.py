@@ -19,9 +19,10 @@ _OPTIONS: list[Callable[[F], F]] = [
         "strategy",
         default="full",
         show_default=True,
-        metavar="full|head|last:K|gradual[+bias|+lora:R|+sparse:MEM]",
+        metavar="full|head|last:K|gradual[+bias|+lora:R|+sparse:MEM|+lite]",
         help="What trains: all layers, the head, the last K, or gradually unfrozen from the output; or, joined with +,"
-        " the biases, rank-R LoRA updates (merged before export), or a sparse update chosen to fit MEM of training state.",
+        " the biases, rank-R LoRA updates (merged before export), a sparse update chosen to fit MEM of training state,"
+        " or lite residual modules (TinyTL; they stay in the artifacts).",
     ),
     click.option("--finetune-memory", metavar="SIZE", help="Training-memory budget (512MB): sets batch size and frozen layers."),
     click.option(

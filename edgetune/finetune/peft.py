@@ -9,7 +9,8 @@ The graph's weights stay frozen; what trains is an update added to them:
   the weight trains its weight in full instead (the report lists them);
 - ``sparse``: ``W`` with some output channels' rows trained (``index_add``), so that gradients
   and optimizer state exist only for those rows;
-- ``bias``: the biases train as they are (a layer without one gets a zero bias first).
+- ``bias``: the biases train as they are (a layer without one gets a zero bias first);
+- ``lite``: the lite residual branches' convolutions (``lite.py``) train as they are.
 
 ``merged`` folds the updates into the weights, so quantization and both exporters see a plain
 model: the artifacts cost nothing extra.
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from edgetune.errors import InputError
+from edgetune.finetune.lite import META_KEY as LITE_KEY
 from edgetune.finetune.sparse import SparsePlan
 from edgetune.finetune.strategy import Strategy
 from edgetune.ir import quant as params
@@ -71,7 +73,9 @@ class Peft:
         self.full_rank: list[str] = []  # LoRA layers trained in full: rank R is not smaller than the weight
         self.rows: dict[str, torch.Tensor] = {}  # weight -> the output channels its update trains
         generator = torch.Generator().manual_seed(seed)
-        layers = [node for node in graph.nodes if node.op in WEIGHTED_OPS and node.name not in full]
+        lite = set(graph.meta.get(LITE_KEY, {}).get("layers", ())) if strategy.lite else set()
+        layers = [node for node in graph.nodes if node.op in WEIGHTED_OPS and node.name not in full | lite]
+        self.live |= {name for node in graph.nodes if node.name in lite for name in node.inputs[1:3] if name}
         if strategy.lora and not layers:
             raise InputError("lora:R has no layer to update", "the model has no conv or linear layer outside the ones trained in full")
         for node in layers:

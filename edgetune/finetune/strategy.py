@@ -10,7 +10,9 @@ A strategy joins parts with ``+``:
   2021), merged into the weight before quantization and export;
 - ``sparse:MEMORY``: the layers, and the share of output channels in each, whose update buys
   the most loss decrease per byte of training memory under MEMORY (after Lin et al.,
-  "On-Device Training Under 256KB Memory", 2022: the MCUNetV3 sparse update).
+  "On-Device Training Under 256KB Memory", 2022: the MCUNetV3 sparse update);
+- ``lite``: TinyTL's lite residual modules (``lite.py``), small branches at half resolution
+  that train beside the frozen model and stay in the artifacts (``bias+lite`` is TinyTL).
 
 ``head+lora:8`` trains the classifier in full and the rest through rank-8 updates;
 ``bias+lora:4`` adds the biases. Without a selector, no layer trains in full. The parameter
@@ -26,7 +28,7 @@ from edgetune.errors import InputError
 from edgetune.ir.graph import WEIGHTED_OPS, Graph
 
 SELECTORS = ("full", "head", "last", "gradual")
-_HINT = "use full, head, last:K or gradual, optionally joined with bias, lora:R or sparse:MEMORY (e.g. head+lora:8)"
+_HINT = "use full, head, last:K or gradual, optionally joined with bias, lora:R, sparse:MEMORY or lite (e.g. head+lora:8)"
 
 
 @dataclass(frozen=True)
@@ -36,18 +38,20 @@ class Strategy:
     bias: bool = False  # the biases of layers not trained in full
     lora: int = 0  # rank of the low-rank updates of layers not trained in full (0: none)
     sparse: int | None = None  # training-memory budget in bytes of the sparse update
+    lite: bool = False  # lite residual modules added and trained
 
     def __str__(self) -> str:
         parts = [] if self.kind == "none" else [f"last:{self.count}" if self.kind == "last" else self.kind]
         parts += ["bias"] if self.bias else []
         parts += [f"lora:{self.lora}"] if self.lora else []
         parts += [f"sparse:{_bytes_text(self.sparse)}"] if self.sparse is not None else []
+        parts += ["lite"] if self.lite else []
         return "+".join(parts)
 
     @property
     def efficient(self) -> bool:
         """Parameter-efficient parts are present (some layers train through them, not in full)."""
-        return self.bias or bool(self.lora) or self.sparse is not None
+        return self.bias or bool(self.lora) or self.sparse is not None or self.lite
 
     def trainable_layers(self, layers: int, spent: float, frozen_inputs: int = 0) -> int:
         """How many layers, counted from the output, train in full when ``spent`` (0..1) of the budget is used.
@@ -70,10 +74,11 @@ class Strategy:
 
 def parse_strategy(text: str) -> Strategy:
     parts = [part.strip() for part in text.strip().lower().split("+")]
-    kind, count, bias, lora, sparse = "none", 0, False, 0, None
+    kind, count, bias, lora, sparse, lite = "none", 0, False, 0, None, False
     for part in parts:
         name, _, raw = part.partition(":")
-        if name in SELECTORS and kind != "none" or name == "bias" and bias or name == "lora" and lora or name == "sparse" and sparse:
+        twice = name == "bias" and bias or name == "lora" and lora or name == "sparse" and sparse or name == "lite" and lite
+        if name in SELECTORS and kind != "none" or twice:
             raise InputError(f"fine-tune strategy {text!r} names {name} twice", _HINT)
         if name in ("full", "head", "gradual") and not raw:
             kind = name
@@ -81,6 +86,8 @@ def parse_strategy(text: str) -> Strategy:
             kind, count = "last", int(raw)
         elif name == "bias" and not raw:
             bias = True
+        elif name == "lite" and not raw:
+            lite = True
         elif name == "lora" and raw.isdigit() and int(raw) > 0:
             lora = int(raw)
         elif name == "sparse" and raw:
@@ -95,7 +102,11 @@ def parse_strategy(text: str) -> Strategy:
         raise InputError(
             f"fine-tune strategy {text!r}: sparse picks its own layers", "combine sparse:MEMORY only with head, last:K or bias"
         )
-    return Strategy(kind, count, bias, lora, sparse)
+    if lite and (lora or sparse is not None):
+        raise InputError(
+            f"fine-tune strategy {text!r}: lite modules train in full", "combine lite only with a selector and bias (bias+lite)"
+        )
+    return Strategy(kind, count, bias, lora, sparse, lite)
 
 
 def weighted_layers(graph: Graph) -> list[tuple[str, list[str]]]:

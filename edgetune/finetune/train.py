@@ -29,6 +29,8 @@ from edgetune.finetune import checkpoint as checkpoints
 from edgetune.finetune.augment import Augmentation, mixup_pairs
 from edgetune.finetune.budget import Budget
 from edgetune.finetune.distributed import World
+from edgetune.finetune.lite import add_lite_residuals
+from edgetune.finetune.lite import describe as describe_lite
 from edgetune.finetune.losses import TASKS, mixed_loss, validation_score
 from edgetune.finetune.memory import (
     MemoryPlan,
@@ -91,6 +93,12 @@ class FinetuneConfig:
             raise InputError("label smoothing and warm-up must lie in [0, 1), patience must not be negative", "fix the options")
         if self.task not in TASKS:
             raise InputError(f"task {self.task!r} is unknown", f"use one of {', '.join(TASKS)}")
+        if self.strategy.lite and self.qat:
+            raise InputError(
+                "lite residual modules join the float model before calibration, and this fine-tune trains the int8 model"
+                " (--qat, or a compressed model.edgetune)",
+                "fine-tune the float model without --qat, or drop lite",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -224,6 +232,7 @@ class _Run:
         self.task = _task(config, train)
         self.world = World.current()
         self.zero_biases = add_zero_biases(graph) if config.strategy.bias else []
+        self.lite = add_lite_residuals(graph, config.seed) if config.strategy.lite else []
         self.runner: FloatRunner | QatRunner = QatRunner(graph) if config.qat else FloatRunner(graph)
         self.teacher = GraphRunner(teacher) if teacher is not None else None
         self.layers = weighted_layers(graph)
@@ -601,6 +610,8 @@ def _report(run: _Run, outcome: str, resumed_from: int | None, widened: int, mem
     }
     if run.runner.peft is not None:
         report["updates"] = {**run.runner.peft.describe(), "zero_biases_added": len(run.zero_biases)}
+        if run.lite:
+            report["updates"]["lite_residual"] = describe_lite(run.graph)
         if run.sparse is not None:
             report["updates"]["sparse"] = run.sparse.to_dict(layer_costs(run.graph))
     if config.qat:

@@ -118,6 +118,9 @@ def adapt(graph: Graph, support: Dataset, config: AdaptConfig) -> dict[str, Any]
         done += 1
     runner.commit(trained)
     final = {**fixed, **trained}
+    # The artifacts' metadata names the outputs: now the adapted classes (calibration keeps them).
+    names = [support.labels[c] if c < len(support.labels) else str(c) for c in labels]
+    graph.meta["data"] = {**graph.meta.get("data", {}), "labels": names, "adapted": True}
     return {
         "classes": labels,
         "outputs": {str(i): c for i, c in enumerate(labels)},

@@ -2,6 +2,8 @@
 
     load -> capture -> prune -> recover -> quantize -> recover (QAT) -> sensitivity -> export -> evaluate
 
+(a run from a meta-initialization takes its weights after capture, and adapts where it would recover)
+
 A :class:`Plan` says what the run does (a recipe builds one; so does the keyword form,
 :func:`compress`); :data:`STAGES` lists the stages in their one order, each with a typed result
 that the report assembles. Export writes ONNX (fp32 and int8 QDQ) and TFLite (int8) from the one

@@ -15,6 +15,7 @@ from edgetune.finetune import FinetuneConfig
 from edgetune.ir.graph import Graph
 from edgetune.numbers import parse_input_shape
 from edgetune.pipeline.evaluation import Evaluate
+from edgetune.pipeline.fewshot import Adapt, Initialize
 from edgetune.pipeline.load import Capture, Load
 from edgetune.pipeline.outputs import Export, publish
 from edgetune.pipeline.plan import Plan, Run, Stage, run_stages
@@ -27,14 +28,19 @@ from edgetune.targets import Target, fit_torch_threads, load_target
 
 # The stages of a run, in their one order. Each says from the plan whether it runs: a fine-tune
 # recovers in float before calibration, or quantization-aware after it; a run that starts from
-# a compressed model.edgetune skips capture and calibration. A new stage goes into this list.
+# a compressed model.edgetune skips capture and calibration. A run from a meta-initialization
+# (finetune.init) takes its weights after capture and adapts in the fine-tune's place. A new
+# stage goes into this list.
 STAGES: tuple[Stage, ...] = (
     Load(),
     Capture(),
+    Initialize(),
     Prune(),
     Recover(qat=False),
+    Adapt(qat=False),
     Quantize(),
     Recover(qat=True),
+    Adapt(qat=True),
     Sensitivity(),
     Export(),
     Evaluate(),

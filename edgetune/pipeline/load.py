@@ -125,7 +125,7 @@ def _load_model(run: Run) -> str:
             "give data preprocessed to the model's input shape, or fix --input-shape",
         )
     run.shape = shape
-    _check_shapes(run, (run.eval_set, "evaluation"), (run.train_set if plan.finetune is not None else None, "training"))
+    _check_shapes(run, (run.eval_set, "evaluation"), (run.train_set if plan.trains else None, "training"))
     return run.loaded.kind
 
 
@@ -133,7 +133,7 @@ def _load_compressed(run: Run) -> str:
     """A compressed graph is recovered quantization-aware, on training data."""
     plan = run.plan
     run.source = str(plan.model)
-    if plan.finetune is None:
+    if not plan.trains:
         raise InputError(f"{plan.model} is compressed already", "recover it with a fine-tune budget (--finetune 300steps)")
     ignored = {"pruning": plan.prune is not None, "calibration data": plan.calib is not None, "sensitivity": plan.sensitivity}
     ignored |= {"quantization settings": plan.quant != QuantConfig(), "an input shape": plan.input_shape is not None}
@@ -149,7 +149,8 @@ def _load_compressed(run: Run) -> str:
     run.eval_set = _data(plan.eval_data, "test", run)
     _check_recovery_inputs(run)
     _check_shapes(run, (run.train_set, "training"), (run.eval_set, "evaluation"))
-    check_labels(run.graph, training=run.train_set, evaluation=run.eval_set)
+    if plan.init is None:  # adaptation gives the model a head for data.train's classes
+        check_labels(run.graph, training=run.train_set, evaluation=run.eval_set)
     if plan.teacher is not None:
         run.teacher = capture_model(load_any(plan.teacher, plan.teacher_weights), run.shape)
     return "compressed"
@@ -174,11 +175,13 @@ class Capture:
     def __call__(self, run: Run) -> Captured:
         assert run.loaded is not None and run.calib_set is not None
         graph = capture_model(run.loaded, run.shape)
-        # Calibration labels serve only the gradient pruning criteria; training labels only a fine-tune.
+        # Calibration labels serve only the gradient pruning criteria; training labels only a
+        # fine-tune. An adaptation (finetune.init) gives the model a head for data.train's classes.
+        adapts = run.plan.init is not None
         check_labels(
             graph,
             calibration=run.calib_set if run.plan.prune is not None else None,
-            evaluation=run.eval_set,
+            evaluation=None if adapts else run.eval_set,
             training=run.train_set if run.plan.finetune is not None else None,
         )
         run.graph = graph
@@ -220,6 +223,8 @@ def _check_shapes(run: Run, *sets: tuple[Dataset | None, str]) -> None:
 def _check_recovery_inputs(run: Run) -> None:
     if run.plan.finetune is not None and run.train_set is None:
         raise InputError("--finetune needs training data", "pass --train DATA (e.g. digits:train)")
+    if run.plan.init is not None and run.train_set is None:
+        raise InputError("finetune.init adapts to data.train's classes, and no data.train is given", "set data.train (--train DATA)")
     if run.plan.resume and run.plan.finetune is None:
         raise InputError(
             "--resume continues a fine-tune, but there is no --finetune budget", "repeat the interrupted command with --resume"

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import nn
 
@@ -21,6 +21,9 @@ from edgetune.progress import Progress, silent
 from edgetune.prune import PruneConfig
 from edgetune.quantize import QuantConfig
 from edgetune.targets import Target
+
+if TYPE_CHECKING:
+    from edgetune.meta.init import FewShotInit
 
 ModelSpec = str | nn.Module | LoadedModel
 DataSpec = str | Dataset
@@ -44,6 +47,7 @@ class Plan:
     prune: PruneConfig | None = None
     prune_steps: int = 1
     finetune: FinetuneConfig | None = None
+    init: FewShotInit | None = None  # a meta-initialization whose few-shot adaptation replaces the fine-tune
     teacher: ModelSpec | None = None  # for a compressed model: the uncompressed one to distil from
     teacher_weights: str | None = None
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -57,6 +61,11 @@ class Plan:
         from edgetune.ir.serialize import is_graph_file
 
         return isinstance(self.model, (str, Path)) and (str(self.model).endswith(".edgetune") or is_graph_file(self.model))
+
+    @property
+    def trains(self) -> bool:
+        """Whether the run trains on data.train: a fine-tune, or a few-shot adaptation."""
+        return self.finetune is not None or self.init is not None
 
     def recovery(self) -> FinetuneConfig | None:
         """The fine-tune each recovery runs: the budget is shared between the pruning steps (one

@@ -227,7 +227,9 @@ def compress_report(run: Run) -> dict[str, Any]:
         "versions": versions(),
         "artifacts": sorted([*written, "report.json"]),
     }
-    for name, key in (("prune", "pruning"), ("sensitivity", "sensitivity"), ("finetune", "finetune"), ("finetune (QAT)", "finetune")):
+    named = [("prune", "pruning"), ("sensitivity", "sensitivity"), ("finetune", "finetune"), ("finetune (QAT)", "finetune")]
+    named += [("meta-init", "meta_init"), ("adapt", "adapt"), ("adapt (int8)", "adapt")]
+    for name, key in named:
         if name in run.results:
             document[key] = run.results[name].to_dict()
     if "finetune" in document and document["finetune"]["config"]["qat"] and quantized is not None:

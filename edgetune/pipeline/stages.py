@@ -108,11 +108,14 @@ class Quantize:
 
     def __call__(self, run: Run) -> Quantized:
         graph, quant, calib = run.need_graph(), run.plan.quant, run.calib_set
+        adapted = graph.meta["data"] if graph.meta.get("data", {}).get("adapted") else None
         assert calib is not None
         recovery = run.plan.recovery()
         if recovery is not None and recovery.qat and _labelled_eval(run):
             run.baseline = copy.deepcopy(graph)  # compressed without recovery, for the report (calibrated there)
         graph.meta["data"] = {"source": calib.source, "normalization": calib.preprocess, "labels": list(calib.labels)}
+        if adapted:  # a few-shot adaptation named its own classes
+            graph.meta["data"] |= {"labels": adapted["labels"], "adapted": True}
         run.calib_part, run.holdout = calib.split(min(quant.samples, len(calib)))
         held_out = run.holdout.x if run.holdout is not None else None
         records, ptq = quantize(graph, run.calib_part.x, quant, held_out, run.progress)

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgetune import pipeline
 from edgetune.errors import InputError
@@ -19,6 +19,9 @@ from edgetune.quantize import QuantConfig
 from edgetune.quantize.config import parse_ptq
 from edgetune.recipe.recipe import COMMAND_LINE, FILE_NAME, Recipe
 from edgetune.targets import Target, load_target
+
+if TYPE_CHECKING:
+    from edgetune.meta.init import FewShotInit
 
 
 def quant_config(values: Mapping[str, Any]) -> QuantConfig:
@@ -57,8 +60,9 @@ def prune_config(values: Mapping[str, Any], target: Target) -> PruneConfig | Non
 
 
 def finetune_config(values: Mapping[str, Any]) -> FinetuneConfig | None:
-    """The fine-tune's options, or None without a budget (no fine-tune)."""
-    if not values["finetune.budget"]:
+    """The fine-tune's options, or None without a budget (no fine-tune) or when a few-shot
+    adaptation from ``finetune.init`` takes its place."""
+    if not values["finetune.budget"] or values["finetune.init"]:
         return None
     return FinetuneConfig(
         parse_budget(values["finetune.budget"]),
@@ -77,6 +81,40 @@ def finetune_config(values: Mapping[str, Any]) -> FinetuneConfig | None:
         seed=values["finetune.seed"],
         checkpoint_every=values["finetune.checkpoint_every"],
     )
+
+
+def with_init_settings(recipe: Recipe) -> Recipe:
+    """A recipe with ``finetune.init`` given the initialization's inner loop where it sets
+    no budget or learning rate of its own, so that the recipe written beside the artifacts
+    replays the same adaptation."""
+    path = recipe["finetune.init"]
+    if not path:
+        return recipe
+    from edgetune.meta.init import load_init
+
+    with _section(recipe, "finetune"):
+        inner = load_init(path).meta["meta_init"]
+    changes: dict[str, Any] = {}
+    if "finetune.lr" not in recipe.origins:
+        changes["finetune.lr"] = float(inner["inner_lr"])
+    if not recipe["finetune.budget"]:
+        changes["finetune.budget"] = f"{int(inner['inner_steps'])}steps"
+    return recipe.updated(changes, f"finetune.init {path}") if changes else recipe
+
+
+def few_shot_init(recipe: Recipe) -> FewShotInit | None:
+    """The few-shot adaptation from ``finetune.init``, or None."""
+    values = with_init_settings(recipe).values
+    if not values["finetune.init"]:
+        return None
+    from edgetune.meta.init import few_shot_init as build
+
+    if values["finetune.teacher"]:
+        raise InputError("finetune.teacher has no use with finetune.init: adaptation learns new classes", "drop finetune.teacher")
+    budget = parse_budget(values["finetune.budget"])
+    lr = values["finetune.lr"]
+    memory = parse_memory(values["finetune.memory"]) if values["finetune.memory"] else None
+    return build(values["finetune.init"], budget, lr, memory, parse_strategy(values["finetune.strategy"]), values["finetune.qat"])
 
 
 def export_config(values: Mapping[str, Any]) -> ExportConfig:
@@ -121,13 +159,16 @@ def plan(recipe: Recipe) -> Plan:
     target, quant, prune, finetune, export = configs(recipe)
     copied: dict[str, Any] = {name: recipe[key] for name, key in PLAN_KEYS.items()}
     if not quant.calibrated:
-        needs_int8 = {"--qat": finetune is not None and finetune.qat, "--sensitivity": copied["sensitivity"]}
+        trains = finetune is not None or recipe["finetune.init"]
+        needs_int8 = {"--qat": trains and recipe["finetune.qat"], "--sensitivity": copied["sensitivity"]}
         for option in (name for name, given in needs_int8.items() if given):
             raise InputError(
                 f"{option} works on the calibrated int8 model, not with --mode {quant.mode}", f"drop {option}, or use --mode int8"
             )
     shape = parse_input_shape(recipe["model.input_shape"])
-    return Plan(source, input_shape=shape, target=target, quant=quant, prune=prune, finetune=finetune, export=export, **copied)
+    with _section(recipe, "finetune"):
+        init = few_shot_init(recipe)
+    return Plan(source, input_shape=shape, target=target, quant=quant, prune=prune, finetune=finetune, init=init, export=export, **copied)
 
 
 @contextmanager
@@ -147,6 +188,6 @@ def run(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, progress: 
     """Run ``recipe`` into ``out_dir``, which also gets the recipe (``recipe.toml``). Paths are
     made absolute first, for the run and the file alike (the artifacts' metadata names the data),
     so that ``edgetune compress --recipe OUT/recipe.toml`` replays it from anywhere."""
-    resolved = recipe.with_absolute_paths()
+    resolved = with_init_settings(recipe.with_absolute_paths())
     the_plan = replace(plan(resolved), resume=resume, extra_files={FILE_NAME: resolved.to_toml().encode()})
     return pipeline.run(the_plan, out_dir, progress)

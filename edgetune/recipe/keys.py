@@ -54,7 +54,12 @@ KEYS: tuple[Key, ...] = (
     Key("prune.reestimate_bn", "bool", True, "give folded BatchNorm layers their channel statistics back after pruning"),
     Key("finetune.budget", "str", None, "recovery budget: 90s, 5m, 500steps or 3epochs (unset: no fine-tune)"),
     Key("finetune.qat", "bool", False, "quantization-aware training after calibration"),
-    Key("finetune.strategy", "str", "full", "what trains: full, head, last:K or gradual, joined with + to bias, lora:R or sparse:MEMORY"),
+    Key(
+        "finetune.strategy",
+        "str",
+        "full",
+        "what trains: full, head, last:K or gradual, joined with + to bias, lora:R, sparse:MEMORY or lite",
+    ),
     Key("finetune.memory", "str", None, "training-memory budget, e.g. 512MB"),
     Key("finetune.augment", "str", None, "augmentations, e.g. shift:2,flip,noise:0.05,mixup:0.2, or module:callable"),
     Key("finetune.task", "str", "auto", "auto, classification or regression"),
@@ -66,6 +71,13 @@ KEYS: tuple[Key, ...] = (
     Key("finetune.label_smoothing", "float", 0.0, "label smoothing of the cross-entropy"),
     Key("finetune.early_stop", "int", 0, "stop after this many validations without improvement (0: never)"),
     Key("finetune.seed", "int", 0, "seed of the fine-tune (order, split, augmentation)"),
+    Key(
+        "finetune.init",
+        "str",
+        None,
+        "a meta.edgetune from `edgetune meta-init`: its weights start the run, and the fine-tune becomes its few-shot"
+        " adaptation to data.train's classes (its inner steps and lr unless finetune.budget or finetune.lr are set)",
+    ),
     Key("finetune.teacher", "str", None, "the uncompressed model to distil from, when model.source is a compressed model.edgetune"),
     Key("finetune.teacher_weights", "str", None, "state dict for a callable finetune.teacher"),
     Key("finetune.checkpoint_every", "float", 60.0, "seconds between checkpoints"),
