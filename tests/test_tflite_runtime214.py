@@ -97,3 +97,28 @@ def test_artifacts_run_the_same_on_tflite_runtime_214(tmp_path: Path) -> None:
                     margin = ours.max(1) - ours[np.arange(len(ours)), theirs_top]
                     assert np.all((ours.argmax(1) == theirs_top) | (margin <= scale + 1e-6)), file_name
                     assert np.mean(ours.argmax(1) == theirs_top) >= (0.98 if "16x8" in file_name else 0.99)
+
+
+def test_a_token_model_runs_the_same_on_tflite_runtime_214(tmp_path: Path) -> None:
+    """GATHER of int8 rows at int32 ids, as a Raspberry Pi's runtime runs it."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Flatten(), torch.nn.Linear(8 * 6, 3)).eval()
+    graph = capture(model, (6,), "int64")
+    rng = np.random.default_rng(0)
+    calibrate(graph, rng.integers(0, 50, (32, 6)), QuantConfig(samples=32))
+    x = rng.integers(0, 50, (16, 6))
+    blob = write_tflite(graph)
+    (tmp_path / "tokens.int8.tflite").write_bytes(blob)
+    np.savez(tmp_path / "ids.npz", x=x)
+    done = subprocess.run(
+        [PYTHON, str(RUNNER), str(tmp_path / "ids.npz"), str(tmp_path / "out.npz"), str(tmp_path / "tokens.int8.tflite")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    scale = float(graph.tensors[graph.outputs[0]].quant.scale[0])  # type: ignore[union-attr]
+    lsb = np.abs(np.load(tmp_path / "out.npz")["tokens.int8.tflite"] - TfliteRunner(blob).run(x)) / scale
+    assert lsb.max() <= 1.0 + 1e-3

@@ -69,7 +69,7 @@ def cache_folder() -> Path | None:
     return cache_dir() / "capture"
 
 
-def cached_capture(model: nn.Module, shape: tuple[int, ...], capture: Callable[[], Graph]) -> Graph:
+def cached_capture(model: nn.Module, shape: tuple[int, ...], capture: Callable[[], Graph], dtype: str = "float32") -> Graph:
     """``capture()``'s graph from the cache when an entry has the model's key, else captured
     now and stored."""
     folder = cache_folder()
@@ -77,7 +77,7 @@ def cached_capture(model: nn.Module, shape: tuple[int, ...], capture: Callable[[
         return capture()
     try:
         with step("capture cache key"):
-            key = capture_key(model, shape)
+            key = capture_key(model, shape, dtype)
     except Uncacheable:
         return capture()
     entry = folder / f"{key}.edgetune"
@@ -96,9 +96,10 @@ def versions() -> dict[str, str]:
     return {"edgetune": edgetune.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}
 
 
-def capture_key(model: nn.Module, shape: tuple[int, ...]) -> str:
+def capture_key(model: nn.Module, shape: tuple[int, ...], dtype: str = "float32") -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps({"format": FORMAT, "version": VERSION, **versions(), "shape": list(shape)}).encode())
+    typed = {"dtype": dtype} if dtype != "float32" else {}  # float inputs keep the keys they had
+    digest.update(json.dumps({"format": FORMAT, "version": VERSION, **versions(), "shape": list(shape), **typed}).encode())
     _hash_code(digest, model)
     _hash_model(digest, model)
     return digest.hexdigest()[:40]
@@ -283,8 +284,12 @@ def graph_bytes(graph: Graph) -> bytes:
         "inputs": graph.inputs,
         "outputs": graph.outputs,
         "nodes": [[n.op, n.name, n.inputs, n.outputs, _encode(n.attrs)] for n in graph.nodes],
-        # a constant's own shape too: safetensors gives a 0-d array back with one dimension
-        "tensors": [[name, list(t.shape), None if t.data is None else list(t.data.shape)] for name, t in graph.tensors.items()],
+        # a constant's own shape too: safetensors gives a 0-d array back with one dimension; an
+        # integer input's type last
+        "tensors": [
+            [name, list(t.shape), None if t.data is None else list(t.data.shape), *([t.dtype] if t.is_integer else [])]
+            for name, t in graph.tensors.items()
+        ],
         "meta": _encode(graph.meta),
     }
     metadata = {"format": FORMAT, "version": str(VERSION), "written_by": json.dumps(versions()), "graph": json.dumps(structure)}
@@ -301,8 +306,8 @@ def graph_from_cache_bytes(blob: bytes) -> tuple[Graph, dict[str, str]]:
     arrays = load(blob)
     structure = json.loads(metadata["graph"])
     tensors = {
-        name: Tensor(name, tuple(shape), None if stored is None else arrays[name].reshape(stored))
-        for name, shape, stored in structure["tensors"]
+        name: Tensor(name, tuple(shape), None if stored is None else arrays[name].reshape(stored), dtype=(*typed, "float32")[0])
+        for name, shape, stored, *typed in structure["tensors"]
     }
     nodes = [Node(op, name, inputs, outputs, _decode(attrs)) for op, name, inputs, outputs, attrs in structure["nodes"]]
     graph = Graph(structure["inputs"], structure["outputs"], tensors, nodes, _decode(structure["meta"]))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgetune.capture import attention, lowerings, lowerings_1d, lowerings_math, recurrent  # noqa: F401  (register the lowerings)
+from edgetune.capture import attention, lowerings, lowerings_1d, lowerings_math, lowerings_text, recurrent  # noqa: F401  (register the lowerings)
 from edgetune.capture.attention import with_headwise_attention
 from edgetune.capture.names import name_after_modules
 from edgetune.capture.registry import LOWERINGS, LoweringContext
@@ -19,22 +19,29 @@ from edgetune.timing import step, timed
 
 
 @timed("torch.export")
-def export_program(model: nn.Module, sample_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
-    example = torch.zeros((1, *sample_shape), dtype=torch.float32)
+def export_program(model: nn.Module, sample_shape: tuple[int, ...], dtype: str = "float32") -> torch.export.ExportedProgram:
+    """The model exported on one sample of ``sample_shape``: float, or ``int64`` indices (zeros,
+    which every embedding table holds)."""
+    example = torch.zeros((1, *sample_shape), dtype=getattr(torch, dtype))
     model = with_headwise_attention(model.eval())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.export.export(model, (example,), strict=False)
     except Exception as exc:
+        if dtype == "float32" and "'indices'" in str(exc):
+            raise InputError(
+                "the model looks up token ids (an embedding), but the data holds float samples", "store the samples as int64 token ids"
+            ) from exc
         raise InputError(
             f"torch.export could not capture the model with input shape {list(example.shape)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             "check --input-shape against the model, or make forward() exportable (see torch.export docs)",
         ) from exc
 
 
-def capture(model: nn.Module | torch.export.ExportedProgram, sample_shape: tuple[int, ...] | None = None) -> Graph:
-    """Capture a module (or an already exported program) as an IR graph, simplified."""
+def capture(model: nn.Module | torch.export.ExportedProgram, sample_shape: tuple[int, ...] | None = None, dtype: str = "float32") -> Graph:
+    """Capture a module (or an already exported program) as an IR graph, simplified. ``dtype``
+    is the input's: float32, or int64 for a model that looks token ids up."""
     if isinstance(model, torch.export.ExportedProgram):
         program = model
     else:
@@ -43,7 +50,7 @@ def capture(model: nn.Module | torch.export.ExportedProgram, sample_shape: tuple
         from edgetune.capture.cache import cached_capture
 
         shape = sample_shape
-        return cached_capture(model.eval(), shape, lambda: _lowered(export_program(model, shape)))
+        return cached_capture(model.eval(), shape, lambda: _lowered(export_program(model, shape, dtype)), dtype)
     return _lowered(program)
 
 
@@ -69,6 +76,16 @@ def _constants(program: torch.export.ExportedProgram) -> dict[str, np.ndarray]:
     return values
 
 
+def _input_dtype(node: torch.fx.Node) -> str:
+    """float32 for a floating-point input, int64 for an integer one (indices), else an error."""
+    dtype = node.meta["val"].dtype
+    if dtype.is_floating_point:
+        return "float32"
+    if dtype in (torch.int64, torch.int32):
+        return "int64"
+    raise InputError(f"the model's input is {dtype}", "give a model that takes a float tensor or integer indices (token ids)")
+
+
 def lower_program(program: torch.export.ExportedProgram) -> Graph:
     fx_graph = program.graph_module.graph
     missing = LOWERINGS.missing(n.target for n in fx_graph.nodes if n.op == "call_function")
@@ -85,7 +102,7 @@ def lower_program(program: torch.export.ExportedProgram) -> Graph:
     for node in fx_graph.nodes:
         if node.op == "placeholder" and node.name in user_inputs:
             graph.inputs.append(node.name)
-            graph.tensors[node.name] = Tensor(node.name, ctx.shape(node))
+            graph.tensors[node.name] = Tensor(node.name, ctx.shape(node), dtype=_input_dtype(node))
         elif node.op == "call_function":
             LOWERINGS[node.target](ctx, node)
         elif node.op == "output":

@@ -39,6 +39,8 @@ from edgetune.progress import StderrProgress
 )
 @click.option("--input-shape", metavar="NxCxHxW", help="Model input shape, batch first, when the data cannot tell it.")
 @click.option("--preprocess", metavar="NAME|FILE", help="Preprocessing of an image folder: imagenet, or a .toml (calibration/<name>.toml).")
+@click.option("--tokenizer", metavar="FILE", help="tokenizer.json that turns .txt and .jsonl data into token ids.")
+@click.option("--seq-len", type=int, metavar="N", help="Token length .txt and .jsonl passages are padded or truncated to (default 128).")
 @click.option(
     "--method",
     type=click.Choice(["mse", "percentile", "minmax", "output"]),
@@ -397,6 +399,7 @@ def _model_rows(report: dict[str, Any], label: str) -> list[tuple[str, str]]:
     return [
         ("model", f"{model['source']}  ({model['parameters']:,} parameters, {model['macs'] / 1e6:.1f} M MACs)"),
         *weights,
+        *_text_rows(report.get("data", {})),
         ("target", f"{report['target']['name']}  (ONNX activations {report['target']['onnx_activations']})"),
         (
             "calibration",
@@ -413,6 +416,23 @@ def _model_rows(report: dict[str, Any], label: str) -> list[tuple[str, str]]:
         *([("note", sizes["note"])] if "note" in sizes else []),
         ("post-training", _ptq_text(report["quantization"]["ptq"])),
     ]
+
+
+def _text_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """How each text file became token ids: what was truncated, skipped and repaired."""
+    rows = []
+    for role, described in data.items():
+        text = described.get("text")
+        if text:
+            rows.append(
+                (
+                    f"text ({role})",
+                    f"{text['passages']} passages to {text['seq_len']} tokens: {text['truncated']} truncated"
+                    f" ({100 * text['truncated_share']:.1f}%), {text['empty_lines']} empty line(s) skipped,"
+                    f" {text['invalid_utf8_lines']} line(s) with invalid UTF-8 repaired",
+                )
+            )
+    return rows
 
 
 def _evaluation_rows(ev: dict[str, Any], label: str = "int8") -> list[tuple[str, str]]:

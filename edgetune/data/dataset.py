@@ -23,9 +23,11 @@ class Dataset:
     def __post_init__(self) -> None:
         if self.x.ndim < 2 or len(self.x) == 0:
             raise InputError(f"data set {self.source} is empty", "give at least one sample")
-        if self.x.dtype != np.float32:
+        if self.x.dtype in (np.int32, np.int64):  # token ids (images come as uint8, or floats)
+            object.__setattr__(self, "x", self.x.astype(np.int64))
+        elif self.x.dtype != np.float32:
             object.__setattr__(self, "x", self.x.astype(np.float32))
-        if not np.isfinite(self.x).all():
+        if not self.is_indices and not np.isfinite(self.x).all():
             bad = int((~np.isfinite(self.x)).reshape(len(self.x), -1).any(axis=1).sum())
             raise InputError(
                 f"data set {self.source} holds NaN or infinite values in {bad} of {len(self.x)} samples",
@@ -43,6 +45,11 @@ class Dataset:
                 )
             if np.issubdtype(self.y.dtype, np.floating):
                 object.__setattr__(self, "y", self.y.astype(np.float32))
+
+    @property
+    def is_indices(self) -> bool:
+        """Samples are integer indices (token ids) that a model looks up, not values."""
+        return self.x.dtype == np.int64
 
     @property
     def has_classes(self) -> bool:

@@ -19,6 +19,7 @@ from edgetune.callables import load_callable, looks_like_callable, user_code
 from edgetune.data import images
 from edgetune.data.dataset import Dataset, Role
 from edgetune.data.recipes import Recipe, bundled_recipes, load_recipe
+from edgetune.data.text import TEXT_SUFFIXES, TextSpec, load_text
 from edgetune.errors import InputError
 from edgetune.progress import Progress, silent
 
@@ -44,13 +45,15 @@ def load_dataset(
     *,
     limits: CallableLimits = CallableLimits(),
     progress: Progress = silent,
+    text: TextSpec | None = None,
 ) -> Dataset:
     """Load DATA given as a bundled set name (``digits``, ``digits:test``), an ``.npz``
-    file, a folder of images or a ``module:callable`` yielding batches (read within ``limits``).
+    file, a folder of images, a ``.txt`` or ``.jsonl`` text file (tokenized as ``text``
+    says) or a ``module:callable`` yielding batches (read within ``limits``).
 
     ``role`` picks the split of a bundled set when ``spec`` names none.
     """
-    data = _load(spec, role, recipe, limits, progress)
+    data = _load(spec, role, recipe, limits, progress, text or TextSpec())
     return data.take(limit) if limit is not None else data
 
 
@@ -63,22 +66,27 @@ def runs_user_code(spec: str) -> bool:
     return not Path(spec).exists() and looks_like_callable(spec)
 
 
-def _load(spec: str, role: Role, recipe: str | None, limits: CallableLimits, progress: Progress) -> Dataset:
+def _load(spec: str, role: Role, recipe: str | None, limits: CallableLimits, progress: Progress, text: TextSpec) -> Dataset:
     name, _, split = spec.partition(":")
     if name in bundled_recipes() and not Path(spec).exists():
         return load_bundled(load_recipe(name), split or role)  # type: ignore[arg-type]
     path = Path(spec)
     if path.suffix == ".npz":
         return load_npz(path)
+    if path.suffix in TEXT_SUFFIXES and path.is_file():
+        return load_text(path, text)
     if path.is_dir():
         return load_image_folder(path, load_recipe(recipe or "imagenet"))
     if path.exists():
-        raise InputError(f"data {spec} is neither an .npz file nor a folder of images", "give an .npz with x (and y), or a folder")
+        raise InputError(
+            f"data {spec} is neither an .npz file, a folder of images nor a .txt or .jsonl text file",
+            "give an .npz with x (and y), a folder, or text",
+        )
     if looks_like_callable(spec):
         return load_from_callable(spec, limits, progress)
     raise InputError(
         f"data {spec!r} does not exist",
-        f"give an .npz file, an image folder, module:callable, or a bundled set ({', '.join(bundled_recipes())})",
+        f"give an .npz file, an image folder, a .txt or .jsonl file, module:callable, or a bundled set ({', '.join(bundled_recipes())})",
     )
 
 
@@ -101,10 +109,15 @@ def load_npz(path: Path) -> Dataset:
 
 
 def _samples(x: np.ndarray, what: str) -> np.ndarray:
-    """Real-valued samples as float32: complex, boolean and object arrays are refused, and so are
-    values that float32 cannot hold (they would become infinite)."""
+    """Real-valued samples as float32, or token ids (int32 or int64) as int64: complex, boolean
+    and object arrays are refused, and so are values that float32 cannot hold (they would
+    become infinite). Images stored as uint8 are values."""
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise InputError(f"{what} holds {x.dtype} values, not real numbers", "store float32 samples")
+    if x.dtype in (np.int32, np.int64):
+        if x.size and x.min() < 0:
+            raise InputError(f"{what} holds negative token ids (down to {int(x.min())})", "store ids from 0, or float samples")
+        return x.astype(np.int64)
     with np.errstate(over="ignore", invalid="ignore"):
         return x.astype(np.float32)
 

@@ -48,6 +48,7 @@ class OnnxRunner:
         if len(inputs) != 1:
             raise InputError(f"the ONNX model has {len(inputs)} inputs", "edgetune evaluates single-input models")
         self.input_name = inputs[0].name
+        self.input_dtype = np.int64 if inputs[0].type == "tensor(int64)" else np.float32  # token ids, or values
         self.input_shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
         self.runtime = f"onnxruntime {ort.__version__}"
 
@@ -70,7 +71,7 @@ class OnnxRunner:
         outputs = []
         try:
             for start in range(0, len(samples), batch):
-                chunk = np.ascontiguousarray(samples[start : start + batch], dtype=np.float32)
+                chunk = np.ascontiguousarray(samples[start : start + batch], dtype=self.input_dtype)
                 outputs.append(self.session.run(None, {self.input_name: chunk})[0])
         except Exception as exc:
             raise RuntimeFailure(
@@ -79,4 +80,4 @@ class OnnxRunner:
         return np.concatenate(outputs)
 
     def run_one(self, sample: np.ndarray) -> None:
-        self.session.run(None, {self.input_name: sample})
+        self.session.run(None, {self.input_name: sample.astype(self.input_dtype, copy=False)})

@@ -64,7 +64,7 @@ class QatRunner(GraphRunner):
 
     def __init__(self, graph: Graph) -> None:
         super().__init__(graph)
-        if graph.inputs and graph.tensors[graph.inputs[0]].quant is None:
+        if not graph.calibrated:
             raise InputError(
                 "quantization-aware training needs a calibrated graph", "calibrate before QAT (edgetune does this in compress)"
             )

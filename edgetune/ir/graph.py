@@ -90,10 +90,17 @@ class Tensor:
     # What the int8 model quantizes when a post-training technique made it differ from the
     # float model (AdaRound's rounding, a corrected bias); None means ``data``.
     qdata: np.ndarray | None = None
+    # A graph input's element type: float32, or int64 for indices (token ids) that the model
+    # looks up; an integer input is never quantized.
+    dtype: str = "float32"
 
     @property
     def is_const(self) -> bool:
         return self.data is not None
+
+    @property
+    def is_integer(self) -> bool:
+        return self.dtype != "float32"
 
     @property
     def int8_source(self) -> np.ndarray | None:
@@ -138,6 +145,11 @@ class Graph:
 
     def producers(self) -> dict[str, Node]:
         return {out: node for node in self.nodes for out in node.outputs}
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the graph carries int8 activation parameters (its output's: an integer input has none)."""
+        return bool(self.outputs) and self.tensors[self.outputs[0]].quant is not None
 
     def const(self, name: str) -> np.ndarray:
         data = self.tensors[name].data

@@ -51,7 +51,12 @@ def graph_to_bytes(graph: Graph) -> bytes:
         "outputs": graph.outputs,
         "nodes": [{"op": n.op, "name": n.name, "inputs": n.inputs, "outputs": n.outputs, "attrs": n.attrs} for n in graph.nodes],
         "tensors": {
-            name: {"shape": list(t.shape), "const": t.data is not None, "quant": t.quant.to_dict() if t.quant else None}
+            name: {
+                "shape": list(t.shape),
+                "const": t.data is not None,
+                "quant": t.quant.to_dict() if t.quant else None,
+                **({"dtype": t.dtype} if t.is_integer else {}),
+            }
             for name, t in graph.tensors.items()
         },
         "meta": graph.meta,
@@ -99,7 +104,8 @@ def _graph(structure: dict[str, Any], arrays: dict[str, np.ndarray]) -> Graph:
     tensors = {}
     for name, raw in structure["tensors"].items():
         quant = QParams.from_dict(raw["quant"]) if raw["quant"] else None
-        tensors[name] = Tensor(name, tuple(raw["shape"]), arrays[name] if raw["const"] else None, quant, arrays.get(name + INT8_SUFFIX))
+        data = arrays[name] if raw["const"] else None
+        tensors[name] = Tensor(name, tuple(raw["shape"]), data, quant, arrays.get(name + INT8_SUFFIX), raw.get("dtype", "float32"))
     nodes = [Node(n["op"], n["name"], n["inputs"], n["outputs"], n["attrs"]) for n in structure["nodes"]]
     graph = Graph(structure["inputs"], structure["outputs"], tensors, nodes, structure.get("meta", {}))
     for name in [*graph.inputs, *graph.outputs, *(t for node in graph.nodes for t in (*node.inputs, *node.outputs) if t)]:

@@ -217,6 +217,12 @@ def _mean(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return args[0].mean(dim=tuple(node.attrs["axes"]), keepdim=node.attrs["keepdim"])
 
 
+@kernel("gather")
+def _gather(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    """Rows of the table (second input) at the ids (first input)."""
+    return F.embedding(args[0].long(), args[1])
+
+
 @kernel("reshape")
 def _reshape(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return args[0].reshape(args[0].shape[0], *node.attrs["shape"])

@@ -48,7 +48,7 @@ class MetaRunner(GraphRunner):
 
     def __init__(self, graph: Graph) -> None:
         super().__init__(graph)
-        self.calibrated = bool(graph.inputs) and graph.tensors[graph.inputs[0]].quant is not None
+        self.calibrated = graph.calibrated
         layers = [node for node in graph.nodes if node.op in WEIGHTED_OPS]
         self.names = list(dict.fromkeys(name for node in layers for name in node.inputs[1:3] if name))
         self.biases = {node.inputs[2] for node in layers if len(node.inputs) > 2 and node.inputs[2]}

@@ -62,7 +62,7 @@ def run_adapt(model: str, out_dir: Path, options: dict[str, Any], progress: Prog
     graph = load_graph_for(model, None, support.sample_shape)
     memory = parse_memory(options["memory"]) if options["memory"] else None
     config = AdaptConfig(options["steps"], options["lr"], options["seconds"], memory, options["strategy"])
-    calibrated = bool(graph.inputs) and graph.tensors[graph.inputs[0]].quant is not None
+    calibrated = graph.calibrated
     if not calibrated and not options["calib"]:
         raise InputError(
             f"{model} is a float model", "give --calib DATA to quantize it after adapting, or adapt a compressed model.edgetune"

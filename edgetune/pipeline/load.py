@@ -26,16 +26,19 @@ from edgetune.quantize import QuantConfig
 from edgetune.timing import step
 
 
-def capture_model(loaded: LoadedModel, shape: tuple[int, ...]) -> Graph:
+def capture_model(loaded: LoadedModel, shape: tuple[int, ...], dtype: str = "float32") -> Graph:
+    """The model as edgetune's graph, for samples of ``shape``: float values, or ``int64`` token ids."""
     if loaded.kind == "onnx":
         from edgetune.capture.onnx_import import import_onnx
 
         assert loaded.onnx_path is not None
+        if dtype != "float32":
+            raise InputError("an .onnx model that takes token ids is not read yet", "give the PyTorch model (a callable or a .pt2)")
         return import_onnx(loaded.onnx_path, shape)
     from edgetune.capture import capture
 
     source: Any = loaded.program if loaded.program is not None else loaded.module
-    return capture(source, shape)
+    return capture(source, shape, dtype)
 
 
 def load_any(model: ModelSpec, weights: str | None) -> LoadedModel:
@@ -88,8 +91,14 @@ class Load:
         if plan.finetune is not None:
             run.checkpoint = checkpoint_path(run.out, plan.resume)
         sets = {"calibration": run.calib_set, "evaluation": run.eval_set, "training": run.train_set}
-        data = {role: {"source": d.source, "samples": len(d)} for role, d in sets.items() if d is not None}
+        data = {role: _described(d) for role, d in sets.items() if d is not None}
         return Loaded(run.source, kind, run.shape, data)
+
+
+def _described(data: Dataset) -> dict[str, Any]:
+    """A data set for the report: source and size, and for text how its passages were tokenized."""
+    text = data.preprocess.get("text") if isinstance(data.preprocess, dict) else None
+    return {"source": data.source, "samples": len(data), **({"text": text} if text else {})}
 
 
 def _load_model(run: Run) -> str:
@@ -174,7 +183,7 @@ class Capture:
 
     def __call__(self, run: Run) -> Captured:
         assert run.loaded is not None and run.calib_set is not None
-        graph = capture_model(run.loaded, run.shape)
+        graph = capture_model(run.loaded, run.shape, "int64" if run.calib_set.is_indices else "float32")
         # Calibration labels serve only the gradient pruning criteria; training labels only a
         # fine-tune. An adaptation (finetune.init) gives the model a head for data.train's classes.
         adapts = run.plan.init is not None
@@ -184,6 +193,7 @@ class Capture:
             evaluation=None if adapts else run.eval_set,
             training=run.train_set if run.plan.finetune is not None else None,
         )
+        check_ids(graph, calibration=run.calib_set, evaluation=run.eval_set, training=run.train_set)
         run.graph = graph
         if run.plan.finetune is not None or run.plan.prune is not None:
             # the uncompressed model teaches the recovery, and the report compares the artifacts with it
@@ -200,6 +210,22 @@ def check_labels(graph: Graph, **sets: Dataset | None) -> None:
             data.check_labels(outputs, role)
 
 
+def check_ids(graph: Graph, **sets: Dataset | None) -> None:
+    """Token ids against the embedding tables that the model's input indexes, before any work:
+    an id past a table's end is a tokenizer that does not match the model."""
+    tables = [graph.const(node.inputs[1]).shape[0] for node in graph.nodes if node.op == "gather" and node.inputs[0] in graph.inputs]
+    for role, data in sets.items():
+        if data is None or not tables:
+            continue
+        if not data.is_indices:
+            raise InputError(f"the model looks up token ids, but the {role} samples of {data.source} are floats", "store ids as int64")
+        if int(data.x.max()) >= min(tables):
+            raise InputError(
+                f"{role} token ids of {data.source} reach {int(data.x.max())}, but the model's embedding has {min(tables)} rows",
+                "tokenize with the model's own vocabulary",
+            )
+
+
 def _roles(plan: Plan) -> list[tuple[DataSpec | None, Role]]:
     return [(plan.calib, "calibration"), (plan.eval_data, "test"), (plan.train_data, "train")]
 
@@ -208,7 +234,7 @@ def _data(spec: DataSpec | None, role: Role, run: Run) -> Dataset | None:
     if spec is None or isinstance(spec, Dataset):
         return spec
     with step(f"data ({role})"):
-        return load_dataset(spec, role, run.plan.preprocess, progress=run.progress)
+        return load_dataset(spec, role, run.plan.preprocess, progress=run.progress, text=run.plan.text)
 
 
 def _check_shapes(run: Run, *sets: tuple[Dataset | None, str]) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 from edgetune import timing
 from edgetune.capture.models import LoadedModel
 from edgetune.data import Dataset
+from edgetune.data.text import TextSpec
 from edgetune.export.config import ExportConfig
 from edgetune.finetune import FinetuneConfig
 from edgetune.ir.graph import Graph
@@ -54,6 +55,7 @@ class Plan:
     sensitivity: bool = False
     resume: bool = False
     extra_files: dict[str, bytes] = field(default_factory=dict)  # written beside the artifacts (recipe.toml)
+    text: TextSpec = field(default_factory=TextSpec)  # how .txt and .jsonl data become token ids
 
     @cached_property
     def from_compressed(self) -> bool:

@@ -192,6 +192,7 @@ def _four_bit_weights(graph: Graph, artifacts: dict[str, int]) -> dict[str, Any]
 def compress_report(run: Run) -> dict[str, Any]:
     """report.json, assembled from the results of the stages that ran (it computes nothing)."""
     from edgetune.pipeline.evaluation import Evaluated
+    from edgetune.pipeline.load import Loaded
     from edgetune.pipeline.outputs import Exported
     from edgetune.pipeline.stages import Quantized
 
@@ -205,6 +206,9 @@ def compress_report(run: Run) -> dict[str, Any]:
         "model": {"source": run.source, "weights": run.plan.weights, **graph_summary(graph)},
         "target": {"name": target.name, "onnx_activations": "uint8" if target.unsigned_activations else "int8"},
     }
+    loaded = run.result(Loaded)
+    if loaded is not None:
+        document["data"] = loaded.data  # each set's source and size; for text, how it was tokenized
     if run.loaded is not None and run.loaded.kind == "module" and run.plan.weights is None:
         document["model"]["note"] = (
             "no weights were given: the model has the weights its callable set (trained only if it loads them itself;"

@@ -25,6 +25,9 @@ SHARES_INPUT_PARAMS = {"reshape", "maxpool2d", "avgpool2d", "pad", "transpose", 
 # input's dequantization and the output's quantization (TFLite has no int8 LayerNorm).
 FLOAT_OPERANDS = {"layer_norm", "group_norm"}
 FIXED_OUTPUT_PARAMS = params.FIXED_OUTPUT_PARAMS
+# Ops whose int8 output is rows of a constant table: it takes the table's parameters (TFLite's
+# GATHER copies int8 values, so input and output share them).
+TABLE_LOOKUPS = {"gather"}
 # Every activation of a calibration batch is materialised as an output, so batches stay small.
 CALIBRATION_BATCH = 8
 
@@ -65,10 +68,10 @@ def audit(stats: TensorStats, chosen: tuple[float, float]) -> dict[str, float]:
 
 
 def observed_tensors(graph: Graph) -> list[str]:
-    """Activation tensors that get their own observed range."""
-    names = list(graph.inputs)
+    """Activation tensors that get their own observed range (an integer input has none)."""
+    names = [name for name in graph.inputs if not graph.tensors[name].is_integer]
     for node in graph.nodes:
-        if node.op not in SHARES_INPUT_PARAMS and node.op not in FIXED_OUTPUT_PARAMS:
+        if node.op not in SHARES_INPUT_PARAMS and node.op not in FIXED_OUTPUT_PARAMS and node.op not in TABLE_LOOKUPS:
             names.extend(node.outputs)
     return names
 
@@ -133,10 +136,15 @@ def choose_ranges(stats: dict[str, TensorStats], config: QuantConfig) -> dict[st
 def assign_params(graph: Graph, records: dict[str, CalibrationRecord], config: QuantConfig) -> None:
     """Attach QParams to every activation, weight and bias in execution order."""
     for name in graph.inputs:
-        graph.tensors[name].quant = params.activation_params(*records[name].chosen)
+        if not graph.tensors[name].is_integer:
+            graph.tensors[name].quant = params.activation_params(*records[name].chosen)
     shared: dict[str, QParams] = {}  # weight -> its parameters so far (the steps of a GRU read one weight)
     for node in graph.nodes:
         out = graph.tensors[node.outputs[0]]
+        if node.op in TABLE_LOOKUPS:
+            _quantize_operand_constants(graph, node.inputs[1:2])
+            out.quant = graph.tensors[node.inputs[1]].quant
+            continue
         if node.op in SHARES_INPUT_PARAMS:
             out.quant = graph.tensors[node.inputs[0]].quant
         elif node.op in FIXED_OUTPUT_PARAMS:

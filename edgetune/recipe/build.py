@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgetune import pipeline
+from edgetune.data.text import TextSpec
 from edgetune.errors import InputError
 from edgetune.export.config import ExportConfig
 from edgetune.finetune import FinetuneConfig, parse_augment, parse_budget, parse_memory, parse_strategy
@@ -166,9 +167,13 @@ def plan(recipe: Recipe) -> Plan:
                 f"{option} works on the calibrated int8 model, not with --mode {quant.mode}", f"drop {option}, or use --mode int8"
             )
     shape = parse_input_shape(recipe["model.input_shape"])
+    with _section(recipe, "data"):
+        text = TextSpec(recipe["data.tokenizer"], recipe["data.seq_len"])
     with _section(recipe, "finetune"):
         init = few_shot_init(recipe)
-    return Plan(source, input_shape=shape, target=target, quant=quant, prune=prune, finetune=finetune, init=init, export=export, **copied)
+    return Plan(
+        source, input_shape=shape, target=target, quant=quant, prune=prune, finetune=finetune, init=init, export=export, text=text, **copied
+    )
 
 
 @contextmanager

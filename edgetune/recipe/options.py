@@ -17,6 +17,8 @@ OPTION_KEYS = {
     "eval": "data.eval",
     "train": "data.train",
     "preprocess": "data.preprocess",
+    "tokenizer": "data.tokenizer",
+    "seq_len": "data.seq_len",
     "target": "target",
     "method": "quantize.method",
     "percentile": "quantize.percentile",

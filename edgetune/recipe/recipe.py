@@ -61,7 +61,7 @@ class Recipe:
     def with_absolute_paths(self) -> Recipe:
         """Paths that name files here made absolute, so that the recipe replays from anywhere."""
         paths: tuple[str, ...] = ("model.source", "model.weights", "data.calib", "data.eval", "data.train", "finetune.augment")
-        paths += ("finetune.teacher", "finetune.teacher_weights", "finetune.init")
+        paths += ("finetune.teacher", "finetune.teacher_weights", "finetune.init", "data.tokenizer")
         named = ("target", "data.preprocess")  # a bundled name, or a path when it ends in .toml
         changed = {name: _absolute(self.values[name]) for name in paths if self.values[name] is not None}
         changed |= {name: os.path.abspath(self.values[name]) for name in named if str(self.values[name] or "").endswith(".toml")}

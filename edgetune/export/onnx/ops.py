@@ -240,6 +240,14 @@ def mean(b: OnnxBuilder, node: Node) -> str:
     return b.node("ReduceMean", [b.read(node.inputs[0])], axes=node.attrs["axes"], keepdims=keepdims)[0]
 
 
+@onnx_op("gather")
+def gather(b: OnnxBuilder, node: Node) -> str:
+    """Rows of the table at the ids. Quantized, the table is an int8 initializer whose
+    DequantizeLinear, the Gather and the output's QuantizeLinear (with the table's parameters)
+    ONNX Runtime runs as one int8 Gather."""
+    return b.node("Gather", [b.read(node.inputs[1]), b.read(node.inputs[0])], axis=0)[0]
+
+
 @onnx_op("reshape")
 def reshape(b: OnnxBuilder, node: Node) -> str:
     shape = b.initializer("shape", np.asarray([0, *node.attrs["shape"]], dtype=np.int64))  # 0 keeps the batch axis

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -57,7 +56,7 @@ def build_onnx(
     onnx_graph = helper.make_graph(
         b.nodes,
         "edgetune",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info(INPUT_NAME, input_type(graph), in_shape)],
         outputs,
         initializer=b.initializers,
     )
@@ -84,5 +83,6 @@ def write_onnx(graph: Graph, quantized: bool, unsigned_activations: bool = False
     return bytes(model.SerializeToString())
 
 
-def to_numpy_input(x: np.ndarray) -> dict[str, np.ndarray]:
-    return {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}
+def input_type(graph: Graph) -> int:
+    """The ONNX element type of the model's input: float, or int64 token ids."""
+    return TensorProto.INT64 if graph.tensors[graph.inputs[0]].is_integer else TensorProto.FLOAT

@@ -48,6 +48,7 @@ VERSIONS: dict[int, tuple[int, int]] = {
     tflite.BuiltinOperator.RELU6: (1, 2),
     tflite.BuiltinOperator.QUANTIZE: (1, 1),
     tflite.BuiltinOperator.DEQUANTIZE: (2, 2),
+    tflite.BuiltinOperator.GATHER: (1, 2),
 }
 ACTIVATIONS = {
     "none": tflite.ActivationFunctionType.NONE,
@@ -114,6 +115,9 @@ class TflBuilder:
     def define(self, name: str) -> int:
         """The TFLite tensor for IR activation ``name`` (NHWC, int8 with its parameters when quantized)."""
         tensor = self.graph.tensors[name]
+        if tensor.is_integer:  # token ids: TFLite's lookups take int32
+            self.index[name] = self.model.add_tensor(TflTensor(name, self.shape(name), tflite.TensorType.INT32))
+            return self.index[name]
         quant = quant_spec(tensor.quant) if self.quantized and tensor.quant is not None else None
         # In an int8 model, a tensor without parameters lies between two layers kept in float,
         # an int16 one between two layers the fallback gave int16 activations.

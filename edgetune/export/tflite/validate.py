@@ -67,7 +67,7 @@ def quantization_problems(graph: Graph) -> list[str]:
     between_int16 = _between(graph, lambda node: node.attrs.get("precision") == "int16")
     for name in graph.activations():
         q = graph.tensors[name].quant
-        if q is None and name in between_float:
+        if q is None and (name in between_float or graph.tensors[name].is_integer):  # integer ids are never quantized
             continue
         if q is not None and q.dtype == "int16" and q.axis is None:
             if name not in between_int16 or np.any(q.zero_point != 0):

@@ -9,7 +9,7 @@ import tflite
 
 import edgetune
 from edgetune.errors import UnsupportedOpsError
-from edgetune.export.tflite import deconv, float_activations, matmul, norms, rearrange  # noqa: F401  (register their ops)
+from edgetune.export.tflite import deconv, float_activations, gather, matmul, norms, rearrange  # noqa: F401  (register their ops)
 from edgetune.export.tflite.builder import TflBuilder, quant_spec
 from edgetune.export.tflite.model import TflTensor
 from edgetune.export.tflite.ops import TFLITE_OPS, unsupported
@@ -40,7 +40,7 @@ def write_tflite(
     (graph_input,) = graph.inputs
     (graph_output,) = graph.outputs
     wrap = quantized and not int8_io
-    if wrap:
+    if wrap and not graph.tensors[graph_input].is_integer:  # token ids go in as they are
         model_input = b.model.add_tensor(TflTensor(INPUT_NAME, b.shape(graph_input), tflite.TensorType.FLOAT32))
         b.op(tflite.BuiltinOperator.QUANTIZE, [model_input], [b.define(graph_input)])
     else:
@@ -93,8 +93,12 @@ def _metadata(graph: Graph, quantized: bool, int8_io: bool, extra: dict[str, Any
         "quantization": _scheme(graph) if quantized else {"float32": "float32", "float16": "float16 weights"}.get(weights, weights),
         "io": "int8" if quantized and int8_io else "float32",
     }
+    model_input = graph.tensors[graph.inputs[0]]
+    if model_input.is_integer:
+        info["input"] = "int32 token ids"
     if quantized and int8_io:
-        info["input_quantization"] = quant_spec(graph.tensors[graph.inputs[0]].quant).__dict__  # type: ignore[arg-type]
+        if model_input.quant is not None:
+            info["input_quantization"] = quant_spec(model_input.quant).__dict__
         info["output_quantization"] = quant_spec(graph.tensors[graph.outputs[0]].quant).__dict__  # type: ignore[arg-type]
     info.update(extra or {})
     return info

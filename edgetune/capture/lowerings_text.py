@@ -1,0 +1,22 @@
+"""Lowerings of the ops that text models add: an embedding table looked up by token ids
+(``gather``: inputs are the ids, then the table)."""
+
+from __future__ import annotations
+
+import torch.fx
+
+from edgetune.capture.registry import LoweringContext, lowers
+from edgetune.errors import InputError
+
+aten = torch.ops.aten
+
+
+@lowers(aten.embedding.default)
+def embedding(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    table, ids = node.args[0], node.args[1]
+    if ctx.const(table) is None:
+        raise InputError(f"{node.name}: an embedding whose table is computed", "give nn.Embedding its own weight")
+    if len(ctx.shape(table)) != 2:  # type: ignore[arg-type]
+        raise InputError(f"{node.name}: an embedding table of rank {len(ctx.shape(table))}", "give a [rows, features] table")  # type: ignore[arg-type]
+    # padding_idx and sparse change only the gradient; the lookup is the same.
+    ctx.emit("gather", node, [ctx.name(ids), ctx.name(table)])
