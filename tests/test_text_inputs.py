@@ -231,3 +231,18 @@ def test_bad_text_data_is_one_line(
     assert run([*argv, "-o", str(tmp_path / "z")]) == 2
     err = capfd.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+
+def test_few_shot_episodes_from_text(jsonl_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """meta-init draws episodes from labelled passages; adapt learns held-out topics from five each."""
+    text = ["--tokenizer", str(jsonl_files / "tokenizer.json"), "--seq-len", "20", "--quiet", "--json"]
+    argv = ["meta-init", str(jsonl_files / "model.py:build"), "--tasks", str(jsonl_files / "train.jsonl"), "--classes", "0,1"]
+    assert run([*argv, "--way", "2", "--shot", "5", "--budget", "20steps", "-o", str(tmp_path / "meta"), *text]) == 0
+    meta = json.loads(capsys.readouterr().out)["meta_init"]
+    assert meta["classes"] == [0, 1] and meta["steps"] == 20
+    test, train = str(jsonl_files / "test.jsonl"), str(jsonl_files / "train.jsonl")
+    argv = ["adapt", str(tmp_path / "meta" / "meta.edgetune"), "--support", test, "--classes", "2,3", "--shot", "5"]
+    assert run([*argv, "--eval", test, "--calib", train, "-o", str(tmp_path / "adapted"), *text]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["adapt"]["classes"] == [2, 3] and report["evaluation"]["agreement"] >= 0.98
+    assert report["evaluation"]["samples"] == int(sum(json.loads(line)["label"] in (2, 3) for line in open(test) if line.strip())) - 10

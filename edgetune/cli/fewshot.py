@@ -12,6 +12,8 @@ from edgetune.cli.output import common_options, emit
 from edgetune.progress import StderrProgress
 
 _OUT = click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+_TOKENIZER = click.option("--tokenizer", metavar="FILE", help="tokenizer.json that turns .txt and .jsonl data into token ids.")
+_SEQ_LEN = click.option("--seq-len", type=int, metavar="N", help="Token length of .txt and .jsonl passages (default 128).")
 
 
 @click.command("meta-init")
@@ -32,10 +34,21 @@ _OUT = click.option("-o", "--out", "out_dir", required=True, type=click.Path(fil
 @click.option("--meta-lr", default=1e-3, show_default=True, type=float, help="Adam learning rate of the meta-update.")
 @click.option("--meta-batch", default=4, show_default=True, help="Episodes per meta-update.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the episodes.")
+@_TOKENIZER
+@_SEQ_LEN
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @common_options
 def meta_init_command(
-    model: str, tasks: str, out_dir: Path, weights: str | None, classes: str | None, quiet: bool, as_json: bool, **options: Any
+    model: str,
+    tasks: str,
+    out_dir: Path,
+    weights: str | None,
+    classes: str | None,
+    tokenizer: str | None,
+    seq_len: int | None,
+    quiet: bool,
+    as_json: bool,
+    **options: Any,
 ) -> None:
     """Meta-train MODEL (a callable, .pt2, .onnx, or a compressed model.edgetune) so that it
     adapts to a new N-way task in a few steps from K examples per class: writes
@@ -43,6 +56,7 @@ def meta_init_command(
     OUT/report.json. A compressed model trains through its int8 quantizer."""
     from edgetune.artifacts import json_bytes, publish_folder
     from edgetune.data import load_dataset
+    from edgetune.data.text import TextSpec
     from edgetune.finetune import parse_budget
     from edgetune.ir.serialize import graph_to_bytes
     from edgetune.meta.episodes import parse_classes
@@ -52,8 +66,8 @@ def meta_init_command(
     budget = parse_budget(options.pop("budget"))
     config = MetaConfig(budget, classes=parse_classes(classes), **options)
     progress = StderrProgress(enabled=not quiet)
-    data = load_dataset(tasks, "train", progress=progress)
-    graph = load_graph_for(model, weights, data.sample_shape)
+    data = load_dataset(tasks, "train", progress=progress, text=TextSpec(tokenizer, seq_len or TextSpec().seq_len))
+    graph = load_graph_for(model, weights, data)
     report = {"model": model, "tasks": data.source, "meta_init": meta_train(graph, data, config, progress)}
     publish_folder(out_dir, {"meta.edgetune": graph_to_bytes(graph), "report.json": json_bytes(report)})
     emit(report, as_json, _meta_text)
@@ -90,6 +104,8 @@ def _meta_text(report: dict[str, Any]) -> str:
 @click.option("--target", default="host", show_default=True, help="Hardware target profile.")
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Artifacts to write: onnx, tflite or both.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --shot draw.")
+@_TOKENIZER
+@_SEQ_LEN
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @common_options
 def adapt_command(model: str, out_dir: Path, quiet: bool, as_json: bool, **options: Any) -> None:

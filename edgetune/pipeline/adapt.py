@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgetune.data import Dataset, load_dataset
+from edgetune.data.text import TextSpec
 from edgetune.errors import InputError
 from edgetune.meta.adapt import AdaptConfig, adapt
 from edgetune.meta.episodes import parse_classes
@@ -37,9 +38,9 @@ def draw(data: Dataset, classes: tuple[int, ...] | None, shot: int | None, seed:
     return Dataset(data.x[index], data.y[index], f"{data.source} ({len(index)} examples)", data.labels, data.preprocess), index
 
 
-def load_graph_for(model: str, weights: str | None, sample_shape: tuple[int, ...]) -> Any:
+def load_graph_for(model: str, weights: str | None, data: Dataset) -> Any:
     """A model as edgetune's graph: a ``model.edgetune`` (compressed, or meta-initialized) as
-    it is, anything else captured at the data's sample shape."""
+    it is, anything else captured for the data's samples (values, or token ids)."""
     from edgetune.ir.serialize import is_graph_file, load_graph
     from edgetune.pipeline.load import capture_model, load_any
 
@@ -50,16 +51,17 @@ def load_graph_for(model: str, weights: str | None, sample_shape: tuple[int, ...
             raise InputError("--weights goes with a Python model callable", f"{model} carries its weights")
         return load_graph(Path(model))
     loaded = load_any(model, weights)
-    return capture_model(loaded, loaded.declared_input_shape() or sample_shape)
+    return capture_model(loaded, loaded.declared_input_shape() or data.sample_shape, "int64" if data.is_indices else "float32")
 
 
 def run_adapt(model: str, out_dir: Path, options: dict[str, Any], progress: Progress) -> dict[str, Any]:
     from edgetune.finetune import parse_memory
 
     classes = parse_classes(options["classes"])
-    full = load_dataset(options["support"], "train", progress=progress)
+    text = TextSpec(options.pop("tokenizer", None), options.pop("seq_len", None) or TextSpec().seq_len)
+    full = load_dataset(options["support"], "train", progress=progress, text=text)
     support, taken = draw(full, classes, options["shot"], options["seed"])
-    graph = load_graph_for(model, None, support.sample_shape)
+    graph = load_graph_for(model, None, support)
     memory = parse_memory(options["memory"]) if options["memory"] else None
     config = AdaptConfig(options["steps"], options["lr"], options["seconds"], memory, options["strategy"])
     calibrated = graph.calibrated
@@ -71,14 +73,14 @@ def run_adapt(model: str, out_dir: Path, options: dict[str, Any], progress: Prog
     if not calibrated:
         from edgetune.quantize import QuantConfig, quantize
 
-        calib = load_dataset(options["calib"], "calibration", progress=progress)
+        calib = load_dataset(options["calib"], "calibration", progress=progress, text=text)
         quantize(graph, calib.x, QuantConfig())
         report["calibration"] = calib.source
     built, files = _artifacts(graph, options)
     if options["eval_data"]:
         same = options["eval_data"] == options["support"]
         report["evaluation"] = _evaluate(
-            built, load_dataset(options["eval_data"], "test"), report["adapt"]["classes"], taken if same else None
+            built, load_dataset(options["eval_data"], "test", text=text), report["adapt"]["classes"], taken if same else None
         )
     from edgetune.artifacts import json_bytes, publish_folder
 
