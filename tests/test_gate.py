@@ -316,3 +316,19 @@ def test_a_microcontroller_target_is_measured_on_tflite_only_and_a_failing_build
     doc = json.loads(capsys.readouterr().out)
     assert doc["failed"] == ["stm32h7: max_arena_kb (model.tflite)"] and "passing build" in doc["baseline_not_written"]
     assert not (tmp_path / "new-baseline.json").exists()
+
+
+def test_embedding_budgets_take_the_worse_artifact(tmp_path: Path) -> None:
+    from edgetune.gate.config import TargetBudgets
+    from edgetune.gate.run import report_checks
+
+    budget = TargetBudgets("host", {"min_cosine": 0.995, "min_neighbour_agreement": 0.9})
+    report = {
+        "evaluation": {
+            "int8_vs_fp32": {"cosine_mean": 0.999, "neighbour_agreement": 0.95},
+            "tflite": {"vs_fp32": {"cosine_mean": 0.99, "neighbour_agreement": 0.97}},
+        }
+    }
+    checks = {check.name: check for check in report_checks(budget, report, tmp_path)}
+    assert checks["min_cosine"].value == 0.99 and not checks["min_cosine"].passed, "TFLite's lower cosine decides"
+    assert checks["min_neighbour_agreement"].value == 0.95 and checks["min_neighbour_agreement"].passed

@@ -246,3 +246,34 @@ def test_few_shot_episodes_from_text(jsonl_files: Path, tmp_path: Path, capsys: 
     report = json.loads(capsys.readouterr().out)
     assert report["adapt"]["classes"] == [2, 3] and report["evaluation"]["agreement"] >= 0.98
     assert report["evaluation"]["samples"] == int(sum(json.loads(line)["label"] in (2, 3) for line in open(test) if line.strip())) - 10
+
+
+def test_a_bert_shaped_encoder_on_token_ids_compresses_to_both_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Word and position embeddings (the position lookup folds to a constant), attention,
+    LayerNorm, GELU, mean pooling and L2 normalization: a sentence encoder, judged as one."""
+    import shutil
+
+    shutil.copy(Path(__file__).with_name("text_encoder.py"), tmp_path / "encoder.py")
+    x = np.random.default_rng(0).integers(0, 100, (200, 16))
+    np.savez(tmp_path / "ids.npz", x=x)
+    argv = ["compress", str(tmp_path / "encoder.py:sentence"), "--calib", str(tmp_path / "ids.npz"), "-o", str(tmp_path / "out")]
+    assert run([*argv, "--quiet", "--json"]) == 0
+    evaluation = json.loads(capsys.readouterr().out)["evaluation"]
+    onnx_side, tflite_side = evaluation["int8_vs_fp32"], evaluation["tflite"]["vs_fp32"]
+    assert onnx_side["cosine_mean"] >= 0.995 and tflite_side["cosine_mean"] >= 0.995 and tflite_side["cosine_p1"] >= 0.99
+    assert onnx_side["neighbour_agreement"] >= 0.8 and tflite_side["neighbour_agreement"] >= 0.8
+    from edgetune.profile.ops import tflite_ops
+
+    ops = [cost.op for cost in tflite_ops((tmp_path / "out" / "model.tflite").read_bytes()).ops]
+    assert ops.count("GATHER") == 1, "only the word lookup reads the input; positions are a constant"
+
+
+def test_embedding_agreement_measures_what_it_says() -> None:
+    from edgetune.evaluate.metrics import embedding_agreement, nearest_neighbours
+
+    points = np.asarray([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    assert list(nearest_neighbours(points)) == [1, 0, 3, 2]
+    same = embedding_agreement(points, points)
+    assert same["cosine_mean"] == pytest.approx(1.0) and same["neighbour_agreement"] == 1.0
+    swapped = embedding_agreement(points, points[:, ::-1])
+    assert swapped["cosine_p1"] < 0.2 and swapped["neighbour_agreement"] == 1.0, "a rotation keeps the neighbours"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch.fx
 
 from edgetune.capture.registry import LoweringContext, lowers
@@ -18,5 +19,12 @@ def embedding(ctx: LoweringContext, node: torch.fx.Node) -> None:
         raise InputError(f"{node.name}: an embedding whose table is computed", "give nn.Embedding its own weight")
     if len(ctx.shape(table)) != 2:  # type: ignore[arg-type]
         raise InputError(f"{node.name}: an embedding table of rank {len(ctx.shape(table))}", "give a [rows, features] table")  # type: ignore[arg-type]
+    fixed = ctx.const(ids)
+    if fixed is not None:  # constant ids (position ids): the rows themselves, a constant
+        rows = ctx.const(table)[np.asarray(fixed, np.int64)]  # type: ignore[index]
+        name = ctx.constant(f"{node.name}.rows", rows)
+        ctx.constants[name] = ctx.graph.tensors[name].data  # type: ignore[assignment]
+        ctx.aliases[node.name] = name
+        return
     # padding_idx and sparse change only the gradient; the lookup is the same.
     ctx.emit("gather", node, [ctx.name(ids), ctx.name(table)])

@@ -435,6 +435,17 @@ def _text_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _cosine_text(onnx: dict[str, Any], tflite: dict[str, Any] | None, label: str) -> str:
+    """The outputs read as embeddings: mean and 1st-percentile cosine, nearest-neighbour agreement."""
+
+    def one(name: str, block: dict[str, Any]) -> str:
+        neighbours = block["neighbour_agreement"]
+        shown = f", nearest-neighbour agreement {pct(neighbours)}" if neighbours is not None else ""
+        return f"{name} mean {block['cosine_mean']:.4f} (1st percentile {block['cosine_p1']:.4f}){shown}"
+
+    return "; ".join([one(f"ONNX {label}", onnx), *([one(f"TFLite {label}", tflite)] if tflite else [])])
+
+
 def _evaluation_rows(ev: dict[str, Any], label: str = "int8") -> list[tuple[str, str]]:
     rows = [("evaluated on", f"{ev['samples']} samples of {ev['data']}")]
     if "fp32_accuracy" in ev:
@@ -460,6 +471,7 @@ def _evaluation_rows(ev: dict[str, Any], label: str = "int8") -> list[tuple[str,
                 f" ({apart}), {tfl['runtime']}",
             )
         )
+    rows.append(("cosine to fp32", _cosine_text(agreement, ev.get("tflite", {}).get("vs_fp32"), label)))
     if "vs_original" in ev:
         original = ev["vs_original"]
         shown = original.get("tflite") or original["onnx_int8"]

@@ -34,6 +34,47 @@ def sqnr_db(signal: np.ndarray, test: np.ndarray) -> float:
     return 20.0 * math.log10(signal_norm / noise_norm)
 
 
+NEIGHBOUR_SAMPLES = 4096  # nearest-neighbour agreement compares every pair: the first this many samples
+
+
+def cosines(reference: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Each sample's cosine similarity between its two outputs (flattened); 1 where both are zero."""
+    a = reference.reshape(len(reference), -1).astype(np.float64)
+    b = test.reshape(len(test), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.sum(a * b, axis=1)
+    return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 1.0)
+
+
+def nearest_neighbours(outputs: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """For each sample, the index of the most cosine-similar other sample."""
+    flat = outputs.reshape(len(outputs), -1).astype(np.float64)
+    unit = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    nearest = np.empty(len(unit), np.int64)
+    for start in range(0, len(unit), chunk):
+        similarity = unit[start : start + chunk] @ unit.T
+        similarity[np.arange(len(similarity)), np.arange(start, start + len(similarity))] = -np.inf
+        nearest[start : start + chunk] = similarity.argmax(1)
+    return nearest
+
+
+def embedding_agreement(reference: np.ndarray, test: np.ndarray) -> dict[str, float | int | None]:
+    """How far outputs used as embeddings moved: the mean and 1st-percentile cosine to the
+    reference, and the share of samples whose nearest other sample stayed the same (on the
+    first NEIGHBOUR_SAMPLES)."""
+    values = cosines(reference, test)
+    count = min(len(reference), NEIGHBOUR_SAMPLES)
+    neighbours = None
+    if count >= 3:
+        neighbours = float(np.mean(nearest_neighbours(reference[:count]) == nearest_neighbours(test[:count])))
+    return {
+        "cosine_mean": float(values.mean()),
+        "cosine_p1": float(np.percentile(values, 1)),
+        "neighbour_agreement": neighbours,
+        "neighbour_samples": count,
+    }
+
+
 def finite_or_none(value: float) -> float | None:
     """JSON has no infinities: report them as null."""
     return value if math.isfinite(value) else None

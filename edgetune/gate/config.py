@@ -48,6 +48,8 @@ BUDGETS = {
     "min_accuracy": "accuracy of the int8 ONNX model on the evaluation data (0..1)",
     "max_accuracy_drop_pp": "fp32 minus int8 accuracy, in percentage points",
     "min_sqnr_db": "SQNR of the int8 ONNX output against fp32",
+    "min_cosine": "mean cosine of the int8 outputs to fp32, the lower of ONNX and TFLite (embeddings; 0..1)",
+    "min_neighbour_agreement": "share of samples whose nearest other sample stays the same in int8, the lower of ONNX and TFLite",
     "min_tflite_onnx_agreement": "top-1 agreement between the TFLite and ONNX int8 artifacts (0..1)",
     "all_ops_delegated": "every TFLite op runs on XNNPACK",
     "max_latency_p50_ms": "median latency",

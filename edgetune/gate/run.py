@@ -236,6 +236,12 @@ def measure(
     return measured, baseline
 
 
+def _lower(*values: float | None) -> float | None:
+    """The worse artifact's figure (None when neither has it)."""
+    present = [value for value in values if value is not None]
+    return min(present) if present else None
+
+
 def report_checks(budget: TargetBudgets, report: dict[str, Any], folder: Path) -> list[Check]:
     evaluation, checks = report.get("evaluation", {}), []
     tflite = evaluation.get("tflite", {})
@@ -244,6 +250,10 @@ def report_checks(budget: TargetBudgets, report: dict[str, Any], folder: Path) -
         "max_accuracy_drop_pp": evaluation.get("accuracy_drop_pp"),
         "min_sqnr_db": evaluation.get("int8_vs_fp32", {}).get("sqnr_db"),
         "min_tflite_onnx_agreement": tflite.get("top1_agreement_with_onnx_int8"),
+        "min_cosine": _lower(evaluation.get("int8_vs_fp32", {}).get("cosine_mean"), tflite.get("vs_fp32", {}).get("cosine_mean")),
+        "min_neighbour_agreement": _lower(
+            evaluation.get("int8_vs_fp32", {}).get("neighbour_agreement"), tflite.get("vs_fp32", {}).get("neighbour_agreement")
+        ),
     }
     for name, value in figures.items():
         if name in budget.budgets:

@@ -11,7 +11,7 @@ import numpy as np
 import edgetune
 from edgetune import timing
 from edgetune.data import Dataset
-from edgetune.evaluate.metrics import accuracy, agreement, finite_or_none, sqnr_db
+from edgetune.evaluate.metrics import accuracy, agreement, embedding_agreement, finite_or_none, sqnr_db
 from edgetune.export.float_ops import float_ops
 from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.stats import graph_summary
@@ -60,6 +60,7 @@ def evaluation_block(data: Dataset, fp32_out: np.ndarray, int8_out: np.ndarray, 
             "top1_agreement": agreement(int8_out, fp32_out),
             "sqnr_db": finite_or_none(sqnr_db(fp32_out, int8_out)),
             "max_abs_diff": float(np.abs(fp32_out - int8_out).max()),
+            **embedding_agreement(fp32_out, int8_out),
         },
     }
     if data.y is not None and data.has_classes:
@@ -78,6 +79,7 @@ def tflite_block(
         "runtime": runner.runtime,
         "top1_agreement_with_fp32": agreement(tflite_out, fp32_out),
         "sqnr_db": finite_or_none(sqnr_db(fp32_out, tflite_out)),
+        "vs_fp32": embedding_agreement(fp32_out, tflite_out),
         "top1_agreement_with_onnx_int8": agreement(tflite_out, onnx_out),
         "max_lsb_vs_onnx_int8": round(float(np.abs(tflite_out - onnx_out).max()) / out_scale, 3) if out_scale else None,
         "max_abs_diff_vs_onnx": float(np.abs(tflite_out - onnx_out).max()),
