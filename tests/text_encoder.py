@@ -32,12 +32,12 @@ class Layer(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, vocab: int = 100, length: int = 16, dim: int = 32, layers: int = 2, classes: int = 3) -> None:
+    def __init__(self, vocab: int = 100, length: int = 16, dim: int = 32, layers: int = 2, classes: int = 3, heads: int = 4) -> None:
         super().__init__()
         self.words = nn.Embedding(vocab, dim)
         self.positions = nn.Embedding(length, dim)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
-        self.layers = nn.ModuleList(Layer(dim, 4, 4 * dim) for _ in range(layers))
+        self.layers = nn.ModuleList(Layer(dim, heads, 4 * dim) for _ in range(layers))
         self.pooler = nn.Linear(dim, dim)
         self.classifier = nn.Linear(dim, classes)
         self.register_buffer("position_ids", torch.arange(length)[None], persistent=False)
