@@ -277,3 +277,17 @@ def test_embedding_agreement_measures_what_it_says() -> None:
     assert same["cosine_mean"] == pytest.approx(1.0) and same["neighbour_agreement"] == 1.0
     swapped = embedding_agreement(points, points[:, ::-1])
     assert swapped["cosine_p1"] < 0.2 and swapped["neighbour_agreement"] == 1.0, "a rotation keeps the neighbours"
+
+
+def test_a_compressed_token_model_checks_the_ids_it_recovers_on(
+    text_files: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    model, train = str(text_files / "model.py:build"), str(text_files / "train.npz")
+    assert run(["compress", model, "--calib", train, "-o", str(tmp_path / "c"), "--quiet"]) == 0
+    x, y = _ids(20, 6)
+    np.savez(tmp_path / "past.npz", x=x + VOCAB, y=y)
+    capfd.readouterr()
+    argv = ["compress", str(tmp_path / "c" / "model.edgetune"), "--train", str(tmp_path / "past.npz"), "--finetune", "5steps"]
+    assert run([*argv, "-o", str(tmp_path / "r")]) == 2
+    err = capfd.readouterr().err.strip()
+    assert "training token ids of" in err and "but the model's embedding has 64 rows" in err and "\n" not in err, err

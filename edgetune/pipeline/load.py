@@ -160,6 +160,7 @@ def _load_compressed(run: Run) -> str:
     _check_shapes(run, (run.train_set, "training"), (run.eval_set, "evaluation"))
     if plan.init is None:  # adaptation gives the model a head for data.train's classes
         check_labels(run.graph, training=run.train_set, evaluation=run.eval_set)
+    check_ids(run.graph, training=run.train_set, evaluation=run.eval_set)
     if plan.teacher is not None:
         run.teacher = capture_model(load_any(plan.teacher, plan.teacher_weights), run.shape)
     return "compressed"
