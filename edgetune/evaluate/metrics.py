@@ -48,7 +48,7 @@ def cosines(reference: np.ndarray, test: np.ndarray) -> np.ndarray:
 
 def nearest_neighbours(outputs: np.ndarray, chunk: int = 512) -> np.ndarray:
     """For each sample, the index of the most cosine-similar other sample."""
-    flat = outputs.reshape(len(outputs), -1).astype(np.float64)
+    flat = outputs.reshape(len(outputs), -1).astype(np.float32)
     unit = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
     nearest = np.empty(len(unit), np.int64)
     for start in range(0, len(unit), chunk):
@@ -60,12 +60,14 @@ def nearest_neighbours(outputs: np.ndarray, chunk: int = 512) -> np.ndarray:
 
 def embedding_agreement(reference: np.ndarray, test: np.ndarray) -> dict[str, float | int | None]:
     """How far outputs used as embeddings moved: the mean and 1st-percentile cosine to the
-    reference, and the share of samples whose nearest other sample stayed the same (on the
-    first NEIGHBOUR_SAMPLES)."""
+    reference, and, for vector outputs ([samples, features]), the share of samples whose
+    nearest other sample stayed the same (on the first NEIGHBOUR_SAMPLES). An image-shaped
+    output (a segmenter's) has no neighbours to speak of, and comparing every pair of them
+    would cost most of a second in each evaluation."""
     values = cosines(reference, test)
     count = min(len(reference), NEIGHBOUR_SAMPLES)
     neighbours = None
-    if count >= 3:
+    if count >= 3 and reference.ndim == 2:
         neighbours = float(np.mean(nearest_neighbours(reference[:count]) == nearest_neighbours(test[:count])))
     return {
         "cosine_mean": float(values.mean()),

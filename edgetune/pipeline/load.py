@@ -97,7 +97,7 @@ class Load:
 
 def _described(data: Dataset) -> dict[str, Any]:
     """A data set for the report: source and size, and for text how its passages were tokenized."""
-    text = data.preprocess.get("text") if isinstance(data.preprocess, dict) else None
+    text = data.preprocess.get("text")
     return {"source": data.source, "samples": len(data), **({"text": text} if text else {})}
 
 

@@ -89,18 +89,15 @@ def with_init_settings(recipe: Recipe) -> Recipe:
     no budget or learning rate of its own, so that the recipe written beside the artifacts
     replays the same adaptation."""
     path = recipe["finetune.init"]
-    if not path:
-        return recipe
+    wanted = {"finetune.lr": "finetune.lr" not in recipe.origins, "finetune.budget": not recipe["finetune.budget"]}
+    if not path or not any(wanted.values()):
+        return recipe  # nothing to take (a resolved recipe): the run's first stage reads the file
     from edgetune.meta.init import load_init
 
     with _section(recipe, "finetune"):
         inner = load_init(path).meta["meta_init"]
-    changes: dict[str, Any] = {}
-    if "finetune.lr" not in recipe.origins:
-        changes["finetune.lr"] = float(inner["inner_lr"])
-    if not recipe["finetune.budget"]:
-        changes["finetune.budget"] = f"{int(inner['inner_steps'])}steps"
-    return recipe.updated(changes, f"finetune.init {path}") if changes else recipe
+    given = {"finetune.lr": float(inner["inner_lr"]), "finetune.budget": f"{int(inner['inner_steps'])}steps"}
+    return recipe.updated({key: given[key] for key, needed in wanted.items() if needed}, f"finetune.init {path}")
 
 
 def few_shot_init(recipe: Recipe) -> FewShotInit | None:
