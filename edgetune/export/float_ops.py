@@ -20,11 +20,21 @@ FLOAT_BY_DESIGN = {
 }
 
 
+STREAM_WHY = (
+    "the float stream of a transformer (quantize/stream.py): its outputs stay float, and int8 layers read them through a quantization point"
+)
+
+
 def float_ops(graph: Graph) -> list[dict[str, Any]]:
     """Per op the int8 files compute in float: the layers, which files, and why."""
     found = []
+    stream = [node for node in graph.nodes if node.attrs.get("stream") and node.op != "channels"]
+    by_op: dict[str, list[str]] = {}
+    for node in stream:
+        by_op.setdefault(node.op, []).append(node.name)
+    found += [{"op": op, "layers": layers, "files": "both", "why": STREAM_WHY} for op, layers in by_op.items()]
     for op, (where, why) in FLOAT_BY_DESIGN.items():
-        layers = [node.name for node in graph.nodes if node.op == op]
+        layers = [node.name for node in graph.nodes if node.op == op and op not in by_op]
         if layers:
             found.append({"op": op, "layers": layers, "files": where, "why": why})
     return found

@@ -148,8 +148,9 @@ class Graph:
 
     @property
     def calibrated(self) -> bool:
-        """Whether the graph carries int8 activation parameters (its output's: an integer input has none)."""
-        return bool(self.outputs) and self.tensors[self.outputs[0]].quant is not None
+        """Whether the graph carries int8 activation parameters (on any activation: an integer
+        input has none, and a float op may write the output)."""
+        return any(self.tensors[name].quant is not None for name in self.activations())
 
     def const(self, name: str) -> np.ndarray:
         data = self.tensors[name].data

@@ -223,6 +223,17 @@ def _gather(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return F.embedding(args[0].long(), args[1])
 
 
+@kernel("channels")
+def _channels(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    """Channels of the last axis gathered and scaled (stream.py); an identity without either."""
+    x = args[0]
+    if node.attrs.get("indices") is not None:
+        x = x.index_select(-1, torch.tensor(node.attrs["indices"], dtype=torch.long))
+    if node.attrs.get("factors") is not None:
+        x = x * torch.tensor(node.attrs["factors"], dtype=x.dtype)
+    return x
+
+
 @kernel("reshape")
 def _reshape(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return args[0].reshape(args[0].shape[0], *node.attrs["shape"])

@@ -18,6 +18,7 @@ from edgetune.export.onnx.writer import write_onnx
 from edgetune.ir.graph import Graph
 from edgetune.ir.serialize import graph_to_bytes
 from edgetune.pipeline.plan import Run
+from edgetune.quantize.stream import plain
 from edgetune.targets import Target, load_target
 from edgetune.timing import step
 
@@ -34,8 +35,9 @@ def export_artifacts(graph: Graph, target: Target, export: ExportConfig) -> dict
     artifacts: dict[str, bytes] = {}
     with step("ONNX int8"):
         artifacts["model.onnx"] = write_onnx(graph, quantized=True, unsigned_activations=target.unsigned_activations)
+    float_graph = plain(graph)  # the float model as captured: without the int8 model's outlier split
     with step("ONNX fp32"):
-        artifacts["model.fp32.onnx"] = write_onnx(graph, quantized=False)
+        artifacts["model.fp32.onnx"] = write_onnx(float_graph, quantized=False)
     with step("model.edgetune"):
         artifacts["model.edgetune"] = graph_to_bytes(graph)
     if graph.meta.get("weight_bits") == 4 and "onnx" in export.formats:
@@ -47,7 +49,7 @@ def export_artifacts(graph: Graph, target: Target, export: ExportConfig) -> dict
         with step("TFLite int8"):
             artifacts["model.tflite"] = write_tflite(graph, quantized=True, int8_io=export.int8_io(target.device_class), metadata=info)
         if export.float_tflite:
-            artifacts["model.fp32.tflite"] = write_tflite(graph, quantized=False, metadata=info)
+            artifacts["model.fp32.tflite"] = write_tflite(float_graph, quantized=False, metadata=info)
         if export.c_array:
             artifacts.update(c_array_files(artifacts["model.tflite"], target))
     return artifacts

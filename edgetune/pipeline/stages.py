@@ -15,6 +15,7 @@ from edgetune.ir.graph import Graph
 from edgetune.pipeline.plan import Run
 from edgetune.prune import prune as prune_graph
 from edgetune.quantize import CalibrationRecord, quantize
+from edgetune.quantize.stream import summary as stream_summary
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,11 @@ class Quantized:
     calibration: dict[str, Any]  # data source, samples and method
     records: list[CalibrationRecord]
     ptq: dict[str, Any]  # what each post-training technique did
+    stream: dict[str, Any] | None = None  # a transformer's float stream and outlier split (quantize/stream.py)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"calibration": self.calibration, "ptq": self.ptq, "tensors": [r.to_dict() for r in self.records]}
+        block = {"calibration": self.calibration, "ptq": self.ptq, "tensors": [r.to_dict() for r in self.records]}
+        return block | ({"stream": self.stream} if self.stream is not None else {})
 
 
 class Quantize:
@@ -120,7 +123,7 @@ class Quantize:
         held_out = run.holdout.x if run.holdout is not None else None
         records, ptq = quantize(graph, run.calib_part.x, quant, held_out, run.progress)
         calibration = {"source": calib.source, "samples": len(run.calib_part), "method": quant.method}
-        return Quantized(calibration, records, ptq)
+        return Quantized(calibration, records, ptq, stream_summary(graph))
 
 
 class Sensitivity:

@@ -15,7 +15,8 @@ from edgetune.progress import Progress
 from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.observers import METHODS, OUTPUT_METHOD, SAMPLE_PER_BATCH, TensorStats, percentile_range
 from edgetune.quantize.output_error import choose_by_output
-from edgetune.quantize.summaries import add_summaries
+from edgetune.quantize.stream import ChannelRange, channel_points, is_stream, isolate_stream, point_ranges, split_outliers
+from edgetune.quantize.summaries import add_channel_summaries, add_summaries
 from edgetune.timing import step, timed
 
 # Ops whose int8 output reuses the input's parameters: TFLite's kernels for them move or
@@ -71,13 +72,18 @@ def observed_tensors(graph: Graph) -> list[str]:
     """Activation tensors that get their own observed range (an integer input has none)."""
     names = [name for name in graph.inputs if not graph.tensors[name].is_integer]
     for node in graph.nodes:
+        if is_stream(node) or node.op == "channels":  # float, or ranged from its channels (stream.py)
+            continue
         if node.op not in SHARES_INPUT_PARAMS and node.op not in FIXED_OUTPUT_PARAMS and node.op not in TABLE_LOOKUPS:
             names.extend(node.outputs)
     return names
 
 
-def collect_stats(graph: Graph, samples: np.ndarray, config: QuantConfig, progress: Progress | None = None) -> dict[str, TensorStats]:
-    """Min, max and histogram of every observed tensor, in one pass over the samples.
+def collect_stats(
+    graph: Graph, samples: np.ndarray, config: QuantConfig, progress: Progress | None = None, channelwise: list[str] | None = None
+) -> tuple[dict[str, TensorStats], dict[str, ChannelRange]]:
+    """Min, max and histogram of every observed tensor, and the per-channel minima and maxima
+    of the ``channelwise`` ones, in one pass over the samples.
 
     The float graph runs in ONNX Runtime with the observed tensors as extra outputs: on
     CPU it is several times faster than eager PyTorch for mobile networks, and it is the
@@ -89,15 +95,19 @@ def collect_stats(graph: Graph, samples: np.ndarray, config: QuantConfig, progre
     from edgetune.export.onnx.writer import INPUT_NAME, build_onnx
 
     wanted = observed_tensors(graph)
+    channelwise = channelwise or []
     with step("fp32 ONNX with every activation summarized"):
-        model, exposed = build_onnx(graph, quantized=False, expose=wanted)
-        summaries = add_summaries(model, sorted({v for v in exposed.values() if v != INPUT_NAME}), SAMPLE_PER_BATCH)
+        model, exposed = build_onnx(graph, quantized=False, expose=[*wanted, *channelwise])
+        summaries = add_summaries(model, sorted({exposed[n] for n in wanted if exposed[n] != INPUT_NAME}), SAMPLE_PER_BATCH)
+        pairs = add_channel_summaries(model, {exposed[n]: len(graph.tensors[n].shape) for n in channelwise})
         blob = model.SerializeToString()
     # No spinning: on a core shared with other work, spinning threads burn the slices they wait in.
     with step("onnxruntime session"):
         session = ort.InferenceSession(blob, session_options(spin=False), providers=["CPUExecutionProvider"])
     fetch = [name for s in summaries.values() for name in (s.low, s.high, s.kept)]
+    fetch += [name for pair in pairs.values() for name in pair]
     stats = {name: TensorStats() for name in wanted}
+    spans: dict[str, ChannelRange] = {}
     batch_size = min(config.batch_size, CALIBRATION_BATCH)
     starts = range(0, len(samples), batch_size)
     for done, start in enumerate(starts, 1):
@@ -111,12 +121,18 @@ def collect_stats(graph: Graph, samples: np.ndarray, config: QuantConfig, progre
                 else:
                     summary = summaries[exposed[name]]
                     stats[name].add(float(values[summary.low]), float(values[summary.high]), torch.from_numpy(values[summary.kept]))
+            for name in channelwise:
+                low, high = (values[n].astype(np.float64) for n in pairs[exposed[name]])
+                seen = spans.get(name)
+                spans[name] = (
+                    ChannelRange(low, high) if seen is None else ChannelRange(np.minimum(seen.low, low), np.maximum(seen.high, high))
+                )
         if progress is not None:
             progress(done, len(starts), "calibration")
     with step("histograms"):
         for tensor_stats in stats.values():
             tensor_stats.finish()
-    return stats
+    return stats, spans
 
 
 def choose_ranges(stats: dict[str, TensorStats], config: QuantConfig) -> dict[str, CalibrationRecord]:
@@ -141,6 +157,9 @@ def assign_params(graph: Graph, records: dict[str, CalibrationRecord], config: Q
     shared: dict[str, QParams] = {}  # weight -> its parameters so far (the steps of a GRU read one weight)
     for node in graph.nodes:
         out = graph.tensors[node.outputs[0]]
+        if is_stream(node):  # runs in float, its constants too
+            out.quant = None
+            continue
         if node.op in TABLE_LOOKUPS:
             _quantize_operand_constants(graph, node.inputs[1:2])
             out.quant = graph.tensors[node.inputs[1]].quant
@@ -276,20 +295,25 @@ def calibrate(graph: Graph, samples: np.ndarray, config: QuantConfig, progress: 
     """Observe ``samples`` and set quantization parameters on ``graph`` in place."""
     graph.meta["weight_bits"] = config.weight_bits
     graph.meta["weight_levels"] = weight_levels_by_layer(graph, config.weight_bits)  # AdaRound and QAT keep to these
+    isolate_stream(graph)
     with step("observe"):
-        stats = collect_stats(graph, samples, config, progress)
+        stats, spans = collect_stats(graph, samples, config, progress, channel_points(graph))
+    split_outliers(graph, spans)
     with step("ranges"):
         records = choose_ranges(stats, config)
+        pointed = point_ranges(graph, spans)
+        for name, chosen in pointed.items():  # min/max: see stream.py
+            records[name] = CalibrationRecord(name, "minmax", chosen, {"minmax": chosen})
     if config.method == OUTPUT_METHOD:
         choose_by_output(graph, records, samples, progress)
     with step("ranges"):
         unify_concat_ranges(graph, records)
         for name, record in records.items():
-            record.audit = audit(stats[name], record.chosen)
+            record.audit = audit(stats[name], record.chosen) if name in stats and name not in pointed else {}
     with step("parameters"):
         assign_params(graph, records, config)
     check_input_resolution(graph, samples)
-    return [records[name] for name in observed_tensors(graph)]
+    return [records[name] for name in observed_tensors(graph) + [n for n in records if n not in stats]]
 
 
 def check_input_resolution(graph: Graph, samples: np.ndarray) -> None:

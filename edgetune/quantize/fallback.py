@@ -131,8 +131,8 @@ class Precision:
             else:
                 node.attrs.pop("precision", None)
         for node in graph.nodes:  # ops other than layers that run in float, with float operands
-            if node.op in WEIGHTED_OPS:
-                continue
+            if node.op in WEIGHTED_OPS or node.op == "channels" or node.attrs.get("stream"):
+                continue  # the float stream's own (quantize/stream.py) keep their precision
             for constant in (n for n in node.inputs if n and graph.tensors[n].data is not None):
                 graph.tensors[constant].quant = None if node.name in layers else self.saved[constant][0]
             if node.name in layers:

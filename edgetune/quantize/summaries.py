@@ -64,3 +64,23 @@ def add_summaries(model: onnx.ModelProto, values: list[str], cap: int) -> dict[s
             helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in (summary.low, summary.high, summary.kept)
         )
     return summaries
+
+
+def add_channel_summaries(model: onnx.ModelProto, values: dict[str, int]) -> dict[str, tuple[str, str]]:
+    """Make ``model`` also output the per-channel (last axis) minimum and maximum of each of
+    ``values`` (value name -> rank); returns the output names of each pair."""
+    graph = model.graph
+    pairs: dict[str, tuple[str, str]] = {}
+    for index, (value, rank) in enumerate(values.items()):
+        tag = f"channel_summary_{index}_"
+        pair = (tag + "min", tag + "max")
+        axes = list(range(rank - 1))
+        graph.node.extend(
+            [
+                helper.make_node("ReduceMin", [value], [pair[0]], keepdims=0, axes=axes),
+                helper.make_node("ReduceMax", [value], [pair[1]], keepdims=0, axes=axes),
+            ]
+        )
+        graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in pair)
+        pairs[value] = pair
+    return pairs

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgetune.export.onnx.builder import OnnxBuilder
+from edgetune.ir.channels import appended
 from edgetune.ir.graph import Node
 from edgetune.registry import Registry
 
@@ -176,7 +177,8 @@ def gelu(b: OnnxBuilder, node: Node) -> str:
         inner = b.node("Add", [x, b.node("Mul", [cube, b.initializer("gelu_cubic", np.float32(0.044715))])[0]])[0]
         curve = b.node("Tanh", [b.node("Mul", [inner, b.initializer("gelu_scale", np.float32(np.sqrt(2 / np.pi)))])[0]])[0]
     else:
-        curve = b.node("Erf", [b.node("Mul", [x, b.initializer("gelu_scale", np.float32(1 / np.sqrt(2)))])[0]])[0]
+        # x / sqrt 2 (not x times its reciprocal): the form ONNX Runtime's GeluFusion recognises
+        curve = b.node("Erf", [b.node("Div", [x, b.initializer("gelu_root2", np.float32(np.sqrt(2)))])[0]])[0]
     one_plus = b.node("Add", [curve, b.initializer("gelu_one", np.float32(1.0))])[0]
     return b.node("Mul", [b.node("Mul", [x, one_plus])[0], b.initializer("gelu_half", np.float32(0.5))])[0]
 
@@ -246,6 +248,29 @@ def gather(b: OnnxBuilder, node: Node) -> str:
     DequantizeLinear, the Gather and the output's QuantizeLinear (with the table's parameters)
     ONNX Runtime runs as one int8 Gather."""
     return b.node("Gather", [b.read(node.inputs[1]), b.read(node.inputs[0])], axis=0)[0]
+
+
+@onnx_op("channels")
+def channels(b: OnnxBuilder, node: Node) -> str:
+    """Gather and scale channels of the last axis (the outlier split); an identity otherwise,
+    where the writer's QuantizeLinear (an input-side point) is the whole op."""
+    value = b.read(node.inputs[0])
+    shape = b.graph.tensors[node.inputs[0]].shape
+    axis = len(shape) - 1
+    form = appended(node, shape[-1])
+    if form is not None:  # scale, then append the copies: see ir/channels.py
+        if form.head is not None:
+            value = b.node("Mul", [value, b.initializer(f"{node.name}_factors", np.asarray(form.head, np.float32))])[0]
+        if form.extra:
+            copies = b.node("Gather", [value, b.initializer(f"{node.name}_copies", np.asarray(form.extra, np.int64))], axis=axis)[0]
+            value = b.node("Concat", [value, copies], axis=axis)[0]
+        return value
+    if node.attrs.get("indices") is not None:
+        indices = b.initializer(f"{node.name}_indices", np.asarray(node.attrs["indices"], np.int64))
+        value = b.node("Gather", [value, indices], axis=axis)[0]
+    if node.attrs.get("factors") is not None:
+        value = b.node("Mul", [value, b.initializer(f"{node.name}_factors", np.asarray(node.attrs["factors"], np.float32))])[0]
+    return value
 
 
 @onnx_op("reshape")

@@ -65,9 +65,10 @@ def quantization_problems(graph: Graph) -> list[str]:
     problems: list[str] = []
     between_float = _between_float_layers(graph)
     between_int16 = _between(graph, lambda node: node.attrs.get("precision") == "int16")
+    stream = {node.outputs[0] for node in graph.nodes if node.attrs.get("stream")}  # the float stream (quantize/stream.py)
     for name in graph.activations():
         q = graph.tensors[name].quant
-        if q is None and (name in between_float or graph.tensors[name].is_integer):  # integer ids are never quantized
+        if q is None and (name in between_float or name in stream or graph.tensors[name].is_integer):  # integer ids are never quantized
             continue
         if q is not None and q.dtype == "int16" and q.axis is None:
             if name not in between_int16 or np.any(q.zero_point != 0):

@@ -52,6 +52,8 @@ def write_tflite(
         else:
             TFLITE_OPS[node.op](b, node)
     last = b.index[graph_output]
+    if wrap and b.model.tensors[last].dtype == tflite.TensorType.FLOAT32:  # a float op wrote it (quantize/stream.py)
+        wrap = False
     if wrap:
         model_output = b.model.add_tensor(TflTensor(OUTPUT_NAME, b.shape(graph_output), tflite.TensorType.FLOAT32))
         b.op(tflite.BuiltinOperator.DEQUANTIZE, [last], [model_output])
@@ -99,7 +101,9 @@ def _metadata(graph: Graph, quantized: bool, int8_io: bool, extra: dict[str, Any
     if quantized and int8_io:
         if model_input.quant is not None:
             info["input_quantization"] = quant_spec(model_input.quant).__dict__
-        info["output_quantization"] = quant_spec(graph.tensors[graph.outputs[0]].quant).__dict__  # type: ignore[arg-type]
+        output_quant = graph.tensors[graph.outputs[0]].quant
+        if output_quant is not None:
+            info["output_quantization"] = quant_spec(output_quant).__dict__
     info.update(extra or {})
     return info
 
@@ -139,5 +143,6 @@ def _in_float(b: TflBuilder, node: Node) -> None:
     out = node.outputs[0]
     if b.graph.tensors[out].quant is not None:  # read by an int8 op: quantize the float result
         floating = b.index[out]
-        b.model.tensors[floating].name = f"{out}_float"
+        if floating not in (b.index.get(name) for name in node.inputs):  # an identity writes none of its own
+            b.model.tensors[floating].name = f"{out}_float"
         b.op(tflite.BuiltinOperator.QUANTIZE, [floating], [b.define(out)])

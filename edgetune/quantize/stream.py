@@ -1,0 +1,324 @@
+"""The residual stream in float, and outlier channels spread over int8's range: how a
+transformer encoder keeps its accuracy in int8.
+
+Measured on all-MiniLM-L6-v2 with one tensor class in int8 at a time (docs/benchmarks.md):
+the LayerNorm outputs and the residual additions in int8 cost the most (mean cosine to fp32
+0.81 and 0.93), because the stream carries a few channels ten to thirty times larger than
+the rest, and an int8 error there is carried through every later layer. The matrix
+multiplications that hold nearly all the work lose little, once their inputs' outlier
+channels no longer set everyone's step. So, for a graph with LayerNorm:
+
+- **Float stream.** LayerNorm, GELU, softmax, and the additions and subtractions around them
+  run in float in both artifacts (each float op between its inputs' dequantization and, where an
+  int8 op reads it, a quantization), and so does everything after the stream that reads only
+  float values (pooling, L2 normalization). The linear layers, the attention products and
+  the softmax stay int8.
+- **A quantization point per float tensor.** An int8 op reading a float tensor reads it
+  through a ``channels`` node, which quantizes it (one QuantizeLinear, or a TFLite QUANTIZE),
+  shared by all such readers (a layer's query, key and value projections read one).
+- **Outlier channels on the input side** (outlier channel splitting, Zhao et al., ICML 2019,
+  as per-embedding-group quantization does for BERT, Bondarenko et al., EMNLP 2021): when
+  every reader is a linear layer, a channel much larger than the rest is cut into ``n``
+  copies of ``x / n``, and the layers' weight columns for it are repeated: the product is
+  the same, the copies fit the range the other channels set, and the weights keep their
+  grid. The ``channels`` node gathers and scales before quantizing.
+- **Outlier channels on the output side**: a linear layer whose output only float ops read
+  (the projection into the residual stream, the feed-forward expansion before GELU) gets
+  its outlier rows divided by ``n`` (their int8 levels are unchanged, per-channel weight
+  scales absorb it), and a ``channels`` node after it multiplies them back in float.
+
+Ranges of the tensors the split changes come from per-channel minima and maxima over the
+calibration samples (min/max: clipping a stream outlier is what costs the most).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
+
+# softmax too: ONNX Runtime's int8 softmax (QLinearSoftmax) took 2.7 of 14 ms in MiniLM, its
+# float one a fraction of that, and the probabilities are quantized for the product after it.
+# (ONNX Runtime fuses a DequantizeLinear, Softmax, QuantizeLinear chain into it again, so
+# the scale before it runs in float too: see ELEMENTWISE.)
+SEEDS = frozenset({"layer_norm", "gelu", "softmax"})
+# Ops that stay int8 even when they read float values: the work (their inputs get a
+# quantization point), and lookups of integer ids.
+INT8_OPS = WEIGHTED_OPS | {"matmul", "gather"}
+# Elementwise ops that run in float when only float ops read them (an addition into the
+# stream, the attention scores' scale before a float softmax): their int8 output would be
+# dequantized at once.
+ELEMENTWISE = frozenset({"add", "sub", "mul", "div"})
+STREAM_KEY = "stream"  # graph.meta: what isolate_stream and split_outliers did
+OUTLIER_CHANNELS = 4  # channels allowed above the threshold the others set
+OUTLIER_RATIO = 2.0  # a channel is an outlier when it exceeds that threshold by this much
+MAX_EXTRA_SHARE = 0.25  # input-side copies add at most this share of the channels
+
+
+def applies(graph: Graph) -> bool:
+    """The float stream applies to graphs with a LayerNorm (transformer encoders, and others
+    built like them)."""
+    return any(node.op == "layer_norm" for node in graph.nodes)
+
+
+def is_stream(node: Node) -> bool:
+    return bool(node.attrs.get(STREAM_KEY))
+
+
+def _float_nodes(graph: Graph) -> set[str]:
+    """The ops that run in float: the seeds, additions beside them, and what reads only float."""
+    consumers = graph.consumers()
+    producers = graph.producers()
+    chosen = {node.name for node in graph.nodes if node.op in SEEDS}
+
+    def activations(node: Node) -> list[str]:
+        return [n for n in node.inputs if n and graph.tensors[n].data is None and not graph.tensors[n].is_integer]
+
+    def is_float(name: str) -> bool:
+        producer = producers.get(name)
+        return producer is not None and producer.name in chosen
+
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.nodes:
+            if node.name in chosen or node.op in INT8_OPS:
+                continue
+            inputs = activations(node)
+            if not inputs:
+                continue
+            readers = consumers.get(node.outputs[0], [])
+            beside = node.op in ("add", "sub") and any(is_float(n) for n in inputs)
+            before = node.op in ELEMENTWISE and bool(readers) and all(r.name in chosen for r in readers)
+            if beside or before or all(is_float(n) for n in inputs):
+                chosen.add(node.name)
+                changed = True
+    return chosen
+
+
+def isolate_stream(graph: Graph) -> None:
+    """Mark the float ops and give every float tensor that an int8 op reads a quantization
+    point (a ``channels`` node); give every linear layer whose output only float ops read a
+    ``channels`` node after it (the output side of the outlier split). In place, once."""
+    if STREAM_KEY in graph.meta or not applies(graph):
+        return
+    floating = _float_nodes(graph)
+    for node in graph.nodes:
+        if node.name in floating:
+            node.attrs["precision"] = "float"
+            node.attrs[STREAM_KEY] = True
+    consumers = graph.consumers()
+    nodes: list[Node] = []
+    inputs = 0
+    for node in graph.nodes:
+        nodes.append(node)
+        out = node.outputs[0]
+        readers = consumers.get(out, [])
+        if node.name in floating:
+            int8_readers = [r for r in readers if r.name not in floating]
+            if int8_readers:
+                point = _channels(graph, node, out, "input")
+                nodes.append(point)
+                inputs += 1
+                for reader in int8_readers:
+                    reader.inputs = [point.outputs[0] if name == out else name for name in reader.inputs]
+        elif node.op == "linear" and readers and all(r.name in floating for r in readers) and out not in graph.outputs:
+            point = _channels(graph, node, out, "output")
+            nodes.append(point)
+            for reader in readers:
+                reader.inputs = [point.outputs[0] if name == out else name for name in reader.inputs]
+    graph.nodes = nodes
+    graph.meta[STREAM_KEY] = {"float_ops": len(floating), "quantization_points": inputs}
+
+
+def _channels(graph: Graph, after: Node, tensor: str, side: str) -> Node:
+    """An identity ``channels`` node reading ``tensor`` (the split fills its indices and factors)."""
+    name = f"{after.name}.{'quantize' if side == 'input' else 'rescale'}"
+    out = f"{tensor}.{'q' if side == 'input' else 'f'}"
+    graph.tensors[out] = Tensor(out, graph.tensors[tensor].shape)
+    # Both run in float; an input-side point's output is quantized, an output-side one's is not.
+    attrs: dict[str, Any] = {"side": side, "indices": None, "factors": None, "precision": "float"}
+    if side == "output":
+        attrs[STREAM_KEY] = True
+    return Node("channels", name, [tensor], [out], attrs)
+
+
+def channel_points(graph: Graph) -> list[str]:
+    """The float tensors whose per-channel ranges calibration collects: what input-side
+    points read, and what output-side points write (both are the same before and after the split)."""
+    names = []
+    for node in graph.nodes:
+        if node.op == "channels":
+            names.append(node.inputs[0] if node.attrs["side"] == "input" else node.outputs[0])
+    return names
+
+
+@dataclass(frozen=True)
+class ChannelRange:
+    """Per-channel minimum and maximum over the calibration samples (last axis)."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def magnitude(self) -> np.ndarray:
+        return np.maximum(np.abs(self.low), np.abs(self.high))
+
+
+def copies(magnitude: np.ndarray, extra_cap: int | None = None, powers_of_two: bool = False) -> np.ndarray:
+    """How many parts each channel is cut into (1 for most): channels above the threshold
+    that the ``OUTLIER_CHANNELS + 1``-th largest sets, when the largest exceeds it clearly.
+    ``extra_cap``: at most that many parts beyond one a channel (the threshold rises until
+    they fit). ``powers_of_two``: each count rounded up to one, so dividing and multiplying
+    back is exact."""
+    ones = np.ones(magnitude.size, np.int64)
+    if magnitude.size <= OUTLIER_CHANNELS + 1:
+        return ones
+    threshold = float(np.sort(magnitude)[::-1][OUTLIER_CHANNELS])
+    if threshold <= 0 or float(magnitude.max()) < OUTLIER_RATIO * threshold:
+        return ones
+    while True:
+        ratio = np.maximum(magnitude / threshold - 1e-6, 1.0)
+        parts = (2 ** np.ceil(np.log2(ratio)) if powers_of_two else np.ceil(ratio)).astype(np.int64)
+        if extra_cap is None or int(parts.sum() - parts.size) <= extra_cap:
+            return parts
+        threshold *= 1.25  # fewer copies, each a little larger
+        if float(magnitude.max()) < OUTLIER_RATIO * threshold:
+            return ones
+
+
+def split_outliers(graph: Graph, ranges: dict[str, ChannelRange]) -> dict[str, Any]:
+    """Fill the ``channels`` nodes from per-channel ranges and change the linear layers they
+    serve to match (in place, once); returns what was split, for the report."""
+    done = graph.meta.get(STREAM_KEY)
+    if done is None:
+        return {}
+    if done.get("split") is not None:
+        return dict(done["split"])
+    consumers = graph.consumers()
+    producers = graph.producers()
+    split: dict[str, Any] = {"input_channels_added": 0, "input_points": 0, "output_rows_scaled": 0, "output_points": 0}
+    for node in [n for n in graph.nodes if n.op == "channels"]:
+        if node.attrs["side"] == "input":
+            readers = consumers.get(node.outputs[0], [])
+            shape = graph.tensors[node.inputs[0]].shape
+            if not readers or len(shape) > 3 or any(r.op != "linear" or r.inputs[0] != node.outputs[0] for r in readers):
+                continue
+            magnitude = ranges[node.inputs[0]].magnitude
+            parts = copies(magnitude, int(MAX_EXTRA_SHARE * magnitude.size))
+            if parts.max() == 1:
+                continue
+            indices = list(range(magnitude.size)) + [c for c in range(magnitude.size) for _ in range(int(parts[c]) - 1)]
+            node.attrs["indices"] = indices
+            node.attrs["factors"] = [1.0 / float(parts[c]) for c in indices]
+            graph.tensors[node.outputs[0]].shape = (*shape[:-1], len(indices))
+            for reader in readers:
+                _repeat_columns(graph, reader, indices)
+            split["input_channels_added"] += len(indices) - magnitude.size
+            split["input_points"] += 1
+        else:
+            layer = producers[node.inputs[0]]
+            parts = copies(ranges[node.outputs[0]].magnitude, powers_of_two=True)
+            if parts.max() == 1:
+                continue
+            node.attrs["factors"] = [float(p) for p in parts]
+            _divide_rows(graph, layer, parts)
+            split["output_rows_scaled"] += int((parts > 1).sum())
+            split["output_points"] += 1
+    done["split"] = split
+    return split
+
+
+def _repeat_columns(graph: Graph, layer: Node, indices: list[int]) -> None:
+    weight = graph.tensors[layer.inputs[1]]
+    assert weight.data is not None
+    weight.data = np.ascontiguousarray(weight.data[:, indices])
+    weight.shape = weight.data.shape
+    if weight.qdata is not None:
+        weight.qdata = np.ascontiguousarray(weight.qdata[:, indices])
+
+
+def _divide_rows(graph: Graph, layer: Node, parts: np.ndarray) -> None:
+    divisor = parts.astype(np.float32)
+    for index, name in enumerate(layer.inputs[1:3]):
+        tensor = graph.tensors[name] if name else None
+        if tensor is None or tensor.data is None:
+            continue
+        shape = (-1, 1) if index == 0 else (-1,)
+        tensor.data = (tensor.data / divisor.reshape(shape)).astype(np.float32)
+        if tensor.qdata is not None:
+            tensor.qdata = (tensor.qdata / divisor.reshape(shape)).astype(np.float32)
+
+
+def point_ranges(graph: Graph, ranges: dict[str, ChannelRange]) -> dict[str, tuple[float, float]]:
+    """The int8 range of every tensor a ``channels`` node decides: an input-side point's
+    output (its channels gathered and scaled), and an output-side point's input (the layer's
+    output, outlier rows divided)."""
+    chosen = {}
+    for node in (n for n in graph.nodes if n.op == "channels"):
+        indices, factors = node.attrs["indices"], node.attrs["factors"]
+        if node.attrs["side"] == "input":
+            span = ranges[node.inputs[0]]
+            picked = np.arange(span.low.size) if indices is None else np.asarray(indices)
+            scale = np.ones(picked.size) if factors is None else np.asarray(factors)
+            low, high = span.low[picked] * scale, span.high[picked] * scale
+            chosen[node.outputs[0]] = (float(low.min()), float(high.max()))
+        else:
+            span = ranges[node.outputs[0]]
+            scale = np.ones(span.low.size) if factors is None else 1.0 / np.asarray(factors)
+            chosen[node.inputs[0]] = (float((span.low * scale).min()), float((span.high * scale).max()))
+    return chosen
+
+
+def plain(graph: Graph) -> Graph:
+    """A copy of ``graph`` without the outlier split, for the float artifacts: the
+    ``channels`` nodes go, input-side layers keep their original columns (the first ones),
+    output-side rows are multiplied back (by powers of two: exact)."""
+    points = {node.outputs[0]: node for node in graph.nodes if node.op == "channels"}
+    if not points:
+        return graph
+    producers, consumers = graph.producers(), graph.consumers()
+    tensors = dict(graph.tensors)
+    nodes = [
+        Node(node.op, node.name, [points[n].inputs[0] if n in points else n for n in node.inputs], list(node.outputs), dict(node.attrs))
+        for node in graph.nodes
+        if node.op != "channels"
+    ]
+    for out, point in points.items():
+        if point.attrs["side"] == "input" and point.attrs["indices"] is not None:
+            width = graph.tensors[point.inputs[0]].shape[-1]
+            for reader in consumers.get(out, []):
+                data = np.ascontiguousarray(_data(tensors, reader.inputs[1])[:, :width])
+                tensors[reader.inputs[1]] = Tensor(reader.inputs[1], data.shape, data)
+        elif point.attrs["side"] == "output" and point.attrs["factors"] is not None:
+            factors = np.asarray(point.attrs["factors"], np.float32)
+            layer = producers[point.inputs[0]]
+            for index, name in enumerate(n for n in layer.inputs[1:3] if n):
+                data = (_data(tensors, name) * (factors.reshape(-1, 1) if index == 0 else factors)).astype(np.float32)
+                tensors[name] = Tensor(name, data.shape, data)
+    outputs = [points[n].inputs[0] if n in points else n for n in graph.outputs]
+    copy = Graph(list(graph.inputs), outputs, tensors, nodes, dict(graph.meta))
+    copy.remove_unused()
+    return copy
+
+
+def _data(tensors: dict[str, Tensor], name: str) -> np.ndarray:
+    data = tensors[name].data
+    assert data is not None, f"{name} is a constant"
+    return data
+
+
+def summary(graph: Graph) -> dict[str, Any] | None:
+    """The report's block: how many ops run in float, and what the outlier split did."""
+    done = graph.meta.get(STREAM_KEY)
+    if done is None:
+        return None
+    return {
+        "float_ops": done["float_ops"],
+        "quantization_points": done["quantization_points"],
+        **done.get("split", {}),
+        "note": "LayerNorm, GELU and the residual additions run in float; outlier channels are split (docs/int8.md, Transformers)",
+    }
