@@ -8,11 +8,11 @@ the rest, and an int8 error there is carried through every later layer. The matr
 multiplications that hold nearly all the work lose little, once their inputs' outlier
 channels no longer set everyone's step. So, for a graph with LayerNorm:
 
-- **Float stream.** LayerNorm, GELU, softmax, and the additions and subtractions around them
-  run in float in both artifacts (each float op between its inputs' dequantization and, where an
-  int8 op reads it, a quantization), and so does everything after the stream that reads only
-  float values (pooling, L2 normalization). The linear layers, the attention products and
-  the softmax stay int8.
+- **Float stream.** LayerNorm, GELU, the attention products and softmax, and the additions
+  and subtractions around them run in float in both artifacts (each float op between its
+  inputs' dequantization and, where an int8 op reads it, a quantization), and so does
+  everything that reads only float values (the heads' reshapes, pooling, L2 normalization).
+  The linear layers, nearly all the work, stay int8.
 - **A quantization point per float tensor.** An int8 op reading a float tensor reads it
   through a ``channels`` node, which quantizes it (one QuantizeLinear, or a TFLite QUANTIZE),
   shared by all such readers (a layer's query, key and value projections read one).
@@ -43,15 +43,17 @@ from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
 # softmax too: ONNX Runtime's int8 softmax (QLinearSoftmax) took 2.7 of 14 ms in MiniLM, its
 # float one a fraction of that, and the probabilities are quantized for the product after it.
 # (ONNX Runtime fuses a DequantizeLinear, Softmax, QuantizeLinear chain into it again, so
-# the scale before it runs in float too: see ELEMENTWISE.)
+# the scale before it runs in float too: see BEFORE_FLOAT.)
 SEEDS = frozenset({"layer_norm", "gelu", "softmax"})
 # Ops that stay int8 even when they read float values: the work (their inputs get a
 # quantization point), and lookups of integer ids.
 INT8_OPS = WEIGHTED_OPS | {"matmul", "gather"}
-# Elementwise ops that run in float when only float ops read them (an addition into the
-# stream, the attention scores' scale before a float softmax): their int8 output would be
-# dequantized at once.
-ELEMENTWISE = frozenset({"add", "sub", "mul", "div"})
+# Ops that run in float when only float ops read them (an addition into the stream, the
+# attention scores' scale before a float softmax, the heads' reshapes and transposes before a
+# float product): their int8 output would be dequantized at once. (For the reshapes there is a
+# second reason: LiteRT 2.3's XNNPACK delegate gave wrong attention scores for an int8
+# TRANSPOSE, DEQUANTIZE, float BATCH_MATMUL chain at batch 32, right ones at batch 8.)
+BEFORE_FLOAT = frozenset({"add", "sub", "mul", "div", "reshape", "transpose"})
 STREAM_KEY = "stream"  # graph.meta: what isolate_stream and split_outliers did
 OUTLIER_CHANNELS = 4  # channels allowed above the threshold the others set
 OUTLIER_RATIO = 2.0  # a channel is an outlier when it exceeds that threshold by this much
@@ -72,7 +74,7 @@ def _float_nodes(graph: Graph) -> set[str]:
     """The ops that run in float: the seeds, additions beside them, and what reads only float."""
     consumers = graph.consumers()
     producers = graph.producers()
-    chosen = {node.name for node in graph.nodes if node.op in SEEDS}
+    chosen = {node.name for node in graph.nodes if node.op in SEEDS or _product_of_activations(graph, node)}
 
     def activations(node: Node) -> list[str]:
         return [n for n in node.inputs if n and graph.tensors[n].data is None and not graph.tensors[n].is_integer]
@@ -92,11 +94,18 @@ def _float_nodes(graph: Graph) -> set[str]:
                 continue
             readers = consumers.get(node.outputs[0], [])
             beside = node.op in ("add", "sub") and any(is_float(n) for n in inputs)
-            before = node.op in ELEMENTWISE and bool(readers) and all(r.name in chosen for r in readers)
+            before = node.op in BEFORE_FLOAT and bool(readers) and all(r.name in chosen for r in readers)
             if beside or before or all(is_float(n) for n in inputs):
                 chosen.add(node.name)
                 changed = True
     return chosen
+
+
+def _product_of_activations(graph: Graph, node: Node) -> bool:
+    """An attention product (scores, context): both operands computed. In float it is a small
+    share of the work (about 5% of MiniLM's multiply-accumulates); in int8 its three
+    requantizations cost 0.001 of cosine, and ONNX Runtime ran it slower."""
+    return node.op == "matmul" and all(graph.tensors[name].data is None for name in node.inputs)
 
 
 def isolate_stream(graph: Graph) -> None:
