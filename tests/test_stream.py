@@ -67,7 +67,7 @@ def test_parts_only_for_clear_outliers() -> None:
     spiky = flat.copy()
     spiky[[3, 9]] = [20.0, 7.0]
     parts = stream.copies(spiky)
-    threshold = np.sort(spiky)[::-1][stream.OUTLIER_CHANNELS]
+    threshold = np.sort(spiky)[::-1][stream.MIN_OUTLIERS]  # 64 channels: the minimum applies
     np.testing.assert_array_equal(parts, np.maximum(1, np.ceil(spiky / threshold - 1e-6)))  # each part at most the threshold
     assert parts[3] == 11 and parts[9] == 4 and parts.sum() - parts.size == 15
     assert set(np.unique(stream.copies(spiky, powers_of_two=True))) <= {1, 2, 4, 8, 16}
@@ -164,3 +164,31 @@ def test_calibrating_again_keeps_the_split_and_the_parameters() -> None:
     assert [(n.op, n.inputs, n.attrs) for n in again.nodes] == [(n.op, n.inputs, n.attrs) for n in graph.nodes]
     first, second = (onnx_run(write_onnx(g, quantized=True), x) for g in (graph, again))
     assert sqnr_db(first, second) > 30
+
+
+@pytest.mark.parametrize("setting", ["float", "off"])
+def test_the_stream_setting_is_honoured_and_recorded(setting: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import tomllib
+
+    from edgetune.cli.main import run
+
+    (tmp_path / "encoder.py").write_text("from test_stream import outlier_encoder as model\n")
+    np.savez(tmp_path / "ids.npz", x=ids(32, 0))
+    out = tmp_path / "out"
+    command = ["compress", f"{tmp_path / 'encoder.py'}:model", "--calib", str(tmp_path / "ids.npz"), "-o", str(out)]
+    assert run([*command, "--stream", setting, "--quiet"]) == 0
+    stream_block = json.loads((out / "report.json").read_text())["quantization"].get("stream")
+    if setting == "off":
+        assert stream_block is None
+    else:
+        assert stream_block["float_ops"] > 0 and stream_block["split"] is False and stream_block["input_channels_added"] == 0
+    assert tomllib.loads((out / "recipe.toml").read_text())["quantize"]["stream"] == setting
+
+
+def test_a_stream_setting_needs_the_calibrated_mode() -> None:
+    from edgetune.errors import InputError
+
+    with pytest.raises(InputError, match="--stream off"):
+        QuantConfig(mode="dynamic-int8", stream="off")

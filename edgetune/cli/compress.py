@@ -76,6 +76,12 @@ from edgetune.progress import StderrProgress
     help="What --accuracy-target switches layers to: float (default), or int16 activations with int8 weights (16x8; integer-only targets).",
 )
 @click.option(
+    "--stream",
+    type=click.Choice(["split", "float", "off"]),
+    help="A model with LayerNorm (a transformer): its residual stream, softmax and attention products in float, with outlier"
+    " channels split where int8 layers read them (split, default), in float without the split (float), or every tensor in int8 (off).",
+)
+@click.option(
     "--mode",
     type=click.Choice(["int8", "dynamic-int8", "float16"]),
     help="int8 (default): static, calibrated, full-integer. dynamic-int8: int8 weights, each layer's input quantized per inference"
@@ -428,9 +434,13 @@ def _stream_rows(stream: dict[str, Any] | None) -> list[tuple[str, str]]:
     return [
         (
             "float stream",
-            f"{stream['float_ops']} ops in float (LayerNorm, GELU, softmax, residual adds and what reads only them);"
-            f" {stream['input_channels_added']} outlier channel copies at {stream['input_points']} layer input(s),"
-            f" {stream['output_rows_scaled']} outlier row(s) scaled at {stream['output_points']} layer output(s)",
+            f"{stream['float_ops']} ops in float (LayerNorm, GELU, softmax, residual adds and what reads only them); "
+            + (
+                f"{stream['input_channels_added']} outlier channel copies at {stream['input_points']} layer input(s),"
+                f" {stream['output_rows_scaled']} outlier row(s) scaled at {stream['output_points']} layer output(s)"
+                if stream["split"]
+                else "outlier channels not split (--stream float)"
+            ),
         )
     ]
 

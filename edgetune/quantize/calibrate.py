@@ -295,10 +295,12 @@ def calibrate(graph: Graph, samples: np.ndarray, config: QuantConfig, progress: 
     """Observe ``samples`` and set quantization parameters on ``graph`` in place."""
     graph.meta["weight_bits"] = config.weight_bits
     graph.meta["weight_levels"] = weight_levels_by_layer(graph, config.weight_bits)  # AdaRound and QAT keep to these
-    isolate_stream(graph)
+    if config.stream != "off":
+        isolate_stream(graph)
     with step("observe"):
         stats, spans = collect_stats(graph, samples, config, progress, channel_points(graph))
-    split_outliers(graph, spans)
+    if config.stream == "split":
+        split_outliers(graph, spans)
     with step("ranges"):
         records = choose_ranges(stats, config)
         pointed = point_ranges(graph, spans)

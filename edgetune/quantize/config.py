@@ -14,6 +14,9 @@ DEFAULT_PTQ = ("bias-correct",)
 
 
 FALLBACKS = ("float", "int16")
+# A model with LayerNorm (quantize/stream.py): its stream in float with outlier channels split,
+# in float only, or every tensor int8 as in a CNN.
+STREAMS = ("split", "float", "off")
 # int8: static, full-integer, calibrated. The others calibrate nothing: dynamic-int8 stores int8
 # weights and quantizes activations per inference; float16 stores float16 weights.
 MODES = ("int8", "dynamic-int8", "float16")
@@ -36,6 +39,7 @@ class QuantConfig:
     fallback: str = "float"  # what those layers fall back to: float, or int16 activations (16x8)
     keep_float: tuple[str, ...] = ()  # layers the user keeps in float, in both artifacts
     mode: str = "int8"  # one of MODES
+    stream: str = "split"  # one of STREAMS
 
     @property
     def calibrated(self) -> bool:
@@ -65,6 +69,8 @@ class QuantConfig:
             from edgetune.quantize.fallback import AccuracyTarget
 
             AccuracyTarget.parse(self.accuracy_target)
+        if self.stream not in STREAMS:
+            raise InputError(f"stream {self.stream!r} is unknown", f"use one of {', '.join(STREAMS)}")
         if self.fallback not in FALLBACKS:
             raise InputError(f"fallback precision {self.fallback!r} is unknown", f"use one of {', '.join(FALLBACKS)}")
         if self.keep_float and self.accuracy_target is not None:
@@ -81,6 +87,7 @@ class QuantConfig:
             "--accuracy-target": self.accuracy_target is not None,
             "--keep-float": bool(self.keep_float),
             "--weight-bits 4": self.weight_bits != 8,
+            f"--stream {self.stream}": self.stream != "split",
         }
         refused = [option for option, set_ in given.items() if set_]
         if refused:

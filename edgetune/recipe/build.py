@@ -43,6 +43,7 @@ def quant_config(values: Mapping[str, Any]) -> QuantConfig:
         fallback=values["quantize.fallback"] or "float",
         keep_float=tuple(values["quantize.keep_float"]),
         mode=values["quantize.mode"],
+        stream=values["quantize.stream"],
     )
 
 

@@ -43,6 +43,13 @@ KEYS: tuple[Key, ...] = (
     Key("quantize.accuracy_target", "str", None, "30dB or 99%: layers fall back until the int8 model reaches it"),
     Key("quantize.mode", "str", "int8", "int8 (static, calibrated), dynamic-int8 (int8 weights, activations per inference) or float16"),
     Key("quantize.fallback", "str", None, "what accuracy_target switches layers to: float or int16"),
+    Key(
+        "quantize.stream",
+        "str",
+        "split",
+        "a model with LayerNorm: its residual stream in float with outlier channels split (split), in float only (float),"
+        " or every tensor int8 (off)",
+    ),
     Key("quantize.keep_float", "list", [], 'weighted layers or modules kept in float in both artifacts, e.g. ["block.conv1", "head"]'),
     Key("quantize.sensitivity", "bool", False, "measure each layer's int8 sensitivity and plot sensitivity.png"),
     Key("prune.method", "str", None, "channel:RATIO[:l1|l2|taylor|obd] or magnitude:RATIO"),

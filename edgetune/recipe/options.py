@@ -31,6 +31,7 @@ OPTION_KEYS = {
     "fallback": "quantize.fallback",
     "sensitivity": "quantize.sensitivity",
     "keep_float": "quantize.keep_float",
+    "stream": "quantize.stream",
     "mode": "quantize.mode",
     "prune": "prune.method",
     "prune_allocation": "prune.allocation",
