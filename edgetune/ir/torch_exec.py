@@ -225,12 +225,13 @@ def _gather(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
 
 @kernel("channels")
 def _channels(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
-    """Channels of the last axis gathered and scaled (stream.py); an identity without either."""
+    """Channels of the last axis scaled by ``factors``, then ``copies`` of some of them
+    appended (quantize/stream.py); an identity without either."""
     x = args[0]
-    if node.attrs.get("indices") is not None:
-        x = x.index_select(-1, torch.tensor(node.attrs["indices"], dtype=torch.long))
-    if node.attrs.get("factors") is not None:
+    if node.attrs["factors"] is not None:
         x = x * torch.tensor(node.attrs["factors"], dtype=x.dtype)
+    if node.attrs["copies"]:
+        x = torch.cat([x, x.index_select(-1, torch.tensor(node.attrs["copies"], dtype=torch.long))], dim=-1)
     return x
 
 

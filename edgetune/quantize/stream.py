@@ -21,7 +21,8 @@ channels no longer set everyone's step. So, for a graph with LayerNorm:
   every reader is a linear layer, a channel much larger than the rest is cut into ``n``
   copies of ``x / n``, and the layers' weight columns for it are repeated: the product is
   the same, the copies fit the range the other channels set, and the weights keep their
-  grid. The ``channels`` node gathers and scales before quantizing.
+  grid. The ``channels`` node scales the channels by ``factors`` and appends ``copies`` (the
+  indices of the channels copied, each copy scaled like its source) before quantizing.
 - **Outlier channels on the output side**: a linear layer whose output only float ops read
   (the projection into the residual stream, the feed-forward expansion before GELU) gets
   its outlier rows divided by ``n`` (their int8 levels are unchanged, per-channel weight
@@ -153,7 +154,7 @@ def _channels(graph: Graph, after: Node, tensor: str, side: str) -> Node:
     out = f"{tensor}.{'q' if side == 'input' else 'f'}"
     graph.tensors[out] = Tensor(out, graph.tensors[tensor].shape)
     # Both run in float; an input-side point's output is quantized, an output-side one's is not.
-    attrs: dict[str, Any] = {"side": side, "indices": None, "factors": None, "precision": "float"}
+    attrs: dict[str, Any] = {"side": side, "factors": None, "copies": [], "precision": "float"}
     if side == "output":
         attrs[STREAM_KEY] = True
     return Node("channels", name, [tensor], [out], attrs)
@@ -225,13 +226,13 @@ def split_outliers(graph: Graph, ranges: dict[str, ChannelRange]) -> dict[str, A
             parts = copies(magnitude, int(MAX_EXTRA_SHARE * magnitude.size))
             if parts.max() == 1:
                 continue
-            indices = list(range(magnitude.size)) + [c for c in range(magnitude.size) for _ in range(int(parts[c]) - 1)]
-            node.attrs["indices"] = indices
-            node.attrs["factors"] = [1.0 / float(parts[c]) for c in indices]
-            graph.tensors[node.outputs[0]].shape = (*shape[:-1], len(indices))
+            extra = [c for c in range(magnitude.size) for _ in range(int(parts[c]) - 1)]
+            node.attrs["factors"] = [1.0 / float(p) for p in parts]
+            node.attrs["copies"] = extra
+            graph.tensors[node.outputs[0]].shape = (*shape[:-1], magnitude.size + len(extra))
             for reader in readers:
-                _repeat_columns(graph, reader, indices)
-            split["input_channels_added"] += len(indices) - magnitude.size
+                _repeat_columns(graph, reader, list(range(magnitude.size)) + extra)
+            split["input_channels_added"] += len(extra)
             split["input_points"] += 1
         else:
             layer = producers[node.inputs[0]]
@@ -269,21 +270,18 @@ def _divide_rows(graph: Graph, layer: Node, parts: np.ndarray) -> None:
 
 def point_ranges(graph: Graph, ranges: dict[str, ChannelRange]) -> dict[str, tuple[float, float]]:
     """The int8 range of every tensor a ``channels`` node decides: an input-side point's
-    output (its channels gathered and scaled), and an output-side point's input (the layer's
-    output, outlier rows divided)."""
+    output (its channels scaled; the copies repeat scaled channels), and an output-side
+    point's input (the layer's output, outlier rows divided)."""
     chosen = {}
     for node in (n for n in graph.nodes if n.op == "channels"):
-        indices, factors = node.attrs["indices"], node.attrs["factors"]
+        factors = node.attrs["factors"]
         if node.attrs["side"] == "input":
-            span = ranges[node.inputs[0]]
-            picked = np.arange(span.low.size) if indices is None else np.asarray(indices)
-            scale = np.ones(picked.size) if factors is None else np.asarray(factors)
-            low, high = span.low[picked] * scale, span.high[picked] * scale
-            chosen[node.outputs[0]] = (float(low.min()), float(high.max()))
+            span, target = ranges[node.inputs[0]], node.outputs[0]
+            scale = np.ones(span.low.size) if factors is None else np.asarray(factors)
         else:
-            span = ranges[node.outputs[0]]
+            span, target = ranges[node.outputs[0]], node.inputs[0]
             scale = np.ones(span.low.size) if factors is None else 1.0 / np.asarray(factors)
-            chosen[node.inputs[0]] = (float((span.low * scale).min()), float((span.high * scale).max()))
+        chosen[target] = (float((span.low * scale).min()), float((span.high * scale).max()))
     return chosen
 
 
@@ -302,7 +300,7 @@ def plain(graph: Graph) -> Graph:
         if node.op != "channels"
     ]
     for out, point in points.items():
-        if point.attrs["side"] == "input" and point.attrs["indices"] is not None:
+        if point.attrs["side"] == "input" and point.attrs["copies"]:
             width = graph.tensors[point.inputs[0]].shape[-1]
             for reader in consumers.get(out, []):
                 data = np.ascontiguousarray(_data(tensors, reader.inputs[1])[:, :width])
