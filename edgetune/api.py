@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgetune.data import load_dataset
 from edgetune.errors import InputError
-from edgetune.evaluate.metrics import accuracy, agreement, confusion_matrix, finite_or_none, per_class, sqnr_db
+from edgetune.evaluate.metrics import accuracy, agreement, confusion_matrix, embedding_agreement, finite_or_none, per_class, sqnr_db
 from edgetune.evaluate.runtime import OnnxRunner
 from edgetune.evaluate.tflite_runtime import TfliteRunner
 from edgetune.inspect_artifact import inspect_path
@@ -67,14 +67,21 @@ def evaluate(
     threads: int | None = None,
     device: str | None = None,
     ssh_config: str | Path | None = None,
+    tokenizer: str | None = None,
+    seq_len: int | None = None,
 ) -> dict[str, Any]:
-    """Accuracy of ``artifact`` on ``data`` (with labels), and agreement and SQNR against
-    ``reference``. With ``device`` (``qemu:TARGET`` for an emulated board, or
+    """Accuracy of ``artifact`` on ``data`` (with labels), and agreement, SQNR and cosine
+    similarity against ``reference``. With ``device`` (``qemu:TARGET`` for an emulated board, or
     ``ssh://user@host``) the artifact runs on that board: the accuracy is the board's, and a
-    parity block compares its outputs with this host's on every kernel path."""
+    parity block compares its outputs with this host's on every kernel path. Text data (.txt,
+    .jsonl) is tokenized with ``tokenizer`` to ``seq_len`` tokens."""
+    from edgetune.data.inputs import match_inputs
+    from edgetune.data.text import TextSpec
+
     runner = _runner(artifact, threads)
     reference_runner = _runner(reference, threads) if reference is not None else None
-    dataset = load_dataset(data, "test", preprocess)
+    dataset = load_dataset(data, "test", preprocess, text=TextSpec(tokenizer, seq_len or TextSpec().seq_len))
+    dataset = match_inputs(dataset, runner.input_names, runner.input_names, "evaluation")
     runner.check_samples(dataset.x, dataset.source)
     if dataset.has_classes:  # one sample tells the output size: labels are checked before the run
         dataset.check_labels(runner.run(dataset.x[:1]).size, "evaluation")
@@ -95,23 +102,29 @@ def evaluate(
         doc["per_class"] = per_class(matrix, tuple(dataset.labels))
         doc["confusion_matrix"] = {"rows": "true class", "columns": "predicted class", "counts": matrix.tolist()}
     if reference_runner is not None:
-        reference_runner.check_samples(dataset.x, dataset.source)
-        expected = reference_runner.run(dataset.x)
-        if expected.shape != outputs.shape:
-            raise InputError(
-                f"the reference outputs {list(expected.shape)} but the artifact {list(outputs.shape)}",
-                "compare artifacts of the same model",
-            )
-        block: dict[str, Any] = {
-            "artifact": str(reference),
-            "top1_agreement": agreement(outputs, expected),
-            "sqnr_db": finite_or_none(sqnr_db(expected, outputs)),
-            "max_abs_diff": float(abs(expected - outputs).max()),
-        }
-        if dataset.y is not None and dataset.has_classes:
-            block["accuracy"] = accuracy(expected, dataset.y)
-        doc["reference"] = block
+        doc["reference"] = _against_reference(reference_runner, str(reference), dataset, outputs)
     return doc
+
+
+def _against_reference(runner: OnnxRunner | TfliteRunner, name: str, dataset: Any, outputs: Any) -> dict[str, Any]:
+    """The artifact's outputs against the reference's on the same samples: top-1 agreement,
+    SQNR, and cosine and nearest-neighbour agreement as embeddings."""
+    runner.check_samples(dataset.x, dataset.source)
+    expected = runner.run(dataset.x)
+    if expected.shape != outputs.shape:
+        raise InputError(
+            f"the reference outputs {list(expected.shape)} but the artifact {list(outputs.shape)}", "compare artifacts of the same model"
+        )
+    block: dict[str, Any] = {
+        "artifact": name,
+        "top1_agreement": agreement(outputs, expected),
+        "sqnr_db": finite_or_none(sqnr_db(expected, outputs)),
+        "max_abs_diff": float(abs(expected - outputs).max()),
+        **embedding_agreement(expected.reshape(len(expected), -1), outputs.reshape(len(outputs), -1)),
+    }
+    if dataset.y is not None and dataset.has_classes:
+        block["accuracy"] = accuracy(expected, dataset.y)
+    return block
 
 
 def _on_device(artifact: Path, device: str, samples: Any, source: str, doc: dict[str, Any], ssh_config: str | Path | None) -> Any:

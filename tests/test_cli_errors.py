@@ -28,7 +28,7 @@ def _digits_onnx() -> bytes:
 def _files(tmp: Path) -> dict[str, Path]:
     np.savez(tmp / "nan.npz", x=np.full((4, 1, 8, 8), np.nan, np.float32))
     np.savez(tmp / "empty.npz", x=np.zeros((0, 1, 8, 8), np.float32))
-    np.savez(tmp / "nox.npz", images=np.zeros((4, 1, 8, 8), np.float32))
+    np.savez(tmp / "nox.npz", images=np.zeros((4, 1, 8, 8), np.float32), labels=np.zeros((4, 1, 8, 8), np.float32))
     np.savez(tmp / "wrongshape.npz", x=np.zeros((4, 3, 8, 8), np.float32))
     (tmp / "corrupt.onnx").write_bytes(b"this is not protobuf")
     (tmp / "corrupt.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\xff" * 64)
@@ -72,7 +72,7 @@ CASES = [
         "but the model takes 1x8x8",
     ),
     ("empty-data", lambda f: ["compress", MODEL, "--calib", str(f["empty.npz"])], 2, "is empty"),
-    ("npz-without-x", lambda f: ["compress", MODEL, "--calib", str(f["nox.npz"])], 2, "no array named x"),
+    ("npz-without-x", lambda f: ["compress", MODEL, "--calib", str(f["nox.npz"])], 2, "the model takes x, which calibration data"),
     ("missing-data", lambda f: ["compress", MODEL, "--calib", "nowhere.npz"], 2, "nowhere.npz"),
     ("unknown-target", lambda f: ["compress", MODEL, "--calib", "digits", "--target", "toaster"], 2, "unknown target 'toaster'"),
     ("unknown-method", lambda f: ["compress", MODEL, "--calib", "digits", "--method", "magic"], 2, "magic"),

@@ -29,12 +29,13 @@ def test_npz_with_labels(tmp_path: Path, rng: np.random.Generator) -> None:
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        ({"images": np.zeros((2, 3))}, "has no array named x"),
+        ({"y": np.zeros(2, np.int64)}, "holds no samples"),
+        ({"input_ids": np.zeros((2, 3), np.int64), "attention_mask": np.zeros((2, 4), np.int64)}, "but input_ids is int64"),
         ({"x": np.zeros((0, 3, 4, 4))}, "is empty"),
         ({"x": np.full((2, 3), np.nan)}, "NaN"),
         ({"x": np.zeros((2, 3)), "y": np.zeros(3, np.int64)}, "2 samples but 3 labels"),
     ],
-    ids=["no-x", "empty", "nan", "label-count"],
+    ids=["no-samples", "input-shapes", "empty", "nan", "label-count"],
 )
 def test_bad_npz(tmp_path: Path, arrays: dict[str, np.ndarray], message: str) -> None:
     path = tmp_path / "bad.npz"

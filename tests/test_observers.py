@@ -53,7 +53,8 @@ def test_summaries_from_onnx_runtime_are_what_the_whole_tensors_give(rng: np.ran
     import onnxruntime as ort
 
     from edgetune.capture import capture
-    from edgetune.export.onnx.writer import INPUT_NAME, build_onnx
+    from edgetune.export.config import INPUT_NAME
+    from edgetune.export.onnx.writer import build_onnx
     from edgetune.quantize.calibrate import observed_tensors
     from edgetune.quantize.observers import SAMPLE_PER_BATCH
     from edgetune.quantize.summaries import add_summaries

@@ -203,11 +203,14 @@ def test_text_lines_that_are_empty_or_not_utf8_are_counted(jsonl_files: Path, tm
 
     (tmp_path / "passages.txt").write_bytes(b"the goal of the match\n\n  \nbad \xff bytes\n" + b"rain " * 30 + b"\n")
     data = load_dataset(str(tmp_path / "passages.txt"), "calibration", text=TextSpec(str(jsonl_files / "tokenizer.json"), 8))
-    assert data.x.shape == (3, 8) and data.x.dtype == np.int64 and data.y is None
+    assert data.x.shape == (3, 3, 8) and data.x.dtype == np.int64 and data.y is None
+    assert data.inputs == ("input_ids", "attention_mask", "token_type_ids")
     notes: dict = data.preprocess["text"]  # type: ignore[assignment, type-arg]
     counted = {name: notes[name] for name in ("passages", "truncated", "empty_lines", "invalid_utf8_lines")}
     assert counted == {"passages": 3, "truncated": 1, "empty_lines": 2, "invalid_utf8_lines": 1}
-    assert (data.x[0, 5:] == 0).all(), "padded with the tokenizer's [PAD] id"
+    ids, mask, types = data.x[0]
+    assert (ids[5:] == 0).all() and (ids[:5] != 0).all(), "padded with the tokenizer's [PAD] id"
+    assert mask.tolist() == [1] * 5 + [0] * 3 and not types.any(), "the mask marks the padding; one passage is one segment"
 
 
 @pytest.mark.parametrize(

@@ -145,3 +145,18 @@ def test_a_transformer_encoder_with_its_float_stream_runs_the_same_on_tflite_run
     # The planted outliers make the model chaotic (int8 is 22 dB from fp32): a rounding step
     # apart between the two runtimes' kernels grows, but stays far below the int8 error.
     assert sqnr_db(ours, theirs) > 30 and cosines(ours, theirs).mean() > 0.9995
+
+
+def test_a_bert_with_mask_and_token_types_runs_the_same_on_tflite_runtime_214(tmp_path: Path) -> None:
+    """Three int32 inputs, the mask's CAST and float bias, a float DIV of the masked mean."""
+    from test_several_inputs import NAMES, _batch
+    from text_encoder import bert
+
+    from edgetune.evaluate.metrics import cosines
+
+    graph = capture(bert(), (16,), "int64", NAMES)
+    calibrate(graph, _batch(64, 0), QuantConfig())
+    x = _batch(16, 1)
+    blob = write_tflite(graph)
+    theirs, ours = _on_214(tmp_path, blob, x), TfliteRunner(blob).run(x)
+    assert cosines(ours, theirs).min() > 0.9999 and np.abs(ours - theirs).max() < 1e-2

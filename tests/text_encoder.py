@@ -68,3 +68,75 @@ def classifier() -> nn.Module:
 def sentence() -> nn.Module:
     torch.manual_seed(0)
     return SentenceEncoder()
+
+
+class MaskedLayer(Layer):
+    """A BERT layer whose attention scores get an additive mask."""
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias
+        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape)
+        x = self.norm1(x + self.output(context))
+        return self.norm2(x + self.out(nn.functional.gelu(self.intermediate(x))))
+
+
+class Bert(nn.Module):
+    """BERT's forward: token ids, an attention mask (1 for a token, 0 for padding) and token
+    types (segments), each optional but the ids; the mask becomes BERT's additive bias
+    ``(1 - mask) * finfo.min``. ``pooling``: a masked mean, L2-normalized (a sentence encoder,
+    as sentence-transformers pools), or a classifier on the [CLS] position."""
+
+    def __init__(
+        self, vocab: int = 64, length: int = 16, dim: int = 32, layers: int = 2, classes: int = 3, pooling: str = "mean", heads: int = 4
+    ) -> None:
+        super().__init__()
+        self.words, self.positions, self.types = nn.Embedding(vocab, dim), nn.Embedding(length, dim), nn.Embedding(2, dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+        self.layers = nn.ModuleList(MaskedLayer(dim, heads, 4 * dim) for _ in range(layers))
+        self.pooler, self.classifier = nn.Linear(dim, dim), nn.Linear(dim, classes)
+        self.pooling = pooling
+        self.register_buffer("position_ids", torch.arange(length)[None], persistent=False)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.norm(self.words(input_ids) + self.positions(self.position_ids) + self.types(token_type_ids))
+        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        for layer in self.layers:
+            x = layer(x, bias)
+        if self.pooling == "cls":
+            return self.classifier(torch.tanh(self.pooler(x[:, 0])))
+        weights = attention_mask.unsqueeze(-1).to(x.dtype)
+        pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+class MaskOnly(nn.Module):
+    """A forward that must be given the mask (no default)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Bert()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.inner(input_ids, attention_mask)
+
+
+def bert() -> nn.Module:
+    torch.manual_seed(0)
+    return Bert()
+
+
+def bert_classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return Bert(pooling="cls")
+
+
+def mask_only() -> nn.Module:
+    torch.manual_seed(0)
+    return MaskOnly()

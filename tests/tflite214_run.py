@@ -1,7 +1,7 @@
 """Run .tflite files with tflite-runtime, as on a Raspberry Pi image (numpy 1.x, no edgetune).
 
 Usage: python tflite214_run.py INPUTS.npz OUT.npz MODEL.tflite [MODEL.tflite ...]
-Reads NHWC float inputs from x in INPUTS.npz; writes each model's float outputs under its
+Reads NHWC float inputs from x in INPUTS.npz (a model's several inputs stacked on axis 1); writes each model's float outputs under its
 file name. int8-input models get their inputs quantized with the model's own parameters.
 """
 
@@ -15,9 +15,16 @@ def run(path: str, x: np.ndarray) -> np.ndarray:
     with open(path, "rb") as stream:
         interpreter = Interpreter(model_content=stream.read())
     interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    inputs, out = interpreter.get_input_details(), interpreter.get_output_details()[0]
+    inp = inputs[0]
     results = []
     for sample in x:
+        if len(inputs) > 1:  # several inputs (token ids, attention mask, token types), stacked on axis 0
+            for given, part in zip(inputs, sample):
+                interpreter.set_tensor(given["index"], part[None].astype(given["dtype"]))
+            interpreter.invoke()
+            results.append(interpreter.get_tensor(out["index"]).astype(np.float32))
+            continue
         value = sample[None]
         if inp["dtype"] == np.int8:
             scale, zero_point = inp["quantization"]

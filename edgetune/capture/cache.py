@@ -69,7 +69,9 @@ def cache_folder() -> Path | None:
     return cache_dir() / "capture"
 
 
-def cached_capture(model: nn.Module, shape: tuple[int, ...], capture: Callable[[], Graph], dtype: str = "float32") -> Graph:
+def cached_capture(
+    model: nn.Module, shape: tuple[int, ...], capture: Callable[[], Graph], dtype: str = "float32", names: tuple[str, ...] = ()
+) -> Graph:
     """``capture()``'s graph from the cache when an entry has the model's key, else captured
     now and stored."""
     folder = cache_folder()
@@ -77,7 +79,7 @@ def cached_capture(model: nn.Module, shape: tuple[int, ...], capture: Callable[[
         return capture()
     try:
         with step("capture cache key"):
-            key = capture_key(model, shape, dtype)
+            key = capture_key(model, shape, dtype, names)
     except Uncacheable:
         return capture()
     entry = folder / f"{key}.edgetune"
@@ -96,9 +98,11 @@ def versions() -> dict[str, str]:
     return {"edgetune": edgetune.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}
 
 
-def capture_key(model: nn.Module, shape: tuple[int, ...], dtype: str = "float32") -> str:
+def capture_key(model: nn.Module, shape: tuple[int, ...], dtype: str = "float32", names: tuple[str, ...] = ()) -> str:
     digest = hashlib.sha256()
-    typed = {"dtype": dtype} if dtype != "float32" else {}  # float inputs keep the keys they had
+    typed: dict[str, Any] = {"dtype": dtype} if dtype != "float32" else {}  # float inputs keep the keys they had
+    if len(names) > 1:
+        typed["inputs"] = list(names)
     digest.update(json.dumps({"format": FORMAT, "version": VERSION, **versions(), "shape": list(shape), **typed}).encode())
     _hash_code(digest, model)
     _hash_model(digest, model)

@@ -19,15 +19,20 @@ from edgetune.timing import step, timed
 
 
 @timed("torch.export")
-def export_program(model: nn.Module, sample_shape: tuple[int, ...], dtype: str = "float32") -> torch.export.ExportedProgram:
+def export_program(
+    model: nn.Module, sample_shape: tuple[int, ...], dtype: str = "float32", names: tuple[str, ...] = ()
+) -> torch.export.ExportedProgram:
     """The model exported on one sample of ``sample_shape``: float, or ``int64`` indices (zeros,
-    which every embedding table holds)."""
+    which every embedding table holds). ``names``: the forward's arguments, when it takes
+    several inputs of that shape (token ids, attention mask, token types), passed by name."""
     example = torch.zeros((1, *sample_shape), dtype=getattr(torch, dtype))
+    args: tuple[torch.Tensor, ...] = (example,) if len(names) < 2 else ()
+    kwargs = {name: example.clone() for name in names} if len(names) > 1 else None
     model = with_headwise_attention(model.eval())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.export(model, (example,), strict=False)
+            return torch.export.export(model, args, kwargs, strict=False)
     except Exception as exc:
         if dtype == "float32" and "'indices'" in str(exc):
             raise InputError(
@@ -39,9 +44,15 @@ def export_program(model: nn.Module, sample_shape: tuple[int, ...], dtype: str =
         ) from exc
 
 
-def capture(model: nn.Module | torch.export.ExportedProgram, sample_shape: tuple[int, ...] | None = None, dtype: str = "float32") -> Graph:
+def capture(
+    model: nn.Module | torch.export.ExportedProgram,
+    sample_shape: tuple[int, ...] | None = None,
+    dtype: str = "float32",
+    names: tuple[str, ...] = (),
+) -> Graph:
     """Capture a module (or an already exported program) as an IR graph, simplified. ``dtype``
-    is the input's: float32, or int64 for a model that looks token ids up."""
+    is the input's: float32, or int64 for a model that looks token ids up. ``names``: the
+    forward's arguments when it takes several inputs of one shape."""
     if isinstance(model, torch.export.ExportedProgram):
         program = model
     else:
@@ -50,7 +61,7 @@ def capture(model: nn.Module | torch.export.ExportedProgram, sample_shape: tuple
         from edgetune.capture.cache import cached_capture
 
         shape = sample_shape
-        return cached_capture(model.eval(), shape, lambda: _lowered(export_program(model, shape, dtype)), dtype)
+        return cached_capture(model.eval(), shape, lambda: _lowered(export_program(model, shape, dtype, names)), dtype, names)
     return _lowered(program)
 
 
@@ -95,8 +106,8 @@ def lower_program(program: torch.export.ExportedProgram) -> Graph:
     user_inputs = [
         spec.arg.name for spec in program.graph_signature.input_specs if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
     ]
-    if len(user_inputs) != 1:
-        raise InputError(f"the model takes {len(user_inputs)} inputs", "edgetune handles models with exactly one input tensor")
+    if not user_inputs:
+        raise InputError("the model takes no input", "give a model whose forward takes a tensor")
     graph = Graph(inputs=[], outputs=[], tensors={}, nodes=[])
     ctx = LoweringContext(constants, graph)
     for node in fx_graph.nodes:
@@ -109,6 +120,12 @@ def lower_program(program: torch.export.ExportedProgram) -> Graph:
             results = node.args[0]
             results = results if isinstance(results, (list, tuple)) else [results]
             graph.outputs = [ctx.name(r) for r in results]
+    shapes = {graph.tensors[name].shape for name in graph.inputs}
+    if len(shapes) > 1:
+        raise InputError(
+            f"the model's inputs have the shapes {' and '.join(map(str, sorted(shapes)))}",
+            "edgetune handles several inputs when they share one shape (token ids, attention mask, token types)",
+        )
     if len(graph.outputs) != 1:
         raise InputError(f"the model returns {len(graph.outputs)} tensors", "edgetune handles models with exactly one output tensor")
     name_after_modules(graph, ctx.paths, ctx.helpers)

@@ -201,7 +201,12 @@ def div(ctx: LoweringContext, node: torch.fx.Node) -> None:
     if normalized(ctx, node):
         return
     if not isinstance(divisor, (int, float)):
-        raise InputError("division by a tensor", "divide by a Python number, or multiply by a reciprocal")
+        fixed = ctx.const(divisor)
+        if fixed is not None and fixed.size == 1:
+            ctx.emit("mul", node, [ctx.name(node.args[0]), ctx.name(1.0 / float(fixed.reshape(-1)[0]))])
+        else:  # computed in float in the int8 artifacts too (quantize/stream.py)
+            ctx.emit("div", node, [ctx.name(node.args[0]), ctx.name(divisor)])
+        return
     ctx.emit("mul", node, [ctx.name(node.args[0]), ctx.name(1.0 / float(divisor))])
 
 
@@ -401,6 +406,13 @@ def _select(ctx: LoweringContext, node: torch.fx.Node, source: Any, dim: int, po
 def zeros(ctx: LoweringContext, node: torch.fx.Node) -> None:
     """A constant (a recurrent layer's zero initial state, usually)."""
     ctx.constants[node.name] = np.zeros(_ints(node.args[0]), np.float32)
+
+
+@lowers(aten.zeros_like.default)
+def zeros_like(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """A constant of the tensor's shape (default token types, ``torch.zeros_like(input_ids)``):
+    batch 1, broadcast against the batch, and an embedding of it folds to constant rows."""
+    ctx.constants[node.name] = np.zeros(ctx.shape(node), np.float32)
 
 
 @lowers(aten.permute.default)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,36 @@ class LoadedModel:
                 return tuple(int(d) for d in shape)
         return None
 
+    def input_names(self) -> tuple[list[str], list[str]]:
+        """The model's input names in order, and those it cannot do without: a module's forward
+        arguments (those without a default are required), a program's or an ONNX file's inputs
+        (all required). Empty when the forward takes ``*args`` only."""
+        if self.program is not None:
+            names = list(_user_inputs(self.program))
+            return names, names
+        if self.onnx_path is not None:
+            names = _onnx_inputs(self.onnx_path)
+            return names, names
+        if self.module is None:
+            return [], []
+        try:
+            parameters = list(inspect.signature(self.module.forward).parameters.values())
+        except (TypeError, ValueError):
+            return [], []
+        named = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        return [p.name for p in named], [p.name for p in named if p.default is p.empty]
+
+
+def _onnx_inputs(path: Path) -> list[str]:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return []  # the importer reports the broken file with a proper message
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
+
 
 def _onnx_input_shape(path: Path) -> tuple[int, ...] | None:
     """The per-sample input shape an ONNX file declares, when every dimension after the batch is fixed."""
@@ -49,17 +80,17 @@ def _onnx_input_shape(path: Path) -> tuple[int, ...] | None:
         return None  # the importer reports the broken file with a proper message
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
+    if not inputs:
         return None
-    dims = inputs[0].type.tensor_type.shape.dim[1:]
+    dims = inputs[0].type.tensor_type.shape.dim[1:]  # several inputs share one shape (capture checks it)
     if not dims or any(not d.HasField("dim_value") for d in dims):
         return None
     return tuple(int(d.dim_value) for d in dims)
 
 
-def _user_inputs(program: torch.export.ExportedProgram) -> set[str]:
+def _user_inputs(program: torch.export.ExportedProgram) -> list[str]:
     kind = torch.export.graph_signature.InputKind.USER_INPUT
-    return {spec.arg.name for spec in program.graph_signature.input_specs if spec.kind == kind}
+    return [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind == kind]
 
 
 def load_model(spec: str, weights: str | None = None) -> LoadedModel:

@@ -99,9 +99,17 @@ class LoweringContext:
             raise TypeError(f"{node.name} carries no shape")
         return tuple(int(d) for d in value.shape)
 
+    @staticmethod
+    def dtype(node: torch.fx.Node) -> str:
+        """The IR element type of an fx node's value: int64 for integers (ids, a mask, and
+        what reshapes them), else float32."""
+        value = node.meta.get("val")
+        dtype = getattr(value, "dtype", None)
+        return "int64" if dtype is not None and not dtype.is_floating_point else "float32"
+
     def emit(self, op: str, fx_node: torch.fx.Node, inputs: list[str], *, helper: bool = False, **attrs: Any) -> Node:
         out = fx_node.name
-        self.graph.tensors[out] = Tensor(out, self.shape(fx_node))
+        self.graph.tensors[out] = Tensor(out, self.shape(fx_node), dtype=self.dtype(fx_node))
         node = Node(op, fx_node.name, inputs, [out], dict(attrs))
         self.paths[node.name] = module_path(fx_node)
         self.graph.nodes.append(node)

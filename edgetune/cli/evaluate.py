@@ -22,6 +22,8 @@ from edgetune.cli.output import common_options, emit, fmt, pct, table
 )
 @click.option("--ssh-config", type=click.Path(dir_okay=False), help="An ssh config file instead of ~/.ssh/config.")
 @click.option("--plot", metavar="FILE.png", help="Draw the confusion matrix (labelled data) to FILE.png (needs matplotlib).")
+@click.option("--tokenizer", metavar="FILE", help="tokenizer.json that turns .txt and .jsonl data into token ids.")
+@click.option("--seq-len", type=int, metavar="N", help="Token length .txt and .jsonl passages are padded or truncated to (default 128).")
 @common_options
 def command(
     artifact: str,
@@ -32,13 +34,25 @@ def command(
     device: str | None,
     ssh_config: str | None,
     plot: str | None,
+    tokenizer: str | None,
+    seq_len: int | None,
     as_json: bool,
 ) -> None:
     """Evaluate ARTIFACT (.onnx, .tflite or .edgetune) on DATA: accuracy, per-class accuracy and
     precision and the confusion matrix when DATA has labels, and agreement with a reference."""
     from edgetune.api import evaluate
 
-    document = evaluate(artifact, data, reference=reference, preprocess=preprocess, threads=threads, device=device, ssh_config=ssh_config)
+    document = evaluate(
+        artifact,
+        data,
+        reference=reference,
+        preprocess=preprocess,
+        threads=threads,
+        device=device,
+        ssh_config=ssh_config,
+        tokenizer=tokenizer,
+        seq_len=seq_len,
+    )
     if plot is not None:
         document["plot"] = _plot(document, plot)
     emit(document, as_json, _human)
@@ -76,6 +90,9 @@ def _human(doc: dict[str, Any]) -> str:
             rows.append(("reference accuracy", pct(ref["accuracy"])))
         rows.append(("top-1 agreement", pct(ref["top1_agreement"])))
         rows.append(("output SQNR", fmt(ref["sqnr_db"], 2, " dB")))
+        rows.append(("cosine to reference", f"mean {ref['cosine_mean']:.4f}, 1st percentile {ref['cosine_p1']:.4f}"))
+        if ref.get("neighbour_agreement") is not None:
+            rows.append(("nearest-neighbour agreement", pct(ref["neighbour_agreement"])))
     if "parity" in doc:
         from edgetune.cli.bench import parity_rows
 

@@ -61,13 +61,14 @@ def meta_init_command(
     from edgetune.ir.serialize import graph_to_bytes
     from edgetune.meta.episodes import parse_classes
     from edgetune.meta.learn import MetaConfig, meta_train
-    from edgetune.pipeline.adapt import load_graph_for
+    from edgetune.pipeline.adapt import fit_to, load_graph_for
 
     budget = parse_budget(options.pop("budget"))
     config = MetaConfig(budget, classes=parse_classes(classes), **options)
     progress = StderrProgress(enabled=not quiet)
     data = load_dataset(tasks, "train", progress=progress, text=TextSpec(tokenizer, seq_len or TextSpec().seq_len))
     graph = load_graph_for(model, weights, data)
+    data = fit_to(graph, data)
     report = {"model": model, "tasks": data.source, "meta_init": meta_train(graph, data, config, progress)}
     publish_folder(out_dir, {"meta.edgetune": graph_to_bytes(graph), "report.json": json_bytes(report)})
     emit(report, as_json, _meta_text)

@@ -14,15 +14,29 @@ Role = Literal["calibration", "test", "train"]
 
 @dataclass(frozen=True)
 class Dataset:
+    """Samples ``x`` (and labels or targets ``y``).
+
+    ``inputs`` names the model's inputs the samples are for (the forward's argument names), when
+    the data names them. Several inputs of one shape and type (token ids, attention mask, token
+    types) are stacked on axis 1: ``x`` is ``[samples, inputs, *shape]``, and every stage slices
+    samples on axis 0 as for one input; the graph runners and the artifacts' runners feed
+    ``x[:, i]`` to input ``i``.
+    """
+
     x: np.ndarray
     y: np.ndarray | None
     source: str
     labels: tuple[str, ...] = ()
     preprocess: dict[str, object] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.x.ndim < 2 or len(self.x) == 0:
             raise InputError(f"data set {self.source} is empty", "give at least one sample")
+        if self.stacked and (self.x.ndim < 3 or self.x.shape[1] != len(self.inputs)):
+            raise ValueError(
+                f"{len(self.inputs)} stacked inputs need samples of shape [N, {len(self.inputs)}, ...], not {list(self.x.shape)}"
+            )
         if self.x.dtype in (np.int32, np.int64):  # token ids (images come as uint8, or floats)
             object.__setattr__(self, "x", self.x.astype(np.int64))
         elif self.x.dtype != np.float32:
@@ -45,6 +59,22 @@ class Dataset:
                 )
             if np.issubdtype(self.y.dtype, np.floating):
                 object.__setattr__(self, "y", self.y.astype(np.float32))
+
+    @property
+    def stacked(self) -> bool:
+        """Several inputs, stacked on axis 1."""
+        return len(self.inputs) > 1
+
+    def _with(self, x: np.ndarray, y: np.ndarray | None, source: str | None = None) -> Dataset:
+        return Dataset(x, y, self.source if source is None else source, self.labels, self.preprocess, self.inputs)
+
+    def select(self, names: list[str]) -> Dataset:
+        """The samples of the inputs ``names`` (some of ``inputs``), in that order."""
+        if list(names) == list(self.inputs):
+            return self
+        index = [self.inputs.index(name) for name in names]
+        x = self.x[:, index] if len(index) > 1 else (self.x[:, index[0]] if self.stacked else self.x)
+        return Dataset(x, self.y, self.source, self.labels, self.preprocess, tuple(names))
 
     @property
     def is_indices(self) -> bool:
@@ -75,7 +105,8 @@ class Dataset:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.x.shape[1:])
+        """The shape of one sample of one input."""
+        return tuple(int(d) for d in self.x.shape[2 if self.stacked else 1 :])
 
     def __len__(self) -> int:
         return len(self.x)
@@ -85,7 +116,7 @@ class Dataset:
         if count >= len(self):
             return self
         y = None if self.y is None else self.y[:count]
-        return Dataset(self.x[:count], y, self.source, self.labels, self.preprocess)
+        return self._with(self.x[:count], y)
 
     def split(self, count: int) -> tuple[Dataset, Dataset | None]:
         """The first ``count`` samples and the rest (None when nothing is left)."""
@@ -93,6 +124,6 @@ class Dataset:
             return self, None
         y1 = None if self.y is None else self.y[:count]
         y2 = None if self.y is None else self.y[count:]
-        first = Dataset(self.x[:count], y1, self.source, self.labels, self.preprocess)
-        rest = Dataset(self.x[count:], y2, self.source + f"[{count}:]", self.labels, self.preprocess)
+        first = self._with(self.x[:count], y1)
+        rest = self._with(self.x[count:], y2, self.source + f"[{count}:]")
         return first, rest

@@ -91,21 +91,38 @@ def _load(spec: str, role: Role, recipe: str | None, limits: CallableLimits, pro
 
 
 def load_npz(path: Path) -> Dataset:
+    """Samples ``x`` (and ``y``), or one array per model input named like the forward's
+    arguments (``input_ids``, ``attention_mask``, ...; and ``y``), stacked (see Dataset)."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if "x" not in archive.files:
+            names = [name for name in archive.files if name != "y"]
+            if not names:
                 raise InputError(
-                    f"{path} has no array named x (it has: {', '.join(archive.files) or 'nothing'})",
+                    f"{path} holds no samples (it has: {', '.join(archive.files) or 'nothing'})",
                     "save the samples as x=..., labels as y=...",
                 )
-            x = np.asarray(archive["x"])
+            arrays = {name: np.asarray(archive[name]) for name in (["x"] if "x" in names else names)}
             y = np.asarray(archive["y"]) if "y" in archive.files else None
     except InputError:
         raise
     except Exception as exc:  # numpy and zipfile raise many kinds (EOFError on an empty file, BadZipFile, ...)
         text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise InputError(f"cannot read {path} as .npz ({text})", "save it with numpy.savez") from None
-    return Dataset(_samples(x, f"x in {path}"), _targets(y, f"y in {path}"), str(path))
+    y = _targets(y, f"y in {path}")
+    if "x" in arrays:
+        return Dataset(_samples(arrays["x"], f"x in {path}"), y, str(path))
+    samples = {name: _samples(array, f"{name} in {path}") for name, array in arrays.items()}
+    if len(samples) == 1:
+        ((name, x),) = samples.items()
+        return Dataset(x, y, str(path), inputs=(name,))
+    first, *others = samples.items()
+    for name, array in others:
+        if array.shape != first[1].shape or array.dtype != first[1].dtype:
+            raise InputError(
+                f"{path}: {name} is {array.dtype} {list(array.shape)} but {first[0]} is {first[1].dtype} {list(first[1].shape)}",
+                "give every input of a model with several inputs one shape and type (token ids, attention mask, token types)",
+            )
+    return Dataset(np.stack(list(samples.values()), axis=1), y, str(path), inputs=tuple(samples))
 
 
 def _samples(x: np.ndarray, what: str) -> np.ndarray:

@@ -90,7 +90,8 @@ def _record(line: str, path: Path, number: int) -> dict[str, Any]:
 
 
 def load_text(path: Path, spec: TextSpec) -> Dataset:
-    """A text file as token ids ``[passages, seq_len]`` (int64), with labels when the records have them."""
+    """A text file as token ids, attention mask and token types stacked, ``[passages, 3, seq_len]``
+    (int64; see Dataset), with labels when the records have them."""
     if spec.tokenizer is None:
         raise InputError(f"{path} is text, and no tokenizer is given", "pass --tokenizer tokenizer.json (the model's own)")
     passages = read_passages(path)
@@ -100,7 +101,13 @@ def load_text(path: Path, spec: TextSpec) -> Dataset:
     tokenizer.enable_padding(length=spec.seq_len, pad_id=pad_id)
     inputs: list[Any] = list(zip(passages.texts, passages.pairs)) if passages.pairs else passages.texts
     encodings = tokenizer.encode_batch(inputs)
-    ids = np.asarray([encoding.ids for encoding in encodings], np.int64)
+    # What a BERT-style forward takes; the model's own arguments are chosen from them (pipeline/load.py).
+    columns = {
+        "input_ids": [encoding.ids for encoding in encodings],
+        "attention_mask": [encoding.attention_mask for encoding in encodings],
+        "token_type_ids": [encoding.type_ids for encoding in encodings],
+    }
+    ids = np.stack([np.asarray(column, np.int64) for column in columns.values()], axis=1)
     truncated = sum(bool(encoding.overflowing) for encoding in encodings)
     y = _labels(passages.labels, path)
     notes = {
@@ -112,7 +119,7 @@ def load_text(path: Path, spec: TextSpec) -> Dataset:
         "empty_lines": passages.empty_lines,
         "invalid_utf8_lines": passages.invalid_utf8_lines,
     }
-    return Dataset(ids, y, str(path), (), {"text": notes})
+    return Dataset(ids, y, str(path), (), {"text": notes}, tuple(columns))
 
 
 def _tokenizer(spec: TextSpec) -> Any:

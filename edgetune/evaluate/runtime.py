@@ -45,8 +45,13 @@ class OnnxRunner:
                 f"ONNX Runtime cannot load {where}: {str(exc).splitlines()[0]}", "check that it is a valid ONNX model"
             ) from exc
         inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise InputError(f"the ONNX model has {len(inputs)} inputs", "edgetune evaluates single-input models")
+        kinds = {(i.type, tuple(i.shape)) for i in inputs}
+        if len(kinds) != 1:
+            raise InputError(
+                f"the ONNX model's {len(inputs)} inputs differ in type or shape",
+                "edgetune evaluates models whose inputs share one shape and type (token ids, attention mask, token types)",
+            )
+        self.input_names = [i.name for i in inputs]
         self.input_name = inputs[0].name
         self.input_dtype = np.int64 if inputs[0].type == "tensor(int64)" else np.float32  # token ids, or values
         self.input_shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
@@ -54,25 +59,31 @@ class OnnxRunner:
 
     @property
     def sample_shape(self) -> list[int]:
-        """The per-sample input shape (unknown dimensions as 1)."""
-        return [1 if d is None else d for d in self.input_shape[1:]]
+        """The per-sample input shape (unknown dimensions as 1); several inputs are stacked on axis 0."""
+        stacked = [len(self.input_names)] if len(self.input_names) > 1 else []
+        return stacked + [1 if d is None else d for d in self.input_shape[1:]]
+
+    def feeds(self, samples: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch as the session's inputs: several are stacked on axis 1 (data.Dataset)."""
+        return feeds(self.input_names, samples, self.input_dtype)
 
     def check_samples(self, samples: np.ndarray, source: str) -> None:
-        expected = self.input_shape[1:]
+        stacked = [len(self.input_names)] if len(self.input_names) > 1 else []
+        expected = [*stacked, *self.input_shape[1:]]
         got = list(samples.shape[1:])
         if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
             shown = "x".join("?" if e is None else str(e) for e in expected)
+            what = f" ({', '.join(self.input_names)} stacked on axis 1)" if stacked else ""
             raise InputError(
-                f"samples of {source} have shape {'x'.join(map(str, got))} but the model takes {shown}",
-                "give data preprocessed to the model's input shape",
+                f"samples of {source} have shape {'x'.join(map(str, got))} but the model takes {shown}{what}",
+                "give data preprocessed to the model's input shape" + (", one array per input name in an .npz" if stacked else ""),
             )
 
     def run(self, samples: np.ndarray, batch: int = 32) -> np.ndarray:
         outputs = []
         try:
             for start in range(0, len(samples), batch):
-                chunk = np.ascontiguousarray(samples[start : start + batch], dtype=self.input_dtype)
-                outputs.append(self.session.run(None, {self.input_name: chunk})[0])
+                outputs.append(self.session.run(None, self.feeds(samples[start : start + batch]))[0])
         except Exception as exc:
             raise RuntimeFailure(
                 f"ONNX Runtime failed to run the model: {str(exc).splitlines()[0]}", "run with --debug for details"
@@ -80,4 +91,11 @@ class OnnxRunner:
         return np.concatenate(outputs)
 
     def run_one(self, sample: np.ndarray) -> None:
-        self.session.run(None, {self.input_name: sample.astype(self.input_dtype, copy=False)})
+        self.session.run(None, self.feeds(sample))
+
+
+def feeds(names: list[str], samples: np.ndarray, dtype: type | None = None) -> dict[str, np.ndarray]:
+    """A batch as a session's inputs: ``samples`` for one; ``samples[:, i]`` for input ``i`` of several."""
+    if len(names) == 1:
+        return {names[0]: np.ascontiguousarray(samples, dtype=dtype)}
+    return {name: np.ascontiguousarray(samples[:, i], dtype=dtype) for i, name in enumerate(names)}

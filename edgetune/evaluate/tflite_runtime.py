@@ -80,12 +80,20 @@ class TfliteRunner:
                 f"the TFLite interpreter rejects the model: {str(exc).splitlines()[0]}", "check that it is a valid .tflite file"
             ) from exc
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
+        if len(outputs) != 1:
+            raise InputError(f"the TFLite model has {len(outputs)} outputs", "edgetune runs single-output models")
+        if len({(str(i["dtype"]), tuple(i["shape"][1:])) for i in inputs}) != 1:
             raise InputError(
-                f"the TFLite model has {len(inputs)} inputs and {len(outputs)} outputs", "edgetune runs single-input, single-output models"
+                f"the TFLite model's {len(inputs)} inputs differ in type or shape",
+                "edgetune runs models whose inputs share one shape and type (token ids, attention mask, token types)",
             )
-        self.input, self.output = inputs[0], outputs[0]
+        self.inputs, self.output = inputs, outputs[0]
+        self.input = inputs[0]
         self.batch = int(self.input["shape"][0])
+
+    @property
+    def input_names(self) -> list[str]:
+        return [str(given["name"]) for given in self.inputs]
 
     @property
     def nhwc(self) -> bool:
@@ -93,9 +101,18 @@ class TfliteRunner:
 
     @property
     def sample_shape(self) -> list[int]:
-        """The per-sample input shape in the NCHW layout the data is in."""
+        """The per-sample input shape in the NCHW layout the data is in (several inputs stacked on axis 0)."""
         shape = [int(d) for d in self.input["shape"][1:]]
-        return [shape[2], shape[0], shape[1]] if self.nhwc else shape
+        stacked = [len(self.inputs)] if len(self.inputs) > 1 else []
+        return stacked + ([shape[2], shape[0], shape[1]] if self.nhwc else shape)
+
+    def _set_inputs(self, chunk: np.ndarray) -> None:
+        """One batch into the inputs: several are stacked on axis 1 (data.Dataset)."""
+        if len(self.inputs) == 1:
+            self.interpreter.set_tensor(self.input["index"], self._feed(chunk))
+            return
+        for i, given in enumerate(self.inputs):
+            self.interpreter.set_tensor(given["index"], np.ascontiguousarray(chunk[:, i], dtype=given["dtype"]))
 
     def check_samples(self, samples: np.ndarray, source: str) -> None:
         expected = self.sample_shape
@@ -124,9 +141,11 @@ class TfliteRunner:
 
     def _resize(self, batch: int) -> None:
         if batch != self.batch:
-            self.interpreter.resize_tensor_input(self.input["index"], [batch, *self.input["shape"][1:]])
+            for given in self.inputs:
+                self.interpreter.resize_tensor_input(given["index"], [batch, *given["shape"][1:]])
             self.interpreter.allocate_tensors()
-            self.input, self.output = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
+            self.inputs, self.output = self.interpreter.get_input_details(), self.interpreter.get_output_details()[0]
+            self.input = self.inputs[0]
             self.batch = batch
 
     def run(self, samples: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -135,7 +154,7 @@ class TfliteRunner:
             for start in range(0, len(samples), batch):
                 chunk = samples[start : start + batch]
                 self._resize(len(chunk))
-                self.interpreter.set_tensor(self.input["index"], self._feed(chunk))
+                self._set_inputs(chunk)
                 self.interpreter.invoke()
                 outputs.append(self._fetch())
         except (ValueError, RuntimeError) as exc:
@@ -152,7 +171,7 @@ class TfliteRunner:
 
     def run_one(self, sample: np.ndarray) -> None:
         self._resize(1)
-        self.interpreter.set_tensor(self.input["index"], self._feed(sample))
+        self._set_inputs(sample)
         self.interpreter.invoke()
 
 
@@ -161,8 +180,8 @@ import sys
 import numpy as np
 from edgetune.evaluate.tflite_runtime import TfliteRunner
 runner = TfliteRunner(sys.stdin.buffer.read())
-shape = list(runner.input["shape"])
-runner.interpreter.set_tensor(runner.input["index"], np.zeros(shape, runner.input["dtype"]))
+for given in runner.inputs:
+    runner.interpreter.set_tensor(given["index"], np.zeros(list(given["shape"]), given["dtype"]))
 runner.interpreter.invoke()
 print("ok")
 """

@@ -6,8 +6,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from edgetune.errors import InputError
+from edgetune.ir.graph import Graph
 
 FORMATS = ("onnx", "tflite")
+INPUT_NAME = "input"
 TFLITE_IO = ("float", "int8")
 
 
@@ -43,3 +45,9 @@ class ExportConfig:
 
 def parse_formats(text: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+
+
+def input_names(graph: Graph) -> list[str]:
+    """Both artifacts' input names: ``input`` for one input; for several, the forward's
+    argument names (``input_ids``, ``attention_mask``, ...), in the graph's order."""
+    return [INPUT_NAME] if len(graph.inputs) == 1 else list(graph.inputs)

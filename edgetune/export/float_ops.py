@@ -17,6 +17,7 @@ FLOAT_BY_DESIGN = {
     "gelu": ("ONNX", "opset 17 has no Gelu: float between DequantizeLinear and QuantizeLinear (TFLite's int8 GELU is a table of it)"),
     "prelu": ("ONNX", "ONNX Runtime has no integer PRelu: float between DequantizeLinear and QuantizeLinear"),
     **{op: ("both", "no int8 kernel in either runtime: float between the int8 input and output") for op in ("elu", "softplus", "mish")},
+    "clamp": ("TFLite", "MAXIMUM and MINIMUM with its bounds, in float between the int8 input and output"),
 }
 
 

@@ -136,7 +136,9 @@ def _split(data: Dataset, share: float, seed: int) -> tuple[Dataset, Dataset]:
     val, train = order[:count], order[count:]
 
     def pick(index: np.ndarray, suffix: str) -> Dataset:
-        return Dataset(data.x[index], None if data.y is None else data.y[index], f"{data.source}{suffix}", data.labels, data.preprocess)
+        return Dataset(
+            data.x[index], None if data.y is None else data.y[index], f"{data.source}{suffix}", data.labels, data.preprocess, data.inputs
+        )
 
     return pick(train, f"[train {100 - round(100 * share)}%]"), pick(val, f"[validation {round(100 * share)}%]")
 

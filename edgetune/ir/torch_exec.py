@@ -39,6 +39,14 @@ MIN_STAT_SAMPLES = 16
 STAT_ELEMENTS = 1 << 21
 
 
+def bind_inputs(graph: Graph, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The graph's input values from a batch: ``x`` itself for one input; for several,
+    ``x[:, i]`` for input ``i`` (the data stacks them on axis 1, see data.Dataset)."""
+    if len(graph.inputs) == 1:
+        return {graph.inputs[0]: x}
+    return {name: x[:, i] for i, name in enumerate(graph.inputs)}
+
+
 def stat_sample_count(samples: np.ndarray) -> int:
     per_sample = max(1, int(np.prod(samples.shape[1:])))
     return int(min(len(samples), max(MIN_STAT_SAMPLES, STAT_ELEMENTS // per_sample)))
@@ -82,10 +90,15 @@ def _linear(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return apply_act(F.linear(args[0], args[1], args[2] if len(args) > 2 else None), node.act)
 
 
-_BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"add": torch.add, "sub": torch.sub, "mul": torch.mul}
+_BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "add": torch.add,
+    "sub": torch.sub,
+    "mul": torch.mul,
+    "div": torch.div,
+}
 
 
-@kernel("add", "sub", "mul")
+@kernel("add", "sub", "mul", "div")
 def _binary(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return apply_act(_BINARY[node.op](args[0], args[1]), node.act)
 
@@ -223,6 +236,12 @@ def _gather(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return F.embedding(args[0].long(), args[1])
 
 
+@kernel("cast")
+def _cast(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    """Integer values (an attention mask) as float."""
+    return args[0].to(torch.float32)
+
+
 @kernel("channels")
 def _channels(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     """Channels of the last axis scaled by ``factors``, then ``copies`` of some of them
@@ -313,8 +332,8 @@ class GraphRunner(nn.Module):
 
     def forward(self, x: torch.Tensor, observe: Observer | None = None) -> torch.Tensor:
         values: dict[str, torch.Tensor] = {}
-        for name in self.graph.inputs:
-            values[name] = self._finish(name, x, observe)
+        for name, value in bind_inputs(self.graph, x).items():
+            values[name] = self._finish(name, value, observe)
         if self.checkpoint_segments and torch.is_grad_enabled() and observe is None:
             return self._forward_checkpointed(values)
         for node in self.graph.nodes:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgetune.data import Dataset, load_dataset
+from edgetune.data.inputs import match_inputs
 from edgetune.data.text import TextSpec
 from edgetune.errors import InputError
 from edgetune.meta.adapt import AdaptConfig, adapt
@@ -35,7 +36,7 @@ def draw(data: Dataset, classes: tuple[int, ...] | None, shot: int | None, seed:
                 raise InputError(f"class {c} of {data.source} has {len(members)} example(s), fewer than --shot {shot}", "lower --shot")
             picked.append(rng.choice(members, size=shot, replace=False))
         index = np.sort(np.concatenate(picked))
-    return Dataset(data.x[index], data.y[index], f"{data.source} ({len(index)} examples)", data.labels, data.preprocess), index
+    return Dataset(data.x[index], data.y[index], f"{data.source} ({len(index)} examples)", data.labels, data.preprocess, data.inputs), index
 
 
 def load_graph_for(model: str, weights: str | None, data: Dataset) -> Any:
@@ -51,7 +52,14 @@ def load_graph_for(model: str, weights: str | None, data: Dataset) -> Any:
             raise InputError("--weights goes with a Python model callable", f"{model} carries its weights")
         return load_graph(Path(model))
     loaded = load_any(model, weights)
-    return capture_model(loaded, loaded.declared_input_shape() or data.sample_shape, "int64" if data.is_indices else "float32")
+    data = match_inputs(data, *loaded.input_names())
+    names = data.inputs if data.stacked else ()
+    return capture_model(loaded, loaded.declared_input_shape() or data.sample_shape, "int64" if data.is_indices else "float32", names)
+
+
+def fit_to(graph: Any, data: Dataset) -> Dataset:
+    """``data``'s inputs that the graph takes, in its order (data/inputs.py)."""
+    return match_inputs(data, list(graph.inputs), list(graph.inputs))
 
 
 def run_adapt(model: str, out_dir: Path, options: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -62,6 +70,7 @@ def run_adapt(model: str, out_dir: Path, options: dict[str, Any], progress: Prog
     full = load_dataset(options["support"], "train", progress=progress, text=text)
     support, taken = draw(full, classes, options["shot"], options["seed"])
     graph = load_graph_for(model, None, support)
+    support = fit_to(graph, support)
     memory = parse_memory(options["memory"]) if options["memory"] else None
     config = AdaptConfig(options["steps"], options["lr"], options["seconds"], memory, options["strategy"])
     calibrated = graph.calibrated
@@ -73,14 +82,14 @@ def run_adapt(model: str, out_dir: Path, options: dict[str, Any], progress: Prog
     if not calibrated:
         from edgetune.quantize import QuantConfig, quantize
 
-        calib = load_dataset(options["calib"], "calibration", progress=progress, text=text)
+        calib = fit_to(graph, load_dataset(options["calib"], "calibration", progress=progress, text=text))
         quantize(graph, calib.x, QuantConfig())
         report["calibration"] = calib.source
     built, files = _artifacts(graph, options)
     if options["eval_data"]:
         same = options["eval_data"] == options["support"]
         report["evaluation"] = _evaluate(
-            built, load_dataset(options["eval_data"], "test", text=text), report["adapt"]["classes"], taken if same else None
+            built, fit_to(graph, load_dataset(options["eval_data"], "test", text=text)), report["adapt"]["classes"], taken if same else None
         )
     from edgetune.artifacts import json_bytes, publish_folder
 

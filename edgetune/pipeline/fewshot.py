@@ -62,4 +62,6 @@ def relabelled(data: Dataset, labels: list[int]) -> Dataset:
         raise InputError(f"{data.source} holds no example of the adapted classes {labels}", "give evaluation data of data.train's classes")
     names = tuple(data.labels[c] for c in labels) if len(data.labels) > max(labels) else ()
     y = np.searchsorted(labels, data.y[keep]).astype(data.y.dtype)
-    return Dataset(data.x[keep], y, f"{data.source} (classes {','.join(map(str, labels))} as 0-{len(labels) - 1})", names, data.preprocess)
+    return Dataset(
+        data.x[keep], y, f"{data.source} (classes {','.join(map(str, labels))} as 0-{len(labels) - 1})", names, data.preprocess, data.inputs
+    )

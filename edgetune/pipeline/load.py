@@ -16,6 +16,7 @@ from edgetune.background import in_background
 from edgetune.capture.models import LoadedModel, load_model
 from edgetune.data import Dataset, load_dataset
 from edgetune.data.dataset import Role
+from edgetune.data.inputs import match_inputs
 from edgetune.data.sources import runs_user_code
 from edgetune.errors import InputError
 from edgetune.ir.graph import Graph
@@ -26,8 +27,9 @@ from edgetune.quantize import QuantConfig
 from edgetune.timing import step
 
 
-def capture_model(loaded: LoadedModel, shape: tuple[int, ...], dtype: str = "float32") -> Graph:
-    """The model as edgetune's graph, for samples of ``shape``: float values, or ``int64`` token ids."""
+def capture_model(loaded: LoadedModel, shape: tuple[int, ...], dtype: str = "float32", names: tuple[str, ...] = ()) -> Graph:
+    """The model as edgetune's graph, for samples of ``shape``: float values, or ``int64`` token
+    ids. ``names``: the forward's arguments, when it takes several inputs (data.inputs)."""
     if loaded.kind == "onnx":
         from edgetune.capture.onnx_import import import_onnx
 
@@ -38,7 +40,7 @@ def capture_model(loaded: LoadedModel, shape: tuple[int, ...], dtype: str = "flo
     from edgetune.capture import capture
 
     source: Any = loaded.program if loaded.program is not None else loaded.module
-    return capture(source, shape, dtype)
+    return capture(source, shape, dtype, names)
 
 
 def load_any(model: ModelSpec, weights: str | None) -> LoadedModel:
@@ -125,6 +127,12 @@ def _load_model(run: Run) -> str:
     with step("data" if sets is None else "data (beyond the model's build)"):
         calib, run.eval_set, run.train_set = sets.result() if sets is not None else load_sets()
     assert calib is not None
+    names, required = run.loaded.input_names()
+    calib = match_inputs(calib, names, required, "calibration")
+    run.eval_set, run.train_set = (
+        None if d is None else match_inputs(d, names, required, role)
+        for d, role in ((run.eval_set, "evaluation"), (run.train_set, "training"))
+    )
     run.calib_set = calib
     _check_recovery_inputs(run)
     shape = plan.input_shape or run.loaded.declared_input_shape() or calib.sample_shape
@@ -156,13 +164,19 @@ def _load_compressed(run: Run) -> str:
     run.shape = tuple(run.graph.tensors[run.graph.inputs[0]].shape[1:])
     run.train_set = _data(plan.train_data, "train", run)
     run.eval_set = _data(plan.eval_data, "test", run)
+    names = list(run.graph.inputs)
+    run.train_set, run.eval_set = (
+        None if d is None else match_inputs(d, names, names, role)
+        for d, role in ((run.train_set, "training"), (run.eval_set, "evaluation"))
+    )
     _check_recovery_inputs(run)
     _check_shapes(run, (run.train_set, "training"), (run.eval_set, "evaluation"))
     if plan.init is None:  # adaptation gives the model a head for data.train's classes
         check_labels(run.graph, training=run.train_set, evaluation=run.eval_set)
     check_ids(run.graph, training=run.train_set, evaluation=run.eval_set)
     if plan.teacher is not None:
-        run.teacher = capture_model(load_any(plan.teacher, plan.teacher_weights), run.shape)
+        dtype = "int64" if run.graph.tensors[run.graph.inputs[0]].is_integer else "float32"
+        run.teacher = capture_model(load_any(plan.teacher, plan.teacher_weights), run.shape, dtype, tuple(names) if len(names) > 1 else ())
     return "compressed"
 
 
@@ -184,7 +198,8 @@ class Capture:
 
     def __call__(self, run: Run) -> Captured:
         assert run.loaded is not None and run.calib_set is not None
-        graph = capture_model(run.loaded, run.shape, "int64" if run.calib_set.is_indices else "float32")
+        calib = run.calib_set
+        graph = capture_model(run.loaded, run.shape, "int64" if calib.is_indices else "float32", calib.inputs if calib.stacked else ())
         # Calibration labels serve only the gradient pruning criteria; training labels only a
         # fine-tune. An adaptation (finetune.init) gives the model a head for data.train's classes.
         adapts = run.plan.init is not None
@@ -212,19 +227,25 @@ def check_labels(graph: Graph, **sets: Dataset | None) -> None:
 
 
 def check_ids(graph: Graph, **sets: Dataset | None) -> None:
-    """Token ids against the embedding tables that the model's input indexes, before any work:
+    """Token ids against the embedding tables that each model input indexes, before any work:
     an id past a table's end is a tokenizer that does not match the model."""
-    tables = [graph.const(node.inputs[1]).shape[0] for node in graph.nodes if node.op == "gather" and node.inputs[0] in graph.inputs]
+    tables: dict[int, list[int]] = {}
+    for node in graph.nodes:
+        if node.op == "gather" and node.inputs[0] in graph.inputs:
+            tables.setdefault(graph.inputs.index(node.inputs[0]), []).append(graph.const(node.inputs[1]).shape[0])
     for role, data in sets.items():
         if data is None or not tables:
             continue
         if not data.is_indices:
             raise InputError(f"the model looks up token ids, but the {role} samples of {data.source} are floats", "store ids as int64")
-        if int(data.x.max()) >= min(tables):
-            raise InputError(
-                f"{role} token ids of {data.source} reach {int(data.x.max())}, but the model's embedding has {min(tables)} rows",
-                "tokenize with the model's own vocabulary",
-            )
+        for index, rows in tables.items():
+            ids = data.x[:, index] if len(graph.inputs) > 1 else data.x
+            name = f" ({graph.inputs[index]})" if len(graph.inputs) > 1 else ""
+            if int(ids.max()) >= min(rows):
+                raise InputError(
+                    f"{role} token ids{name} of {data.source} reach {int(ids.max())}, but the model's embedding has {min(rows)} rows",
+                    "tokenize with the model's own vocabulary",
+                )
 
 
 def _roles(plan: Plan) -> list[tuple[DataSpec | None, Role]]:

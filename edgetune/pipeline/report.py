@@ -110,16 +110,16 @@ def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
     Errors accumulate: a layer's figure includes everything quantized before it.
     """
     from edgetune.evaluate.runtime import OnnxRunner
-    from edgetune.export.onnx.writer import INPUT_NAME, build_onnx
+    from edgetune.export.onnx.writer import build_onnx
 
-    names = [node.outputs[0] for node in graph.nodes]
+    names = [node.outputs[0] for node in graph.nodes if not graph.tensors[node.outputs[0]].is_integer]
     fp32_model, fp32_names = build_onnx(graph, quantized=False, expose=names)
     int8_model, int8_names = build_onnx(graph, quantized=True, expose=names)
     outputs = {}
     for key, model, exposed in (("fp32", fp32_model, fp32_names), ("int8", int8_model, int8_names)):
         runner = OnnxRunner(model.SerializeToString(), spin=False)
-        fetch = sorted(set(exposed.values()) - {INPUT_NAME})
-        values = dict(zip(fetch, runner.session.run(fetch, {runner.input_name: samples})))
+        fetch = sorted(set(exposed.values()) - set(runner.input_names))
+        values = dict(zip(fetch, runner.session.run(fetch, runner.feeds(samples))))
         outputs[key] = {name: values[exposed[name]] for name in names}
     layers = []
     producers = graph.producers()

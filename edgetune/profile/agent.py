@@ -92,15 +92,18 @@ class OnnxModel:
 
     def load(self) -> None:
         self.session = self._session(profile=False)
-        self.input = self.session.get_inputs()[0]
+        self.inputs = self.session.get_inputs()
 
     def sample(self, np):  # type: ignore[no-untyped-def]
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in self.input.shape]
-        dtype = np.dtype(ONNX_TYPES.get(self.input.type, "float32"))
-        return _random(np, shape, dtype)
+        """One input per model input (a text model's ids, mask and token types)."""
+        feeds = {}
+        for given in self.inputs:
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in given.shape]
+            feeds[given.name] = _random(np, shape, np.dtype(ONNX_TYPES.get(given.type, "float32")))
+        return feeds
 
     def run(self, x) -> None:  # type: ignore[no-untyped-def]
-        self.session.run(None, {self.input.name: x})
+        self.session.run(None, x)
 
     def ops(self, x, runs: int) -> dict:  # type: ignore[no-untyped-def, type-arg]
         """Kernel time per op type and per node, from ORT's profiler in a separate session
@@ -109,7 +112,7 @@ class OnnxModel:
         allocations and is left out."""
         session = self._session(profile=True)
         for _ in range(runs + 1):
-            session.run(None, {self.input.name: x})
+            session.run(None, x)
         with open(session.end_profiling()) as handle:
             events = json.load(handle)
         spans = sorted((e["ts"], e["ts"] + e.get("dur", 0)) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
@@ -146,9 +149,13 @@ class OnnxModel:
     def outputs(self, np, samples, kernels: str):  # type: ignore[no-untyped-def]
         """Raw outputs of the samples with or without graph optimization, one sample per run."""
         session = self._session(profile=False, optimized=kernels == "optimized")
-        name = session.get_inputs()[0].name
-        dtype = np.dtype(ONNX_TYPES[session.get_inputs()[0].type])
-        return np.concatenate([session.run(None, {name: sample[None].astype(dtype)})[0] for sample in samples])
+        inputs = session.get_inputs()
+
+        def feeds(sample):  # type: ignore[no-untyped-def]  # several inputs are stacked on a sample's axis 0
+            parts = [sample] if len(inputs) == 1 else list(sample)
+            return {i.name: part[None].astype(np.dtype(ONNX_TYPES[i.type])) for i, part in zip(inputs, parts)}
+
+        return np.concatenate([session.run(None, feeds(sample))[0] for sample in samples])
 
 
 class TfliteModel:
@@ -188,17 +195,24 @@ class TfliteModel:
 
     def load(self) -> None:
         self.interpreter = self._interpreter()
-        self.input = self.interpreter.get_input_details()[0]
+        self.inputs = self.interpreter.get_input_details()
 
     def outputs(self, np, samples, kernels: str):  # type: ignore[no-untyped-def]
         """Raw outputs of the samples on one kernel path, one sample per invoke. NCHW samples go
         in as NHWC; float samples into an integer input are quantized with its parameters."""
         interpreter = self._interpreter(kernels)
-        given, wanted = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        inputs, wanted = interpreter.get_input_details(), interpreter.get_output_details()[0]
         results = []
         for sample in samples:
+            if len(inputs) > 1:  # several inputs (token ids, mask, types), stacked on a sample's axis 0
+                for given, part in zip(inputs, sample):
+                    interpreter.set_tensor(given["index"], np.ascontiguousarray(part[None], dtype=given["dtype"]))
+                interpreter.invoke()
+                results.append(np.array(interpreter.get_tensor(wanted["index"])))
+                continue
+            given = inputs[0]
             x = sample[None].transpose(0, 2, 3, 1) if sample.ndim == 3 else sample[None]
-            if np.issubdtype(given["dtype"], np.integer):
+            if given["dtype"] in (np.int8, np.uint8, np.int16):
                 scale, zero_point = given["quantization"]
                 info = np.iinfo(given["dtype"])
                 x = np.clip(np.round(x / scale) + zero_point, info.min, info.max)
@@ -208,10 +222,12 @@ class TfliteModel:
         return np.concatenate(results)
 
     def sample(self, np):  # type: ignore[no-untyped-def]
-        return _random(np, [int(d) for d in self.input["shape"]], self.input["dtype"])
+        """One input per model input (a text model's ids, mask and token types)."""
+        return {given["index"]: _random(np, [int(d) for d in given["shape"]], given["dtype"]) for given in self.inputs}
 
     def run(self, x) -> None:  # type: ignore[no-untyped-def]
-        self.interpreter.set_tensor(self.input["index"], x)
+        for index, value in x.items():
+            self.interpreter.set_tensor(index, value)
         self.interpreter.invoke()
 
     def ops(self, x, runs: int) -> dict:  # type: ignore[no-untyped-def, type-arg]
@@ -298,7 +314,8 @@ def measure(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     load_ms = (time.perf_counter() - start) * 1e3
     if args.load_only:
         return {"agent": AGENT_VERSION, "runtime": model.runtime, "loaded": True}
-    x = model.sample(np)
+    x = model.sample(np)  # one array per model input
+    first = next(iter(x.values()))
     start = time.perf_counter()
     model.run(x)
     first_ms = (time.perf_counter() - start) * 1e3
@@ -334,7 +351,7 @@ def measure(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         },
         "ops": model.ops(x, args.profile_runs) if args.op_profile else None,
         "delegation": model.delegation(),
-        "input": {"shape": [int(d) for d in x.shape], "dtype": str(x.dtype)},
+        "input": {"shape": [int(d) for d in first.shape], "dtype": str(first.dtype), "count": len(x)},
     }
 
 

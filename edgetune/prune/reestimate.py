@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
-from edgetune.ir.torch_exec import KERNELS, apply_act, run_preact, stat_sample_count
+from edgetune.ir.torch_exec import KERNELS, apply_act, bind_inputs, run_preact, stat_sample_count
 
 # A channel whose spread fell below this share of its old one carries no signal to
 # rescale: only its mean is restored.
@@ -54,7 +54,7 @@ LayerHook = Callable[[Node, torch.Tensor, list[torch.Tensor]], torch.Tensor]
 def _walk(graph: Graph, x: torch.Tensor, at_layer: LayerHook) -> None:
     """Run ``graph`` node by node; ``at_layer(node, inputs, constants)`` returns a normalized
     layer's pre-activation output (and may change the layer first)."""
-    values: dict[str, torch.Tensor] = {name: x for name in graph.inputs}
+    values: dict[str, torch.Tensor] = bind_inputs(graph, x)
     readers: dict[str, int] = {}
     for node in graph.nodes:
         for name in node.inputs:

@@ -91,14 +91,16 @@ def collect_stats(
     """
     import onnxruntime as ort
 
-    from edgetune.evaluate.runtime import session_options
-    from edgetune.export.onnx.writer import INPUT_NAME, build_onnx
+    from edgetune.evaluate.runtime import feeds, session_options
+    from edgetune.export.config import input_names
+    from edgetune.export.onnx.writer import build_onnx
 
     wanted = observed_tensors(graph)
     channelwise = channelwise or []
     with step("fp32 ONNX with every activation summarized"):
         model, exposed = build_onnx(graph, quantized=False, expose=[*wanted, *channelwise])
-        summaries = add_summaries(model, sorted({exposed[n] for n in wanted if exposed[n] != INPUT_NAME}), SAMPLE_PER_BATCH)
+        inputs = input_names(graph)
+        summaries = add_summaries(model, sorted({exposed[n] for n in wanted if exposed[n] not in inputs}), SAMPLE_PER_BATCH)
         pairs = add_channel_summaries(model, {exposed[n]: len(graph.tensors[n].shape) for n in channelwise})
         blob = model.SerializeToString()
     # No spinning: on a core shared with other work, spinning threads burn the slices they wait in.
@@ -113,11 +115,12 @@ def collect_stats(
     for done, start in enumerate(starts, 1):
         batch = np.ascontiguousarray(samples[start : start + batch_size])
         with step("onnxruntime runs"):
-            values = dict(zip(fetch, session.run(fetch, {INPUT_NAME: batch})))
+            given = feeds(inputs, batch)
+            values = dict(zip(fetch, session.run(fetch, given)))
         with step("histograms"):
             for name in wanted:
-                if exposed[name] == INPUT_NAME:
-                    stats[name].update(torch.from_numpy(batch))
+                if exposed[name] in given:
+                    stats[name].update(torch.from_numpy(given[exposed[name]]))
                 else:
                     summary = summaries[exposed[name]]
                     stats[name].add(float(values[summary.low]), float(values[summary.high]), torch.from_numpy(values[summary.kept]))
@@ -295,8 +298,7 @@ def calibrate(graph: Graph, samples: np.ndarray, config: QuantConfig, progress: 
     """Observe ``samples`` and set quantization parameters on ``graph`` in place."""
     graph.meta["weight_bits"] = config.weight_bits
     graph.meta["weight_levels"] = weight_levels_by_layer(graph, config.weight_bits)  # AdaRound and QAT keep to these
-    if config.stream != "off":
-        isolate_stream(graph)
+    isolate_stream(graph, mask_only=config.stream == "off")
     with step("observe"):
         stats, spans = collect_stats(graph, samples, config, progress, channel_points(graph))
     if config.stream == "split":

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
-from edgetune.ir.torch_exec import KERNELS, apply_act, fake_quant, quantize_bias, run_preact
+from edgetune.ir.torch_exec import KERNELS, apply_act, bind_inputs, fake_quant, quantize_bias, run_preact
 from edgetune.progress import Progress
 
 
@@ -71,11 +71,11 @@ def walk(
     x = torch.from_numpy(np.ascontiguousarray(samples))
     floats: dict[str, torch.Tensor] = {}
     quants: dict[str, torch.Tensor] = {}
-    for name in graph.inputs:
-        floats[name] = x
+    for name, value in bind_inputs(graph, x).items():
+        floats[name] = value
         if quantized:
             q = graph.tensors[name].quant
-            quants[name] = fake_quant(x, q) if q is not None else x
+            quants[name] = fake_quant(value, q) if q is not None else value
     total = len(graph.nodes)
     with torch.no_grad():
         for index, node in enumerate(graph.nodes):

@@ -27,7 +27,7 @@ import torch
 
 from edgetune.ir.graph import Graph
 from edgetune.ir.quant import activation_params
-from edgetune.ir.torch_exec import GraphRunner, fake_quant
+from edgetune.ir.torch_exec import GraphRunner, bind_inputs, fake_quant
 from edgetune.progress import Progress
 from edgetune.quantize.layerwise import last_use
 
@@ -65,7 +65,7 @@ def _add_errors(
     last = last_use(graph)
     with torch.no_grad():
         reference = runner(x)
-        live: dict[str, torch.Tensor] = {name: x for name in graph.inputs}
+        live: dict[str, torch.Tensor] = bind_inputs(graph, x)
         for index in range(-1, len(graph.nodes)):  # -1: the graph's inputs, before any node
             if index >= 0:
                 runner.run_node(graph.nodes[index], live)

@@ -46,6 +46,11 @@ from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
 # (ONNX Runtime fuses a DequantizeLinear, Softmax, QuantizeLinear chain into it again, so
 # the scale before it runs in float too: see BEFORE_FLOAT.)
 SEEDS = frozenset({"layer_norm", "gelu", "softmax"})
+# Float always, with --stream off too: an attention mask cast to float and what is computed
+# from it alone (the additive bias ``(1 - mask) * finfo.min``, whose range down to -3.4e38
+# would leave every other value in int8 at zero; a masked mean's counts), and a division by a
+# tensor (a masked mean's; neither runtime has an int8 kernel for it).
+ALWAYS_FLOAT = frozenset({"cast", "div"})
 # Ops that stay int8 even when they read float values: the work (their inputs get a
 # quantization point), and lookups of integer ids.
 INT8_OPS = WEIGHTED_OPS | {"matmul", "gather"}
@@ -67,19 +72,22 @@ MAX_EXTRA_SHARE = 0.25  # input-side copies add at most this share of the channe
 
 def applies(graph: Graph) -> bool:
     """The float stream applies to graphs with a LayerNorm (transformer encoders, and others
-    built like them)."""
-    return any(node.op == "layer_norm" for node in graph.nodes)
+    built like them), or an attention mask cast to float."""
+    return any(node.op == "layer_norm" or node.op in ALWAYS_FLOAT for node in graph.nodes)
 
 
 def is_stream(node: Node) -> bool:
     return bool(node.attrs.get(STREAM_KEY))
 
 
-def _float_nodes(graph: Graph) -> set[str]:
-    """The ops that run in float: the seeds, additions beside them, and what reads only float."""
+def _float_nodes(graph: Graph, mask_only: bool = False) -> set[str]:
+    """The ops that run in float: the seeds, additions beside them, and what reads only float.
+    ``mask_only``: the attention mask's ops only (--stream off)."""
     consumers = graph.consumers()
     producers = graph.producers()
-    chosen = {node.name for node in graph.nodes if node.op in SEEDS or _product_of_activations(graph, node)}
+    chosen = {node.name for node in graph.nodes if node.op in ALWAYS_FLOAT}
+    if not mask_only:
+        chosen |= {node.name for node in graph.nodes if node.op in SEEDS or _product_of_activations(graph, node)}
 
     def activations(node: Node) -> list[str]:
         return [n for n in node.inputs if n and graph.tensors[n].data is None and not graph.tensors[n].is_integer]
@@ -113,13 +121,16 @@ def _product_of_activations(graph: Graph, node: Node) -> bool:
     return node.op == "matmul" and all(graph.tensors[name].data is None for name in node.inputs)
 
 
-def isolate_stream(graph: Graph) -> None:
+def isolate_stream(graph: Graph, mask_only: bool = False) -> None:
     """Mark the float ops and give every float tensor that an int8 op reads a quantization
     point (a ``channels`` node); give every linear layer whose output only float ops read a
-    ``channels`` node after it (the output side of the outlier split). In place, once."""
+    ``channels`` node after it (the output side of the outlier split). In place, once.
+    ``mask_only``: only the attention mask's ops and the additions beside them (--stream off)."""
     if STREAM_KEY in graph.meta or not applies(graph):
         return
-    floating = _float_nodes(graph)
+    floating = _float_nodes(graph, mask_only)
+    if not floating:
+        return
     for node in graph.nodes:
         if node.name in floating:
             node.attrs["precision"] = "float"

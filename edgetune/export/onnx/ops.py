@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto
 
 from edgetune.export.onnx.builder import OnnxBuilder
 from edgetune.ir.graph import Node
@@ -125,9 +126,9 @@ def layer_norm(b: OnnxBuilder, node: Node) -> str:
     return b.node("LayerNormalization", inputs, axis=-1, epsilon=node.attrs["eps"])[0]
 
 
-@onnx_op("add", "sub", "mul")
+@onnx_op("add", "sub", "mul", "div")
 def elementwise(b: OnnxBuilder, node: Node) -> str:
-    op_type = {"add": "Add", "sub": "Sub", "mul": "Mul"}[node.op]
+    op_type = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}[node.op]
     out = b.node(op_type, [b.read(name) for name in node.inputs])[0]
     return _activation(b, out, node)
 
@@ -247,6 +248,12 @@ def gather(b: OnnxBuilder, node: Node) -> str:
     DequantizeLinear, the Gather and the output's QuantizeLinear (with the table's parameters)
     ONNX Runtime runs as one int8 Gather."""
     return b.node("Gather", [b.read(node.inputs[1]), b.read(node.inputs[0])], axis=0)[0]
+
+
+@onnx_op("cast")
+def cast(b: OnnxBuilder, node: Node) -> str:
+    """Integer values (an attention mask) as float; float in the int8 model too (quantize/stream.py)."""
+    return b.node("Cast", [b.read(node.inputs[0])], to=TensorProto.FLOAT)[0]
 
 
 @onnx_op("channels")

@@ -9,13 +9,14 @@ from onnx import TensorProto, helper
 
 import edgetune
 from edgetune.errors import UnsupportedOpsError
+from edgetune.export.config import input_names
 from edgetune.export.onnx.builder import OnnxBuilder
 from edgetune.export.onnx.ops import ONNX_OPS
 from edgetune.ir.graph import Graph
 
 OPSET = 17
 INT4_OPSET = 21  # INT4 tensors, and Q/DQ of int4 and int16, came in opset 21 (IR version 10)
-INPUT_NAME, OUTPUT_NAME = "input", "output"
+OUTPUT_NAME = "output"
 
 
 def build_onnx(
@@ -31,32 +32,35 @@ def build_onnx(
     wide = quantized and any(t.quant is not None and t.quant.dtype == "int16" for t in graph.tensors.values())
     opset = INT4_OPSET if int4_weights or wide else OPSET
     b = OnnxBuilder(graph, quantized, unsigned_activations, opset=opset, int4_weights=int4_weights)
-    b._taken.update({INPUT_NAME, OUTPUT_NAME})
-    (graph_input,) = graph.inputs
-    b.write(graph_input, INPUT_NAME)
+    names = input_names(graph)
+    b._taken.update({*names, OUTPUT_NAME})
+    for graph_input, name in zip(graph.inputs, names):
+        b.write(graph_input, name)
     for node in graph.nodes:
         b.write(node.outputs[0], ONNX_OPS[node.op](b, node))
     (graph_output,) = graph.outputs
     # Name the final value "output" by renaming whichever node produced it.
     final = b.read(graph_output)
-    if final == INPUT_NAME:
+    if final in names:
         b.node("Identity", [final], [OUTPUT_NAME])
     else:
         for proto in b.nodes:
             proto.output[:] = [OUTPUT_NAME if o == final else o for o in proto.output]
             proto.input[:] = [OUTPUT_NAME if i == final else i for i in proto.input]
 
-    in_shape: list[str | int] = ["N", *graph.tensors[graph_input].shape[1:]]
     out_shape: list[str | int] = ["N", *graph.tensors[graph_output].shape[1:]]
     outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, out_shape)]
     exposed = {name: OUTPUT_NAME if b.names[name] == final else b.names[name] for name in expose}
-    for value in exposed.values():
-        if value not in (INPUT_NAME, OUTPUT_NAME):
-            outputs.append(helper.make_tensor_value_info(value, TensorProto.FLOAT, None))
+    for name, value in exposed.items():
+        if value not in (*names, OUTPUT_NAME):
+            outputs.append(helper.make_tensor_value_info(value, input_type(graph, name), None))
     onnx_graph = helper.make_graph(
         b.nodes,
         "edgetune",
-        [helper.make_tensor_value_info(INPUT_NAME, input_type(graph), in_shape)],
+        [
+            helper.make_tensor_value_info(name, input_type(graph, graph_input), ["N", *graph.tensors[graph_input].shape[1:]])
+            for graph_input, name in zip(graph.inputs, names)
+        ],
         outputs,
         initializer=b.initializers,
     )
@@ -83,6 +87,7 @@ def write_onnx(graph: Graph, quantized: bool, unsigned_activations: bool = False
     return bytes(model.SerializeToString())
 
 
-def input_type(graph: Graph) -> int:
-    """The ONNX element type of the model's input: float, or int64 token ids."""
-    return TensorProto.INT64 if graph.tensors[graph.inputs[0]].is_integer else TensorProto.FLOAT
+def input_type(graph: Graph, name: str | None = None) -> int:
+    """The ONNX element type of a model input (the first by default) or an activation: float,
+    or int64 (token ids, a mask, and what reshapes them)."""
+    return TensorProto.INT64 if graph.tensors[name or graph.inputs[0]].is_integer else TensorProto.FLOAT

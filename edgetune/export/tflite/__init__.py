@@ -3,6 +3,7 @@
 No TensorFlow: the flatbuffer is written with the TFLite schema's generated bindings.
 """
 
-from edgetune.export.tflite.writer import INPUT_NAME, OUTPUT_NAME, write_tflite
+from edgetune.export.config import INPUT_NAME
+from edgetune.export.tflite.writer import OUTPUT_NAME, write_tflite
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "write_tflite"]

@@ -49,6 +49,8 @@ VERSIONS: dict[int, tuple[int, int]] = {
     tflite.BuiltinOperator.QUANTIZE: (1, 1),
     tflite.BuiltinOperator.DEQUANTIZE: (2, 2),
     tflite.BuiltinOperator.GATHER: (1, 2),
+    tflite.BuiltinOperator.CAST: (1, 1),  # int32 to float32 (an attention mask)
+    tflite.BuiltinOperator.DIV: (1, 1),  # float only (quantize/stream.py)
 }
 ACTIVATIONS = {
     "none": tflite.ActivationFunctionType.NONE,

@@ -1,7 +1,8 @@
-"""ELU, Softplus and Mish: no int8 kernel in TFLite, so a float island each (DEQUANTIZE, the
+"""ELU, Softplus, Mish and a general clamp: no int8 kernel in TFLite, so a float island each (DEQUANTIZE, the
 function in float operators, QUANTIZE onto the int8 output), the function ONNX computes
 between its DequantizeLinear and QuantizeLinear. Softplus is written max(x, 0) +
-log(1 + exp(-|x|)), which no input overflows; Mish is x * tanh(softplus(x))."""
+log(1 + exp(-|x|)), which no input overflows; Mish is x * tanh(softplus(x)); a clamp is
+MAXIMUM and MINIMUM with its bounds (a masked mean's count, clamped away from zero)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def _softplus(f: _Float, x: int) -> int:
     return f.op(Op.ADD, [f.op(Op.RELU, [x]), tail])
 
 
-@tfl_op("elu", "softplus", "mish")
+@tfl_op("elu", "softplus", "mish", "clamp")
 def float_activation(b: TflBuilder, node: Node) -> None:
     x = b.read(node.inputs[0])
     f = _Float(b, node, list(b.model.tensors[x].shape))
@@ -54,6 +55,12 @@ def float_activation(b: TflBuilder, node: Node) -> None:
         below = f.op(Op.MINIMUM, [x, f.scalar(0.0)])
         curve = f.op(Op.MUL, [f.op(Op.SUB, [f.op(Op.EXP, [below]), f.scalar(1.0)]), f.scalar(node.attrs["alpha"])])
         result = f.op(Op.ADD, [f.op(Op.RELU, [x]), curve])
+    elif node.op == "clamp":
+        result = x
+        if node.attrs.get("min") is not None:
+            result = f.op(Op.MAXIMUM, [result, f.scalar(node.attrs["min"])])
+        if node.attrs.get("max") is not None:
+            result = f.op(Op.MINIMUM, [result, f.scalar(node.attrs["max"])])
     elif node.op == "softplus":
         result = _softplus(f, x)
     else:

@@ -1,5 +1,5 @@
-"""GATHER: rows of a constant table at integer ids (an embedding lookup). The ids are the
-model's int32 input; int8, the table and the output share the table's parameters (TFLite's
+"""GATHER: rows of a constant table at integer ids (an embedding lookup), and CAST of an
+integer input to float (an attention mask). The ids are the model's int32 input; int8, the table and the output share the table's parameters (TFLite's
 kernel copies values)."""
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ def gather(b: TflBuilder, node: Node) -> None:
 
     table, ids = b.read(node.inputs[1], nhwc=False), b.read(node.inputs[0])
     b.op(Op.GATHER, [table, ids], [b.define(node.outputs[0])], Options.GatherOptions, options)
+
+
+@tfl_op("cast")
+def cast(b: TflBuilder, node: Node) -> None:
+    """CAST: int32 values (an attention mask, the model's input like the ids) as float; float in
+    the int8 model too (quantize/stream.py)."""
+    b.op(Op.CAST, [b.read(node.inputs[0])], [b.define(node.outputs[0])])
 
 
 @tfl_op("channels")

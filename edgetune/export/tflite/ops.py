@@ -302,10 +302,12 @@ _ELEMENTWISE = {
     "add": (Op.ADD, Options.AddOptions, tflite.AddOptionsStart, tflite.AddOptionsAddFusedActivationFunction, tflite.AddOptionsEnd),
     "sub": (Op.SUB, Options.SubOptions, tflite.SubOptionsStart, tflite.SubOptionsAddFusedActivationFunction, tflite.SubOptionsEnd),
     "mul": (Op.MUL, Options.MulOptions, tflite.MulOptionsStart, tflite.MulOptionsAddFusedActivationFunction, tflite.MulOptionsEnd),
+    # float only: the stream runs a division in float (quantize/stream.py)
+    "div": (Op.DIV, Options.DivOptions, tflite.DivOptionsStart, tflite.DivOptionsAddFusedActivationFunction, tflite.DivOptionsEnd),
 }
 
 
-@tfl_op("add", "sub", "mul")
+@tfl_op("add", "sub", "mul", "div")
 def elementwise(b: TflBuilder, node: Node) -> None:
     code, options_type, start, add_act, end = _ELEMENTWISE[node.op]
     inputs = [b.read(name, b.nhwc(node.outputs[0])) for name in node.inputs]

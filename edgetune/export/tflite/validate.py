@@ -86,7 +86,8 @@ def quantization_problems(graph: Graph) -> list[str]:
                 problems.append(f"{node.op} {node.name} output must have scale {scale:g} and zero point {zero_point}")
         if node.op in SAME_PARAMS:
             for name in node.inputs:
-                if graph.tensors[name].data is None and not (out_q is not None and out_q.same_as(graph.tensors[name].quant)):
+                tensor = graph.tensors[name]
+                if tensor.data is None and not tensor.is_integer and not (out_q is not None and out_q.same_as(tensor.quant)):
                     problems.append(f"{node.op} {node.name} needs its input {name} and output to share quantization parameters")
         if node.op in WEIGHTED_OPS:
             problems += _layer_problems(graph, node)

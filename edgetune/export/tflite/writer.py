@@ -9,6 +9,7 @@ import tflite
 
 import edgetune
 from edgetune.errors import UnsupportedOpsError
+from edgetune.export.config import input_names
 from edgetune.export.tflite import deconv, float_activations, gather, matmul, norms, rearrange  # noqa: F401  (register their ops)
 from edgetune.export.tflite.builder import TflBuilder, quant_spec
 from edgetune.export.tflite.model import TflTensor
@@ -16,7 +17,7 @@ from edgetune.export.tflite.ops import TFLITE_OPS, unsupported
 from edgetune.export.tflite.validate import check_quantization, check_requantization
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node
 
-INPUT_NAME, OUTPUT_NAME = "input", "output"
+OUTPUT_NAME = "output"
 
 
 def write_tflite(
@@ -37,15 +38,17 @@ def write_tflite(
         check_quantization(graph)
         check_requantization(graph)
     b = TflBuilder(graph, quantized)
-    (graph_input,) = graph.inputs
     (graph_output,) = graph.outputs
     wrap = quantized and not int8_io
-    if wrap and not graph.tensors[graph_input].is_integer:  # token ids go in as they are
-        model_input = b.model.add_tensor(TflTensor(INPUT_NAME, b.shape(graph_input), tflite.TensorType.FLOAT32))
-        b.op(tflite.BuiltinOperator.QUANTIZE, [model_input], [b.define(graph_input)])
-    else:
-        model_input = b.define(graph_input)
-        b.model.tensors[model_input].name = INPUT_NAME
+    model_inputs = []
+    for graph_input, name in zip(graph.inputs, input_names(graph)):
+        if wrap and not graph.tensors[graph_input].is_integer:  # token ids go in as they are
+            model_input = b.model.add_tensor(TflTensor(name, b.shape(graph_input), tflite.TensorType.FLOAT32))
+            b.op(tflite.BuiltinOperator.QUANTIZE, [model_input], [b.define(graph_input)])
+        else:
+            model_input = b.define(graph_input)
+            b.model.tensors[model_input].name = name
+        model_inputs.append(model_input)
     for node in graph.nodes:
         if quantized and node.in_float and node.op not in WEIGHTED_OPS:
             _in_float(b, node)
@@ -59,13 +62,13 @@ def write_tflite(
         b.op(tflite.BuiltinOperator.DEQUANTIZE, [last], [model_output])
     else:
         model_output = last
-        if model_output == model_input:
+        if model_output in model_inputs:
             raise UnsupportedOpsError(["a graph without operators"], "the TFLite writer")
         b.model.tensors[model_output].name = OUTPUT_NAME
-    for index in (model_input, model_output):  # a dynamic batch axis, as converters mark it
+    for index in (*model_inputs, model_output):  # a dynamic batch axis, as converters mark it
         tensor = b.model.tensors[index]
         tensor.shape_signature = [-1, *tensor.shape[1:]]
-    b.model.inputs, b.model.outputs = [model_input], [model_output]
+    b.model.inputs, b.model.outputs = model_inputs, [model_output]
     if not quantized and weights != "float32":
         _store_weights(b, weights)
     # padded to 16 bytes, as the converter pads it
@@ -98,6 +101,8 @@ def _metadata(graph: Graph, quantized: bool, int8_io: bool, extra: dict[str, Any
     model_input = graph.tensors[graph.inputs[0]]
     if model_input.is_integer:
         info["input"] = "int32 token ids"
+    if len(graph.inputs) > 1:
+        info["inputs"] = input_names(graph)
     if quantized and int8_io:
         if model_input.quant is not None:
             info["input_quantization"] = quant_spec(model_input.quant).__dict__
@@ -126,8 +131,8 @@ def _in_float(b: TflBuilder, node: Node) -> None:
     restore = {}
     for name in node.inputs:
         index = b.index.get(name)
-        if index is None or b.model.tensors[index].dtype == tflite.TensorType.FLOAT32:
-            continue
+        if index is None or b.model.tensors[index].dtype not in (tflite.TensorType.INT8, tflite.TensorType.INT16):
+            continue  # float already, or integer values (ids, a mask)
         view = f"{name}@float"
         if view not in b.index:
             b.index[view] = b.model.add_tensor(TflTensor(f"{name}_float", b.model.tensors[index].shape, tflite.TensorType.FLOAT32))
