@@ -65,6 +65,10 @@ demo: $(STAMP)
 	$(BIN)/edgetune bench out/demo/model.fp32.onnx --runs 200
 	$(BIN)/edgetune compress edgetune.zoo:digits_cnn --calib digits --eval digits:test -o out/demo-best --ptq best --ptq-budget 10
 	$(BIN)/edgetune compress --recipe examples/recipes/pruned-recovered.toml -o out/demo-pruned
+	$(BIN)/edgetune compress edgetune.zoo:intent_bert --calib calibration/intents/train.jsonl --train calibration/intents/train.jsonl \
+	  --finetune 300steps --eval calibration/intents/test.jsonl --tokenizer calibration/intents/tokenizer.json --seq-len 16 -o out/demo-text
+	$(BIN)/edgetune eval out/demo-text/model.tflite --data calibration/intents/test.jsonl --tokenizer calibration/intents/tokenizer.json \
+	  --seq-len 16 --reference out/demo-text/model.fp32.onnx
 	@if $(BIN)/python -c "import sys; from edgetune.profile.qemu import board_ready; sys.exit(board_ready() is not None)"; then \
 	  $(BIN)/edgetune eval out/demo/model.tflite --data digits:test --device qemu:raspberry-pi-4; \
 	else echo "note: 'edgetune device setup qemu' (root) adds a check of the artifacts on an emulated Raspberry Pi 4"; fi

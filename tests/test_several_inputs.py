@@ -170,3 +170,30 @@ def test_inputs_that_do_not_match_the_forward_are_one_line(
     err = capfd.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+INTENTS = Path(__file__).parents[1] / "calibration" / "intents"
+
+
+def test_the_intents_data_is_what_its_script_makes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    shutil.copy(INTENTS / "make.py", tmp_path / "make.py")
+    done = subprocess.run([sys.executable, str(tmp_path / "make.py")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / name).read_text() == (INTENTS / name).read_text(), name
+    vocab = json.loads((tmp_path / "tokenizer.json").read_text())["model"]["vocab"]
+    assert vocab == json.loads((INTENTS / "tokenizer.json").read_text())["model"]["vocab"]
+
+
+def test_the_demo_text_model_trains_and_compresses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """make demo's text model: a BERT classifier trained by --finetune on the intents commands."""
+    train, test, tokenizer = (str(INTENTS / name) for name in ("train.jsonl", "test.jsonl", "tokenizer.json"))
+    argv = ["compress", "edgetune.zoo:intent_bert", "--calib", train, "--train", train, "--finetune", "300steps", "--eval", test]
+    assert run([*argv, "--tokenizer", tokenizer, "--seq-len", "16", "-o", str(tmp_path / "out"), "--quiet", "--json"]) == 0
+    evaluation = json.loads(capsys.readouterr().out)["evaluation"]
+    assert evaluation["int8_accuracy"] >= 0.95 and evaluation["tflite"]["accuracy"] >= 0.95
+    inputs = [i.name for i in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.input]
+    assert inputs == list(NAMES)

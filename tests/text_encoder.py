@@ -5,6 +5,8 @@ import math
 import torch
 from torch import nn
 
+from edgetune.zoo.bert import BertEncoder
+
 
 class Layer(nn.Module):
     """A BERT layer written out: self-attention with residual and LayerNorm, a GELU feed-forward."""
@@ -70,50 +72,8 @@ def sentence() -> nn.Module:
     return SentenceEncoder()
 
 
-class MaskedLayer(Layer):
-    """A BERT layer whose attention scores get an additive mask."""
-
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias
-        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape)
-        x = self.norm1(x + self.output(context))
-        return self.norm2(x + self.out(nn.functional.gelu(self.intermediate(x))))
-
-
-class Bert(nn.Module):
-    """BERT's forward: token ids, an attention mask (1 for a token, 0 for padding) and token
-    types (segments), each optional but the ids; the mask becomes BERT's additive bias
-    ``(1 - mask) * finfo.min``. ``pooling``: a masked mean, L2-normalized (a sentence encoder,
-    as sentence-transformers pools), or a classifier on the [CLS] position."""
-
-    def __init__(
-        self, vocab: int = 64, length: int = 16, dim: int = 32, layers: int = 2, classes: int = 3, pooling: str = "mean", heads: int = 4
-    ) -> None:
-        super().__init__()
-        self.words, self.positions, self.types = nn.Embedding(vocab, dim), nn.Embedding(length, dim), nn.Embedding(2, dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-12)
-        self.layers = nn.ModuleList(MaskedLayer(dim, heads, 4 * dim) for _ in range(layers))
-        self.pooler, self.classifier = nn.Linear(dim, dim), nn.Linear(dim, classes)
-        self.pooling = pooling
-        self.register_buffer("position_ids", torch.arange(length)[None], persistent=False)
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        x = self.norm(self.words(input_ids) + self.positions(self.position_ids) + self.types(token_type_ids))
-        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
-        for layer in self.layers:
-            x = layer(x, bias)
-        if self.pooling == "cls":
-            return self.classifier(torch.tanh(self.pooler(x[:, 0])))
-        weights = attention_mask.unsqueeze(-1).to(x.dtype)
-        pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        return nn.functional.normalize(pooled, dim=-1)
+# BERT's forward with a mask and token types: the zoo's (edgetune.zoo.bert).
+Bert = BertEncoder
 
 
 class MaskOnly(nn.Module):
@@ -140,3 +100,57 @@ def bert_classifier() -> nn.Module:
 def mask_only() -> nn.Module:
     torch.manual_seed(0)
     return MaskOnly()
+
+
+class FillLayer(nn.Module):
+    """DistilBERT's eager attention mask: ``scores.masked_fill((mask == 0).view(...).expand_as(scores), finfo.min)``."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        inner = self.layer
+        q, k, v = inner.split(inner.query(x)), inner.split(inner.key(x)), inner.split(inner.value(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(inner.head_dim)
+        hidden = (mask == 0).view(x.shape[0], 1, 1, x.shape[1]).expand_as(scores)
+        scores = scores.masked_fill(hidden, torch.tensor(torch.finfo(scores.dtype).min))
+        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape)
+        x = inner.norm1(x + inner.output(context))
+        return inner.norm2(x + inner.out(nn.functional.gelu(inner.intermediate(x))))
+
+
+class MaskedFillBert(BertEncoder):
+    """The same weights as Bert, with the mask written as recent ``transformers`` releases write
+    it: ``style="4d"``, ``_prepare_4d_attention_mask`` (the mask expanded to [batch, 1, steps,
+    steps], inverted, and ``masked_fill``-ed with finfo.min where it is set); ``style="distil"``,
+    DistilBERT's per-layer ``masked_fill`` of the scores."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style = style
+
+    def forward(  # type: ignore[override]
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.norm(self.words(input_ids) + self.positions(self.position_ids) + self.types(token_type_ids))
+        if self.style == "distil":
+            for layer in self.layers:
+                x = FillLayer(layer)(x, attention_mask)
+        else:
+            batch, steps = attention_mask.shape
+            expanded = attention_mask[:, None, None, :].expand(batch, 1, steps, steps).to(x.dtype)
+            inverted = 1.0 - expanded
+            bias = inverted.masked_fill(inverted.to(torch.bool), torch.finfo(x.dtype).min)
+            for layer in self.layers:
+                x = layer(x, bias)
+        weights = attention_mask.unsqueeze(-1).to(x.dtype)
+        pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+def masked_fill_bert(style: str = "4d") -> nn.Module:
+    torch.manual_seed(0)
+    return MaskedFillBert(style).eval()

@@ -99,6 +99,18 @@ def tiny_vit() -> nn.Module:
     return _untrained(TinyViT, TinyViT.input_shape)
 
 
+def intent_bert() -> nn.Module:
+    """A two-layer BERT classifier for the intents commands (calibration/intents: 5 classes,
+    a vocabulary under 128 words, 16 tokens), untrained: ``make demo`` trains it with
+    ``--finetune``. It takes ids, an attention mask and token types (not in ZOO, whose
+    entries take one float tensor)."""
+    from edgetune.zoo.bert import BertEncoder
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return BertEncoder(vocab=128, length=16, dim=32, layers=2, classes=5, pooling="cls").eval()
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
