@@ -67,12 +67,31 @@ def test_the_mask_is_captured_and_padding_changes_nothing(encoder: torch.nn.Modu
     assert np.abs(run_batches(GraphRunner(graph), unmasked) - out).max() > 1e-2, "the mask is read"
 
 
+@pytest.mark.parametrize("style", ["4d", "distil"])
+def test_masks_written_with_masked_fill_are_captured_and_stay_float(style: str) -> None:
+    """Recent transformers' _prepare_4d_attention_mask (expand, invert, masked_fill where set)
+    and DistilBERT's (mask == 0).view().expand_as(scores) with masked_fill: the same weights
+    and outputs as the additive form; in int8 with min/max ranges and --stream off (every other
+    tensor int8), the filled scores never get an int8 range."""
+    from text_encoder import masked_fill_bert
+
+    model = masked_fill_bert(style)
+    graph = capture(model, (LENGTH,), "int64", NAMES[:2])
+    assert {"compare", "expand"} <= {node.op for node in graph.nodes}
+    x = _batch(64, 4)[:, :2]
+    reference = _torch(model, x)
+    np.testing.assert_allclose(run_batches(GraphRunner(graph), x), reference, atol=1e-5)
+    calibrate(graph, x, QuantConfig(stream="off", method="minmax"))
+    for blob, runner in ((write_onnx(graph, quantized=True), OnnxRunner), (write_tflite(graph, quantized=True), TfliteRunner)):
+        assert embedding_agreement(reference, runner(blob).run(x))["cosine_mean"] >= 0.99  # type: ignore[operator]
+
+
 @pytest.mark.parametrize("stream", ["split", "off"])
 def test_int8_artifacts_take_one_input_per_argument_and_agree(encoder: torch.nn.Module, stream: str) -> None:
     graph = capture(encoder, (LENGTH,), "int64", NAMES)
     x = _batch(64, 1)
     reference = _torch(encoder, x)
-    calibrate(graph, x, QuantConfig(stream=stream))
+    calibrate(graph, x, QuantConfig(stream=stream, method="minmax"))  # min/max: the range a mask's bias would wreck
     mask_ops = [node for node in graph.nodes if node.op == "cast"]
     assert mask_ops and all(node.attrs.get("precision") == "float" for node in mask_ops), "the mask stays float with --stream off too"
     onnx_bytes, tflite_bytes = write_onnx(graph, quantized=True), write_tflite(graph, quantized=True)

@@ -192,3 +192,16 @@ def test_a_stream_setting_needs_the_calibrated_mode() -> None:
 
     with pytest.raises(InputError, match="--stream off"):
         QuantConfig(mode="dynamic-int8", stream="off")
+
+
+def test_ptq_best_judges_the_split_against_the_float_stream_alone() -> None:
+    """--ptq best measures the outlier split on held-out samples against the float stream
+    without it, and keeps the split where outliers are planted."""
+    from edgetune.quantize.ptq import quantize
+
+    graph = capture(outlier_encoder(), (LENGTH,), "int64")
+    _, report = quantize(graph, ids(64, 0), QuantConfig(ptq=("best",), ptq_budget=120), held_out=ids(32, 1))
+    scores = report["stream"]["held_out_sqnr_db"]
+    assert set(scores) == {"split", "float"} and report["stream"]["chosen"] == max(scores, key=scores.get)
+    assert report["stream"]["chosen"] == "split" and scores["split"] > scores["float"] + 1.5  # 32.7 against 29.8 dB when written
+    assert graph.meta["stream"]["split"]["input_channels_added"] > 0  # type: ignore[index]

@@ -5,32 +5,10 @@ import math
 import torch
 from torch import nn
 
-from edgetune.zoo.bert import BertEncoder
+from edgetune.zoo.bert import BertEncoder, BertLayer
 
-
-class Layer(nn.Module):
-    """A BERT layer written out: self-attention with residual and LayerNorm, a GELU feed-forward."""
-
-    def __init__(self, dim: int, heads: int, hidden: int) -> None:
-        super().__init__()
-        self.heads, self.head_dim = heads, dim // heads
-        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.output = nn.Linear(dim, dim)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-12)
-        self.intermediate = nn.Linear(dim, hidden)
-        self.out = nn.Linear(hidden, dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-12)
-
-    def split(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
-        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape)
-        x = self.norm1(x + self.output(context))
-        return self.norm2(x + self.out(nn.functional.gelu(self.intermediate(x))))
+# A BERT layer written out (self-attention with residual and LayerNorm, a GELU feed-forward): the zoo's.
+Layer = BertLayer
 
 
 class Encoder(nn.Module):

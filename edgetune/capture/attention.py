@@ -179,8 +179,18 @@ def scaled_dot_product_attention(ctx: LoweringContext, node: torch.fx.Node) -> N
 @lowers(aten.expand.default)
 def expand(ctx: LoweringContext, node: torch.fx.Node) -> None:
     """A constant repeated over the batch (a class token): a constant of batch 1, which the
-    concatenation that reads it adds in."""
+    concatenation that reads it adds in; or an attention mask spread over the scores' shape."""
     source = ctx.const(node.args[0])
     if source is None:
-        raise InputError(f"{node.name}: expand of an activation", "expand constants only (a class token)")
+        expand_integers(ctx, node)
+        return
     ctx.constants[node.name] = np.broadcast_to(source, ctx.shape(node)).astype(np.float32).copy()
+
+
+def expand_integers(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """An integer activation (an attention mask) broadcast to a larger shape: ``expand``.
+    Float activations are refused: nothing in the models met so far expands one."""
+    source = node.args[0]
+    if not isinstance(source, torch.fx.Node) or ctx.dtype(source) != "int64":
+        raise InputError(f"{node.name}: expand of an activation", "expand constants (a class token) or a mask only")
+    ctx.emit("expand", node, [ctx.name(source)], shape=list(ctx.shape(node)[1:]))

@@ -100,6 +100,11 @@ def vector_norm(ctx: LoweringContext, node: torch.fx.Node) -> None:
 def norm_guard(ctx: LoweringContext, node: torch.fx.Node) -> None:
     """The clamp of a norm away from zero, and its expansion to the input's shape."""
     source = ctx.resolve(node.args[0])
+    if source not in ctx.norms and node.target == aten.expand_as.default:
+        from edgetune.capture.attention import expand_integers  # a mask spread over the scores
+
+        expand_integers(ctx, node)
+        return
     if source not in ctx.norms:
         raise InputError(f"{node.name}: {node.target} outside F.normalize", "use F.normalize, or torch.clamp")
     x, axis, eps = ctx.norms[source]

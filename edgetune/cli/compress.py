@@ -439,7 +439,7 @@ def _stream_rows(stream: dict[str, Any] | None) -> list[tuple[str, str]]:
                 f"{stream['input_channels_added']} outlier channel copies at {stream['input_points']} layer input(s),"
                 f" {stream['output_rows_scaled']} outlier row(s) scaled at {stream['output_points']} layer output(s)"
                 if stream["split"]
-                else "outlier channels not split (--stream float)"
+                else "outlier channels not split (--stream float, or --ptq best found the split no better)"
             ),
         )
     ]

@@ -205,19 +205,24 @@ def _parity(budget: TargetBudgets, path: Path, config: GateConfig, progress: Pro
     """Parity of the artifact on the target's board (emulated, or over SSH) with this host, on
     the recipe's evaluation data (its first ``parity_samples``), or on seeded random inputs
     without one."""
-    from edgetune.profile.parity import ParityRequest, parity, parse_device, public, sample_shape
+    from edgetune.profile.parity import ParityRequest, input_names, parity, parse_device, public, random_samples
 
     device = parse_device(budget.device or "")
     progress(0, 1, f"parity {budget.name} {path.name}")
     recipe = _recipe(config)
     if recipe["data.eval"]:
         from edgetune.data import load_dataset
+        from edgetune.data.inputs import match_inputs
+        from edgetune.data.text import TextSpec
 
-        dataset = load_dataset(recipe["data.eval"], "test", recipe["data.preprocess"])
+        text = TextSpec(recipe["data.tokenizer"], recipe["data.seq_len"])
+        dataset = load_dataset(recipe["data.eval"], "test", recipe["data.preprocess"], text=text)
+        names = input_names(path)
+        dataset = match_inputs(dataset, names, names, "evaluation")
         samples, source = dataset.x[: budget.parity_samples], f"{dataset.source} (first {budget.parity_samples})"
     else:
-        samples = np.random.default_rng(0).standard_normal((budget.parity_samples, *sample_shape(path))).astype(np.float32)
-        source = f"{budget.parity_samples} seeded random inputs (no eval data in the recipe)"
+        samples, source = random_samples(path, budget.parity_samples)
+        source += " (no eval data in the recipe)"
     ssh_config = Path(budget.ssh_config) if budget.ssh_config else None
     document = public(parity(ParityRequest(path, device, samples, source, budget.parity_kernels, ssh_config=ssh_config)))
     progress(1, 1, f"parity {budget.name} {path.name}")

@@ -242,6 +242,18 @@ def _cast(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     return args[0].to(torch.float32)
 
 
+@kernel("compare")
+def _compare(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    """0/1 integers where ``x == value`` (or ``!=``)."""
+    equal = args[0] == node.attrs["value"]
+    return (equal if node.attrs["test"] == "eq" else ~equal).to(torch.int64)
+
+
+@kernel("expand")
+def _expand(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return args[0].expand(args[0].shape[0], *node.attrs["shape"])
+
+
 @kernel("channels")
 def _channels(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     """Channels of the last axis scaled by ``factors``, then ``copies`` of some of them

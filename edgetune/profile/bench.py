@@ -96,15 +96,12 @@ def _measured(request: BenchRequest, target: Target, device: str | None) -> dict
 def _emulated(request: BenchRequest, target: Target, device: str) -> dict[str, Any]:
     """Results only: the artifact's outputs on the emulated board against this host's, on
     seeded random inputs (``edgetune eval --device`` checks real data)."""
-    import numpy as np
 
-    from edgetune.profile.parity import ParityRequest, parity, public, sample_shape
+    from edgetune.profile.parity import ParityRequest, parity, public, random_samples
     from edgetune.profile.qemu import QemuDevice
 
     board = QemuDevice.parse(device)
-    shape = sample_shape(request.artifact)
-    samples = np.random.default_rng(0).standard_normal((request.samples, *shape)).astype(np.float32)
-    source = f"{request.samples} seeded random inputs (standard normal, seed 0)"
+    samples, source = random_samples(request.artifact, request.samples)
     document = public(parity(ParityRequest(request.artifact, board, samples, source, timeout_s=request.timeout_s)))
     return {**document, "artifact_bytes": request.artifact.stat().st_size, "target": target.name}
 

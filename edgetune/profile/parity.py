@@ -51,11 +51,32 @@ def parse_device(device: str) -> QemuDevice | SshDevice:
 
 def sample_shape(path: Path) -> list[int]:
     """One input sample's shape (NCHW for images), as edgetune's data sets hold them."""
+    return [int(d) for d in _runner(path).sample_shape]
+
+
+def _runner(path: Path) -> Any:
     from edgetune.evaluate.runtime import OnnxRunner
     from edgetune.evaluate.tflite_runtime import TfliteRunner
 
-    runner = OnnxRunner(path) if path.suffix == ".onnx" else TfliteRunner(path.read_bytes())
-    return [int(d) for d in runner.sample_shape]
+    return OnnxRunner(path) if path.suffix == ".onnx" else TfliteRunner(path.read_bytes())
+
+
+def input_names(path: Path) -> list[str]:
+    """The artifact's input names (data with several named inputs is matched to them)."""
+    return list(_runner(path).input_names)
+
+
+def random_samples(path: Path, count: int) -> tuple[np.ndarray, str]:
+    """Seeded inputs for an artifact when no data is given: standard normal values, or zeros for
+    integer inputs (token ids and masks; zero indexes every table), and what they are."""
+    from edgetune.evaluate.runtime import OnnxRunner
+
+    runner = _runner(path)
+    shape = [count, *(int(d) for d in runner.sample_shape)]
+    integer = runner.input_dtype == np.int64 if isinstance(runner, OnnxRunner) else runner.input["dtype"] == np.int32
+    if integer:
+        return np.zeros(shape, np.int64), f"{count} inputs of zero ids"
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32), f"{count} seeded random inputs (standard normal, seed 0)"
 
 
 def dequantized(path: Path, outputs: np.ndarray) -> np.ndarray:

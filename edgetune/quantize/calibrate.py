@@ -75,7 +75,7 @@ def observed_tensors(graph: Graph) -> list[str]:
         if is_stream(node) or node.op == "channels":  # float, or ranged from its channels (stream.py)
             continue
         if node.op not in SHARES_INPUT_PARAMS and node.op not in FIXED_OUTPUT_PARAMS and node.op not in TABLE_LOOKUPS:
-            names.extend(node.outputs)
+            names.extend(name for name in node.outputs if not graph.tensors[name].is_integer)
     return names
 
 
@@ -160,7 +160,7 @@ def assign_params(graph: Graph, records: dict[str, CalibrationRecord], config: Q
     shared: dict[str, QParams] = {}  # weight -> its parameters so far (the steps of a GRU read one weight)
     for node in graph.nodes:
         out = graph.tensors[node.outputs[0]]
-        if is_stream(node):  # runs in float, its constants too
+        if is_stream(node) or out.is_integer:  # runs in float, its constants too; or integers (a mask)
             out.quant = None
             continue
         if node.op in TABLE_LOOKUPS:

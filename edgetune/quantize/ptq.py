@@ -32,6 +32,7 @@ from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.equalize import equalize
 from edgetune.quantize.observers import METHODS
 from edgetune.quantize.scores import float_outputs, int8_scores
+from edgetune.quantize.stream import applies
 from edgetune.targets import fit_torch_threads
 
 HELD_OUT = 64  # held-out calibration samples that decide what --ptq best keeps
@@ -157,7 +158,8 @@ def _best_calibration(
     progress: Progress | None,
 ) -> tuple[list[CalibrationRecord], float]:
     """--ptq best before rounding: the activation-range method judged end to end (held-out
-    output SQNR, not each tensor's local error), then equalization with that method."""
+    output SQNR, not each tensor's local error); for a transformer, the outlier split against
+    the float stream alone (quantize/stream.py); then equalization with what was chosen."""
     baseline = judge.sqnr(graph)
     report["held_out_sqnr_db"] = {"calibrated": baseline}
     by_method = {config.method: baseline}
@@ -170,6 +172,15 @@ def _best_calibration(
             _adopt(graph, candidate)
             records, baseline, config = candidate_records, by_method[method], trial
     report["calibration_method"] = {"chosen": config.method, "held_out_sqnr_db": by_method}
+    if config.stream == "split" and applies(pristine):  # a transformer: the outlier split, or the float stream alone
+        trial = replace(config, stream="float")
+        candidate = copy.deepcopy(pristine)
+        candidate_records = calibrate(candidate, samples, trial, progress)
+        by_stream = {"split": baseline, "float": judge.sqnr(candidate)}
+        if by_stream["float"] > baseline:
+            _adopt(graph, candidate)
+            records, baseline, config = candidate_records, by_stream["float"], trial
+        report["stream"] = {"chosen": config.stream, "held_out_sqnr_db": by_stream}
     report["held_out_sqnr_db"]["calibrated"] = baseline
     # Equalization changes the float weights, so its candidate is calibrated anew.
     candidate = copy.deepcopy(pristine)

@@ -49,8 +49,9 @@ SEEDS = frozenset({"layer_norm", "gelu", "softmax"})
 # Float always, with --stream off too: an attention mask cast to float and what is computed
 # from it alone (the additive bias ``(1 - mask) * finfo.min``, whose range down to -3.4e38
 # would leave every other value in int8 at zero; a masked mean's counts), and a division by a
-# tensor (a masked mean's; neither runtime has an int8 kernel for it).
-ALWAYS_FLOAT = frozenset({"cast", "div"})
+# tensor (a masked mean's; neither runtime has an int8 kernel for it); a comparison (a mask's
+# ``to(bool)`` after float arithmetic).
+ALWAYS_FLOAT = frozenset({"cast", "div", "compare"})
 # Ops that stay int8 even when they read float values: the work (their inputs get a
 # quantization point), and lookups of integer ids.
 INT8_OPS = WEIGHTED_OPS | {"matmul", "gather"}
@@ -106,7 +107,8 @@ def _float_nodes(graph: Graph, mask_only: bool = False) -> set[str]:
             if not inputs:
                 continue
             readers = consumers.get(node.outputs[0], [])
-            beside = node.op in ("add", "sub") and any(is_float(n) for n in inputs)
+            # a softmax over masked scores too: their int8 range would reach the mask's -3.4e38
+            beside = node.op in ("add", "sub", "softmax") and any(is_float(n) for n in inputs)
             before = node.op in BEFORE_FLOAT and bool(readers) and all(r.name in chosen for r in readers)
             if beside or before or all(is_float(n) for n in inputs):
                 chosen.add(node.name)
@@ -144,7 +146,7 @@ def isolate_stream(graph: Graph, mask_only: bool = False) -> None:
         readers = consumers.get(out, [])
         if node.name in floating:
             int8_readers = [r for r in readers if r.name not in floating]
-            if int8_readers:
+            if int8_readers and not graph.tensors[out].is_integer:  # integers (a mask's flags) need no point
                 point = _channels(graph, node, out, "input")
                 nodes.append(point)
                 inputs += 1

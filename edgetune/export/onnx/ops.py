@@ -256,6 +256,24 @@ def cast(b: OnnxBuilder, node: Node) -> str:
     return b.node("Cast", [b.read(node.inputs[0])], to=TensorProto.FLOAT)[0]
 
 
+@onnx_op("compare")
+def compare(b: OnnxBuilder, node: Node) -> str:
+    """Equal (Not for ``!=``) with the value in the input's type, cast to int64 0/1 (a mask)."""
+    integer = b.graph.tensors[node.inputs[0]].is_integer
+    value = np.asarray(node.attrs["value"], np.int64 if integer else np.float32)
+    equal = b.node("Equal", [b.read(node.inputs[0]), b.initializer(f"{node.name}_value", value)])[0]
+    if node.attrs["test"] == "ne":
+        equal = b.node("Not", [equal])[0]
+    return b.node("Cast", [equal], to=TensorProto.INT64)[0]
+
+
+@onnx_op("expand")
+def expand(b: OnnxBuilder, node: Node) -> str:
+    """Expand to the shape, the batch taken from the input (an attention mask over the scores)."""
+    shape = b.initializer(f"{node.name}_shape", np.asarray([1, *node.attrs["shape"]], np.int64))
+    return b.node("Expand", [b.read(node.inputs[0]), shape])[0]
+
+
 @onnx_op("channels")
 def channels(b: OnnxBuilder, node: Node) -> str:
     """Channels of the last axis scaled (Mul), and copies of some appended (Gather of those

@@ -34,6 +34,30 @@ def cast(b: TflBuilder, node: Node) -> None:
     b.op(Op.CAST, [b.read(node.inputs[0])], [b.define(node.outputs[0])])
 
 
+@tfl_op("compare")
+def compare(b: TflBuilder, node: Node) -> None:
+    """EQUAL or NOT_EQUAL with the value in the input's type (int32 or float), then CAST of
+    the booleans to int32 0/1 (a mask)."""
+    x = b.read(node.inputs[0])
+    integer = b.model.tensors[x].dtype == tflite.TensorType.INT32
+    value = b.const(
+        f"{node.name}_value",
+        np.asarray([node.attrs["value"]], np.int32 if integer else np.float32),
+        tflite.TensorType.INT32 if integer else FLOAT32,
+    )
+    flags = b.model.add_tensor(TflTensor(f"{node.name}_bool", list(b.model.tensors[x].shape), tflite.TensorType.BOOL))
+    b.op(Op.EQUAL if node.attrs["test"] == "eq" else Op.NOT_EQUAL, [x, value], [flags], version=1)
+    b.op(Op.CAST, [flags], [b.define(node.outputs[0])])
+
+
+@tfl_op("expand")
+def expand(b: TflBuilder, node: Node) -> None:
+    """A MUL by int32 ones of the target shape: MUL broadcasts the batch, where BROADCAST_TO
+    would need the batch in its shape."""
+    ones = b.const(f"{node.name}_ones", np.ones([1, *node.attrs["shape"]], np.int32), tflite.TensorType.INT32)
+    b.op(Op.MUL, [b.read(node.inputs[0]), ones], [b.define(node.outputs[0])], version=1)
+
+
 @tfl_op("channels")
 def channels(b: TflBuilder, node: Node) -> None:
     """Channels of the last axis scaled (MUL), and copies of some appended (GATHER of those

@@ -13,7 +13,7 @@ import numpy as np
 from edgetune.ir.graph import ACTIVATION_OPS, Graph, Node
 
 # Ops whose input and output share a layout, whichever it is.
-SAME_LAYOUT = ACTIVATION_OPS | {"add", "sub", "mul", "div", "cast", "slice", "concat", "mean"}
+SAME_LAYOUT = ACTIVATION_OPS | {"add", "sub", "mul", "div", "cast", "compare", "expand", "slice", "concat", "mean"}
 # Ops that only make sense on images: their tensors are NHWC.
 SPATIAL = {
     "conv2d",
