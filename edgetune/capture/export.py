@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -73,20 +73,6 @@ def _lowered(program: torch.export.ExportedProgram) -> Graph:
     return graph
 
 
-def _constants(program: torch.export.ExportedProgram) -> dict[str, np.ndarray]:
-    signature = program.graph_signature
-    values: dict[str, np.ndarray] = {}
-    for spec in signature.input_specs:
-        if spec.target is None:
-            continue
-        source = program.state_dict.get(spec.target)
-        if source is None:
-            source = program.constants.get(spec.target)
-        if isinstance(source, torch.Tensor):
-            values[spec.arg.name] = source.detach().to(torch.float32).cpu().numpy().copy()
-    return values
-
-
 def _input_dtype(node: torch.fx.Node) -> str:
     """float32 for a floating-point input, int64 for an integer one (indices), else an error."""
     dtype = node.meta["val"].dtype
@@ -97,12 +83,53 @@ def _input_dtype(node: torch.fx.Node) -> str:
     raise InputError(f"the model's input is {dtype}", "give a model that takes a float tensor or integer indices (token ids)")
 
 
+def _constant_values(program: torch.export.ExportedProgram) -> dict[str, torch.Tensor]:
+    """Parameters, buffers and lifted constants by placeholder name, in their own dtypes."""
+    values = {}
+    for spec in program.graph_signature.input_specs:
+        if spec.target is None:
+            continue
+        source = program.state_dict.get(spec.target)
+        if source is None:
+            source = program.constants.get(spec.target)
+        if isinstance(source, torch.Tensor):
+            values[spec.arg.name] = source.detach()
+    return values
+
+
+def _computed_from_constants(fx_graph: torch.fx.Graph, constants: set[str]) -> set[str]:
+    """The call_function nodes that compute a tensor from constants alone (position ids, a
+    mask's index grids, ``arange``): capture computes them, whatever the op."""
+    found: set[str] = set()
+    for node in fx_graph.nodes:
+        if node.op != "call_function" or not isinstance(node.meta.get("val"), torch.Tensor):
+            continue
+        inputs = [a for a in node.all_input_nodes]
+        if all(a.name in constants or a.name in found for a in inputs):
+            found.add(node.name)
+    return found
+
+
+def _fold(node: torch.fx.Node, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Run one op of constants now."""
+
+    def value(arg: Any) -> Any:
+        return values[arg.name] if isinstance(arg, torch.fx.Node) else arg
+
+    args = torch.fx.node.map_aggregate(node.args, value)
+    kwargs = torch.fx.node.map_aggregate(node.kwargs, value)
+    with torch.no_grad():
+        return node.target(*args, **kwargs).detach()  # type: ignore[operator, union-attr]
+
+
 def lower_program(program: torch.export.ExportedProgram) -> Graph:
     fx_graph = program.graph_module.graph
-    missing = LOWERINGS.missing(n.target for n in fx_graph.nodes if n.op == "call_function")
+    values = _constant_values(program)
+    folded = _computed_from_constants(fx_graph, set(values))
+    missing = LOWERINGS.missing(n.target for n in fx_graph.nodes if n.op == "call_function" and n.name not in folded)
     if missing:
         raise UnsupportedOpsError(missing, "edgetune's capture")
-    constants = _constants(program)
+    constants = {name: value.to(torch.float32).cpu().numpy().copy() for name, value in values.items()}
     user_inputs = [
         spec.arg.name for spec in program.graph_signature.input_specs if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
     ]
@@ -114,6 +141,9 @@ def lower_program(program: torch.export.ExportedProgram) -> Graph:
         if node.op == "placeholder" and node.name in user_inputs:
             graph.inputs.append(node.name)
             graph.tensors[node.name] = Tensor(node.name, ctx.shape(node), dtype=_input_dtype(node))
+        elif node.op == "call_function" and node.name in folded:
+            values[node.name] = _fold(node, values)
+            ctx.constants[node.name] = values[node.name].to(torch.float32).numpy().copy()
         elif node.op == "call_function":
             LOWERINGS[node.target](ctx, node)
         elif node.op == "output":

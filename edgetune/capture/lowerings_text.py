@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch.fx
 
@@ -35,13 +37,26 @@ def assert_metadata(ctx: LoweringContext, node: torch.fx.Node) -> None:
     """A dtype check torch.export leaves before a cast: nothing to compute."""
 
 
-@lowers(aten.to.dtype, aten._to_copy.default)
+@lowers(aten.to.device)
+def to_device(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """The tensor itself (a move to the CPU it is on), or a cast when a dtype comes along."""
+    if node.kwargs.get("dtype") is not None or (len(node.args) > 2 and node.args[2] is not None):
+        to_dtype(ctx, node)
+        return
+    ctx.alias(node, node.args[0])
+
+
+@lowers(aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout)
 def to_dtype(ctx: LoweringContext, node: torch.fx.Node) -> None:
     """A cast: integer values (an attention mask) to float becomes ``cast``; float to float32
     is the tensor itself; to bool, a comparison with zero. Other targets (integers, float16)
     are refused."""
     source = node.args[0]
-    target = node.args[1] if len(node.args) > 1 else node.kwargs.get("dtype")
+    target = node.kwargs.get("dtype")
+    if target is None and node.target == aten.to.dtype and len(node.args) > 1:
+        target = node.args[1]
+    elif target is None and node.target == aten.to.device and len(node.args) > 2:
+        target = node.args[2]
     value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
     if target is None or (value is not None and value.dtype == target):
         ctx.alias(node, source)
@@ -86,20 +101,90 @@ def _compare(ctx: LoweringContext, node: torch.fx.Node, test: str, value: float)
 
 @lowers(aten.masked_fill.Scalar, aten.masked_fill.Tensor)
 def masked_fill(ctx: LoweringContext, node: torch.fx.Node) -> None:
-    """``x.masked_fill(cond, v)`` for a 0/1 condition (an attention mask): ``x * (1 - c) + c * v``
-    in float, exact for every finite ``x``. An infinite ``v`` becomes float32's extreme, which
-    a softmax turns into the same zero weight."""
-    x, cond, value = node.args[0], node.args[1], node.args[2]
-    if isinstance(value, torch.fx.Node):
-        fixed = ctx.const(value)
-        if fixed is None or fixed.size != 1:
-            raise InputError(f"{node.name}: masked_fill with a computed value", "fill with a number (torch.finfo(x.dtype).min)")
-        value = float(fixed.reshape(-1)[0])
-    limit = float(np.finfo(np.float32).max)
-    fill = float(np.clip(float(value), -limit, limit))  # type: ignore[arg-type]
-    shape = ctx.shape(cond)  # type: ignore[arg-type]
+    """``x.masked_fill(cond, v)`` for a 0/1 condition (an attention mask): ``where(cond, v, x)``."""
+    _select(ctx, node, node.args[1], node.args[2], node.args[0])
+
+
+@lowers(aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar)
+def where(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """``torch.where(cond, a, b)`` for a 0/1 condition (an attention mask)."""
+    _select(ctx, node, node.args[0], node.args[1], node.args[2])
+
+
+def _select(ctx: LoweringContext, node: torch.fx.Node, cond: Any, chosen: Any, other: Any) -> None:
+    """``chosen`` where ``cond`` is set, else ``other``: ``chosen * c + other * (1 - c)`` in
+    float, exact for finite values, a term of zero left out. An infinite number becomes
+    float32's extreme, which a softmax turns into the same zero weight."""
+    shape = ctx.shape(cond)
     c = ctx.emit_inner("cast", node, "set", [ctx.name(cond)], tensor_shape=shape, helper=True)
     keep = ctx.emit_inner("sub", node, "keep", [ctx.name(1.0), c], tensor_shape=shape, helper=True)
-    kept = ctx.emit_inner("mul", node, "kept", [ctx.name(x), keep], helper=True)
-    filled = ctx.emit_inner("mul", node, "filled", [c, ctx.name(fill)], tensor_shape=shape, helper=True)
-    ctx.emit("add", node, [kept, filled])
+    terms = []
+    for value, weight, suffix in ((chosen, c, "chosen"), (other, keep, "other")):
+        value = _finite(ctx, node, value)
+        if isinstance(value, float) and value == 0.0:
+            continue
+        operand = ctx.name(value)
+        terms.append((suffix, [operand, weight]))
+    if not terms:
+        ctx.constants[node.name] = np.zeros(ctx.shape(node), np.float32)
+        return
+    if len(terms) == 1:
+        ctx.emit("mul", node, terms[0][1])
+        return
+    first = ctx.emit_inner("mul", node, terms[0][0], terms[0][1], helper=True)
+    second = ctx.emit_inner("mul", node, terms[1][0], terms[1][1], helper=True)
+    ctx.emit("add", node, [first, second])
+
+
+def _finite(ctx: LoweringContext, node: torch.fx.Node, value: Any) -> Any:
+    """A Python number (or a one-value constant) clipped to float32's range; a tensor as it is."""
+    if isinstance(value, torch.fx.Node):
+        fixed = ctx.const(value)
+        if fixed is None:
+            return value
+        if fixed.size != 1:
+            return value
+        value = float(fixed.reshape(-1)[0])
+    limit = float(np.finfo(np.float32).max)
+    return float(np.clip(float(value), -limit, limit))
+
+
+@lowers(aten.__and__.Tensor, aten.logical_and.default)
+def logical_and(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """Two masks' conjunction, where one is a constant (recent transformers' mask functions
+    combine a padding mask with an all-true one): the other mask, or all false."""
+    first, second = node.args[0], node.args[1]
+    for fixed, other in ((ctx.const(first), second), (ctx.const(second), first)):
+        if fixed is None:
+            continue
+        if not fixed.all():
+            raise InputError(f"{node.name}: a mask combined with a partly false constant", "combine masks with arithmetic")
+        ctx.alias(node, other)  # broadcast where read, as the constant would be
+        return
+    raise InputError(f"{node.name}: two computed masks combined with &", "multiply them as 0/1 integers")
+
+
+@lowers(aten.index.Tensor)
+def index(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """``mask[batch_index, kv_index]`` over a [batch, steps] mask, as recent transformers'
+    mask functions gather the padding mask: with the batch index the example's (0, for all
+    rows) and the step index every step in order, it is the mask reshaped."""
+    source, indices = node.args[0], list(node.args[1])  # type: ignore[arg-type]
+    fixed = [None if i is None else ctx.const(i) for i in indices]
+    shape = ctx.shape(source)  # type: ignore[arg-type]
+    out = ctx.shape(node)
+    steps = fixed[1] if len(fixed) == 2 else None
+    if (
+        len(shape) == 2
+        and fixed[0] is not None
+        and steps is not None
+        and not fixed[0].any()
+        and fixed[0].size == 1
+        and np.array_equal(steps.reshape(-1), np.arange(shape[1]))
+        and steps.shape[-1] == shape[1]
+        and out[-1] == shape[1]
+        and int(np.prod(out)) == shape[1]
+    ):
+        ctx.emit("reshape", node, [ctx.name(source)], shape=list(out[1:]))
+        return
+    raise InputError(f"{node.name}: indexing a tensor with tensors", "index with slices, or gather rows with an embedding")

@@ -1,4 +1,5 @@
-"""Load the MODEL argument: a Python callable, a ``torch.export`` .pt2 file, or an .onnx file."""
+"""Load the MODEL argument: a Python callable, a ``torch.export`` .pt2 file, an .onnx file, or a
+Hugging Face model folder (hf.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from edgetune.callables import load_callable, looks_like_callable, user_code
+from edgetune.capture.hf import is_hf_folder, load_hf_folder
 from edgetune.capture.pt2 import load_pt2
 from edgetune.errors import InputError
 
@@ -95,6 +97,10 @@ def _user_inputs(program: torch.export.ExportedProgram) -> list[str]:
 
 def load_model(spec: str, weights: str | None = None) -> LoadedModel:
     path = Path(spec)
+    if is_hf_folder(path):
+        if weights is not None:
+            raise InputError("--weights goes with a Python model callable", f"{path} carries its weights")
+        return LoadedModel("module", spec, module=load_hf_folder(path))
     if path.suffix in (".pt2", ".onnx") or (path.exists() and not spec.endswith(".py")):
         if not path.is_file():
             raise InputError(f"model file {path} does not exist", "check the path")

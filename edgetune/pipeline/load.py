@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from edgetune.background import in_background
+from edgetune.capture.hf import folder_tokenizer
 from edgetune.capture.models import LoadedModel, load_model
 from edgetune.data import Dataset, load_dataset
 from edgetune.data.dataset import Role
 from edgetune.data.inputs import match_inputs
 from edgetune.data.sources import runs_user_code
+from edgetune.data.text import TextSpec
 from edgetune.errors import InputError
 from edgetune.ir.graph import Graph
 from edgetune.ir.stats import graph_summary
@@ -256,7 +258,16 @@ def _data(spec: DataSpec | None, role: Role, run: Run) -> Dataset | None:
     if spec is None or isinstance(spec, Dataset):
         return spec
     with step(f"data ({role})"):
-        return load_dataset(spec, role, run.plan.preprocess, progress=run.progress, text=run.plan.text)
+        return load_dataset(spec, role, run.plan.preprocess, progress=run.progress, text=_text_spec(run.plan))
+
+
+def _text_spec(plan: Plan) -> TextSpec:
+    """How text data is tokenized: with --tokenizer, else a Hugging Face model folder's own."""
+    if plan.text.tokenizer is None and isinstance(plan.model, (str, Path)):
+        own = folder_tokenizer(plan.model)
+        if own is not None:
+            return replace(plan.text, tokenizer=own)
+    return plan.text
 
 
 def _check_shapes(run: Run, *sets: tuple[Dataset | None, str]) -> None:

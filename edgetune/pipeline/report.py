@@ -10,6 +10,7 @@ import numpy as np
 
 import edgetune
 from edgetune import timing
+from edgetune.capture.hf import is_hf_folder
 from edgetune.data import Dataset
 from edgetune.evaluate.metrics import accuracy, agreement, embedding_agreement, finite_or_none, sqnr_db
 from edgetune.export.float_ops import float_ops
@@ -211,7 +212,9 @@ def compress_report(run: Run) -> dict[str, Any]:
     loaded = run.result(Loaded)
     if loaded is not None:
         document["data"] = loaded.data  # each set's source and size; for text, how it was tokenized
-    if run.loaded is not None and run.loaded.kind == "module" and run.plan.weights is None:
+    if run.loaded is not None and run.loaded.kind == "module" and is_hf_folder(run.source):
+        document["model"]["note"] = "a Hugging Face model folder: its config.json and safetensors weights, loaded with transformers"
+    elif run.loaded is not None and run.loaded.kind == "module" and run.plan.weights is None:
         document["model"]["note"] = (
             "no weights were given: the model has the weights its callable set (trained only if it loads them itself;"
             " --weights FILE loads a state dict)"
