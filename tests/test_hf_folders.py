@@ -116,3 +116,33 @@ def test_folders_edgetune_will_not_load_are_one_line(
     err = capfd.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sentence_transformers_folder_gives_its_pooled_normalized_embedding(tmp_path: Path) -> None:
+    """modules.json, 1_Pooling/config.json (mean) and a Normalize module, read as JSON: the
+    model returns sentence-transformers' embedding, the masked mean of the last hidden state,
+    L2-normalized."""
+    from edgetune.capture import capture
+    from edgetune.capture.hf import load_hf_folder
+    from edgetune.ir.torch_exec import GraphRunner, run_batches
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, max_position_embeddings=LENGTH
+    )
+    folder = _save(transformers.BertModel(config, add_pooling_layer=False), tmp_path / "sentence")
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False}))
+    x = load_dataset(str(INTENTS / "test.jsonl"), "test", text=TextSpec(str(folder / "tokenizer.json"), LENGTH)).x[:16]
+    hidden = torch.from_numpy(_reference(folder, x))
+    mask = torch.from_numpy(x[:, 1]).unsqueeze(-1).float()
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    model = load_hf_folder(folder)
+    graph = capture(model, (LENGTH,), "int64", ("input_ids", "attention_mask", "token_type_ids"))
+    np.testing.assert_allclose(run_batches(GraphRunner(graph), x), expected, atol=1e-5)

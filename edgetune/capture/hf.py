@@ -6,7 +6,8 @@ a config that names its own classes (``auto_map``, which ``trust_remote_code`` w
 is refused, and so are pickled weights (``pytorch_model.bin``). The model is built from the
 class ``config.json``'s ``architectures`` names, with eager attention (the form edgetune
 captures), and wrapped so that its forward takes what a tokenizer gives and returns one
-tensor: the logits of a ``*For...`` head, else the last hidden state.
+tensor: the logits of a ``*For...`` head, else the last hidden state, or, for a
+sentence-transformers folder (``modules.json``), its pooled and normalized embedding.
 """
 
 from __future__ import annotations
@@ -72,23 +73,68 @@ def load_hf_folder(path: Path) -> nn.Module:
             raise InputError(f"transformers cannot load {path}: {text}", "check the folder (config.json and its weights)") from None
     takes = inspect.signature(model.forward).parameters
     wrapper = WithTokenTypes if "token_type_ids" in takes else HuggingFaceModel
-    return wrapper(model).eval()
+    wrapped = wrapper(model)
+    pooling = sentence_pooling(path)
+    if pooling is not None:
+        wrapped.pooling, wrapped.normalize = pooling
+    return wrapped.eval()
+
+
+def sentence_pooling(path: Path) -> tuple[str, bool] | None:
+    """A sentence-transformers folder's pooling (modules.json, read as JSON: no module named in
+    it is imported): "mean" or "cls" over the last hidden state, and whether an L2
+    normalization follows. None for a plain transformers folder."""
+    if not (path / "modules.json").is_file():
+        return None
+    try:
+        modules = json.loads((path / "modules.json").read_text())
+        kinds = {str(m["type"]).rsplit(".", 1)[-1]: str(m.get("path", "")) for m in modules}
+        config = json.loads((path / kinds["Pooling"] / "config.json").read_text()) if "Pooling" in kinds else None
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the sentence-transformers modules of {path} ({exc})", "check modules.json and 1_Pooling/") from None
+    if config is None:
+        return None
+    modes = [mode for mode in ("mean", "cls") if config.get(f"pooling_mode_{'mean_tokens' if mode == 'mean' else 'cls_token'}")]
+    others = [
+        key
+        for key, on in config.items()
+        if key.startswith("pooling_mode_") and on and key not in ("pooling_mode_mean_tokens", "pooling_mode_cls_token")
+    ]
+    if len(modes) != 1 or others:
+        raise InputError(
+            f"{path}: sentence-transformers pooling {sorted(k for k, on in config.items() if on is True)}", "use mean or CLS pooling"
+        )
+    return modes[0], "Normalize" in kinds
 
 
 class HuggingFaceModel(nn.Module):
-    """A transformers model whose forward takes ids and a mask and returns one tensor."""
+    """A transformers model whose forward takes ids and a mask and returns one tensor: the
+    logits, the last hidden state, or (a sentence-transformers folder) its pooled embedding."""
+
+    pooling: str | None = None  # "mean" (over the mask) or "cls"
+    normalize = False
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self._first(self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True))
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        return self._first(output, input_ids, attention_mask)
 
-    @staticmethod
-    def _first(output: Any) -> torch.Tensor:
+    def _first(self, output: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         logits = getattr(output, "logits", None)
-        return logits if logits is not None else output.last_hidden_state
+        if logits is not None:
+            return logits
+        hidden = output.last_hidden_state
+        if self.pooling is None:
+            return hidden
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:  # sentence-transformers' mean over the tokens the mask keeps
+            weights = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
 class WithTokenTypes(HuggingFaceModel):
@@ -98,7 +144,7 @@ class WithTokenTypes(HuggingFaceModel):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True)
-        return self._first(output)
+        return self._first(output, input_ids, attention_mask)
 
 
 def _config(path: Path) -> dict[str, Any]:
