@@ -5,6 +5,7 @@ compressed to both formats, and checked against transformers' outputs."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -146,3 +147,45 @@ def test_a_sentence_transformers_folder_gives_its_pooled_normalized_embedding(tm
     model = load_hf_folder(folder)
     graph = capture(model, (LENGTH,), "int64", ("input_ids", "attention_mask", "token_type_ids"))
     np.testing.assert_allclose(run_batches(GraphRunner(graph), x), expected, atol=1e-5)
+
+
+SMALL = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+ARCHITECTURES = {
+    # RoBERTa and MPNet count position ids from the ids (cumsum of the non-padding tokens)
+    "roberta": ("RobertaConfig", "RobertaForSequenceClassification", {"pad_token_id": 1}),
+    "mpnet": ("MPNetConfig", "MPNetModel", {}),
+    # ALBERT writes the tanh GELU out (x ** 3); ELECTRA and MobileBERT project their embeddings
+    "albert": ("AlbertConfig", "AlbertModel", {"embedding_size": 16}),
+    "electra": ("ElectraConfig", "ElectraForSequenceClassification", {"embedding_size": 16}),
+    "mobilebert": ("MobileBertConfig", "MobileBertModel", {"embedding_size": 16, "intra_bottleneck_size": 16, "true_hidden_size": 16}),
+}
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_other_encoder_families_capture_exactly_and_compress(name: str, tmp_path: Path) -> None:
+    from edgetune.capture import capture
+    from edgetune.capture.hf import load_hf_folder
+    from edgetune.export.onnx.writer import write_onnx
+    from edgetune.export.tflite import write_tflite
+    from edgetune.ir.torch_exec import GraphRunner, run_batches
+    from edgetune.quantize import QuantConfig, calibrate
+
+    config_class, model_class, extra = ARCHITECTURES[name]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(**SMALL, max_position_embeddings=40, **extra)
+    folder = _save(getattr(transformers, model_class)(config), tmp_path / name)
+    model = load_hf_folder(folder)
+    names = tuple(inspect.signature(model.forward).parameters)
+    x = load_dataset(str(INTENTS / "test.jsonl"), "test", text=TextSpec(str(folder / "tokenizer.json"), LENGTH)).x[:48]
+    x[:, 0] = np.minimum(x[:, 0], SMALL["vocab_size"] - 1)  # ids within the small vocabulary
+    x = x[:, : len(names)]
+    graph = capture(model, (LENGTH,), "int64", names)
+    expected = _reference(folder, x)
+    np.testing.assert_allclose(run_batches(GraphRunner(graph), x), expected, atol=1e-4)
+    calibrate(graph, x, QuantConfig())
+    flat = expected.reshape(len(expected), -1)
+    for out in (OnnxRunner(write_onnx(graph, quantized=True)).run(x), TfliteRunner(write_tflite(graph, quantized=True)).run(x)):
+        cosine = (
+            np.sum(out.reshape(len(out), -1) * flat, 1) / np.linalg.norm(out.reshape(len(out), -1), axis=1) / np.linalg.norm(flat, axis=1)
+        )
+        assert cosine.mean() >= 0.99, name

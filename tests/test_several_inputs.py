@@ -216,3 +216,21 @@ def test_the_demo_text_model_trains_and_compresses(tmp_path: Path, capsys: pytes
     assert evaluation["int8_accuracy"] >= 0.95 and evaluation["tflite"]["accuracy"] >= 0.95
     inputs = [i.name for i in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.input]
     assert inputs == list(NAMES)
+
+
+def test_a_pt2_with_several_inputs_takes_them_by_its_signature(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A program exported with the ids and the mask: its user inputs name the .npz arrays."""
+    from text_encoder import bert
+
+    model = bert()
+    example = torch.zeros(1, LENGTH, dtype=torch.long)
+    program = torch.export.export(model, (), {"input_ids": example, "attention_mask": example + 1}, strict=False)
+    torch.export.save(program, str(tmp_path / "bert.pt2"))
+    x = _batch(32, 6)
+    np.savez(tmp_path / "calib.npz", input_ids=x[:, 0], attention_mask=x[:, 1])
+    argv = ["compress", str(tmp_path / "bert.pt2"), "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "out"), "--quiet"]
+    assert run(argv) == 0
+    capsys.readouterr()
+    fp32 = tmp_path / "out" / "model.fp32.onnx"
+    assert [i.name for i in onnx.load(str(fp32)).graph.input] == ["input_ids", "attention_mask"]
+    np.testing.assert_allclose(OnnxRunner(fp32).run(x[:, :2]), _torch(model, x[:, :2]), atol=1e-5)

@@ -184,13 +184,27 @@ def relu6(ctx: LoweringContext, node: torch.fx.Node) -> None:
 def add_sub(ctx: LoweringContext, node: torch.fx.Node) -> None:
     if _arg(node, 2, "alpha", 1) != 1:
         raise InputError(f"{node.target} with alpha other than 1", "write the scaling as a separate multiplication")
-    op = "add" if "add" in str(node.target) else "sub"
-    ctx.emit(op, node, [ctx.name(node.args[0]), ctx.name(node.args[1])])
+    _elementwise(ctx, node, "add" if "add" in str(node.target) else "sub")
 
 
 @lowers(aten.mul.Tensor, aten.mul_.Tensor)
 def mul(ctx: LoweringContext, node: torch.fx.Node) -> None:
-    ctx.emit("mul", node, [ctx.name(node.args[0]), ctx.name(node.args[1])])
+    _elementwise(ctx, node, "mul")
+
+
+def _elementwise(ctx: LoweringContext, node: torch.fx.Node, op: str) -> None:
+    """An add, sub or mul. On integers (a mask, RoBERTa's position ids) it stays integer
+    (``integer``); a float result of an integer operand (``x * mask``) casts that operand first."""
+    if ctx.dtype(node) == "int64":
+        ctx.emit(op, node, [ctx.name(node.args[0]), ctx.name(node.args[1])], integer=True)
+        return
+    operands = []
+    for index, arg in enumerate(node.args[:2]):
+        name = ctx.name(arg)
+        if isinstance(arg, torch.fx.Node) and ctx.const(arg) is None and ctx.dtype(arg) == "int64":
+            name = ctx.emit_inner("cast", node, f"float{index}", [name], tensor_shape=ctx.shape(arg), helper=True)
+        operands.append(name)
+    ctx.emit(op, node, operands)
 
 
 @lowers(aten.div.Tensor)

@@ -81,10 +81,15 @@ def rsub(ctx: LoweringContext, node: torch.fx.Node) -> None:
 
 @lowers(aten.pow.Tensor_Scalar)
 def pow_(ctx: LoweringContext, node: torch.fx.Node) -> None:
-    if node.args[1] != 2:
-        raise InputError(f"{node.name}: a power of {node.args[1]}", "use x * x (squares are supported)")
+    """x ** 2 and x ** 3 (the tanh form of GELU as ALBERT and GPT-2 write it) as products."""
+    if node.args[1] not in (2, 3):
+        raise InputError(f"{node.name}: a power of {node.args[1]}", "use x * x (squares and cubes are supported)")
     x = ctx.name(node.args[0])
-    ctx.emit("mul", node, [x, x])
+    if node.args[1] == 2:
+        ctx.emit("mul", node, [x, x])
+        return
+    square = ctx.emit_inner("mul", node, "square", [x, x], helper=True)
+    ctx.emit("mul", node, [square, x])
 
 
 @lowers(aten.linalg_vector_norm.default)

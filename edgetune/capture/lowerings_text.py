@@ -64,6 +64,9 @@ def to_dtype(ctx: LoweringContext, node: torch.fx.Node) -> None:
     if target == torch.bool and value is not None:  # x != 0, as 0/1 integers
         _compare(ctx, node, "ne", 0.0)
         return
+    if value is not None and not value.dtype.is_floating_point and isinstance(target, torch.dtype) and not target.is_floating_point:
+        ctx.alias(node, source)  # integers of another width (RoBERTa's position ids): the IR's int64
+        return
     if target not in (torch.float32, torch.float64) or value is None:
         raise InputError(f"{node.name}: a cast to {target}", "compute in float32, and cast integer inputs (a mask) to float")
     if value.dtype.is_floating_point:
@@ -188,3 +191,30 @@ def index(ctx: LoweringContext, node: torch.fx.Node) -> None:
         ctx.emit("reshape", node, [ctx.name(source)], shape=list(out[1:]))
         return
     raise InputError(f"{node.name}: indexing a tensor with tensors", "index with slices, or gather rows with an embedding")
+
+
+@lowers(aten.type_as.default)
+def type_as(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """A cast to another tensor's type: between integers, the tensor itself; to float, a cast."""
+    source, other = node.args[0], node.args[1]
+    wanted = other.meta["val"].dtype  # type: ignore[union-attr]
+    have = source.meta["val"].dtype  # type: ignore[union-attr]
+    if have.is_floating_point == wanted.is_floating_point:
+        ctx.alias(node, source)
+    elif wanted.is_floating_point:
+        ctx.emit("cast", node, [ctx.name(source)])
+    else:
+        raise InputError(f"{node.name}: a float tensor cast to integers", "keep integer values (ids, masks) integer")
+
+
+@lowers(aten.cumsum.default)
+def cumsum(ctx: LoweringContext, node: torch.fx.Node) -> None:
+    """A running sum of integers along the steps (RoBERTa's position ids count the tokens
+    that are not padding)."""
+    source = node.args[0]
+    axis = int(node.args[1])  # type: ignore[arg-type]
+    rank = len(ctx.shape(node))
+    axis = axis % rank
+    if axis == 0 or ctx.dtype(source) != "int64":  # type: ignore[arg-type]
+        raise InputError(f"{node.name}: a running sum over the batch, or of float values", "sum integers along the steps")
+    ctx.emit("cumsum", node, [ctx.name(source)], axis=axis)

@@ -38,7 +38,7 @@ MAX_ARCHIVE_BYTES = 4 << 30  # uncompressed: a zip bomb is refused before it is 
 _HINT = "export the model again with torch.export.save (plain tensors only), or pass it as a Python callable"
 
 # torch.ops.<namespace>.<op>[.<overload>]: looked up in the operator registry, never imported.
-_OP_TARGET = re.compile(r"^torch\.ops\.[A-Za-z][A-Za-z0-9_]*\.[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)?$")
+_OP_TARGET = re.compile(r"^torch\.ops\.[A-Za-z][A-Za-z0-9_]*\._?[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)?$")  # aten._to_copy too
 # Python's operator module, for arithmetic on symbolic sizes.
 _OPERATOR_TARGETS = {
     f"_operator.{name}"

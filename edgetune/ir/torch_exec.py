@@ -100,6 +100,8 @@ _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 @kernel("add", "sub", "mul", "div")
 def _binary(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    if node.attrs.get("integer"):  # integers (position ids): their constants are stored as float
+        args = [a.round().to(torch.int64) if a.is_floating_point() else a for a in args]
     return apply_act(_BINARY[node.op](args[0], args[1]), node.act)
 
 
@@ -247,6 +249,11 @@ def _compare(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
     """0/1 integers where ``x == value`` (or ``!=``)."""
     equal = args[0] == node.attrs["value"]
     return (equal if node.attrs["test"] == "eq" else ~equal).to(torch.int64)
+
+
+@kernel("cumsum")
+def _cumsum(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cumsum(args[0], dim=node.attrs["axis"])
 
 
 @kernel("expand")

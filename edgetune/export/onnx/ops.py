@@ -129,8 +129,18 @@ def layer_norm(b: OnnxBuilder, node: Node) -> str:
 @onnx_op("add", "sub", "mul", "div")
 def elementwise(b: OnnxBuilder, node: Node) -> str:
     op_type = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}[node.op]
+    if node.attrs.get("integer"):  # integers (position ids): int64 constants
+        inputs = [_integer(b, name) for name in node.inputs]
+        return b.node(op_type, inputs)[0]
     out = b.node(op_type, [b.read(name) for name in node.inputs])[0]
     return _activation(b, out, node)
+
+
+def _integer(b: OnnxBuilder, name: str) -> str:
+    tensor = b.graph.tensors[name]
+    if tensor.data is None:
+        return b.read(name)
+    return b.initializer(f"{name}_int64", np.round(tensor.data).astype(np.int64))
 
 
 @onnx_op("relu")
@@ -265,6 +275,11 @@ def compare(b: OnnxBuilder, node: Node) -> str:
     if node.attrs["test"] == "ne":
         equal = b.node("Not", [equal])[0]
     return b.node("Cast", [equal], to=TensorProto.INT64)[0]
+
+
+@onnx_op("cumsum")
+def cumsum(b: OnnxBuilder, node: Node) -> str:
+    return b.node("CumSum", [b.read(node.inputs[0]), b.initializer(f"{node.name}_axis", np.asarray(node.attrs["axis"], np.int64))])[0]
 
 
 @onnx_op("expand")

@@ -50,6 +50,13 @@ def compare(b: TflBuilder, node: Node) -> None:
     b.op(Op.CAST, [flags], [b.define(node.outputs[0])])
 
 
+@tfl_op("cumsum")
+def cumsum(b: TflBuilder, node: Node) -> None:
+    """CUMSUM of int32 values along an axis (RoBERTa's position ids)."""
+    axis = b.const(f"{node.name}_axis", np.asarray(node.attrs["axis"], np.int32), tflite.TensorType.INT32)
+    b.op(Op.CUMSUM, [b.read(node.inputs[0]), axis], [b.define(node.outputs[0])], version=1)
+
+
 @tfl_op("expand")
 def expand(b: TflBuilder, node: Node) -> None:
     """A MUL by int32 ones of the target shape: MUL broadcasts the batch, where BROADCAST_TO

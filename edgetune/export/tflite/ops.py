@@ -310,6 +310,10 @@ _ELEMENTWISE = {
 @tfl_op("add", "sub", "mul", "div")
 def elementwise(b: TflBuilder, node: Node) -> None:
     code, options_type, start, add_act, end = _ELEMENTWISE[node.op]
+    if node.attrs.get("integer"):  # integers (position ids): int32 constants, no quantization
+        inputs = [_integer(b, name) for name in node.inputs]
+        b.op(code, inputs, [b.define(node.outputs[0])], version=1)
+        return
     inputs = [b.read(name, b.nhwc(node.outputs[0])) for name in node.inputs]
     out = b.define(node.outputs[0])
     act = ACTIVATIONS[node.act]
@@ -325,6 +329,13 @@ def elementwise(b: TflBuilder, node: Node) -> None:
         scales = [b.model.tensors[i].quant.scale[0] for i in (*inputs, out)]  # type: ignore[union-attr]
         version = 3 if scales[0] * scales[1] / scales[2] >= 1.0 else 2
     b.op(code, inputs, [out], options_type, options, version)
+
+
+def _integer(b: TflBuilder, name: str) -> int:
+    tensor = b.graph.tensors[name]
+    if tensor.data is None:
+        return b.read(name)
+    return b.const(f"{name}_int32", np.round(tensor.data).astype(np.int32).reshape(tensor.data.shape), tflite.TensorType.INT32)
 
 
 def _no_options(code: int) -> TflOp:
