@@ -83,6 +83,11 @@ def _input_dtype(node: torch.fx.Node) -> str:
     raise InputError(f"the model's input is {dtype}", "give a model that takes a float tensor or integer indices (token ids)")
 
 
+# Values that capture computes from constants: at most this many (a .pt2 from elsewhere must
+# not make it allocate without bound; a weight-sized tensor is far below).
+MAX_FOLDED = 1 << 26
+
+
 def _constant_values(program: torch.export.ExportedProgram) -> dict[str, torch.Tensor]:
     """Parameters, buffers and lifted constants by placeholder name, in their own dtypes."""
     values = {}
@@ -102,10 +107,10 @@ def _computed_from_constants(fx_graph: torch.fx.Graph, constants: set[str]) -> s
     mask's index grids, ``arange``): capture computes them, whatever the op."""
     found: set[str] = set()
     for node in fx_graph.nodes:
-        if node.op != "call_function" or not isinstance(node.meta.get("val"), torch.Tensor):
+        value = node.meta.get("val")
+        if node.op != "call_function" or not isinstance(value, torch.Tensor) or value.numel() > MAX_FOLDED:
             continue
-        inputs = [a for a in node.all_input_nodes]
-        if all(a.name in constants or a.name in found for a in inputs):
+        if all(a.name in constants or a.name in found for a in node.all_input_nodes):
             found.add(node.name)
     return found
 

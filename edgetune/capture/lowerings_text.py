@@ -119,18 +119,16 @@ def _select(ctx: LoweringContext, node: torch.fx.Node, cond: Any, chosen: Any, o
     float, exact for finite values, a term of zero left out. An infinite number becomes
     float32's extreme, which a softmax turns into the same zero weight."""
     shape = ctx.shape(cond)
-    c = ctx.emit_inner("cast", node, "set", [ctx.name(cond)], tensor_shape=shape, helper=True)
-    keep = ctx.emit_inner("sub", node, "keep", [ctx.name(1.0), c], tensor_shape=shape, helper=True)
-    terms = []
-    for value, weight, suffix in ((chosen, c, "chosen"), (other, keep, "other")):
-        value = _finite(ctx, node, value)
-        if isinstance(value, float) and value == 0.0:
-            continue
-        operand = ctx.name(value)
-        terms.append((suffix, [operand, weight]))
-    if not terms:
+    chosen, other = _finite(ctx, chosen), _finite(ctx, other)
+    used = [(value, suffix) for value, suffix in ((chosen, "chosen"), (other, "other")) if not (isinstance(value, float) and value == 0.0)]
+    if not used:
         ctx.constants[node.name] = np.zeros(ctx.shape(node), np.float32)
         return
+    c = ctx.emit_inner("cast", node, "set", [ctx.name(cond)], tensor_shape=shape, helper=True)
+    terms = []
+    for value, suffix in used:
+        weight = c if suffix == "chosen" else ctx.emit_inner("sub", node, "keep", [ctx.name(1.0), c], tensor_shape=shape, helper=True)
+        terms.append((suffix, [ctx.name(value), weight]))
     if len(terms) == 1:
         ctx.emit("mul", node, terms[0][1])
         return
@@ -139,13 +137,11 @@ def _select(ctx: LoweringContext, node: torch.fx.Node, cond: Any, chosen: Any, o
     ctx.emit("add", node, [first, second])
 
 
-def _finite(ctx: LoweringContext, node: torch.fx.Node, value: Any) -> Any:
+def _finite(ctx: LoweringContext, value: Any) -> Any:
     """A Python number (or a one-value constant) clipped to float32's range; a tensor as it is."""
     if isinstance(value, torch.fx.Node):
         fixed = ctx.const(value)
-        if fixed is None:
-            return value
-        if fixed.size != 1:
+        if fixed is None or fixed.size != 1:
             return value
         value = float(fixed.reshape(-1)[0])
     limit = float(np.finfo(np.float32).max)
@@ -154,8 +150,8 @@ def _finite(ctx: LoweringContext, node: torch.fx.Node, value: Any) -> Any:
 
 @lowers(aten.__and__.Tensor, aten.logical_and.default)
 def logical_and(ctx: LoweringContext, node: torch.fx.Node) -> None:
-    """Two masks' conjunction, where one is a constant (recent transformers' mask functions
-    combine a padding mask with an all-true one): the other mask, or all false."""
+    """Two masks' conjunction, where one is an all-true constant (recent transformers' mask
+    functions combine the padding mask with one): the other mask. Other forms are refused."""
     first, second = node.args[0], node.args[1]
     for fixed, other in ((ctx.const(first), second), (ctx.const(second), first)):
         if fixed is None:
