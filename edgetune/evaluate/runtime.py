@@ -60,15 +60,19 @@ class OnnxRunner:
     @property
     def sample_shape(self) -> list[int]:
         """The per-sample input shape (unknown dimensions as 1); several inputs are stacked on axis 0."""
-        stacked = [len(self.input_names)] if len(self.input_names) > 1 else []
-        return stacked + [1 if d is None else d for d in self.input_shape[1:]]
+        return self._stacked + [1 if d is None else d for d in self.input_shape[1:]]
+
+    @property
+    def _stacked(self) -> list[int]:
+        """A sample's leading axis over several inputs (data.Dataset), else none."""
+        return [len(self.input_names)] if len(self.input_names) > 1 else []
 
     def feeds(self, samples: np.ndarray) -> dict[str, np.ndarray]:
         """One batch as the session's inputs: several are stacked on axis 1 (data.Dataset)."""
         return feeds(self.input_names, samples, self.input_dtype)
 
     def check_samples(self, samples: np.ndarray, source: str) -> None:
-        stacked = [len(self.input_names)] if len(self.input_names) > 1 else []
+        stacked = self._stacked
         expected = [*stacked, *self.input_shape[1:]]
         got = list(samples.shape[1:])
         if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
