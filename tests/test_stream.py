@@ -166,7 +166,7 @@ def test_calibrating_again_keeps_the_split_and_the_parameters() -> None:
     assert sqnr_db(first, second) > 30
 
 
-@pytest.mark.parametrize("setting", ["float", "off"])
+@pytest.mark.parametrize("setting", ["float", "off", "smooth"])
 def test_the_stream_setting_is_honoured_and_recorded(setting: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
@@ -182,6 +182,8 @@ def test_the_stream_setting_is_honoured_and_recorded(setting: str, tmp_path) -> 
     stream_block = json.loads((out / "report.json").read_text())["quantization"].get("stream")
     if setting == "off":
         assert stream_block is None
+    elif setting == "smooth":
+        assert stream_block["split"] is True and stream_block["smoothed_points"] > 0
     else:
         assert stream_block["float_ops"] > 0 and stream_block["split"] is False and stream_block["input_channels_added"] == 0
     assert tomllib.loads((out / "recipe.toml").read_text())["quantize"]["stream"] == setting
@@ -202,6 +204,50 @@ def test_ptq_best_judges_the_split_against_the_float_stream_alone() -> None:
     graph = capture(outlier_encoder(), (LENGTH,), "int64")
     _, report = quantize(graph, ids(64, 0), QuantConfig(ptq=("best",), ptq_budget=120), held_out=ids(32, 1))
     scores = report["stream"]["held_out_sqnr_db"]
-    assert set(scores) == {"split", "float"} and report["stream"]["chosen"] == max(scores, key=scores.get)
-    assert report["stream"]["chosen"] == "split" and scores["split"] > scores["float"] + 1.5  # 32.7 against 29.8 dB when written
+    chosen = report["stream"]["chosen"]
+    assert set(scores) == {"split", "smooth", "float"} and chosen == max(scores, key=scores.get)
+    assert chosen != "float" and scores[chosen] > scores["float"] + 1.5  # split 32.7 against float 29.8 dB when written
     assert graph.meta["stream"]["split"]["input_channels_added"] > 0  # type: ignore[index]
+    assert bool(graph.meta["stream"]["split"].get("smoothed_points")) == (chosen == "smooth")  # type: ignore[index]
+
+
+def test_smoothquant_scales_leave_the_product_unchanged() -> None:
+    """x / s times the columns multiplied by s is x times the weights; the scales follow
+    SmoothQuant's formula up to one common factor, and stay within their limits."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 24)).astype(np.float32)
+    x[:, 3] *= 30.0
+    weights = [rng.normal(size=(16, 24)).astype(np.float32), rng.normal(size=(8, 24)).astype(np.float32)]
+    weights[1][:, 5] = 0.0  # no weight range in one reader: the other sets it
+    magnitude = np.abs(x).max(axis=0)
+    scales = stream.smooth_scales(magnitude, weights, alpha=0.5)
+    columns = np.max([np.abs(w).max(axis=0) for w in weights], axis=0)
+    raw = np.sqrt(magnitude) / np.sqrt(columns)
+    np.testing.assert_allclose(scales / scales[0], raw / raw[0], rtol=1e-5)
+    assert scales[3] == scales.max()  # the outlier channel gives the most to its weights
+    for w in weights:
+        np.testing.assert_allclose((x / scales) @ (w * scales).T, x @ w.T, rtol=1e-4, atol=1e-3)
+    dead = stream.smooth_scales(np.zeros(24), weights)
+    np.testing.assert_array_equal(dead, np.ones(24))
+    huge = stream.smooth_scales(np.full(24, 1e12), weights)
+    assert huge.max() <= stream.SMOOTH_LIMITS[1]
+
+
+def test_smoothquant_migrates_ranges_and_the_float_artifacts_stay_the_model() -> None:
+    """--stream smooth: every linear layer that reads a float tensor gets it divided by its
+    scales and its weight columns multiplied; the outlier channels left after that are split.
+    The int8 artifacts agree with each other and the simulation; the float ones are the model."""
+    model, x = outlier_encoder(), ids(32, 2)
+    graph = capture(model, (LENGTH,), "int64")
+    calibrate(graph, ids(64, 0), QuantConfig(samples=64, stream="smooth"))
+    done = graph.meta["stream"]["split"]  # type: ignore[index]
+    points = [n for n in graph.nodes if n.op == "channels" and n.attrs["side"] == "input" and n.attrs.get("smooth")]
+    assert done["smoothed_points"] == len(points) > 0
+    onnx_int8 = onnx_run(write_onnx(graph, quantized=True), x)
+    assert cosines(eager(model, x), onnx_int8).mean() > 0.999
+    assert sqnr_db(onnx_int8, TfliteRunner(write_tflite(graph)).run(x)) > 35
+    assert sqnr_db(onnx_int8, run_batches(GraphRunner(graph, quantized=True), x)) > 35
+    flat = stream.plain(graph)
+    expected = eager(model, x)
+    np.testing.assert_allclose(onnx_run(write_onnx(flat, quantized=False), x), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(TfliteRunner(write_tflite(flat, quantized=False)).run(x), expected, rtol=1e-4, atol=1e-5)

@@ -77,9 +77,10 @@ from edgetune.progress import StderrProgress
 )
 @click.option(
     "--stream",
-    type=click.Choice(["split", "float", "off"]),
+    type=click.Choice(["split", "smooth", "float", "off"]),
     help="A model with LayerNorm (a transformer): its residual stream, softmax and attention products in float, with outlier"
-    " channels split where int8 layers read them (split, default), in float without the split (float), or every tensor in int8 (off).",
+    " channels split where int8 layers read them (split, default), with SmoothQuant's migration of channel ranges into the"
+    " weights before the split (smooth), in float without the split (float), or every tensor in int8 (off).",
 )
 @click.option(
     "--mode",
@@ -436,7 +437,8 @@ def _stream_rows(stream: dict[str, Any] | None) -> list[tuple[str, str]]:
             "float stream",
             f"{stream['float_ops']} ops in float (LayerNorm, GELU, softmax, residual adds and what reads only them); "
             + (
-                f"{stream['input_channels_added']} outlier channel copies at {stream['input_points']} layer input(s),"
+                ("SmoothQuant migration at {} layer input(s), ".format(stream["smoothed_points"]) if stream.get("smoothed_points") else "")
+                + f"{stream['input_channels_added']} outlier channel copies at {stream['input_points']} layer input(s),"
                 f" {stream['output_rows_scaled']} outlier row(s) scaled at {stream['output_points']} layer output(s)"
                 if stream["split"]
                 else "outlier channels not split (--stream float, or --ptq best found the split no better)"

@@ -12,7 +12,7 @@ import edgetune
 from edgetune import timing
 from edgetune.capture.hf import is_hf_folder
 from edgetune.data import Dataset
-from edgetune.evaluate.metrics import accuracy, agreement, embedding_agreement, finite_or_none, sqnr_db
+from edgetune.evaluate.metrics import accuracy, agreement, cosines, embedding_agreement, finite_or_none, sqnr_db
 from edgetune.export.float_ops import float_ops
 from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.stats import graph_summary
@@ -106,7 +106,8 @@ def int4_onnx_block(data: Dataset, fp32_out: np.ndarray, onnx_out: np.ndarray, i
 
 
 def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
-    """SQNR in dB of every activation of the int8 model against fp32, on a few samples.
+    """SQNR in dB and mean cosine (each sample's values as one vector) of every activation of
+    the int8 model against fp32, on a few samples.
 
     Errors accumulate: a layer's figure includes everything quantized before it.
     """
@@ -131,6 +132,7 @@ def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
                 "layer": producers[name].name,
                 "op": producers[name].op,
                 "sqnr_db": finite_or_none(round(sqnr_db(outputs["fp32"][name], outputs["int8"][name]), 3)),
+                "cosine": finite_or_none(round(float(cosines(outputs["fp32"][name], outputs["int8"][name]).mean()), 5)),
             }
         )
     return layers

@@ -301,8 +301,8 @@ def calibrate(graph: Graph, samples: np.ndarray, config: QuantConfig, progress: 
     isolate_stream(graph, mask_only=config.stream == "off")
     with step("observe"):
         stats, spans = collect_stats(graph, samples, config, progress, channel_points(graph))
-    if config.stream == "split":
-        split_outliers(graph, spans)
+    if config.stream in ("split", "smooth"):
+        split_outliers(graph, spans, smooth=config.stream == "smooth")
     with step("ranges"):
         records = choose_ranges(stats, config)
         pointed = point_ranges(graph, spans)

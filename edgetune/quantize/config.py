@@ -15,8 +15,9 @@ DEFAULT_PTQ = ("bias-correct",)
 
 FALLBACKS = ("float", "int16")
 # A model with LayerNorm (quantize/stream.py): its stream in float with outlier channels split,
-# in float only, or every tensor int8 as in a CNN.
-STREAMS = ("split", "float", "off")
+# with SmoothQuant's migration into the weights before the split, in float only, or every tensor
+# int8 as in a CNN.
+STREAMS = ("split", "smooth", "float", "off")
 # int8: static, full-integer, calibrated. The others calibrate nothing: dynamic-int8 stores int8
 # weights and quantizes activations per inference; float16 stores float16 weights.
 MODES = ("int8", "dynamic-int8", "float16")

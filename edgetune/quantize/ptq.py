@@ -44,6 +44,7 @@ HELD_OUT = 64  # held-out calibration samples that decide what --ptq best keeps
 TRIAL_PASSES = 9.0
 SECONDS_PER_MAC = 5e-11
 SECONDS_PER_NODE = 4e-3
+STREAM_TRIAL_PASSES = 4.0  # a transformer's two more calibrations (smooth, float) and their checks
 AFTER_ADAROUND = 3.0  # of the trial passes: bias correction and the two held-out checks after AdaRound
 EQUALIZE_SAMPLES = 128  # the pre-activation ranges that bound equalization under ReLU6: more is safer
 
@@ -133,7 +134,8 @@ def keep_float(graph: Graph, names: tuple[str, ...]) -> dict[str, Any]:
 def trial_seconds(graph: Graph, samples: int) -> float:
     """Modeled seconds of --ptq best's trials on ``samples`` calibration samples."""
     macs = graph_macs(graph)
-    return TRIAL_PASSES * (samples * macs * SECONDS_PER_MAC + len(graph.nodes) * SECONDS_PER_NODE)
+    passes = TRIAL_PASSES + (STREAM_TRIAL_PASSES if applies(graph) else 0.0)
+    return passes * (samples * macs * SECONDS_PER_MAC + len(graph.nodes) * SECONDS_PER_NODE)
 
 
 def _adaround_deadline(started: float, budget: float, report: dict[str, Any]) -> float:
@@ -159,28 +161,17 @@ def _best_calibration(
 ) -> tuple[list[CalibrationRecord], float]:
     """--ptq best before rounding: the activation-range method judged end to end (held-out
     output SQNR, not each tensor's local error); for a transformer, the outlier split against
-    the float stream alone (quantize/stream.py); then equalization with what was chosen."""
+    SmoothQuant before it and the float stream alone (quantize/stream.py); then equalization
+    with what was chosen."""
     baseline = judge.sqnr(graph)
     report["held_out_sqnr_db"] = {"calibrated": baseline}
-    by_method = {config.method: baseline}
-    for method in (m for m in METHODS if m != config.method):
-        trial = replace(config, method=method)
-        candidate = copy.deepcopy(pristine)
-        candidate_records = calibrate(candidate, samples, trial, progress)
-        by_method[method] = judge.sqnr(candidate)
-        if by_method[method] > baseline:
-            _adopt(graph, candidate)
-            records, baseline, config = candidate_records, by_method[method], trial
-    report["calibration_method"] = {"chosen": config.method, "held_out_sqnr_db": by_method}
-    if config.stream == "split" and applies(pristine):  # a transformer: the outlier split, or the float stream alone
-        trial = replace(config, stream="float")
-        candidate = copy.deepcopy(pristine)
-        candidate_records = calibrate(candidate, samples, trial, progress)
-        by_stream = {"split": baseline, "float": judge.sqnr(candidate)}
-        if by_stream["float"] > baseline:
-            _adopt(graph, candidate)
-            records, baseline, config = candidate_records, by_stream["float"], trial
-        report["stream"] = {"chosen": config.stream, "held_out_sqnr_db": by_stream}
+    trials = _Trials(graph, pristine, samples, judge, progress, records, baseline, config)
+    by_method = trials.each("method", [m for m in METHODS if m != config.method])
+    report["calibration_method"] = {"chosen": trials.config.method, "held_out_sqnr_db": by_method}
+    if config.stream == "split" and applies(pristine):  # a transformer: the split, with SmoothQuant first, or neither
+        by_stream = trials.each("stream", ["smooth", "float"])
+        report["stream"] = {"chosen": trials.config.stream, "held_out_sqnr_db": by_stream}
+    records, baseline, config = trials.records, trials.baseline, trials.config
     report["held_out_sqnr_db"]["calibrated"] = baseline
     # Equalization changes the float weights, so its candidate is calibrated anew.
     candidate = copy.deepcopy(pristine)
@@ -188,6 +179,35 @@ def _best_calibration(
     candidate_records = calibrate(candidate, samples, config, progress)
     kept = _keep_if_better(graph, candidate, "equalize", result, report, judge, baseline)
     return (candidate_records if "equalize" in report["applied"] else records), float(baseline if kept is None else kept)
+
+
+@dataclass
+class _Trials:
+    """Calibrations of the pristine graph with one setting changed, the best adopted into ``graph``."""
+
+    graph: Graph
+    pristine: Graph
+    samples: np.ndarray
+    judge: _Check
+    progress: Progress | None
+    records: list[CalibrationRecord]
+    baseline: float
+    config: QuantConfig
+
+    def each(self, setting: str, values: list[str]) -> dict[str, float]:
+        """Held-out SQNR with ``setting`` at its current value and at each of ``values``."""
+        scores = {getattr(self.config, setting): self.baseline}
+        start = self.config
+        for value in values:
+            change: dict[str, Any] = {setting: value}
+            trial = replace(start, **change)
+            candidate = copy.deepcopy(self.pristine)
+            records = calibrate(candidate, self.samples, trial, self.progress)
+            scores[value] = self.judge.sqnr(candidate)
+            if scores[value] > self.baseline:
+                _adopt(self.graph, candidate)
+                self.records, self.baseline, self.config = records, scores[value], trial
+        return scores
 
 
 def _adopt(graph: Graph, candidate: Graph) -> None:

@@ -69,6 +69,11 @@ OUTLIER_SHARE = 1 / 24
 MIN_OUTLIERS, MAX_OUTLIERS = 4, 16
 OUTLIER_RATIO = 2.0  # a channel is an outlier when it exceeds that threshold by this much
 MAX_EXTRA_SHARE = 0.25  # input-side copies add at most this share of the channels
+# SmoothQuant's migration strength (Xiao et al., ICML 2023, section 4): a channel's scale is
+# its activation range to this power over its weight columns' range to (1 - this power);
+# 0.5 balances the two and is the paper's choice for most encoders.
+SMOOTH_ALPHA = 0.5
+SMOOTH_LIMITS = (1e-2, 1e2)  # a scale stays in this range: a near-dead channel must not blow its weights up
 
 
 def applies(graph: Graph) -> bool:
@@ -218,9 +223,25 @@ def copies(magnitude: np.ndarray, extra_cap: int | None = None, powers_of_two: b
             return ones
 
 
-def split_outliers(graph: Graph, ranges: dict[str, ChannelRange]) -> dict[str, Any]:
+def smooth_scales(magnitude: np.ndarray, weights: list[np.ndarray], alpha: float | None = None) -> np.ndarray:
+    """SmoothQuant's per-channel scales ``s`` (the activation is divided by them, the weight
+    columns multiplied): ``max|x_j| ** alpha / max|w_:,j| ** (1 - alpha)``, over every layer
+    that reads the activation. A channel without range on either side keeps 1."""
+    alpha = SMOOTH_ALPHA if alpha is None else alpha
+    columns = np.max([np.abs(w).max(axis=0) for w in weights], axis=0).astype(np.float64)
+    usable = (magnitude > 0) & (columns > 0)
+    scales = np.ones(magnitude.size)
+    scales[usable] = magnitude[usable] ** alpha / columns[usable] ** (1.0 - alpha)
+    if usable.any():  # a common factor changes nothing but the weights' magnitude: centre the scales on 1
+        scales[usable] /= float(np.exp(np.mean(np.log(scales[usable]))))
+    return np.clip(scales, *SMOOTH_LIMITS)
+
+
+def split_outliers(graph: Graph, ranges: dict[str, ChannelRange], smooth: bool = False) -> dict[str, Any]:
     """Fill the ``channels`` nodes from per-channel ranges and change the linear layers they
-    serve to match (in place, once); returns what was split, for the report."""
+    serve to match (in place, once); returns what was split, for the report. ``smooth``: each
+    input-side point first migrates its channels' ranges into the weights (SmoothQuant), and
+    splits only what stays an outlier after that."""
     done = graph.meta.get(STREAM_KEY)
     if done is None:
         return {}
@@ -229,6 +250,8 @@ def split_outliers(graph: Graph, ranges: dict[str, ChannelRange]) -> dict[str, A
     consumers = graph.consumers()
     producers = graph.producers()
     split: dict[str, Any] = {"input_channels_added": 0, "input_points": 0, "output_rows_scaled": 0, "output_points": 0}
+    if smooth:
+        split["smoothed_points"] = 0
     for node in [n for n in graph.nodes if n.op == "channels"]:
         if node.attrs["side"] == "input":
             readers = consumers.get(node.outputs[0], [])
@@ -236,11 +259,19 @@ def split_outliers(graph: Graph, ranges: dict[str, ChannelRange]) -> dict[str, A
             if not readers or len(shape) > 3 or any(r.op != "linear" or r.inputs[0] != node.outputs[0] for r in readers):
                 continue
             magnitude = ranges[node.inputs[0]].magnitude
-            parts = copies(magnitude, int(MAX_EXTRA_SHARE * magnitude.size))
+            scales = np.ones(magnitude.size)
+            if smooth:
+                scales = smooth_scales(magnitude, [_weight(graph, r) for r in readers])
+                for reader in readers:
+                    _scale_columns(graph, reader, scales)
+                node.attrs["smooth"] = [float(v) for v in scales]
+                node.attrs["factors"] = [float(v) for v in 1.0 / scales]
+                split["smoothed_points"] += 1
+            parts = copies(magnitude / scales, int(MAX_EXTRA_SHARE * magnitude.size))
             if parts.max() == 1:
                 continue
             extra = [c for c in range(magnitude.size) for _ in range(int(parts[c]) - 1)]
-            node.attrs["factors"] = [1.0 / float(p) for p in parts]
+            node.attrs["factors"] = [1.0 / float(p * v) for p, v in zip(parts, scales, strict=True)]
             node.attrs["copies"] = extra
             graph.tensors[node.outputs[0]].shape = (*shape[:-1], magnitude.size + len(extra))
             for reader in readers:
@@ -258,6 +289,20 @@ def split_outliers(graph: Graph, ranges: dict[str, ChannelRange]) -> dict[str, A
             split["output_points"] += 1
     done["split"] = split
     return split
+
+
+def _weight(graph: Graph, layer: Node) -> np.ndarray:
+    data = graph.tensors[layer.inputs[1]].data
+    assert data is not None
+    return data
+
+
+def _scale_columns(graph: Graph, layer: Node, scales: np.ndarray) -> None:
+    weight = graph.tensors[layer.inputs[1]]
+    assert weight.data is not None
+    weight.data = (weight.data * scales.astype(np.float32)).astype(np.float32)
+    if weight.qdata is not None:
+        weight.qdata = (weight.qdata * scales.astype(np.float32)).astype(np.float32)
 
 
 def _repeat_columns(graph: Graph, layer: Node, indices: list[int]) -> None:
@@ -313,10 +358,11 @@ def plain(graph: Graph) -> Graph:
         if node.op != "channels"
     ]
     for out, point in points.items():
-        if point.attrs["side"] == "input" and point.attrs["copies"]:
+        if point.attrs["side"] == "input" and (point.attrs["copies"] or point.attrs.get("smooth")):
             width = graph.tensors[point.inputs[0]].shape[-1]
+            unsmooth = np.asarray(point.attrs.get("smooth") or np.ones(width), np.float32)
             for reader in consumers.get(out, []):
-                data = np.ascontiguousarray(_data(tensors, reader.inputs[1])[:, :width])
+                data = np.ascontiguousarray(_data(tensors, reader.inputs[1])[:, :width] / unsmooth).astype(np.float32)
                 tensors[reader.inputs[1]] = Tensor(reader.inputs[1], data.shape, data)
         elif point.attrs["side"] == "output" and point.attrs["factors"] is not None:
             factors = np.asarray(point.attrs["factors"], np.float32)
@@ -345,6 +391,8 @@ def summary(graph: Graph) -> dict[str, Any] | None:
         "float_ops": done["float_ops"],
         "quantization_points": done["quantization_points"],
         "split": done.get("split") is not None,
-        **{"input_channels_added": 0, "input_points": 0, "output_rows_scaled": 0, "output_points": 0, **done.get("split", {})},
-        "note": "LayerNorm, GELU and the residual additions run in float; outlier channels are split (docs/int8.md, Transformers)",
+        **{"input_channels_added": 0, "input_points": 0, "output_rows_scaled": 0, "output_points": 0, "smoothed_points": 0},
+        **done.get("split", {}),
+        "note": "LayerNorm, GELU and the residual additions run in float; outlier channels are split, after SmoothQuant's"
+        " migration at smoothed_points (docs/int8.md, Transformers)",
     }

@@ -47,7 +47,8 @@ KEYS: tuple[Key, ...] = (
         "quantize.stream",
         "str",
         "split",
-        "a model with LayerNorm: its residual stream in float with outlier channels split (split), in float only (float),"
+        "a model with LayerNorm: its residual stream in float with outlier channels split (split), with SmoothQuant's"
+        " migration before the split (smooth), in float only (float),"
         " or every tensor int8 (off)",
     ),
     Key("quantize.keep_float", "list", [], 'weighted layers or modules kept in float in both artifacts, e.g. ["block.conv1", "head"]'),

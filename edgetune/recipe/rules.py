@@ -128,7 +128,7 @@ RULES: dict[str, Rule] = {
     "quantize.weight_bits": choice(8, 4),
     "quantize.accuracy_target": parsed(_accuracy_target),
     "quantize.fallback": choice("float", "int16"),
-    "quantize.stream": choice("split", "float", "off"),
+    "quantize.stream": choice("split", "smooth", "float", "off"),
     "quantize.mode": choice("int8", "dynamic-int8", "float16"),
     "prune.method": parsed(_prune),
     "prune.allocation": choice("uniform", "global"),
