@@ -35,8 +35,11 @@ def is_hf_folder(spec: str | Path) -> bool:
 
 
 def folder_tokenizer(spec: str | Path) -> str | None:
-    """The folder's own tokenizer.json, when the model is a Hugging Face folder that has one."""
+    """The folder's own tokenizer.json, when the model is a Hugging Face folder that has one,
+    or an .onnx file beside one (how optimum and transformers' exports lay a model out)."""
     path = Path(spec)
+    if path.suffix == ".onnx" and path.is_file() and (path.parent / TOKENIZER).is_file():
+        return str(path.parent / TOKENIZER)
     return str(path / TOKENIZER) if is_hf_folder(path) and (path / TOKENIZER).is_file() else None
 
 

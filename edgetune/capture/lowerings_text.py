@@ -150,8 +150,9 @@ def _finite(ctx: LoweringContext, value: Any) -> Any:
 
 @lowers(aten.__and__.Tensor, aten.logical_and.default)
 def logical_and(ctx: LoweringContext, node: torch.fx.Node) -> None:
-    """Two masks' conjunction, where one is an all-true constant (recent transformers' mask
-    functions combine the padding mask with one): the other mask. Other forms are refused."""
+    """Two masks' conjunction: where one is an all-true constant (recent transformers' mask
+    functions combine the padding mask with one), the other mask; else the product of the two
+    0/1 integer masks."""
     first, second = node.args[0], node.args[1]
     for fixed, other in ((ctx.const(first), second), (ctx.const(second), first)):
         if fixed is None:
@@ -160,7 +161,7 @@ def logical_and(ctx: LoweringContext, node: torch.fx.Node) -> None:
             raise InputError(f"{node.name}: a mask combined with a partly false constant", "combine masks with arithmetic")
         ctx.alias(node, other)  # broadcast where read, as the constant would be
         return
-    raise InputError(f"{node.name}: two computed masks combined with &", "multiply them as 0/1 integers")
+    ctx.emit("mul", node, [ctx.name(first), ctx.name(second)], integer=True)
 
 
 @lowers(aten.index.Tensor)

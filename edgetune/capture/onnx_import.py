@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgetune.capture.onnx_fold import fold_constants, folded_model
-from edgetune.capture.onnx_patterns import fuse_gelu
+from edgetune.capture.onnx_patterns import batch_gather_as_reshape, fuse_gelu, fuse_layer_norm
 from edgetune.errors import InputError, UnsupportedOpsError
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
 from edgetune.ir.passes import simplify
@@ -28,11 +28,19 @@ imports = IMPORTERS.register
 SHAPE_ONLY = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "ConstantOfShape", "Range", "Mul", "Add", "Div", "Sub"}
 
 
+# ONNX element types (onnx.TensorProto) that the IR holds as int64: token ids, masks, flags.
+INTEGER_TYPES = frozenset({6, 7, 9})  # INT32, INT64, BOOL
+
+
 class OnnxContext:
-    def __init__(self, constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], graph: Graph) -> None:
+    def __init__(
+        self, constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], graph: Graph, types: dict[str, int] | None = None
+    ) -> None:
         self.constants = constants
         self.shapes = shapes
         self.graph = graph
+        self.types = types or {}  # tensor name -> ONNX element type
+        self.norms: dict[str, tuple[str, int, float]] = {}  # an L2 norm: (its input, axis, clamp) (onnx_text)
         self.aliases: dict[str, str] = {}
         self.sequences: dict[str, Any] = {}  # time-major tensors, held per step (onnx_recurrent.Sequence)
         self.readers: dict[str, list[str]] = {}  # tensor name -> the op types that read it
@@ -42,7 +50,7 @@ class OnnxContext:
     def name(self, value: str) -> str:
         value = self.aliases.get(value, value)
         if value in self.constants and value not in self.graph.tensors:
-            data = self.constants[value].astype(np.float32)
+            data = np.array(self.constants[value], np.float32)
             self.graph.tensors[value] = Tensor(value, tuple(data.shape), data)
         return value
 
@@ -53,7 +61,7 @@ class OnnxContext:
         name = base
         while name in self.graph.tensors or name in self.constants:
             name += "_"
-        self.constants[name] = data.astype(np.float32)
+        self.constants[name] = np.array(data, np.float32)
         return self.name(name)
 
     def emit(self, op: str, proto: Any, inputs: list[str], **attrs: Any) -> Node:
@@ -61,10 +69,17 @@ class OnnxContext:
         shape = self.shapes.get(out)
         if shape is None:
             raise InputError(f"ONNX shape inference found no shape for {out} ({proto.op_type})", "export the model with static shapes")
-        self.graph.tensors[out] = Tensor(out, shape)
+        self.graph.tensors[out] = Tensor(out, shape, dtype=self.dtype(out))
         node = Node(op, proto.name or out, inputs, [out], attrs)
         self.graph.nodes.append(node)
         return node
+
+    def dtype(self, value: str) -> str:
+        """The IR's element type of ``value``: int64 for integers and flags, else float32."""
+        return "int64" if self.types.get(value) in INTEGER_TYPES else "float32"
+
+    def is_integer(self, value: str) -> bool:
+        return self.dtype(self.aliases.get(value, value)) != "float32"
 
     def alias(self, proto: Any, source: str) -> None:
         self.aliases[proto.output[0]] = self.aliases.get(source, source)
@@ -191,6 +206,10 @@ def relu(ctx: OnnxContext, proto: Any) -> None:
 
 @imports("Clip")
 def clip(ctx: OnnxContext, proto: Any) -> None:
+    from edgetune.capture.onnx_text import clamp_norm
+
+    if clamp_norm(ctx, proto):  # F.normalize's norm kept away from zero
+        return
     a = _attrs(proto)
     low = ctx.const(proto.input[1]) if len(proto.input) > 1 and proto.input[1] else a.get("min")
     high = ctx.const(proto.input[2]) if len(proto.input) > 2 and proto.input[2] else a.get("max")
@@ -208,11 +227,15 @@ def binary(ctx: OnnxContext, proto: Any) -> None:
         return  # shape arithmetic: both sides constant
     if proto.op_type == "Div":
         divisor = ctx.const(right)
-        if divisor is None:
-            raise InputError(f"Div {proto.name} divides by an activation", "divide by constants only")
+        if divisor is None:  # a masked mean's count, or F.normalize's norm
+            from edgetune.capture.onnx_text import divide
+
+            divide(ctx, proto)
+            return
         ctx.emit("mul", proto, [ctx.name(left), ctx.add_const(f"{right}_reciprocal", 1.0 / divisor)])
         return
-    ctx.emit(proto.op_type.lower(), proto, [ctx.name(left), ctx.name(right)])
+    integer = {"integer": True} if ctx.is_integer(proto.output[0]) else {}  # a mask's or position ids' arithmetic
+    ctx.emit(proto.op_type.lower(), proto, [ctx.name(left), ctx.name(right)], **integer)
 
 
 @imports("GlobalAveragePool")
@@ -566,34 +589,42 @@ def _fold(model: Any, constants: dict[str, np.ndarray]) -> Any:
     return model
 
 
-def import_onnx(path: Path, sample_shape: tuple[int, ...] | None = None) -> Graph:
+def import_onnx(path: Path, sample_shape: tuple[int, ...] | None = None, names: tuple[str, ...] = ()) -> Graph:
     """The IR graph of an fp32 ONNX file; ``sample_shape`` (a sample's shape, without the
-    batch) fixes the input's dynamic dimensions and must agree with its fixed ones."""
+    batch) fixes the inputs' dynamic dimensions and must agree with their fixed ones. Several
+    inputs (token ids, an attention mask, token types) share that shape; ``names`` orders them
+    as the data holds them (default: the file's order)."""
     from onnx import TensorProto
 
-    from edgetune.capture import onnx_indexing, onnx_recurrent  # noqa: F401  (register Gather, Slice, Split, GRU, LSTM)
+    # register Gather, Slice, Split; GRU, LSTM; Cast, ReduceSum, ReduceL2, Expand, Equal, Where
+    from edgetune.capture import onnx_indexing, onnx_recurrent, onnx_text  # noqa: F401
 
     model = _load(path, sample_shape)
     constants = _constants(model, path)
     inputs = [i for i in model.graph.input if i.name not in constants]
-    if len(inputs) != 1 or len(model.graph.output) != 1:
-        raise InputError(
-            f"{path} has {len(inputs)} inputs and {len(model.graph.output)} outputs", "edgetune handles one input and one output"
-        )
+    if not inputs or len(model.graph.output) != 1:
+        raise InputError(f"{path} has {len(inputs)} inputs and {len(model.graph.output)} outputs", "edgetune handles one output")
+    inputs = _ordered(path, inputs, names)
     model = _fold(model, constants)
     shapes, types, _ = _shapes(model, constants)
     fuse_gelu(model, constants)  # after shape inference: opsets before 20 have no Gelu to infer
+    fuse_layer_norm(model, constants, shapes)  # nor before 17 a LayerNormalization
+    batch_gather_as_reshape(model, constants, shapes)  # a padding mask gathered per (batch, key) pair
 
-    def computes_shapes(proto: Any) -> bool:
-        return proto.op_type in SHAPE_ONLY and all(types.get(o) in (TensorProto.INT64, TensorProto.INT32) for o in proto.output)
+    live = _data_dependent(model, {i.name for i in inputs})
+
+    def computes_shapes(proto: Any) -> bool:  # integers from shapes, not from the inputs' values (a mask's are)
+        integers = all(types.get(o) in (TensorProto.INT64, TensorProto.INT32) for o in proto.output)
+        return proto.op_type in SHAPE_ONLY and integers and not any(name in live for name in proto.input)
 
     compute = [p for p in model.graph.node if p.op_type != "Constant" and not computes_shapes(p)]
     missing = IMPORTERS.missing(p.op_type for p in compute)
     if missing:
         raise UnsupportedOpsError(missing, "edgetune's ONNX import")
-    graph = Graph(inputs=[inputs[0].name], outputs=[], tensors={}, nodes=[])
-    graph.tensors[inputs[0].name] = Tensor(inputs[0].name, shapes[inputs[0].name])
-    ctx = OnnxContext(constants, shapes, graph)
+    graph = Graph(inputs=[i.name for i in inputs], outputs=[], tensors={}, nodes=[])
+    ctx = OnnxContext(constants, shapes, graph, types)
+    for value in inputs:
+        graph.tensors[value.name] = Tensor(value.name, shapes[value.name], dtype=ctx.dtype(value.name))
     for proto in compute:
         for name in proto.input:
             ctx.readers.setdefault(name, []).append(proto.op_type)
@@ -608,6 +639,34 @@ def import_onnx(path: Path, sample_shape: tuple[int, ...] | None = None) -> Grap
     fold_constant_bias(graph)
     simplify(graph)
     return graph
+
+
+def _data_dependent(model: Any, inputs: set[str]) -> set[str]:
+    """The tensors whose values depend on the inputs' values (a Shape's output does not)."""
+    live = set(inputs)
+    for proto in model.graph.node:  # in topological order, as ONNX requires
+        if proto.op_type not in ("Shape", "Size") and any(name in live for name in proto.input):
+            live.update(proto.output)
+    return live
+
+
+def _ordered(path: Path, inputs: list[Any], names: tuple[str, ...]) -> list[Any]:
+    """The file's inputs in the order of ``names`` (the data's), each a float or an integer tensor."""
+    from onnx import TensorProto
+
+    for value in inputs:
+        kind = value.type.tensor_type.elem_type
+        if kind != TensorProto.FLOAT and kind not in INTEGER_TYPES:
+            kind_name = TensorProto.DataType.Name(kind) if kind in TensorProto.DataType.values() else str(kind)
+            raise InputError(f"{path}'s input {value.name} holds {kind_name} values", "export float32 inputs, or integer ids and masks")
+    if not names or len(inputs) == 1:
+        return inputs
+    by_name = {value.name: value for value in inputs}
+    if sorted(names) != sorted(by_name):
+        raise InputError(
+            f"the data names inputs {', '.join(names)}, {path} takes {', '.join(by_name)}", "name the data's arrays like the inputs"
+        )
+    return [by_name[name] for name in names]
 
 
 def fold_constant_bias(graph: Graph) -> None:

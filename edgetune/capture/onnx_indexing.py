@@ -22,13 +22,13 @@ def _slice(ctx: OnnxContext, source: str, out: str, axis: int, bounds: tuple[int
     start, end, step = bounds
     shape = list(ctx.graph.tensors[source].shape)
     shape[axis] = len(range(start, end, step))
-    ctx.graph.tensors[out] = Tensor(out, tuple(shape))
+    ctx.graph.tensors[out] = Tensor(out, tuple(shape), dtype=ctx.graph.tensors[source].dtype)
     ctx.graph.nodes.append(Node("slice", out, [source], [out], {"axis": axis, "start": start, "end": end, "step": step}))
     return out
 
 
 def _add(ctx: OnnxContext, op: str, source: str, out: str, dims: tuple[int, ...], **attrs: Any) -> str:
-    ctx.graph.tensors[out] = Tensor(out, dims)
+    ctx.graph.tensors[out] = Tensor(out, dims, dtype=ctx.graph.tensors[source].dtype)
     ctx.graph.nodes.append(Node(op, out, [source], [out], attrs))
     return out
 
@@ -59,7 +59,12 @@ def _pick(ctx: OnnxContext, base: str, held: tuple[str, list[int]], index: int) 
 
 @imports("Gather")
 def gather(ctx: OnnxContext, proto: Any) -> None:
-    """``x[:, t]``: a slice of one index, the axis dropped (or ``qkv[i]`` of a held permutation)."""
+    """``x[:, t]``: a slice of one index, the axis dropped (or ``qkv[i]`` of a held permutation);
+    or an embedding table's rows looked up by token ids (onnx_text)."""
+    from edgetune.capture.onnx_text import lookup
+
+    if lookup(ctx, proto):
+        return
     index = ctx.const(proto.input[1])
     shape = ctx.shapes[proto.input[0]]
     axis = int(_attrs(proto).get("axis", 0)) % len(shape)

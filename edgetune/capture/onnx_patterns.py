@@ -72,6 +72,17 @@ def _gelu_at(erf: Any, uses: _Uses, constants: dict[str, np.ndarray], producers:
     return x, str(first.output[0]), [scaled, erf, plus, first, half]
 
 
+def _rewrite(model: Any, nodes: list[Any], replacements: dict[int, Any], dropped: set[int]) -> int:
+    """``model``'s nodes with each pattern's nodes (``dropped``) replaced by its one node, placed
+    where the pattern's last node was; how many patterns were replaced."""
+    if not replacements:
+        return 0
+    rewritten = [replacements.get(i, proto) for i, proto in enumerate(nodes) if i not in dropped or i in replacements]
+    del model.graph.node[:]
+    model.graph.node.extend(rewritten)
+    return len(replacements)
+
+
 def fuse_gelu(model: Any, constants: dict[str, np.ndarray]) -> int:
     """Replace every erf GELU in ``model`` by a ``Gelu`` node; how many were replaced."""
     from onnx import helper
@@ -93,9 +104,127 @@ def fuse_gelu(model: Any, constants: dict[str, np.ndarray]) -> int:
         positions = sorted(nodes.index(p) for p in parts)
         replacements[positions[-1]] = helper.make_node("Gelu", [x], [out], name=f"{proto.name or out}_gelu")
         dropped.update(positions)
-    if not replacements:
-        return 0
-    rewritten = [replacements.get(i, proto) for i, proto in enumerate(nodes) if i not in dropped or i in replacements]
-    del model.graph.node[:]
-    model.graph.node.extend(rewritten)
-    return len(replacements)
+    return _rewrite(model, nodes, replacements, dropped)
+
+
+def _last_axis_mean(proto: Any, constants: dict[str, np.ndarray], rank: int | None) -> bool:
+    """A ReduceMean over the last axis only, keeping it."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in proto.attribute}
+    axes = attrs.get("axes")
+    if axes is None and len(proto.input) > 1:
+        axes = constants.get(proto.input[1])
+    if axes is None or not attrs.get("keepdims", 1):
+        return False
+    axes = [int(a) for a in np.asarray(axes).reshape(-1)]
+    return len(axes) == 1 and (axes[0] == -1 or (rank is not None and axes[0] == rank - 1))
+
+
+def _layer_norm_at(
+    mean: Any, uses: _Uses, constants: dict[str, np.ndarray], rank: int | None
+) -> tuple[list[str], str, float, list[Any]] | None:
+    """([x, gamma, beta], output, eps, the nodes to drop) when ``mean`` starts a LayerNorm
+    spelt out: ``d = x - mean(x); d / sqrt(mean(d ** 2) + eps) * gamma + beta``."""
+    x = str(mean.input[0])
+    if not _last_axis_mean(mean, constants, rank):
+        return None
+    centre = uses.only(mean.output[0], "Sub")
+    if centre is None or centre.input[0] != x or centre.input[1] != mean.output[0]:
+        return None
+    readers = {p.op_type: p for p in uses.readers.get(centre.output[0], [])}
+    square, divide = readers.get("Pow"), readers.get("Div")
+    if len(uses.readers.get(centre.output[0], [])) != 2 or square is None or divide is None:
+        return None
+    if not _close(_scalar(constants, square.input[1]), 2.0) or divide.input[0] != centre.output[0]:
+        return None
+    variance = uses.only(square.output[0], "ReduceMean")
+    if variance is None or not _last_axis_mean(variance, constants, rank):
+        return None
+    shifted = uses.only(variance.output[0], "Add")
+    eps = _scalar(constants, _other(shifted, variance.output[0]) or "") if shifted is not None else None
+    root = uses.only(shifted.output[0], "Sqrt") if shifted is not None else None
+    if eps is None or root is None or divide.input[1] != root.output[0]:
+        return None
+    parts, out, gamma, beta = [mean, centre, square, variance, shifted, root, divide], str(divide.output[0]), "", ""
+    scale = uses.only(out, "Mul")
+    if scale is not None and (_other(scale, out) or "") in constants:
+        gamma, out = str(_other(scale, out)), str(scale.output[0])
+        parts.append(scale)
+        offset = uses.only(out, "Add")
+        if offset is not None and (_other(offset, out) or "") in constants:
+            beta, out = str(_other(offset, out)), str(offset.output[0])
+            parts.append(offset)
+    return [x, gamma, beta], out, eps, parts
+
+
+def fuse_layer_norm(model: Any, constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> int:
+    """Replace every LayerNorm that an exporter spelt out (opsets before 17 have no
+    LayerNormalization) by one; how many were replaced. Without an affine part, the scale is
+    ones and the offset zeros."""
+    from onnx import helper
+
+    nodes = list(model.graph.node)
+    uses = _Uses(nodes)
+    dropped: set[int] = set()
+    replacements: dict[int, Any] = {}
+    for proto in nodes:
+        if proto.op_type != "ReduceMean":
+            continue
+        shape = shapes.get(proto.input[0])
+        found = _layer_norm_at(proto, uses, constants, len(shape) if shape is not None else None)
+        if found is None or shape is None:
+            continue
+        (x, gamma, beta), out, eps, parts = found
+        if any(len(uses.readers.get(p.output[0], [])) > 1 for p in parts if p is not parts[1] and str(p.output[0]) != out):
+            continue  # an intermediate value is read elsewhere too
+        width = shape[-1]
+        for role, name, fill in (("gamma", gamma, 1.0), ("beta", beta, 0.0)):
+            value = constants.get(name) if name else None
+            if value is None or value.size not in (1, width):
+                value = np.full(width, fill, np.float32) if not name else None
+            if value is None:
+                break
+            constants[f"{out}_{role}"] = np.broadcast_to(value.reshape(-1), (width,)).astype(np.float32)
+        else:
+            positions = sorted(nodes.index(p) for p in parts)
+            inputs = [x, f"{out}_gamma", f"{out}_beta"]
+            replacements[positions[-1]] = helper.make_node("LayerNormalization", inputs, [out], name=f"{out}_layer_norm", epsilon=eps)
+            dropped.update(positions)
+    return _rewrite(model, nodes, replacements, dropped)
+
+
+def batch_gather_as_reshape(model: Any, constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> int:
+    """``flatten(mask)[b * steps + k]``, how recent transformers gather the padding mask for
+    every (batch, key) pair: with the batch fixed to one for import, the indices are every
+    position in order, so the Gather is the mask reshaped (the same per example at any batch
+    size). It becomes a Reshape of the Flatten's input; how many were rewritten."""
+    from onnx import helper
+
+    nodes = list(model.graph.node)
+    producers = {name: proto for proto in nodes for name in proto.output}
+    rewritten = 0
+    for index, proto in enumerate(nodes):
+        if proto.op_type != "Gather" or proto.input[1] not in constants:
+            continue
+        flat = producers.get(proto.input[0])
+        axis = next((helper.get_attribute_value(a) for a in proto.attribute if a.name == "axis"), 0)
+        if flat is None or flat.op_type not in ("Flatten", "Reshape") or axis != 0:
+            continue
+        source_shape, out_shape = shapes.get(flat.input[0]), shapes.get(proto.output[0])
+        positions = np.asarray(constants[proto.input[1]]).reshape(-1)
+        if not source_shape or source_shape[0] != 1 or out_shape is None or not out_shape or out_shape[0] != 1:
+            continue
+        if positions.size != int(np.prod(source_shape)) or not np.array_equal(positions, np.arange(positions.size)):
+            continue
+        target = f"{proto.output[0]}_shape"
+        constants[target] = np.asarray(out_shape, np.int64)
+        model.graph.initializer.append(helper.make_tensor(target, 7, [len(out_shape)], [int(d) for d in out_shape]))
+        nodes[index] = helper.make_node(
+            "Reshape", [flat.input[0], target], list(proto.output), name=f"{proto.name or proto.output[0]}_reshape"
+        )
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return rewritten

@@ -36,9 +36,12 @@ def capture_model(loaded: LoadedModel, shape: tuple[int, ...], dtype: str = "flo
         from edgetune.capture.onnx_import import import_onnx
 
         assert loaded.onnx_path is not None
-        if dtype != "float32":
-            raise InputError("an .onnx model that takes token ids is not read yet", "give the PyTorch model (a callable or a .pt2)")
-        return import_onnx(loaded.onnx_path, shape)
+        graph = import_onnx(loaded.onnx_path, shape, names)
+        takes = {graph.tensors[name].is_integer for name in graph.inputs}
+        if takes != {dtype != "float32"}:
+            wanted = "integer ids or masks" if True in takes else "float values"
+            raise InputError(f"{loaded.onnx_path} takes {wanted}, the data holds {dtype} values", f"give it {wanted}")
+        return graph
     from edgetune.capture import capture
 
     source: Any = loaded.program if loaded.program is not None else loaded.module
