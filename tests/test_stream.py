@@ -251,3 +251,20 @@ def test_smoothquant_migrates_ranges_and_the_float_artifacts_stay_the_model() ->
     expected = eager(model, x)
     np.testing.assert_allclose(onnx_run(write_onnx(flat, quantized=False), x), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(TfliteRunner(write_tflite(flat, quantized=False)).run(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_float_islands_lift_a_transformer_where_int16_cannot() -> None:
+    """--accuracy-target with --fallback float keeps the most sensitive linear layers in float
+    until the held-out SQNR is met; with --fallback int16 the float stream leaves no tensor
+    between two 16x8 layers, and the report says to use float."""
+    from edgetune.quantize.ptq import quantize
+
+    scores = {}
+    for precision in ("float", "int16"):
+        graph = capture(outlier_encoder(), (LENGTH,), "int64")
+        config = QuantConfig(ptq=(), accuracy_target="38dB", fallback=precision)
+        _, report = quantize(graph, ids(64, 0), config, held_out=ids(32, 1))
+        scores[precision] = report["fallback"]
+    floats = scores["float"]
+    assert floats["reached"] and floats["float_layers"] and floats["after"]["sqnr_db"] > floats["before"]["sqnr_db"]
+    assert not scores["int16"]["reached"] and "--fallback float" in scores["int16"]["why"]

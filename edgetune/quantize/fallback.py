@@ -94,13 +94,18 @@ class Precision:
     def region(self, layers: set[str]) -> set[str]:
         """The switched layers and, in float, every other op all of whose inputs they (or such
         ops) produce: an add or a pool between float layers runs in float, so the tensors
-        around it can stay float too."""
+        around it can stay float too; and a transformer's quantization point whose readers are
+        all float layers, which then read its float values."""
         switched = set(layers)
         for name in layers:
             if name in self.weighted:
                 switched |= self.tied[self.weighted[name].inputs[1]]
         if self.precision != "float":
             return switched
+        for node in self.graph.nodes:  # a transformer's quantization point that only float layers read (quantize/stream.py)
+            readers = self.consumers.get(node.outputs[0], [])
+            if node.op == "channels" and node.attrs["side"] == "input" and readers and all(r.name in switched for r in readers):
+                switched.add(node.name)
         for node in self.graph.nodes:
             sources = [self.producers.get(name) for name in node.inputs if name and self.graph.tensors[name].data is None]
             if node.op not in WEIGHTED_OPS and sources and all(p is not None and p.name in switched for p in sources):
@@ -206,7 +211,12 @@ def choose_fallback(
             order = []  # no: skip the search
     chosen, current = _search(switch, order, target, lambda: int8_scores(graph, x, reference), before, progress)
     why = None
-    if not target.met(current):  # activations left in int8 keep it out of reach
+    if not target.met(current) and precision == "int16" and bound == before and graph.meta.get("stream"):
+        why = (
+            "not reachable in int16: in a transformer's float stream every int8 layer reads and writes float tensors through"
+            " its own quantization points, so no tensor lies between two 16x8 layers; use --fallback float"
+        )
+    elif not target.met(current):  # activations left in int8 keep it out of reach
         why = f"not reachable: even with every layer tried in {precision} the target is missed, so none is switched" + (
             "; tensors read by adds, pools or the output stay int8"
             + ("; 16x8 layers keep their int8 weights, so --fallback float may get further" if precision == "int16" else "")
