@@ -116,6 +116,12 @@ from edgetune.progress import StderrProgress
     help="The same share per group or layer, or one threshold across them.",
 )
 @click.option(
+    "--prune-heads",
+    type=float,
+    metavar="RATIO",
+    help="A transformer's share of attention heads to remove (default: the --prune channel ratio, which its feed-forward neurons take).",
+)
+@click.option(
     "--prune-protect", metavar="NAME[,NAME]", default="", help="Layers (block.conv1) or modules to keep whole; 'first' is the first conv."
 )
 @click.option(
@@ -296,7 +302,7 @@ def recipe_from_options(ctx: click.Context, options: dict[str, Any]) -> Any:
 
 def finetune_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     f = report["finetune"]
-    regression = f["task"] == "regression"
+    regression = f["task"] in ("regression", "embedding")
     show = (lambda v: f"{v:.4g}") if regression else pct
     mode = "QAT" if f["config"]["qat"] else "float"
     rows = [
@@ -508,7 +514,8 @@ def _evaluation_rows(ev: dict[str, Any], label: str = "int8") -> list[tuple[str,
             (
                 "vs the original",
                 f"{'TFLite' if 'tflite' in original else 'ONNX'} {label} against the model as given (before pruning and fine-tune):"
-                f" top-1 agreement {pct(shown['top1_agreement'])}, SQNR {fmt(shown['sqnr_db'], 1, ' dB')}",
+                f" top-1 agreement {pct(shown['top1_agreement'])}, SQNR {fmt(shown['sqnr_db'], 1, ' dB')}"
+                + (f", mean cosine {shown['cosine_mean']:.4f}" if "cosine_mean" in shown else ""),
             )
         )
     if "onnx_int4" in ev:
@@ -541,6 +548,16 @@ def _pruning_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     pruned = sum(1 for g in p["groups"] if g["after"] < g["before"])
     overrides = p["config"].get("overrides") or []
     share = f"{p['config']['ratio']:g}" + (f" (and {len(overrides)} layers' own)" if overrides else "")
+    heads = [g for g in p["groups"] if g.get("kind") == "heads"]
+    neurons = [g for g in p["groups"] if g.get("kind") == "neurons"]
+    if heads or neurons:
+        rows.append(
+            (
+                "transformer",
+                f"feed-forward neurons {sum(g['after'] for g in neurons)} of {sum(g['before'] for g in neurons)} kept,"
+                f" attention heads {sum(g['after'] for g in heads)} of {sum(g['before'] for g in heads)}",
+            )
+        )
     rows.append(
         (
             "pruning",

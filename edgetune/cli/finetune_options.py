@@ -32,11 +32,20 @@ _OPTIONS: list[Callable[[F], F]] = [
         " cutout:SHARE time_shift:SHARE mixup:ALPHA, or module:callable.",
     ),
     click.option(
+        "--distill",
+        type=click.Choice(["predictions", "intermediate"]),
+        default="predictions",
+        show_default=True,
+        help="What recovery distils from the original model: its outputs, or its LayerNorm outputs (hidden states) too"
+        " (TinyBERT-style; transformers).",
+    ),
+    click.option(
         "--task",
-        type=click.Choice(["auto", "classification", "regression"]),
+        type=click.Choice(["auto", "classification", "regression", "embedding"]),
         default="auto",
         show_default=True,
-        help="Loss: cross-entropy for classes, MSE for regression targets.",
+        help="Loss: cross-entropy for classes, MSE for regression targets, cosine to the original model for embeddings"
+        " (auto picks it for an L2-normalized or per-token output without labels).",
     ),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Fine-tune batch size (per process)."),
     click.option(

@@ -2,7 +2,9 @@
 
 - classification: cross-entropy (optional label smoothing); distillation is the KL divergence
   between temperature-softened outputs (Hinton et al., 2015), scaled by T^2;
-- regression: mean squared error to the targets; distillation is the MSE to the teacher.
+- regression: mean squared error to the targets; distillation is the MSE to the teacher;
+- embedding (a sentence embedding, hidden states; no labels): distillation is one minus the
+  cosine between each output vector (last axis) and the teacher's; validation is the mean cosine.
 
 With labels and a teacher both, the two terms mix with ``distill_weight``; either alone works.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-TASKS = ("auto", "classification", "regression")
+TASKS = ("auto", "classification", "regression", "embedding")
 
 
 def task_loss(out: torch.Tensor, targets: torch.Tensor, task: str, label_smoothing: float) -> torch.Tensor:
@@ -22,6 +24,8 @@ def task_loss(out: torch.Tensor, targets: torch.Tensor, task: str, label_smoothi
 
 
 def distill_loss(out: torch.Tensor, teacher: torch.Tensor, task: str, temperature: float) -> torch.Tensor:
+    if task == "embedding":
+        return 1.0 - F.cosine_similarity(out, teacher, dim=-1).mean()
     if task == "regression":
         return F.mse_loss(out, teacher)
     soft = F.softmax(teacher / temperature, 1)
@@ -47,8 +51,10 @@ def mixed_loss(
 
 
 def validation_score(out: torch.Tensor, reference: torch.Tensor, task: str) -> tuple[float, float]:
-    """Higher is better: (accuracy, -cross-entropy) for classes, (-MSE, 0) for regression.
-    The second member breaks ties on a small split."""
+    """Higher is better: (accuracy, -cross-entropy) for classes, (-MSE, 0) for regression,
+    (mean cosine, -MSE) for embeddings. The second member breaks ties on a small split."""
+    if task == "embedding":
+        return float(F.cosine_similarity(out, reference, dim=-1).mean()), -float(F.mse_loss(out, reference))
     if task == "regression":
         return -float(F.mse_loss(out, reference.reshape(out.shape))), 0.0
     accuracy = float((out.argmax(1) == reference).float().mean())

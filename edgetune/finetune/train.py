@@ -29,6 +29,7 @@ from edgetune.finetune import checkpoint as checkpoints
 from edgetune.finetune.augment import Augmentation, mixup_pairs
 from edgetune.finetune.budget import Budget
 from edgetune.finetune.distributed import World
+from edgetune.finetune.hidden import DISTILL, HIDDEN_WEIGHT, collector, hidden_loss, matched_states
 from edgetune.finetune.lite import add_lite_residuals
 from edgetune.finetune.lite import describe as describe_lite
 from edgetune.finetune.losses import TASKS, mixed_loss, validation_score
@@ -81,6 +82,7 @@ class FinetuneConfig:
     memory: int | None = None  # training-memory budget in bytes
     clip: float = 5.0  # gradient-norm clipping
     checkpoint_every: float = 60.0  # seconds between checkpoints (when a checkpoint path is given)
+    distill: str = "predictions"  # or "intermediate": hidden states too (finetune/hidden.py, TinyBERT)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_share < 0.5:
@@ -93,6 +95,8 @@ class FinetuneConfig:
             raise InputError("label smoothing and warm-up must lie in [0, 1), patience must not be negative", "fix the options")
         if self.task not in TASKS:
             raise InputError(f"task {self.task!r} is unknown", f"use one of {', '.join(TASKS)}")
+        if self.distill not in DISTILL:
+            raise InputError(f"distillation {self.distill!r} is unknown", f"use one of {', '.join(DISTILL)}")
         if self.strategy.lite and self.qat:
             raise InputError(
                 "lite residual modules join the float model before calibration, and this fine-tune trains the int8 model"
@@ -143,12 +147,29 @@ def _split(data: Dataset, share: float, seed: int) -> tuple[Dataset, Dataset]:
     return pick(train, f"[train {100 - round(100 * share)}%]"), pick(val, f"[validation {round(100 * share)}%]")
 
 
-def _task(config: FinetuneConfig, data: Dataset) -> str:
+def _task(config: FinetuneConfig, data: Dataset, graph: Graph) -> str:
+    if config.task == "embedding" and data.y is not None:
+        raise InputError(
+            f"--task embedding distils from the original model, and {data.source} has labels",
+            "drop the labels, or use --task classification",
+        )
     if config.task != "auto":
         if config.task == "regression" and data.has_classes or config.task == "classification" and data.has_targets:
             raise InputError(f"the labels of {data.source} do not suit --task {config.task}", "integers for classes, floats for regression")
         return config.task
+    if data.y is None and _embeds(graph):
+        return "embedding"
     return "regression" if data.has_targets else "classification"
+
+
+def _embeds(graph: Graph) -> bool:
+    """Outputs that are vectors to compare, not class scores: an L2-normalized embedding, or a
+    token model's hidden states ([batch, tokens, features]; a segmenter's [batch, classes, H, W]
+    stays a classification per pixel)."""
+    out = graph.outputs[0]
+    producer = graph.producers().get(out)
+    tokens = any(graph.tensors[name].is_integer for name in graph.inputs) and len(graph.tensors[out].shape) == 3
+    return (producer is not None and producer.op == "l2_normalize") or tokens
 
 
 def learning_rate(config: FinetuneConfig, spent: float) -> float:
@@ -231,12 +252,13 @@ class _Run:
 
     def __init__(self, graph: Graph, train: Dataset, val: Dataset, config: FinetuneConfig, teacher: Graph | None) -> None:
         self.graph, self.train, self.val, self.config = graph, train, val, config
-        self.task = _task(config, train)
+        self.task = _task(config, train, graph)
         self.world = World.current()
         self.zero_biases = add_zero_biases(graph) if config.strategy.bias else []
         self.lite = add_lite_residuals(graph, config.seed) if config.strategy.lite else []
         self.runner: FloatRunner | QatRunner = QatRunner(graph) if config.qat else FloatRunner(graph)
         self.teacher = GraphRunner(teacher) if teacher is not None else None
+        self.states = matched_states(graph, teacher) if teacher is not None and config.distill == "intermediate" else []
         self.layers = weighted_layers(graph)
         self.plan: MemoryPlan | None = None
         self.batch_size, self.frozen_inputs = config.batch_size, 0
@@ -341,7 +363,7 @@ class _Run:
             return torch.from_numpy(self.val.y)
         assert self.teacher is not None
         out = _forward(self.teacher, self.val.x, 2 * self.batch_size)
-        return out if self.task == "regression" else out.argmax(1)
+        return out if self.task in ("regression", "embedding") else out.argmax(1)
 
     def next_batch(self) -> torch.Tensor:
         """This process's share of the next global batch, in a seeded order, epoch after epoch."""
@@ -427,10 +449,15 @@ class _Run:
         """One micro-batch's share of the batch's loss, its gradients added to the parameters'."""
         config, measuring = self.config, self.step < MEASURED_STEPS
         with self.tensors.recording() if measuring else contextlib.nullcontext():
-            out = self.model(x).reshape(len(x), -1)
+            mine, observe = collector(self.states)
+            out = self.model(x, observe=observe if self.states else None).reshape(len(x), -1)
+            theirs, observe_teacher = collector(self.states)
             with torch.no_grad():
-                soft = self.teacher(x).reshape(len(x), -1) if self.teacher is not None else None
+                teacher_out = self.teacher(x, observe=observe_teacher if self.states else None) if self.teacher is not None else None
+                soft = teacher_out.reshape(len(x), -1) if teacher_out is not None else None
             loss = mixed_loss(out, targets, soft, self.task, config.distill_weight, config.temperature, config.label_smoothing)
+            if self.states:
+                loss = loss + HIDDEN_WEIGHT * hidden_loss(mine, theirs, self.states)
             if len(x) != batch:
                 loss = loss * (len(x) / batch)
         loss.backward()
@@ -565,12 +592,15 @@ def _loop(run: _Run, progress: Progress, checkpoint: Path | None) -> str:
 
 def _metric_text(run: _Run) -> str:
     value = run.best.metric[0]
+    if run.task == "embedding":
+        return f"validation cosine {value:.4f}"
     return f"validation MSE {-value:.4g}" if run.task == "regression" else f"validation {100 * value:.1f}%"
 
 
 def _report(run: _Run, outcome: str, resumed_from: int | None, widened: int, memory: PeakRss) -> dict[str, Any]:
     config, val = run.config, run.val
     metric = "mse" if run.task == "regression" else "accuracy" if val.y is not None else "top-1 agreement with the unpruned model"
+    metric = "cosine to the unpruned model" if run.task == "embedding" else metric
     sign = -1.0 if run.task == "regression" else 1.0
     predicted, state = run.predicted()
     report: dict[str, Any] = {

@@ -107,12 +107,16 @@ def _vs_original(
     """The artifacts against the model as it was given, before pruning or a fine-tune changed
     it: without labels, the only measure of what those cost (int8 against fp32 compares the
     compressed model with itself)."""
-    from edgetune.evaluate.metrics import agreement, finite_or_none, sqnr_db
+    from edgetune.evaluate.metrics import agreement, cosines, finite_or_none, sqnr_db
 
     reference = OnnxRunner(write_onnx(original, quantized=False), spin=False).run(data.x)
     outputs = {"fp32": fp32_out, "onnx_int8": int8_out, **({"tflite": tflite_out} if tflite_out is not None else {})}
     return {
-        name: {"top1_agreement": agreement(out, reference), "sqnr_db": finite_or_none(sqnr_db(reference, out))}
+        name: {
+            "top1_agreement": agreement(out, reference),
+            "sqnr_db": finite_or_none(sqnr_db(reference, out)),
+            "cosine_mean": float(cosines(reference, out).mean()),  # for embeddings, where top-1 means nothing
+        }
         for name, out in outputs.items()
     }
 

@@ -9,13 +9,14 @@ import numpy as np
 
 from edgetune.errors import InputError
 from edgetune.ir.graph import Graph
-from edgetune.ir.select import select
+from edgetune.ir.select import inside, select
 from edgetune.ir.stats import graph_macs
 from edgetune.prune.config import PruneConfig
 from edgetune.prune.cut import remove_units
 from edgetune.prune.groups import Group, find_groups
 from edgetune.prune.importance import GRADIENT, group_importance, weight_scores
 from edgetune.prune.reestimate import reestimate, reference_stats
+from edgetune.prune.transformer import Block, block_importance, find_blocks, remove_block
 
 
 @dataclass
@@ -56,10 +57,12 @@ def _listed(names: list[str], shown: int = 6) -> str:
     return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
-def _apply_protection(graph: Graph, groups: list[Group], config: PruneConfig) -> dict[str, tuple[int, float]]:
+def _apply_protection(graph: Graph, groups: list[Group], config: PruneConfig, blocks: list[Block]) -> dict[str, tuple[int, float]]:
     """Keep the groups of protected layers whole; returns each layer's own ratio. A name is a
-    layer or a module (every layer inside it); a name that picks none is an error."""
-    names = [node.name for node in graph.nodes if any(node in [*g.producers, *g.depthwise] for g in groups)]
+    layer or a module (every layer inside it); a name that picks none is an error. A
+    transformer block's layers are named too (their blocks are protected by the caller)."""
+    in_blocks = {name for block in blocks for name in block.layers}
+    names = [node.name for node in graph.nodes if any(node in [*g.producers, *g.depthwise] for g in groups) or node.name in in_blocks]
     first = next((node.name for node in graph.nodes if node.op == "conv2d"), None)
     protect = [first if name == "first" else name for name in config.protect]
     protected = set(select(names, [n for n in protect if n is not None], "--prune-protect", "prunable layer"))
@@ -129,14 +132,37 @@ def _whole(group: Group, why: str | None = None) -> dict[str, Any]:
     return row
 
 
+def _block_keep(
+    graph: Graph,
+    block: Block,
+    config: PruneConfig,
+    ratios: dict[str, tuple[int, float]],
+    saliency: dict[str, np.ndarray] | None,
+    rows: list[dict[str, Any]],
+) -> np.ndarray | None:
+    """The units a transformer block keeps (None: all), its report row appended to ``rows``.
+    Heads take ``config.heads`` when given; neurons round to the target's channel multiple."""
+    protected = [layer for layer in block.layers for name in config.protect if inside(layer, name)]
+    row: dict[str, Any] = {"layers": block.layers, "kind": block.kind, "before": block.count, "after": block.count, "kept_whole": True}
+    if protected:
+        rows.append({**row, "protected": True})
+        return None
+    ratio = config.heads if block.kind == "heads" and config.heads is not None else config.ratio
+    ratio = max((ratios[name] for name in block.layers if name in ratios), default=(0, ratio))[1]
+    count = kept_count(block.count, ratio, config.channel_multiple if block.kind == "neurons" else 1)
+    order = np.argsort(-block_importance(graph, block, saliency), kind="stable")
+    rows.append({**row, "after": count, "kept_whole": count == block.count})
+    return np.sort(order[:count]) if count < block.count else None
+
+
 def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None = None, labels: np.ndarray | None = None) -> PruneReport:
     """Remove ``config.ratio`` of the channels of every prunable group of ``graph``, in place.
 
     A group the grouping cannot follow (its channels reach a transpose, a strided slice, ...)
     is an error naming the layers, unless ``config.skip_unsupported`` keeps it whole.
     """
-    groups = find_groups(graph)
-    ratios = _apply_protection(graph, groups, config)
+    groups, blocks = find_groups(graph), find_blocks(graph)
+    ratios = _apply_protection(graph, groups, config, blocks)
     refused = [g for g in groups if g.unsupported and not g.protected]
     if refused and not config.skip_unsupported and config.ratio > 0:
         names = sorted({where for g in refused for where in g.unsupported})
@@ -172,7 +198,11 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
                 f"keeps all {count} channels: the target's channel multiple is {config.channel_multiple}, and the ratio rounds to it as {count}"
             )
         rows.append(row)
+    cuts = [(block, _block_keep(graph, block, config, ratios, saliency, rows)) for block in blocks]
     kept = remove_units(graph, groups[0].cmap, removed) if removed else {}
+    for block, keep in cuts:
+        if keep is not None:
+            remove_block(graph, block, keep)
     graph.remove_unused()
     report = PruneReport(config, rows, macs_before, graph_macs(graph), params_before, graph.parameter_count(), kept)
     if reference and kept and samples is not None:

@@ -17,7 +17,8 @@ ALLOCATIONS = ("uniform", "global")
 class PruneConfig:
     """What to prune and how much.
 
-    ``channel``: remove ``ratio`` of the channels (structured; smaller dense artifacts).
+    ``channel``: remove ``ratio`` of the channels (structured; smaller dense artifacts), and of
+    a transformer's feed-forward neurons and attention heads (``heads``: another share for heads).
     ``magnitude``: zero ``ratio`` of the conv and linear weights (unstructured; only the
     compressed artifact gets smaller). ``allocation``: the same share in every group or
     layer (uniform), or one threshold across all of them (global).
@@ -32,6 +33,7 @@ class PruneConfig:
     protect: tuple[str, ...] = ()  # layer names kept whole; "first" names the first conv
     overrides: tuple[tuple[str, float], ...] = ()  # (layer name, ratio) for that layer's group
     reestimate: bool = True  # give folded BatchNorm layers their channel statistics back afterwards
+    heads: float | None = None  # the share of attention heads to remove (None: ``ratio``, as for every other group)
 
     @property
     def override_map(self) -> dict[str, float]:
@@ -48,6 +50,8 @@ class PruneConfig:
             raise InputError(f"pruning allocation {self.allocation!r} is unknown", f"use one of {', '.join(ALLOCATIONS)}")
         if self.channel_multiple < 1:
             raise InputError(f"channel multiple {self.channel_multiple}", "use a positive multiple")
+        if self.heads is not None and not 0.0 <= self.heads < 1.0:
+            raise InputError(f"head pruning ratio {self.heads} is outside [0, 1)", "give the share of heads to remove, e.g. 0.25")
         for layer, ratio in self.overrides:
             if not 0.0 <= ratio < 1.0:
                 raise InputError(f"pruning ratio {ratio} for layer {layer} is outside [0, 1)", "give NAME=RATIO with 0 <= RATIO < 1")
@@ -73,6 +77,7 @@ def parse_prune(
     protect: tuple[str, ...] = (),
     overrides: tuple[tuple[str, float], ...] = (),
     reestimate: bool = True,
+    heads: float | None = None,
 ) -> PruneConfig:
     """``channel:0.5``, ``channel:0.5:l1`` or ``magnitude:0.8``."""
     parts = text.split(":")
@@ -80,4 +85,4 @@ def parse_prune(
         raise InputError(f"--prune {text!r} is not like channel:0.5[:l1|l2] or magnitude:0.8", "give KIND:RATIO")
     ratio = parse_finite(parts[1], "--prune ratio", f"{parts[0]}:0.5")
     criterion = parts[2] if len(parts) == 3 else "l2"
-    return PruneConfig(ratio, criterion, channel_multiple, skip_unsupported, parts[0], allocation, protect, overrides, reestimate)
+    return PruneConfig(ratio, criterion, channel_multiple, skip_unsupported, parts[0], allocation, protect, overrides, reestimate, heads)

@@ -58,6 +58,7 @@ def prune_config(values: Mapping[str, Any], target: Target) -> PruneConfig | Non
         tuple(values["prune.protect"]),
         tuple((name, float(ratio)) for name, ratio in values["prune.layers"].items()),
         values["prune.reestimate_bn"],
+        values["prune.heads"],
     )
 
 
@@ -82,6 +83,7 @@ def finetune_config(values: Mapping[str, Any]) -> FinetuneConfig | None:
         temperature=values["finetune.temperature"],
         seed=values["finetune.seed"],
         checkpoint_every=values["finetune.checkpoint_every"],
+        distill=values["finetune.distill"],
     )
 
 

@@ -55,6 +55,7 @@ KEYS: tuple[Key, ...] = (
     Key("quantize.sensitivity", "bool", False, "measure each layer's int8 sensitivity and plot sensitivity.png"),
     Key("prune.method", "str", None, "channel:RATIO[:l1|l2|taylor|obd] or magnitude:RATIO"),
     Key("prune.allocation", "str", "uniform", "uniform (the same share per group) or global (one threshold)"),
+    Key("prune.heads", "float", None, "a transformer's share of attention heads to remove (default: the method's ratio)"),
     Key("prune.protect", "list", [], "layers or modules kept whole ('first' is the first conv)"),
     Key(
         "prune.layers", "table", {}, "another ratio for some layers' groups, or every group in a module: { block.conv1 = 0.25, head = 0.1 }"
@@ -72,7 +73,13 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("finetune.memory", "str", None, "training-memory budget, e.g. 512MB"),
     Key("finetune.augment", "str", None, "augmentations, e.g. shift:2,flip,noise:0.05,mixup:0.2, or module:callable"),
-    Key("finetune.task", "str", "auto", "auto, classification or regression"),
+    Key(
+        "finetune.distill",
+        "str",
+        "predictions",
+        "what recovery distils from the original model: predictions, or intermediate (LayerNorm outputs too, TinyBERT-style)",
+    ),
+    Key("finetune.task", "str", "auto", "auto, classification, regression or embedding (cosine to the original model)"),
     Key("finetune.batch_size", "int", 32, "batch size (per process)"),
     Key("finetune.lr", "float", 3e-3, "peak learning rate"),
     Key("finetune.optimizer", "str", "adamw", "adamw, adam or sgd"),
