@@ -29,6 +29,7 @@ from edgetune.finetune import checkpoint as checkpoints
 from edgetune.finetune.augment import Augmentation, mixup_pairs
 from edgetune.finetune.budget import Budget
 from edgetune.finetune.distributed import World
+from edgetune.finetune.head import embeds
 from edgetune.finetune.hidden import DISTILL, HIDDEN_WEIGHT, collector, hidden_loss, matched_states
 from edgetune.finetune.lite import add_lite_residuals
 from edgetune.finetune.lite import describe as describe_lite
@@ -157,19 +158,9 @@ def _task(config: FinetuneConfig, data: Dataset, graph: Graph) -> str:
         if config.task == "regression" and data.has_classes or config.task == "classification" and data.has_targets:
             raise InputError(f"the labels of {data.source} do not suit --task {config.task}", "integers for classes, floats for regression")
         return config.task
-    if data.y is None and _embeds(graph):
+    if data.y is None and embeds(graph):
         return "embedding"
     return "regression" if data.has_targets else "classification"
-
-
-def _embeds(graph: Graph) -> bool:
-    """Outputs that are vectors to compare, not class scores: an L2-normalized embedding, or a
-    token model's hidden states ([batch, tokens, features]; a segmenter's [batch, classes, H, W]
-    stays a classification per pixel)."""
-    out = graph.outputs[0]
-    producer = graph.producers().get(out)
-    tokens = any(graph.tensors[name].is_integer for name in graph.inputs) and len(graph.tensors[out].shape) == 3
-    return (producer is not None and producer.op == "l2_normalize") or tokens
 
 
 def learning_rate(config: FinetuneConfig, spent: float) -> float:

@@ -21,6 +21,7 @@ from edgetune.data.inputs import match_inputs
 from edgetune.data.sources import runs_user_code
 from edgetune.data.text import TextSpec
 from edgetune.errors import InputError
+from edgetune.finetune.head import add_head, needs_head
 from edgetune.ir.graph import Graph
 from edgetune.ir.stats import graph_summary
 from edgetune.pipeline.outputs import checkpoint_path
@@ -208,6 +209,10 @@ class Capture:
         # Calibration labels serve only the gradient pruning criteria; training labels only a
         # fine-tune. An adaptation (finetune.init) gives the model a head for data.train's classes.
         adapts = run.plan.init is not None
+        if run.plan.finetune is not None and not adapts and needs_head(graph, run.train_set):
+            with step("classification head"):
+                assert run.train_set is not None
+                graph.meta["head"] = add_head(graph, run.train_set)
         check_labels(
             graph,
             calibration=run.calib_set if run.plan.prune is not None else None,

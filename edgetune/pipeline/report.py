@@ -194,6 +194,12 @@ def _four_bit_weights(graph: Graph, artifacts: dict[str, int]) -> dict[str, Any]
     return block
 
 
+def _head(graph: Graph) -> dict[str, Any]:
+    """The classification head a fine-tune added to an encoder without one (finetune/head.py)."""
+    head = graph.meta.get("head")
+    return {"head_added": head} if head else {}
+
+
 def compress_report(run: Run) -> dict[str, Any]:
     """report.json, assembled from the results of the stages that ran (it computes nothing)."""
     from edgetune.pipeline.evaluation import Evaluated
@@ -208,7 +214,7 @@ def compress_report(run: Run) -> dict[str, Any]:
         "schema": SCHEMA,
         "version": VERSION,
         "command": "finetune" if run.plan.from_compressed else "compress",
-        "model": {"source": run.source, "weights": run.plan.weights, **graph_summary(graph)},
+        "model": {"source": run.source, "weights": run.plan.weights, **graph_summary(graph), **_head(graph)},
         "target": {"name": target.name, "onnx_activations": "uint8" if target.unsigned_activations else "int8"},
     }
     loaded = run.result(Loaded)
