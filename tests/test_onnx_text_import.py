@@ -210,3 +210,19 @@ def test_two_computed_masks_combined_with_and(tmp_path: Path) -> None:
     onnx_int8 = OnnxRunner(write_onnx(imported, quantized=True)).run(x)
     assert cosines(expected, onnx_int8).mean() > 0.999
     assert sqnr_db(onnx_int8, TfliteRunner(write_tflite(imported)).run(x)) > 35
+
+
+def test_edgetunes_own_fp32_file_imports_again(tmp_path: Path) -> None:
+    """The fp32 ONNX file compress writes for a text model (linear layers over tokens as
+    reshape, Gemm, reshape; the masked mean's count bounded by Max; F.normalize's ReduceL2
+    and Max) is a model compress takes: a fine-tuned model is compressed further that way."""
+    (tmp_path / "encoder.py").write_text("from text_encoder import bert as model\n")
+    x = _tokens(32, 0)
+    np.savez(tmp_path / "calib.npz", **{name: x[:, i] for i, name in enumerate(NAMES)})
+    out = tmp_path / "out"
+    assert run(["compress", f"{tmp_path / 'encoder.py'}:model", "--calib", str(tmp_path / "calib.npz"), "-o", str(out), "--quiet"]) == 0
+    fp32 = out / "model.fp32.onnx"
+    graph = import_onnx(fp32, (LENGTH,))
+    check = _tokens(8, 1)
+    np.testing.assert_allclose(run_batches(GraphRunner(graph, quantized=False), check), _onnxruntime(fp32, check), rtol=1e-4, atol=1e-5)
+    assert sum(node.op == "reshape" for node in graph.nodes) < 12  # no reshape around each linear layer

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgetune.capture.onnx_fold import fold_constants, folded_model
-from edgetune.capture.onnx_patterns import batch_gather_as_reshape, fuse_gelu, fuse_layer_norm
+from edgetune.capture.onnx_patterns import batch_gather_as_reshape, fuse_gelu, fuse_layer_norm, gemm_over_tokens
 from edgetune.errors import InputError, UnsupportedOpsError
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, Tensor
 from edgetune.ir.passes import simplify
@@ -218,6 +218,27 @@ def clip(ctx: OnnxContext, proto: Any) -> None:
     op = "relu6" if (low_value, high_value) == (0.0, 6.0) else "clamp"
     attrs = {} if op == "relu6" else {"min": low_value, "max": high_value}
     ctx.emit(op, proto, [ctx.name(proto.input[0])], **attrs)
+
+
+@imports("Max", "Min")
+def bound(ctx: OnnxContext, proto: Any) -> None:
+    """``max(x, c)`` or ``min(x, c)`` with a one-value constant (a count kept away from zero, as
+    edgetune's own writer spells a clamp): a clamp."""
+    if len(proto.input) != 2:
+        raise InputError(f"{proto.op_type} {proto.name or proto.output[0]} of {len(proto.input)} operands", "bound one tensor by a number")
+    from edgetune.capture.onnx_text import clamp_norm
+
+    if proto.op_type == "Max" and clamp_norm(ctx, proto):  # F.normalize's norm kept away from zero
+        return
+    for x, other in ((proto.input[0], proto.input[1]), (proto.input[1], proto.input[0])):
+        value = ctx.const(other)
+        if value is not None and value.size == 1 and ctx.const(x) is None:
+            limit = float(np.asarray(value).reshape(-1)[0])
+            ctx.emit(
+                "clamp", proto, [ctx.name(x)], min=limit if proto.op_type == "Max" else None, max=limit if proto.op_type == "Min" else None
+            )
+            return
+    raise InputError(f"{proto.op_type} {proto.name or proto.output[0]} of two tensors", "bound a tensor by a number")
 
 
 @imports("Add", "Sub", "Mul", "Div")
@@ -610,6 +631,7 @@ def import_onnx(path: Path, sample_shape: tuple[int, ...] | None = None, names: 
     fuse_gelu(model, constants)  # after shape inference: opsets before 20 have no Gelu to infer
     fuse_layer_norm(model, constants, shapes)  # nor before 17 a LayerNormalization
     batch_gather_as_reshape(model, constants, shapes)  # a padding mask gathered per (batch, key) pair
+    gemm_over_tokens(model, shapes)  # a linear layer over tokens written as reshape, Gemm, reshape
 
     live = _data_dependent(model, {i.name for i in inputs})
 

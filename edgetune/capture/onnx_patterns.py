@@ -228,3 +228,32 @@ def batch_gather_as_reshape(model: Any, constants: dict[str, np.ndarray], shapes
         del model.graph.node[:]
         model.graph.node.extend(nodes)
     return rewritten
+
+
+def gemm_over_tokens(model: Any, shapes: dict[str, tuple[int, ...]]) -> int:
+    """``reshape(x, [-1, D]) -> Gemm -> reshape(y, [N, T, O])``, how edgetune's own writer (and
+    some exporters) apply a linear layer to every token: one Gemm on [N, T, D] (the importer's
+    linear acts on the last axis), so the batch axis is not merged with the tokens; how many
+    were rewritten."""
+    nodes = list(model.graph.node)
+    uses = _Uses(nodes)
+    producers = {name: proto for proto in nodes for name in proto.output}
+    dropped: set[int] = set()
+    for proto in nodes:
+        if proto.op_type != "Gemm":
+            continue
+        flat = producers.get(proto.input[0])
+        back = uses.only(proto.output[0], "Reshape")
+        if flat is None or flat.op_type != "Reshape" or back is None or len(uses.readers.get(flat.output[0], [])) != 1:
+            continue
+        source, restored = shapes.get(flat.input[0]), shapes.get(back.output[0])
+        if source is None or restored is None or len(source) < 3 or len(restored) != len(source) or restored[:-1] != source[:-1]:
+            continue
+        proto.input[0] = flat.input[0]
+        proto.output[0] = back.output[0]
+        dropped.update({nodes.index(flat), nodes.index(back)})
+    if dropped:
+        kept = [proto for index, proto in enumerate(nodes) if index not in dropped]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return len(dropped) // 2
