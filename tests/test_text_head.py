@@ -87,3 +87,16 @@ def test_an_encoder_with_a_head_keeps_it(tmp_path: Path) -> None:
     argv = ["compress", f"{tmp_path / 'encoder.py'}:model", "--calib", str(tmp_path / "train.npz"), "--train", str(tmp_path / "train.npz")]
     assert run([*argv, "--finetune", "5steps", "-o", str(out), "--quiet"]) == 0
     assert "head_added" not in json.loads((out / "report.json").read_text())["model"]
+
+
+def test_fewer_than_two_examples_per_class_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "encoder.py").write_text("from text_encoder import bert as model\n")
+    x = _tokens(12, 0)
+    np.savez(tmp_path / "few.npz", y=np.arange(12) % 8, **{name: x[:, i] for i, name in enumerate(NAMES)})
+    out = tmp_path / "out"
+    argv = ["compress", f"{tmp_path / 'encoder.py'}:model", "--calib", str(tmp_path / "few.npz"), "--train", str(tmp_path / "few.npz")]
+    capsys.readouterr()
+    assert run([*argv, "--finetune", "5steps", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "for 8 classes" in err[0] and "at least two examples per class" in err[0], err
+    assert not out.exists()

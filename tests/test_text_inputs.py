@@ -221,8 +221,10 @@ def test_text_lines_that_are_empty_or_not_utf8_are_counted(jsonl_files: Path, tm
         ('{"text": "a goal"}\nnot json\n', ["--tokenizer"], "line 2 is not JSON"),
         ('{"text": 3}\n', ["--tokenizer"], 'line 1 has no "text" string'),
         ("\n\n", ["--tokenizer"], "holds no passage"),
+        ('{"text": "a goal", "label": 0}\n\n{"text": "a pass"}\n', ["--tokenizer"], "line 3 has no label (1 of 2 records have one)"),
+        ('{"text": "a goal", "label": 0}\n{"text": "a pass", "label": "sport"}\n', ["--tokenizer"], "line 2 has the label 'sport'"),
     ],
-    ids=["no-tokenizer", "named-label", "not-json", "no-text", "empty"],
+    ids=["no-tokenizer", "named-label", "not-json", "no-text", "empty", "missing-label", "named-label-line"],
 )
 def test_bad_text_data_is_one_line(
     jsonl_files: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], content: str, extra: list[str], message: str

@@ -53,6 +53,8 @@ def read_passages(path: Path) -> Passages:
     texts: list[str] = []
     pairs: list[str] = []
     labels: list[Any] = []
+    numbers: dict[str, list[int]] = {"text_pair": [], "label": []}  # the lines that have each field
+    lines: list[int] = []
     empty = invalid = 0
     for number, raw in enumerate(raw_lines, 1):
         try:
@@ -67,16 +69,34 @@ def read_passages(path: Path) -> Passages:
             continue
         record = _record(line, path, number)
         texts.append(record["text"])
+        lines.append(number)
         if "text_pair" in record:
             pairs.append(str(record["text_pair"]))
+            numbers["text_pair"].append(number)
         if "label" in record:
             labels.append(record["label"])
+            numbers["label"].append(number)
     if not texts:
         raise InputError(f"{path} holds no passage", "give one passage a line (.txt) or one JSON object a line (.jsonl)")
     for name, values in (("text_pair", pairs), ("label", labels)):
         if values and len(values) != len(texts):
-            raise InputError(f"{path}: {len(values)} of {len(texts)} records have a {name}", f"give every record a {name}, or none")
+            first = next(n for n in lines if n not in set(numbers[name]))
+            raise InputError(
+                f"{path}, line {first} has no {name} ({len(values)} of {len(texts)} records have one)",
+                f"give every record a {name}, or none",
+            )
+    if labels:
+        _check_labels(labels, numbers["label"], path)
     return Passages(texts, pairs or None, labels or None, empty, invalid)
+
+
+def _check_labels(labels: list[Any], numbers: list[int], path: Path) -> None:
+    """Class indices only, named with the first line that breaks the rule."""
+    for label, number in zip(labels, numbers, strict=True):
+        if not isinstance(label, int) or isinstance(label, bool) or label < 0:
+            raise InputError(
+                f"{path}, line {number} has the label {label!r}", "give every label as a class index (0, 1, ...), the model's output order"
+            )
 
 
 def _record(line: str, path: Path, number: int) -> dict[str, Any]:
@@ -148,11 +168,6 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def _labels(labels: list[Any] | None, path: Path) -> np.ndarray | None:
-    """Integer class labels. Names are refused: each file would number its own classes, and
-    a training and an evaluation file could disagree."""
-    if labels is None:
-        return None
-    wrong = next((label for label in labels if not isinstance(label, int) or isinstance(label, bool) or label < 0), None)
-    if wrong is not None:
-        raise InputError(f"{path} has the label {wrong!r}", "give every label as a class index (0, 1, ...), the model's output order")
-    return np.asarray(labels, np.int64)
+    """Integer class labels (checked line by line when read: names are refused, since each
+    file would number its own classes, and a training and an evaluation file could disagree)."""
+    return None if labels is None else np.asarray(labels, np.int64)

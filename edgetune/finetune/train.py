@@ -157,10 +157,18 @@ def _task(config: FinetuneConfig, data: Dataset, graph: Graph) -> str:
     if config.task != "auto":
         if config.task == "regression" and data.has_classes or config.task == "classification" and data.has_targets:
             raise InputError(f"the labels of {data.source} do not suit --task {config.task}", "integers for classes, floats for regression")
-        return config.task
-    if data.y is None and embeds(graph):
-        return "embedding"
-    return "regression" if data.has_targets else "classification"
+        task = config.task
+    elif data.y is None and embeds(graph):
+        task = "embedding"
+    else:
+        task = "regression" if data.has_targets else "classification"
+    if task == "classification" and data.y is not None and data.has_classes and len(data) < 2 * (int(data.y.max()) + 1):
+        classes = int(data.y.max()) + 1
+        raise InputError(
+            f"{len(data)} labelled training examples in {data.source} for {classes} classes",
+            f"give at least two examples per class ({2 * classes} or more)",
+        )
+    return task
 
 
 def learning_rate(config: FinetuneConfig, spent: float) -> float:
