@@ -131,12 +131,17 @@ class _Heads:
         if id(node) not in self.seen:
             self.seen.add(id(node))
             for name in node.inputs:
-                tensor = self.graph.tensors[name]
-                offset = axis - (out_rank - len(tensor.shape))
-                size = tensor.shape[offset] if 0 <= offset < len(tensor.shape) else 1
-                if tensor.data is not None and size == self.heads and size > 1:
+                offset, size = self.at(name, axis, out_rank)
+                if self.graph.tensors[name].data is not None and size == self.heads and size > 1:
                     self.block.constants.append((node, name, offset))
         return self.carry(node.outputs[0], axis)
+
+    def at(self, name: str, axis: int, out_rank: int) -> tuple[int, int]:
+        """An operand's axis that broadcasts against the output's head ``axis``, and its size
+        there (1 where the operand has no such axis)."""
+        shape = self.graph.tensors[name].shape
+        offset = axis - (out_rank - len(shape))
+        return offset, (shape[offset] if 0 <= offset < len(shape) else 1)
 
     def closed(self) -> bool:
         """Every operand with heads of a node the walk reached was walked too: a product or a
@@ -147,11 +152,9 @@ class _Heads:
                     continue
                 out_rank = len(self.graph.tensors[reader.outputs[0]].shape)
                 for other in reader.inputs:
-                    tensor = self.graph.tensors[other]
-                    offset = axis - (out_rank - len(tensor.shape))
-                    size = tensor.shape[offset] if 0 <= offset < len(tensor.shape) else 1
+                    offset, size = self.at(other, axis, out_rank)
                     walked = other in self.axes and self.axes[other] == offset
-                    if tensor.data is None and not walked and (size != 1 or reader.op == "matmul"):
+                    if self.graph.tensors[other].data is None and not walked and (size != 1 or reader.op == "matmul"):
                         return False
         return True
 
