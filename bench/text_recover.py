@@ -13,16 +13,25 @@ downloaded). edgetune adds the classification head (nearest class mean) and fine
 In one run:
 
 1. TF-IDF (word 1-2 grams) and logistic regression (scikit-learn): accuracy, fit time.
-2. edgetune compress on the folder with --finetune, by strategy (full, last:2, head), each
-   with its learning rate: fp32 and int8 accuracy, time, sizes.
-3. The full fine-tune's model.fp32.onnx pruned (--prune channel:0.5 --prune-heads 0.25),
+2. edgetune compress on the folder with --finetune, by strategy (full, last:2, head, gradual,
+   and full with a discriminative learning rate decaying 0.8 per block), each with its
+   learning rate, within the same time. Then the full fine-tune at a step budget (the same
+   100 steps each, deterministic), as it is and with one change: a discriminative learning
+   rate decaying 0.8 per block; on labels alone (no distillation from the model with its
+   starting head); under a 700 MB training-memory budget (budget, predicted, measured).
+   Each command runs in a process of its own, so its peak RSS is its own: fp32 and int8
+   accuracy, time, steps, peak RSS, sizes.
+3. The full fine-tune with text augmentation: EDA (random deletion, swap and insertion, half
+   of the passages edited) and token masking (15% of the words), against the same run
+   without (Longpre et al. 2020 found neither reliably helps a pretrained transformer).
+4. The full fine-tune's model.fp32.onnx pruned (--prune channel:0.5 --prune-heads 0.25),
    int8, recovered with distillation from the fine-tuned model: none (labels only),
-   predictions, and TinyBERT-style intermediate. Accuracy and TFLite latency at 1 thread
-   against the unpruned int8 model (interleaved rounds), sizes.
+   predictions, hidden states (intermediate) and hidden states with attention (tinybert);
+   and with 2 of its 6 layers dropped (--prune layers:2), recovered with predictions or
+   tinybert. Accuracy and TFLite latency at 1 thread against the unpruned int8 model
+   (interleaved rounds), sizes.
 
-Text augmentation is not built yet; its rows are missing, not zero.
-
-    python bench/text_recover.py [--finetune 120s] [--recover 90s] [--seq-len 64] [--rounds 7]
+    python bench/text_recover.py [--finetune 120s] [--steps 100steps] [--recover 90s] [--seq-len 64] [--rounds 7]
 
 Prints a table and writes bench/results/text_recover.json.
 """
@@ -30,10 +39,10 @@ Prints a table and writes bench/results/text_recover.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import inspect
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,8 +68,27 @@ FAMILIES = {
     "data structures": "collections heapq bisect array enum dataclasses functools itertools operator copy weakref",
 }
 TRAIN, TEST = 800, 1000  # of about 1,150 passages: the rest test
-STRATEGIES = {"full": 5e-4, "last:2": 1e-3, "head": 5e-3}  # learning rate per fine-tune strategy
-DISTILL = {"none": ["--distill-weight", "0"], "predictions": [], "intermediate": ["--distill", "intermediate"]}
+STRATEGIES = {"full": 5e-4, "last:2": 1e-3, "head": 5e-3, "gradual": 5e-4}  # learning rate per fine-tune strategy
+VARIANTS = {  # the full fine-tune with one change each, at a step budget (the same steps for each)
+    "full": [],
+    "full, lr decay 0.8 per block": ["--lr-decay", "0.8"],
+    "full + EDA (delete, swap, insert 0.1; half the passages)": ["--augment", "delete:0.1,swap:0.1,insert:0.1,share:0.5"],
+    "full + token masking (0.15; half the passages)": ["--augment", "mask:0.15,share:0.5"],
+    "full, labels only (no distillation from the starting head)": ["--distill-weight", "0"],
+    "full under --finetune-memory 700MB": ["--finetune-memory", "700MB"],
+}
+DISTILL = {
+    "none": ["--distill-weight", "0"],
+    "predictions": [],
+    "intermediate": ["--distill", "intermediate"],
+    "tinybert": ["--distill", "tinybert"],
+}
+HALF = ["--prune", "channel:0.5", "--prune-heads", "0.25"]  # half the neurons, a quarter of the heads
+PRUNED = {  # label: (pruning, distillation)
+    **{f"pruned, recovery with distillation: {mode}": (HALF, extra) for mode, extra in DISTILL.items()},
+    "2 of 6 layers dropped, distillation: predictions": (["--prune", "layers:2"], DISTILL["predictions"]),
+    "2 of 6 layers dropped, distillation: tinybert": (["--prune", "layers:2"], DISTILL["tinybert"]),
+}
 
 
 def passages() -> tuple[list[str], list[int]]:
@@ -111,13 +139,12 @@ def baseline(texts: list[str], labels: list[int]) -> dict[str, Any]:
 
 
 def compress(argv: list[str], out: Path) -> dict[str, Any]:
-    from edgetune.cli.main import run
-
+    """One edgetune command in a process of its own (so that its peak RSS is its own); its
+    summary goes to stderr, as progress for whoever watches."""
     start = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # the command's summary: progress for whoever watches
-        code = run([*argv, "-o", str(out), "--quiet"])
-    if code != 0:
-        raise SystemExit(f"edgetune {' '.join(argv)} failed ({code})")
+    done = subprocess.run([sys.executable, "-m", "edgetune", *argv, "-o", str(out), "--quiet"], stdout=sys.stderr, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"edgetune {' '.join(argv)} failed ({done.returncode})")
     report = json.loads((out / "report.json").read_text())
     evaluation, sizes = report["evaluation"], report["sizes"]
     tuned = report.get("finetune", {})
@@ -127,6 +154,18 @@ def compress(argv: list[str], out: Path) -> dict[str, Any]:
         "tflite_accuracy": evaluation.get("tflite", {}).get("accuracy"),
         "finetune_steps": tuned.get("steps"),
         "finetune_s": tuned.get("seconds"),
+        "finetune_steps_per_s": tuned.get("steps_per_second"),
+        "finetune_peak_rss_mb": round(tuned["memory"]["peak_rss_bytes"] / 2**20) if tuned else None,
+        "best_step": tuned.get("best_step"),
+        "augmented_share": tuned.get("text_augmentation", {}).get("augmented_share"),
+        "finetune_memory": {
+            "budget_mb": round(tuned["memory"]["budget_bytes"] / 1e6) if tuned["memory"]["budget_bytes"] else None,
+            "predicted_mb": round(tuned["memory"]["predicted_bytes"] / 1e6) if tuned["memory"]["predicted_bytes"] else None,
+            "peak_rss_delta_mb": round(tuned["memory"]["peak_rss_delta_bytes"] / 1e6),
+            "batch_size": tuned["batch_size"],
+        }
+        if tuned
+        else None,
         "wall_s": round(time.perf_counter() - start, 1),
         "tflite_bytes": sizes.get("model.tflite_bytes"),
         "macs_ratio": report.get("pruning", {}).get("macs", {}).get("ratio"),
@@ -136,6 +175,7 @@ def compress(argv: list[str], out: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--finetune", default="120s", help="fine-tune budget per strategy")
+    parser.add_argument("--steps", default="100steps", help="fine-tune budget of the variants of the full fine-tune")
     parser.add_argument("--recover", default="90s", help="recovery budget after pruning")
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds")
@@ -155,16 +195,20 @@ def main() -> None:
         for strategy, lr in STRATEGIES.items():
             log(f"[text_recover] fine-tune {strategy} for {args.finetune}")
             argv = ["compress", str(MODEL), *text, "--finetune", args.finetune, "--finetune-strategy", strategy, "--finetune-lr", str(lr)]
-            rows[f"fine-tune {strategy}"] = compress(argv, work / strategy)
+            rows[f"fine-tune {strategy}"] = compress(argv, work / strategy.replace(":", "_"))
+        for number, (label, extra) in enumerate(VARIANTS.items()):
+            log(f"[text_recover] fine-tune {label} for {args.steps}")
+            argv = ["compress", str(MODEL), *text, "--finetune", args.steps, "--finetune-lr", str(STRATEGIES["full"]), *extra]
+            rows[f"fine-tune {label} ({args.steps})"] = compress(argv, work / f"variant{number}")
         tuned = work / "full" / "model.fp32.onnx"
         tokenizer = ["--tokenizer", str(MODEL / "tokenizer.json")]
-        for mode, extra in DISTILL.items():
-            log(f"[text_recover] pruned, recovered for {args.recover}, distillation {mode}")
-            argv = ["compress", str(tuned), *text, *tokenizer, "--prune", "channel:0.5", "--prune-heads", "0.25"]
-            argv += ["--finetune", args.recover, "--finetune-lr", "5e-4", *extra]
-            rows[f"pruned, recovery with distillation: {mode}"] = compress(argv, work / f"pruned_{mode}")
+        files = {"fine-tune full": work / "full"}
+        for number, (label, (pruning, extra)) in enumerate(PRUNED.items()):
+            log(f"[text_recover] {label}, recovered for {args.recover}")
+            argv = ["compress", str(tuned), *text, *tokenizer, *pruning, "--finetune", args.recover, "--finetune-lr", "5e-4", *extra]
+            files[label] = work / f"pruned{number}"
+            rows[label] = compress(argv, files[label])
         sample = np.stack([np.asarray(v) for v in _one_sample(test, args.seq_len)], axis=1)
-        files = {"fine-tune full": work / "full", **{f"pruned, recovery with distillation: {m}": work / f"pruned_{m}" for m in DISTILL}}
         runs_once = {
             label: partial(TfliteRunner((path / "model.tflite").read_bytes(), threads=1).run, sample) for label, path in files.items()
         }
@@ -184,9 +228,12 @@ def main() -> None:
                 f"{latency:.2f} ms ({latency / unpruned:.2f}x)" if latency else "",
                 f"{row['tflite_bytes'] / 2**20:.1f} MB" if row.get("tflite_bytes") else "",
                 f"{row.get('wall_s', row.get('seconds'))} s",
+                f"{row['finetune_steps']} ({row['finetune_steps_per_s']:.2f}/s)" if row.get("finetune_steps") else "",
+                f"+{row['finetune_memory']['peak_rss_delta_mb']} MB" if row.get("finetune_memory") else "",
             ]
         )
-    print(table(lines, ["run", "fp32 / baseline accuracy", "ONNX int8", "TFLite int8", "TFLite 1 thread", "TFLite size", "wall"]))
+    headers = ["run", "fp32 / baseline accuracy", "ONNX int8", "TFLite int8", "TFLite 1 thread", "TFLite size", "wall"]
+    print(table(lines, [*headers, "fine-tune steps", "fine-tune peak RSS"]))
     path = write_json("text_recover", {"data": data, "budgets": vars(args), "rows": rows})
     print(f"wrote {path}")
 

@@ -389,3 +389,41 @@ def test_float_targets_from_an_npz_train_a_regression(tmp_path: Path) -> None:
     assert data.has_targets and data.y is not None and data.y.shape == targets.shape
     report = finetune(graph, data, FinetuneConfig(parse_budget("60steps")))
     assert report["task"] == "regression"
+
+
+def test_discriminative_learning_rate_slows_each_layer_below_the_top() -> None:
+    """ULMFiT's decay: with factor 0.1 the first of four layers learns at a thousandth of the
+    head's rate (AdamW's steps are near lr in size), and the report names the groups."""
+    from edgetune.finetune.strategy import layer_depths
+
+    moved = {}
+    for decay in (1.0, 0.1):
+        graph, teacher = _pruned_digits()
+        assert sorted(layer_depths(graph).values()) == list(range(len(_layer_weights(graph))))
+        before = [graph.const(n.inputs[1]).copy() for n in graph.nodes if n.op in ("conv2d", "linear")]
+        config = FinetuneConfig(parse_budget("30steps"), lr_decay=decay, eval_every=1000)
+        report = finetune(graph, load_dataset("digits", "train"), config, teacher=teacher)
+        after = [graph.const(n.inputs[1]) for n in graph.nodes if n.op in ("conv2d", "linear")]
+        moved[decay] = [float(np.abs(a - b).max()) for a, b in zip(after, before)]
+        rate = report["learning_rate"]
+        assert rate["peak"] == 3e-3 and rate["layer_groups"] == len(before)
+        assert rate["lowest_peak"] == pytest.approx(3e-3 * decay ** (len(before) - 1))
+    assert moved[0.1][0] < moved[1.0][0] / 20 and moved[0.1][-1] == pytest.approx(moved[1.0][-1], rel=0.5)
+
+
+def test_transformer_blocks_share_a_depth_and_wide_ones_get_the_transformer_learning_rate() -> None:
+    from text_encoder import bert_classifier
+
+    from edgetune.finetune.strategy import layer_depths
+    from edgetune.finetune.train import TRANSFORMER_LR, default_lr
+    from edgetune.zoo.bert import BertEncoder
+
+    graph = capture(bert_classifier(), (16,), "int64", ("input_ids", "attention_mask", "token_type_ids"))
+    depths = layer_depths(graph)
+    linear = [n.name for n in graph.nodes if n.op == "linear"]
+    per_block = [depths[name] for name in linear]
+    assert default_lr(graph) == 3e-3 and default_lr(capture(zoo.digits_cnn(), (1, 8, 8))) == 3e-3, "32 wide: a small encoder"
+    wide = capture(BertEncoder(dim=256, heads=4, pooling="cls"), (16,), "int64", ("input_ids", "attention_mask", "token_type_ids"))
+    assert default_lr(wide) == TRANSFORMER_LR
+    # two blocks of Q, K, V, output and two feed-forward layers, then whatever sits above the last LayerNorm
+    assert per_block[:6] == [per_block[0]] * 6 and per_block[6:12] == [per_block[0] - 1] * 6 and min(per_block) == 0, per_block

@@ -110,6 +110,23 @@ def test_prune_channels_takes_its_ratio_for_neurons_and_heads_their_own() -> Non
     assert _run(graph, _tokens(4, 1)).shape == (4, 3)
 
 
+def test_global_allocation_spreads_the_cut_across_blocks_by_importance() -> None:
+    """One threshold per kind over every block: the total cut is the ratio's, the blocks'
+    shares differ, and a block whose neurons matter less loses more of them (never all)."""
+    model = bert_classifier()
+    with torch.no_grad():  # the second block's feed-forward weights at a tenth: less important
+        model.layers[1].intermediate.weight.mul_(0.1)
+        model.layers[1].out.weight.mul_(0.1)
+    graph = _captured(model)
+    report = prune_channels(graph, PruneConfig(0.5, heads=0.25, allocation="global"), _tokens(16, 0)).to_dict()
+    neurons = [r for r in report["groups"] if r.get("kind") == "neurons"]
+    heads = [r for r in report["groups"] if r.get("kind") == "heads"]
+    # every neuron of the weak block falls below the threshold; it keeps one, the floor
+    assert [r["after"] for r in neurons] == [128, 1], neurons
+    assert sum(r["after"] for r in heads) == 6 and all(r["after"] >= 1 for r in heads)
+    assert _run(graph, _tokens(4, 1)).shape == (4, 3)
+
+
 def test_at_least_one_head_stays_and_protected_blocks_stay_whole() -> None:
     graph = _captured(bert())
     report = prune_channels(graph, PruneConfig(0.5, heads=0.99, protect=("layers.1",)), _tokens(16, 0)).to_dict()
@@ -170,7 +187,7 @@ def test_a_pruned_encoder_compresses_to_both_formats(tmp_path: Path) -> None:
     assert "heads = 0.25" in recipe
 
 
-@pytest.mark.parametrize("distill", ["predictions", "intermediate"])
+@pytest.mark.parametrize("distill", ["predictions", "intermediate", "tinybert"])
 def test_a_pruned_sentence_encoder_recovers_towards_the_original(tmp_path: Path, distill: str) -> None:
     """Without labels, an L2-normalized output is distilled by cosine (task embedding), and
     --distill intermediate adds the LayerNorm outputs; either raises the validation cosine to

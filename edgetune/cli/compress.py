@@ -105,8 +105,10 @@ from edgetune.progress import StderrProgress
 @click.option(
     "--prune",
     "prune",
-    metavar="channel:RATIO[:l1|l2|taylor|obd]|magnitude:RATIO",
-    help="Remove that share of channels (channel:0.5), or zero that share of weights (magnitude:0.8).",
+    metavar="channel:RATIO[:l1|l2|taylor|obd]|magnitude:RATIO|layers:N",
+    help="Remove that share of channels (channel:0.5; a transformer's neurons and heads too), zero that share of weights"
+    " (magnitude:0.8), or drop N whole transformer layers, those the output misses least (layers:2; join with +:"
+    " layers:2+channel:0.5).",
 )
 @click.option(
     "--prune-allocation",
@@ -558,13 +560,14 @@ def _pruning_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                 f" attention heads {sum(g['after'] for g in heads)} of {sum(g['before'] for g in heads)}",
             )
         )
-    rows.append(
-        (
-            "pruning",
-            f"{p['config']['criterion']} {share} of channels in {pruned} of {len(p['groups'])} groups:"
-            f" MACs {p['macs']['ratio']:.2f}x, parameters {p['parameters']['ratio']:.2f}x",
-        )
-    )
+    totals = f"MACs {p['macs']['ratio']:.2f}x, parameters {p['parameters']['ratio']:.2f}x"
+    layers = p.get("layers")
+    if layers:
+        dropped = ", ".join(str(index) for index in layers["dropped"])
+        text = f"dropped {len(layers['dropped'])} of {layers['before']} encoder layers ({dropped}): {layers['criterion']}"
+        rows.append(("layers", text + ("" if pruned else f"; {totals}")))
+    if pruned or not layers:
+        rows.append(("pruning", f"{p['config']['criterion']} {share} of channels in {pruned} of {len(p['groups'])} groups: {totals}"))
     return rows + _batchnorm_rows(p)
 
 

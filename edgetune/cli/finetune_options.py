@@ -10,6 +10,7 @@ import click
 from edgetune.cli.output import FiniteFloat
 
 F = TypeVar("F", bound=Callable[..., Any])
+TASK_ALIASES = {"classify": "classification", "embed": "embedding"}
 
 
 _OPTIONS: list[Callable[[F], F]] = [
@@ -29,21 +30,23 @@ _OPTIONS: list[Callable[[F], F]] = [
         "--augment",
         metavar="LIST",
         help="Augmentations joined by commas (shift:2,flip,noise:0.05). Kinds: shift:PIXELS crop:PIXELS flip noise:STD"
-        " cutout:SHARE time_shift:SHARE mixup:ALPHA, or module:callable.",
+        " cutout:SHARE time_shift:SHARE mixup:ALPHA, or module:callable. Text passages take word edits instead:"
+        " mask:P delete:P swap:P insert:P synonyms:TABLE paraphrase:CALLABLE, and share:S (passages edited, 0.5).",
     ),
     click.option(
         "--distill",
-        type=click.Choice(["predictions", "intermediate"]),
+        type=click.Choice(["predictions", "intermediate", "tinybert"]),
         default="predictions",
         show_default=True,
-        help="What recovery distils from the original model: its outputs, or its LayerNorm outputs (hidden states) too"
-        " (TinyBERT-style; transformers).",
+        help="What recovery distils from the original model: its outputs; its LayerNorm outputs (hidden states) too;"
+        " or those and its attention maps, or the values' relations where heads were pruned (tinybert; transformers).",
     ),
     click.option(
         "--task",
-        type=click.Choice(["auto", "classification", "regression", "embedding"]),
+        type=click.Choice(["auto", "classification", "regression", "embedding", "classify", "embed"]),
         default="auto",
         show_default=True,
+        callback=lambda _ctx, _param, value: TASK_ALIASES.get(value, value),
         help="Loss: cross-entropy for classes, MSE for regression targets, cosine to the original model for embeddings"
         " (auto picks it for an L2-normalized or per-token output without labels).",
     ),
@@ -84,9 +87,16 @@ _OPTIONS: list[Callable[[F], F]] = [
     click.option(
         "--finetune-lr",
         type=FiniteFloat(min=0, min_open=True),
-        default=3e-3,
+        help="Peak learning rate (warm-up, then cosine). Default: 3e-3, or 5e-4 for a transformer 256 or more wide.",
+    ),
+    click.option(
+        "--lr-decay",
+        type=FiniteFloat(0, 1, min_open=True),
+        default=1.0,
         show_default=True,
-        help="Peak learning rate (warm-up, then cosine).",
+        metavar="FACTOR",
+        help="Discriminative learning rate (ULMFiT): each layer below the top one, or each transformer block, learns"
+        " FACTOR times slower than the one above (0.8: the block under the head at 0.8x, the one under it at 0.64x).",
     ),
     click.option(
         "--finetune-optimizer",

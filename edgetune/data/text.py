@@ -115,10 +115,7 @@ def load_text(path: Path, spec: TextSpec) -> Dataset:
     if spec.tokenizer is None:
         raise InputError(f"{path} is text, and no tokenizer is given", "pass --tokenizer tokenizer.json (the model's own)")
     passages = read_passages(path)
-    tokenizer = _tokenizer(spec)
-    pad_id = _pad_id(tokenizer)
-    tokenizer.enable_truncation(max_length=spec.seq_len)
-    tokenizer.enable_padding(length=spec.seq_len, pad_id=pad_id)
+    tokenizer, _ = prepared_tokenizer(spec)
     inputs: list[Any] = list(zip(passages.texts, passages.pairs)) if passages.pairs else passages.texts
     encodings = tokenizer.encode_batch(inputs)
     # What a BERT-style forward takes; the model's own arguments are chosen from them (pipeline/load.py).
@@ -140,6 +137,15 @@ def load_text(path: Path, spec: TextSpec) -> Dataset:
         "invalid_utf8_lines": passages.invalid_utf8_lines,
     }
     return Dataset(ids, y, str(path), (), {"text": notes}, tuple(columns))
+
+
+def prepared_tokenizer(spec: TextSpec) -> tuple[Any, int]:
+    """The tokenizer set to truncate and pad to ``spec.seq_len``, and its padding id."""
+    tokenizer = _tokenizer(spec)
+    pad_id = _pad_id(tokenizer)
+    tokenizer.enable_truncation(max_length=spec.seq_len)
+    tokenizer.enable_padding(length=spec.seq_len, pad_id=pad_id)
+    return tokenizer, pad_id
 
 
 def _tokenizer(spec: TextSpec) -> Any:

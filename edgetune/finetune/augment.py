@@ -5,7 +5,8 @@ H x W for images, N x C x T for 1-D signals), a seeded ``torch.Generator`` and i
 and returns a batch of the same shape; randomness comes only from the generator, so a seeded
 run repeats exactly. Mixup also mixes the targets and is applied by the training loop
 (``mixup:ALPHA``). A user transform is ``module:callable`` or ``file.py:callable`` taking
-``(batch, generator)``.
+``(batch, generator)``. Text data takes word-level edits instead (``delete:0.1,swap:0.1``,
+``synonyms:FILE``, ``paraphrase:module:callable``; ``text_augment.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from edgetune.errors import InputError
+from edgetune.finetune.text_augment import TextChain, add_item, is_text_item
 from edgetune.numbers import parse_finite
 from edgetune.registry import Registry
 
@@ -99,6 +101,7 @@ class Augmentation:
 
     steps: tuple[tuple[str, Transform, float], ...] = ()
     mixup: float = 0.0
+    text: TextChain = TextChain()  # word-level edits of text passages (applied by the training loop)
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         for _, transform, argument in self.steps:
@@ -107,7 +110,12 @@ class Augmentation:
 
     def describe(self) -> list[str]:
         names = [f"{name}:{argument:g}" for name, _, argument in self.steps]
-        return names + ([f"mixup:{self.mixup:g}"] if self.mixup else [])
+        return names + ([f"mixup:{self.mixup:g}"] if self.mixup else []) + self.text.describe()
+
+    @property
+    def on_tensors(self) -> bool:
+        """Some part transforms sample tensors (images, signals), not text."""
+        return bool(self.steps or self.mixup)
 
 
 def parse_augment(text: str | None) -> Augmentation:
@@ -116,9 +124,12 @@ def parse_augment(text: str | None) -> Augmentation:
         return Augmentation()
     steps: list[tuple[str, Transform, float]] = []
     mixup = 0.0
+    chain, share_given = TextChain(), False
     for item in (part.strip() for part in text.split(",") if part.strip()):
         name, _, raw = item.partition(":")
-        if name in TRANSFORMS or name == "mixup":
+        if is_text_item(name):
+            chain, share_given = add_item(chain, name, raw), share_given or name == "share"
+        elif name in TRANSFORMS or name == "mixup":
             argument = parse_finite(raw, f"augmentation {name}", "shift:2 or noise:0.05") if raw else DEFAULTS[name]
             if name == "mixup":
                 mixup = argument
@@ -131,8 +142,15 @@ def parse_augment(text: str | None) -> Augmentation:
             steps.append((item, _user_transform(user), 0.0))
         else:
             known = ", ".join(sorted([*DEFAULTS]))
-            raise InputError(f"augmentation {name!r} is unknown", f"use {known}, or module:callable")
-    return Augmentation(tuple(steps), mixup)
+            raise InputError(
+                f"augmentation {name!r} is unknown",
+                f"use {known}, a text edit (mask, delete, swap, insert, synonyms:FILE, paraphrase:CALLABLE), or module:callable",
+            )
+    if share_given and not chain:
+        raise InputError(
+            "augmentation share: sets how many passages text edits change, and no edit is given", "add one, e.g. delete:0.1,share:0.5"
+        )
+    return Augmentation(tuple(steps), mixup, chain)
 
 
 def _user_transform(user: Callable[..., torch.Tensor]) -> Transform:

@@ -22,6 +22,7 @@ sets live in ``peft.py``; layers are the graph's conv and linear nodes in execut
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from edgetune.errors import InputError
@@ -112,6 +113,43 @@ def parse_strategy(text: str) -> Strategy:
 def weighted_layers(graph: Graph) -> list[tuple[str, list[str]]]:
     """(node name, [weight, bias]) for each conv and linear node, input side first."""
     return [(node.name, [name for name in node.inputs[1:] if name]) for node in graph.nodes if node.op in WEIGHTED_OPS]
+
+
+def layer_depths(graph: Graph) -> dict[str, int]:
+    """Each conv and linear layer's depth below the top one, for a discriminative learning rate.
+
+    Without LayerNorm a layer is its own step. With it, the layers between two pairs of
+    LayerNorms are one transformer block: a post-norm block (BERT) ends in two, a pre-norm one
+    (GPT) starts with two, and counting pairs puts Q, K, V, the output projection and the
+    feed-forward layers of one block together in either, with the head above the last.
+    """
+    transformer = any(node.op == "layer_norm" for node in graph.nodes)
+    norms, position, steps = 0, 0, {}
+    for node in graph.nodes:
+        if node.op == "layer_norm":
+            norms += 1
+        elif node.op in WEIGHTED_OPS:
+            steps[node.name] = (norms + 1) // 2 if transformer else position
+            position += 1
+    top = max(steps.values(), default=0)
+    return {name: top - step for name, step in steps.items()}
+
+
+PREFIXES = ("lora_a:", "lora_b:", "rows:", "scale:")  # peft.py's and qat.py's parameter names before a tensor's
+
+
+def parameter_depths(graph: Graph, params: Iterable[str]) -> dict[str, int]:
+    """The depth (``layer_depths``) of each trained parameter that belongs to a layer: its
+    weight or bias, or a LoRA factor, row update or QAT scale of one."""
+    depths = layer_depths(graph)
+    owner = {tensor: depths[name] for name, tensors in weighted_layers(graph) for tensor in tensors}
+    found = {}
+    for param in params:
+        prefix = next((p for p in PREFIXES if param.startswith(p)), "")
+        tensor = param[len(prefix) :]
+        if tensor in owner:
+            found[param] = owner[tensor]
+    return found
 
 
 def _bytes_text(value: int) -> str:

@@ -193,7 +193,7 @@ def _merge_reshapes(graph: Graph) -> bool:
     return False
 
 
-def _drop_dead(graph: Graph) -> None:
+def drop_dead(graph: Graph) -> None:
     """Remove nodes whose outputs nothing reads (a sequence output no one uses, a bypassed reshape)."""
     while True:
         used = set(graph.outputs) | {name for node in graph.nodes for name in node.inputs}
@@ -215,7 +215,7 @@ def drop_unit_reshapes(graph: Graph) -> None:
         producers = graph.producers()
         changed = any(_lift_across_reshape(graph, node, producers) for node in list(graph.nodes) if node.op in POINTWISE)
         changed = _merge_reshapes(graph) or changed
-        _drop_dead(graph)
+        drop_dead(graph)
 
 
 PASSES: list[Callable[[Graph], None]] = [drop_unit_reshapes, fold_batchnorm, fold_zero_pad, clamps_to_activations, fuse_activations]

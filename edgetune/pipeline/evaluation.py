@@ -57,8 +57,10 @@ def _evaluation_data(run: Run) -> tuple[Dataset, str]:
         assert run.train_set is not None
         return run.train_set.take(HOLDOUT_MAX), "no --eval data: measured on training samples, which flatters the model"
     if run.holdout is not None:
+        trained_on = run.plan.finetune is not None and isinstance(run.plan.calib, str) and run.plan.calib == run.plan.train_data
         return run.holdout.take(HOLDOUT_MAX), (
-            "no --eval data: agreement and SQNR against fp32 on held-out calibration samples (not used for calibration)"
+            "no --eval data: agreement and SQNR against fp32 on held-out calibration samples (not used for calibration"
+            + (", but the fine-tune trained on them: this flatters the model; give --eval data)" if trained_on else ")")
         )
     assert run.calib_part is not None
     return run.calib_part, "no --eval data and no held-out calibration samples: measured on the calibration samples themselves"

@@ -30,6 +30,28 @@ def prune(
     """Prune ``graph`` in place as ``config`` says; the report block. ``samples`` (and
     ``labels``) feed the gradient criteria (taylor, obd); ``steps`` > 1 prunes iteratively,
     calling ``recover`` between steps."""
+    if not config.drop_layers:
+        return _prune(graph, config, samples, labels, steps, recover)
+    from edgetune.ir.stats import graph_macs
+    from edgetune.prune.layers import drop_layers
+
+    macs, params = graph_macs(graph), graph.parameter_count()
+    layers = drop_layers(graph, config.drop_layers, samples)
+    report = _prune(graph, config, samples, labels, steps, recover)
+    report["layers"] = layers
+    if "macs" in report:  # against the model before any layer went
+        report["macs"] = {**report["macs"], "before": macs, "ratio": round(report["macs"]["after"] / max(macs, 1), 4)}
+        report["parameters"] = {
+            **report["parameters"],
+            "before": params,
+            "ratio": round(report["parameters"]["after"] / max(params, 1), 4),
+        }
+    return report
+
+
+def _prune(
+    graph: Graph, config: PruneConfig, samples: np.ndarray | None, labels: np.ndarray | None, steps: int, recover: Recover | None
+) -> dict[str, Any]:
     if config.kind == "magnitude":
         return prune_magnitude(graph, config, samples)
     if steps > 1 or recover is not None:

@@ -132,25 +132,53 @@ def _whole(group: Group, why: str | None = None) -> dict[str, Any]:
     return row
 
 
+def _protected(block: Block, config: PruneConfig) -> bool:
+    return any(inside(layer, name) for layer in block.layers for name in config.protect)
+
+
+def _block_ratio(block: Block, config: PruneConfig) -> float:
+    return config.heads if block.kind == "heads" and config.heads is not None else config.ratio
+
+
+def _block_thresholds(blocks: list[Block], config: PruneConfig, importance: dict[int, np.ndarray]) -> dict[str, float | None]:
+    """Global allocation: per kind (heads, neurons), one threshold over every free block's
+    units. Their scores are not normalised per layer (channel groups' are): the blocks of one
+    kind share their shapes, so a unit's weight norm or saliency compares across layers."""
+    if config.allocation != "global":
+        return {}
+    thresholds: dict[str, float | None] = {}
+    for kind in ("heads", "neurons"):
+        free = [b for b in blocks if b.kind == kind and not _protected(b, config)]
+        if free:
+            thresholds[kind] = _global_threshold([importance[id(b)] for b in free], _block_ratio(free[0], config))
+    return thresholds
+
+
 def _block_keep(
-    graph: Graph,
     block: Block,
     config: PruneConfig,
     ratios: dict[str, tuple[int, float]],
-    saliency: dict[str, np.ndarray] | None,
+    importance: np.ndarray,
+    thresholds: dict[str, float | None],
     rows: list[dict[str, Any]],
 ) -> np.ndarray | None:
     """The units a transformer block keeps (None: all), its report row appended to ``rows``.
-    Heads take ``config.heads`` when given; neurons round to the target's channel multiple."""
-    protected = [layer for layer in block.layers for name in config.protect if inside(layer, name)]
+    Heads take ``config.heads`` when given; neurons round to the target's channel multiple.
+    Under global allocation a block keeps its units above its kind's threshold (at least one),
+    unless a layer of it has a ratio of its own."""
     row: dict[str, Any] = {"layers": block.layers, "kind": block.kind, "before": block.count, "after": block.count, "kept_whole": True}
-    if protected:
+    if _protected(block, config):
         rows.append({**row, "protected": True})
         return None
-    ratio = config.heads if block.kind == "heads" and config.heads is not None else config.ratio
-    ratio = max((ratios[name] for name in block.layers if name in ratios), default=(0, ratio))[1]
-    count = kept_count(block.count, ratio, config.channel_multiple if block.kind == "neurons" else 1)
-    order = np.argsort(-block_importance(graph, block, saliency), kind="stable")
+    multiple = config.channel_multiple if block.kind == "neurons" else 1
+    own = max((ratios[name] for name in block.layers if name in ratios), default=None)
+    if own is None and block.kind in thresholds:
+        threshold = thresholds[block.kind]
+        above = int((importance > threshold).sum()) if threshold is not None else block.count
+        count = int(min(block.count, max(-(-above // multiple) * multiple, min(multiple, block.count), 1)))
+    else:
+        count = kept_count(block.count, own[1] if own is not None else _block_ratio(block, config), multiple)
+    order = np.argsort(-importance, kind="stable")
     rows.append({**row, "after": count, "kept_whole": count == block.count})
     return np.sort(order[:count]) if count < block.count else None
 
@@ -198,7 +226,11 @@ def prune_channels(graph: Graph, config: PruneConfig, samples: np.ndarray | None
                 f"keeps all {count} channels: the target's channel multiple is {config.channel_multiple}, and the ratio rounds to it as {count}"
             )
         rows.append(row)
-    cuts = [(block, _block_keep(graph, block, config, ratios, saliency, rows)) for block in blocks]
+    # one threshold over all blocks compares units across layers: their scores as they are
+    normalize = config.allocation != "global"
+    unit_scores = {id(block): block_importance(graph, block, saliency, normalize) for block in blocks}
+    thresholds = _block_thresholds(blocks, config, unit_scores)
+    cuts = [(block, _block_keep(block, config, ratios, unit_scores[id(block)], thresholds, rows)) for block in blocks]
     kept = remove_units(graph, groups[0].cmap, removed) if removed else {}
     for block, keep in cuts:
         if keep is not None:

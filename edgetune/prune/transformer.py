@@ -242,8 +242,10 @@ def _meets(walk: _Heads, reshape: Node, consumers: dict[str, list[Node]]) -> boo
     return False
 
 
-def block_importance(graph: Graph, block: Block, scores: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """Per unit, the saliency (or l2 norm) of its rows and columns, each layer normalised by its mean."""
+def block_importance(graph: Graph, block: Block, scores: dict[str, np.ndarray] | None = None, normalize: bool = True) -> np.ndarray:
+    """Per unit, the saliency (or l2 norm) of its rows and columns, each layer normalised by
+    its mean; with ``normalize`` False, as they are (comparable across blocks of one shape,
+    for one threshold over all of them)."""
     total = np.zeros(block.count)
     parts = [(node, size, 1) for node, size in block.rows] + [(node, size, 0) for node, size in block.columns]
     for node, size, across in parts:
@@ -252,7 +254,7 @@ def block_importance(graph: Graph, block: Block, scores: dict[str, np.ndarray] |
         per_unit = values.sum(axis=across).reshape(block.count, size).sum(axis=1)  # a row's or a column's, per unit
         per_unit = np.sqrt(per_unit) if scores is None else per_unit  # without saliency: the l2 norm
         mean = per_unit.mean()
-        total += per_unit / mean if mean > 0 else per_unit
+        total += per_unit / mean if mean > 0 and normalize else per_unit
     return total
 
 

@@ -70,6 +70,7 @@ def finetune_config(values: Mapping[str, Any]) -> FinetuneConfig | None:
     return FinetuneConfig(
         parse_budget(values["finetune.budget"]),
         lr=values["finetune.lr"],
+        lr_decay=values["finetune.lr_decay"],
         optimizer=values["finetune.optimizer"],
         label_smoothing=values["finetune.label_smoothing"],
         patience=values["finetune.early_stop"],

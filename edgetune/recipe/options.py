@@ -50,6 +50,7 @@ OPTION_KEYS = {
     "distill": "finetune.distill",
     "batch_size": "finetune.batch_size",
     "finetune_lr": "finetune.lr",
+    "lr_decay": "finetune.lr_decay",
     "finetune_optimizer": "finetune.optimizer",
     "distill_weight": "finetune.distill_weight",
     "temperature": "finetune.temperature",

@@ -60,10 +60,12 @@ class Recipe:
 
     def with_absolute_paths(self) -> Recipe:
         """Paths that name files here made absolute, so that the recipe replays from anywhere."""
-        paths: tuple[str, ...] = ("model.source", "model.weights", "data.calib", "data.eval", "data.train", "finetune.augment")
+        paths: tuple[str, ...] = ("model.source", "model.weights", "data.calib", "data.eval", "data.train")
         paths += ("finetune.teacher", "finetune.teacher_weights", "finetune.init", "data.tokenizer")
         named = ("target", "data.preprocess")  # a bundled name, or a path when it ends in .toml
         changed = {name: _absolute(self.values[name]) for name in paths if self.values[name] is not None}
+        if self.values["finetune.augment"]:
+            changed["finetune.augment"] = _absolute_augment(self.values["finetune.augment"])
         changed |= {name: os.path.abspath(self.values[name]) for name in named if str(self.values[name] or "").endswith(".toml")}
         return Recipe({**self.values, **changed}, self.origins)
 
@@ -202,6 +204,15 @@ def parse_sets(items: Iterable[str]) -> dict[str, Any]:
         known(name, "--set")
         changes[name] = parse_value(text.strip())
     return changes
+
+
+def _absolute_augment(chain: str) -> str:
+    """An augmentation chain with its callables' files, synonym tables and paraphrasers made absolute."""
+    items = []
+    for item in (part.strip() for part in chain.split(",")):
+        name, _, rest = item.partition(":")
+        items.append(f"{name}:{_absolute(rest)}" if name in ("synonyms", "paraphrase") and rest else _absolute(item))
+    return ",".join(items)
 
 
 def _absolute(spec: str) -> str:
