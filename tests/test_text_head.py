@@ -100,3 +100,17 @@ def test_fewer_than_two_examples_per_class_is_refused(tmp_path: Path, capsys: py
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "for 8 classes" in err[0] and "at least two examples per class" in err[0], err
     assert not out.exists()
+
+
+def test_class_labels_give_an_embedding_no_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a fine-tune (so without a head), an L2-normalized output's top-1 against class
+    labels means nothing: the report gives no accuracy and says why; cosine stays."""
+    (tmp_path / "encoder.py").write_text("from text_encoder import bert\n")
+    _labelled(tmp_path / "data.npz", 96, 0)
+    argv = ["compress", f"{tmp_path / 'encoder.py'}:bert", "--calib", str(tmp_path / "data.npz"), "--eval", str(tmp_path / "data.npz")]
+    assert run([*argv, "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    evaluation = json.loads((tmp_path / "out" / "report.json").read_text())["evaluation"]
+    assert "int8_accuracy" not in evaluation and "outputs an embedding, so its class labels give no accuracy" in evaluation["note"]
+    assert "accuracy" not in printed.split("evaluated on")[1].split("time")[0] and "note: " in printed
+    assert evaluation["int8_vs_fp32"]["cosine_mean"] > 0.9

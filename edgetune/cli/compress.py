@@ -392,7 +392,8 @@ def human(report: dict[str, Any]) -> str:
     if "sensitivity" in report:
         alone = sorted(report["sensitivity"]["layers"], key=lambda layer: layer["sqnr_db"])[:3]
         rows.append(("most sensitive", ", ".join(f"{layer['layer']} ({layer['op']}) {layer['sqnr_db']:.1f} dB alone" for layer in alone)))
-    note = f"\nnote: {ev['note']}" if "held-out" in ev["note"] or "calibration samples" in ev["note"] else ""
+    shown = ("held-out", "calibration samples", "embedding")
+    note = f"\nnote: {ev['note']}" if any(word in ev["note"] for word in shown) else ""
     return table(rows) + note + "\nwrote " + ", ".join(report["artifacts"])
 
 

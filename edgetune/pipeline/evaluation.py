@@ -11,6 +11,7 @@ import numpy as np
 from edgetune.data import Dataset
 from edgetune.evaluate.runtime import OnnxRunner
 from edgetune.export.onnx.writer import write_onnx
+from edgetune.finetune.head import embeds
 from edgetune.ir.graph import Graph
 from edgetune.pipeline import report as reports
 from edgetune.pipeline.outputs import INT4_ONNX
@@ -42,6 +43,7 @@ class Evaluate:
     def __call__(self, run: Run) -> Evaluated:
         data, note = _evaluation_data(run)
         graph = run.need_graph()
+        data, note = _without_labels_for_embeddings(graph, data, note)
         evaluation = evaluate_artifacts(graph, run.artifacts, data, note, run)
         calibrated = graph.meta.get("mode", "int8") == "int8"
         with step("per-layer SQNR"):
@@ -64,6 +66,15 @@ def _evaluation_data(run: Run) -> tuple[Dataset, str]:
         )
     assert run.calib_part is not None
     return run.calib_part, "no --eval data and no held-out calibration samples: measured on the calibration samples themselves"
+
+
+def _without_labels_for_embeddings(graph: Graph, data: Dataset, note: str) -> tuple[Dataset, str]:
+    """An embedding's output is no class score: its top-1 against class labels means nothing,
+    so the labels are set aside (cosine and neighbour agreement measure it)."""
+    if data.y is None or not data.has_classes or not embeds(graph):
+        return data, note
+    unlabelled = Dataset(data.x, None, data.source, data.labels, data.preprocess, data.inputs)
+    return unlabelled, note + "; the model outputs an embedding, so its class labels give no accuracy (a fine-tune on them adds a head)"
 
 
 def evaluate_artifacts(graph: Graph, artifacts: dict[str, bytes], data: Dataset, note: str, run: Run) -> dict[str, Any]:
@@ -134,7 +145,7 @@ def _recovery_block(run: Run, evaluation: dict[str, Any]) -> dict[str, Any]:
     recovery) and after recovery (the artifact), on the --eval data."""
     block: dict[str, Any] = {"accuracy_before_compression": None, "accuracy_after_compression": None, "accuracy_after_recovery": None}
     eval_set, teacher, baseline = run.eval_set, run.teacher, run.baseline
-    if teacher is None or baseline is None or eval_set is None or eval_set.y is None or not eval_set.has_classes:
+    if teacher is None or baseline is None or eval_set is None or eval_set.y is None or not eval_set.has_classes or embeds(teacher):
         block["note"] = "accuracies need labelled --eval data"
         return block
     from edgetune.evaluate.metrics import accuracy
