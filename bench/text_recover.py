@@ -91,24 +91,33 @@ PRUNED = {  # label: (pruning, distillation)
 }
 
 
-def passages() -> tuple[list[str], list[int]]:
-    """Docstring paragraphs and their family's index, deduplicated, in a fixed order."""
-    texts: dict[str, int] = {}
-    for label, modules in enumerate(FAMILIES.values()):
-        for name in modules.split():
-            module = importlib.import_module(name)
+def entries() -> list[tuple[str, str, str, int]]:
+    """(qualified name, docstring paragraph, module, family index), one per distinct paragraph
+    of at least 8 words, in a fixed order."""
+    seen: dict[str, tuple[str, str, str, int]] = {}
+    for family, modules in enumerate(FAMILIES.values()):
+        for module_name in modules.split():
+            module = importlib.import_module(module_name)
             for attribute in sorted(vars(module)):
                 value = getattr(module, attribute)
                 if attribute.startswith("_") or not (inspect.isfunction(value) or inspect.isclass(value)):
                     continue
-                members = [value] + [
-                    v for k, v in sorted(vars(value).items()) if not k.startswith("_") and inspect.isfunction(v)
-                ] * inspect.isclass(value)
-                for member in members:
+                members = [(attribute, value)]
+                if inspect.isclass(value):
+                    members += [
+                        (f"{attribute}.{k}", v) for k, v in sorted(vars(value).items()) if not k.startswith("_") and inspect.isfunction(v)
+                    ]
+                for name, member in members:
                     doc = (inspect.getdoc(member) or "").split("\n\n")[0].replace("\n", " ").strip()
-                    if len(doc.split()) >= 8 and doc not in texts:
-                        texts[doc] = label
-    return list(texts), list(texts.values())
+                    if len(doc.split()) >= 8 and doc not in seen:
+                        seen[doc] = (f"{module_name}.{name}", doc, module_name, family)
+    return list(seen.values())
+
+
+def passages() -> tuple[list[str], list[int]]:
+    """Docstring paragraphs and their family's index, deduplicated, in a fixed order."""
+    found = entries()
+    return [doc for _, doc, _, _ in found], [family for _, _, _, family in found]
 
 
 def split(texts: list[str], labels: list[int], folder: Path) -> tuple[Path, Path, dict[str, Any]]:

@@ -69,19 +69,23 @@ def evaluate(
     ssh_config: str | Path | None = None,
     tokenizer: str | None = None,
     seq_len: int | None = None,
+    pairs: str = "joined",
 ) -> dict[str, Any]:
     """Accuracy of ``artifact`` on ``data`` (with labels), and agreement, SQNR and cosine
     similarity against ``reference``. With ``device`` (``qemu:TARGET`` for an emulated board, or
     ``ssh://user@host``) the artifact runs on that board: the accuracy is the board's, and a
     parity block compares its outputs with this host's on every kernel path. Text data (.txt,
-    .jsonl) is tokenized with ``tokenizer`` to ``seq_len`` tokens."""
+    .jsonl) is tokenized with ``tokenizer`` to ``seq_len`` tokens; with ``pairs="separate"`` a
+    ``text_pair`` is embedded on its own, and the pairs are scored by the cosine of their two
+    embeddings (Spearman against their scores, or recall at 1 without)."""
     from edgetune.data.inputs import match_inputs
     from edgetune.data.text import TextSpec
 
     runner = _runner(artifact, threads)
     reference_runner = _runner(reference, threads) if reference is not None else None
-    dataset = load_dataset(data, "test", preprocess, text=TextSpec(tokenizer, seq_len or TextSpec().seq_len))
+    dataset = load_dataset(data, "test", preprocess, text=TextSpec(tokenizer, seq_len or TextSpec().seq_len, pairs))
     dataset = match_inputs(dataset, runner.input_names, runner.input_names, "evaluation")
+    scored, dataset = (dataset, dataset.sides()) if dataset.pair is not None else (None, dataset)
     runner.check_samples(dataset.x, dataset.source)
     if dataset.has_classes:  # one sample tells the output size: labels are checked before the run
         dataset.check_labels(runner.run(dataset.x[:1]).size, "evaluation")
@@ -103,7 +107,22 @@ def evaluate(
         doc["confusion_matrix"] = {"rows": "true class", "columns": "predicted class", "counts": matrix.tolist()}
     if reference_runner is not None:
         doc["reference"] = _against_reference(reference_runner, str(reference), dataset, outputs)
+    if scored is not None:
+        doc["similarity"] = _pair_scores(scored, outputs, reference_runner.run(dataset.x) if reference_runner is not None else None)
     return doc
+
+
+def _pair_scores(pairs: Any, outputs: Any, reference: Any) -> dict[str, Any]:
+    """Similarity pairs (both sides run, first then second): the artifact's score, and the reference's."""
+    from edgetune.finetune.similarity import pair_metrics
+
+    count = len(pairs)
+    block: dict[str, Any] = {"pairs": count, "metric": "spearman" if pairs.y is not None else "recall_at_1"}
+    for name, out in (("artifact", outputs), ("reference", reference)):
+        if out is not None:
+            flat = out.reshape(len(out), -1)
+            block[name] = pair_metrics(flat[:count], flat[count:], pairs.y)
+    return block
 
 
 def _against_reference(runner: OnnxRunner | TfliteRunner, name: str, dataset: Any, outputs: Any) -> dict[str, Any]:

@@ -304,7 +304,7 @@ def recipe_from_options(ctx: click.Context, options: dict[str, Any]) -> Any:
 
 def finetune_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     f = report["finetune"]
-    regression = f["task"] in ("regression", "embedding")
+    regression = f["task"] in ("regression", "embedding") or f["validation"]["metric"].startswith("Spearman")
     show = (lambda v: f"{v:.4g}") if regression else pct
     mode = "QAT" if f["config"]["qat"] else "float"
     rows = [
@@ -484,6 +484,14 @@ def _cosine_text(onnx: dict[str, Any], tflite: dict[str, Any] | None, label: str
     return "; ".join([one(f"ONNX {label}", onnx), *([one(f"TFLite {label}", tflite)] if tflite else [])])
 
 
+def _similarity_text(block: dict[str, Any], label: str) -> str:
+    """Similarity pairs: each model's Spearman (or recall at 1) on the --eval pairs."""
+    metric = block["metric"]
+    names = {"original": "the original", "fp32": "fp32", "onnx_int8": f"ONNX {label}", "tflite": f"TFLite {label}"}
+    shown = ", ".join(f"{names[key]} {block[key][metric]:.4f}" for key in names if key in block)
+    return f"{'Spearman' if metric == 'spearman' else 'recall@1'} on {block['pairs']} pairs: {shown}"
+
+
 def _evaluation_rows(ev: dict[str, Any], label: str = "int8") -> list[tuple[str, str]]:
     rows = [("evaluated on", f"{ev['samples']} samples of {ev['data']}")]
     if "fp32_accuracy" in ev:
@@ -521,6 +529,8 @@ def _evaluation_rows(ev: dict[str, Any], label: str = "int8") -> list[tuple[str,
                 + (f", mean cosine {shown['cosine_mean']:.4f}" if "cosine_mean" in shown else ""),
             )
         )
+    if "similarity" in ev:
+        rows.append(("similarity", _similarity_text(ev["similarity"], label)))
     if "onnx_int4" in ev:
         int4 = ev["onnx_int4"]
         rows.append(

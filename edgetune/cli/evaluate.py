@@ -24,6 +24,13 @@ from edgetune.cli.output import common_options, emit, fmt, pct, table
 @click.option("--plot", metavar="FILE.png", help="Draw the confusion matrix (labelled data) to FILE.png (needs matplotlib).")
 @click.option("--tokenizer", metavar="FILE", help="tokenizer.json that turns .txt and .jsonl data into token ids.")
 @click.option("--seq-len", type=int, metavar="N", help="Token length .txt and .jsonl passages are padded or truncated to (default 128).")
+@click.option(
+    "--pairs",
+    type=click.Choice(["joined", "separate"]),
+    default="joined",
+    show_default=True,
+    help="A .jsonl text_pair: joined to its text (a cross-encoder), or embedded alone and the pair scored by cosine (a bi-encoder).",
+)
 @common_options
 def command(
     artifact: str,
@@ -36,6 +43,7 @@ def command(
     plot: str | None,
     tokenizer: str | None,
     seq_len: int | None,
+    pairs: str,
     as_json: bool,
 ) -> None:
     """Evaluate ARTIFACT (.onnx, .tflite or .edgetune) on DATA: accuracy, per-class accuracy and
@@ -52,6 +60,7 @@ def command(
         ssh_config=ssh_config,
         tokenizer=tokenizer,
         seq_len=seq_len,
+        pairs=pairs,
     )
     if plot is not None:
         document["plot"] = _plot(document, plot)
@@ -93,6 +102,11 @@ def _human(doc: dict[str, Any]) -> str:
         rows.append(("cosine to reference", f"mean {ref['cosine_mean']:.4f}, 1st percentile {ref['cosine_p1']:.4f}"))
         if ref.get("neighbour_agreement") is not None:
             rows.append(("nearest-neighbour agreement", pct(ref["neighbour_agreement"])))
+    if "similarity" in doc:
+        block = doc["similarity"]
+        metric = block["metric"]
+        shown = ", ".join(f"{name} {block[name][metric]:.4f}" for name in ("artifact", "reference") if name in block)
+        rows.append(("similarity", f"{'Spearman' if metric == 'spearman' else 'recall@1'} on {block['pairs']} pairs: {shown}"))
     if "parity" in doc:
         from edgetune.cli.bench import parity_rows
 

@@ -48,7 +48,16 @@ _OPTIONS: list[Callable[[F], F]] = [
         show_default=True,
         callback=lambda _ctx, _param, value: TASK_ALIASES.get(value, value),
         help="Loss: cross-entropy for classes, MSE for regression targets, cosine to the original model for embeddings"
-        " (auto picks it for an L2-normalized or per-token output without labels).",
+        " (auto picks it for an L2-normalized or per-token output without labels); an embedding on .jsonl pairs"
+        " (text, text_pair, an optional score as label) trains a bi-encoder: CoSENT on scores, in-batch negatives without.",
+    ),
+    click.option(
+        "--pairs",
+        type=click.Choice(["auto", "joined", "separate"]),
+        default="auto",
+        show_default=True,
+        help="A .jsonl text_pair: joined to its text in one sequence (a cross-encoder) or encoded alone (a bi-encoder);"
+        " auto: separate for --task embed.",
     ),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Fine-tune batch size (per process)."),
     click.option(

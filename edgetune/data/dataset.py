@@ -21,6 +21,9 @@ class Dataset:
     types) are stacked on axis 1: ``x`` is ``[samples, inputs, *shape]``, and every stage slices
     samples on axis 0 as for one input; the graph runners and the artifacts' runners feed
     ``x[:, i]`` to input ``i``.
+
+    ``pair`` holds the second passage of each sample of a similarity pair, encoded alone (a
+    bi-encoder embeds each side on its own), shaped as ``x``; ``y`` is then the pair's score.
     """
 
     x: np.ndarray
@@ -29,10 +32,13 @@ class Dataset:
     labels: tuple[str, ...] = ()
     preprocess: dict[str, object] = field(default_factory=dict)
     inputs: tuple[str, ...] = ()
+    pair: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim < 2 or len(self.x) == 0:
             raise InputError(f"data set {self.source} is empty", "give at least one sample")
+        if self.pair is not None and self.pair.shape != self.x.shape:
+            raise ValueError(f"the pairs' samples {list(self.pair.shape)} must match x's {list(self.x.shape)}")
         if self.stacked and (self.x.ndim < 3 or self.x.shape[1] != len(self.inputs)):
             raise ValueError(
                 f"{len(self.inputs)} stacked inputs need samples of shape [N, {len(self.inputs)}, ...], not {list(self.x.shape)}"
@@ -41,6 +47,8 @@ class Dataset:
             object.__setattr__(self, "x", self.x.astype(np.int64))
         elif self.x.dtype != np.float32:
             object.__setattr__(self, "x", self.x.astype(np.float32))
+        if self.pair is not None:
+            object.__setattr__(self, "pair", self.pair.astype(self.x.dtype))
         if not self.is_indices and not np.isfinite(self.x).all():
             bad = int((~np.isfinite(self.x)).reshape(len(self.x), -1).any(axis=1).sum())
             raise InputError(
@@ -65,16 +73,35 @@ class Dataset:
         """Several inputs, stacked on axis 1."""
         return len(self.inputs) > 1
 
-    def _with(self, x: np.ndarray, y: np.ndarray | None, source: str | None = None) -> Dataset:
-        return Dataset(x, y, self.source if source is None else source, self.labels, self.preprocess, self.inputs)
+    def _with(self, x: np.ndarray, y: np.ndarray | None, source: str | None = None, pair: np.ndarray | None = None) -> Dataset:
+        return Dataset(x, y, self.source if source is None else source, self.labels, self.preprocess, self.inputs, pair)
+
+    def subset(self, index: np.ndarray | slice, source: str | None = None) -> Dataset:
+        """The samples at ``index`` (an index array or a slice), with their labels and pairs."""
+        y = None if self.y is None else self.y[index]
+        return self._with(self.x[index], y, source, None if self.pair is None else self.pair[index])
+
+    def unlabelled(self) -> Dataset:
+        return self._with(self.x, None, pair=self.pair)
+
+    def sides(self) -> Dataset:
+        """Similarity pairs as passages: both sides, one after the other, without scores (what
+        calibration and agreement measure); other data as it is."""
+        if self.pair is None:
+            return self
+        return Dataset(np.concatenate([self.x, self.pair]), None, self.source + " (both sides)", (), self.preprocess, self.inputs)
 
     def select(self, names: list[str]) -> Dataset:
         """The samples of the inputs ``names`` (some of ``inputs``), in that order."""
         if list(names) == list(self.inputs):
             return self
         index = [self.inputs.index(name) for name in names]
-        x = self.x[:, index] if len(index) > 1 else (self.x[:, index[0]] if self.stacked else self.x)
-        return Dataset(x, self.y, self.source, self.labels, self.preprocess, tuple(names))
+
+        def chosen(x: np.ndarray) -> np.ndarray:
+            return x[:, index] if len(index) > 1 else (x[:, index[0]] if self.stacked else x)
+
+        pair = None if self.pair is None else chosen(self.pair)
+        return Dataset(chosen(self.x), self.y, self.source, self.labels, self.preprocess, tuple(names), pair)
 
     @property
     def is_indices(self) -> bool:
@@ -115,15 +142,10 @@ class Dataset:
         """The first ``count`` samples (sources are already shuffled where that matters)."""
         if count >= len(self):
             return self
-        y = None if self.y is None else self.y[:count]
-        return self._with(self.x[:count], y)
+        return self.subset(slice(0, count))
 
     def split(self, count: int) -> tuple[Dataset, Dataset | None]:
         """The first ``count`` samples and the rest (None when nothing is left)."""
         if count >= len(self):
             return self, None
-        y1 = None if self.y is None else self.y[:count]
-        y2 = None if self.y is None else self.y[count:]
-        first = self._with(self.x[:count], y1)
-        rest = self._with(self.x[count:], y2, self.source + f"[{count}:]")
-        return first, rest
+        return self.subset(slice(0, count)), self.subset(slice(count, None), self.source + f"[{count}:]")

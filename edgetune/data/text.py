@@ -2,6 +2,10 @@
 ``label`` and ``text_pair``) and tokenized into token ids of one fixed length with a
 ``tokenizer.json`` (Hugging Face's ``tokenizers`` package, ``pip install 'edgetune[text]'``).
 
+A ``text_pair`` is joined to its ``text`` in one sequence (``[CLS] a [SEP] b [SEP]``, what a
+cross-encoder reads), or, with ``pairs="separate"``, encoded on its own (what a bi-encoder
+embeds: similarity pairs, whose ``label`` is then a score, any number, e.g. 0-5 or 0/1).
+
 Longer passages are truncated and shorter ones padded; neither is an error. Empty lines are
 skipped, and bytes that are not UTF-8 are replaced; the counts of all three go with the data
 (``Dataset.preprocess``), so that the report and the artifacts' metadata carry them.
@@ -10,6 +14,7 @@ skipped, and bytes that are not UTF-8 are replaced; the counts of all three go w
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,18 +26,27 @@ from edgetune.errors import InputError
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 PAD_TOKENS = ("[PAD]", "<pad>", "<PAD>")
+# What a BERT-style forward takes; the model's own arguments are chosen from them (pipeline/load.py).
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+PAIRS = ("joined", "separate")
 
 
 @dataclass(frozen=True)
 class TextSpec:
-    """How passages become token ids: the tokenizer file and the fixed sequence length."""
+    """How passages become token ids: the tokenizer file, the fixed sequence length, and
+    whether a ``text_pair`` joins its ``text`` or is encoded on its own (PAIRS)."""
 
     tokenizer: str | None = None
     seq_len: int = 128
+    pairs: str = "joined"
 
     def __post_init__(self) -> None:
         if self.seq_len < 1:
             raise InputError(f"--seq-len {self.seq_len} is not positive", "give the sequence length the model is written for, e.g. 128")
+        if self.pairs not in PAIRS:
+            raise InputError(f"pairs {self.pairs!r} is unknown", f"use one of {', '.join(PAIRS)}")
 
 
 @dataclass(frozen=True)
@@ -42,10 +56,13 @@ class Passages:
     labels: list[Any] | None
     empty_lines: int
     invalid_utf8_lines: int
+    scores: bool = False  # labels are numbers (scores, regression targets), not class indices
 
 
-def read_passages(path: Path) -> Passages:
-    """The passages of a .txt or .jsonl file, with the lines skipped and repaired counted."""
+def read_passages(path: Path, scores: bool = False) -> Passages:
+    """The passages of a .txt or .jsonl file, with the lines skipped and repaired counted.
+    Labels are class indices; any number when one of them is a float (regression targets) or
+    with ``scores`` and pairs (a similarity pair's score)."""
     try:
         raw_lines = path.read_bytes().splitlines()
     except OSError as exc:
@@ -85,14 +102,20 @@ def read_passages(path: Path) -> Passages:
                 f"{path}, line {first} has no {name} ({len(values)} of {len(texts)} records have one)",
                 f"give every record a {name}, or none",
             )
+    scores = scores and bool(pairs) or any(isinstance(label, float) for label in labels)
     if labels:
-        _check_labels(labels, numbers["label"], path)
-    return Passages(texts, pairs or None, labels or None, empty, invalid)
+        _check_labels(labels, numbers["label"], path, scores)
+    return Passages(texts, pairs or None, labels or None, empty, invalid, scores)
 
 
-def _check_labels(labels: list[Any], numbers: list[int], path: Path) -> None:
-    """Class indices only, named with the first line that breaks the rule."""
+def _check_labels(labels: list[Any], numbers: list[int], path: Path, scores: bool) -> None:
+    """Class indices (or with ``scores``, finite numbers), named with the first line that breaks the rule."""
     for label, number in zip(labels, numbers, strict=True):
+        number_like = isinstance(label, (int, float)) and not isinstance(label, bool)
+        if scores and not (number_like and math.isfinite(label)):
+            raise InputError(f"{path}, line {number} has the label {label!r}", "give every label as a number: a score, e.g. 0.8")
+        if scores:
+            continue
         if not isinstance(label, int) or isinstance(label, bool) or label < 0:
             raise InputError(
                 f"{path}, line {number} has the label {label!r}", "give every label as a class index (0, 1, ...), the model's output order"
@@ -114,29 +137,42 @@ def load_text(path: Path, spec: TextSpec) -> Dataset:
     (int64; see Dataset), with labels when the records have them."""
     if spec.tokenizer is None:
         raise InputError(f"{path} is text, and no tokenizer is given", "pass --tokenizer tokenizer.json (the model's own)")
-    passages = read_passages(path)
+    separate = spec.pairs == "separate"
+    passages = read_passages(path, scores=separate)
     tokenizer, _ = prepared_tokenizer(spec)
-    inputs: list[Any] = list(zip(passages.texts, passages.pairs)) if passages.pairs else passages.texts
-    encodings = tokenizer.encode_batch(inputs)
-    # What a BERT-style forward takes; the model's own arguments are chosen from them (pipeline/load.py).
-    columns = {
-        "input_ids": [encoding.ids for encoding in encodings],
-        "attention_mask": [encoding.attention_mask for encoding in encodings],
-        "token_type_ids": [encoding.type_ids for encoding in encodings],
-    }
-    ids = np.stack([np.asarray(column, np.int64) for column in columns.values()], axis=1)
-    truncated = sum(bool(encoding.overflowing) for encoding in encodings)
-    y = _labels(passages.labels, path)
+    if passages.pairs and not separate:
+        ids, truncated = _encoded(tokenizer, list(zip(passages.texts, passages.pairs)))
+        pair = None
+    else:
+        ids, truncated = _encoded(tokenizer, passages.texts)
+        pair, truncated_pairs = _encoded(tokenizer, passages.pairs) if passages.pairs else (None, 0)
+        truncated += truncated_pairs
+    count = len(passages.texts) * (2 if pair is not None else 1)
+    y = _labels(passages.labels, passages.scores)
     notes = {
         "tokenizer": str(spec.tokenizer),
         "seq_len": spec.seq_len,
-        "passages": len(passages.texts),
+        "passages": count,
+        **({"pairs": "separate"} if pair is not None else {}),
         "truncated": truncated,
-        "truncated_share": round(truncated / len(passages.texts), 4),
+        "truncated_share": round(truncated / count, 4),
         "empty_lines": passages.empty_lines,
         "invalid_utf8_lines": passages.invalid_utf8_lines,
     }
-    return Dataset(ids, y, str(path), (), {"text": notes}, tuple(columns))
+    return Dataset(ids, y, str(path), (), {"text": notes}, TEXT_INPUTS, pair)
+
+
+def _encoded(tokenizer: Any, inputs: list[Any]) -> tuple[np.ndarray, int]:
+    """Passages (or joined pairs) as token ids, attention mask and token types stacked, and
+    how many were truncated."""
+    encodings = tokenizer.encode_batch(inputs)
+    columns = (
+        [encoding.ids for encoding in encodings],
+        [encoding.attention_mask for encoding in encodings],
+        [encoding.type_ids for encoding in encodings],
+    )
+    ids = np.stack([np.asarray(column, np.int64) for column in columns], axis=1)
+    return ids, sum(bool(encoding.overflowing) for encoding in encodings)
 
 
 def prepared_tokenizer(spec: TextSpec) -> tuple[Any, int]:
@@ -173,7 +209,10 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def _labels(labels: list[Any] | None, path: Path) -> np.ndarray | None:
+def _labels(labels: list[Any] | None, scores: bool) -> np.ndarray | None:
     """Integer class labels (checked line by line when read: names are refused, since each
-    file would number its own classes, and a training and an evaluation file could disagree)."""
-    return None if labels is None else np.asarray(labels, np.int64)
+    file would number its own classes, and a training and an evaluation file could disagree),
+    or float scores and targets."""
+    if labels is None:
+        return None
+    return np.asarray(labels, np.float32 if scores else np.int64)

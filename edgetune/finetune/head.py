@@ -81,6 +81,22 @@ def add_head(graph: Graph, data: Dataset) -> dict[str, Any]:
     }
 
 
+def needs_pooling(graph: Graph, data: Dataset | None) -> bool:
+    """Similarity pairs for a token model whose output is hidden states, not one vector."""
+    return data is not None and data.pair is not None and embeds(graph) and len(graph.tensors[graph.outputs[0]].shape) == 3
+
+
+def add_pooling(graph: Graph) -> dict[str, Any]:
+    """Make hidden states one sentence embedding, in place: the first token's ([CLS]),
+    L2-normalized, which a bi-encoder compares by cosine; the report block."""
+    flat = _first_token(graph, graph.outputs[0])
+    name = _unique(graph, "pooled")
+    graph.tensors[name] = Tensor(name, graph.tensors[flat].shape)
+    graph.nodes.append(Node("l2_normalize", name, [flat], [name], {"axis": 1, "eps": 1e-12}))
+    graph.outputs = [name]
+    return {"pooling": "the first token's hidden state, L2-normalized", "width": graph.tensors[flat].shape[-1]}
+
+
 def _first_token(graph: Graph, hidden: str) -> str:
     """[batch, tokens, features] -> the first token's [batch, features]."""
     _, _, width = graph.tensors[hidden].shape

@@ -4,7 +4,9 @@
   between temperature-softened outputs (Hinton et al., 2015), scaled by T^2;
 - regression: mean squared error to the targets; distillation is the MSE to the teacher;
 - embedding (a sentence embedding, hidden states; no labels): distillation is one minus the
-  cosine between each output vector (last axis) and the teacher's; validation is the mean cosine.
+  cosine between each output vector (last axis) and the teacher's; validation is the mean cosine;
+- similarity (an embedding trained on pairs, finetune/similarity.py): CoSENT on scored pairs,
+  in-batch negatives on unscored ones; distillation as for an embedding, on both sides.
 
 With labels and a teacher both, the two terms mix with ``distill_weight``; either alone works.
 """
@@ -14,7 +16,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from edgetune.finetune.similarity import pair_loss
+
 TASKS = ("auto", "classification", "regression", "embedding")
+SIMILARITY = "similarity"  # what "embedding" becomes on similarity pairs (resolved, not chosen)
 
 
 def task_loss(out: torch.Tensor, targets: torch.Tensor, task: str, label_smoothing: float) -> torch.Tensor:
@@ -24,7 +29,7 @@ def task_loss(out: torch.Tensor, targets: torch.Tensor, task: str, label_smoothi
 
 
 def distill_loss(out: torch.Tensor, teacher: torch.Tensor, task: str, temperature: float) -> torch.Tensor:
-    if task == "embedding":
+    if task in ("embedding", SIMILARITY):
         return 1.0 - F.cosine_similarity(out, teacher, dim=-1).mean()
     if task == "regression":
         return F.mse_loss(out, teacher)
@@ -41,6 +46,11 @@ def mixed_loss(
     temperature: float,
     label_smoothing: float,
 ) -> torch.Tensor:
+    if task == SIMILARITY:  # scores or not, the pairs supervise
+        supervised = pair_loss(out, targets)
+        if teacher is None or distill_weight == 0.0:
+            return supervised
+        return distill_weight * distill_loss(out, teacher, task, temperature) + (1.0 - distill_weight) * supervised
     if targets is None:
         assert teacher is not None
         return distill_loss(out, teacher, task, temperature)

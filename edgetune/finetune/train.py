@@ -33,7 +33,7 @@ from edgetune.finetune.head import embeds
 from edgetune.finetune.hidden import DISTILL, HIDDEN_WEIGHT, collector, hidden_loss, matched_states
 from edgetune.finetune.lite import add_lite_residuals
 from edgetune.finetune.lite import describe as describe_lite
-from edgetune.finetune.losses import TASKS, mixed_loss, validation_score
+from edgetune.finetune.losses import SIMILARITY, TASKS, mixed_loss, validation_score
 from edgetune.finetune.memory import (
     MemoryPlan,
     PeakRss,
@@ -48,6 +48,7 @@ from edgetune.finetune.memory import (
 )
 from edgetune.finetune.peft import Peft, add_zero_biases
 from edgetune.finetune.qat import SCALE_PREFIX, QatRunner
+from edgetune.finetune.similarity import halves, pair_score, sides
 from edgetune.finetune.sparse import SCORE_SAMPLES, SparsePlan, channel_scores, choose, scoring_batch
 from edgetune.finetune.strategy import Strategy, parameter_depths, weighted_layers
 from edgetune.finetune.text_augment import TextAugmenter
@@ -148,14 +149,14 @@ def _split(data: Dataset, share: float, seed: int) -> tuple[Dataset, Dataset]:
     val, train = order[:count], order[count:]
 
     def pick(index: np.ndarray, suffix: str) -> Dataset:
-        return Dataset(
-            data.x[index], None if data.y is None else data.y[index], f"{data.source}{suffix}", data.labels, data.preprocess, data.inputs
-        )
+        return data.subset(index, f"{data.source}{suffix}")
 
     return pick(train, f"[train {100 - round(100 * share)}%]"), pick(val, f"[validation {round(100 * share)}%]")
 
 
 def _task(config: FinetuneConfig, data: Dataset, graph: Graph) -> str:
+    if data.pair is not None:
+        return _pair_task(config, data, graph)
     if config.task == "embedding" and data.y is not None:
         raise InputError(
             f"--task embedding distils from the original model, and {data.source} has labels",
@@ -176,6 +177,24 @@ def _task(config: FinetuneConfig, data: Dataset, graph: Graph) -> str:
             f"give at least two examples per class ({2 * classes} or more)",
         )
     return task
+
+
+def _pair_task(config: FinetuneConfig, data: Dataset, graph: Graph) -> str:
+    """Similarity pairs, each side encoded apart: a bi-encoder's task, on an embedding."""
+    if config.task not in ("auto", "embedding"):
+        raise InputError(
+            f"{data.source} holds pairs whose sides are encoded apart (similarity pairs), and --task {config.task} scores one input",
+            'use --task embed, or set data.pairs = "joined" for a cross-encoder',
+        )
+    if not embeds(graph):
+        raise InputError(
+            f"similarity pairs train an embedding, and the model's output {list(graph.tensors[graph.outputs[0]].shape)} is no"
+            " embedding (an L2-normalized vector, or a token model's hidden states)",
+            "give the encoder without its classification head",
+        )
+    if data.y is not None and len(np.unique(data.y)) < 2:
+        raise InputError(f"every pair of {data.source} has the same score", "give pairs of different scores, or none (positives only)")
+    return SIMILARITY
 
 
 def _text_augmenter(config: FinetuneConfig, train: Dataset) -> TextAugmenter | None:
@@ -255,6 +274,8 @@ class _Scorer:
             self.position, index = 0, self.order[:count]
         self.position += count
         x, params = run.x_all[index], run.runner.trainable
+        if run.paired:
+            x = sides(x)
         out = run.runner(x).reshape(len(x), -1)
         with torch.no_grad():
             soft = run.teacher(x).reshape(len(x), -1) if run.teacher is not None else None
@@ -305,7 +326,8 @@ class _Run:
         self.layers = weighted_layers(graph)
         self.plan: MemoryPlan | None = None
         self.batch_size, self.frozen_inputs = config.batch_size, 0
-        self.x_all = torch.from_numpy(train.x)
+        self.paired = train.pair is not None  # similarity pairs: x_all is [pairs, 2, ...]
+        self.x_all = torch.from_numpy(np.stack([train.x, train.pair], axis=1) if train.pair is not None else train.x)
         self.text_augment = _text_augmenter(config, train)
         self.y_all = None if train.y is None else torch.from_numpy(train.y)
         self.sparse: SparsePlan | None = None
@@ -313,8 +335,9 @@ class _Run:
         if config.strategy.efficient:
             self._set_up_updates()
         elif config.memory is not None:
-            self.plan = plan(graph, config.memory, config.batch_size, config.qat, teacher is not None)
-            self.batch_size, self.frozen_inputs = self.plan.batch_size, self.plan.frozen_inputs
+            # a batch of pairs runs as twice as many samples
+            self.plan = plan(graph, config.memory, config.batch_size * self.per_example, config.qat, teacher is not None)
+            self.batch_size, self.frozen_inputs = max(1, self.plan.batch_size // self.per_example), self.plan.frozen_inputs
             if self.plan.checkpointing:
                 self.runner.checkpoint_segments = checkpoint_segments(graph)
         self.params = self.runner.parameters_by_name()
@@ -380,11 +403,17 @@ class _Run:
     def predicted(self) -> tuple[int, int]:
         """The memory model's bytes for this run: the process's, and the training state's."""
         costs, trained, teacher = layer_costs(self.graph), self.trained(), self.teacher is not None
-        state = efficient_estimate(self.graph, costs, trained, self.micro_batch or self.batch_size, self.config.qat)
+        batch = self.batch_size * self.per_example
+        state = efficient_estimate(self.graph, costs, trained, (self.micro_batch or self.batch_size) * self.per_example, self.config.qat)
         if self.runner.peft is not None:
-            return process_estimate(self.graph, costs, trained, self.batch_size, self.config.qat, teacher), state
+            return process_estimate(self.graph, costs, trained, batch, self.config.qat, teacher), state
         checkpointing = self.plan is not None and self.plan.checkpointing
-        return estimate(self.graph, self.batch_size, self.frozen_inputs, self.config.qat, teacher, checkpointing), state
+        return estimate(self.graph, batch, self.frozen_inputs, self.config.qat, teacher, checkpointing), state
+
+    @property
+    def per_example(self) -> int:
+        """Samples per training example through the model: 2 for a pair."""
+        return 2 if self.paired else 1
 
     # -- budget ---------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -403,7 +432,10 @@ class _Run:
 
     # -- data -----------------------------------------------------------------------------
     def _validation_reference(self) -> torch.Tensor:
-        """Validation labels, else the teacher's outputs (its top-1 for classification)."""
+        """Validation labels, else the teacher's outputs (its top-1 for classification); pairs
+        are scored against their own scores (or, without, against each other)."""
+        if self.paired:
+            return torch.zeros(0)
         if self.val.y is not None:
             return torch.from_numpy(self.val.y)
         assert self.teacher is not None
@@ -468,7 +500,7 @@ class _Run:
         self.augment_generator.manual_seed((self.config.seed + 1) * 1_000_003 + self.world.rank * 7_919 + self.step)
         x = self.x_all[index]
         if self.text_augment is not None:
-            x = self.text_augment(x, self.augment_generator)
+            x = self._augmented_text(x)
         x = self.config.augment(x, self.augment_generator)
         partner = lam = None
         if self.config.augment.mixup:
@@ -488,6 +520,12 @@ class _Run:
         self.losses.append(sum(losses))
         self.step += 1
 
+    def _augmented_text(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.text_augment is not None
+        if not self.paired:
+            return self.text_augment(x, self.augment_generator)
+        return torch.stack(halves(self.text_augment(sides(x), self.augment_generator)), dim=1)
+
     def _parts(self, size: int) -> list[slice]:
         """The batch in micro-batches (a sparse plan's, to fit its budget), else whole."""
         micro = self.micro_batch or size
@@ -495,7 +533,9 @@ class _Run:
 
     def _forward_backward(self, x: torch.Tensor, targets: torch.Tensor | None, batch: int) -> float:
         """One micro-batch's share of the batch's loss, its gradients added to the parameters'."""
-        config, measuring = self.config, self.step < MEASURED_STEPS
+        config, measuring, count = self.config, self.step < MEASURED_STEPS, len(x)
+        if self.paired:
+            x = sides(x)
         with self.tensors.recording() if measuring else contextlib.nullcontext():
             matching = self.matching
             mine, observe = collector(matching.student_names if matching else [])
@@ -507,14 +547,18 @@ class _Run:
             loss = mixed_loss(out, targets, soft, self.task, config.distill_weight, config.temperature, config.label_smoothing)
             if matching:
                 loss = loss + HIDDEN_WEIGHT * hidden_loss(mine, theirs, matching)
-            if len(x) != batch:
-                loss = loss * (len(x) / batch)
+            if count != batch:
+                loss = loss * (count / batch)
         loss.backward()
         if measuring:
             self.tensors.chunk_done()
         return float(loss.item())
 
     def validate(self) -> tuple[float, float]:
+        if self.paired:
+            assert self.val.pair is not None
+            first, second = (_forward(self.runner, x, 2 * self.batch_size).numpy() for x in (self.val.x, self.val.pair))
+            return pair_score(first, second, self.val.y)
         return validation_score(_forward(self.runner, self.val.x, 2 * self.batch_size), self.reference, self.task)
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -524,6 +568,8 @@ class _Run:
         for name, param in self.params.items():
             digest.update(f"{name}{tuple(param.shape)}".encode())
         digest.update(np.ascontiguousarray(self.train.x).tobytes())
+        if self.train.pair is not None:
+            digest.update(np.ascontiguousarray(self.train.pair).tobytes())
         if self.train.y is not None:
             digest.update(np.ascontiguousarray(self.train.y).tobytes())
         digest.update(self.origin.encode())  # the starting weights
@@ -584,7 +630,7 @@ def finetune(
     by itself. Ctrl-C ends the run early with the best model so far.
     """
     fit_torch_threads()
-    if train.y is None and teacher is None:
+    if train.y is None and teacher is None and train.pair is None:
         raise InputError(f"{train.source} has no labels and there is no model to distil from", "give labelled --train data")
     if val is None:
         train, val = _split(train, config.val_share, config.seed)
@@ -646,6 +692,8 @@ def _loop(run: _Run, progress: Progress, checkpoint: Path | None) -> str:
 
 def _metric_text(run: _Run) -> str:
     value = run.best.metric[0]
+    if run.task == SIMILARITY:
+        return f"validation {'Spearman' if run.val.y is not None else 'recall@1'} {value:.4f}"
     if run.task == "embedding":
         return f"validation cosine {value:.4f}"
     return f"validation MSE {-value:.4g}" if run.task == "regression" else f"validation {100 * value:.1f}%"
@@ -683,6 +731,8 @@ def _report(run: _Run, outcome: str, resumed_from: int | None, widened: int, mem
     config, val = run.config, run.val
     metric = "mse" if run.task == "regression" else "accuracy" if val.y is not None else "top-1 agreement with the unpruned model"
     metric = "cosine to the unpruned model" if run.task == "embedding" else metric
+    if run.task == SIMILARITY:
+        metric = "Spearman of the pairs' cosines and scores" if val.y is not None else "recall at 1 of each pair's own other side"
     sign = -1.0 if run.task == "regression" else 1.0
     report: dict[str, Any] = {
         "config": config.to_dict(),

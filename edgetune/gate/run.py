@@ -213,9 +213,9 @@ def _parity(budget: TargetBudgets, path: Path, config: GateConfig, progress: Pro
     if recipe["data.eval"]:
         from edgetune.data import load_dataset
         from edgetune.data.inputs import match_inputs
-        from edgetune.data.text import TextSpec
+        from edgetune.recipe.build import text_spec
 
-        text = TextSpec(recipe["data.tokenizer"], recipe["data.seq_len"])
+        text = text_spec(recipe)
         dataset = load_dataset(recipe["data.eval"], "test", recipe["data.preprocess"], text=text)
         names = input_names(path)
         dataset = match_inputs(dataset, names, names, "evaluation")

@@ -36,7 +36,7 @@ def draw(data: Dataset, classes: tuple[int, ...] | None, shot: int | None, seed:
                 raise InputError(f"class {c} of {data.source} has {len(members)} example(s), fewer than --shot {shot}", "lower --shot")
             picked.append(rng.choice(members, size=shot, replace=False))
         index = np.sort(np.concatenate(picked))
-    return Dataset(data.x[index], data.y[index], f"{data.source} ({len(index)} examples)", data.labels, data.preprocess, data.inputs), index
+    return data.subset(index, f"{data.source} ({len(index)} examples)"), index
 
 
 def load_graph_for(model: str, weights: str | None, data: Dataset) -> Any:

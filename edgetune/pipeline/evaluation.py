@@ -73,14 +73,18 @@ def _without_labels_for_embeddings(graph: Graph, data: Dataset, note: str) -> tu
     so the labels are set aside (cosine and neighbour agreement measure it)."""
     if data.y is None or not data.has_classes or not embeds(graph):
         return data, note
-    unlabelled = Dataset(data.x, None, data.source, data.labels, data.preprocess, data.inputs)
-    return unlabelled, note + "; the model outputs an embedding, so its class labels give no accuracy (a fine-tune on them adds a head)"
+    return (
+        data.unlabelled(),
+        note + "; the model outputs an embedding, so its class labels give no accuracy (a fine-tune on them adds a head)",
+    )
 
 
 def evaluate_artifacts(graph: Graph, artifacts: dict[str, bytes], data: Dataset, note: str, run: Run) -> dict[str, Any]:
     """The report's evaluation block. The TFLite files' smoke runs (child processes) started
     at export; they are waited for before this process loads a TFLite file itself, so that an
     interpreter that aborts takes down the child and becomes an error here."""
+    pairs = data if data.pair is not None else None
+    data = data.sides()  # similarity pairs: every passage is measured, and the pairs scored after
     steps = 2 + ("model.tflite" in artifacts) + (INT4_ONNX in artifacts)
     run.progress(0, steps, "evaluation")
     with step("ONNX fp32"):
@@ -102,9 +106,14 @@ def evaluate_artifacts(graph: Graph, artifacts: dict[str, bytes], data: Dataset,
             tflite_out = runner.run(data.x)
         run.progress(3, steps, "evaluation")
         evaluation["tflite"] = reports.tflite_block(data, fp32_out, int8_out, tflite_out, _output_scale(graph), runner)
+    reference = None
     if run.teacher is not None:
         with step("vs the original model"):
-            evaluation["vs_original"] = _vs_original(run.teacher, data, fp32_out, int8_out, tflite_out)
+            reference = OnnxRunner(write_onnx(run.teacher, quantized=False), spin=False).run(data.x)
+            evaluation["vs_original"] = _vs_original(reference, fp32_out, int8_out, tflite_out)
+    if pairs is not None:
+        outputs = {"fp32": fp32_out, "onnx_int8": int8_out, "tflite": tflite_out, "original": reference}
+        evaluation["similarity"] = _similarity(pairs, outputs)
     if INT4_ONNX in artifacts:
         int4_out = OnnxRunner(artifacts[INT4_ONNX], spin=False).run(data.x)
         run.progress(steps, steps, "evaluation")
@@ -114,15 +123,33 @@ def evaluate_artifacts(graph: Graph, artifacts: dict[str, bytes], data: Dataset,
     return evaluation
 
 
-def _vs_original(
-    original: Graph, data: Dataset, fp32_out: np.ndarray, int8_out: np.ndarray, tflite_out: np.ndarray | None
-) -> dict[str, Any]:
+def _similarity(pairs: Dataset, outputs: dict[str, np.ndarray | None]) -> dict[str, Any]:
+    """Each model's embeddings of the pairs' two sides (first sides, then second, as run),
+    scored as the fine-tune validated them: Spearman of cosines and scores, or recall at 1."""
+    from edgetune.finetune.similarity import pair_metrics
+
+    count = len(pairs)
+    block: dict[str, Any] = {
+        "data": pairs.source,
+        "pairs": count,
+        "metric": "spearman" if pairs.y is not None else "recall_at_1",
+        "note": "the cosine of each pair's two embeddings against its score (Spearman's rank correlation)"
+        if pairs.y is not None
+        else "the share of first sides whose most similar second side is their own pair",
+    }
+    for name, out in outputs.items():
+        if out is not None:
+            flat = out.reshape(len(out), -1)
+            block[name] = pair_metrics(flat[:count], flat[count:], pairs.y)
+    return block
+
+
+def _vs_original(reference: np.ndarray, fp32_out: np.ndarray, int8_out: np.ndarray, tflite_out: np.ndarray | None) -> dict[str, Any]:
     """The artifacts against the model as it was given, before pruning or a fine-tune changed
     it: without labels, the only measure of what those cost (int8 against fp32 compares the
     compressed model with itself)."""
     from edgetune.evaluate.metrics import agreement, cosines, finite_or_none, sqnr_db
 
-    reference = OnnxRunner(write_onnx(original, quantized=False), spin=False).run(data.x)
     outputs = {"fp32": fp32_out, "onnx_int8": int8_out, **({"tflite": tflite_out} if tflite_out is not None else {})}
     return {
         name: {

@@ -21,7 +21,7 @@ from edgetune.data.inputs import match_inputs
 from edgetune.data.sources import runs_user_code
 from edgetune.data.text import TextSpec
 from edgetune.errors import InputError
-from edgetune.finetune.head import add_head, needs_head
+from edgetune.finetune.head import add_head, add_pooling, needs_head, needs_pooling
 from edgetune.ir.graph import Graph
 from edgetune.ir.stats import graph_summary
 from edgetune.pipeline.outputs import checkpoint_path
@@ -139,7 +139,7 @@ def _load_model(run: Run) -> str:
         None if d is None else match_inputs(d, names, required, role)
         for d, role in ((run.eval_set, "evaluation"), (run.train_set, "training"))
     )
-    run.calib_set = calib
+    run.calib_set = calib.sides()  # both sides of similarity pairs calibrate
     _check_recovery_inputs(run)
     shape = plan.input_shape or run.loaded.declared_input_shape() or calib.sample_shape
     if calib.sample_shape != shape:
@@ -213,6 +213,8 @@ class Capture:
             with step("classification head"):
                 assert run.train_set is not None
                 graph.meta["head"] = add_head(graph, run.train_set)
+        elif run.plan.finetune is not None and not adapts and needs_pooling(graph, run.train_set):
+            graph.meta["head"] = add_pooling(graph)
         check_labels(
             graph,
             calibration=run.calib_set if run.plan.prune is not None else None,
@@ -246,6 +248,7 @@ def check_ids(graph: Graph, **sets: Dataset | None) -> None:
     for role, data in sets.items():
         if data is None or not tables:
             continue
+        data = data.sides()  # a pair's second sides too
         if not data.is_indices:
             raise InputError(f"the model looks up token ids, but the {role} samples of {data.source} are floats", "store ids as int64")
         for index, rows in tables.items():

@@ -169,12 +169,21 @@ def plan(recipe: Recipe) -> Plan:
             )
     shape = parse_input_shape(recipe["model.input_shape"])
     with _section(recipe, "data"):
-        text = TextSpec(recipe["data.tokenizer"], recipe["data.seq_len"])
+        text = text_spec(recipe)
     with _section(recipe, "finetune"):
         init = few_shot_init(recipe)
     return Plan(
         source, input_shape=shape, target=target, quant=quant, prune=prune, finetune=finetune, init=init, export=export, text=text, **copied
     )
+
+
+def text_spec(recipe: Recipe) -> TextSpec:
+    """How the recipe's text data is tokenized; ``data.pairs = "auto"`` encodes a pair's sides
+    apart for an embedding task (a bi-encoder), else joined."""
+    pairs = recipe["data.pairs"]
+    if pairs == "auto":
+        pairs = "separate" if recipe["finetune.task"] == "embedding" else "joined"
+    return TextSpec(recipe["data.tokenizer"], recipe["data.seq_len"], pairs)
 
 
 @contextmanager

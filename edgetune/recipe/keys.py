@@ -33,6 +33,13 @@ KEYS: tuple[Key, ...] = (
     Key("data.preprocess", "str", None, "preprocessing of an image folder: a bundled name (imagenet) or a .toml file"),
     Key("data.tokenizer", "str", None, "tokenizer.json (or its folder) that turns .txt and .jsonl passages into token ids"),
     Key("data.seq_len", "int", 128, "the token length .txt and .jsonl passages are padded or truncated to"),
+    Key(
+        "data.pairs",
+        "str",
+        "auto",
+        "a .jsonl text_pair: joined to its text in one sequence (a cross-encoder), or separate (each side embedded alone, "
+        "similarity pairs whose label is a score); auto: separate when finetune.task is embedding",
+    ),
     Key("quantize.method", "str", "mse", "activation range method: mse, percentile, minmax or output"),
     Key("quantize.percentile", "float", 99.99, "the percentile of the percentile method"),
     Key("quantize.per_tensor", "bool", False, "per-tensor weight scales instead of per-channel"),

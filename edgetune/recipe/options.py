@@ -47,6 +47,7 @@ OPTION_KEYS = {
     "finetune_memory": "finetune.memory",
     "augment": "finetune.augment",
     "task": "finetune.task",
+    "pairs": "data.pairs",
     "distill": "finetune.distill",
     "batch_size": "finetune.batch_size",
     "finetune_lr": "finetune.lr",

@@ -140,6 +140,7 @@ RULES: dict[str, Rule] = {
     "finetune.memory": parsed(_memory),
     "finetune.distill": choice("predictions", "intermediate", "tinybert"),
     "finetune.task": choice("auto", "classification", "regression", "embedding"),
+    "data.pairs": choice("auto", "joined", "separate"),
     "finetune.batch_size": number(1),
     "finetune.lr": number(0, low_open=True),
     "finetune.lr_decay": number(0, 1, low_open=True),
