@@ -110,6 +110,7 @@ bench: $(STAMP) $(PEERS_STAMP) $(TP_STAMP) $(BENCH_PKGS)/.installed-3
 	$(BIN)/python bench/adapt.py
 	$(BIN)/python bench/text.py
 	$(BIN)/python bench/text_recover.py
+	$(BIN)/python bench/text_similarity.py
 	$(BIN)/python bench/search.py --pruners --workers 1,2,4 --efficientnet --time 30m
 	$(BIN)/python bench/profiler.py
 	$(BIN)/python bench/gate_noise.py

@@ -588,3 +588,30 @@ def test_keep_float_layers_run_in_float_in_both_artifacts(tmp_path: Path, capfd:
     assert len(float_weights) == 2 and int8_weights, "two layers keep float weights, the others int8"
     effective = (tmp_path / "out" / "recipe.toml").read_text()
     assert 'keep_float = ["stem", "head"]' in effective
+
+
+def test_layer_bits_mix_four_and_eight_bit_weights(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """--layer-bits (quantize.layer_bits) sets some layers' or modules' bits over --weight-bits,
+    the depthwise and first-and-last rules included: a mixed-precision model, replayed by its recipe."""
+    import onnx
+
+    out = tmp_path / "out"
+    argv = ["compress", "edgetune.zoo:digits_cnn", "--calib", "digits", "--eval", "digits:test", "--quiet"]
+    assert run([*argv, "-o", str(out), "--layer-bits", "block2=4", "--layer-bits", "expand=4", "--json"]) == 0
+    report = json.loads(capfd.readouterr().out)
+    weights = report["quantization"]["weights"]
+    assert weights["eight_bit_layers"] == ["stem.0", "block1.depthwise.0", "block1.pointwise.0", "head.2"], "block2's depthwise too"
+    assert report["quantization"]["scheme"].startswith("W4/8A8") and "block2 4-bit" in report["quantization"]["scheme"]
+    model = onnx.load(str(out / "model.onnx"))
+    levels = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_quantized")}
+    narrow = sorted(name for name, a in levels.items() if a.dtype == np.int8 and a.ndim >= 2 and np.abs(a).max() <= 7)
+    assert len(narrow) == 3 and all(name.startswith(("block2", "expand")) for name in narrow), narrow
+    assert (out / "model.int4.onnx").is_file() and report["evaluation"]["int8_accuracy"] > 0.9
+    assert run(["compress", "--recipe", str(out / "recipe.toml"), "-o", str(tmp_path / "again"), "--quiet"]) == 0
+    assert (tmp_path / "again" / "model.tflite").read_bytes() == (out / "model.tflite").read_bytes()
+    for bad, message in (("blok2=4", "no layer named blok2; did you mean block2?"), ("block2=3", "is not NAME=4 or NAME=8")):
+        capfd.readouterr()
+        assert run([*argv, "-o", str(tmp_path / "bad"), "--layer-bits", bad]) == 2
+        err = capfd.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
+        assert not (tmp_path / "bad").exists()

@@ -303,3 +303,25 @@ def test_a_point_asked_again_is_not_compressed_twice(tmp_path: Path, capsys: pyt
     assert len(list((out / "trials").iterdir())) == len(distinct)
     vectors = [(trials[n]["quality"], trials[n]["size_kb"]) for n in summary["front"]]
     assert len(vectors) == len(set(vectors)), "a point reached again shows once on the front"
+
+
+def test_weight_bits_per_layer_are_searched_and_count_packed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """quantize.layer_bits.NAME = [8, 4]: a mixed-precision search (HAQ's space); a trial with
+    4-bit layers counts its size with those weights packed two a byte, as a 4-bit runtime stores them."""
+    recipe, out = tmp_path / "bits.toml", tmp_path / "bits"
+    recipe.write_text(RECIPE.split("[search.space]")[0])  # the bits alone vary
+    space = ["--space", "quantize.layer_bits.block2=[8, 4]", "--space", "quantize.layer_bits.expand=[8, 4]", "--objective", "size"]
+    code, summary, err = _search(capsys, [str(recipe), "-o", str(out), "--trials", "4", "--sampler", "grid", *space])
+    assert code == 0, err
+    sizes = {}
+    for trial in summary["trials"]:
+        report = json.loads((Path(trial["folder"]) / "report.json").read_text())
+        four = [name for name in ("block2", "expand") if trial["params"][f"quantize.layer_bits.{name}"] == 4]
+        assert (("weights" in report["quantization"]) == bool(four)) and (trial["size_kind"] == "file") == (not four)
+        sizes[tuple(four)] = trial["size_kb"]
+    assert (
+        sizes[("block2", "expand")] < min(sizes[("block2",)], sizes[("expand",)]) <= max(sizes[("block2",)], sizes[("expand",)]) < sizes[()]
+    )
+    assert summary["best"]["params"] == {"quantize.layer_bits.block2": 4, "quantize.layer_bits.expand": 4}
+    code, _, err = _search(capsys, [str(recipe), "-o", str(tmp_path / "b2"), "--space", "quantize.layer_bits.block2=[8, 3]"])
+    assert code == 2 and "quantize.layer_bits.block2 takes 8 or 4 (weight bits), not 3" in err, err

@@ -66,6 +66,13 @@ from edgetune.progress import StderrProgress
     help="4: 4-bit weight values (per channel by default), stored as int8 in model.onnx and model.tflite and packed in model.int4.onnx.",
 )
 @click.option(
+    "--layer-bits",
+    "layer_bits",
+    metavar="NAME=BITS",
+    multiple=True,
+    help="Weight bits (8 or 4) of one layer, or of every layer in a module, over --weight-bits (repeatable): mixed precision.",
+)
+@click.option(
     "--accuracy-target",
     metavar="30dB|99%",
     help="Switch the fewest, most sensitive layers to --fallback until the int8 model reaches this output SQNR or top-1 agreement with fp32.",

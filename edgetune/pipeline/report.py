@@ -151,7 +151,9 @@ def _scheme(quant: QuantConfig) -> str:
     if not quant.calibrated:
         return MODE_SCHEMES[quant.mode].format(granularity=granularity)
     weights = "int8" if quant.weight_bits == 8 else "4-bit values in [-7, 7] on a searched range (first, last and depthwise layers 8-bit)"
-    scheme = f"W{quant.weight_bits}A8: weights {weights}, symmetric {granularity} (zero point 0), activations int8 asymmetric per-tensor, int32 bias"
+    if quant.layer_bits:
+        weights += "; by layer (quantize.layer_bits): " + ", ".join(f"{name} {bits}-bit" for name, bits in quant.layer_bits)
+    scheme = f"W{quant.weight_bits if not quant.layer_bits else '4/8'}A8: weights {weights}, symmetric {granularity} (zero point 0), activations int8 asymmetric per-tensor, int32 bias"
     if quant.accuracy_target is not None and quant.fallback == "int16":
         scheme += "; layers the fallback switches: int16 activations (symmetric, zero point 0) and int64 bias"
     elif quant.accuracy_target is not None:
@@ -231,7 +233,7 @@ def compress_report(run: Run) -> dict[str, Any]:
         document["quantization"] = {"config": quant.to_dict(), "scheme": _scheme(quant), **quantized.to_dict()}
         if quant.calibrated and (computed_in_float := float_ops(graph)):
             document["quantization"]["float_ops"] = computed_in_float
-        if quant.weight_bits == 4:
+        if quant.four_bit:
             document["quantization"]["weights"] = _four_bit_weights(graph, exported.sizes)
     document |= {
         "export": run.plan.export.to_dict(),

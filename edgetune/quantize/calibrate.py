@@ -11,6 +11,7 @@ import torch
 from edgetune.errors import InputError
 from edgetune.ir import quant as params
 from edgetune.ir.graph import WEIGHTED_OPS, Graph, Node, QParams, depthwise_multiplier
+from edgetune.ir.select import select
 from edgetune.progress import Progress
 from edgetune.quantize.config import QuantConfig
 from edgetune.quantize.observers import METHODS, OUTPUT_METHOD, SAMPLE_PER_BATCH, TensorStats, percentile_range
@@ -200,8 +201,10 @@ def settle_shared_weights(graph: Graph) -> None:
                 bias.quant = QParams(grid.scale, grid.zero_point, bias.quant.dtype, grid.axis)  # int64 under int16 activations
 
 
-def weight_levels_by_layer(graph: Graph, bits: int) -> dict[str, int]:
-    """Level range per weight tensor. Below 8 bits, some layers keep 8:
+def weight_levels_by_layer(graph: Graph, bits: int, layer_bits: tuple[tuple[str, int], ...] = ()) -> dict[str, int]:
+    """Level range per weight tensor. ``layer_bits`` sets some layers' (or modules') bits, in
+    order, over every rule below (mixed precision, as a search or HAQ chooses it). Below 8
+    bits, the other layers keep 8 in these cases:
 
     - the first and last weighted layers, as is usual (AdaRound, section 5): the first sees
       raw input with few channels, the last decides the classes;
@@ -216,6 +219,10 @@ def weight_levels_by_layer(graph: Graph, bits: int) -> dict[str, int]:
         for node in weighted:
             if node is weighted[0] or node is weighted[-1] or depthwise_multiplier(graph, node) > 0:
                 levels[node.inputs[1]] = params.WEIGHT_MAX
+    weights = {node.name: node.inputs[1] for node in weighted}
+    for name, chosen in layer_bits:
+        for layer in select(list(weights), (name,), "quantize.layer_bits"):
+            levels[weights[layer]] = params.weight_levels(chosen)
     return levels
 
 
@@ -296,8 +303,9 @@ def unify_concat_ranges(graph: Graph, records: dict[str, CalibrationRecord]) -> 
 @timed("calibration")
 def calibrate(graph: Graph, samples: np.ndarray, config: QuantConfig, progress: Progress | None = None) -> list[CalibrationRecord]:
     """Observe ``samples`` and set quantization parameters on ``graph`` in place."""
-    graph.meta["weight_bits"] = config.weight_bits
-    graph.meta["weight_levels"] = weight_levels_by_layer(graph, config.weight_bits)  # AdaRound and QAT keep to these
+    levels = weight_levels_by_layer(graph, config.weight_bits, config.layer_bits)  # AdaRound and QAT keep to these
+    graph.meta["weight_levels"] = levels
+    graph.meta["weight_bits"] = 4 if any(level < params.WEIGHT_MAX for level in levels.values()) else 8
     isolate_stream(graph, mask_only=config.stream == "off")
     with step("observe"):
         stats, spans = collect_stats(graph, samples, config, progress, channel_points(graph))

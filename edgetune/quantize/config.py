@@ -36,6 +36,7 @@ class QuantConfig:
     ptq: tuple[str, ...] = field(default=DEFAULT_PTQ)
     ptq_budget: float = 60.0
     weight_bits: int = 8  # 4: 4-bit values in int8 storage (accuracy and size planning)
+    layer_bits: tuple[tuple[str, int], ...] = ()  # (layer or module, 4 or 8): mixed precision, in that order
     accuracy_target: str | None = None  # "30dB" or "99%": layers fall back until it holds
     fallback: str = "float"  # what those layers fall back to: float, or int16 activations (16x8)
     keep_float: tuple[str, ...] = ()  # layers the user keeps in float, in both artifacts
@@ -64,8 +65,9 @@ class QuantConfig:
             raise InputError(f"post-training technique {unknown[0]!r} is unknown", f"use best, none or some of {','.join(PTQ_TECHNIQUES)}")
         if "best" in self.ptq and len(self.ptq) > 1:
             raise InputError("--ptq best chooses the techniques itself", "give best alone, or list the techniques")
-        if self.weight_bits not in (4, 8):
-            raise InputError(f"{self.weight_bits}-bit weights", "use 8 (int8) or 4 (4-bit values in int8 storage)")
+        odd = [bits for bits in (self.weight_bits, *(bits for _, bits in self.layer_bits)) if bits not in (4, 8)]
+        if odd:
+            raise InputError(f"{odd[0]}-bit weights", "use 8 (int8) or 4 (4-bit values in int8 storage)")
         if self.accuracy_target is not None:
             from edgetune.quantize.fallback import AccuracyTarget
 
@@ -88,6 +90,7 @@ class QuantConfig:
             "--accuracy-target": self.accuracy_target is not None,
             "--keep-float": bool(self.keep_float),
             "--weight-bits 4": self.weight_bits != 8,
+            "quantize.layer_bits": bool(self.layer_bits),
             f"--stream {self.stream}": self.stream != "split",
         }
         refused = [option for option, set_ in given.items() if set_]
@@ -97,12 +100,24 @@ class QuantConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": 2, **asdict(self), "ptq": list(self.ptq), "keep_float": list(self.keep_float)}
+        return {
+            "version": 2,
+            **asdict(self),
+            "ptq": list(self.ptq),
+            "keep_float": list(self.keep_float),
+            "layer_bits": dict(self.layer_bits),
+        }
+
+    @property
+    def four_bit(self) -> bool:
+        """Some weights take 4-bit values: all (--weight-bits 4) or some layers' (layer_bits)."""
+        return self.weight_bits == 4 or any(bits == 4 for _, bits in self.layer_bits)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> QuantConfig:
         fields = {k: v for k, v in raw.items() if k != "version"}
         fields["keep_float"] = tuple(fields.get("keep_float", ()))
+        fields["layer_bits"] = tuple((str(name), int(bits)) for name, bits in dict(fields.get("layer_bits", {})).items())
         if "ptq" in fields:
             fields["ptq"] = tuple(fields["ptq"])
         elif raw.get("version", 1) < 2:

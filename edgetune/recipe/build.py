@@ -39,6 +39,7 @@ def quant_config(values: Mapping[str, Any]) -> QuantConfig:
         ptq=parse_ptq(values["quantize.ptq"]),
         ptq_budget=values["quantize.ptq_budget"],
         weight_bits=values["quantize.weight_bits"],
+        layer_bits=tuple((name, int(bits)) for name, bits in values["quantize.layer_bits"].items()),
         accuracy_target=values["quantize.accuracy_target"],
         fallback=values["quantize.fallback"] or "float",
         keep_float=tuple(values["quantize.keep_float"]),

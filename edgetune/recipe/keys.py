@@ -47,6 +47,12 @@ KEYS: tuple[Key, ...] = (
     Key("quantize.ptq", "str", "bias-correct", "post-training techniques: equalize,adaround,bias-correct, best, or none"),
     Key("quantize.ptq_budget", "float", 60.0, "seconds for AdaRound, or for all of best (planned by a cost model, held to the clock)"),
     Key("quantize.weight_bits", "int", 8, "8, or 4 for 4-bit weight values"),
+    Key(
+        "quantize.layer_bits",
+        "table",
+        {},
+        "weight bits of some layers or modules, over quantize.weight_bits (mixed precision): { block.conv1 = 4, head = 8 }",
+    ),
     Key("quantize.accuracy_target", "str", None, "30dB or 99%: layers fall back until the int8 model reaches it"),
     Key("quantize.mode", "str", "int8", "int8 (static, calibrated), dynamic-int8 (int8 weights, activations per inference) or float16"),
     Key("quantize.fallback", "str", None, "what accuracy_target switches layers to: float or int16"),

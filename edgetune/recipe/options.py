@@ -38,6 +38,7 @@ OPTION_KEYS = {
     "prune_heads": "prune.heads",
     "prune_protect": "prune.protect",
     "prune_layer": "prune.layers",
+    "layer_bits": "quantize.layer_bits",
     "prune_steps": "prune.steps",
     "prune_skip_unsupported": "prune.skip_unsupported",
     "prune_bn": "prune.reestimate_bn",
@@ -95,7 +96,20 @@ def _value(option: str, value: Any) -> Any:
         return _words(value)
     if option == "prune_layer":
         return dict(parse_overrides([value] if isinstance(value, str) else list(value)))
+    if option == "layer_bits":
+        return dict(_bits([value] if isinstance(value, str) else list(value)))
     return value
+
+
+def _bits(items: list[str]) -> list[tuple[str, int]]:
+    """``NAME=BITS`` strings to (name, bits) pairs."""
+    pairs = []
+    for item in items:
+        name, _, value = item.partition("=")
+        if value.strip() not in ("4", "8") or not name.strip():
+            raise InputError(f"--layer-bits {item!r} is not NAME=4 or NAME=8", "e.g. --layer-bits block2=4")
+        pairs.append((name.strip(), int(value)))
+    return pairs
 
 
 def from_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -77,6 +77,11 @@ def parsed(parse: Callable[[Any], Any]) -> Rule:
     return rule
 
 
+def bit_widths(value: Any) -> str | None:
+    bad = [name for name, bits in value.items() if bits not in (4, 8) or isinstance(bits, bool)]
+    return f"gives {bad[0]} {value[bad[0]]!r} bits: weights take 4 or 8" if bad else None
+
+
 def ratios(value: Any) -> str | None:
     bad = [name for name, ratio in value.items() if not 0.0 <= ratio < 1.0]
     return f"gives {bad[0]} the ratio {value[bad[0]]!r}: ratios are in [0, 1)" if bad else None
@@ -126,6 +131,7 @@ RULES: dict[str, Rule] = {
     "quantize.ptq": words("equalize", "adaround", "bias-correct", alone=("best", "none")),
     "quantize.ptq_budget": number(0),
     "quantize.weight_bits": choice(8, 4),
+    "quantize.layer_bits": bit_widths,
     "quantize.accuracy_target": parsed(_accuracy_target),
     "quantize.fallback": choice("float", "int16"),
     "quantize.stream": choice("split", "smooth", "float", "off"),

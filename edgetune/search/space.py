@@ -11,7 +11,9 @@ Every name is a recipe key (``edgetune recipe keys``), or one of two that build
 ``prune.method``: ``prune.ratio`` (the share of channels removed; 0 prunes nothing) and
 ``prune.criterion`` (l1, l2, taylor or obd), or ``prune.layers.NAME``: the share removed from
 the groups of one layer or module (an entry of the ``prune.layers`` table), so that a search
-can give each part of the model its own ratio. Each choice and each end of a range is checked
+can give each part of the model its own ratio; or ``quantize.layer_bits.NAME``: one layer's or
+module's weight bits, 8 or 4 (an entry of the ``quantize.layer_bits`` table: a mixed-precision
+search, as HAQ's). Each choice and each end of a range is checked
 against the key's rule when the space is read, so a bad space fails before any trial runs.
 """
 
@@ -61,9 +63,20 @@ class Dimension:
 
 
 LAYER_PREFIX = "prune.layers."
+BITS_PREFIX = "quantize.layer_bits."
+TABLES = {LAYER_PREFIX: "prune.layers", BITS_PREFIX: "quantize.layer_bits"}  # a name per entry of these tables
+
+
+def _table_entry(key: str) -> str | None:
+    """The table that ``key`` (``TABLE.NAME``) sets one entry of, if any."""
+    return next((prefix for prefix in TABLES if key.startswith(prefix)), None)
 
 
 def _checked_value(key: str, value: Any, where: str) -> Any:
+    if key.startswith(BITS_PREFIX):
+        if value not in (4, 8) or isinstance(value, bool):
+            raise InputError(f"{where}: {key} takes 8 or 4 (weight bits), not {value!r}", "e.g. [8, 4]")
+        return int(value)
     if key == "prune.ratio" or key.startswith(LAYER_PREFIX):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
             raise InputError(f"{where}: {key} takes numbers from 0 up to (not including) 1, not {value!r}", "e.g. [0.0, 0.7]")
@@ -77,9 +90,15 @@ def _checked_value(key: str, value: Any, where: str) -> Any:
 
 def dimension(key: str, spec: Any, where: str) -> Dimension:
     """One key's range or choices, checked."""
-    if key.startswith(LAYER_PREFIX):
-        if not key.removeprefix(LAYER_PREFIX):
-            raise InputError(f"{where}: {key} names no layer", 'e.g. "prune.layers.block1" = [0.0, 0.7]')
+    prefix = _table_entry(key)
+    if prefix is not None:
+        if not key.removeprefix(prefix):
+            example = '"prune.layers.block1" = [0.0, 0.7]' if prefix == LAYER_PREFIX else '"quantize.layer_bits.block1" = [8, 4]'
+            raise InputError(f"{where}: {key} names no layer", f"e.g. {example}")
+        if prefix == BITS_PREFIX:  # bits are choices, never a range
+            if not isinstance(spec, list) or not spec:
+                raise InputError(f"{where}: {key} takes a list of bit widths, not {spec!r}", "e.g. [8, 4]")
+            return Dimension(key, "choice", choices=tuple(dict.fromkeys(_checked_value(key, value, f"{where}: {key}") for value in spec)))
     elif key not in PRUNE_KEYS:
         known(key, where)
     at = f"{where}: {key}"
@@ -133,8 +152,11 @@ def default_space(recipe: Recipe) -> tuple[Dimension, ...]:
 def apply(recipe: Recipe, params: Mapping[str, Any], where: str) -> Recipe:
     """``recipe`` with a trial's values set; ``prune.ratio`` and ``prune.criterion`` become
     ``prune.method`` (channel pruning; a ratio below 0.005 prunes nothing)."""
-    changes = {key: value for key, value in params.items() if key not in PRUNE_KEYS and not key.startswith(LAYER_PREFIX)}
+    changes = {key: value for key, value in params.items() if key not in PRUNE_KEYS and _table_entry(key) is None}
     layers = {key.removeprefix(LAYER_PREFIX): round(float(value), 2) for key, value in params.items() if key.startswith(LAYER_PREFIX)}
+    bits = {key.removeprefix(BITS_PREFIX): int(value) for key, value in params.items() if key.startswith(BITS_PREFIX)}
+    if bits:
+        changes["quantize.layer_bits"] = {**recipe["quantize.layer_bits"], **bits}
     if "prune.ratio" in params:
         ratio = round(float(params["prune.ratio"]), 2)
         criterion = params.get("prune.criterion", "l2")

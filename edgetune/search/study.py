@@ -335,6 +335,7 @@ def _same_keys(trial: Any, params: dict[str, Any]) -> Outcome | None:
                 quality=record["quality"],
                 latency_ms=record["latency_ms"],
                 size_kb=record["size_kb"],
+                size_kind=record.get("size_kind", "file"),
                 latency_kind=record["latency_kind"],
                 checks=record["checks"],
                 violations=list(other.user_attrs.get("violations", fallback)),

@@ -39,6 +39,7 @@ class Outcome:
     latency_ms: float | None = None
     size_kb: float | None = None
     latency_kind: str = ""  # measured (this host or a board) or estimated
+    size_kind: str = "file"  # the artifact's bytes, or planned: its 4-bit weights packed two a byte
     checks: list[dict[str, Any]] = field(default_factory=list)
     violations: list[float] = field(default_factory=list)  # per budget: > 0 broken, by that share of its limit
     failure: str | None = None
@@ -59,6 +60,7 @@ class Outcome:
             "latency_ms": self.latency_ms,
             "latency_kind": self.latency_kind,
             "size_kb": self.size_kb,
+            "size_kind": self.size_kind,
             "feasible": self.feasible,
             "checks": self.checks,
             "failure": self.failure,
@@ -93,6 +95,17 @@ def _violation(check: Any) -> float:
     return over / scale if not check.passed else min(over / scale, 0.0)
 
 
+def size_of(report: dict[str, Any], path: Path) -> tuple[float, str]:
+    """The artifact's KiB; with 4-bit weights (stored as int8, so that int8 kernels run them),
+    the size once they are packed two a byte, as a 4-bit deployment stores them: otherwise a
+    search that chooses bits per layer would see no size to gain."""
+    size = path.stat().st_size
+    weights = report.get("quantization", {}).get("weights")
+    if not weights:
+        return size / 1024, "file"
+    return (size - weights["int8_bytes"] + weights["packed_int4_bytes"]) / 1024, "planned: 4-bit weights packed two a byte"
+
+
 def run_trial(recipe: Recipe, outcome: Outcome, budget: TargetBudgets, metric: str, artifact: str, progress: Progress = silent) -> Outcome:
     """Compress ``recipe`` into ``outcome.folder``, measure ``artifact`` on the budget's target
     and check every budget; ``outcome`` filled in and returned."""
@@ -112,7 +125,7 @@ def run_trial(recipe: Recipe, outcome: Outcome, budget: TargetBudgets, metric: s
     outcome.quality = quality_of(result.report, metric, artifact)
     outcome.latency_ms = figures.get("p50_ms")
     outcome.latency_kind = str(figures.get("kind", ""))
-    outcome.size_kb = (folder / artifact).stat().st_size / 1024
+    outcome.size_kb, outcome.size_kind = size_of(result.report, folder / artifact)
     outcome.checks = [check.to_dict() for check in checks]
     outcome.violations = [_violation(check) for check in checks]
     outcome.seconds = time.monotonic() - start
