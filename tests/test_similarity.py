@@ -158,6 +158,26 @@ def test_hidden_states_get_a_pooled_embedding(pair_files: Path, tmp_path: Path, 
     assert embedding.shape == (8, 32) and np.allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=0.02)
 
 
+def test_pruned_pairs_recover_and_a_compressed_model_trains_on_them_with_qat(
+    pair_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """compress --prune with --task embed recovers the pruned bi-encoder on the pairs, by
+    distillation from the unpruned one; finetune on its model.edgetune goes on with QAT."""
+    argv = _finetune(pair_files, tmp_path / "pruned", "train.jsonl", "test.jsonl", "--prune", "channel:0.5")
+    argv[0] = "compress"
+    argv += ["--calib", str(pair_files / "train.jsonl")]
+    assert run(argv) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert pruned["pruning"]["macs"]["ratio"] < 0.7 and pruned["finetune"]["task"] == "similarity"
+    argv = _finetune(pair_files, tmp_path / "qat", "train.jsonl", "test.jsonl", "--finetune", "50steps")
+    argv[1] = str(tmp_path / "pruned" / "model.edgetune")
+    assert run(argv) == 0
+    tuned = json.loads(capsys.readouterr().out)
+    assert tuned["finetune"]["config"]["qat"] and tuned["finetune"]["task"] == "similarity"
+    similarity = tuned["evaluation"]["similarity"]
+    assert similarity["tflite"]["spearman"] > pruned["evaluation"]["similarity"]["original"]["spearman"] + 0.2, similarity
+
+
 @pytest.mark.parametrize(
     ("model", "extra", "message"),
     [

@@ -411,6 +411,8 @@ def _recovery_human(report: dict[str, Any]) -> str:
         rows.append(
             ("accuracy", f"int8 {pct(ev['int8_accuracy'])}" + (f", TFLite {pct(ev['tflite']['accuracy'])}" if "tflite" in ev else ""))
         )
+    if "similarity" in ev:
+        rows.append(("similarity", _similarity_text(ev["similarity"], "int8")))
     rows += finetune_rows(report)
     return table(rows) + "\nwrote " + ", ".join(report["artifacts"])
 
