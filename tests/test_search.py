@@ -325,3 +325,17 @@ def test_weight_bits_per_layer_are_searched_and_count_packed(tmp_path: Path, cap
     assert summary["best"]["params"] == {"quantize.layer_bits.block2": 4, "quantize.layer_bits.expand": 4}
     code, _, err = _search(capsys, [str(recipe), "-o", str(tmp_path / "b2"), "--space", "quantize.layer_bits.block2=[8, 3]"])
     assert code == 2 and "quantize.layer_bits.block2 takes 8 or 4 (weight bits), not 3" in err, err
+
+
+def test_every_group_and_layer_is_one_key_with_a_star(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """prune.layers.* and quantize.layer_bits.* stand for every prunable group and every weighted
+    layer of the model; a key given on its own keeps its own range."""
+    recipe = tmp_path / "star.toml"
+    recipe.write_text(RECIPE.split("[search.space]")[0])
+    space = ["--space", "prune.layers.*=[0.0, 0.6]", "--space", "quantize.layer_bits.*=[8, 4]", "--space", "prune.layers.stem.0=[0.0, 0.2]"]
+    code, summary, err = _search(capsys, [str(recipe), "-o", str(tmp_path / "s"), "--trials", "2", "--sampler", "random", *space])
+    assert code == 0, err
+    keys = [dimension["key"] for dimension in summary["space"]]
+    layers = ["stem.0", "block1.depthwise.0", "block1.pointwise.0", "expand.0", "block2.depthwise.0", "block2.pointwise.0", "head.2"]
+    assert keys == ["prune.layers.expand.0", *(f"quantize.layer_bits.{name}" for name in layers), "prune.layers.stem.0"]
+    assert all(trial["params"]["prune.layers.stem.0"] <= 0.2 for trial in summary["trials"])

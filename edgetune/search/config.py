@@ -28,7 +28,7 @@ from edgetune.errors import InputError
 from edgetune.gate.config import TargetBudgets, parse_target
 from edgetune.recipe import Recipe
 from edgetune.search.pruning import PRUNERS
-from edgetune.search.space import Dimension, default_space, grid_size, parse_space
+from edgetune.search.space import Dimension, default_space, expand, grid_size, has_every, model_names, parse_space
 
 OBJECTIVES = {"quality": "maximize", "latency": "minimize", "size": "minimize"}
 METRICS = ("accuracy", "sqnr", "agreement")
@@ -156,6 +156,8 @@ def search_config(recipe: Recipe, table: Mapping[str, Any], where: str, **given:
         raise InputError(f"{where}: seed must be a whole number, not {seed!r}", "e.g. seed = 0")
     space_table = table.get("space")
     space = parse_space(space_table, where) if space_table else default_space(recipe)
+    if has_every(space):
+        space = expand(space, model_names(recipe), where)
     config = SearchConfig(
         space,
         search_budget(recipe, table, where),

@@ -13,14 +13,15 @@ Every name is a recipe key (``edgetune recipe keys``), or one of two that build
 the groups of one layer or module (an entry of the ``prune.layers`` table), so that a search
 can give each part of the model its own ratio; or ``quantize.layer_bits.NAME``: one layer's or
 module's weight bits, 8 or 4 (an entry of the ``quantize.layer_bits`` table: a mixed-precision
-search, as HAQ's). Each choice and each end of a range is checked
+search, as HAQ's). ``NAME`` may be ``*``: one key per prunable channel group (named by its first
+layer) or per weighted layer of the model, each with the same range (``expand``). Each choice and each end of a range is checked
 against the key's rule when the space is read, so a bad space fails before any trial runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgetune.errors import InputError
@@ -65,6 +66,7 @@ class Dimension:
 LAYER_PREFIX = "prune.layers."
 BITS_PREFIX = "quantize.layer_bits."
 TABLES = {LAYER_PREFIX: "prune.layers", BITS_PREFIX: "quantize.layer_bits"}  # a name per entry of these tables
+EVERY = "*"  # TABLE.*: every prunable group's first layer (prune.layers) or every weighted layer (quantize.layer_bits)
 
 
 def _table_entry(key: str) -> str | None:
@@ -169,6 +171,49 @@ def apply(recipe: Recipe, params: Mapping[str, Any], where: str) -> Recipe:
 
 
 GRID_POINTS = 5  # values per numeric range in a grid search
+
+
+def has_every(space: tuple[Dimension, ...]) -> bool:
+    return any(_table_entry(d.key) is not None and d.key.endswith("." + EVERY) for d in space)
+
+
+def expand(space: tuple[Dimension, ...], names: Mapping[str, list[str]], where: str) -> tuple[Dimension, ...]:
+    """Each ``TABLE.*`` dimension as one dimension per name of ``names[TABLE prefix]``, in the
+    model's order; a name the space also gives on its own keeps its own range."""
+    given = {d.key for d in space}
+    expanded: list[Dimension] = []
+    for d in space:
+        prefix = _table_entry(d.key)
+        if prefix is None or d.key.removeprefix(prefix) != EVERY:
+            expanded.append(d)
+            continue
+        if not names.get(prefix):
+            what = "prunable channel group" if prefix == LAYER_PREFIX else "weighted layer"
+            raise InputError(f"{where}: {d.key} matches no {what} of the model", f"drop {d.key} from the space")
+        expanded += [replace(d, key=prefix + name) for name in names[prefix] if prefix + name not in given]
+    return tuple(expanded)
+
+
+def model_names(recipe: Recipe) -> dict[str, list[str]]:
+    """What ``TABLE.*`` stands for in ``recipe``'s model: the first layer of each channel group
+    pruning can cut, and every weighted layer (the model is loaded and captured once; the
+    capture cache keeps it for the trials)."""
+    import tempfile
+    from pathlib import Path
+
+    from edgetune.ir.graph import WEIGHTED_OPS
+    from edgetune.pipeline.load import Capture, Load
+    from edgetune.pipeline.plan import Run, run_stages
+    from edgetune.prune.groups import find_groups
+    from edgetune.recipe.build import plan
+    from edgetune.targets import load_target
+
+    built = plan(recipe)
+    with tempfile.TemporaryDirectory() as folder:
+        run = run_stages(Run(built, Path(folder) / "out", built.target or load_target("host")), (Load(), Capture()))
+    graph = run.need_graph()
+    groups = [g.producers[0].name for g in find_groups(graph) if g.producers and not g.blocked and not g.unsupported]
+    return {LAYER_PREFIX: groups, BITS_PREFIX: [node.name for node in graph.nodes if node.op in WEIGHTED_OPS]}
 
 
 def grid_values(dimension: Dimension, points: int = GRID_POINTS) -> list[Any]:
