@@ -116,6 +116,7 @@ def test_the_time_budget_holds_even_inside_a_trial(tmp_path: Path, recipe: Path,
         (["--space", 'quantize.method=["mse", "best"]'], "quantize.method"),
         (["--budget", "max_latency_p50_ms=2", "--budget", "max_latency_p90_ms=1"], "below max_latency_p50_ms"),
         (["--budget", "max_parity_lsb=1"], "max_parity_lsb cannot be checked in a search"),
+        (["--target", "nosuch"], "unknown target 'nosuch'"),
         (
             ["--storage", "postgresql://edgetune:hunter2@127.0.0.1:9/search"],
             "cannot open the search storage postgresql://edgetune:***@127.0.0.1:9/search",

@@ -141,6 +141,34 @@ def test_unscored_pairs_train_with_in_batch_negatives(pair_files: Path, tmp_path
     assert similarity["metric"] == "recall_at_1" and similarity["fp32"]["recall_at_1"] > similarity["original"]["recall_at_1"]
 
 
+@pytest.mark.parametrize("names", [("input_ids", "attention_mask", "token_type_ids"), ("input_ids",)])
+def test_pooling_is_the_masked_mean_or_the_first_token(names: tuple[str, ...]) -> None:
+    """Hidden states become one embedding: the mean under attention_mask when the model takes
+    one (as sentence-transformers pools), else the first token; L2-normalized either way."""
+    from test_onnx_text_import import _tokens
+    from test_text_head import hidden
+
+    from edgetune.capture import capture
+    from edgetune.finetune.head import add_pooling
+    from edgetune.ir.torch_exec import GraphRunner
+
+    model: torch.nn.Module = hidden()
+    x = torch.from_numpy(_tokens(8, 0))
+    if names == ("input_ids",):  # a token model without a mask: its first token
+        torch.manual_seed(0)
+        model, x = torch.nn.Sequential(torch.nn.Embedding(64, 16), torch.nn.Linear(16, 16)), x[:, 0]
+    graph = capture(model, (LENGTH,), "int64", names if len(names) > 1 else ())
+    block = add_pooling(graph)
+    with torch.no_grad():
+        states = model(*(x[:, i] for i in range(3))) if len(names) > 1 else model(x)
+        mask = x[:, 1, :, None].float() if len(names) > 1 else None
+        pooled = (states * mask).sum(1) / mask.sum(1) if mask is not None else states[:, 0]
+        expected = torch.nn.functional.normalize(pooled, dim=-1)
+        got = GraphRunner(graph)(x)
+    assert block["pooling"].startswith("the mean" if len(names) > 1 else "the first token")
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
 def test_hidden_states_get_a_pooled_embedding(pair_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A BERT without pooling ([batch, tokens, features], three inputs) trains and ships its
     first token's L2-normalized state."""
@@ -148,7 +176,7 @@ def test_hidden_states_get_a_pooled_embedding(pair_files: Path, tmp_path: Path, 
     argv[1] = f"{pair_files / 'encoder.py'}:hidden"
     assert run(argv) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["model"]["head_added"]["pooling"] == "the first token's hidden state, L2-normalized"
+    assert report["model"]["head_added"]["pooling"] == "the mean of the tokens' hidden states under attention_mask, L2-normalized"
     similarity = report["evaluation"]["similarity"]
     assert similarity["fp32"]["spearman"] > similarity["original"]["spearman"] + 0.3, similarity
     from edgetune.evaluate.tflite_runtime import TfliteRunner

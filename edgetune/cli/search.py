@@ -37,6 +37,7 @@ class Interrupted(EdgetuneError):
 )
 @click.option("--metric", type=click.Choice(["accuracy", "sqnr", "agreement"]), help="What quality means (default accuracy).")
 @click.option("--artifact", type=click.Choice(["model.tflite", "model.onnx"]), help="Whose figures count (default model.tflite).")
+@click.option("--target", metavar="NAME", help="Hardware target profile whose latency the budgets hold (default: the recipe's).")
 @click.option("--device", metavar="URL", help="Measure on this board: ssh://user@host or adb:SERIAL.")
 @click.option("--seed", type=int, help="Sampler seed (default 0).")
 @click.option(
@@ -68,6 +69,8 @@ def command(recipe_file: str, out_dir: str, budgets: tuple[str, ...], space: tup
     from edgetune.search import search_table
 
     recipe = load(recipe_file)
+    if options["target"]:
+        recipe = recipe.updated({"target": options["target"]}, "--target")
     if options["sets"]:
         recipe = recipe.updated(parse_sets(options["sets"]), "--set")
     table_ = search_table(recipe_file)

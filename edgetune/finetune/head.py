@@ -86,15 +86,49 @@ def needs_pooling(graph: Graph, data: Dataset | None) -> bool:
     return data is not None and data.pair is not None and embeds(graph) and len(graph.tensors[graph.outputs[0]].shape) == 3
 
 
+MASK = "attention_mask"
+
+
 def add_pooling(graph: Graph) -> dict[str, Any]:
-    """Make hidden states one sentence embedding, in place: the first token's ([CLS]),
-    L2-normalized, which a bi-encoder compares by cosine; the report block."""
-    flat = _first_token(graph, graph.outputs[0])
+    """Make hidden states one sentence embedding, in place, L2-normalized for a bi-encoder's
+    cosine; the report block. With an ``attention_mask`` input, the mean of the tokens' states
+    under the mask (what sentence-transformers' encoders are trained with, as the pooling of a
+    Hugging Face sentence encoder's folder captures it); else the first token's ([CLS])."""
+    hidden = graph.outputs[0]
+    batch, tokens, width = graph.tensors[hidden].shape
+    if MASK in graph.inputs and graph.tensors[MASK].shape[-1] == tokens:
+        pooled, how = _masked_mean(graph, hidden), "the mean of the tokens' hidden states under attention_mask"
+    else:
+        pooled, how = _first_token(graph, hidden), "the first token's hidden state"
     name = _unique(graph, "pooled")
-    graph.tensors[name] = Tensor(name, graph.tensors[flat].shape)
-    graph.nodes.append(Node("l2_normalize", name, [flat], [name], {"axis": 1, "eps": 1e-12}))
+    graph.tensors[name] = Tensor(name, (batch, width))
+    graph.nodes.append(Node("l2_normalize", name, [pooled], [name], {"axis": 1, "eps": 1e-12}))
     graph.outputs = [name]
-    return {"pooling": "the first token's hidden state, L2-normalized", "width": graph.tensors[flat].shape[-1]}
+    return {"pooling": f"{how}, L2-normalized", "width": width}
+
+
+def _masked_mean(graph: Graph, hidden: str) -> str:
+    """sum(h * mask) / max(sum(mask), 1e-9) over the tokens, each sum a mean times the count."""
+    batch, tokens, width = graph.tensors[hidden].shape
+    base = _unique(graph, "pool")
+    count = f"{base}.tokens"
+    graph.tensors[count] = Tensor(count, (), np.asarray(float(tokens), np.float32))
+
+    def add(op: str, suffix: str, inputs: list[str], shape: tuple[int, ...], attrs: dict[str, Any], dtype: str = "float32") -> str:
+        out = f"{base}.{suffix}"
+        graph.tensors[out] = Tensor(out, shape, dtype=dtype)
+        graph.nodes.append(Node(op, out, inputs, [out], attrs))
+        return out
+
+    column = add("reshape", "mask3", [MASK], (batch, tokens, 1), {"shape": [tokens, 1]}, "int64")
+    mask = add("cast", "maskf", [column], (batch, tokens, 1), {})
+    masked = add("mul", "masked", [hidden, mask], (batch, tokens, width), {})
+    total = add(
+        "mul", "sum", [add("mean", "sum_mean", [masked], (batch, width), {"axes": [1], "keepdim": False}), count], (batch, width), {}
+    )
+    kept = add("mul", "kept", [add("mean", "kept_mean", [mask], (batch, 1), {"axes": [1], "keepdim": False}), count], (batch, 1), {})
+    kept = add("clamp", "kept_clamped", [kept], (batch, 1), {"min": 1e-9, "max": None})
+    return add("div", "mean", [total, kept], (batch, width), {})
 
 
 def _first_token(graph: Graph, hidden: str) -> str:

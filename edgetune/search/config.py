@@ -29,6 +29,7 @@ from edgetune.gate.config import TargetBudgets, parse_target
 from edgetune.recipe import Recipe
 from edgetune.search.pruning import PRUNERS
 from edgetune.search.space import Dimension, default_space, expand, grid_size, has_every, model_names, parse_space
+from edgetune.targets import load_target
 
 OBJECTIVES = {"quality": "maximize", "latency": "minimize", "size": "minimize"}
 METRICS = ("accuracy", "sqnr", "agreement")
@@ -95,6 +96,7 @@ def search_budget(recipe: Recipe, table: Mapping[str, Any], where: str) -> Targe
     if unknown:
         raise InputError(f"{where}: {', '.join(unknown)} cannot be checked in a search", f"use {', '.join(sorted(SEARCH_BUDGETS))}")
     raw = {**budgets, **{key: table[key] for key in ("device", "threads") if key in table}}
+    load_target(str(recipe["target"]))  # an unknown target is one line before any trial, not a failed trial each
     budget = parse_target(str(recipe["target"]), raw, where)
     for name in ("min_accuracy", "min_tflite_onnx_agreement"):
         if budget.budgets.get(name, 0.0) > 1.0:
