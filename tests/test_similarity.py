@@ -100,6 +100,17 @@ def test_separate_pairs_load_each_side_alone(pair_files: Path) -> None:
         load_dataset(str(pair_files / "bad.jsonl"), "train", text=spec)
 
 
+def test_a_fraction_makes_labels_targets_and_a_whole_float_stays_a_class(tmp_path: Path) -> None:
+    from edgetune.data.text import read_passages
+
+    for name, labels, scores in (("classes.jsonl", [0, 2.0, 1], False), ("targets.jsonl", [0.5, 1, 0], True)):
+        (tmp_path / name).write_text("".join(json.dumps({"text": "a b", "label": label}) + "\n" for label in labels))
+        assert read_passages(tmp_path / name).scores is scores
+    (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": 0}\n{"text": "b", "label": -1.0}\n')
+    with pytest.raises(InputError, match="bad.jsonl, line 2 has the label -1.0"):
+        read_passages(tmp_path / "bad.jsonl")
+
+
 def _finetune(pair_files: Path, out: Path, train: str, test: str, *extra: str) -> list[str]:
     argv = ["finetune", f"{pair_files / 'encoder.py'}:sentence", "--train", str(pair_files / train), "--eval", str(pair_files / test)]
     argv += ["--tokenizer", str(pair_files / "tokenizer.json"), "--seq-len", str(LENGTH), "--task", "embed"]

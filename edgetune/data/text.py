@@ -61,8 +61,8 @@ class Passages:
 
 def read_passages(path: Path, scores: bool = False) -> Passages:
     """The passages of a .txt or .jsonl file, with the lines skipped and repaired counted.
-    Labels are class indices; any number when one of them is a float (regression targets) or
-    with ``scores`` and pairs (a similarity pair's score)."""
+    Labels are class indices (2.0 is class 2); any number when one of them is a fraction
+    (regression targets) or with ``scores`` and pairs (a similarity pair's score)."""
     try:
         raw_lines = path.read_bytes().splitlines()
     except OSError as exc:
@@ -102,7 +102,8 @@ def read_passages(path: Path, scores: bool = False) -> Passages:
                 f"{path}, line {first} has no {name} ({len(values)} of {len(texts)} records have one)",
                 f"give every record a {name}, or none",
             )
-    scores = scores and bool(pairs) or any(isinstance(label, float) for label in labels)
+    # a fraction (0.8) makes every label a number; 2.0 is still class 2
+    scores = scores and bool(pairs) or any(isinstance(label, float) and math.isfinite(label) and not label.is_integer() for label in labels)
     if labels:
         _check_labels(labels, numbers["label"], path, scores)
     return Passages(texts, pairs or None, labels or None, empty, invalid, scores)
@@ -116,7 +117,8 @@ def _check_labels(labels: list[Any], numbers: list[int], path: Path, scores: boo
             raise InputError(f"{path}, line {number} has the label {label!r}", "give every label as a number: a score, e.g. 0.8")
         if scores:
             continue
-        if not isinstance(label, int) or isinstance(label, bool) or label < 0:
+        whole = isinstance(label, int) or isinstance(label, float) and math.isfinite(label) and label.is_integer()
+        if not whole or isinstance(label, bool) or label < 0:
             raise InputError(
                 f"{path}, line {number} has the label {label!r}", "give every label as a class index (0, 1, ...), the model's output order"
             )
