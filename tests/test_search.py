@@ -57,6 +57,8 @@ def test_search_keeps_the_best_trial_that_meets_the_budgets_and_its_recipe_repla
     assert err.count("search ") == 4, "one progress line per trial"
     trials = {trial["number"]: trial for trial in summary["trials"]}
     best = summary["best"]
+    last = [line for line in err.splitlines() if line.startswith("search 4/4")][0]
+    assert last.endswith(f"(accuracy {best['quality']:.4g})") and "best so far trial" in last, last  # ties may name another trial
     feasible = [t for t in trials.values() if t["feasible"]]
     assert best["quality"] == max(t["quality"] for t in feasible) and best["quality"] >= 0.8
     for trial in trials.values():  # a trial is feasible exactly when every check passed, and the checks are the budgets

@@ -375,7 +375,9 @@ def search_loop(recipe: Recipe, config: SearchConfig, out_dir: str | Path, progr
                     _tell(optuna, study, trial, config, outcome)
                 trial = None
                 durations += [] if outcome.repeat_of is not None else [outcome.seconds]
-                progress(len(finished(optuna, study)), config.trials or 0, _line(outcome, config, started))
+                done = finished(optuna, study)
+                line = _line(outcome, config, started) + _best_so_far([t.user_attrs["outcome"] for t in done], config)
+                progress(len(done), config.trials or 0, line)
                 ctrl_c.check()  # a Ctrl-C whose exception a finalizer swallowed
                 if stopped is not None:
                     break
@@ -392,6 +394,20 @@ def search_loop(recipe: Recipe, config: SearchConfig, out_dir: str | Path, progr
     summary["requeued"] = requeued
     write_results(out, summary)
     return summary
+
+
+FIGURES = {"quality": ("quality", 1.0), "latency": ("latency_ms", -1.0), "size": ("size_kb", -1.0)}  # record key, sign of better
+
+
+def _best_so_far(records: list[dict[str, Any]], config: SearchConfig) -> str:
+    """The best trial on the first objective among those that meet every budget, for the progress line."""
+    key, sign = FIGURES[config.objectives[0]]
+    met = [r for r in records if r.get("feasible") and r.get(key) is not None and not r.get("stopped_early")]
+    if not met:
+        return "; none meets the budgets yet"
+    best = max(met, key=lambda r: sign * r[key])
+    shown = f"{config.metric} {best[key]:.4g}" if key == "quality" else f"{best[key]:.4g} {'ms' if key == 'latency_ms' else 'KB'}"
+    return f"; best so far trial {best['number']} ({shown})"
 
 
 def _line(outcome: Outcome, config: SearchConfig, started: float) -> str:
