@@ -114,15 +114,9 @@ def evaluate(
 
 def _pair_scores(pairs: Any, outputs: Any, reference: Any) -> dict[str, Any]:
     """Similarity pairs (both sides run, first then second): the artifact's score, and the reference's."""
-    from edgetune.finetune.similarity import pair_metrics
+    from edgetune.finetune.similarity import scored_outputs
 
-    count = len(pairs)
-    block: dict[str, Any] = {"pairs": count, "metric": "spearman" if pairs.y is not None else "recall_at_1"}
-    for name, out in (("artifact", outputs), ("reference", reference)):
-        if out is not None:
-            flat = out.reshape(len(out), -1)
-            block[name] = pair_metrics(flat[:count], flat[count:], pairs.y)
-    return block
+    return scored_outputs({"artifact": outputs, "reference": reference}, len(pairs), pairs.y)
 
 
 def _against_reference(runner: OnnxRunner | TfliteRunner, name: str, dataset: Any, outputs: Any) -> dict[str, Any]:

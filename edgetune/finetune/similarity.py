@@ -18,6 +18,8 @@ A batch of pairs travels as ``[pairs, 2, ...]`` and runs through the model as ``
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -105,6 +107,23 @@ def pair_score(first: np.ndarray, second: np.ndarray, scores: np.ndarray | None)
     if scores is None:
         return pair_recall(first, second), float(cosines.mean())
     return spearman(cosines, scores), pearson(cosines, np.asarray(scores, np.float64))
+
+
+def scored_outputs(outputs: dict[str, np.ndarray | None], count: int, scores: np.ndarray | None) -> dict[str, Any]:
+    """Each model's outputs for ``count`` pairs, run as both sides (first sides, then second),
+    scored as the fine-tune validates: the report's similarity block."""
+    block: dict[str, Any] = {
+        "pairs": count,
+        "metric": "spearman" if scores is not None else "recall_at_1",
+        "note": "the cosine of each pair's two embeddings against its score (Spearman's rank correlation)"
+        if scores is not None
+        else "the share of first sides whose most similar second side is their own pair",
+    }
+    for name, out in outputs.items():
+        if out is not None:
+            flat = out.reshape(len(out), -1)
+            block[name] = pair_metrics(flat[:count], flat[count:], scores)
+    return block
 
 
 def pair_metrics(first: np.ndarray, second: np.ndarray, scores: np.ndarray | None) -> dict[str, float]:

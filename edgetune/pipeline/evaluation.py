@@ -126,22 +126,9 @@ def evaluate_artifacts(graph: Graph, artifacts: dict[str, bytes], data: Dataset,
 def _similarity(pairs: Dataset, outputs: dict[str, np.ndarray | None]) -> dict[str, Any]:
     """Each model's embeddings of the pairs' two sides (first sides, then second, as run),
     scored as the fine-tune validated them: Spearman of cosines and scores, or recall at 1."""
-    from edgetune.finetune.similarity import pair_metrics
+    from edgetune.finetune.similarity import scored_outputs
 
-    count = len(pairs)
-    block: dict[str, Any] = {
-        "data": pairs.source,
-        "pairs": count,
-        "metric": "spearman" if pairs.y is not None else "recall_at_1",
-        "note": "the cosine of each pair's two embeddings against its score (Spearman's rank correlation)"
-        if pairs.y is not None
-        else "the share of first sides whose most similar second side is their own pair",
-    }
-    for name, out in outputs.items():
-        if out is not None:
-            flat = out.reshape(len(out), -1)
-            block[name] = pair_metrics(flat[:count], flat[count:], pairs.y)
-    return block
+    return {"data": pairs.source, **scored_outputs(outputs, len(pairs), pairs.y)}
 
 
 def _vs_original(reference: np.ndarray, fp32_out: np.ndarray, int8_out: np.ndarray, tflite_out: np.ndarray | None) -> dict[str, Any]:
