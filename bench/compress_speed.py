@@ -62,12 +62,13 @@ print(time.perf_counter() - start)
 """
 
 
-def edgetune_run(case: dict[str, str], out: Path, cache: Path | str, with_eval: bool) -> dict[str, Any]:
-    """One ``edgetune compress`` process: its wall time and its report's stage times."""
+def edgetune_run(case: dict[str, str], out: Path, cache: Path | str, with_eval: bool, huge_pages: bool = True) -> dict[str, Any]:
+    """One ``edgetune compress`` process: its wall time and its report's stage times.
+    ``huge_pages=False``: without the exec into malloc's transparent huge pages (cli/launch.py)."""
     argv = [str(EDGETUNE), "compress", case["model"], "--calib", case["calib"], "-o", str(out), "--quiet", "--json"]
     if with_eval:
         argv += ["--eval", case["eval"]]
-    env = {**os.environ, "EDGETUNE_CAPTURE_CACHE": str(cache)}
+    env = {**os.environ, "EDGETUNE_CAPTURE_CACHE": str(cache), "EDGETUNE_HUGE_PAGES": "on" if huge_pages else "off"}
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - start
@@ -80,6 +81,7 @@ def edgetune_run(case: dict[str, str], out: Path, cache: Path | str, with_eval: 
         "startup_and_imports_s": (profile["process"]["startup"] or 0.0) + profile["process"]["imports"],
         "stages_s": {s["name"]: s["seconds"] for s in profile["stages"]},
         "agreement": report["evaluation"].get("top1_agreement"),
+        "huge_pages": profile["process"].get("huge_pages"),
     }
 
 
@@ -102,12 +104,13 @@ def bench_case(name: str, rounds: int, with_onnx2tf: bool, work: Path) -> dict[s
     calib_x = load_dataset(case["calib"], "calibration").x[:SAMPLES]
     np.save(work / "calib.npy", calib_x)
     peers = (PEERS / "bin" / "python").is_file()
-    runs: dict[str, list[Any]] = {"cold": [], "warm": [], "cold_eval": [], "ort_quantize_static": [], "onnx2tf": []}
+    runs: dict[str, list[Any]] = {"cold": [], "warm": [], "warm_small_pages": [], "cold_eval": [], "ort_quantize_static": [], "onnx2tf": []}
     for index in range(rounds):
         cache = work / f"cache-{index}"
-        log(f"[{name}] round {index + 1}/{rounds}: edgetune cold, warm, cold with --eval; peers")
+        log(f"[{name}] round {index + 1}/{rounds}: edgetune cold, warm, warm with 4 KiB pages, cold with --eval; peers")
         runs["cold"].append(edgetune_run(case, work / f"cold-{index}", cache, False))
         runs["warm"].append(edgetune_run(case, work / f"warm-{index}", cache, False))
+        runs["warm_small_pages"].append(edgetune_run(case, work / f"small-{index}", cache, False, huge_pages=False))
         runs["cold_eval"].append(edgetune_run(case, work / f"eval-{index}", work / f"cache-eval-{index}", True))
         fp32 = work / f"cold-{index}" / "model.fp32.onnx"
         if peers:
@@ -116,7 +119,7 @@ def bench_case(name: str, rounds: int, with_onnx2tf: bool, work: Path) -> dict[s
                 runs["onnx2tf"].append(onnx2tf_run(fp32, calib_x, work / f"onnx2tf-{index}"))
     identical = all(
         (work / f"{kind}-{i}" / f).read_bytes() == (work / "cold-0" / f).read_bytes()
-        for kind in ("cold", "warm")
+        for kind in ("cold", "warm", "small")
         for i in range(rounds)
         for f in ("model.onnx", "model.tflite", "model.edgetune")
     )
@@ -132,10 +135,11 @@ def summarize(runs: dict[str, list[Any]], identical: bool) -> dict[str, Any]:
         values = walls(key)
         if values:
             result[key] = {"median_s": float(np.median(values)), "min_s": min(values), "max_s": max(values), "runs": values}
-    for key in ("cold", "warm", "cold_eval"):
+    for key in ("cold", "warm", "warm_small_pages", "cold_eval"):
         stages = [r["stages_s"] for r in runs[key]]
         result[key]["stages_median_s"] = {s: float(np.median([r[s] for r in stages])) for s in stages[0]}
         result[key]["startup_and_imports_median_s"] = float(np.median([r["startup_and_imports_s"] for r in runs[key]]))
+        result[key]["huge_pages"] = runs[key][0]["huge_pages"]
     return result
 
 
@@ -170,18 +174,33 @@ def _ratio(result: dict[str, Any], key: str) -> str:
 def render(results: dict[str, Any]) -> str:
     rows = []
     for name, r in results.items():
-        rows.append([name, _cell(r, "cold"), _cell(r, "warm"), _cell(r, "cold_eval"), _cell(r, "ort_quantize_static")])
+        rows.append(
+            [name, _cell(r, "cold"), _cell(r, "warm"), _cell(r, "warm_small_pages"), _cell(r, "cold_eval"), _cell(r, "ort_quantize_static")]
+        )
         rows[-1] += [_ratio(r, "ort_quantize_static"), _cell(r, "onnx2tf"), _ratio(r, "onnx2tf")]
         rows[-1].append("yes" if r["artifacts_identical_cold_and_warm"] else "NO")
-    header = ["model", "cold s", "warm s", "cold+eval s", "ORT static s", "ORT/cold", "onnx2tf s", "onnx2tf/cold", "same bytes"]
+    header = [
+        "model",
+        "cold s",
+        "warm s",
+        "warm, 4 KiB pages s",
+        "cold+eval s",
+        "ORT static s",
+        "ORT/cold",
+        "onnx2tf s",
+        "onnx2tf/cold",
+        "same bytes",
+    ]
     stages = []
     for name, r in results.items():
-        for key in ("cold", "warm"):
+        for key in ("cold", "warm", "warm_small_pages"):
             parts = ", ".join(f"{s} {v:.2f}" for s, v in r[key]["stages_median_s"].items())
             stages.append(f"{name} {key}: start-up+imports {r[key]['startup_and_imports_median_s']:.2f}, {parts}")
     note = (
         "median (min-max) wall seconds of a new process each; cold: empty capture cache, warm: capture cached; both write"
-        " ONNX int8 + TFLite int8 and evaluate on held-out calibration samples. ORT static: the ONNX file alone."
+        " ONNX int8 + TFLite int8 and evaluate on held-out calibration samples; 4 KiB pages: EDGETUNE_HUGE_PAGES=off"
+        f" (huge pages were {'on' if any(r['warm'].get('huge_pages') for r in results.values()) else 'not available'} in the others)."
+        " ORT static: the ONNX file alone."
         " onnx2tf: the TFLite file alone, with TensorFlow."
     )
     return table(rows, header) + "\n" + "\n".join(stages) + "\n" + note

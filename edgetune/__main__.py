@@ -1,3 +1,3 @@
-from edgetune.cli.main import main
+from edgetune.cli.launch import main
 
 main()

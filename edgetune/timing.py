@@ -96,8 +96,21 @@ def step(name: str) -> Iterator[None]:
 def process_times(command_started: float) -> dict[str, float | None]:
     """``startup``: from the process's start to edgetune's first import (the interpreter and
     whatever ran before), None where the kernel does not tell the start (off Linux);
-    ``imports``: from there to ``command_started`` (a perf_counter reading)."""
-    return {"startup": _startup_seconds(), "imports": round(command_started - IMPORTED, 4)}
+    ``imports``: from there to ``command_started`` (a perf_counter reading); ``huge_pages``:
+    see :func:`malloc_huge_pages`."""
+    return {"startup": _startup_seconds(), "imports": round(command_started - IMPORTED, 4), "huge_pages": malloc_huge_pages()}
+
+
+def malloc_huge_pages() -> bool | None:
+    """Whether glibc's malloc asks for transparent huge pages in this process: its tunables
+    are read from the environment the process started with (edgetune.cli.launch sets them for
+    the heavy commands); None off Linux."""
+    try:
+        environ = Path(f"/proc/{os.getpid()}/environ").read_bytes()
+    except OSError:
+        return None
+    # glibc parses GLIBC_TUNABLES in place, writing a NUL over each colon: search the whole block.
+    return b"GLIBC_TUNABLES=" in environ and b"glibc.malloc.hugetlb=1" in environ
 
 
 def _startup_seconds() -> float | None:

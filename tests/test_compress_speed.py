@@ -251,7 +251,11 @@ def test_the_no_grad_fake_quantizer_is_torchs_bit_for_bit(signed: bool) -> None:
         q = QParams(np.array([scale], np.float32), np.array([zero_point], np.int64), "int8" if signed else "uint8")
         spread = scale * rng.uniform(1, 300)
         ties = (rng.integers(-300, 300, size=500) + 0.5) * scale  # halfway between two steps
-        x = np.concatenate([rng.normal(size=20_000) * spread, ties, [0.0, -0.0, 1e6 * scale, -1e6 * scale]]).astype(np.float32)
+        x = np.concatenate([rng.normal(size=20_000) * spread, ties, [0.0, -0.0, 1e6 * scale, -1e6 * scale, np.inf, -np.inf]]).astype(
+            np.float32
+        )
+        if trial % 2:
+            x[rng.integers(len(x))] = np.nan  # torch's kernel gives qmin: the steps hand it over
         tensor = torch.from_numpy(x)
         expected = torch.fake_quantize_per_tensor_affine(tensor, scale, zero_point, qmin, qmax)
         with torch.no_grad():
@@ -276,3 +280,50 @@ def test_a_data_callable_loads_in_the_main_thread_within_its_time_limit(tmp_path
     )
     compress("edgetune.zoo:digits_cnn", f"{data}:batches", tmp_path / "out", export=None)
     assert (tmp_path / "thread.txt").read_text() == "True"
+
+
+def test_heavy_commands_start_over_with_malloc_huge_pages_and_give_children_the_users_environment(tmp_path: Path) -> None:
+    """The console entry execs itself once with glibc's THP tunable (where the kernel is in
+    madvise mode): the report says so, and the code the run executes (here a data callable,
+    as the benchmark agents and smoke runs would) sees the GLIBC_TUNABLES the user gave."""
+    from edgetune.cli import launch
+
+    data = tmp_path / "calib_data.py"
+    seen = tmp_path / "seen.json"
+    data.write_text(
+        "import json, os\nimport numpy as np\n"
+        "def batches():\n"
+        f"    json.dump({{k: os.environ.get(k) for k in ('GLIBC_TUNABLES', {launch.ORIGINAL!r})}}, open({str(seen)!r}, 'w'))\n"
+        "    yield np.random.default_rng(0).normal(size=(16, 1, 8, 8)).astype(np.float32)\n"
+    )
+    possible = launch._glibc_at_least(2, 35) and launch._thp_mode() == "madvise"
+    for switch, expected in (("on", possible), ("off", False)):
+        out = tmp_path / f"out-{switch}"
+        env = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.arena_max=4", launch.SWITCH: switch, "EDGETUNE_CAPTURE_CACHE": "off"}
+        argv = [sys.executable, "-m", "edgetune", "compress", "edgetune.zoo:digits_cnn", "--calib", f"{data}:batches", "-o", str(out)]
+        done = subprocess.run([*argv, "--quiet", "--json"], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["profile"]["process"]["huge_pages"] is expected, switch
+        assert json.loads(seen.read_text()) == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4", launch.ORIGINAL: None}
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "wanted"),
+    [
+        (["edgetune", "compress", "m.py:net"], {}, True),
+        (["edgetune", "search", "--help"], {}, False),
+        (["edgetune", "inspect", "model.tflite"], {}, False),
+        (["edgetune", "bench", "model.tflite"], {}, False),  # latency is measured as a user's process would run
+        (["edgetune"], {}, False),
+        (["edgetune", "eval", "model.onnx"], {"EDGETUNE_HUGE_PAGES": "off"}, False),
+        (["edgetune", "gate"], {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, False),  # the user chose already
+    ],
+)
+def test_only_heavy_commands_start_over(argv: list[str], env: dict[str, str], wanted: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetune.cli import launch
+
+    monkeypatch.setattr(launch, "_glibc_at_least", lambda major, minor: True)
+    monkeypatch.setattr(launch, "_thp_mode", lambda: "madvise")
+    assert launch.wants_huge_pages(argv, env) is wanted
+    monkeypatch.setattr(launch, "_thp_mode", lambda: "always")  # every process has them already
+    assert launch.wants_huge_pages(argv, env) is False

@@ -218,7 +218,8 @@ def profile_table(profile: dict[str, Any]) -> str:
     process = profile["process"]
     rows: list[tuple[str, str, str]] = []
     if process["startup"] is not None:
-        rows.append(("start-up (interpreter, before edgetune)", f"{process['startup']:.2f}", ""))
+        again = " (twice: exec for malloc huge pages)" if process.get("huge_pages") else ""
+        rows.append((f"start-up (interpreter, before edgetune){again}", f"{process['startup']:.2f}", ""))
     rows.append(("imports and options", f"{process['imports']:.2f}", ""))
 
     def add(span: dict[str, Any], depth: int) -> None:

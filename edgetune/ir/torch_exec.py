@@ -299,8 +299,13 @@ def _concat(node: Node, args: list[torch.Tensor]) -> torch.Tensor:
 def fake_quant(x: torch.Tensor, q: QParams) -> torch.Tensor:
     if q.axis is None:
         scale, zero_point = float(q.scale[0]), int(q.zero_point[0])
-        if x.dtype == torch.float32 and not (x.requires_grad and torch.is_grad_enabled()) and bool(torch.isfinite(x).all()):
-            return _fake_quant_no_grad(x, scale, zero_point, q.qmin, q.qmax)
+        if x.dtype == torch.float32 and not (x.requires_grad and torch.is_grad_enabled()):
+            out = _fake_quant_no_grad(x, scale, zero_point, q.qmin, q.qmax)
+            # The steps agree with torch's kernel on every value but NaN (it gives qmin, the steps
+            # NaN); a sum is cheaper than a finiteness test of x, and NaN in it sends the tensor
+            # to the kernel (a sum that overflows to inf - inf does too, harmlessly).
+            if not bool(torch.isnan(out.sum())):
+                return out
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, q.qmin, q.qmax)
     scales = torch.from_numpy(q.scale)
     zero_points = torch.from_numpy(q.zero_point.astype(np.int32))
@@ -309,7 +314,7 @@ def fake_quant(x: torch.Tensor, q: QParams) -> torch.Tensor:
 
 def _fake_quant_no_grad(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
     """``torch.fake_quantize_per_tensor_affine`` without its gradient mask, bit for bit on
-    finite float32 values: ``(clamp(round(x * (1/scale)) + zero_point) - zero_point) * scale``
+    float32 values other than NaN: ``(clamp(round(x * (1/scale)) + zero_point) - zero_point) * scale``
     with the reciprocal and every step in float32, rounding half to even, as its CPU kernel
     does. That kernel runs element by element; these vectorized steps take about a quarter of
     its time (bias correction and AdaRound walk every activation through it)."""

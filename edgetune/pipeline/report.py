@@ -12,7 +12,7 @@ import edgetune
 from edgetune import timing
 from edgetune.capture.hf import is_hf_folder
 from edgetune.data import Dataset
-from edgetune.evaluate.metrics import accuracy, agreement, cosines, embedding_agreement, finite_or_none, sqnr_db
+from edgetune.evaluate.metrics import accuracy, agreement, embedding_agreement, finite_or_none, sqnr_and_cosines, sqnr_db
 from edgetune.export.float_ops import float_ops
 from edgetune.ir.graph import WEIGHTED_OPS, Graph
 from edgetune.ir.stats import graph_summary
@@ -126,13 +126,14 @@ def layer_sqnr(graph: Graph, samples: np.ndarray) -> list[dict[str, Any]]:
     layers = []
     producers = graph.producers()
     for name in names:
+        db, cosine = sqnr_and_cosines(outputs["fp32"][name], outputs["int8"][name])
         layers.append(
             {
                 "tensor": name,
                 "layer": producers[name].name,
                 "op": producers[name].op,
-                "sqnr_db": finite_or_none(round(sqnr_db(outputs["fp32"][name], outputs["int8"][name]), 3)),
-                "cosine": finite_or_none(round(float(cosines(outputs["fp32"][name], outputs["int8"][name]).mean()), 5)),
+                "sqnr_db": finite_or_none(round(db, 3)),
+                "cosine": finite_or_none(round(float(cosine.mean()), 5)),
             }
         )
     return layers

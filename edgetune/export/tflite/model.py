@@ -68,11 +68,15 @@ class TflModel:
         return _Serializer(self).run()
 
 
-def _int_vector(builder: flatbuffers.Builder, start: Callable[[flatbuffers.Builder, int], None], values: list[int]) -> int:
-    start(builder, len(values))
-    for value in reversed(values):
-        builder.PrependInt32(value)
-    return int(builder.EndVector())
+def _int_vector(builder: flatbuffers.Builder, values: list[int]) -> int:
+    return _numbers(builder, values, "<i4")
+
+
+def _numbers(builder: flatbuffers.Builder, values: list[int] | list[float], dtype: str) -> int:
+    """A vector of scalars copied in one slice, the same bytes as one prepend per element (a
+    vector's alignment is its element's size, as the generated Start...Vector functions ask);
+    an EfficientNet's per-channel scales and zero points are about 90,000 elements."""
+    return int(builder.CreateNumpyVector(np.asarray(values, dtype=dtype)))
 
 
 def _offset_vector(builder: flatbuffers.Builder, start: Callable[[flatbuffers.Builder, int], None], offsets: list[int]) -> int:
@@ -153,14 +157,8 @@ class _Serializer:
 
     def _quant(self, quant: QuantSpec) -> int:
         b = self.builder
-        tflite.QuantizationParametersStartScaleVector(b, len(quant.scale))
-        for value in reversed(quant.scale):
-            b.PrependFloat32(value)
-        scale = b.EndVector()
-        tflite.QuantizationParametersStartZeroPointVector(b, len(quant.zero_point))
-        for value in reversed(quant.zero_point):
-            b.PrependInt64(value)
-        zero_point = b.EndVector()
+        scale = _numbers(b, quant.scale, "<f4")
+        zero_point = _numbers(b, quant.zero_point, "<i8")
         tflite.QuantizationParametersStart(b)
         tflite.QuantizationParametersAddScale(b, scale)
         tflite.QuantizationParametersAddZeroPoint(b, zero_point)
@@ -170,8 +168,8 @@ class _Serializer:
     def _tensor(self, tensor: TflTensor, buffer: int) -> int:
         b = self.builder
         name = b.CreateString(tensor.name)
-        shape = _int_vector(b, tflite.TensorStartShapeVector, tensor.shape)
-        signature = _int_vector(b, tflite.TensorStartShapeSignatureVector, tensor.shape_signature) if tensor.shape_signature else None
+        shape = _int_vector(b, tensor.shape)
+        signature = _int_vector(b, tensor.shape_signature) if tensor.shape_signature else None
         quant = self._quant(tensor.quant) if tensor.quant is not None else None
         tflite.TensorStart(b)
         tflite.TensorAddShape(b, shape)
@@ -186,8 +184,8 @@ class _Serializer:
 
     def _operator(self, op: TflOperator) -> int:
         b = self.builder
-        inputs = _int_vector(b, tflite.OperatorStartInputsVector, op.inputs)
-        outputs = _int_vector(b, tflite.OperatorStartOutputsVector, op.outputs)
+        inputs = _int_vector(b, op.inputs)
+        outputs = _int_vector(b, op.outputs)
         options = op.options(b) if op.options is not None else None
         tflite.OperatorStart(b)
         tflite.OperatorAddOpcodeIndex(b, self._code_index(op))
@@ -223,8 +221,8 @@ class _Serializer:
     def _subgraph(self, tensors: list[int], operators: list[int]) -> int:
         b = self.builder
         tensors_vec = _offset_vector(b, tflite.SubGraphStartTensorsVector, tensors)
-        inputs = _int_vector(b, tflite.SubGraphStartInputsVector, self.model.inputs)
-        outputs = _int_vector(b, tflite.SubGraphStartOutputsVector, self.model.outputs)
+        inputs = _int_vector(b, self.model.inputs)
+        outputs = _int_vector(b, self.model.outputs)
         operators_vec = _offset_vector(b, tflite.SubGraphStartOperatorsVector, operators)
         name = b.CreateString("main")
         tflite.SubGraphStart(b)
