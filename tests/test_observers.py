@@ -65,8 +65,10 @@ def test_summaries_from_onnx_runtime_are_what_the_whole_tensors_give(rng: np.ran
     wanted = observed_tensors(graph)
     plain, exposed = build_onnx(graph, quantized=False, expose=wanted)
     summarized, _ = build_onnx(graph, quantized=False, expose=wanted)
-    values = sorted({v for v in exposed.values() if v != INPUT_NAME})
-    summaries = add_summaries(summarized, values, SAMPLE_PER_BATCH)
+    ranks = {exposed[n]: len(graph.tensors[n].shape) for n in wanted if exposed[n] != INPUT_NAME}
+    values = sorted(ranks)
+    assert {2, 4} <= set(ranks.values()), "a tensor reduced whole and one reduced by rows first"
+    summaries = add_summaries(summarized, {v: ranks[v] for v in values}, SAMPLE_PER_BATCH)
     x = rng.normal(size=(3, *model.input_shape)).astype(np.float32)
     whole = dict(zip(values, ort.InferenceSession(plain.SerializeToString()).run(values, {INPUT_NAME: x})))
     fetch = [n for s in summaries.values() for n in (s.low, s.high, s.kept)]

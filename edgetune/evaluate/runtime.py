@@ -12,6 +12,11 @@ import numpy as np
 from edgetune.errors import InputError, RuntimeFailure
 from edgetune.targets import usable_cores
 
+# Samples per session run when evaluating: outputs do not depend on it (each sample is computed
+# alone), and 8 EfficientNet-Lite0 images at 224 run 10-15% faster than 32 (their activations
+# stay in cache, and the arena a first run allocates is a quarter as large).
+BATCH = 8
+
 
 def session_options(threads: int | None = None, spin: bool = True):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
@@ -83,7 +88,7 @@ class OnnxRunner:
                 "give data preprocessed to the model's input shape" + (", one array per input name in an .npz" if stacked else ""),
             )
 
-    def run(self, samples: np.ndarray, batch: int = 32) -> np.ndarray:
+    def run(self, samples: np.ndarray, batch: int = BATCH) -> np.ndarray:
         outputs = []
         try:
             for start in range(0, len(samples), batch):

@@ -17,6 +17,8 @@ import numpy as np
 
 from edgetune.errors import InputError, RuntimeFailure
 
+BATCH = 8  # samples per invoke when evaluating; the same outputs as any other (see runtime.BATCH)
+
 
 def interpreter_class() -> tuple[Any, str]:
     try:
@@ -148,7 +150,7 @@ class TfliteRunner:
             self.input = self.inputs[0]
             self.batch = batch
 
-    def run(self, samples: np.ndarray, batch: int = 32) -> np.ndarray:
+    def run(self, samples: np.ndarray, batch: int = BATCH) -> np.ndarray:
         outputs = []
         try:
             for start in range(0, len(samples), batch):

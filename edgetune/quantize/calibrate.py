@@ -101,7 +101,8 @@ def collect_stats(
     with step("fp32 ONNX with every activation summarized"):
         model, exposed = build_onnx(graph, quantized=False, expose=[*wanted, *channelwise])
         inputs = input_names(graph)
-        summaries = add_summaries(model, sorted({exposed[n] for n in wanted if exposed[n] not in inputs}), SAMPLE_PER_BATCH)
+        ranks = {exposed[n]: len(graph.tensors[n].shape) for n in wanted if exposed[n] not in inputs}
+        summaries = add_summaries(model, {value: ranks[value] for value in sorted(ranks)}, SAMPLE_PER_BATCH)
         pairs = add_channel_summaries(model, {exposed[n]: len(graph.tensors[n].shape) for n in channelwise})
         blob = model.SerializeToString()
     # No spinning: on a core shared with other work, spinning threads burn the slices they wait in.
