@@ -327,3 +327,50 @@ def test_only_heavy_commands_start_over(argv: list[str], env: dict[str, str], wa
     assert launch.wants_huge_pages(argv, env) is wanted
     monkeypatch.setattr(launch, "_thp_mode", lambda: "always")  # every process has them already
     assert launch.wants_huge_pages(argv, env) is False
+
+
+def _state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return list(model.state_dict().items())
+
+
+def test_a_zoo_models_settled_batchnorm_comes_back_from_the_cache_as_the_same_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgetune.zoo import settled
+
+    monkeypatch.setenv("EDGETUNE_CAPTURE_CACHE", "off")
+    fresh = zoo.mobilenet_v3_small()
+    monkeypatch.setenv("EDGETUNE_CAPTURE_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(zoo, "settle_batchnorm", lambda *a, **k: calls.append(1) or _settle(*a, **k))
+    stored, cached = zoo.mobilenet_v3_small(), zoo.mobilenet_v3_small()
+    assert len(calls) == 1 and len(list(tmp_path.glob("zoo-*.safetensors"))) == 1  # settled once, then read
+    shape = tuple(fresh.input_shape)
+    for model in (stored, cached):
+        assert [n for n, _ in _state(model)] == [n for n, _ in _state(fresh)]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(_state(model), _state(fresh)))
+        assert not model.training and capture_cache.capture_key(model, shape) == capture_cache.capture_key(fresh, shape)
+    entry = next(tmp_path.glob("zoo-*.safetensors"))
+    entry.write_bytes(entry.read_bytes()[:1000])  # damaged: settled again, said once
+    again = zoo.mobilenet_v3_small()
+    assert len(calls) == 2 and all(torch.equal(a, b) for (_, a), (_, b) in zip(_state(again), _state(fresh)))
+    assert capsys.readouterr().err.count("is damaged") == 1
+    before = settled.settled_key(_initial(), shape, 0)
+    monkeypatch.setattr(torch, "__version__", "0.0.1")  # another torch: another key, never the old entry
+    assert settled.settled_key(_initial(), shape, 0) != before
+    zoo.mobilenet_v3_small()
+    assert len(calls) == 3 and len(list(tmp_path.glob("zoo-*.safetensors"))) == 2
+
+
+def _initial() -> nn.Module:
+    from edgetune.zoo.mobile import MobileNetV3Small
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return MobileNetV3Small()
+
+
+def _settle(*args: object, **kwargs: object) -> None:
+    from edgetune.zoo.layers import settle_batchnorm
+
+    settle_batchnorm(*args, **kwargs)  # type: ignore[arg-type]

@@ -91,3 +91,19 @@ def test_bundled_sets_read_the_same_files_as_sklearn() -> None:
     photos = sorted(sklearn_data_file("datasets/images").glob("*.jpg"))
     for expected, path in zip(load_sample_images().images, photos):
         np.testing.assert_array_equal(np.asarray(Image.open(path)), expected)
+
+
+def test_crops_cut_on_threads_are_the_crops_cut_one_by_one() -> None:
+    from edgetune.data import images
+    from edgetune.data.recipes import load_recipe
+
+    rng = np.random.default_rng(5)
+    photos = [rng.integers(0, 256, size=(90, 120, 3), dtype=np.uint8), rng.integers(0, 256, size=(70, 60, 3), dtype=np.uint8)]
+    pre = load_recipe("sample-images").preprocess
+    boxes = images.crop_boxes([p.shape for p in photos], 24, seed=3, area=(0.15, 1.0), aspect=(0.75, 4 / 3), flip=True)
+    assert any(b.flip for b in boxes) and not all(b.flip for b in boxes)
+    one_by_one = np.stack(
+        [images.to_array(crop, pre) for crop in images.random_resized_crops(photos, 24, 3, 32, (0.15, 1.0), (0.75, 4 / 3), True)]
+    )
+    threaded = images.random_resized_crop_arrays(photos, boxes, 32, pre, workers=3)
+    assert threaded.shape == (24, 3, 32, 32) and threaded.tobytes() == one_by_one.tobytes()

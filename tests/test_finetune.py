@@ -427,3 +427,12 @@ def test_transformer_blocks_share_a_depth_and_wide_ones_get_the_transformer_lear
     assert default_lr(wide) == TRANSFORMER_LR
     # two blocks of Q, K, V, output and two feed-forward layers, then whatever sits above the last LayerNorm
     assert per_block[:6] == [per_block[0]] * 6 and per_block[6:12] == [per_block[0] - 1] * 6 and min(per_block) == 0, per_block
+
+
+def test_a_fine_tune_over_its_memory_budget_says_so() -> None:
+    from edgetune.cli.compress import _memory_text
+
+    plan = {"frozen_input_layers": 0}
+    within = {"peak_rss_delta_bytes": 90 * 2**20, "budget_bytes": 100 * 2**20, "predicted_bytes": 95 * 2**20, "plan": plan}
+    assert "OVER" not in _memory_text(within)
+    assert _memory_text({**within, "peak_rss_delta_bytes": 120 * 2**20}).endswith("OVER its budget")

@@ -239,6 +239,12 @@ def _write(folder: Path, entry: Path, graph: Graph) -> None:
         blob = graph_bytes(graph)
     except (TypeError, ValueError, KeyError):
         return  # a graph with an attribute the cache cannot store: captured each time
+    store(folder, entry, blob)
+
+
+def store(folder: Path, entry: Path, blob: bytes) -> None:
+    """Write an entry whole or not at all (a reader never sees half of one), then keep the
+    cache within its limit; a folder that cannot be written is said once."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".partial-", delete=False) as handle:
@@ -261,15 +267,23 @@ def _read(entry: Path) -> Graph | None:
         return None
     if written_by != versions():
         return None  # another torch or edgetune (the key differs too; this is the second lock)
-    try:
-        os.utime(entry)  # most recently used
-    except OSError:
-        pass
+    mark_used(entry)
     return graph
 
 
+def mark_used(entry: Path) -> None:
+    """The entry becomes the most recently used (eviction goes by modification time)."""
+    try:
+        os.utime(entry)
+    except OSError:
+        pass
+
+
 def _evict(folder: Path, limit: int) -> None:
-    entries = sorted(folder.glob("*.edgetune"), key=lambda p: p.stat().st_mtime, reverse=True)
+    """Least recently used entries beyond ``limit``: captured graphs and the zoo's settled
+    models (edgetune.zoo.settled) alike."""
+    found = [*folder.glob("*.edgetune"), *folder.glob("zoo-*.safetensors")]
+    entries = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
     total = 0
     for path in entries:
         total += path.stat().st_size

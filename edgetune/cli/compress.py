@@ -341,6 +341,7 @@ def _memory_text(memory: dict[str, Any]) -> str:
     if memory["budget_bytes"]:
         text += f" (budget {memory['budget_bytes'] / 2**20:.0f} MiB; planned {memory['predicted_bytes'] / 2**20:.0f} MiB"
         text += f", {plan['frozen_input_layers']} input-side layers frozen)" if plan else ")"
+        text += " OVER its budget" if memory["peak_rss_delta_bytes"] > memory["budget_bytes"] else ""
     state = memory.get("training_state")
     if state:
         budget = f"budget {state['budget_bytes'] / 1e3:.1f} KB, " if state["budget_bytes"] else ""

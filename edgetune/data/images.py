@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +83,26 @@ def list_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str]]:
     return paths, None, []
 
 
-def random_resized_crops(
-    photos: list[np.ndarray], count: int, seed: int, size: int, area: tuple[float, float], aspect: tuple[float, float], flip: bool
-) -> list:  # type: ignore[type-arg]
-    """Seeded random resized crops of uint8 HWC photos, as PIL images of ``size`` x ``size``."""
-    Image = _pil()
+@dataclass(frozen=True)
+class CropBox:
+    photo: int  # index into the photos
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+
+def crop_boxes(
+    shapes: list[tuple[int, ...]], count: int, seed: int, area: tuple[float, float], aspect: tuple[float, float], flip: bool
+) -> list[CropBox]:
+    """Seeded random resized crop boxes (as torchvision's RandomResizedCrop draws them: an area
+    share and a log-uniform aspect ratio, ten tries, else the centred square), photo by photo in
+    turn, each flipped left to right with probability 1/2 when ``flip``."""
     rng = np.random.default_rng(seed)
-    crops = []
+    boxes = []
     for index in range(count):
-        photo = photos[index % len(photos)]
-        height, width = photo.shape[:2]
+        height, width = shapes[index % len(shapes)][:2]
         for _ in range(10):
             target = rng.uniform(*area) * height * width
             ratio = float(np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]))))
@@ -103,9 +114,40 @@ def random_resized_crops(
             crop_h = crop_w = min(height, width)
         top = int(rng.integers(0, height - crop_h + 1))
         left = int(rng.integers(0, width - crop_w + 1))
-        image = Image.fromarray(photo[top : top + crop_h, left : left + crop_w])
-        image = image.resize((size, size), Image.BILINEAR)
-        if flip and rng.random() < 0.5:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        crops.append(image)
-    return crops
+        flipped = bool(flip and rng.random() < 0.5)
+        boxes.append(CropBox(index % len(shapes), top, left, crop_h, crop_w, flipped))
+    return boxes
+
+
+def cut(photo: np.ndarray, box: CropBox, size: int):  # type: ignore[no-untyped-def]
+    """One box of a uint8 HWC photo, resized to ``size`` x ``size`` (bilinear), as a PIL image."""
+    Image = _pil()
+    image = Image.fromarray(photo[box.top : box.top + box.height, box.left : box.left + box.width])
+    image = image.resize((size, size), Image.BILINEAR)
+    return image.transpose(Image.FLIP_LEFT_RIGHT) if box.flip else image
+
+
+def random_resized_crops(
+    photos: list[np.ndarray], count: int, seed: int, size: int, area: tuple[float, float], aspect: tuple[float, float], flip: bool
+) -> list:  # type: ignore[type-arg]
+    """Seeded random resized crops of uint8 HWC photos, as PIL images of ``size`` x ``size``."""
+    boxes = crop_boxes([p.shape for p in photos], count, seed, area, aspect, flip)
+    return [cut(photos[box.photo], box, size) for box in boxes]
+
+
+def random_resized_crop_arrays(photos: list[np.ndarray], boxes: list[CropBox], size: int, pre: Preprocess, workers: int = 2) -> np.ndarray:
+    """The crops as one normalized float32 array, cut and converted on ``workers`` threads (PIL's
+    resize and numpy's arithmetic let go of the GIL); the same values as one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = to_array(cut(photos[boxes[0].photo], boxes[0], size), pre)
+    x = np.empty((len(boxes), *first.shape), np.float32)
+    x[0] = first
+
+    def convert(index: int) -> None:
+        box = boxes[index]
+        x[index] = to_array(cut(photos[box.photo], box, size), pre)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="crops") as pool:
+        list(pool.map(convert, range(1, len(boxes))))
+    return x

@@ -22,6 +22,7 @@ from edgetune.data.recipes import Recipe, bundled_recipes, load_recipe
 from edgetune.data.text import TEXT_SUFFIXES, TextSpec, load_text
 from edgetune.errors import InputError
 from edgetune.progress import Progress, silent
+from edgetune.targets import usable_cores
 
 
 @dataclass(frozen=True)
@@ -284,16 +285,13 @@ def _sample_images(recipe: Recipe, role: str) -> Dataset:
     for path in sorted(folder.glob("*.jpg")):
         with Image.open(path) as photo:
             photos.append(np.asarray(photo.convert("RGB")))
-    crops = images.random_resized_crops(
-        photos,
+    boxes = images.crop_boxes(
+        [photo.shape for photo in photos],
         count=int(recipe.split[role]),
         seed=int(recipe.split[f"{role}_seed"]),
-        size=int(recipe.preprocess.crop or 224),
         area=tuple(recipe.crops.get("area", (0.15, 1.0))),  # type: ignore[arg-type]
         aspect=tuple(recipe.crops.get("aspect", (0.75, 4 / 3))),  # type: ignore[arg-type]
         flip=bool(recipe.crops.get("flip", True)),
     )
-    x = np.empty((len(crops), *images.to_array(crops[0], recipe.preprocess).shape), np.float32)
-    for index, crop in enumerate(crops):
-        x[index] = images.to_array(crop, recipe.preprocess)
+    x = images.random_resized_crop_arrays(photos, boxes, int(recipe.preprocess.crop or 224), recipe.preprocess, usable_cores())
     return Dataset(x, None, f"{recipe.name}:{role}", (), recipe.preprocess.as_dict())

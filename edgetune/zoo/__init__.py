@@ -16,7 +16,7 @@ from torch import nn
 
 from edgetune.zoo.digits import DigitsCNN
 from edgetune.zoo.efficientnet_lite import EfficientNetLite
-from edgetune.zoo.layers import settle_batchnorm
+from edgetune.zoo.layers import prepare_batchnorm, settle_batchnorm
 from edgetune.zoo.mlperf_tiny import DSCNN, ResNet8
 from edgetune.zoo.mobilenet_v2 import MobileNetV2
 
@@ -33,11 +33,14 @@ def digits_cnn() -> nn.Module:
 
 
 def _untrained(build: Callable[[], nn.Module], input_shape: tuple[int, ...]) -> nn.Module:
-    """Build with seeded initial weights (without touching the global RNG) and settled BatchNorm."""
+    """Build with seeded initial weights (without touching the global RNG) and settled
+    BatchNorm, the settled state from the capture cache when it holds it (zoo/settled.py)."""
+    from edgetune.zoo.settled import settle_cached
+
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = build()
-    settle_batchnorm(model, input_shape, seed=0)
+    settle_cached(model, input_shape, 0, lambda: settle_batchnorm(model, input_shape, seed=0), lambda: prepare_batchnorm(model))
     return model
 
 

@@ -69,6 +69,15 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
+def prepare_batchnorm(model: nn.Module) -> None:
+    """What settling does to a model besides its tensors (a model whose settled tensors are
+    loaded from the cache gets this too, so that it is the same model)."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the settling batches
+
+
 @torch.no_grad()
 def settle_batchnorm(model: nn.Module, input_shape: tuple[int, ...], seed: int, batches: int = 2, batch_size: int = 8) -> None:
     """Give an untrained model realistic BatchNorm statistics.
@@ -79,10 +88,7 @@ def settle_batchnorm(model: nn.Module, input_shape: tuple[int, ...], seed: int, 
     quantization studies on untrained architectures.
     """
     gen = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the settling batches
+    prepare_batchnorm(model)
     model.train()
     for _ in range(batches):
         model(torch.randn((batch_size, *input_shape), generator=gen))
