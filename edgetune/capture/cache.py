@@ -116,7 +116,7 @@ def _hash_code(digest: Any, model: nn.Module) -> None:
     of it) counts only when it defines one of the model's classes, so that the key is the same
     from the CLI, ``python -m`` and the API; a class defined where no file holds it (a
     notebook) makes the model uncacheable."""
-    digest.update(_edgetune_source())
+    digest.update(edgetune_source())
     paths = sysconfig.get_paths()
     installed = tuple(os.path.realpath(paths[name]) + os.sep for name in ("stdlib", "platstdlib", "purelib", "platlib"))
     outside: dict[str, bool] = {}  # top-level package -> installed (or Python's own)
@@ -143,7 +143,7 @@ def _hash_code(digest: Any, model: nn.Module) -> None:
 
 
 @functools.cache
-def _edgetune_source() -> bytes:
+def edgetune_source() -> bytes:
     """A digest of edgetune's own files, read once a process (a search captures every trial)."""
     package = Path(edgetune.__file__).parent
     digest = hashlib.sha256()
@@ -165,7 +165,12 @@ def _hash_model(digest: Any, model: nn.Module) -> None:
         for key in sorted(own):
             digest.update(key.encode() + b"=")
             _describe(digest, own[key], 0)
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+    describe_tensors(digest, [*model.named_parameters(), *model.named_buffers()])
+
+
+def describe_tensors(digest: Any, named: list[tuple[str, torch.Tensor]]) -> None:
+    """Each tensor's name, dtype, shape and bytes."""
+    for name, tensor in named:
         digest.update(name.encode())
         _describe(digest, tensor, 0)
 
@@ -228,7 +233,8 @@ def _describe_code(digest: Any, code: types.CodeType) -> None:
             digest.update(repr(constant).encode())
 
 
-def _say(problem: str) -> None:
+def say(problem: str) -> None:
+    """A cache problem on stderr, once a process."""
     if problem not in _said:
         _said.add(problem)
         print(f"note: {problem}", file=sys.stderr, flush=True)
@@ -252,7 +258,7 @@ def store(folder: Path, entry: Path, blob: bytes) -> None:
         os.replace(handle.name, entry)
         _evict(folder, LIMIT_BYTES)
     except OSError as exc:
-        _say(f"the capture cache {folder} cannot be written ({exc.strerror}); compressing without it")
+        say(f"the capture cache {folder} cannot be written ({exc.strerror}); compressing without it")
 
 
 def _read(entry: Path) -> Graph | None:
@@ -260,10 +266,10 @@ def _read(entry: Path) -> Graph | None:
         blob = entry.read_bytes()
         graph, written_by = graph_from_cache_bytes(blob)
     except OSError as exc:
-        _say(f"the capture cache entry {entry} cannot be read ({exc.strerror}); capturing again")
+        say(f"the capture cache entry {entry} cannot be read ({exc.strerror}); capturing again")
         return None
     except (ValueError, KeyError, TypeError, IndexError) as exc:
-        _say(f"the capture cache entry {entry} is damaged ({type(exc).__name__}); capturing again")
+        say(f"the capture cache entry {entry} is damaged ({type(exc).__name__}); capturing again")
         return None
     if written_by != versions():
         return None  # another torch or edgetune (the key differs too; this is the second lock)

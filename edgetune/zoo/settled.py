@@ -6,7 +6,7 @@ every time on one machine: the seeded initial weights, the seeded images, the sa
 kernels. So the settled state is stored beside the captured graphs, found by a key that hashes
 what it depends on, and loaded instead of computed:
 
-- the versions of edgetune, torch and Python, and the source of ``edgetune/zoo``;
+- the versions of edgetune, torch and Python, and edgetune's source (as the capture's key);
 - what selects torch's kernels and how its reductions split: the CPU capability torch
   dispatches to (AVX512, AVX2, ...) and its thread count;
 - the model's initial parameters and buffers (names, dtypes, shapes, bytes), which stand for
@@ -20,7 +20,6 @@ there were no cache.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from edgetune.capture.cache import cache_folder, describe_tensors, edgetune_source, mark_used, say, store, versions
 
 FORMAT = "edgetune.zoo-settled"
 VERSION = 1
@@ -40,8 +41,6 @@ def settle_cached(
     """Give ``model`` its settled state: from the cache when an entry has its key (after
     ``prepare()``, which sets what settling sets besides tensors; the model ends in eval
     mode, as settled), else by ``settle()`` (which changes ``model`` in place) and stored."""
-    from edgetune.capture.cache import cache_folder
-
     folder = cache_folder()
     if folder is None:
         settle()
@@ -67,48 +66,28 @@ def _fits(model: nn.Module, stored: dict[str, torch.Tensor]) -> bool:
 
 def settled_key(model: nn.Module, input_shape: tuple[int, ...], seed: int) -> str:
     digest = hashlib.sha256()
-    setting = {"format": FORMAT, "version": VERSION, **_versions(), "shape": list(input_shape), "seed": seed}
+    setting = {"format": FORMAT, "version": VERSION, **versions(), "shape": list(input_shape), "seed": seed}
     setting |= {"cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
     digest.update(json.dumps(setting, sort_keys=True).encode())
-    digest.update(_zoo_source())
-    for name, tensor in model.state_dict().items():
-        flat = tensor.detach().contiguous().reshape(-1)
-        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    digest.update(edgetune_source())
+    describe_tensors(digest, list(model.state_dict().items()))
     return digest.hexdigest()[:40]
-
-
-def _versions() -> dict[str, str]:
-    from edgetune.capture.cache import versions
-
-    return versions()
-
-
-@functools.cache
-def _zoo_source() -> bytes:
-    digest = hashlib.sha256()
-    package = Path(__file__).parent
-    for path in sorted(package.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.digest()
 
 
 def _read(entry: Path) -> dict[str, torch.Tensor] | None:
     from safetensors import SafetensorError, safe_open
-
-    from edgetune.capture.cache import _say, mark_used
 
     try:
         with safe_open(str(entry), framework="pt") as stored:
             header = stored.metadata() or {}
             tensors = {name: stored.get_tensor(name) for name in stored.keys()}  # noqa: SIM118 (no __iter__)
     except OSError as exc:
-        _say(f"the capture cache entry {entry} cannot be read ({exc.strerror}); settling the model again")
+        say(f"the capture cache entry {entry} cannot be read ({exc.strerror}); settling the model again")
         return None
     except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        _say(f"the capture cache entry {entry} is damaged ({type(exc).__name__}); settling the model again")
+        say(f"the capture cache entry {entry} is damaged ({type(exc).__name__}); settling the model again")
         return None
-    if header != {"format": FORMAT, **_versions()}:
+    if header != {"format": FORMAT, **versions()}:
         return None  # another torch or edgetune (the key differs too; this is the second lock)
     mark_used(entry)
     return tensors
@@ -117,11 +96,9 @@ def _read(entry: Path) -> dict[str, torch.Tensor] | None:
 def _write(folder: Path, entry: Path, model: nn.Module) -> None:
     from safetensors.torch import save
 
-    from edgetune.capture.cache import store
-
     tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     try:
-        blob = save(tensors, metadata={"format": FORMAT, **_versions()})
+        blob = save(tensors, metadata={"format": FORMAT, **versions()})
     except (ValueError, RuntimeError):
         return  # tensors sharing memory, or a dtype safetensors lacks: settled each time
     store(folder, entry, blob)
